@@ -1,0 +1,33 @@
+"""memshard: larger-than-RAM datasets of fixed-shape samples, as memory-mapped ``.npy`` shards.
+
+Write with :func:`create` (or resume with :func:`append`), read with :func:`open`; the
+format is specified in ``spec/FORMAT.md``.
+
+This module re-exports the public API. It never imports torch, h5py, zarr or dask: those
+integrations live in their own modules.
+"""
+
+from __future__ import annotations
+
+from . import errors
+from .appender import Appender, append, create
+from .errors import MemshardError
+from .manifest import FORMAT_VERSION
+from .reader import Column, Dataset, FieldInfo, open  # noqa: A004
+from .schema import DEFAULT_SHARD_BYTES
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_SHARD_BYTES",
+    "FORMAT_VERSION",
+    "Appender",
+    "Column",
+    "Dataset",
+    "FieldInfo",
+    "MemshardError",
+    "append",
+    "create",
+    "errors",
+    "open",
+]

@@ -1,0 +1,549 @@
+"""Writing a dataset: :func:`create`, :func:`append` and the :class:`Appender`.
+
+The appender writes rows with ordinary file writes (never through a writable mapping, which
+turns a full disk into SIGBUS), rolls to a new shard when one reaches ``shard_rows`` rows, and
+publishes rows with :meth:`Appender.commit` following the protocol in :mod:`memshard.durable`.
+One appender per dataset at a time: it holds an exclusive ``flock`` on ``.memshard.lock``,
+released by the kernel if the process dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import shutil
+import uuid as uuid_module
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import numpy as np
+
+from . import manifest as manifest_io
+from .checksum import StreamingChecksum, checksum_of_file
+from .dtypes import check_storable
+from .durable import fsync_directory, publish_manifest
+from .errors import (
+    AppenderClosedError,
+    BatchError,
+    DatasetExistsError,
+    DatasetLockedError,
+    DatasetNotFoundError,
+    LabelError,
+    ShardSizeError,
+    WriteFailedError,
+)
+from .layout import LOCK_NAME, MANIFEST_NAME, MANIFEST_TEMP_PREFIX, SHARDS_DIR, shard_file_name
+from .manifest import FORMAT_NAME, FORMAT_VERSION, FieldSpec, Manifest, Shard, ShardFile
+from .mappings import map_shard_file
+from .npyheader import header_bytes
+from .schema import DEFAULT_SHARD_BYTES, field_specs, json_attrs, label_vocabularies, rows_per_shard
+
+#: Buffer of each open shard file; single-row appends collect here before a write call.
+WRITE_BUFFER_BYTES = 1 << 20
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def create(
+    path: str | os.PathLike[str],
+    fields: Mapping[str, Any],
+    *,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
+    labels: Mapping[str, Sequence[str]] | None = None,
+    attrs: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Appender:
+    """Create an empty dataset at ``path`` and return an :class:`Appender` for it.
+
+    The directory appears atomically, already holding a valid empty manifest: it is built
+    under a temporary name next to ``path`` and renamed into place.
+
+    Parameters:
+        fields: ``{name: (dtype, sample_shape)}``, e.g. ``{"x": ("float32", (3, 64, 64))}``.
+        shard_bytes: a shard rolls over once its rows reach this many bytes (all fields).
+        labels: ``{field: [label, ...]}`` vocabularies for integer label fields.
+        attrs: JSON-representable user attributes stored in the manifest.
+        overwrite: replace an existing memshard dataset at ``path`` (never anything else).
+
+    Raises:
+        SchemaError, UnsupportedDtypeError: bad ``fields``, ``labels``, ``attrs`` or
+            ``shard_bytes``.
+        DatasetExistsError: ``path`` exists (and ``overwrite`` is false, or it is not a
+            memshard dataset).
+        DatasetLockedError: ``overwrite`` of a dataset that an appender holds.
+    """
+    root = os.path.abspath(os.fspath(path))
+    specs = field_specs(fields)
+    manifest = Manifest(
+        format=FORMAT_NAME,
+        version=FORMAT_VERSION,
+        uuid=uuid_module.uuid4().hex,
+        generation=0,
+        rows=0,
+        shard_rows=rows_per_shard(specs, shard_bytes),
+        fields=specs,
+        labels=label_vocabularies(labels, specs),
+        attrs=json_attrs(attrs),
+        shards=(),
+    )
+    if os.path.lexists(root) and not overwrite:
+        raise DatasetExistsError(
+            f"{root}: already exists (pass overwrite=True to replace a dataset)"
+        )
+    staging = f"{root}.memshard-tmp-{manifest.uuid[:12]}"
+    os.makedirs(os.path.join(staging, SHARDS_DIR))
+    lock_fd = _lock(staging)
+    try:
+        publish_manifest(staging, manifest)
+        fsync_directory(os.path.join(staging, SHARDS_DIR))
+        _move_into_place(staging, root, overwrite)
+    except BaseException:
+        os.close(lock_fd)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return Appender(root, manifest, lock_fd)
+
+
+def _move_into_place(staging: str, root: str, overwrite: bool) -> None:
+    if overwrite and os.path.lexists(root):
+        if not os.path.isfile(os.path.join(root, MANIFEST_NAME)) or os.path.islink(root):
+            raise DatasetExistsError(
+                f"{root}: exists and is not a memshard dataset; not replacing it"
+            )
+        os.close(_lock(root))  # refuses while another appender writes to the old dataset
+        trash = f"{staging}-old"
+        os.rename(root, trash)
+        os.rename(staging, root)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        try:
+            os.rename(staging, root)
+        except OSError as exc:
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+                raise DatasetExistsError(f"{root}: already exists") from None
+            raise
+    fsync_directory(os.path.dirname(root))
+
+
+def append(path: str | os.PathLike[str]) -> Appender:
+    """Open the existing dataset at ``path`` to append more rows.
+
+    Leftovers of an interrupted appender are cleaned first: temporary manifests and shard files
+    the manifest does not name are removed, and an unsealed last shard is cut back to its
+    committed rows and continued.
+
+    Raises:
+        DatasetNotFoundError: no dataset at ``path``.
+        DatasetLockedError: another appender holds the dataset.
+        ManifestError, ShardHeaderError, ShardSizeError: the dataset is damaged.
+    """
+    root = os.path.abspath(os.fspath(path))
+    if not os.path.isfile(os.path.join(root, MANIFEST_NAME)):
+        raise DatasetNotFoundError(f"{root}: no memshard dataset here (no manifest.json)")
+    lock_fd = _lock(root)
+    try:
+        manifest = manifest_io.load(os.path.join(root, MANIFEST_NAME))
+        _remove_leftovers(root, manifest)
+        return Appender(root, manifest, lock_fd)
+    except BaseException:
+        os.close(lock_fd)
+        raise
+
+
+def _lock(root: str) -> int:
+    lock_path = os.path.join(root, LOCK_NAME)
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | _CLOEXEC, 0o644)
+    except OSError as exc:
+        raise WriteFailedError(
+            exc.errno, f"{root}: cannot open the write lock ({exc.strerror})"
+        ) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DatasetLockedError(
+            f"{root}: another appender is writing to this dataset (lock {lock_path} is held)"
+        ) from None
+    return fd
+
+
+def _remove_leftovers(root: str, manifest: Manifest) -> None:
+    named = {
+        file.path.split("/", 1)[1] for shard in manifest.shards for file in shard.files.values()
+    }
+    for entry in os.listdir(root):
+        if entry.startswith(MANIFEST_TEMP_PREFIX):
+            os.unlink(os.path.join(root, entry))
+    shards_dir = os.path.join(root, SHARDS_DIR)
+    for entry in os.listdir(shards_dir):
+        if entry.endswith(".npy") and entry not in named:
+            os.unlink(os.path.join(shards_dir, entry))
+
+
+@dataclass
+class _OpenFile:
+    handle: IO[bytes]
+    checksum: StreamingChecksum
+    path: str
+
+
+@dataclass
+class _OpenShard:
+    """The shard rows are being appended to."""
+
+    index: int
+    row_offset: int
+    rows: int
+    files: dict[str, _OpenFile] = field(default_factory=dict)
+
+
+class Appender:
+    """Appends rows to one dataset. Obtain from :func:`create` or :func:`append`.
+
+    Rows become visible to readers, and durable, at :meth:`commit`. :meth:`close` commits and
+    seals the last shard. Used as a context manager, a clean exit closes; an exception
+    discards the rows appended since the last commit (the dataset stays as last committed).
+
+    An appender belongs to the process that opened it; using it in a forked child raises
+    :class:`AppenderClosedError`.
+    """
+
+    def __init__(self, root: str, manifest: Manifest, lock_fd: int) -> None:
+        self.path = root
+        self._lock_fd: int | None = lock_fd
+        self._pid = os.getpid()
+        self._committed = manifest
+        self._specs: dict[str, FieldSpec] = dict(manifest.fields)
+        self._sealed: list[Shard] = []  # sealed since the last commit
+        self._open: _OpenShard | None = None
+        self._new_files = False
+        self._failure: str | None = None
+        self._rows = manifest.rows
+        if manifest.shards and not manifest.shards[-1].sealed:
+            self._open = self._reopen(manifest.shards[-1])
+            self._kept_last = False
+        else:
+            self._kept_last = True
+
+    # -- public API --------------------------------------------------------------------------
+    @property
+    def rows(self) -> int:
+        """Rows appended so far, committed or not."""
+        return self._rows
+
+    @property
+    def committed_rows(self) -> int:
+        """Rows that the last commit made durable and visible."""
+        return self._committed.rows
+
+    @property
+    def fields(self) -> dict[str, FieldSpec]:
+        """The dataset's field specs."""
+        return dict(self._specs)
+
+    def append(self, row: Mapping[str, Any]) -> None:
+        """Append one row: ``{field: value}`` with every field, each of the sample shape.
+
+        Raises:
+            BatchError: a missing or extra field, or a value of the wrong shape.
+            CastError: a value that the field's dtype cannot hold (e.g. a float in an int field).
+            LabelError: a label outside the field's vocabulary.
+        """
+        self._check_usable()
+        batch = {
+            name: _as_row_batch(value)
+            for name, value in _checked_keys(row, self._specs, self.path).items()
+        }
+        self._write(self._validated(batch))
+
+    def extend(self, batch: Mapping[str, Any]) -> None:
+        """Append many rows: ``{field: array}`` stacked along axis 0, equal lengths.
+
+        Every field is validated before a byte is written; see :meth:`append` for errors.
+        """
+        self._check_usable()
+        arrays = {
+            name: np.asarray(value)
+            for name, value in _checked_keys(batch, self._specs, self.path).items()
+        }
+        self._write(self._validated(arrays))
+
+    def commit(self) -> None:
+        """Make every row appended so far durable and visible to readers, atomically.
+
+        Raises:
+            WriteFailedError: a write or fsync failed; the appender is then unusable and the
+                dataset stays as it was at the previous commit.
+        """
+        self._check_usable()
+        self._guarded(self._commit)
+
+    def close(self) -> None:
+        """Seal the last shard, commit, and release the dataset. Idempotent."""
+        if self._lock_fd is None:
+            return
+        try:
+            if self._failure is None and os.getpid() == self._pid:
+                self._guarded(self._seal_open_shard)
+                self._guarded(self._commit)
+        finally:
+            self._release()
+
+    def abort(self) -> None:
+        """Release the dataset, discarding rows appended since the last commit."""
+        if self._lock_fd is not None:
+            self._release()
+
+    def __enter__(self) -> Appender:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, traceback: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def __del__(self) -> None:
+        if getattr(self, "_lock_fd", None) is not None and os.getpid() == self._pid:
+            if self._rows != self._committed.rows:
+                warnings.warn(
+                    f"{self.path}: appender dropped without close(); "
+                    f"{self._rows - self._committed.rows} uncommitted rows are lost",
+                    ResourceWarning,
+                    stacklevel=1,
+                )
+            self._release()
+
+    def __repr__(self) -> str:
+        return (
+            f"<memshard.Appender {self.path!r} rows={self._rows} committed={self._committed.rows}>"
+        )
+
+    # -- validation --------------------------------------------------------------------------
+    def _check_usable(self) -> None:
+        if os.getpid() != self._pid:
+            raise AppenderClosedError(
+                f"{self.path}: this appender belongs to process {self._pid}; open a new one with "
+                "memshard.append() in this process"
+            )
+        if self._failure is not None:
+            raise AppenderClosedError(f"{self.path}: the appender failed earlier ({self._failure})")
+        if self._lock_fd is None:
+            raise AppenderClosedError(f"{self.path}: the appender is closed")
+
+    def _validated(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        lengths = {name: (array.shape[0] if array.ndim else None) for name, array in arrays.items()}
+        for name, array in arrays.items():
+            spec = self._specs[name]
+            if array.ndim == 0 or array.shape[1:] != spec.shape:
+                raise BatchError(
+                    f"{self.path}: field {name!r}: got shape {array.shape}, expected "
+                    f"{('rows', *spec.shape)}".replace("'rows'", "rows")
+                )
+        if len(set(lengths.values())) > 1:
+            raise BatchError(f"{self.path}: fields have different row counts: {lengths}")
+        converted = {}
+        for name, array in arrays.items():
+            spec = self._specs[name]
+            check_storable(array, spec.numpy_dtype, where=f"{self.path}: field {name!r}")
+            self._check_labels(name, array)
+            converted[name] = np.ascontiguousarray(array, dtype=spec.numpy_dtype)
+        return converted
+
+    def _check_labels(self, name: str, array: np.ndarray) -> None:
+        vocabulary = self._committed.labels.get(name)
+        if vocabulary is None or array.size == 0:
+            return
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high >= len(vocabulary):
+            raise LabelError(
+                f"{self.path}: field {name!r}: label values in [{low}, {high}] outside the "
+                f"vocabulary of {len(vocabulary)} labels (valid: 0..{len(vocabulary) - 1})"
+            )
+
+    # -- writing -----------------------------------------------------------------------------
+    def _write(self, arrays: dict[str, np.ndarray]) -> None:
+        count = next(iter(arrays.values())).shape[0]
+        done = 0
+        while done < count:
+            shard = self._open if self._open is not None else self._guarded(self._start_shard)
+            take = min(self._committed.shard_rows - shard.rows, count - done)
+            for name, array in arrays.items():
+                self._guarded(_write_rows, shard.files[name], array[done : done + take])
+            shard.rows += take
+            self._rows += take
+            done += take
+            if shard.rows == self._committed.shard_rows:
+                self._guarded(self._seal_open_shard)
+
+    def _start_shard(self) -> _OpenShard:
+        index = len(self._committed.shards) + len(self._sealed) - (0 if self._kept_last else 1)
+        shard = _OpenShard(index=index, row_offset=self._rows, rows=0)
+        token = self._committed.uuid[:12]
+        for name, spec in self._specs.items():
+            relpath = shard_file_name(token, index, name)
+            fd = os.open(
+                os.path.join(self.path, relpath),
+                os.O_RDWR | os.O_CREAT | os.O_EXCL | _CLOEXEC,
+                0o644,
+            )
+            handle = os.fdopen(fd, "r+b", buffering=WRITE_BUFFER_BYTES)
+            handle.write(header_bytes(spec.numpy_dtype, spec.shape, 0))
+            shard.files[name] = _OpenFile(handle, StreamingChecksum(), relpath)
+        self._new_files = True
+        self._open = shard
+        return shard
+
+    def _reopen(self, record: Shard) -> _OpenShard:
+        """Continue the unsealed last shard: cut it back to its committed rows."""
+        shard = _OpenShard(
+            index=len(self._committed.shards) - 1, row_offset=record.row_offset, rows=record.rows
+        )
+        for name, spec in self._specs.items():
+            file = record.files[name]
+            map_shard_file(
+                self.path, file, spec, shard_rows=record.rows, sealed=False, rows=record.rows
+            )
+            end = file.data_offset + file.nbytes
+            fd = os.open(os.path.join(self.path, file.path), os.O_RDWR | os.O_NOFOLLOW | _CLOEXEC)
+            try:
+                os.ftruncate(fd, end)
+                os.pwrite(fd, header_bytes(spec.numpy_dtype, spec.shape, record.rows), 0)
+                checksum = checksum_of_file(fd, file.data_offset, file.nbytes)
+            except EOFError:
+                os.close(fd)
+                raise ShardSizeError(
+                    f"{self.path}/{file.path}: shorter than its committed rows"
+                ) from None
+            handle = os.fdopen(fd, "r+b", buffering=WRITE_BUFFER_BYTES)
+            handle.seek(end)
+            shard.files[name] = _OpenFile(handle, checksum, file.path)
+        return shard
+
+    def _seal_open_shard(self) -> None:
+        shard = self._open
+        if shard is None:
+            return
+        if shard.rows == 0:
+            for file in shard.files.values():
+                file.handle.close()
+                os.unlink(os.path.join(self.path, file.path))
+            self._open = None
+            return
+        self._sync_headers(shard)
+        files = {}
+        for name, file in shard.files.items():
+            file.handle.close()
+            files[name] = self._file_record(name, file, shard.rows, file.checksum.digest())
+        self._sealed.append(
+            Shard(row_offset=shard.row_offset, rows=shard.rows, sealed=True, files=files)
+        )
+        self._open = None
+
+    def _sync_headers(self, shard: _OpenShard) -> None:
+        for name, file in shard.files.items():
+            spec = self._specs[name]
+            file.handle.flush()
+            os.pwrite(
+                file.handle.fileno(), header_bytes(spec.numpy_dtype, spec.shape, shard.rows), 0
+            )
+            os.fsync(file.handle.fileno())
+
+    def _file_record(
+        self, name: str, file: _OpenFile, rows: int, checksum: str | None
+    ) -> ShardFile:
+        spec = self._specs[name]
+        return ShardFile(
+            path=file.path,
+            data_offset=spec.data_offset,
+            nbytes=rows * spec.row_bytes,
+            checksum=checksum,
+        )
+
+    def _commit(self) -> None:
+        shard = self._open
+        if shard is not None:
+            self._sync_headers(shard)
+        if self._new_files:
+            fsync_directory(os.path.join(self.path, SHARDS_DIR))
+        previous = self._committed
+        kept = previous.shards if self._kept_last else previous.shards[:-1]
+        shards = [*kept, *self._sealed]
+        if shard is not None and shard.rows > 0:
+            files = {
+                name: self._file_record(name, file, shard.rows, None)
+                for name, file in shard.files.items()
+            }
+            shards.append(
+                Shard(row_offset=shard.row_offset, rows=shard.rows, sealed=False, files=files)
+            )
+        if self._rows == previous.rows and len(shards) == len(previous.shards) and not self._sealed:
+            return
+        manifest = previous.model_copy(
+            update={
+                "generation": previous.generation + 1,
+                "rows": self._rows,
+                "shards": tuple(shards),
+            }
+        )
+        manifest = Manifest.model_validate(manifest.model_dump())
+        publish_manifest(self.path, manifest)
+        self._committed = manifest
+        self._sealed = []
+        self._new_files = False
+        self._kept_last = shard is None or shard.rows == 0
+
+    def _guarded(self, operation: Any, *args: Any) -> Any:
+        """Run a file operation; any OS error makes the appender fail for good (a failed fsync
+        must never be retried: the kernel may have dropped the dirty pages)."""
+        try:
+            return operation(*args)
+        except OSError as exc:
+            if isinstance(exc, WriteFailedError):
+                raise
+            self._failure = f"{type(exc).__name__}: {exc}"
+            raise WriteFailedError(
+                exc.errno,
+                f"{self.path}: write failed, nothing after the last commit was saved ({exc})",
+            ) from exc
+
+    def _release(self) -> None:
+        if self._open is not None:
+            for file in self._open.files.values():
+                with contextlib.suppress(OSError):
+                    file.handle.close()
+            self._open = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def _write_rows(file: _OpenFile, rows: np.ndarray) -> None:
+    data = memoryview(rows.data).cast("B")
+    file.handle.write(data)
+    file.checksum.update(data)
+
+
+def _checked_keys(
+    values: Mapping[str, Any], specs: Mapping[str, FieldSpec], where: str
+) -> Mapping[str, Any]:
+    if not isinstance(values, Mapping):
+        raise BatchError(
+            f"{where}: expected a mapping of field -> values, got {type(values).__name__}"
+        )
+    missing = [name for name in specs if name not in values]
+    extra = [name for name in values if name not in specs]
+    if missing or extra:
+        raise BatchError(
+            f"{where}: batch fields do not match the dataset: missing {missing}, unexpected {extra}"
+        )
+    return values
+
+
+def _as_row_batch(value: Any) -> np.ndarray:
+    array = np.asarray(value)
+    return array.reshape((1, *array.shape))

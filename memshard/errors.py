@@ -1,0 +1,101 @@
+"""Typed errors raised by memshard.
+
+Every error is a :class:`MemshardError`. Leaves also inherit the builtin exception a caller
+would naturally catch (``IndexError``, ``ValueError``, ``FileNotFoundError``, ...), so ordinary
+``except`` clauses keep working. Messages name the dataset path, field, shard file, the value
+received and what was allowed.
+"""
+
+from __future__ import annotations
+
+
+class MemshardError(Exception):
+    """Base class of every error memshard raises on purpose."""
+
+
+class InvalidDatasetError(MemshardError, ValueError):
+    """The dataset on disk breaks the format: a bad manifest, header or shard file."""
+
+
+class ManifestError(InvalidDatasetError):
+    """``manifest.json`` is missing a key, has a wrong value, or is not strict JSON."""
+
+
+class UnsupportedVersionError(ManifestError):
+    """The manifest declares a format major version this library cannot read."""
+
+
+class ShardHeaderError(InvalidDatasetError):
+    """A shard's ``.npy`` header is malformed or disagrees with the manifest."""
+
+
+class ShardSizeError(InvalidDatasetError):
+    """A shard file is shorter (truncated) or longer than the manifest says."""
+
+
+class UnsafePathError(InvalidDatasetError):
+    """A path in the manifest escapes the dataset directory or is a symlink."""
+
+
+class DatasetNotFoundError(MemshardError, FileNotFoundError):
+    """No dataset (no ``manifest.json``) at the given path."""
+
+
+class ShardMissingError(InvalidDatasetError, FileNotFoundError):
+    """A shard file named by the manifest does not exist or is not a regular file."""
+
+
+class DatasetExistsError(MemshardError, FileExistsError):
+    """``create`` was asked to write where something already exists."""
+
+
+class DatasetLockedError(MemshardError, BlockingIOError):
+    """Another appender holds the dataset's write lock."""
+
+
+class DatasetChangedError(MemshardError, RuntimeError):
+    """The dataset was replaced or rolled back under an open reader."""
+
+
+class SchemaError(MemshardError, ValueError):
+    """A field definition, label vocabulary or attribute given to ``create`` is invalid."""
+
+
+class UnsupportedDtypeError(SchemaError, TypeError):
+    """A dtype that memshard cannot store: object, structured, big-endian, ..."""
+
+
+class BatchError(MemshardError, ValueError):
+    """A row or batch given to the appender does not match the dataset's fields."""
+
+
+class CastError(BatchError, TypeError):
+    """A value cannot be stored in a field without losing information."""
+
+
+class LabelError(BatchError):
+    """A label value lies outside its field's vocabulary."""
+
+
+class FieldNotFoundError(MemshardError, KeyError):
+    """A field name that the dataset does not have."""
+
+    def __str__(self) -> str:
+        # KeyError's str() is the repr of its argument; show the message as written.
+        return str(self.args[0]) if self.args else ""
+
+
+class InvalidIndexError(MemshardError, IndexError):
+    """An index that numpy would also reject: out of range, wrong type, bad shape."""
+
+
+class OutArrayError(MemshardError, ValueError):
+    """An ``out=`` array of the wrong shape, dtype or layout."""
+
+
+class AppenderClosedError(MemshardError, RuntimeError):
+    """The appender was closed, failed permanently, or is used from another process."""
+
+
+class WriteFailedError(MemshardError, OSError):
+    """Writing or syncing a dataset failed; the appender stops, committed rows stay valid."""

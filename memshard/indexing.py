@@ -1,0 +1,307 @@
+"""Index projection: numpy keys onto shards, as pure code with no I/O.
+
+Reading ``column[key]`` happens in three steps:
+
+1. :func:`plan` checks ``key`` against the column's shape exactly as numpy would and splits it
+   into the rows it needs from disk (a :class:`RowSelection`) and a key to apply to those rows
+   once they are in memory. ``column[key] == rows_array[rewritten_key]`` for every valid key.
+2. :func:`project_slice` / :func:`project_indices` map the rows onto shards, giving
+   ``(shard, selection in shard, selection in output)`` triples, using the cumulative row
+   offsets of the shards.
+3. The reader copies (or views) each triple. Only step 3 touches a file.
+"""
+
+from __future__ import annotations
+
+import bisect
+import operator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import InvalidIndexError
+
+#: At most this many shards are searched with one boolean mask each; wider spans are grouped
+#: with a sort, which costs more per index but nothing per shard.
+MASK_GROUPING_MAX_SHARDS = 8
+
+_VALID_INDICES = (
+    "only integers, slices (`:`), ellipsis (`...`), numpy.newaxis (`None`) and integer or "
+    "boolean arrays are valid indices"
+)
+
+
+@dataclass(frozen=True)
+class SliceRows:
+    """Rows ``range(start, stop, step)``, already clipped to the column (``count`` of them)."""
+
+    start: int
+    stop: int
+    step: int
+    count: int
+
+
+@dataclass(frozen=True)
+class IndexRows:
+    """Rows ``indices`` (non-negative, in range), in request order, repeats allowed."""
+
+    indices: np.ndarray
+
+
+RowSelection = SliceRows | IndexRows
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to read (``rows``) and what to apply to it once read (``key``)."""
+
+    rows: RowSelection
+    key: tuple[Any, ...]
+
+
+def _shape_oracle(shape: tuple[int, ...]) -> np.ndarray:
+    # A zero-byte array of the column's shape: numpy validates a key on it and computes the
+    # result shape with no memory, so every error matches numpy's exactly.
+    return np.broadcast_to(np.empty((), dtype=np.dtype([])), shape)
+
+
+def normalize_item(item: Any) -> Any:
+    """Turn one element of a key into what numpy would see: int, slice, None, ``...`` or array.
+
+    Raises:
+        InvalidIndexError: the item is not a valid index (a float, a string, a ragged list).
+    """
+    if item is None or item is Ellipsis or isinstance(item, slice):
+        return item
+    if isinstance(item, (bool, np.bool_)):
+        return np.asarray(item)
+    if isinstance(item, np.ndarray):
+        if item.dtype.kind not in "biu":
+            raise InvalidIndexError(_VALID_INDICES)
+        return item
+    if isinstance(item, (list, tuple)):
+        return _sequence_to_array(item)
+    if isinstance(item, (str, bytes)) or not hasattr(item, "__index__"):
+        if hasattr(item, "__array__"):
+            return normalize_item(np.asarray(item))
+        raise InvalidIndexError(_VALID_INDICES)
+    return operator.index(item)
+
+
+def _sequence_to_array(items: list[Any] | tuple[Any, ...]) -> np.ndarray:
+    try:
+        array = np.asarray(items)
+    except ValueError:
+        raise InvalidIndexError(_VALID_INDICES) from None
+    if array.size == 0 and array.dtype.kind == "f":
+        return array.astype(np.intp)
+    if array.dtype.kind not in "biu":
+        raise InvalidIndexError(_VALID_INDICES)
+    return array
+
+
+def normalize_key(key: Any) -> tuple[Any, ...]:
+    """The key as a tuple of normalized items (see :func:`normalize_item`)."""
+    items = key if isinstance(key, tuple) else (key,)
+    return tuple(normalize_item(item) for item in items)
+
+
+def _axes_consumed(item: Any) -> int:
+    if item is None or item is Ellipsis:
+        return 0
+    if isinstance(item, np.ndarray) and item.dtype.kind == "b":
+        return item.ndim
+    return 1
+
+
+def plan(key: Any, shape: tuple[int, ...]) -> Plan:
+    """Split ``key`` on an array of ``shape`` into rows to read and a key to apply after.
+
+    Raises:
+        InvalidIndexError: exactly when ``numpy.empty(shape)[key]`` raises ``IndexError``.
+
+    Example:
+        >>> p = plan((slice(5, 1, -2), 0), (10, 3))
+        >>> p.rows, p.key
+        (SliceRows(start=5, stop=1, step=-2, count=2), (slice(None, None, None), 0))
+    """
+    items = normalize_key(key)
+    try:
+        _shape_oracle(shape)[items]
+    except IndexError as exc:
+        raise InvalidIndexError(str(exc)) from None
+    position = _axis0_position(items, len(shape))
+    if position is None:
+        return Plan(SliceRows(0, shape[0], 1, shape[0]), items)
+    item = items[position]
+    if isinstance(item, slice):
+        rows: RowSelection = slice_rows(item, shape[0])
+        replacement: Any = slice(None)
+    elif isinstance(item, int):
+        rows = IndexRows(np.array([item % shape[0]], dtype=np.int64))
+        replacement = 0
+    else:
+        return _plan_array(items, position, shape[0])
+    return Plan(rows, (*items[:position], replacement, *items[position + 1 :]))
+
+
+def _axis0_position(items: tuple[Any, ...], ndim: int) -> int | None:
+    """Index of the key item that selects along axis 0, or None if an Ellipsis (written or
+    implied) covers axis 0."""
+    explicit = sum(_axes_consumed(item) for item in items)
+    for position, item in enumerate(items):
+        if item is Ellipsis:
+            if ndim - explicit > 0:
+                return None
+            continue
+        if _axes_consumed(item) > 0:
+            return position
+    return None
+
+
+def _plan_array(items: tuple[Any, ...], position: int, length: int) -> Plan:
+    item = items[position]
+    extra: tuple[Any, ...] = ()
+    if item.dtype.kind == "b":
+        first, *extra_list = item.nonzero()
+        item, extra = first, tuple(extra_list)
+    indices = item.astype(np.int64, copy=False).ravel()
+    indices = np.where(indices < 0, indices + length, indices)
+    replacement = np.arange(indices.size, dtype=np.intp).reshape(item.shape)
+    key = (*items[:position], replacement, *extra, *items[position + 1 :])
+    return Plan(IndexRows(indices), key)
+
+
+def slice_rows(item: slice, length: int) -> SliceRows:
+    """The rows a slice selects from ``length`` rows, clipped as numpy clips them."""
+    start, stop, step = item.indices(length)
+    return SliceRows(start, stop, step, len(range(start, stop, step)))
+
+
+def check_indices(indices: np.ndarray, length: int) -> np.ndarray:
+    """Validate a 1-d integer index array against ``length`` rows; return it non-negative.
+
+    Raises:
+        InvalidIndexError: with numpy's message, for the first out-of-range index.
+    """
+    if indices.size == 0:
+        return indices.astype(np.int64, copy=False)
+    low, high = int(indices.min()), int(indices.max())
+    if low < -length or high >= length:
+        bad = high if high >= length else low
+        raise InvalidIndexError(f"index {bad} is out of bounds for axis 0 with size {length}")
+    if low < 0:
+        return np.where(indices < 0, indices + length, indices).astype(np.int64, copy=False)
+    return indices
+
+
+@dataclass(frozen=True)
+class ShardTable:
+    """Where shards start. ``offsets[s]`` is the first row of shard ``s``; the last entry is the
+    total row count. ``uniform_rows`` is set when every shard but the last has that many rows,
+    which turns the row-to-shard search into a division."""
+
+    offsets: np.ndarray
+    uniform_rows: int | None
+
+    @classmethod
+    def from_offsets(cls, offsets: np.ndarray) -> ShardTable:
+        """Build the table from ``len(shards) + 1`` cumulative offsets."""
+        sizes = np.diff(offsets)
+        uniform = None
+        if sizes.size and (sizes[:-1] == sizes[0]).all() and 0 < sizes[-1] <= sizes[0]:
+            uniform = int(sizes[0])
+        offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+        offsets.flags.writeable = False
+        return cls(offsets, uniform)
+
+    def shard_of(self, row: int) -> int:
+        """The shard holding ``row`` (``0 <= row < total``)."""
+        if self.uniform_rows is not None:
+            return row // self.uniform_rows
+        return bisect.bisect_right(self.offsets, row) - 1
+
+    def shards_of(self, rows: np.ndarray) -> np.ndarray:
+        """The shard of each row, vectorised."""
+        if self.uniform_rows is not None:
+            return rows // self.uniform_rows
+        return np.searchsorted(self.offsets, rows, side="right") - 1
+
+
+Triple = tuple[int, Any, Any]
+
+
+def project_slice(rows: SliceRows, table: ShardTable) -> list[Triple]:
+    """``(shard, slice in shard, slice in output)`` for every shard the slice touches, in
+    output order.
+
+    Example:
+        >>> t = ShardTable.from_offsets(np.array([0, 4, 8, 10]))
+        >>> project_slice(SliceRows(1, 10, 3, 3), t)
+        [(0, slice(1, 2, 3), slice(0, 1, None)), (1, slice(0, 4, 3), slice(1, 3, None))]
+    """
+    if rows.count == 0:
+        return []
+    offsets = table.offsets
+    first = rows.start
+    last = rows.start + (rows.count - 1) * rows.step
+    triples: list[Triple] = []
+    done = 0
+    shard = table.shard_of(first)
+    step_shard = 1 if rows.step > 0 else -1
+    while done < rows.count:
+        row = first + done * rows.step
+        while not offsets[shard] <= row < offsets[shard + 1]:
+            shard += step_shard
+        low, high = int(offsets[shard]), int(offsets[shard + 1])
+        end_row = min(last, high - 1) if rows.step > 0 else max(last, low)
+        count = (end_row - row) // rows.step + 1
+        local_start = row - low
+        local_stop = local_start + (count - 1) * rows.step + (1 if rows.step > 0 else -1)
+        triples.append(
+            (
+                shard,
+                slice(local_start, local_stop if local_stop >= 0 else None, rows.step),
+                slice(done, done + count),
+            )
+        )
+        done += count
+    return triples
+
+
+def project_indices(indices: np.ndarray, table: ShardTable) -> list[Triple]:
+    """``(shard, indices in shard, positions in output)`` grouped by shard.
+
+    ``indices`` must be 1-d, non-negative and in range. The output positions are a ``slice``
+    when one shard serves every index.
+
+    Example:
+        >>> t = ShardTable.from_offsets(np.array([0, 4, 8]))
+        >>> [(s, a.tolist(), p if isinstance(p, slice) else p.tolist())
+        ...  for s, a, p in project_indices(np.array([5, 1, 6]), t)]
+        [(0, [1], [1]), (1, [1, 2], [0, 2])]
+    """
+    if indices.size == 0:
+        return []
+    offsets = table.offsets
+    shards = table.shards_of(indices)
+    low, high = int(shards.min()), int(shards.max())
+    if low == high:
+        return [(low, indices - offsets[low], slice(0, indices.size))]
+    if high - low < MASK_GROUPING_MAX_SHARDS:
+        triples: list[Triple] = []
+        for shard in range(low, high + 1):
+            positions = np.flatnonzero(shards == shard)
+            if positions.size:
+                triples.append((shard, indices[positions] - offsets[shard], positions))
+        return triples
+    order = np.argsort(shards, kind="stable")
+    grouped = shards[order]
+    cuts = np.flatnonzero(grouped[1:] != grouped[:-1]) + 1
+    starts = np.concatenate(([0], cuts))
+    ends = np.concatenate((cuts, [indices.size]))
+    return [
+        (int(grouped[a]), indices[order[a:b]] - offsets[grouped[a]], order[a:b])
+        for a, b in zip(starts.tolist(), ends.tolist(), strict=True)
+    ]

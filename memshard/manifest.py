@@ -1,0 +1,359 @@
+"""The manifest: schema (pydantic), strict JSON load and deterministic dump.
+
+``manifest.json`` is the single source of truth of a dataset: which fields exist, which shard
+files hold which rows, and how many rows are committed. The rules enforced here are the ones
+``spec/FORMAT.md`` lists under "Manifest" and "What makes a dataset invalid".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from functools import cached_property
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from . import npyheader
+from .checksum import CHECKSUM_PATTERN
+from .dtypes import SUPPORTED_DESCRS
+from .errors import ManifestError, UnsupportedVersionError
+from .layout import FIELD_NAME_PATTERN, is_safe_shard_path
+
+FORMAT_NAME: Literal["memshard"] = "memshard"
+#: The format version this library writes; it reads every ``1.x``.
+FORMAT_VERSION = "1.0"
+FORMAT_MAJOR, FORMAT_MINOR = (int(part) for part in FORMAT_VERSION.split("."))
+#: A manifest larger than this is refused before it is parsed.
+MAX_MANIFEST_BYTES = 256 << 20
+#: Most dimensions a sample may have (numpy allows 64 in all, one is the row axis).
+MAX_SAMPLE_NDIM = 32
+#: Largest row count, row offset or byte size the manifest may state.
+MAX_COUNT = 2**62
+#: Most labels in one vocabulary.
+MAX_LABELS = 1 << 24
+#: How many validation problems an error message lists.
+MAX_REPORTED_PROBLEMS = 5
+
+Count = Field(ge=0, le=MAX_COUNT)
+
+
+class _Strict(BaseModel):
+    """Frozen, strict (no coercion), unknown keys refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class FieldSpec(_Strict):
+    """A field: the dtype (numpy descr) and the shape of one sample."""
+
+    dtype: str
+    shape: tuple[int, ...] = Field(max_length=MAX_SAMPLE_NDIM)
+
+    @field_validator("dtype")
+    @classmethod
+    def _supported(cls, value: str) -> str:
+        if value not in SUPPORTED_DESCRS:
+            raise ValueError(
+                f"dtype {value!r} is not supported; expected one of {sorted(SUPPORTED_DESCRS)}"
+            )
+        return value
+
+    @field_validator("shape")
+    @classmethod
+    def _positive_dims(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(dim < 1 or dim > MAX_COUNT for dim in value):
+            raise ValueError(f"sample shape {list(value)} must have dimensions >= 1")
+        return value
+
+    @cached_property
+    def numpy_dtype(self) -> np.dtype[Any]:
+        """The dtype as a :class:`numpy.dtype`."""
+        return np.dtype(self.dtype)
+
+    @cached_property
+    def row_bytes(self) -> int:
+        """Bytes one sample occupies."""
+        return self.numpy_dtype.itemsize * math.prod(self.shape)
+
+    @cached_property
+    def data_offset(self) -> int:
+        """Where the data starts in every shard file of this field."""
+        return npyheader.data_offset(self.numpy_dtype, self.shape)
+
+
+class ShardFile(_Strict):
+    """One field's file within a shard."""
+
+    path: str
+    data_offset: int = Field(ge=npyheader.ARRAY_ALIGN, le=npyheader.MAX_HEADER_SIZE)
+    nbytes: int = Count
+    checksum: str | None
+
+    @field_validator("path")
+    @classmethod
+    def _inside_dataset(cls, value: str) -> str:
+        if not is_safe_shard_path(value):
+            raise ValueError(
+                f"shard path {value!r} must be a plain file name under shards/ ending in .npy "
+                "(no absolute paths, '..', backslashes or NUL)"
+            )
+        return value
+
+    @field_validator("checksum")
+    @classmethod
+    def _checksum_form(cls, value: str | None) -> str | None:
+        if value is not None and not CHECKSUM_PATTERN.fullmatch(value):
+            raise ValueError(f"checksum {value!r} is not of the form 'xxh3_64:<16 hex digits>'")
+        return value
+
+
+class Shard(_Strict):
+    """A run of consecutive rows stored as one file per field."""
+
+    row_offset: int = Count
+    rows: int = Field(ge=1, le=MAX_COUNT)
+    sealed: bool
+    files: dict[str, ShardFile]
+
+
+class Manifest(_Strict):
+    """The whole manifest. Construct through :func:`loads` or :func:`load` to get typed errors."""
+
+    format: Literal["memshard"]
+    version: str = Field(pattern=r"^[0-9]{1,4}\.[0-9]{1,4}$")
+    uuid: str = Field(pattern=r"^[0-9a-f]{32}$")
+    generation: int = Count
+    rows: int = Count
+    shard_rows: int = Field(ge=1, le=MAX_COUNT)
+    fields: dict[str, FieldSpec] = Field(min_length=1)
+    labels: dict[str, tuple[str, ...]]
+    attrs: dict[str, Any]
+    shards: tuple[Shard, ...]
+
+    @field_validator("fields")
+    @classmethod
+    def _field_names(cls, value: dict[str, FieldSpec]) -> dict[str, FieldSpec]:
+        for name in value:
+            if not FIELD_NAME_PATTERN.fullmatch(name):
+                raise ValueError(f"field name {name!r} is invalid")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        _check_labels(self)
+        _check_shards(self)
+        return self
+
+    @cached_property
+    def row_offsets(self) -> np.ndarray:
+        """``int64`` array of length ``len(shards) + 1``: where each shard starts, then ``rows``."""
+        offsets = np.fromiter(
+            (shard.row_offset for shard in self.shards), dtype=np.int64, count=len(self.shards)
+        )
+        return np.append(offsets, np.int64(self.rows))
+
+
+def _check_labels(manifest: Manifest) -> None:
+    for name, vocabulary in manifest.labels.items():
+        spec = manifest.fields.get(name)
+        if spec is None:
+            raise ValueError(f"labels.{name}: no field named {name!r}")
+        if spec.numpy_dtype.kind not in "iu":
+            raise ValueError(f"labels.{name}: field dtype {spec.dtype!r} is not an integer dtype")
+        if len(vocabulary) > MAX_LABELS:
+            raise ValueError(f"labels.{name}: {len(vocabulary)} labels, at most {MAX_LABELS}")
+        if len(set(vocabulary)) != len(vocabulary):
+            raise ValueError(f"labels.{name}: labels are not unique")
+
+
+def _check_shards(manifest: Manifest) -> None:
+    expected_offset = 0
+    seen_paths: set[str] = set()
+    last = len(manifest.shards) - 1
+    for position, shard in enumerate(manifest.shards):
+        where = f"shards[{position}]"
+        if shard.row_offset != expected_offset:
+            raise ValueError(
+                f"{where}.row_offset is {shard.row_offset}, expected {expected_offset} "
+                "(shards must cover the rows in order with no gap or overlap)"
+            )
+        expected_offset += shard.rows
+        if not shard.sealed and position != last:
+            raise ValueError(f"{where}.sealed is false, but only the last shard may be unsealed")
+        if shard.files.keys() != manifest.fields.keys():
+            raise ValueError(
+                f"{where}.files has fields {sorted(shard.files)}, "
+                f"expected {sorted(manifest.fields)}"
+            )
+        for name, file in shard.files.items():
+            _check_file(f"{where}.files.{name}", file, manifest.fields[name], shard)
+            if file.path in seen_paths:
+                raise ValueError(f"{where}.files.{name}.path {file.path!r} is used twice")
+            seen_paths.add(file.path)
+    if expected_offset != manifest.rows:
+        raise ValueError(f"rows is {manifest.rows}, but the shards hold {expected_offset} rows")
+
+
+def _check_file(where: str, file: ShardFile, spec: FieldSpec, shard: Shard) -> None:
+    if file.data_offset != spec.data_offset:
+        raise ValueError(
+            f"{where}.data_offset is {file.data_offset}, expected {spec.data_offset} "
+            f"for dtype {spec.dtype!r} and shape {list(spec.shape)}"
+        )
+    if file.nbytes != shard.rows * spec.row_bytes:
+        raise ValueError(
+            f"{where}.nbytes is {file.nbytes}, expected {shard.rows * spec.row_bytes} "
+            f"({shard.rows} rows of {spec.row_bytes} bytes)"
+        )
+    if shard.sealed and file.checksum is None:
+        raise ValueError(f"{where}.checksum is missing on a sealed shard")
+    if not shard.sealed and file.checksum is not None:
+        raise ValueError(f"{where}.checksum must be null on an unsealed shard")
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def loads(data: bytes, *, where: str) -> Manifest:
+    """Parse and validate manifest bytes.
+
+    The JSON must be strict: UTF-8, no duplicate keys, no ``NaN``/``Infinity`` literals. A
+    manifest of an unknown major version is refused before anything else is checked; one of a
+    newer minor version is read with the keys this library does not know ignored.
+
+    Parameters:
+        data: the content of ``manifest.json``.
+        where: the path named in error messages.
+
+    Raises:
+        ManifestError: naming ``where`` and the offending key.
+        UnsupportedVersionError: the major version is not ``1``.
+    """
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ManifestError(
+            f"{where}: {len(data)} bytes, more than the {MAX_MANIFEST_BYTES} allowed"
+        )
+    try:
+        raw = json.loads(
+            data.decode("utf-8"),
+            object_pairs_hook=_refuse_duplicate_keys,
+            parse_constant=_refuse_constant,
+        )
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ManifestError(f"{where}: not strict JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{where}: the top level must be an object, got {type(raw).__name__}")
+    if _check_version(raw, where):
+        data = json.dumps(_known_keys_only(raw)).encode("utf-8")
+    try:
+        return Manifest.model_validate_json(data, strict=True)
+    except ValidationError as exc:
+        raise ManifestError(f"{where}: {_describe(exc)}") from None
+
+
+def _check_version(raw: dict[str, Any], where: str) -> bool:
+    """Refuse an unknown major version; return whether the minor version is newer than ours."""
+    version = raw.get("version")
+    if raw.get("format") != FORMAT_NAME:
+        raise ManifestError(f"{where}: format: expected {FORMAT_NAME!r}, got {raw.get('format')!r}")
+    if (
+        not isinstance(version, str)
+        or not version.replace(".", "", 1).isdigit()
+        or "." not in version
+    ):
+        raise ManifestError(f"{where}: version: expected 'MAJOR.MINOR', got {version!r}")
+    major, minor = (int(part) for part in version.split("."))
+    if major != FORMAT_MAJOR:
+        raise UnsupportedVersionError(
+            f"{where}: version: format version {version} is not supported "
+            f"(this library reads {FORMAT_MAJOR}.x)"
+        )
+    return minor > FORMAT_MINOR
+
+
+def _known_keys_only(raw: dict[str, Any]) -> dict[str, Any]:
+    """Drop the keys a newer minor version added, which this reader may ignore."""
+
+    def known(model: type[BaseModel], value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        return {key: item for key, item in value.items() if key in model.model_fields}
+
+    def each(model: type[BaseModel], mapping: Any) -> Any:
+        if not isinstance(mapping, dict):
+            return mapping
+        return {key: known(model, item) for key, item in mapping.items()}
+
+    def shard(value: Any) -> Any:
+        value = known(Shard, value)
+        if isinstance(value, dict) and "files" in value:
+            value["files"] = each(ShardFile, value["files"])
+        return value
+
+    result: dict[str, Any] = known(Manifest, raw)
+    if "fields" in result:
+        result["fields"] = each(FieldSpec, result["fields"])
+    if isinstance(result.get("shards"), list):
+        result["shards"] = [shard(value) for value in result["shards"]]
+    return result
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors()[:MAX_REPORTED_PROBLEMS]:
+        location = ".".join(str(part) for part in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        received = "" if error["type"] == "value_error" else f" (got {error['input']!r:.80})"
+        problems.append(f"{location}: {message}{received}" if location else message)
+    more = exc.error_count() - len(problems)
+    return "; ".join(problems) + (f"; and {more} more problems" if more > 0 else "")
+
+
+def load(path: str) -> Manifest:
+    """Read and validate the manifest file at ``path`` (see :func:`loads`)."""
+    with open(path, "rb") as handle:
+        data = handle.read(MAX_MANIFEST_BYTES + 1)
+    return loads(data, where=path)
+
+
+def dumps(manifest: Manifest) -> bytes:
+    """The canonical bytes of ``manifest``: UTF-8 JSON, one top-level key per line and one shard
+    per line, keys in schema order, ending in a newline.
+    """
+
+    def encode(value: Any) -> str:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False)
+
+    content = manifest.model_dump(mode="json")
+    shards = content.pop("shards")
+    lines = [f" {encode(key)}: {encode(value)}," for key, value in content.items()]
+    shard_lines = ",\n".join(f"  {encode(shard)}" for shard in shards)
+    lines.append(f' "shards": [\n{shard_lines}\n ]' if shards else ' "shards": []')
+    return ("{\n" + "\n".join(lines) + "\n}\n").encode("utf-8")
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of the manifest, as published in ``spec/manifest.schema.json``."""
+    schema = Manifest.model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "memshard manifest, format version " + FORMAT_VERSION
+    return schema

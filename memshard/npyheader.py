@@ -1,0 +1,111 @@
+"""The canonical ``.npy`` header of a shard file.
+
+A shard is a valid NPY 1.0 file (``numpy.lib.format``) whose header is written in exactly one
+way, so that it can be rewritten in place as rows are appended and so that a reader can check
+it byte for byte:
+
+1. the 6-byte magic ``\\x93NUMPY`` and the version bytes ``\\x01\\x00``;
+2. the header length as a little-endian ``uint16``;
+3. the ASCII dictionary ``{'descr': D, 'fortran_order': False, 'shape': S, }`` where ``D`` is
+   the field's dtype descr and ``S`` the Python ``repr`` of ``(rows, *sample_shape)``;
+4. spaces, then one ``\\n``, so that the data starts at a multiple of :data:`ARRAY_ALIGN` and
+   there is room for a row count of :data:`ROW_DIGITS_RESERVED` digits. The data offset
+   therefore depends only on the dtype and sample shape, never on the row count.
+"""
+
+from __future__ import annotations
+
+import ast
+import struct
+from typing import Any
+
+import numpy as np
+
+from .errors import ShardHeaderError
+
+MAGIC = b"\x93NUMPY"
+VERSION = b"\x01\x00"
+#: Bytes before the header dictionary: magic, version and the uint16 header length.
+PREAMBLE_SIZE = len(MAGIC) + len(VERSION) + 2
+#: The data of every shard starts at a multiple of this (numpy uses the same value).
+ARRAY_ALIGN = 64
+#: Digits of row count the header leaves room for: enough for any int64 row count.
+ROW_DIGITS_RESERVED = 19
+#: Largest header a shard may have; NPY 1.0 stores the length in a uint16.
+MAX_HEADER_SIZE = 65535
+
+
+def _dictionary(descr: str, shape: tuple[int, ...]) -> str:
+    return f"{{'descr': {descr!r}, 'fortran_order': False, 'shape': {shape!r}, }}"
+
+
+def data_offset(dtype: np.dtype[Any], sample_shape: tuple[int, ...]) -> int:
+    """Byte offset of the first row in a shard of this dtype and sample shape.
+
+    Example:
+        >>> data_offset(np.dtype("<f4"), (3, 64, 64))
+        128
+    """
+    widest = _dictionary(dtype.str, (10**ROW_DIGITS_RESERVED - 1, *sample_shape))
+    unpadded = PREAMBLE_SIZE + len(widest) + 1
+    return -(-unpadded // ARRAY_ALIGN) * ARRAY_ALIGN
+
+
+def header_bytes(dtype: np.dtype[Any], sample_shape: tuple[int, ...], rows: int) -> bytes:
+    """The canonical header of a shard holding ``rows`` rows; ``data_offset(...)`` bytes long."""
+    if not 0 <= rows < 10**ROW_DIGITS_RESERVED:
+        raise ValueError(f"row count {rows} does not fit the reserved header space")
+    size = data_offset(dtype, sample_shape)
+    text = _dictionary(dtype.str, (rows, *sample_shape))
+    body_size = size - PREAMBLE_SIZE
+    if body_size > MAX_HEADER_SIZE:
+        raise ValueError(f"a header of {body_size} bytes exceeds {MAX_HEADER_SIZE}")
+    body = text.ljust(body_size - 1).encode("ascii") + b"\n"
+    return MAGIC + VERSION + struct.pack("<H", body_size) + body
+
+
+def rows_in_header(
+    header: bytes, dtype: np.dtype[Any], sample_shape: tuple[int, ...], *, where: str
+) -> int:
+    """Return the row count of a canonical header, checking every byte of it.
+
+    ``header`` is the first ``data_offset(dtype, sample_shape)`` bytes of the shard file. The
+    dictionary is parsed with :func:`ast.literal_eval` (never unpickled), then the header is
+    regenerated and compared, so any deviation (another dtype, Fortran order, a big-endian
+    descr, odd padding, a flipped byte) is refused.
+
+    Raises:
+        ShardHeaderError: naming ``where`` (the shard file) and what was found.
+    """
+    expected_size = data_offset(dtype, sample_shape)
+    if len(header) != expected_size:
+        raise ShardHeaderError(f"{where}: header is {len(header)} bytes, expected {expected_size}")
+    if header[: len(MAGIC)] != MAGIC:
+        raise ShardHeaderError(f"{where}: not an .npy file (magic {header[:6]!r})")
+    if header[len(MAGIC) : len(MAGIC) + 2] != VERSION:
+        raise ShardHeaderError(
+            f"{where}: .npy version {tuple(header[6:8])} is not the 1.0 that memshard writes"
+        )
+    rows = _parse_rows(header[PREAMBLE_SIZE:], where)
+    if header_bytes(dtype, sample_shape, rows) != header:
+        raise ShardHeaderError(
+            f"{where}: header {header[PREAMBLE_SIZE:].rstrip().decode('latin-1')!r} does not "
+            f"match the manifest (dtype {dtype.str!r}, sample shape {sample_shape}, C order)"
+        )
+    return rows
+
+
+def _parse_rows(body: bytes, where: str) -> int:
+    try:
+        parsed = ast.literal_eval(body.decode("ascii"))
+    except (ValueError, SyntaxError, UnicodeDecodeError, MemoryError, RecursionError) as exc:
+        raise ShardHeaderError(f"{where}: unreadable header dictionary ({exc})") from None
+    shape = parsed.get("shape") if isinstance(parsed, dict) else None
+    if (
+        not isinstance(shape, tuple)
+        or not shape
+        or type(shape[0]) is not int
+        or not 0 <= shape[0] < 10**ROW_DIGITS_RESERVED
+    ):
+        raise ShardHeaderError(f"{where}: header has no valid 'shape' with a row count")
+    return shape[0]

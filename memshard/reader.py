@@ -1,0 +1,493 @@
+"""Reading a dataset: :func:`open`, :class:`Dataset` and :class:`Column`.
+
+A :class:`Dataset` is a snapshot of a committed manifest. It maps shard files lazily, in the
+process that reads them, through the process-wide cache in :mod:`memshard.mappings`; it never
+holds a file descriptor of its own, so it survives ``fork`` and pickles to a few hundred bytes
+(path, dataset id, generation and row count) for ``spawn`` and ``forkserver`` children.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from . import manifest as manifest_io
+from .errors import (
+    DatasetChangedError,
+    DatasetNotFoundError,
+    FieldNotFoundError,
+    InvalidIndexError,
+    OutArrayError,
+)
+from .indexing import (
+    ShardTable,
+    SliceRows,
+    check_indices,
+    plan,
+    project_indices,
+    project_slice,
+    slice_rows,
+)
+from .layout import MANIFEST_NAME
+from .manifest import FieldSpec, Manifest, Shard
+from .mappings import CACHE, map_shard_file
+
+#: Rows at least this large are scattered into a multi-shard gather one by one, which copies
+#: each byte once; smaller rows are gathered per shard and scattered with numpy, which copies
+#: twice but costs nothing per index in Python.
+ROW_BY_ROW_MIN_BYTES = 16 << 10
+
+
+class FieldInfo(NamedTuple):
+    """A field's dtype and the shape of one sample; accepted back by :func:`memshard.create`."""
+
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """The first ``rows`` rows of one committed manifest, ready for indexing."""
+
+    root: str
+    manifest: Manifest
+    rows: int
+    shards: tuple[Shard, ...]
+    shard_lengths: tuple[int, ...]
+    starts: tuple[int, ...]
+    table: ShardTable
+
+    @classmethod
+    def of(cls, root: str, manifest: Manifest, rows: int) -> _Snapshot:
+        shards = tuple(shard for shard in manifest.shards if shard.row_offset < rows)
+        lengths = tuple(min(shard.rows, rows - shard.row_offset) for shard in shards)
+        offsets = manifest.row_offsets[: len(shards) + 1].copy()
+        offsets[len(shards)] = rows
+        return cls(
+            root,
+            manifest,
+            rows,
+            shards,
+            lengths,
+            tuple(offsets.tolist()),
+            ShardTable.from_offsets(offsets),
+        )
+
+
+def open(path: str | os.PathLike[str]) -> Dataset:  # noqa: A001 - mirrors the public name
+    """Open the dataset at ``path`` for reading.
+
+    Nothing is mapped yet; shards are mapped on first access, in the process that reads.
+
+    Raises:
+        DatasetNotFoundError: ``path`` has no ``manifest.json``.
+        ManifestError: the manifest is invalid (see :func:`memshard.manifest.loads`).
+
+    Example:
+        >>> import memshard as ms, numpy as np, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "ds")
+        >>> with ms.create(path, fields={"x": ("float32", (2,))}) as w:
+        ...     w.extend({"x": np.ones((3, 2))})
+        >>> ds = ms.open(path)
+        >>> len(ds), ds["x"].shape
+        (3, (3, 2))
+    """
+    root = os.path.abspath(os.fspath(path))
+    return Dataset._from_manifest(root, _load_manifest(root))
+
+
+def _load_manifest(root: str) -> Manifest:
+    manifest_path = os.path.join(root, MANIFEST_NAME)
+    try:
+        return manifest_io.load(manifest_path)
+    except FileNotFoundError:
+        what = (
+            "is not a memshard dataset (no manifest.json)"
+            if os.path.isdir(root)
+            else ("does not exist")
+        )
+        raise DatasetNotFoundError(f"{root}: {what}") from None
+    except IsADirectoryError:
+        raise DatasetNotFoundError(f"{manifest_path}: is a directory, not a manifest") from None
+
+
+def _restore(root: str, uuid: str, generation: int, rows: int) -> Dataset:
+    manifest = _load_manifest(root)
+    _check_same_dataset(root, manifest, uuid, generation, rows)
+    return Dataset._from_manifest(root, manifest, rows)
+
+
+def _check_same_dataset(
+    root: str, manifest: Manifest, uuid: str, generation: int, rows: int
+) -> None:
+    if manifest.uuid != uuid:
+        raise DatasetChangedError(
+            f"{root}: the dataset was replaced (id {manifest.uuid}, expected {uuid})"
+        )
+    if manifest.generation < generation or manifest.rows < rows:
+        raise DatasetChangedError(
+            f"{root}: the manifest went back from generation {generation} ({rows} rows) to "
+            f"{manifest.generation} ({manifest.rows} rows)"
+        )
+
+
+class Dataset:
+    """A read-only view of the committed rows of a dataset. Create with :func:`memshard.open`.
+
+    ``len(ds)`` rows; ``ds["x"]`` is a :class:`Column`; ``ds[i]`` / ``ds[indices]`` /
+    ``ds[a:b]`` give a dict of every field; :meth:`take` gathers a batch of every field.
+    """
+
+    _snapshot: _Snapshot
+    _stat: tuple[int, int, int] | None
+
+    def __init__(self) -> None:
+        raise TypeError("use memshard.open(path) to open a dataset")
+
+    @classmethod
+    def _from_manifest(cls, root: str, manifest: Manifest, rows: int | None = None) -> Dataset:
+        dataset = object.__new__(cls)
+        dataset._snapshot = _Snapshot.of(root, manifest, manifest.rows if rows is None else rows)
+        dataset._stat = None
+        return dataset
+
+    # -- description -------------------------------------------------------------------------
+    @property
+    def path(self) -> str:
+        """Absolute path of the dataset directory."""
+        return self._snapshot.root
+
+    @property
+    def generation(self) -> int:
+        """The manifest generation this view was read from."""
+        return self._snapshot.manifest.generation
+
+    @property
+    def uuid(self) -> str:
+        """The dataset's identity, fixed at creation."""
+        return self._snapshot.manifest.uuid
+
+    def __len__(self) -> int:
+        return self._snapshot.rows
+
+    @property
+    def fields(self) -> dict[str, FieldInfo]:
+        """Field name -> (dtype, sample shape), in definition order."""
+        return {
+            name: FieldInfo(spec.numpy_dtype, spec.shape)
+            for name, spec in self._snapshot.manifest.fields.items()
+        }
+
+    @property
+    def labels(self) -> dict[str, tuple[str, ...]]:
+        """Field name -> label vocabulary, for the fields that have one."""
+        return dict(self._snapshot.manifest.labels)
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """User attributes stored at creation (a copy)."""
+        return copy.deepcopy(self._snapshot.manifest.attrs)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of data in the visible rows, all fields."""
+        return self._snapshot.rows * sum(
+            spec.row_bytes for spec in self._snapshot.manifest.fields.values()
+        )
+
+    @property
+    def shards(self) -> tuple[Shard, ...]:
+        """The manifest records of the shards holding the visible rows."""
+        return self._snapshot.shards
+
+    def keys(self) -> list[str]:
+        """The field names."""
+        return list(self._snapshot.manifest.fields)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(
+            f"{name}: {spec.numpy_dtype}{list(spec.shape)}"
+            for name, spec in self._snapshot.manifest.fields.items()
+        )
+        return (
+            f"<memshard.Dataset {self.path!r} rows={len(self)} shards={len(self.shards)} "
+            f"fields={{{fields}}}>"
+        )
+
+    # -- reading -----------------------------------------------------------------------------
+    def __getitem__(self, key: Any) -> Any:
+        """``ds["x"]`` -> :class:`Column`; any row key -> ``{field: column[key]}``."""
+        if isinstance(key, str):
+            return self.column(key)
+        if isinstance(key, (list, np.ndarray)) and np.ndim(key) == 1:
+            array = np.asarray(key)
+            if array.dtype.kind in "iu" or array.size == 0:
+                return self.take(array)
+        return {name: self.column(name)[key] for name in self._snapshot.manifest.fields}
+
+    def column(self, name: str) -> Column:
+        """The column of field ``name``.
+
+        Raises:
+            FieldNotFoundError: no such field; the message lists the fields.
+        """
+        if name not in self._snapshot.manifest.fields:
+            raise FieldNotFoundError(
+                f"{self.path}: no field {name!r}; fields are {list(self._snapshot.manifest.fields)}"
+            )
+        return Column(self, name)
+
+    def take(
+        self,
+        indices: Any,
+        out: Mapping[str, np.ndarray] | None = None,
+        *,
+        fields: list[str] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Gather rows ``indices`` (any order, repeats and negatives allowed) of every field.
+
+        The rows are projected onto shards once and copied once per field, grouped by shard,
+        and returned in request order.
+
+        Parameters:
+            indices: a 1-d sequence or array of integers.
+            out: optional field -> array to fill, each C-contiguous, writeable, of the field's
+                dtype and shape ``(len(indices), *sample_shape)``. Fields without one get a
+                new array.
+            fields: the fields to read (default: all).
+
+        Raises:
+            InvalidIndexError: an index out of range, or ``indices`` not 1-d integers.
+            OutArrayError: an ``out`` array of the wrong shape, dtype or layout.
+            FieldNotFoundError: an unknown name in ``fields`` or ``out``.
+        """
+        snapshot = self._snapshot
+        names = list(snapshot.manifest.fields) if fields is None else list(fields)
+        for name in [*names, *(out or {})]:
+            self.column(name)
+        array = _index_array(indices, where=self.path)
+        triples = project_indices(check_indices(array, snapshot.rows), snapshot.table)
+        result = {}
+        for name in names:
+            column = Column(self, name)
+            target = None if out is None else out.get(name)
+            result[name] = column._gather(snapshot, triples, array.size, target)
+        return result
+
+    def refresh(self) -> bool:
+        """Make rows committed since this view was taken visible; return whether any were.
+
+        Raises:
+            DatasetChangedError: the dataset was replaced or its manifest went back in time.
+        """
+        manifest_path = os.path.join(self.path, MANIFEST_NAME)
+        info = os.stat(manifest_path)
+        stat = (info.st_ino, info.st_mtime_ns, info.st_size)
+        if stat == self._stat:
+            return False
+        old = self._snapshot
+        new = _load_manifest(self.path)
+        _check_same_dataset(self.path, new, old.manifest.uuid, old.manifest.generation, old.rows)
+        self._stat = stat
+        if new.generation == old.manifest.generation and new.rows == old.rows:
+            return False
+        self._snapshot = _Snapshot.of(self.path, new, new.rows)
+        return True
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        snapshot = self._snapshot
+        return (
+            _restore,
+            (snapshot.root, snapshot.manifest.uuid, snapshot.manifest.generation, snapshot.rows),
+        )
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for row in range(len(self)):
+            yield self[row]
+
+
+def _index_array(indices: Any, *, where: str) -> np.ndarray:
+    array = np.asarray(indices)
+    if array.size == 0 and array.dtype.kind == "f":
+        array = array.astype(np.int64)
+    if array.ndim != 1 or array.dtype.kind not in "iu":
+        raise InvalidIndexError(
+            f"{where}: take() needs a 1-d array of integers, got shape {array.shape} "
+            f"dtype {array.dtype}"
+        )
+    return array
+
+
+class Column:
+    """One field of a dataset as an array of shape ``(len(ds), *sample_shape)``.
+
+    Indexing follows numpy exactly. An integer, or a slice within one shard, gives a read-only
+    view of the mapped file (zero copy); anything else gives a new array, gathered once per
+    shard and returned in request order.
+    """
+
+    __slots__ = ("_dataset", "_spec", "name")
+
+    def __init__(self, dataset: Dataset, name: str) -> None:
+        self._dataset = dataset
+        self.name = name
+        self._spec: FieldSpec = dataset._snapshot.manifest.fields[name]
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """The field's dtype."""
+        return self._spec.numpy_dtype
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """``(rows, *sample_shape)``."""
+        return (self._dataset._snapshot.rows, *self._spec.shape)
+
+    @property
+    def ndim(self) -> int:
+        """``1 + len(sample_shape)``."""
+        return 1 + len(self._spec.shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the visible rows of this field."""
+        return self._dataset._snapshot.rows * self._spec.row_bytes
+
+    @property
+    def labels(self) -> tuple[str, ...] | None:
+        """The label vocabulary of this field, if it has one."""
+        return self._dataset._snapshot.manifest.labels.get(self.name)
+
+    def __len__(self) -> int:
+        return self._dataset._snapshot.rows
+
+    def __repr__(self) -> str:
+        return f"<memshard.Column {self.name!r} shape={self.shape} dtype={self.dtype}>"
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        array: np.ndarray = self[:]
+        if dtype is not None and np.dtype(dtype) != array.dtype:
+            return array.astype(dtype)
+        return array.copy() if copy else array
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for row in range(len(self)):
+            yield self[row]
+
+    def __getitem__(self, key: Any) -> Any:
+        snapshot = self._dataset._snapshot
+        if type(key) is int:
+            return self._row(snapshot, key)
+        if type(key) is slice:
+            return self._slice(snapshot, slice_rows(key, snapshot.rows))
+        if type(key) is np.ndarray and key.ndim == 1 and key.dtype.kind in "iu":
+            try:
+                indices = check_indices(key, snapshot.rows)
+            except InvalidIndexError as exc:
+                raise InvalidIndexError(f"{self._where()}: {exc}") from None
+            return self._gather(snapshot, project_indices(indices, snapshot.table), key.size, None)
+        try:
+            selection = plan(key, (snapshot.rows, *self._spec.shape))
+        except InvalidIndexError as exc:
+            raise InvalidIndexError(f"{self._where()}: {exc}") from None
+        if isinstance(selection.rows, SliceRows):
+            rows = self._slice(snapshot, selection.rows)
+        else:
+            rows = self._gather(
+                snapshot,
+                project_indices(selection.rows.indices, snapshot.table),
+                selection.rows.indices.size,
+                None,
+            )
+        return rows[selection.key]
+
+    def _where(self) -> str:
+        return f"{self._dataset.path}: field {self.name!r}"
+
+    def _row(self, snapshot: _Snapshot, row: int) -> np.ndarray:
+        if row < 0:
+            row += snapshot.rows
+        if not 0 <= row < snapshot.rows:
+            raise InvalidIndexError(
+                f"{self._where()}: index {row if row >= 0 else row - snapshot.rows} is out of "
+                f"bounds for axis 0 with size {snapshot.rows}"
+            )
+        shard = snapshot.table.shard_of(row)
+        view: np.ndarray = self._shard(snapshot, shard)[row - snapshot.starts[shard]]
+        return view
+
+    def _shard(self, snapshot: _Snapshot, shard: int) -> np.ndarray:
+        """The read-only array of this field's rows in ``shard``, mapped on first use."""
+        record = snapshot.shards[shard]
+        file = record.files[self.name]
+        length = snapshot.shard_lengths[shard]
+        key = (snapshot.root, file.path, length)
+        array = CACHE.get(key)
+        if array is None:
+            array = map_shard_file(
+                snapshot.root,
+                file,
+                self._spec,
+                shard_rows=record.rows,
+                sealed=record.sealed,
+                rows=length,
+            )
+            CACHE.put(key, array)
+        return array
+
+    def _slice(self, snapshot: _Snapshot, rows: SliceRows) -> np.ndarray:
+        triples = project_slice(rows, snapshot.table)
+        if len(triples) == 1:
+            shard, in_shard, _ = triples[0]
+            return self._shard(snapshot, shard)[in_shard]
+        out = np.empty((rows.count, *self._spec.shape), dtype=self._spec.numpy_dtype)
+        for shard, in_shard, in_out in triples:
+            out[in_out] = self._shard(snapshot, shard)[in_shard]
+        return out
+
+    def _gather(
+        self, snapshot: _Snapshot, triples: list[Any], count: int, out: np.ndarray | None
+    ) -> np.ndarray:
+        if out is None:
+            out = np.empty((count, *self._spec.shape), dtype=self._spec.numpy_dtype)
+        else:
+            self._check_out(out, count)
+        if len(triples) == 1 and isinstance(triples[0][2], slice):
+            shard, local, _ = triples[0]
+            np.take(self._shard(snapshot, shard), local, axis=0, out=out, mode="clip")
+            return out
+        row_by_row = self._spec.row_bytes >= ROW_BY_ROW_MIN_BYTES
+        for shard, local, positions in triples:
+            source = self._shard(snapshot, shard)
+            if row_by_row:
+                for position, row in zip(positions.tolist(), local.tolist(), strict=True):
+                    out[position] = source[row]
+            else:
+                out[positions] = source[local]
+        return out
+
+    def _check_out(self, out: np.ndarray, count: int) -> None:
+        expected = (count, *self._spec.shape)
+        if not isinstance(out, np.ndarray):
+            raise OutArrayError(
+                f"{self._where()}: out must be a numpy array, got {type(out).__name__}"
+            )
+        if out.shape != expected or out.dtype != self._spec.numpy_dtype:
+            raise OutArrayError(
+                f"{self._where()}: out has shape {out.shape} dtype {out.dtype}, "
+                f"expected shape {expected} dtype {self._spec.numpy_dtype}"
+            )
+        if not (out.flags.c_contiguous and out.flags.writeable):
+            raise OutArrayError(f"{self._where()}: out must be C-contiguous and writeable")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_restore_column, (self._dataset, self.name))
+
+
+def _restore_column(dataset: Dataset, name: str) -> Column:
+    return Column(dataset, name)
