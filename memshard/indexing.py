@@ -139,7 +139,8 @@ def plan(key: Any, shape: tuple[int, ...]) -> Plan:
         rows: RowSelection = slice_rows(item, shape[0])
         replacement: Any = slice(None)
     elif isinstance(item, int):
-        rows = IndexRows(np.array([item % shape[0]], dtype=np.int64))
+        row = item % shape[0]
+        rows = SliceRows(row, row + 1, 1, 1)  # a one-row slice keeps the result a view
         replacement = 0
     else:
         return _plan_array(items, position, shape[0])

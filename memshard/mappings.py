@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import resource
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable
@@ -26,14 +27,24 @@ from .errors import ShardHeaderError, ShardSizeError
 from .layout import open_shard
 from .manifest import FieldSpec, ShardFile
 
-#: Most shard mappings one process keeps open, across all datasets.
+#: Most shard mappings one process keeps open, across all datasets ...
 MAX_OPEN_MAPPINGS = 512
+#: ... and at most this fraction of the process's open-files limit, leaving the rest to others.
+OPEN_FILES_SHARE = 4
+
+
+def default_capacity() -> int:
+    """How many mappings to keep: :data:`MAX_OPEN_MAPPINGS`, or less under a low file limit."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_OPEN_MAPPINGS
+    return max(1, min(MAX_OPEN_MAPPINGS, soft // OPEN_FILES_SHARE))
 
 
 class MappingCache:
     """A thread-safe LRU of mapped shard arrays, keyed by whatever identifies a mapping."""
 
-    def __init__(self, capacity: int = MAX_OPEN_MAPPINGS) -> None:
+    def __init__(self, capacity: int) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.capacity = capacity
@@ -66,7 +77,7 @@ class MappingCache:
         return len(self._arrays)
 
 
-CACHE = MappingCache()
+CACHE = MappingCache(default_capacity())
 os.register_at_fork(after_in_child=CACHE.clear)
 
 

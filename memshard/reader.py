@@ -52,10 +52,12 @@ class FieldInfo(NamedTuple):
 
 @dataclass(frozen=True)
 class _Snapshot:
-    """The first ``rows`` rows of one committed manifest, ready for indexing."""
+    """The first ``rows`` rows of a committed manifest, ready for indexing. The rows are those
+    of generation ``generation``; ``manifest`` may be a later one (rows are append-only)."""
 
     root: str
     manifest: Manifest
+    generation: int
     rows: int
     shards: tuple[Shard, ...]
     shard_lengths: tuple[int, ...]
@@ -63,7 +65,7 @@ class _Snapshot:
     table: ShardTable
 
     @classmethod
-    def of(cls, root: str, manifest: Manifest, rows: int) -> _Snapshot:
+    def of(cls, root: str, manifest: Manifest, rows: int, generation: int) -> _Snapshot:
         shards = tuple(shard for shard in manifest.shards if shard.row_offset < rows)
         lengths = tuple(min(shard.rows, rows - shard.row_offset) for shard in shards)
         offsets = manifest.row_offsets[: len(shards) + 1].copy()
@@ -71,6 +73,7 @@ class _Snapshot:
         return cls(
             root,
             manifest,
+            generation,
             rows,
             shards,
             lengths,
@@ -119,7 +122,7 @@ def _load_manifest(root: str) -> Manifest:
 def _restore(root: str, uuid: str, generation: int, rows: int) -> Dataset:
     manifest = _load_manifest(root)
     _check_same_dataset(root, manifest, uuid, generation, rows)
-    return Dataset._from_manifest(root, manifest, rows)
+    return Dataset._from_manifest(root, manifest, rows, generation)
 
 
 def _check_same_dataset(
@@ -150,9 +153,16 @@ class Dataset:
         raise TypeError("use memshard.open(path) to open a dataset")
 
     @classmethod
-    def _from_manifest(cls, root: str, manifest: Manifest, rows: int | None = None) -> Dataset:
+    def _from_manifest(
+        cls, root: str, manifest: Manifest, rows: int | None = None, generation: int | None = None
+    ) -> Dataset:
         dataset = object.__new__(cls)
-        dataset._snapshot = _Snapshot.of(root, manifest, manifest.rows if rows is None else rows)
+        dataset._snapshot = _Snapshot.of(
+            root,
+            manifest,
+            manifest.rows if rows is None else rows,
+            manifest.generation if generation is None else generation,
+        )
         dataset._stat = None
         return dataset
 
@@ -165,7 +175,7 @@ class Dataset:
     @property
     def generation(self) -> int:
         """The manifest generation this view was read from."""
-        return self._snapshot.manifest.generation
+        return self._snapshot.generation
 
     @property
     def uuid(self) -> str:
@@ -292,18 +302,18 @@ class Dataset:
             return False
         old = self._snapshot
         new = _load_manifest(self.path)
-        _check_same_dataset(self.path, new, old.manifest.uuid, old.manifest.generation, old.rows)
+        _check_same_dataset(self.path, new, old.manifest.uuid, old.generation, old.rows)
         self._stat = stat
-        if new.generation == old.manifest.generation and new.rows == old.rows:
+        if new.generation == old.generation:
             return False
-        self._snapshot = _Snapshot.of(self.path, new, new.rows)
+        self._snapshot = _Snapshot.of(self.path, new, new.rows, new.generation)
         return True
 
     def __reduce__(self) -> tuple[Any, ...]:
         snapshot = self._snapshot
         return (
             _restore,
-            (snapshot.root, snapshot.manifest.uuid, snapshot.manifest.generation, snapshot.rows),
+            (snapshot.root, snapshot.manifest.uuid, snapshot.generation, snapshot.rows),
         )
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

@@ -1,0 +1,40 @@
+"""Helpers shared by the test modules."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+import memshard as ms
+
+
+def write_dataset(
+    path: str | os.PathLike[str],
+    columns: dict[str, np.ndarray],
+    sessions: Sequence[int] | None = None,
+    *,
+    shard_rows: int = 4,
+    labels: dict[str, list[str]] | None = None,
+) -> ms.Dataset:
+    """Write ``columns`` to a new dataset and open it.
+
+    ``sessions`` splits the rows into appender sessions (create, then ``memshard.append``),
+    each closed at its end, so the last shard of every session is a partial sealed shard and
+    the shard boundaries are irregular.
+    """
+    rows = len(next(iter(columns.values())))
+    fields = {name: (array.dtype, array.shape[1:]) for name, array in columns.items()}
+    row_bytes = sum(array.dtype.itemsize * int(np.prod(array.shape[1:])) for array in columns.values())
+    sessions = [rows] if sessions is None else list(sessions)
+    assert sum(sessions) == rows
+    writer = ms.create(path, fields=fields, shard_bytes=row_bytes * shard_rows, labels=labels)
+    start = 0
+    for position, count in enumerate(sessions):
+        if position:
+            writer = ms.append(path)
+        writer.extend({name: array[start : start + count] for name, array in columns.items()})
+        writer.close()
+        start += count
+    return ms.open(path)

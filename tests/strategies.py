@@ -1,0 +1,95 @@
+"""Hypothesis strategies shared by the test modules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as npst
+
+from memshard.dtypes import SUPPORTED_DESCRS
+
+#: Every dtype a field may have.
+dtypes = st.sampled_from(sorted(SUPPORTED_DESCRS)).map(np.dtype)
+
+#: Sample shapes from 0-d to 4-d with small dimensions.
+sample_shapes = st.lists(st.integers(1, 3), min_size=0, max_size=4).map(tuple)
+
+
+@st.composite
+def shard_sizes(draw: st.DrawFn, max_rows: int = 40) -> list[int]:
+    """Row counts of consecutive shards (each >= 1), possibly none."""
+    return draw(st.lists(st.integers(1, 9), min_size=0, max_size=max_rows // 5 + 1))
+
+
+def values_of(dtype: np.dtype[Any], shape: tuple[int, ...]) -> st.SearchStrategy[np.ndarray]:
+    """Arrays of ``dtype`` and ``shape``, without NaN so that equality is meaningful."""
+    return npst.arrays(dtype, shape, elements=_elements(dtype))
+
+
+def _elements(dtype: np.dtype[Any]) -> st.SearchStrategy[Any] | None:
+    if dtype.kind == "f":
+        return st.floats(-1e4, 1e4, width=8 * dtype.itemsize)
+    if dtype.kind == "c":
+        part = st.floats(-1e4, 1e4, width=4 * dtype.itemsize)
+        return st.builds(complex, part, part)
+    return None
+
+
+def _int_index(length: int) -> st.SearchStrategy[int]:
+    # Mostly in range, sometimes just outside, so that IndexError paths are exercised.
+    return st.integers(-length - 2, length + 1)
+
+
+def _slice(length: int) -> st.SearchStrategy[slice]:
+    bound = st.none() | st.integers(-length - 3, length + 3)
+    step = st.none() | st.integers(-4, 4).filter(lambda s: s != 0)
+    return st.builds(slice, bound, bound, step)
+
+
+def _int_array(length: int) -> st.SearchStrategy[np.ndarray]:
+    shapes = npst.array_shapes(min_dims=1, max_dims=2, min_side=0, max_side=6)
+    return npst.arrays(np.int64, shapes, elements=st.integers(-length - 1, length))
+
+
+def _bool_mask(length: int) -> st.SearchStrategy[np.ndarray]:
+    sizes = st.sampled_from([length, length, length, max(length - 1, 0), length + 1])
+    return sizes.flatmap(lambda n: npst.arrays(np.bool_, (n,)))
+
+
+def _trailing_item(dim: int) -> st.SearchStrategy[Any]:
+    return st.one_of(
+        _int_index(dim),
+        _slice(dim),
+        st.lists(st.integers(-dim, dim - 1), min_size=1, max_size=3),
+        st.none(),
+    )
+
+
+@st.composite
+def index_keys(draw: st.DrawFn, shape: tuple[int, ...]) -> Any:
+    """Any key numpy accepts (or rejects) on an array of ``shape``: ints, slices, integer and
+    boolean arrays, lists, ``None``, ``...`` and tuples of them."""
+    length = shape[0]
+    first = draw(
+        st.one_of(
+            _int_index(length),
+            _slice(length),
+            _int_array(length),
+            _bool_mask(length),
+            st.lists(_int_index(length), max_size=5),
+            st.just(Ellipsis),
+            st.builds(np.int64, _int_index(length)),
+        )
+    )
+    if not draw(st.booleans()):
+        return first
+    trailing = [draw(_trailing_item(dim)) for dim in shape[1:]]
+    trailing = trailing[: draw(st.integers(0, len(trailing)))]
+    items = [first, *trailing]
+    if draw(st.booleans()):
+        items.insert(draw(st.integers(0, len(items))), None)
+    if draw(st.booleans()) and not any(item is Ellipsis for item in items):
+        items.insert(draw(st.integers(0, len(items))), Ellipsis)
+    return tuple(items)

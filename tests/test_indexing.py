@@ -1,0 +1,162 @@
+"""Column indexing equals numpy indexing, for every key form, dtype and shard layout."""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from memshard.errors import InvalidIndexError
+from memshard.indexing import (
+    ShardTable,
+    SliceRows,
+    check_indices,
+    plan,
+    project_indices,
+    project_slice,
+    slice_rows,
+)
+from tests.helpers import write_dataset
+from tests.strategies import dtypes, index_keys, sample_shapes, shard_sizes, values_of
+
+
+def _numpy_result(array: np.ndarray, key: Any) -> np.ndarray | type[IndexError]:
+    try:
+        return np.asarray(array[key])
+    except IndexError:
+        return IndexError
+
+
+def _read_through_projection(array: np.ndarray, sizes: list[int], key: Any) -> np.ndarray:
+    """What the reader does, with in-memory shards standing in for mapped files."""
+    shards = np.split(array, np.cumsum(sizes)[:-1]) if sizes else []
+    table = ShardTable.from_offsets(np.concatenate(([0], np.cumsum(sizes))).astype(np.int64))
+    shape = array.shape
+    selection = plan(key, shape)
+    rows = selection.rows
+    if isinstance(rows, SliceRows):
+        parts = [(shards[s][in_shard], in_out) for s, in_shard, in_out in project_slice(rows, table)]
+        count = rows.count
+    else:
+        parts = [(shards[s][local], pos) for s, local, pos in project_indices(rows.indices, table)]
+        count = rows.indices.size
+    out = np.empty((count, *shape[1:]), dtype=array.dtype)
+    for values, positions in parts:
+        out[positions] = values
+    return np.asarray(out[selection.key])
+
+
+@settings(max_examples=400)
+@given(sizes=shard_sizes(), shape=sample_shapes, data=st.data())
+def test_projection_matches_numpy(sizes: list[int], shape: tuple[int, ...], data: Any) -> None:
+    rows = sum(sizes)
+    array = np.arange(rows * int(np.prod(shape))).reshape((rows, *shape))
+    key = data.draw(index_keys(array.shape), label="key")
+    expected = _numpy_result(array, key)
+    if expected is IndexError:
+        with pytest.raises(InvalidIndexError):
+            _read_through_projection(array, sizes, key)
+        return
+    got = _read_through_projection(array, sizes, key)
+    assert got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)
+
+
+@settings(max_examples=300)
+@given(
+    sizes=st.lists(st.integers(1, 7), min_size=1, max_size=8),
+    step=st.integers(-5, 5).filter(bool),
+    bounds=st.tuples(st.none() | st.integers(-60, 60), st.none() | st.integers(-60, 60)),
+)
+def test_project_slice_covers_the_slice_in_order(
+    sizes: list[int], step: int, bounds: tuple[int | None, int | None]
+) -> None:
+    total = sum(sizes)
+    table = ShardTable.from_offsets(np.concatenate(([0], np.cumsum(sizes))))
+    key = slice(bounds[0], bounds[1], step)
+    selection = slice_rows(key, total)
+    rows: list[int] = []
+    for shard, in_shard, in_out in project_slice(selection, table):
+        local = np.arange(sizes[shard])[in_shard]
+        assert in_out.stop - in_out.start == local.size > 0
+        rows.extend((local + table.offsets[shard]).tolist())
+    assert rows == list(range(total))[key]
+
+
+@settings(max_examples=300)
+@given(
+    sizes=st.lists(st.integers(1, 7), min_size=1, max_size=20),
+    data=st.data(),
+)
+def test_project_indices_groups_by_shard(sizes: list[int], data: Any) -> None:
+    total = sum(sizes)
+    indices = np.array(data.draw(st.lists(st.integers(0, total - 1), max_size=60)), dtype=np.int64)
+    table = ShardTable.from_offsets(np.concatenate(([0], np.cumsum(sizes))))
+    seen = np.full(indices.size, -1)
+    shards_seen = []
+    for shard, local, positions in project_indices(indices, table):
+        assert ((local >= 0) & (local < sizes[shard])).all()
+        assert (seen[positions] == -1).all()
+        seen[positions] = local + table.offsets[shard]
+        shards_seen.append(shard)
+    assert seen.tolist() == indices.tolist()
+    assert len(set(shards_seen)) == len(shards_seen)
+
+
+def test_uniform_table_divides_instead_of_searching() -> None:
+    table = ShardTable.from_offsets(np.array([0, 4, 8, 10]))
+    assert table.uniform_rows == 4
+    assert [table.shard_of(r) for r in range(10)] == [0] * 4 + [1] * 4 + [2] * 2
+    irregular = ShardTable.from_offsets(np.array([0, 4, 6, 10]))
+    assert irregular.uniform_rows is None
+    assert irregular.shards_of(np.arange(10)).tolist() == [0] * 4 + [1] * 2 + [2] * 4
+
+
+@pytest.mark.parametrize(
+    ("indices", "message"),
+    [([10], "index 10 is out of bounds for axis 0 with size 10"),
+     ([-11], "index -11 is out of bounds for axis 0 with size 10")],
+)
+def test_check_indices_uses_numpys_message(indices: list[int], message: str) -> None:
+    with pytest.raises(InvalidIndexError, match=message):
+        check_indices(np.array(indices), 10)
+
+
+@pytest.mark.parametrize(
+    "key", [1.5, "x", [1.0, 2.0], np.array([0.5]), [[0, 1], [2]], {1: 2}, (0, "a")]
+)
+def test_invalid_key_types_raise_index_error(key: Any) -> None:
+    with pytest.raises(InvalidIndexError, match="valid indices"):
+        plan(key, (10, 3))
+
+
+@settings(max_examples=80)
+@given(dtype=dtypes, shape=sample_shapes, data=st.data())
+def test_column_indexing_matches_numpy(dtype: np.dtype[Any], shape: tuple[int, ...], data: Any) -> None:
+    rows = data.draw(st.integers(1, 30), label="rows")
+    array = data.draw(values_of(dtype, (rows, *shape)), label="array")
+    sessions = data.draw(_sessions(rows), label="sessions")
+    shard_rows = data.draw(st.integers(1, 6), label="shard_rows")
+    keys = data.draw(st.lists(index_keys(array.shape), min_size=1, max_size=8), label="keys")
+    with tempfile.TemporaryDirectory() as directory:
+        column = write_dataset(f"{directory}/ds", {"x": array}, sessions, shard_rows=shard_rows)["x"]
+        assert column.shape == array.shape and column.dtype == array.dtype
+        for key in keys:
+            expected = _numpy_result(array, key)
+            if expected is IndexError:
+                with pytest.raises(InvalidIndexError):
+                    column[key]
+                continue
+            got = np.asarray(column[key])
+            assert got.shape == expected.shape and got.dtype == expected.dtype, key
+            np.testing.assert_array_equal(got, expected)
+
+
+def _sessions(rows: int) -> st.SearchStrategy[list[int]]:
+    return st.lists(st.integers(0, rows), max_size=3).map(
+        lambda cuts: np.diff([0, *sorted(cuts), rows]).tolist()
+    ).map(lambda sizes: [size for size in sizes if size] or [rows])

@@ -1,0 +1,254 @@
+"""Reading: zero-copy views, gathers, take(out=), refresh, pickling, bounded mappings."""
+
+from __future__ import annotations
+
+import gc
+import os
+import pickle
+from typing import Any
+
+import numpy as np
+import pytest
+
+import memshard as ms
+from memshard import mappings
+from memshard.errors import (
+    DatasetChangedError,
+    DatasetNotFoundError,
+    FieldNotFoundError,
+    InvalidIndexError,
+    OutArrayError,
+)
+
+
+@pytest.fixture
+def images(make_dataset: Any) -> tuple[ms.Dataset, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((23, 3, 4, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 23)
+    return make_dataset({"x": x, "y": y}, [10, 13], labels={"y": ["a", "b", "c"]}), x, y
+
+
+def test_describes_itself(images: Any) -> None:
+    ds, x, y = images
+    assert len(ds) == 23
+    assert ds.fields == {"x": (np.dtype("<f4"), (3, 4, 5)), "y": (np.dtype("<i8"), ())}
+    assert ds.labels == {"y": ("a", "b", "c")}
+    assert ds["y"].labels == ("a", "b", "c") and ds["x"].labels is None
+    assert ds.nbytes == x.nbytes + y.nbytes
+    assert [shard.rows for shard in ds.shards] == [4, 4, 2, 4, 4, 4, 1]
+    column = ds["x"]
+    assert (column.shape, column.dtype, column.ndim, len(column)) == (x.shape, x.dtype, 4, 23)
+    assert column.nbytes == x.nbytes
+    assert "rows=23" in repr(ds) and "shape=(23, 3, 4, 5)" in repr(column)
+    assert ds.keys() == ["x", "y"]
+
+
+def test_single_rows_and_slices_in_one_shard_are_read_only_views(images: Any) -> None:
+    ds, x, _ = images
+    column = ds["x"]
+    for view in (column[5], column[4:8], column[7:3:-2], column[5, ..., 0], column[-1]):
+        assert not view.flags.writeable and not view.flags.owndata
+    assert np.shares_memory(column[5], column[4:8])
+    np.testing.assert_array_equal(column[5], x[5])
+    with pytest.raises(ValueError, match="read-only"):
+        column[5][0, 0, 0] = 1
+
+
+def test_gathers_and_cross_shard_slices_are_new_arrays(images: Any) -> None:
+    ds, x, _ = images
+    column = ds["x"]
+    for key in ([3, 1, 3, 22], np.array([-1, 0]), slice(2, 20), x[:, 0, 0, 0] > 0):
+        got = column[key]
+        assert got.flags.writeable and got.flags.owndata
+        np.testing.assert_array_equal(got, x[key])
+
+
+def test_row_by_row_gather_of_large_rows(make_dataset: Any) -> None:
+    x = np.arange(12 * 8192, dtype=np.float32).reshape(12, 8192)  # 32 KiB rows
+    ds = make_dataset({"x": x}, [5, 7], shard_rows=3)
+    indices = np.array([11, 0, 5, 5, 3, 7])
+    np.testing.assert_array_equal(ds["x"][indices], x[indices])
+
+
+def test_dataset_keys_give_every_field(images: Any) -> None:
+    ds, x, y = images
+    row = ds[7]
+    assert set(row) == {"x", "y"} and row["y"] == y[7]
+    np.testing.assert_array_equal(row["x"], x[7])
+    batch = ds[[4, 0, 22]]
+    np.testing.assert_array_equal(batch["x"], x[[4, 0, 22]])
+    np.testing.assert_array_equal(batch["y"], y[[4, 0, 22]])
+    sliced = ds[3:9]
+    np.testing.assert_array_equal(sliced["y"], y[3:9])
+    np.testing.assert_array_equal(np.asarray(ds["x"]), x)
+    np.testing.assert_array_equal(np.asarray(ds["y"], dtype=np.float64), y.astype(np.float64))
+    assert [int(row["y"]) for row in ds] == y.tolist()
+
+
+def test_take_fills_caller_arrays(images: Any) -> None:
+    ds, x, y = images
+    indices = [21, 2, 2, -3]
+    out = {"x": np.empty((4, 3, 4, 5), np.float32), "y": np.empty(4, np.int64)}
+    result = ds.take(indices, out=out)
+    assert result["x"] is out["x"] and result["y"] is out["y"]
+    np.testing.assert_array_equal(out["x"], x[indices])
+    np.testing.assert_array_equal(out["y"], y[indices])
+    only_y = ds.take(np.array([1, 2]), fields=["y"])
+    assert list(only_y) == ["y"]
+
+
+@pytest.mark.parametrize(
+    ("out", "message"),
+    [
+        ({"x": np.empty((3, 3, 4, 5), np.float32)}, r"expected shape \(4, 3, 4, 5\)"),
+        ({"x": np.empty((4, 3, 4, 5), np.float64)}, "dtype float64"),
+        ({"x": np.empty((4, 3, 4, 10), np.float32)[..., ::2]}, "C-contiguous"),
+        ({"x": [[0.0]]}, "must be a numpy array"),
+    ],
+)
+def test_take_refuses_bad_out_arrays(images: Any, out: dict[str, Any], message: str) -> None:
+    ds, _, _ = images
+    with pytest.raises(OutArrayError, match=message):
+        ds.take([0, 1, 2, 3], out=out)
+
+
+def test_bad_keys_name_the_dataset_and_field(images: Any) -> None:
+    ds, _, _ = images
+    with pytest.raises(InvalidIndexError, match=r"field 'x'.*index 23 is out of bounds"):
+        ds["x"][23]
+    with pytest.raises(IndexError, match="index -24 is out of bounds"):
+        ds["x"][-24]
+    with pytest.raises(InvalidIndexError, match="out of bounds"):
+        ds["x"][np.array([0, 99])]
+    with pytest.raises(InvalidIndexError, match="1-d array of integers"):
+        ds.take([[0, 1]])
+    with pytest.raises(FieldNotFoundError, match=r"no field 'z'; fields are \['x', 'y'\]"):
+        ds["z"]
+    with pytest.raises(KeyError):
+        ds.take([0], fields=["z"])
+
+
+def test_open_missing_dataset(tmp_path: Any) -> None:
+    with pytest.raises(DatasetNotFoundError, match="does not exist"):
+        ms.open(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="not a memshard dataset"):
+        ms.open(tmp_path)
+
+
+def test_empty_dataset(tmp_path: Any) -> None:
+    ms.create(tmp_path / "e", fields={"x": ("float32", (2,))}).close()
+    ds = ms.open(tmp_path / "e")
+    assert len(ds) == 0 and ds["x"].shape == (0, 2) and ds.shards == ()
+    assert ds["x"][:].shape == (0, 2) and ds["x"][[]].shape == (0, 2)
+    with pytest.raises(InvalidIndexError):
+        ds["x"][0]
+
+
+def test_refresh_shows_new_commits_and_keeps_old_views(tmp_path: Any) -> None:
+    path = tmp_path / "d"
+    writer = ms.create(path, fields={"x": ("int64", ())}, shard_bytes=8 * 4)
+    writer.extend({"x": np.arange(6)})
+    writer.commit()
+    ds = ms.open(path)
+    first = ds["x"][4:6]
+    writer.extend({"x": np.arange(6, 11)})
+    assert len(ds) == 6 and ds.refresh() is False
+    writer.commit()
+    assert len(ds) == 6
+    assert ds.refresh() is True and ds.refresh() is False
+    assert len(ds) == 11
+    np.testing.assert_array_equal(ds["x"][:], np.arange(11))
+    np.testing.assert_array_equal(first, [4, 5])
+    writer.close()
+    assert ds.refresh() is True and all(shard.sealed for shard in ds.shards)
+
+
+def test_refresh_detects_a_replaced_dataset(tmp_path: Any) -> None:
+    path = tmp_path / "d"
+    with ms.create(path, fields={"x": ("int64", ())}) as writer:
+        writer.extend({"x": np.arange(3)})
+    ds = ms.open(path)
+    ms.create(path, fields={"x": ("int64", ())}, overwrite=True).close()
+    with pytest.raises(DatasetChangedError, match="replaced"):
+        ds.refresh()
+
+
+def test_pickle_carries_identity_not_data(tmp_path: Any) -> None:
+    path = tmp_path / "d"
+    writer = ms.create(path, fields={"x": ("float32", (256,))})
+    writer.extend({"x": np.ones((4000, 256))})
+    writer.commit()
+    ds = ms.open(path)
+    payload = pickle.dumps(ds)
+    assert len(payload) < 1024
+    writer.extend({"x": np.zeros((10, 256))})
+    writer.close()
+    restored = pickle.loads(payload)
+    assert len(restored) == 4000 and restored.generation == ds.generation
+    np.testing.assert_array_equal(restored["x"][-1], np.ones(256))
+    column = pickle.loads(pickle.dumps(ds["x"]))
+    assert column.shape == (4000, 256)
+    ms.create(path, fields={"x": ("float32", (256,))}, overwrite=True).close()
+    with pytest.raises(DatasetChangedError):
+        pickle.loads(payload)
+
+
+def test_no_per_row_python_objects(tmp_path: Any) -> None:
+    path = tmp_path / "d"
+    with ms.create(path, fields={"x": ("uint8", ())}, shard_bytes=100_000) as writer:
+        writer.extend({"x": np.zeros(1_000_000, np.uint8)})
+    ds = ms.open(path)
+    ds["x"][np.arange(0, 1_000_000, 997)]
+    assert _objects_reachable(ds) < 1000
+
+
+def _objects_reachable(root: object) -> int:
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        item = stack.pop()
+        if id(item) in seen or isinstance(item, type):
+            continue
+        seen.add(id(item))
+        stack.extend(gc.get_referents(item))
+    return len(seen)
+
+
+def test_open_mappings_stay_bounded(tmp_path: Any, monkeypatch: Any) -> None:
+    monkeypatch.setattr(mappings, "CACHE", mappings.MappingCache(8))
+    monkeypatch.setattr(ms.reader, "CACHE", mappings.CACHE)
+    path = tmp_path / "d"
+    with ms.create(path, fields={"x": ("int32", ())}, shard_bytes=4 * 10) as writer:
+        writer.extend({"x": np.arange(600, dtype=np.int32)})
+    ds = ms.open(path)
+    assert len(ds.shards) == 60
+    before = len(os.listdir("/proc/self/fd"))
+    total = sum(int(ds["x"][row]) for row in range(600))
+    gathered = ds["x"][np.random.default_rng(1).permutation(600)]
+    after = len(os.listdir("/proc/self/fd"))
+    assert total == sum(range(600)) and sorted(gathered.tolist()) == list(range(600))
+    assert len(mappings.CACHE) == 8
+    assert after - before <= 8
+
+
+def test_default_capacity_follows_the_open_files_limit() -> None:
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    capacity = mappings.default_capacity()
+    assert 1 <= capacity <= mappings.MAX_OPEN_MAPPINGS
+    if soft != resource.RLIM_INFINITY:
+        assert capacity <= soft // mappings.OPEN_FILES_SHARE
+
+
+def test_sealed_shards_load_with_plain_numpy(images: Any) -> None:
+    ds, x, y = images
+    for shard in ds.shards:
+        assert shard.sealed
+        start, stop = shard.row_offset, shard.row_offset + shard.rows
+        for name, expected in (("x", x), ("y", y)):
+            loaded = np.load(os.path.join(ds.path, shard.files[name].path), mmap_mode="r")
+            np.testing.assert_array_equal(loaded, expected[start:stop])
+            eager = np.load(os.path.join(ds.path, shard.files[name].path))
+            np.testing.assert_array_equal(eager, expected[start:stop])
