@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
@@ -24,7 +25,9 @@ def make_dataset(tmp_path: Any) -> Callable[..., ms.Dataset]:
     """``make_dataset(columns, sessions=None, shard_rows=4)`` -> an open Dataset in tmp_path."""
     counter = iter(range(1_000_000))
 
-    def make(columns: dict[str, np.ndarray], sessions: Sequence[int] | None = None, **kw: Any) -> ms.Dataset:
+    def make(
+        columns: dict[str, np.ndarray], sessions: Sequence[int] | None = None, **kw: Any
+    ) -> ms.Dataset:
         return write_dataset(tmp_path / f"ds{next(counter)}", columns, sessions, **kw)
 
     return make

@@ -26,7 +26,9 @@ def write_dataset(
     """
     rows = len(next(iter(columns.values())))
     fields = {name: (array.dtype, array.shape[1:]) for name, array in columns.items()}
-    row_bytes = sum(array.dtype.itemsize * int(np.prod(array.shape[1:])) for array in columns.values())
+    row_bytes = sum(
+        array.dtype.itemsize * int(np.prod(array.shape[1:])) for array in columns.values()
+    )
     sessions = [rows] if sessions is None else list(sessions)
     assert sum(sessions) == rows
     writer = ms.create(path, fields=fields, shard_bytes=row_bytes * shard_rows, labels=labels)

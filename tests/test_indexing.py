@@ -39,7 +39,9 @@ def _read_through_projection(array: np.ndarray, sizes: list[int], key: Any) -> n
     selection = plan(key, shape)
     rows = selection.rows
     if isinstance(rows, SliceRows):
-        parts = [(shards[s][in_shard], in_out) for s, in_shard, in_out in project_slice(rows, table)]
+        parts = [
+            (shards[s][in_shard], in_out) for s, in_shard, in_out in project_slice(rows, table)
+        ]
         count = rows.count
     else:
         parts = [(shards[s][local], pos) for s, local, pos in project_indices(rows.indices, table)]
@@ -118,8 +120,10 @@ def test_uniform_table_divides_instead_of_searching() -> None:
 
 @pytest.mark.parametrize(
     ("indices", "message"),
-    [([10], "index 10 is out of bounds for axis 0 with size 10"),
-     ([-11], "index -11 is out of bounds for axis 0 with size 10")],
+    [
+        ([10], "index 10 is out of bounds for axis 0 with size 10"),
+        ([-11], "index -11 is out of bounds for axis 0 with size 10"),
+    ],
 )
 def test_check_indices_uses_numpys_message(indices: list[int], message: str) -> None:
     with pytest.raises(InvalidIndexError, match=message):
@@ -136,15 +140,20 @@ def test_invalid_key_types_raise_index_error(key: Any) -> None:
 
 @settings(max_examples=80)
 @given(dtype=dtypes, shape=sample_shapes, data=st.data())
-def test_column_indexing_matches_numpy(dtype: np.dtype[Any], shape: tuple[int, ...], data: Any) -> None:
+def test_column_indexing_matches_numpy(
+    dtype: np.dtype[Any], shape: tuple[int, ...], data: Any
+) -> None:
     rows = data.draw(st.integers(1, 30), label="rows")
     array = data.draw(values_of(dtype, (rows, *shape)), label="array")
     sessions = data.draw(_sessions(rows), label="sessions")
     shard_rows = data.draw(st.integers(1, 6), label="shard_rows")
     keys = data.draw(st.lists(index_keys(array.shape), min_size=1, max_size=8), label="keys")
     with tempfile.TemporaryDirectory() as directory:
-        column = write_dataset(f"{directory}/ds", {"x": array}, sessions, shard_rows=shard_rows)["x"]
-        assert column.shape == array.shape and column.dtype == array.dtype
+        column = write_dataset(f"{directory}/ds", {"x": array}, sessions, shard_rows=shard_rows)[
+            "x"
+        ]
+        assert column.shape == array.shape
+        assert column.dtype == array.dtype
         for key in keys:
             expected = _numpy_result(array, key)
             if expected is IndexError:
@@ -157,6 +166,8 @@ def test_column_indexing_matches_numpy(dtype: np.dtype[Any], shape: tuple[int, .
 
 
 def _sessions(rows: int) -> st.SearchStrategy[list[int]]:
-    return st.lists(st.integers(0, rows), max_size=3).map(
-        lambda cuts: np.diff([0, *sorted(cuts), rows]).tolist()
-    ).map(lambda sizes: [size for size in sizes if size] or [rows])
+    return (
+        st.lists(st.integers(0, rows), max_size=3)
+        .map(lambda cuts: np.diff([0, *sorted(cuts), rows]).tolist())
+        .map(lambda sizes: [size for size in sizes if size] or [rows])
+    )

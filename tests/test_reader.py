@@ -34,13 +34,15 @@ def test_describes_itself(images: Any) -> None:
     assert len(ds) == 23
     assert ds.fields == {"x": (np.dtype("<f4"), (3, 4, 5)), "y": (np.dtype("<i8"), ())}
     assert ds.labels == {"y": ("a", "b", "c")}
-    assert ds["y"].labels == ("a", "b", "c") and ds["x"].labels is None
+    assert ds["y"].labels == ("a", "b", "c")
+    assert ds["x"].labels is None
     assert ds.nbytes == x.nbytes + y.nbytes
     assert [shard.rows for shard in ds.shards] == [4, 4, 2, 4, 4, 4, 1]
     column = ds["x"]
     assert (column.shape, column.dtype, column.ndim, len(column)) == (x.shape, x.dtype, 4, 23)
     assert column.nbytes == x.nbytes
-    assert "rows=23" in repr(ds) and "shape=(23, 3, 4, 5)" in repr(column)
+    assert "rows=23" in repr(ds)
+    assert "shape=(23, 3, 4, 5)" in repr(column)
     assert ds.keys() == ["x", "y"]
 
 
@@ -48,7 +50,8 @@ def test_single_rows_and_slices_in_one_shard_are_read_only_views(images: Any) ->
     ds, x, _ = images
     column = ds["x"]
     for view in (column[5], column[4:8], column[7:3:-2], column[5, ..., 0], column[-1]):
-        assert not view.flags.writeable and not view.flags.owndata
+        assert not view.flags.writeable
+        assert not view.flags.owndata
     assert np.shares_memory(column[5], column[4:8])
     np.testing.assert_array_equal(column[5], x[5])
     with pytest.raises(ValueError, match="read-only"):
@@ -60,7 +63,8 @@ def test_gathers_and_cross_shard_slices_are_new_arrays(images: Any) -> None:
     column = ds["x"]
     for key in ([3, 1, 3, 22], np.array([-1, 0]), slice(2, 20), x[:, 0, 0, 0] > 0):
         got = column[key]
-        assert got.flags.writeable and got.flags.owndata
+        assert got.flags.writeable
+        assert got.flags.owndata
         np.testing.assert_array_equal(got, x[key])
 
 
@@ -74,7 +78,8 @@ def test_row_by_row_gather_of_large_rows(make_dataset: Any) -> None:
 def test_dataset_keys_give_every_field(images: Any) -> None:
     ds, x, y = images
     row = ds[7]
-    assert set(row) == {"x", "y"} and row["y"] == y[7]
+    assert set(row) == {"x", "y"}
+    assert row["y"] == y[7]
     np.testing.assert_array_equal(row["x"], x[7])
     batch = ds[[4, 0, 22]]
     np.testing.assert_array_equal(batch["x"], x[[4, 0, 22]])
@@ -91,7 +96,8 @@ def test_take_fills_caller_arrays(images: Any) -> None:
     indices = [21, 2, 2, -3]
     out = {"x": np.empty((4, 3, 4, 5), np.float32), "y": np.empty(4, np.int64)}
     result = ds.take(indices, out=out)
-    assert result["x"] is out["x"] and result["y"] is out["y"]
+    assert result["x"] is out["x"]
+    assert result["y"] is out["y"]
     np.testing.assert_array_equal(out["x"], x[indices])
     np.testing.assert_array_equal(out["y"], y[indices])
     only_y = ds.take(np.array([1, 2]), fields=["y"])
@@ -139,8 +145,11 @@ def test_open_missing_dataset(tmp_path: Any) -> None:
 def test_empty_dataset(tmp_path: Any) -> None:
     ms.create(tmp_path / "e", fields={"x": ("float32", (2,))}).close()
     ds = ms.open(tmp_path / "e")
-    assert len(ds) == 0 and ds["x"].shape == (0, 2) and ds.shards == ()
-    assert ds["x"][:].shape == (0, 2) and ds["x"][[]].shape == (0, 2)
+    assert len(ds) == 0
+    assert ds["x"].shape == (0, 2)
+    assert ds.shards == ()
+    assert ds["x"][:].shape == (0, 2)
+    assert ds["x"][[]].shape == (0, 2)
     with pytest.raises(InvalidIndexError):
         ds["x"][0]
 
@@ -153,15 +162,18 @@ def test_refresh_shows_new_commits_and_keeps_old_views(tmp_path: Any) -> None:
     ds = ms.open(path)
     first = ds["x"][4:6]
     writer.extend({"x": np.arange(6, 11)})
-    assert len(ds) == 6 and ds.refresh() is False
+    assert len(ds) == 6
+    assert ds.refresh() is False
     writer.commit()
     assert len(ds) == 6
-    assert ds.refresh() is True and ds.refresh() is False
+    assert ds.refresh() is True
+    assert ds.refresh() is False
     assert len(ds) == 11
     np.testing.assert_array_equal(ds["x"][:], np.arange(11))
     np.testing.assert_array_equal(first, [4, 5])
     writer.close()
-    assert ds.refresh() is True and all(shard.sealed for shard in ds.shards)
+    assert ds.refresh() is True
+    assert all(shard.sealed for shard in ds.shards)
 
 
 def test_refresh_detects_a_replaced_dataset(tmp_path: Any) -> None:
@@ -185,7 +197,8 @@ def test_pickle_carries_identity_not_data(tmp_path: Any) -> None:
     writer.extend({"x": np.zeros((10, 256))})
     writer.close()
     restored = pickle.loads(payload)
-    assert len(restored) == 4000 and restored.generation == ds.generation
+    assert len(restored) == 4000
+    assert restored.generation == ds.generation
     np.testing.assert_array_equal(restored["x"][-1], np.ones(256))
     column = pickle.loads(pickle.dumps(ds["x"]))
     assert column.shape == (4000, 256)
@@ -227,7 +240,8 @@ def test_open_mappings_stay_bounded(tmp_path: Any, monkeypatch: Any) -> None:
     total = sum(int(ds["x"][row]) for row in range(600))
     gathered = ds["x"][np.random.default_rng(1).permutation(600)]
     after = len(os.listdir("/proc/self/fd"))
-    assert total == sum(range(600)) and sorted(gathered.tolist()) == list(range(600))
+    assert total == sum(range(600))
+    assert sorted(gathered.tolist()) == list(range(600))
     assert len(mappings.CACHE) == 8
     assert after - before <= 8
 
