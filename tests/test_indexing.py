@@ -161,7 +161,7 @@ def test_column_indexing_matches_numpy(
                     column[key]
                 continue
             got = np.asarray(column[key])
-            assert got.shape == expected.shape and got.dtype == expected.dtype, key
+            assert (got.shape, got.dtype) == (expected.shape, expected.dtype), key
             np.testing.assert_array_equal(got, expected)
 
 
