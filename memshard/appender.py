@@ -38,7 +38,7 @@ from .errors import (
 )
 from .layout import LOCK_NAME, MANIFEST_NAME, MANIFEST_TEMP_PREFIX, SHARDS_DIR, shard_file_name
 from .manifest import FORMAT_NAME, FORMAT_VERSION, FieldSpec, Manifest, Shard, ShardFile
-from .mappings import map_shard_file
+from .mappings import ShardPart, check_shard_file
 from .npyheader import header_bytes
 from .schema import DEFAULT_SHARD_BYTES, field_specs, json_attrs, label_vocabularies, rows_per_shard
 
@@ -405,9 +405,7 @@ class Appender:
         )
         for name, spec in self._specs.items():
             file = record.files[name]
-            map_shard_file(
-                self.path, file, spec, shard_rows=record.rows, sealed=False, rows=record.rows
-            )
+            check_shard_file(self.path, spec, ShardPart(file, record.rows, False, record.rows))
             end = file.data_offset + file.nbytes
             fd = os.open(os.path.join(self.path, file.path), os.O_RDWR | os.O_NOFOLLOW | _CLOEXEC)
             try:

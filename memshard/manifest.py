@@ -94,7 +94,7 @@ class ShardFile(_Strict):
     """One field's file within a shard."""
 
     path: str
-    data_offset: int = Field(ge=npyheader.ARRAY_ALIGN, le=npyheader.MAX_HEADER_SIZE)
+    data_offset: int = Field(ge=npyheader.DATA_ALIGN, le=npyheader.MAX_DATA_OFFSET)
     nbytes: int = Count
     checksum: str | None
 

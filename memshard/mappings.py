@@ -1,23 +1,28 @@
-"""Read-only shard mappings, and the per-process cache that bounds how many are open.
+"""Read-only mappings of shard files, and the per-process cache that bounds them.
 
-Each mapping holds one file descriptor (Python's ``mmap`` keeps a duplicate), so a dataset
-with many thousands of shards would exhaust the open-files limit if every shard stayed
-mapped. :data:`CACHE` keeps at most :data:`MAX_OPEN_MAPPINGS` of them, least recently used
-first out. An evicted mapping is unmapped when the last view into it is gone.
+Consecutive shards whose data sizes are whole pages are mapped *back to back* into one
+reserved range of address space, so a column of many shards reads like one contiguous array:
+a gather is one ``numpy.take`` and a slice across shard boundaries is still a view. Such a run
+of shards is a *segment*. Shards are page-aligned in the file (the data offset is a multiple
+of :data:`memshard.npyheader.DATA_ALIGN`), which is what lets the kernel map them this way.
+No file descriptor stays open once a segment is mapped.
 
-The cache is the only process-global state in memshard. It is emptied in a forked child, so a
-child maps shards itself instead of sharing its parent's cache.
+:data:`CACHE` keeps at most :data:`MAX_MAPPED_SHARDS` shard mappings per process (each one is
+a kernel memory area, and their number per process is limited), least recently used first
+out. An evicted segment is unmapped when the last view into it is gone. The cache is the only
+process-global state in memshard and is emptied in a forked child, which maps shards itself.
 """
 
 from __future__ import annotations
 
-import contextlib
+import ctypes
 import mmap
 import os
-import resource
+import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,104 +32,205 @@ from .errors import ShardHeaderError, ShardSizeError
 from .layout import open_shard
 from .manifest import FieldSpec, ShardFile
 
-#: Most shard mappings one process keeps open, across all datasets ...
-MAX_OPEN_MAPPINGS = 512
-#: ... and at most this fraction of the process's open-files limit, leaving the rest to others.
-OPEN_FILES_SHARE = 4
+#: Most shard mappings one process keeps, across all datasets (Linux allows 65530 by default).
+MAX_MAPPED_SHARDS = 4096
+#: Whether shards can be mapped back to back here: the data offset must be a whole number of
+#: mapping pages, and the platform must offer ``MAP_FIXED``.
+BACK_TO_BACK = npyheader.DATA_ALIGN % mmap.ALLOCATIONGRANULARITY == 0 and sys.platform in (
+    "linux",
+    "darwin",
+)
+_MAP_FIXED = 0x10  # the same value on Linux and macOS
 
 
-def default_capacity() -> int:
-    """How many mappings to keep: :data:`MAX_OPEN_MAPPINGS`, or less under a low file limit."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return MAX_OPEN_MAPPINGS
-    return max(1, min(MAX_OPEN_MAPPINGS, soft // OPEN_FILES_SHARE))
+@dataclass(frozen=True)
+class ShardPart:
+    """One shard file of a segment: the manifest record and how many rows to map."""
+
+    file: ShardFile
+    manifest_rows: int
+    sealed: bool
+    rows: int
 
 
 class MappingCache:
-    """A thread-safe LRU of mapped shard arrays, keyed by whatever identifies a mapping."""
+    """A thread-safe LRU of mapped segments, bounded by the number of shards they map."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int = MAX_MAPPED_SHARDS) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.capacity = capacity
-        self._arrays: OrderedDict[Hashable, np.ndarray] = OrderedDict()
+        self._arrays: OrderedDict[Hashable, tuple[np.ndarray, int]] = OrderedDict()
+        self._weight = 0
         self._lock = threading.Lock()
 
     def get(self, key: Hashable) -> np.ndarray | None:
         """The cached array for ``key``, marked as most recently used, or None."""
-        array = self._arrays.get(key)
-        if array is not None:
-            # Another thread may have evicted it in between; the array is still good.
-            with contextlib.suppress(KeyError):
-                self._arrays.move_to_end(key)
-        return array
+        arrays = self._arrays
+        entry = arrays.get(key)
+        if entry is None:
+            return None
+        # try/except, not contextlib.suppress: this is the per-row hot path (suppress costs
+        # ~0.3 us). KeyError: another thread evicted it in between; the array is still good.
+        try:  # noqa: SIM105
+            arrays.move_to_end(key)
+        except KeyError:
+            pass
+        return entry[0]
 
-    def put(self, key: Hashable, array: np.ndarray) -> None:
-        """Cache ``array`` under ``key``, evicting the least recently used beyond capacity."""
+    def put(self, key: Hashable, array: np.ndarray, weight: int) -> None:
+        """Cache ``array`` (mapping ``weight`` shards), evicting the least recently used."""
         with self._lock:
-            self._arrays[key] = array
-            self._arrays.move_to_end(key)
-            while len(self._arrays) > self.capacity:
-                self._arrays.popitem(last=False)
+            previous = self._arrays.pop(key, None)
+            self._weight += weight - (previous[1] if previous else 0)
+            self._arrays[key] = (array, weight)
+            while self._weight > self.capacity and len(self._arrays) > 1:
+                _, (_, evicted) = self._arrays.popitem(last=False)
+                self._weight -= evicted
+
+    @property
+    def mapped_shards(self) -> int:
+        """How many shard mappings the cached segments hold."""
+        return self._weight
 
     def clear(self) -> None:
         """Forget every mapping (views handed out stay valid)."""
         self._arrays = OrderedDict()
+        self._weight = 0
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._arrays)
 
 
-CACHE = MappingCache(default_capacity())
+CACHE = MappingCache()
 os.register_at_fork(after_in_child=CACHE.clear)
 
 
-def map_shard_file(
-    root: str, file: ShardFile, spec: FieldSpec, *, shard_rows: int, sealed: bool, rows: int
-) -> np.ndarray:
-    """Map the first ``rows`` rows of one shard file as a read-only array.
+def map_segment(root: str, spec: FieldSpec, parts: Sequence[ShardPart]) -> np.ndarray:
+    """Map the rows of consecutive shard files of one field as one read-only array.
 
-    Before mapping, the file's size and header are checked against the manifest (``shard_rows``
-    rows, sealed or not), so a truncated or foreign file is an error, never a SIGBUS.
+    Every shard but the last must hold a whole number of pages of data (see
+    :func:`segment_breaks_after`). Before mapping, each file's size and header are checked
+    against the manifest, so a truncated or foreign file is an error, never a SIGBUS.
 
     Raises:
         ShardMissingError, UnsafePathError: see :func:`memshard.layout.open_shard`.
-        ShardSizeError: the file is shorter than the manifest says, or longer for a sealed shard.
-        ShardHeaderError: the header is not the canonical one for this field and row count.
+        ShardSizeError: a file is shorter than the manifest says, or longer for a sealed shard.
+        ShardHeaderError: a header is not the canonical one for this field and row count.
     """
-    where = os.path.join(root, file.path)
-    fd = open_shard(root, file.path)
+    descriptors = [_open_checked(root, spec, part) for part in parts]
     try:
-        _check_size(fd, where, file, sealed)
-        header = os.pread(fd, file.data_offset, 0)
-        header_rows = npyheader.rows_in_header(header, spec.numpy_dtype, spec.shape, where=where)
-        if header_rows < shard_rows or (sealed and header_rows != shard_rows):
-            raise ShardHeaderError(
-                f"{where}: header states {header_rows} rows, the manifest {shard_rows}"
+        if BACK_TO_BACK:
+            region = _map_back_to_back(spec, parts, descriptors)
+            offset = 0
+        else:
+            (part,) = parts
+            region = mmap.mmap(
+                descriptors[0],
+                part.file.data_offset + part.rows * spec.row_bytes,
+                access=mmap.ACCESS_READ,
             )
-        length = file.data_offset + rows * spec.row_bytes
-        mapping = mmap.mmap(fd, length, access=mmap.ACCESS_READ)
+            offset = part.file.data_offset
     finally:
-        os.close(fd)
-    array: np.ndarray[Any, Any] = np.frombuffer(
-        mapping,
+        for fd in descriptors:
+            os.close(fd)
+    rows = sum(part.rows for part in parts)
+    array: np.ndarray = np.frombuffer(
+        region,
         dtype=spec.numpy_dtype,
         count=rows * (spec.row_bytes // spec.numpy_dtype.itemsize),
-        offset=file.data_offset,
+        offset=offset,
     )
     return array.reshape((rows, *spec.shape))
 
 
-def _check_size(fd: int, where: str, file: ShardFile, sealed: bool) -> None:
+def segment_breaks_after(spec: FieldSpec, rows: int) -> bool:
+    """Whether a segment must end after a shard of ``rows`` rows of this field."""
+    return not BACK_TO_BACK or (rows * spec.row_bytes) % npyheader.DATA_ALIGN != 0
+
+
+def check_shard_file(root: str, spec: FieldSpec, part: ShardPart) -> None:
+    """Check one shard file's size and header against the manifest (see :func:`map_segment`)."""
+    os.close(_open_checked(root, spec, part))
+
+
+def _open_checked(root: str, spec: FieldSpec, part: ShardPart) -> int:
+    where = os.path.join(root, part.file.path)
+    fd = open_shard(root, part.file.path)
+    try:
+        _check_size(fd, where, part)
+        header = os.pread(fd, part.file.data_offset, 0)
+        header_rows = npyheader.rows_in_header(header, spec.numpy_dtype, spec.shape, where=where)
+        if header_rows < part.manifest_rows or (part.sealed and header_rows != part.manifest_rows):
+            raise ShardHeaderError(
+                f"{where}: header states {header_rows} rows, the manifest {part.manifest_rows}"
+            )
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _check_size(fd: int, where: str, part: ShardPart) -> None:
     size = os.fstat(fd).st_size
-    expected = file.data_offset + file.nbytes
+    expected = part.file.data_offset + part.file.nbytes
     if size < expected:
         raise ShardSizeError(
             f"{where}: file is {size} bytes, the manifest needs {expected} (truncated shard)"
         )
-    if sealed and size != expected:
+    if part.sealed and size != expected:
         raise ShardSizeError(
             f"{where}: sealed shard is {size} bytes, the manifest says {expected} (trailing bytes)"
         )
+
+
+def _libc_mmap() -> Any:
+    libc = ctypes.CDLL(None, use_errno=True)
+    function = libc.mmap
+    function.restype = ctypes.c_void_p
+    function.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int64,
+    ]
+    return function
+
+
+_LIBC_MMAP: Any = _libc_mmap() if BACK_TO_BACK else None
+
+
+def _map_back_to_back(spec: FieldSpec, parts: Sequence[ShardPart], fds: list[int]) -> mmap.mmap:
+    """Reserve address space for every part, then map each file's data into its place.
+
+    The reservation is an ordinary read-only anonymous ``mmap`` object: it gives numpy a
+    buffer with the right lifetime, and unmapping it (when the last view is gone) unmaps the
+    file mappings placed over it.
+    """
+    lengths = [part.rows * spec.row_bytes for part in parts]
+    page = mmap.ALLOCATIONGRANULARITY
+    reserved = max(page, -(-sum(lengths) // page) * page)
+    region = mmap.mmap(-1, reserved, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
+    probe = np.frombuffer(region, dtype=np.uint8, count=1)
+    base = probe.ctypes.data
+    del probe
+    offset = 0
+    for part, length, fd in zip(parts, lengths, fds, strict=True):
+        if length:
+            address = _LIBC_MMAP(
+                base + offset,
+                length,
+                mmap.PROT_READ,
+                mmap.MAP_SHARED | _MAP_FIXED,
+                fd,
+                part.file.data_offset,
+            )
+            if address != base + offset:
+                error = ctypes.get_errno()
+                region.close()
+                raise OSError(error, f"mmap of {part.file.path} failed: {os.strerror(error)}")
+        offset += length
+    return region

@@ -8,9 +8,12 @@ it byte for byte:
 2. the header length as a little-endian ``uint16``;
 3. the ASCII dictionary ``{'descr': D, 'fortran_order': False, 'shape': S, }`` where ``D`` is
    the field's dtype descr and ``S`` the Python ``repr`` of ``(rows, *sample_shape)``;
-4. spaces, then one ``\\n``, so that the data starts at a multiple of :data:`ARRAY_ALIGN` and
+4. spaces, then one ``\\n``, so that the data starts at a multiple of :data:`DATA_ALIGN` and
    there is room for a row count of :data:`ROW_DIGITS_RESERVED` digits. The data offset
    therefore depends only on the dtype and sample shape, never on the row count.
+
+The data starts on a page boundary (4096 bytes for every realistic sample shape) so that the
+data of consecutive shards can be mapped back to back into one contiguous array.
 """
 
 from __future__ import annotations
@@ -27,12 +30,14 @@ MAGIC = b"\x93NUMPY"
 VERSION = b"\x01\x00"
 #: Bytes before the header dictionary: magic, version and the uint16 header length.
 PREAMBLE_SIZE = len(MAGIC) + len(VERSION) + 2
-#: The data of every shard starts at a multiple of this (numpy uses the same value).
-ARRAY_ALIGN = 64
+#: The data of every shard starts at a multiple of this: a memory page on common platforms.
+DATA_ALIGN = 4096
 #: Digits of row count the header leaves room for: enough for any int64 row count.
 ROW_DIGITS_RESERVED = 19
 #: Largest header a shard may have; NPY 1.0 stores the length in a uint16.
 MAX_HEADER_SIZE = 65535
+#: Largest data offset a header of :data:`MAX_HEADER_SIZE` bytes can give.
+MAX_DATA_OFFSET = (PREAMBLE_SIZE + MAX_HEADER_SIZE) // DATA_ALIGN * DATA_ALIGN
 
 
 def _dictionary(descr: str, shape: tuple[int, ...]) -> str:
@@ -44,11 +49,11 @@ def data_offset(dtype: np.dtype[Any], sample_shape: tuple[int, ...]) -> int:
 
     Example:
         >>> data_offset(np.dtype("<f4"), (3, 64, 64))
-        128
+        4096
     """
     widest = _dictionary(dtype.str, (10**ROW_DIGITS_RESERVED - 1, *sample_shape))
     unpadded = PREAMBLE_SIZE + len(widest) + 1
-    return -(-unpadded // ARRAY_ALIGN) * ARRAY_ALIGN
+    return -(-unpadded // DATA_ALIGN) * DATA_ALIGN
 
 
 def header_bytes(dtype: np.dtype[Any], sample_shape: tuple[int, ...], rows: int) -> bytes:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -35,7 +35,7 @@ from .indexing import (
 )
 from .layout import MANIFEST_NAME
 from .manifest import FieldSpec, Manifest, Shard
-from .mappings import CACHE, map_shard_file
+from .mappings import CACHE, ShardPart, map_segment, segment_breaks_after
 
 #: Rows at least this large are scattered into a multi-shard gather one by one, which copies
 #: each byte once; smaller rows are gathered per shard and scattered with numpy, which copies
@@ -51,6 +51,46 @@ class FieldInfo(NamedTuple):
 
 
 @dataclass(frozen=True)
+class _FieldLayout:
+    """How one field's rows are mapped: segments of shards mapped back to back.
+
+    ``table`` holds the segment offsets; ``keys[s]`` identifies segment ``s`` in the mapping
+    cache and ``parts[s]`` lists its shard files."""
+
+    table: ShardTable
+    starts: tuple[int, ...]
+    keys: tuple[Hashable, ...]
+    parts: tuple[tuple[ShardPart, ...], ...]
+
+    @classmethod
+    def of(
+        cls,
+        root: str,
+        name: str,
+        spec: FieldSpec,
+        shards: tuple[Shard, ...],
+        lengths: tuple[int, ...],
+    ) -> _FieldLayout:
+        segments: list[tuple[ShardPart, ...]] = []
+        current: list[ShardPart] = []
+        for shard, length in zip(shards, lengths, strict=True):
+            current.append(ShardPart(shard.files[name], shard.rows, shard.sealed, length))
+            if segment_breaks_after(spec, length):
+                segments.append(tuple(current))
+                current = []
+        if current:
+            segments.append(tuple(current))
+        starts = [0]
+        for segment in segments:
+            starts.append(starts[-1] + sum(part.rows for part in segment))
+        keys = tuple(
+            (root, seg[0].file.path, seg[-1].file.path, seg[-1].rows, len(seg)) for seg in segments
+        )
+        table = ShardTable.from_offsets(np.array(starts, dtype=np.int64))
+        return cls(table, tuple(starts), keys, tuple(segments))
+
+
+@dataclass(frozen=True)
 class _Snapshot:
     """The first ``rows`` rows of a committed manifest, ready for indexing. The rows are those
     of generation ``generation``; ``manifest`` may be a later one (rows are append-only)."""
@@ -60,26 +100,17 @@ class _Snapshot:
     generation: int
     rows: int
     shards: tuple[Shard, ...]
-    shard_lengths: tuple[int, ...]
-    starts: tuple[int, ...]
-    table: ShardTable
+    layouts: dict[str, _FieldLayout]
 
     @classmethod
     def of(cls, root: str, manifest: Manifest, rows: int, generation: int) -> _Snapshot:
         shards = tuple(shard for shard in manifest.shards if shard.row_offset < rows)
         lengths = tuple(min(shard.rows, rows - shard.row_offset) for shard in shards)
-        offsets = manifest.row_offsets[: len(shards) + 1].copy()
-        offsets[len(shards)] = rows
-        return cls(
-            root,
-            manifest,
-            generation,
-            rows,
-            shards,
-            lengths,
-            tuple(offsets.tolist()),
-            ShardTable.from_offsets(offsets),
-        )
+        layouts = {
+            name: _FieldLayout.of(root, name, spec, shards, lengths)
+            for name, spec in manifest.fields.items()
+        }
+        return cls(root, manifest, generation, rows, shards, layouts)
 
 
 def open(path: str | os.PathLike[str]) -> Dataset:  # noqa: A001 - mirrors the public name
@@ -280,13 +311,16 @@ class Dataset:
         names = list(snapshot.manifest.fields) if fields is None else list(fields)
         for name in [*names, *(out or {})]:
             self.column(name)
-        array = _index_array(indices, where=self.path)
-        triples = project_indices(check_indices(array, snapshot.rows), snapshot.table)
+        array = check_indices(_index_array(indices, where=self.path), snapshot.rows)
         result = {}
+        projections: dict[int, list[Any]] = {}
         for name in names:
-            column = Column(self, name)
+            layout = snapshot.layouts[name]
+            triples = projections.get(id(layout.table))
+            if triples is None:
+                triples = projections[id(layout.table)] = project_indices(array, layout.table)
             target = None if out is None else out.get(name)
-            result[name] = column._gather(snapshot, triples, array.size, target)
+            result[name] = Column(self, name)._gather(snapshot, triples, array.size, target)
         return result
 
     def refresh(self) -> bool:
@@ -400,7 +434,8 @@ class Column:
                 indices = check_indices(key, snapshot.rows)
             except InvalidIndexError as exc:
                 raise InvalidIndexError(f"{self._where()}: {exc}") from None
-            return self._gather(snapshot, project_indices(indices, snapshot.table), key.size, None)
+            triples = project_indices(indices, snapshot.layouts[self.name].table)
+            return self._gather(snapshot, triples, key.size, None)
         try:
             selection = plan(key, (snapshot.rows, *self._spec.shape))
         except InvalidIndexError as exc:
@@ -410,7 +445,7 @@ class Column:
         else:
             rows = self._gather(
                 snapshot,
-                project_indices(selection.rows.indices, snapshot.table),
+                project_indices(selection.rows.indices, snapshot.layouts[self.name].table),
                 selection.rows.indices.size,
                 None,
             )
@@ -427,37 +462,29 @@ class Column:
                 f"{self._where()}: index {row if row >= 0 else row - snapshot.rows} is out of "
                 f"bounds for axis 0 with size {snapshot.rows}"
             )
-        shard = snapshot.table.shard_of(row)
-        view: np.ndarray = self._shard(snapshot, shard)[row - snapshot.starts[shard]]
+        layout = snapshot.layouts[self.name]
+        segment = layout.table.shard_of(row)
+        view: np.ndarray = self._segment(snapshot, layout, segment)[row - layout.starts[segment]]
         return view
 
-    def _shard(self, snapshot: _Snapshot, shard: int) -> np.ndarray:
-        """The read-only array of this field's rows in ``shard``, mapped on first use."""
-        record = snapshot.shards[shard]
-        file = record.files[self.name]
-        length = snapshot.shard_lengths[shard]
-        key = (snapshot.root, file.path, length)
-        array = CACHE.get(key)
+    def _segment(self, snapshot: _Snapshot, layout: _FieldLayout, segment: int) -> np.ndarray:
+        """The read-only array of this field's rows in ``segment``, mapped on first use."""
+        array = CACHE.get(layout.keys[segment])
         if array is None:
-            array = map_shard_file(
-                snapshot.root,
-                file,
-                self._spec,
-                shard_rows=record.rows,
-                sealed=record.sealed,
-                rows=length,
-            )
-            CACHE.put(key, array)
+            parts = layout.parts[segment]
+            array = map_segment(snapshot.root, self._spec, parts)
+            CACHE.put(layout.keys[segment], array, len(parts))
         return array
 
     def _slice(self, snapshot: _Snapshot, rows: SliceRows) -> np.ndarray:
-        triples = project_slice(rows, snapshot.table)
+        layout = snapshot.layouts[self.name]
+        triples = project_slice(rows, layout.table)
         if len(triples) == 1:
-            shard, in_shard, _ = triples[0]
-            return self._shard(snapshot, shard)[in_shard]
+            segment, in_segment, _ = triples[0]
+            return self._segment(snapshot, layout, segment)[in_segment]
         out = np.empty((rows.count, *self._spec.shape), dtype=self._spec.numpy_dtype)
-        for shard, in_shard, in_out in triples:
-            out[in_out] = self._shard(snapshot, shard)[in_shard]
+        for segment, in_segment, in_out in triples:
+            out[in_out] = self._segment(snapshot, layout, segment)[in_segment]
         return out
 
     def _gather(
@@ -467,13 +494,14 @@ class Column:
             out = np.empty((count, *self._spec.shape), dtype=self._spec.numpy_dtype)
         else:
             self._check_out(out, count)
+        layout = snapshot.layouts[self.name]
         if len(triples) == 1 and isinstance(triples[0][2], slice):
-            shard, local, _ = triples[0]
-            np.take(self._shard(snapshot, shard), local, axis=0, out=out, mode="clip")
+            segment, local, _ = triples[0]
+            np.take(self._segment(snapshot, layout, segment), local, axis=0, out=out, mode="clip")
             return out
         row_by_row = self._spec.row_bytes >= ROW_BY_ROW_MIN_BYTES
-        for shard, local, positions in triples:
-            source = self._shard(snapshot, shard)
+        for segment, local, positions in triples:
+            source = self._segment(snapshot, layout, segment)
             if row_by_row:
                 for position, row in zip(positions.tolist(), local.tolist(), strict=True):
                     out[position] = source[row]

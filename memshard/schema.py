@@ -7,6 +7,7 @@ subclass :class:`UnsupportedDtypeError`) naming the field or key at fault.
 from __future__ import annotations
 
 import json
+import math
 import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -15,6 +16,7 @@ from .dtypes import canonical_dtype
 from .errors import SchemaError
 from .layout import check_field_name
 from .manifest import MAX_LABELS, MAX_SAMPLE_NDIM, FieldSpec
+from .npyheader import DATA_ALIGN
 
 #: A shard rolls over once its rows reach this many bytes (all fields together).
 DEFAULT_SHARD_BYTES = 256 << 20
@@ -99,8 +101,25 @@ def json_attrs(attrs: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def rows_per_shard(specs: Mapping[str, FieldSpec], shard_bytes: int) -> int:
-    """How many rows fit in ``shard_bytes`` (at least one)."""
+    """How many rows fit in ``shard_bytes`` (at least one).
+
+    When the shard holds at least :func:`page_rows` rows, the count is rounded down to a
+    multiple of it, so that every field of a full shard is a whole number of pages and
+    consecutive shards map back to back.
+
+    Example:
+        >>> specs = field_specs({"x": ("float32", (128,))})
+        >>> rows_per_shard(specs, 1_000_000), rows_per_shard(specs, 2048)
+        (1952, 4)
+    """
     if isinstance(shard_bytes, bool) or not isinstance(shard_bytes, int) or shard_bytes < 1:
         raise SchemaError(f"shard_bytes must be a positive integer, got {shard_bytes!r}")
-    row_bytes = sum(spec.row_bytes for spec in specs.values())
-    return max(1, shard_bytes // row_bytes)
+    rows = max(1, shard_bytes // sum(spec.row_bytes for spec in specs.values()))
+    unit = page_rows(specs)
+    return rows // unit * unit if rows >= unit else rows
+
+
+def page_rows(specs: Mapping[str, FieldSpec]) -> int:
+    """The fewest rows that fill a whole number of pages in every field."""
+    units = [DATA_ALIGN // math.gcd(spec.row_bytes, DATA_ALIGN) for spec in specs.values()]
+    return math.lcm(*units)
