@@ -12,38 +12,36 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import shutil
 import uuid as uuid_module
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
 from . import manifest as manifest_io
-from .checksum import StreamingChecksum, checksum_of_file
-from .dtypes import check_storable
-from .durable import fsync_directory, publish_manifest
+from .batch import validated_batch
+from .durable import BackgroundSync, fsync_directory, publish_manifest
 from .errors import (
     AppenderClosedError,
-    BatchError,
     DatasetExistsError,
     DatasetLockedError,
     DatasetNotFoundError,
-    LabelError,
-    ShardSizeError,
+    ShardMissingError,
+    UnsafePathError,
+    UnsupportedVersionError,
     WriteFailedError,
 )
 from .layout import LOCK_NAME, MANIFEST_NAME, MANIFEST_TEMP_PREFIX, SHARDS_DIR, shard_file_name
 from .manifest import FORMAT_NAME, FORMAT_VERSION, FieldSpec, Manifest, Shard, ShardFile
 from .mappings import ShardPart, check_shard_file
-from .npyheader import header_bytes
 from .schema import DEFAULT_SHARD_BYTES, field_specs, json_attrs, label_vocabularies, rows_per_shard
+from .shardwriter import ShardFileWriter
 
-#: Buffer of each open shard file; single-row appends collect here before a write call.
-WRITE_BUFFER_BYTES = 1 << 20
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
@@ -52,7 +50,7 @@ def create(
     fields: Mapping[str, Any],
     *,
     shard_bytes: int = DEFAULT_SHARD_BYTES,
-    labels: Mapping[str, Sequence[str]] | None = None,
+    labels: Mapping[str, Iterable[str]] | None = None,
     attrs: Mapping[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Appender:
@@ -109,7 +107,7 @@ def create(
 
 def _move_into_place(staging: str, root: str, overwrite: bool) -> None:
     if overwrite and os.path.lexists(root):
-        if not os.path.isfile(os.path.join(root, MANIFEST_NAME)) or os.path.islink(root):
+        if os.path.islink(root) or not _is_memshard_dataset(root):
             raise DatasetExistsError(
                 f"{root}: exists and is not a memshard dataset; not replacing it"
             )
@@ -128,6 +126,16 @@ def _move_into_place(staging: str, root: str, overwrite: bool) -> None:
     fsync_directory(os.path.dirname(root))
 
 
+def _is_memshard_dataset(root: str) -> bool:
+    """Whether ``root`` holds a manifest declaring the memshard format (valid or damaged)."""
+    try:
+        with open(os.path.join(root, MANIFEST_NAME), "rb") as handle:
+            content = json.loads(handle.read(manifest_io.MAX_MANIFEST_BYTES))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(content, dict) and content.get("format") == FORMAT_NAME
+
+
 def append(path: str | os.PathLike[str]) -> Appender:
     """Open the existing dataset at ``path`` to append more rows.
 
@@ -138,7 +146,10 @@ def append(path: str | os.PathLike[str]) -> Appender:
     Raises:
         DatasetNotFoundError: no dataset at ``path``.
         DatasetLockedError: another appender holds the dataset.
-        ManifestError, ShardHeaderError, ShardSizeError: the dataset is damaged.
+        UnsupportedVersionError: the dataset was written in a newer minor format version,
+            which this library reads but must not rewrite.
+        ManifestError, ShardHeaderError, ShardSizeError, ShardMissingError, UnsafePathError:
+            the dataset is damaged.
     """
     root = os.path.abspath(os.fspath(path))
     if not os.path.isfile(os.path.join(root, MANIFEST_NAME)):
@@ -146,6 +157,12 @@ def append(path: str | os.PathLike[str]) -> Appender:
     lock_fd = _lock(root)
     try:
         manifest = manifest_io.load(os.path.join(root, MANIFEST_NAME))
+        if manifest.version != FORMAT_VERSION:
+            raise UnsupportedVersionError(
+                f"{root}: written in format version {manifest.version}; this library writes "
+                f"{FORMAT_VERSION} and must not rewrite a newer manifest"
+            )
+        _check_shards_directory(root)
         _remove_leftovers(root, manifest)
         return Appender(root, manifest, lock_fd)
     except BaseException:
@@ -171,6 +188,18 @@ def _lock(root: str) -> int:
     return fd
 
 
+def _check_shards_directory(root: str) -> None:
+    """``shards/`` must be a real directory: never follow a link out of the dataset."""
+    where = os.path.join(root, SHARDS_DIR)
+    try:
+        fd = os.open(where, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | _CLOEXEC)
+    except FileNotFoundError:
+        raise ShardMissingError(f"{where}: the shard directory is missing") from None
+    except OSError as exc:
+        raise UnsafePathError(f"{where}: not a plain directory ({exc.strerror})") from None
+    os.close(fd)
+
+
 def _remove_leftovers(root: str, manifest: Manifest) -> None:
     named = {
         file.path.split("/", 1)[1] for shard in manifest.shards for file in shard.files.values()
@@ -185,20 +214,13 @@ def _remove_leftovers(root: str, manifest: Manifest) -> None:
 
 
 @dataclass
-class _OpenFile:
-    handle: IO[bytes]
-    checksum: StreamingChecksum
-    path: str
-
-
-@dataclass
 class _OpenShard:
     """The shard rows are being appended to."""
 
     index: int
     row_offset: int
     rows: int
-    files: dict[str, _OpenFile] = field(default_factory=dict)
+    files: dict[str, ShardFileWriter] = field(default_factory=dict)
 
 
 class Appender:
@@ -222,6 +244,7 @@ class Appender:
         self._open: _OpenShard | None = None
         self._new_files = False
         self._failure: str | None = None
+        self._syncs = BackgroundSync()
         self._rows = manifest.rows
         if manifest.shards and not manifest.shards[-1].sealed:
             self._open = self._reopen(manifest.shards[-1])
@@ -254,11 +277,7 @@ class Appender:
             LabelError: a label outside the field's vocabulary.
         """
         self._check_usable()
-        batch = {
-            name: _as_row_batch(value)
-            for name, value in _checked_keys(row, self._specs, self.path).items()
-        }
-        self._write(self._validated(batch))
+        self._write(self._validated(row, single_row=True))
 
     def extend(self, batch: Mapping[str, Any]) -> None:
         """Append many rows: ``{field: array}`` stacked along axis 0, equal lengths.
@@ -266,11 +285,7 @@ class Appender:
         Every field is validated before a byte is written; see :meth:`append` for errors.
         """
         self._check_usable()
-        arrays = {
-            name: np.asarray(value)
-            for name, value in _checked_keys(batch, self._specs, self.path).items()
-        }
-        self._write(self._validated(arrays))
+        self._write(self._validated(batch, single_row=False))
 
     def commit(self) -> None:
         """Make every row appended so far durable and visible to readers, atomically.
@@ -335,35 +350,10 @@ class Appender:
         if self._lock_fd is None:
             raise AppenderClosedError(f"{self.path}: the appender is closed")
 
-    def _validated(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        lengths = {name: (array.shape[0] if array.ndim else None) for name, array in arrays.items()}
-        for name, array in arrays.items():
-            spec = self._specs[name]
-            if array.ndim == 0 or array.shape[1:] != spec.shape:
-                raise BatchError(
-                    f"{self.path}: field {name!r}: got shape {array.shape}, expected "
-                    f"{('rows', *spec.shape)}".replace("'rows'", "rows")
-                )
-        if len(set(lengths.values())) > 1:
-            raise BatchError(f"{self.path}: fields have different row counts: {lengths}")
-        converted = {}
-        for name, array in arrays.items():
-            spec = self._specs[name]
-            check_storable(array, spec.numpy_dtype, where=f"{self.path}: field {name!r}")
-            self._check_labels(name, array)
-            converted[name] = np.ascontiguousarray(array, dtype=spec.numpy_dtype)
-        return converted
-
-    def _check_labels(self, name: str, array: np.ndarray) -> None:
-        vocabulary = self._committed.labels.get(name)
-        if vocabulary is None or array.size == 0:
-            return
-        low, high = int(array.min()), int(array.max())
-        if low < 0 or high >= len(vocabulary):
-            raise LabelError(
-                f"{self.path}: field {name!r}: label values in [{low}, {high}] outside the "
-                f"vocabulary of {len(vocabulary)} labels (valid: 0..{len(vocabulary) - 1})"
-            )
+    def _validated(self, values: Any, *, single_row: bool) -> dict[str, np.ndarray]:
+        return validated_batch(
+            values, self._specs, self._committed.labels, where=self.path, single_row=single_row
+        )
 
     # -- writing -----------------------------------------------------------------------------
     def _write(self, arrays: dict[str, np.ndarray]) -> None:
@@ -386,14 +376,7 @@ class Appender:
         token = self._committed.uuid[:12]
         for name, spec in self._specs.items():
             relpath = shard_file_name(token, index, name)
-            fd = os.open(
-                os.path.join(self.path, relpath),
-                os.O_RDWR | os.O_CREAT | os.O_EXCL | _CLOEXEC,
-                0o644,
-            )
-            handle = os.fdopen(fd, "r+b", buffering=WRITE_BUFFER_BYTES)
-            handle.write(header_bytes(spec.numpy_dtype, spec.shape, 0))
-            shard.files[name] = _OpenFile(handle, StreamingChecksum(), relpath)
+            shard.files[name] = ShardFileWriter.create(self.path, relpath, spec)
         self._new_files = True
         self._open = shard
         return shard
@@ -406,53 +389,32 @@ class Appender:
         for name, spec in self._specs.items():
             file = record.files[name]
             check_shard_file(self.path, spec, ShardPart(file, record.rows, False, record.rows))
-            end = file.data_offset + file.nbytes
-            fd = os.open(os.path.join(self.path, file.path), os.O_RDWR | os.O_NOFOLLOW | _CLOEXEC)
-            try:
-                os.ftruncate(fd, end)
-                os.pwrite(fd, header_bytes(spec.numpy_dtype, spec.shape, record.rows), 0)
-                checksum = checksum_of_file(fd, file.data_offset, file.nbytes)
-            except EOFError:
-                os.close(fd)
-                raise ShardSizeError(
-                    f"{self.path}/{file.path}: shorter than its committed rows"
-                ) from None
-            handle = os.fdopen(fd, "r+b", buffering=WRITE_BUFFER_BYTES)
-            handle.seek(end)
-            shard.files[name] = _OpenFile(handle, checksum, file.path)
+            shard.files[name] = ShardFileWriter.reopen(self.path, file, spec, record.rows)
         return shard
 
     def _seal_open_shard(self) -> None:
+        """Seal the open shard: final header and checksum; its fsync runs in the background
+        and the next commit waits for it."""
         shard = self._open
         if shard is None:
             return
+        self._open = None
         if shard.rows == 0:
             for file in shard.files.values():
-                file.handle.close()
+                file.close()
                 os.unlink(os.path.join(self.path, file.path))
-            self._open = None
             return
-        self._sync_headers(shard)
         files = {}
         for name, file in shard.files.items():
-            file.handle.close()
+            file.write_header(shard.rows)
             files[name] = self._file_record(name, file, shard.rows, file.checksum.digest())
+        self._syncs.submit([file.fd for file in shard.files.values()])
         self._sealed.append(
             Shard(row_offset=shard.row_offset, rows=shard.rows, sealed=True, files=files)
         )
-        self._open = None
-
-    def _sync_headers(self, shard: _OpenShard) -> None:
-        for name, file in shard.files.items():
-            spec = self._specs[name]
-            file.handle.flush()
-            os.pwrite(
-                file.handle.fileno(), header_bytes(spec.numpy_dtype, spec.shape, shard.rows), 0
-            )
-            os.fsync(file.handle.fileno())
 
     def _file_record(
-        self, name: str, file: _OpenFile, rows: int, checksum: str | None
+        self, name: str, file: ShardFileWriter, rows: int, checksum: str | None
     ) -> ShardFile:
         spec = self._specs[name]
         return ShardFile(
@@ -463,9 +425,12 @@ class Appender:
         )
 
     def _commit(self) -> None:
+        self._syncs.wait()
         shard = self._open
         if shard is not None:
-            self._sync_headers(shard)
+            for file in shard.files.values():
+                file.write_header(shard.rows)
+                file.sync()
         if self._new_files:
             fsync_directory(os.path.join(self.path, SHARDS_DIR))
         previous = self._committed
@@ -513,35 +478,13 @@ class Appender:
         if self._open is not None:
             for file in self._open.files.values():
                 with contextlib.suppress(OSError):
-                    file.handle.close()
+                    file.close()
             self._open = None
+        self._syncs.shutdown()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
 
 
-def _write_rows(file: _OpenFile, rows: np.ndarray) -> None:
-    data = memoryview(rows.data).cast("B")
-    file.handle.write(data)
-    file.checksum.update(data)
-
-
-def _checked_keys(
-    values: Mapping[str, Any], specs: Mapping[str, FieldSpec], where: str
-) -> Mapping[str, Any]:
-    if not isinstance(values, Mapping):
-        raise BatchError(
-            f"{where}: expected a mapping of field -> values, got {type(values).__name__}"
-        )
-    missing = [name for name in specs if name not in values]
-    extra = [name for name in values if name not in specs]
-    if missing or extra:
-        raise BatchError(
-            f"{where}: batch fields do not match the dataset: missing {missing}, unexpected {extra}"
-        )
-    return values
-
-
-def _as_row_batch(value: Any) -> np.ndarray:
-    array = np.asarray(value)
-    return array.reshape((1, *array.shape))
+def _write_rows(file: ShardFileWriter, rows: np.ndarray) -> None:
+    file.write(memoryview(rows.data).cast("B"))

@@ -12,6 +12,7 @@ A commit makes rows durable and visible in this order (``spec/FORMAT.md``, "Comm
 from __future__ import annotations
 
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from .layout import MANIFEST_NAME, MANIFEST_TEMP_PREFIX
 from .manifest import Manifest, dumps
@@ -45,3 +46,45 @@ def publish_manifest(root: str, manifest: Manifest) -> None:
     write_file_durably(temporary, dumps(manifest))
     os.replace(temporary, os.path.join(root, MANIFEST_NAME))
     fsync_directory(root)
+
+
+class BackgroundSync:
+    """``fsync`` and close files on a worker thread while the caller keeps writing.
+
+    A sealed shard is synced here so that appending need not stop for it; the next commit
+    calls :meth:`wait` before publishing, so the commit protocol's order is unchanged.
+    """
+
+    def __init__(self) -> None:
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: list[Future[None]] = []
+
+    def submit(self, fds: list[int]) -> None:
+        """Sync then close ``fds`` (which now belong to this object)."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="memshard-fsync")
+        self._pending.append(self._executor.submit(_sync_and_close, fds))
+
+    def wait(self) -> None:
+        """Wait for every submitted sync; raise the first failure (``OSError``)."""
+        pending, self._pending = self._pending, []
+        failures = [future.exception() for future in pending]
+        for failure in failures:
+            if failure is not None:
+                raise failure
+
+    def shutdown(self) -> None:
+        """Finish what was submitted (closing every descriptor), ignoring failures."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        self._pending = []
+
+
+def _sync_and_close(fds: list[int]) -> None:
+    try:
+        for fd in fds:
+            os.fsync(fd)
+    finally:
+        for fd in fds:
+            os.close(fd)

@@ -71,7 +71,8 @@ def open_shard(root: str, relpath: str) -> int:
         raise UnsafePathError(f"{root}: {relpath!r} is not a shard path inside the dataset")
     directory, name = relpath.split("/")
     where = os.path.join(root, relpath)
-    flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    # O_NONBLOCK: opening a FIFO planted in place of a shard must not wait for a writer.
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     try:
         dir_fd = os.open(os.path.join(root, directory), flags | os.O_DIRECTORY)
     except FileNotFoundError:

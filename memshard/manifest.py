@@ -7,9 +7,12 @@ files hold which rows, and how many rows are committed. The rules enforced here 
 
 from __future__ import annotations
 
+import errno
 import json
 import math
-from functools import cached_property
+import os
+import re
+from functools import lru_cache
 from typing import Any, Literal
 
 import numpy as np
@@ -25,13 +28,14 @@ from pydantic import (
 from . import npyheader
 from .checksum import CHECKSUM_PATTERN
 from .dtypes import SUPPORTED_DESCRS
-from .errors import ManifestError, UnsupportedVersionError
+from .errors import ManifestError, UnsafePathError, UnsupportedVersionError
 from .layout import FIELD_NAME_PATTERN, is_safe_shard_path
 
 FORMAT_NAME: Literal["memshard"] = "memshard"
 #: The format version this library writes; it reads every ``1.x``.
 FORMAT_VERSION = "1.0"
 FORMAT_MAJOR, FORMAT_MINOR = (int(part) for part in FORMAT_VERSION.split("."))
+VERSION_PATTERN = re.compile(r"[0-9]{1,4}\.[0-9]{1,4}", re.ASCII)
 #: A manifest larger than this is refused before it is parsed.
 MAX_MANIFEST_BYTES = 256 << 20
 #: Most dimensions a sample may have (numpy allows 64 in all, one is the row axis).
@@ -74,20 +78,32 @@ class FieldSpec(_Strict):
             raise ValueError(f"sample shape {list(value)} must have dimensions >= 1")
         return value
 
-    @cached_property
+    # Plain properties over cached module functions, not cached_property: a cached value in
+    # the instance would take part in model equality.
+    @property
     def numpy_dtype(self) -> np.dtype[Any]:
         """The dtype as a :class:`numpy.dtype`."""
-        return np.dtype(self.dtype)
+        return _numpy_dtype(self.dtype)
 
-    @cached_property
+    @property
     def row_bytes(self) -> int:
         """Bytes one sample occupies."""
-        return self.numpy_dtype.itemsize * math.prod(self.shape)
+        return _numpy_dtype(self.dtype).itemsize * math.prod(self.shape)
 
-    @cached_property
+    @property
     def data_offset(self) -> int:
         """Where the data starts in every shard file of this field."""
-        return npyheader.data_offset(self.numpy_dtype, self.shape)
+        return _data_offset(self.dtype, self.shape)
+
+
+@lru_cache(maxsize=256)
+def _numpy_dtype(descr: str) -> np.dtype[Any]:
+    return np.dtype(descr)
+
+
+@lru_cache(maxsize=256)
+def _data_offset(descr: str, shape: tuple[int, ...]) -> int:
+    return npyheader.data_offset(np.dtype(descr), shape)
 
 
 class ShardFile(_Strict):
@@ -153,14 +169,6 @@ class Manifest(_Strict):
         _check_shards(self)
         return self
 
-    @cached_property
-    def row_offsets(self) -> np.ndarray:
-        """``int64`` array of length ``len(shards) + 1``: where each shard starts, then ``rows``."""
-        offsets = np.fromiter(
-            (shard.row_offset for shard in self.shards), dtype=np.int64, count=len(self.shards)
-        )
-        return np.append(offsets, np.int64(self.rows))
-
 
 def _check_labels(manifest: Manifest) -> None:
     for name, vocabulary in manifest.labels.items():
@@ -189,6 +197,11 @@ def _check_shards(manifest: Manifest) -> None:
         expected_offset += shard.rows
         if not shard.sealed and position != last:
             raise ValueError(f"{where}.sealed is false, but only the last shard may be unsealed")
+        if not shard.sealed and shard.rows > manifest.shard_rows:
+            raise ValueError(
+                f"{where}.rows is {shard.rows}, more than shard_rows ({manifest.shard_rows}) "
+                "in an unsealed shard"
+            )
         if shard.files.keys() != manifest.fields.keys():
             raise ValueError(
                 f"{where}.files has fields {sorted(shard.files)}, "
@@ -229,6 +242,13 @@ def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -257,6 +277,7 @@ def loads(data: bytes, *, where: str) -> Manifest:
             data.decode("utf-8"),
             object_pairs_hook=_refuse_duplicate_keys,
             parse_constant=_refuse_constant,
+            parse_float=_finite_float,
         )
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ManifestError(f"{where}: not strict JSON ({exc})") from None
@@ -275,11 +296,7 @@ def _check_version(raw: dict[str, Any], where: str) -> bool:
     version = raw.get("version")
     if raw.get("format") != FORMAT_NAME:
         raise ManifestError(f"{where}: format: expected {FORMAT_NAME!r}, got {raw.get('format')!r}")
-    if (
-        not isinstance(version, str)
-        or not version.replace(".", "", 1).isdigit()
-        or "." not in version
-    ):
+    if not isinstance(version, str) or not VERSION_PATTERN.fullmatch(version):
         raise ManifestError(f"{where}: version: expected 'MAJOR.MINOR', got {version!r}")
     major, minor = (int(part) for part in version.split("."))
     if major != FORMAT_MAJOR:
@@ -329,8 +346,17 @@ def _describe(exc: ValidationError) -> str:
 
 
 def load(path: str) -> Manifest:
-    """Read and validate the manifest file at ``path`` (see :func:`loads`)."""
-    with open(path, "rb") as handle:
+    """Read and validate the manifest file at ``path`` (see :func:`loads`).
+
+    The file itself must not be a symbolic link (the dataset directory may be one).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafePathError(f"{path}: the manifest is a symbolic link") from None
+        raise
+    with os.fdopen(fd, "rb") as handle:
         data = handle.read(MAX_MANIFEST_BYTES + 1)
     return loads(data, where=path)
 

@@ -41,6 +41,8 @@ BACK_TO_BACK = npyheader.DATA_ALIGN % mmap.ALLOCATIONGRANULARITY == 0 and sys.pl
     "darwin",
 )
 _MAP_FIXED = 0x10  # the same value on Linux and macOS
+#: Placement unit of mapped rows, see :func:`_map_back_to_back`.
+HUGE_PAGE = 2 << 20
 
 
 @dataclass(frozen=True)
@@ -122,8 +124,7 @@ def map_segment(root: str, spec: FieldSpec, parts: Sequence[ShardPart]) -> np.nd
     descriptors = [_open_checked(root, spec, part) for part in parts]
     try:
         if BACK_TO_BACK:
-            region = _map_back_to_back(spec, parts, descriptors)
-            offset = 0
+            region, offset = _map_back_to_back(spec, parts, descriptors)
         else:
             (part,) = parts
             region = mmap.mmap(
@@ -203,20 +204,27 @@ def _libc_mmap() -> Any:
 _LIBC_MMAP: Any = _libc_mmap() if BACK_TO_BACK else None
 
 
-def _map_back_to_back(spec: FieldSpec, parts: Sequence[ShardPart], fds: list[int]) -> mmap.mmap:
+def _map_back_to_back(
+    spec: FieldSpec, parts: Sequence[ShardPart], fds: list[int]
+) -> tuple[mmap.mmap, int]:
     """Reserve address space for every part, then map each file's data into its place.
 
-    The reservation is an ordinary read-only anonymous ``mmap`` object: it gives numpy a
-    buffer with the right lifetime, and unmapping it (when the last view is gone) unmaps the
-    file mappings placed over it.
+    Returns the reservation and the offset in it where the rows start. The reservation is an
+    ordinary read-only anonymous ``mmap`` object: it gives numpy a buffer with the right
+    lifetime, and unmapping it (when the last view is gone) unmaps the file mappings placed
+    over it. The rows start at an address congruent to their file offset modulo
+    :data:`HUGE_PAGE`, the condition for the kernel to map large page-cache folios with 2 MiB
+    entries (far fewer TLB misses when gathering large rows).
     """
     lengths = [part.rows * spec.row_bytes for part in parts]
     page = mmap.ALLOCATIONGRANULARITY
-    reserved = max(page, -(-sum(lengths) // page) * page)
+    reserved = -(-sum(lengths) // page) * page + HUGE_PAGE
     region = mmap.mmap(-1, reserved, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
     probe = np.frombuffer(region, dtype=np.uint8, count=1)
-    base = probe.ctypes.data
+    start = probe.ctypes.data
     del probe
+    start_offset = (parts[0].file.data_offset - start) % HUGE_PAGE
+    base = start + start_offset
     offset = 0
     for part, length, fd in zip(parts, lengths, fds, strict=True):
         if length:
@@ -233,4 +241,4 @@ def _map_back_to_back(spec: FieldSpec, parts: Sequence[ShardPart], fds: list[int
                 region.close()
                 raise OSError(error, f"mmap of {part.file.path} failed: {os.strerror(error)}")
         offset += length
-    return region
+    return region, start_offset

@@ -103,7 +103,14 @@ def rows_in_header(
 def _parse_rows(body: bytes, where: str) -> int:
     try:
         parsed = ast.literal_eval(body.decode("ascii"))
-    except (ValueError, SyntaxError, UnicodeDecodeError, MemoryError, RecursionError) as exc:
+    except (  # everything literal_eval raises on hostile text (TypeError: unhashable keys)
+        ValueError,
+        TypeError,
+        SyntaxError,
+        UnicodeDecodeError,
+        MemoryError,
+        RecursionError,
+    ) as exc:
         raise ShardHeaderError(f"{where}: unreadable header dictionary ({exc})") from None
     shape = parsed.get("shape") if isinstance(parsed, dict) else None
     if (

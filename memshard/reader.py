@@ -9,6 +9,7 @@ holds a file descriptor of its own, so it survives ``fork`` and pickles to a few
 from __future__ import annotations
 
 import copy
+import math
 import os
 from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ from .mappings import CACHE, ShardPart, map_segment, segment_breaks_after
 #: each byte once; smaller rows are gathered per shard and scattered with numpy, which copies
 #: twice but costs nothing per index in Python.
 ROW_BY_ROW_MIN_BYTES = 16 << 10
+#: Alignment of the arrays gathers allocate (see :func:`page_aligned_empty`).
+PAGE_SIZE = 4096
 
 
 class FieldInfo(NamedTuple):
@@ -425,10 +428,17 @@ class Column:
 
     def __getitem__(self, key: Any) -> Any:
         snapshot = self._dataset._snapshot
-        if type(key) is int:
+        if type(key) is int or type(key) is slice:
+            layout = snapshot.layouts[self.name]
+            if len(layout.keys) == 1:
+                # One segment maps the whole column: numpy indexes it directly.
+                try:
+                    return self._segment(snapshot, layout, 0)[key]
+                except IndexError as exc:
+                    raise InvalidIndexError(f"{self._where()}: {exc}") from None
+            if isinstance(key, slice):
+                return self._slice(snapshot, slice_rows(key, snapshot.rows))
             return self._row(snapshot, key)
-        if type(key) is slice:
-            return self._slice(snapshot, slice_rows(key, snapshot.rows))
         if type(key) is np.ndarray and key.ndim == 1 and key.dtype.kind in "iu":
             try:
                 indices = check_indices(key, snapshot.rows)
@@ -491,7 +501,7 @@ class Column:
         self, snapshot: _Snapshot, triples: list[Any], count: int, out: np.ndarray | None
     ) -> np.ndarray:
         if out is None:
-            out = np.empty((count, *self._spec.shape), dtype=self._spec.numpy_dtype)
+            out = page_aligned_empty((count, *self._spec.shape), self._spec.numpy_dtype)
         else:
             self._check_out(out, count)
         layout = snapshot.layouts[self.name]
@@ -525,6 +535,19 @@ class Column:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_restore_column, (self._dataset, self.name))
+
+
+def page_aligned_empty(shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
+    """An uninitialised C-contiguous array starting on a page boundary.
+
+    Shard rows are page-aligned; copying them to a destination a few bytes past a page
+    boundary hits a slow path of common ``memcpy`` implementations (4K aliasing), several
+    times slower for large rows. ``np.empty`` of a large array typically starts 16 bytes in.
+    """
+    nbytes = math.prod(shape) * dtype.itemsize
+    raw = np.empty(nbytes + PAGE_SIZE, dtype=np.uint8)
+    start = -raw.ctypes.data % PAGE_SIZE
+    return raw[start : start + nbytes].view(dtype).reshape(shape)
 
 
 def _restore_column(dataset: Dataset, name: str) -> Column:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import math
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 from .dtypes import canonical_dtype
 from .errors import SchemaError
@@ -20,6 +22,12 @@ from .npyheader import DATA_ALIGN
 
 #: A shard rolls over once its rows reach this many bytes (all fields together).
 DEFAULT_SHARD_BYTES = 256 << 20
+#: Largest sample, in bytes, one field may have.
+MAX_ROW_BYTES = 1 << 40
+#: Deepest nesting of user attributes.
+MAX_ATTRS_DEPTH = 64
+#: Size of a huge page (a PMD mapping on x86-64 and arm64 with 4 KiB pages).
+HUGE_PAGE = 2 << 20
 
 
 def field_specs(fields: Mapping[str, Any]) -> dict[str, FieldSpec]:
@@ -44,32 +52,48 @@ def field_specs(fields: Mapping[str, Any]) -> dict[str, FieldSpec]:
             raise SchemaError(
                 f"field {name!r}: expected (dtype, sample_shape), got {definition!r:.200}"
             ) from None
+        if dtype_spec is None:  # np.dtype(None) would silently mean float64
+            raise SchemaError(f"field {name!r}: the dtype is missing (None)")
         dtype = canonical_dtype(dtype_spec, where=f"field {name!r}")
-        specs[name] = FieldSpec(dtype=dtype.str, shape=_sample_shape(name, shape_spec))
+        shape = _sample_shape(name, shape_spec)
+        if dtype.itemsize * math.prod(shape) > MAX_ROW_BYTES:
+            raise SchemaError(
+                f"field {name!r}: a sample of shape {shape} and dtype {dtype} exceeds "
+                f"{MAX_ROW_BYTES} bytes"
+            )
+        specs[name] = FieldSpec(dtype=dtype.str, shape=shape)
     return specs
 
 
 def _sample_shape(name: str, shape: Any) -> tuple[int, ...]:
     if not isinstance(shape, Sequence) or isinstance(shape, (str, bytes)):
         shape = (shape,)
+    if any(isinstance(dim, (bool, np.bool_)) for dim in shape):
+        raise SchemaError(f"field {name!r}: sample shape {shape!r} must hold integers, not bools")
     try:
         dims = tuple(operator.index(dim) for dim in shape)
     except TypeError:
         raise SchemaError(f"field {name!r}: sample shape {shape!r} must hold integers") from None
-    if len(dims) > MAX_SAMPLE_NDIM or any(dim < 1 for dim in dims):
+    if len(dims) > MAX_SAMPLE_NDIM or any(not 1 <= dim <= MAX_ROW_BYTES for dim in dims):
         raise SchemaError(
             f"field {name!r}: sample shape {dims} must have at most {MAX_SAMPLE_NDIM} "
-            "dimensions, each >= 1"
+            f"dimensions, each from 1 to {MAX_ROW_BYTES}"
         )
     return dims
 
 
 def label_vocabularies(
-    labels: Mapping[str, Sequence[str]] | None, specs: Mapping[str, FieldSpec]
+    labels: Mapping[str, Iterable[str]] | None, specs: Mapping[str, FieldSpec]
 ) -> dict[str, tuple[str, ...]]:
     """Validate ``{field: [label, ...]}``: integer fields, unique string labels."""
+    if labels is None:
+        return {}
+    if not isinstance(labels, Mapping):
+        raise SchemaError(
+            f"labels must be a mapping of field -> labels, got {type(labels).__name__}"
+        )
     vocabularies: dict[str, tuple[str, ...]] = {}
-    for name, vocabulary in (labels or {}).items():
+    for name, vocabulary in labels.items():
         if name not in specs:
             raise SchemaError(f"labels: no field named {name!r}; fields are {list(specs)}")
         if specs[name].numpy_dtype.kind not in "iu":
@@ -77,49 +101,105 @@ def label_vocabularies(
                 f"labels: field {name!r} has dtype {specs[name].dtype!r}; labels need an "
                 "integer field"
             )
-        if isinstance(vocabulary, (str, bytes)) or not all(isinstance(x, str) for x in vocabulary):
-            raise SchemaError(f"labels: {name!r} must be a sequence of strings")
-        entries = tuple(vocabulary)
-        if len(set(entries)) != len(entries) or len(entries) > MAX_LABELS:
-            raise SchemaError(f"labels: {name!r} must hold at most {MAX_LABELS} unique labels")
-        vocabularies[name] = entries
+        vocabularies[name] = _vocabulary(name, vocabulary)
     return vocabularies
 
 
+def _vocabulary(name: str, vocabulary: Any) -> tuple[str, ...]:
+    if isinstance(vocabulary, (str, bytes)) or not isinstance(vocabulary, Iterable):
+        raise SchemaError(f"labels: {name!r} must be a sequence of strings, got {vocabulary!r:.80}")
+    entries = tuple(vocabulary)
+    for entry in entries:
+        if not isinstance(entry, str) or not _encodable(entry):
+            raise SchemaError(f"labels: {name!r} holds {entry!r:.80}, not a UTF-8 string")
+    if len(entries) > MAX_LABELS:
+        raise SchemaError(f"labels: {name!r} has {len(entries)} labels, at most {MAX_LABELS}")
+    if len(set(entries)) != len(entries):
+        repeated = sorted({entry for entry in entries if entries.count(entry) > 1})
+        raise SchemaError(f"labels: {name!r} repeats {repeated[:5]}; labels must be unique")
+    return entries
+
+
 def json_attrs(attrs: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Validate user attributes: strict JSON (string keys, no NaN), returned as parsed JSON."""
+    """Validate user attributes: JSON values with string keys, no NaN or Infinity, nested at
+    most :data:`MAX_ATTRS_DEPTH` deep. Returned as JSON would read them back (tuples become
+    lists)."""
     if attrs is None:
         return {}
     if not isinstance(attrs, Mapping):
         raise SchemaError(f"attrs must be a mapping, got {type(attrs).__name__}")
-    try:
-        text = json.dumps(dict(attrs), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise SchemaError(f"attrs must be JSON-representable without NaN/Infinity: {exc}") from None
-    result: dict[str, Any] = json.loads(text)
+    _check_json_value(attrs, "attrs", 0)
+    result: dict[str, Any] = json.loads(json.dumps(dict(attrs)))
     return result
+
+
+def _check_json_value(value: Any, where: str, depth: int) -> None:
+    if depth > MAX_ATTRS_DEPTH:
+        raise SchemaError(f"{where}: nested deeper than {MAX_ATTRS_DEPTH} levels")
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if not -(2**63) <= value < 2**64:
+            raise SchemaError(
+                f"{where}: integer of {value.bit_length()} bits is outside the 64-bit range"
+            )
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise SchemaError(f"{where}: {value} is not valid JSON (NaN and Infinity are not)")
+        return
+    if isinstance(value, str):
+        if not _encodable(value):
+            raise SchemaError(f"{where}: {value!r:.80} is not valid UTF-8 text")
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str) or not _encodable(key):
+                raise SchemaError(f"{where}: key {key!r:.80} is not a string")
+            _check_json_value(item, f"{where}.{key}", depth + 1)
+        return
+    if isinstance(value, (list, tuple)):
+        for position, item in enumerate(value):
+            _check_json_value(item, f"{where}[{position}]", depth + 1)
+        return
+    raise SchemaError(f"{where}: a {type(value).__name__} is not JSON-representable")
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def rows_per_shard(specs: Mapping[str, FieldSpec], shard_bytes: int) -> int:
     """How many rows fit in ``shard_bytes`` (at least one).
 
-    When the shard holds at least :func:`page_rows` rows, the count is rounded down to a
-    multiple of it, so that every field of a full shard is a whole number of pages and
-    consecutive shards map back to back.
+    The count is rounded down, when the shard is large enough, to a multiple of
+    :func:`aligned_rows`: then every field of a full shard is a whole number of pages, so
+    consecutive shards map back to back, and the widest field a whole number of huge pages, so
+    the kernel can map it with 2 MiB entries.
 
     Example:
         >>> specs = field_specs({"x": ("float32", (128,))})
-        >>> rows_per_shard(specs, 1_000_000), rows_per_shard(specs, 2048)
-        (1952, 4)
+        >>> [rows_per_shard(specs, size) for size in (256 << 20, 1 << 20, 2048)]
+        [524288, 2048, 4]
     """
     if isinstance(shard_bytes, bool) or not isinstance(shard_bytes, int) or shard_bytes < 1:
         raise SchemaError(f"shard_bytes must be a positive integer, got {shard_bytes!r}")
     rows = max(1, shard_bytes // sum(spec.row_bytes for spec in specs.values()))
-    unit = page_rows(specs)
-    return rows // unit * unit if rows >= unit else rows
+    for unit in (aligned_rows(specs, HUGE_PAGE), aligned_rows(specs, 0)):
+        if rows >= unit:
+            return rows // unit * unit
+    return rows
 
 
-def page_rows(specs: Mapping[str, FieldSpec]) -> int:
-    """The fewest rows that fill a whole number of pages in every field."""
+def aligned_rows(specs: Mapping[str, FieldSpec], huge_page: int) -> int:
+    """The fewest rows that fill whole pages in every field and, if ``huge_page``, whole
+    huge pages in the widest field."""
     units = [DATA_ALIGN // math.gcd(spec.row_bytes, DATA_ALIGN) for spec in specs.values()]
+    if huge_page:
+        widest = max(spec.row_bytes for spec in specs.values())
+        units.append(huge_page // math.gcd(widest, huge_page))
     return math.lcm(*units)

@@ -1,0 +1,99 @@
+"""Appending rows to one field's file of the shard being written.
+
+Rows go to the file with plain ``write`` calls, never through a writable mapping (on a full
+disk a mapping turns the error into SIGBUS). Small appends collect in a private buffer first;
+it is a plain ``bytearray``, so a forked child that exits never flushes its parent's rows
+into the shared file, as an inherited ``io.BufferedWriter`` would.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .checksum import StreamingChecksum, checksum_of_file
+from .errors import ShardSizeError
+from .manifest import FieldSpec, ShardFile
+from .npyheader import header_bytes
+
+#: Appends smaller than this collect in memory before a ``write`` call.
+WRITE_BUFFER_BYTES = 1 << 20
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+class ShardFileWriter:
+    """One open shard file: appends rows, keeps their checksum, rewrites the header."""
+
+    def __init__(self, fd: int, path: str, spec: FieldSpec, checksum: StreamingChecksum) -> None:
+        self.fd = fd
+        self.path = path
+        self.spec = spec
+        self.checksum = checksum
+        self._pending = bytearray()
+
+    @classmethod
+    def create(cls, root: str, relpath: str, spec: FieldSpec) -> ShardFileWriter:
+        """Create ``root/relpath`` (which must not exist) holding a header and no rows."""
+        fd = os.open(
+            os.path.join(root, relpath), os.O_RDWR | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o644
+        )
+        writer = cls(fd, relpath, spec, StreamingChecksum())
+        writer._write_all(header_bytes(spec.numpy_dtype, spec.shape, 0))
+        return writer
+
+    @classmethod
+    def reopen(cls, root: str, file: ShardFile, spec: FieldSpec, rows: int) -> ShardFileWriter:
+        """Continue an unsealed shard file after its ``rows`` committed rows, cutting off any
+        uncommitted bytes a crashed writer left after them.
+
+        Raises:
+            ShardSizeError: the file is shorter than its committed rows.
+        """
+        fd = os.open(os.path.join(root, file.path), os.O_RDWR | os.O_NOFOLLOW | _CLOEXEC)
+        end = file.data_offset + rows * spec.row_bytes
+        try:
+            checksum = checksum_of_file(fd, file.data_offset, rows * spec.row_bytes)
+            os.ftruncate(fd, end)
+            os.pwrite(fd, header_bytes(spec.numpy_dtype, spec.shape, rows), 0)
+            os.lseek(fd, end, os.SEEK_SET)
+        except EOFError:
+            os.close(fd)
+            raise ShardSizeError(f"{root}/{file.path}: shorter than its committed rows") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(fd, file.path, spec, checksum)
+
+    def write(self, data: memoryview) -> None:
+        """Append bytes of whole rows."""
+        self.checksum.update(data)
+        if len(self._pending) + len(data) <= WRITE_BUFFER_BYTES:
+            self._pending += data
+            return
+        self.flush()
+        self._write_all(data)
+
+    def flush(self) -> None:
+        """Write out what the buffer holds."""
+        if self._pending:
+            self._write_all(self._pending)
+            self._pending.clear()
+
+    def write_header(self, rows: int) -> None:
+        """Flush, then state ``rows`` rows in the header (rewritten in place)."""
+        self.flush()
+        os.pwrite(self.fd, header_bytes(self.spec.numpy_dtype, self.spec.shape, rows), 0)
+
+    def sync(self) -> None:
+        """Make everything written durable."""
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        """Close the descriptor; buffered bytes not flushed are dropped."""
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+    def _write_all(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view) :]
