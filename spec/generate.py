@@ -1,0 +1,453 @@
+"""Regenerate the generated parts of the memshard format specification.
+
+``spec/manifest.schema.json`` is the JSON Schema of the manifest model, and the blocks of
+``spec/FORMAT.md`` between ``<!-- BEGIN GENERATED: NAME -->`` and ``<!-- END GENERATED: NAME -->``
+(the dtype table, the limits table and the worked example) are rendered from the library's own
+pieces, so the specification cannot drift from the code without a test noticing.
+
+Usage::
+
+    python spec/generate.py          rewrite whatever is stale
+    python spec/generate.py --check  say what is stale, write nothing, exit 1 if anything is
+
+The worked example is built in memory from ``npyheader.header_bytes``,
+``checksum.StreamingChecksum``, the ``Manifest`` model and ``manifest.dumps``; nothing is written
+to disk except the two spec files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from memshard import checksum, dtypes, layout, manifest, npyheader
+from memshard.checksum import StreamingChecksum
+from memshard.manifest import FieldSpec, Manifest, Shard, ShardFile
+
+SPEC_DIR = Path(__file__).resolve().parent
+FORMAT_FILE = "FORMAT.md"
+SCHEMA_FILE = "manifest.schema.json"
+BLOCK_PATTERN = re.compile(r"<!-- BEGIN GENERATED: ([a-z0-9-]+) -->\n")
+
+#: The worked example: fixed, so that its bytes (and checksums) never change.
+EXAMPLE_UUID = "0123456789abcdef0123456789abcdef"
+EXAMPLE_GENERATION = 1
+EXAMPLE_SHARD_ROWS = 2
+EXAMPLE_FIELDS = {
+    "x": FieldSpec(dtype="<f4", shape=(2,)),
+    "y": FieldSpec(dtype="<i8", shape=()),
+}
+EXAMPLE_LABELS: dict[str, tuple[str, ...]] = {"y": ("cat", "dog")}
+EXAMPLE_ATTRS: dict[str, Any] = {"source": "worked example"}
+EXAMPLE_VALUES: dict[str, tuple[Any, ...]] = {
+    "x": ((0.0, 0.5), (1.0, 1.5), (2.0, 2.5)),
+    "y": (1, 0, 1),
+}
+
+#: The named constants the specification refers to: (module, name, meaning).
+LIMITS: tuple[tuple[ModuleType, str, str], ...] = (
+    (manifest, "MAX_MANIFEST_BYTES", "largest `manifest.json`, in bytes"),
+    (manifest, "MAX_COUNT", "largest row count, row offset, generation, byte size or dimension"),
+    (manifest, "MAX_SAMPLE_NDIM", "most dimensions of one sample"),
+    (manifest, "MAX_LABELS", "most labels in one vocabulary"),
+    (layout, "MAX_FIELD_NAME", "longest field name, in characters"),
+    (layout, "FIELD_NAME_PATTERN", "a field name (whole string)"),
+    (layout, "SHARD_PATH_PATTERN", "a shard path in the manifest (whole string)"),
+    (checksum, "CHECKSUM_PATTERN", "a checksum (whole string)"),
+    (npyheader, "MAGIC", "first bytes of every shard file"),
+    (npyheader, "DATA_ALIGN", "the data offset is a multiple of this (a memory page)"),
+    (npyheader, "ROW_DIGITS_RESERVED", "digits of row count every header has room for"),
+    (npyheader, "MAX_HEADER_SIZE", "largest header length (NPY 1.0 stores it as `uint16`)"),
+    (npyheader, "MAX_DATA_OFFSET", "largest data offset the manifest may state"),
+    (layout, "MANIFEST_NAME", "the committed manifest"),
+    (layout, "LOCK_NAME", "the writer's lock file"),
+    (layout, "SHARDS_DIR", "the directory holding the shard files"),
+    (layout, "MANIFEST_TEMP_PREFIX", "prefix of a temporary manifest"),
+)
+#: Order of dtype kinds in the dtype table: bool, signed, unsigned, float, complex.
+KIND_ORDER = "biufc"
+
+
+class SpecError(Exception):
+    """``FORMAT.md`` does not have the generated blocks this script expects."""
+
+
+class Example(NamedTuple):
+    """The worked example: its manifest and the content of each shard file, by manifest path."""
+
+    manifest: Manifest
+    files: dict[str, bytes]
+
+
+class Update(NamedTuple):
+    """A spec file whose committed content differs from what the generator produces."""
+
+    path: Path
+    text: str
+    reasons: list[str]
+
+
+# -- the worked example ---------------------------------------------------------------------
+def shard_file(spec: FieldSpec, values: Any) -> tuple[bytes, str]:
+    """The bytes of a sealed shard file holding ``values`` (rows of ``spec``), and its checksum.
+
+    Example:
+        >>> content, digest = shard_file(FieldSpec(dtype="<i8", shape=()), [7])
+        >>> len(content), content[-8:], digest
+        (4104, b'\\x07\\x00\\x00\\x00\\x00\\x00\\x00\\x00', 'xxh3_64:81671e58d6b596af')
+    """
+    rows = np.asarray(values, dtype=spec.numpy_dtype)
+    if rows.shape[1:] != spec.shape:
+        raise ValueError(f"rows of shape {rows.shape[1:]} do not match {spec.shape}")
+    data = rows.tobytes(order="C")
+    state = StreamingChecksum()
+    state.update(data)
+    header = npyheader.header_bytes(spec.numpy_dtype, spec.shape, len(rows))
+    return header + data, state.digest()
+
+
+def example_shard(index: int, start: int, stop: int) -> tuple[Shard, dict[str, bytes]]:
+    """Shard ``index`` of the worked example (rows ``start:stop``) and its files' bytes."""
+    records = {}
+    files = {}
+    for name, spec in EXAMPLE_FIELDS.items():
+        path = layout.shard_file_name(EXAMPLE_UUID[:12], index, name)
+        content, digest = shard_file(spec, EXAMPLE_VALUES[name][start:stop])
+        files[path] = content
+        records[name] = ShardFile(
+            path=path,
+            data_offset=spec.data_offset,
+            nbytes=len(content) - spec.data_offset,
+            checksum=digest,
+        )
+    return Shard(row_offset=start, rows=stop - start, sealed=True, files=records), files
+
+
+def build_example() -> Example:
+    """The worked example: every row written, every shard sealed, committed once."""
+    rows = len(EXAMPLE_VALUES["y"])
+    shards = []
+    files: dict[str, bytes] = {}
+    for index, start in enumerate(range(0, rows, EXAMPLE_SHARD_ROWS)):
+        shard, contents = example_shard(index, start, min(start + EXAMPLE_SHARD_ROWS, rows))
+        shards.append(shard)
+        files.update(contents)
+    document = Manifest(
+        format=manifest.FORMAT_NAME,
+        version=manifest.FORMAT_VERSION,
+        uuid=EXAMPLE_UUID,
+        generation=EXAMPLE_GENERATION,
+        rows=rows,
+        shard_rows=EXAMPLE_SHARD_ROWS,
+        fields=EXAMPLE_FIELDS,
+        labels=EXAMPLE_LABELS,
+        attrs=EXAMPLE_ATTRS,
+        shards=tuple(shards),
+    )
+    return Example(document, files)
+
+
+# -- rendering ------------------------------------------------------------------------------
+def hexdump_line(offset: int, chunk: bytes) -> str:
+    """One line of ``xxd`` output: offset, up to 16 bytes in groups of two, printable ASCII."""
+    groups = " ".join(chunk[i : i + 2].hex() for i in range(0, len(chunk), 2))
+    text = "".join(chr(byte) if 0x20 <= byte < 0x7F else "." for byte in chunk)
+    return f"{offset:08x}: {groups:<39}  {text}\n"
+
+
+def hexdump(data: bytes) -> str:
+    """``data`` as ``xxd`` prints it, with each run of lines equal to the line before shown as
+    one ``*`` line, as ``hexdump`` does. The last line is always shown.
+
+    Example:
+        >>> print(hexdump(b"\\x93NUMPY" + bytes(57) + b"\\n"), end="")
+        00000000: 934e 554d 5059 0000 0000 0000 0000 0000  .NUMPY..........
+        00000010: 0000 0000 0000 0000 0000 0000 0000 0000  ................
+        *
+        00000030: 0000 0000 0000 0000 0000 0000 0000 000a  ................
+    """
+    lines = []
+    previous = None
+    for offset in range(0, len(data), 16):
+        chunk = data[offset : offset + 16]
+        last = offset + 16 >= len(data)
+        if chunk == previous and not last:
+            if lines[-1] != "*\n":
+                lines.append("*\n")
+            continue
+        lines.append(hexdump_line(offset, chunk))
+        previous = chunk
+    return "".join(lines)
+
+
+def spaced_hex(data: bytes) -> str:
+    """Bytes as space-separated hex pairs, for the layout table."""
+    return " ".join(f"{byte:02x}" for byte in data)
+
+
+def layout_rows(spec: FieldSpec, content: bytes) -> list[tuple[int, int, str, str]]:
+    """``(offset, size, bytes, meaning)`` for each part of one shard file."""
+    preamble = npyheader.PREAMBLE_SIZE
+    body = content[preamble : spec.data_offset].decode("ascii")
+    dictionary = body.rstrip(" \n")
+    padding = len(body) - len(dictionary) - 1
+    magic, version = len(npyheader.MAGIC), len(npyheader.VERSION)
+    rows = [
+        (0, magic, spaced_hex(content[:magic]), "magic `\\x93NUMPY`"),
+        (magic, version, spaced_hex(content[magic : preamble - 2]), "NPY format version 1.0"),
+        (
+            preamble - 2,
+            2,
+            spaced_hex(content[preamble - 2 : preamble]),
+            f"header length {len(body)}, little-endian `uint16` (data offset minus {preamble})",
+        ),
+        (preamble, len(dictionary), f"`{dictionary}`", "the header dictionary"),
+        (preamble + len(dictionary), padding, "20 ... 20", f"{padding} spaces"),
+        (spec.data_offset - 1, 1, "0a", "newline: the header ends here"),
+    ]
+    for row in range((len(content) - spec.data_offset) // spec.row_bytes):
+        start = spec.data_offset + row * spec.row_bytes
+        data = content[start : start + spec.row_bytes]
+        values = np.frombuffer(data, dtype=spec.numpy_dtype).tolist()
+        rows.append((start, spec.row_bytes, spaced_hex(data), f"row {row}: `{values}`"))
+    return rows
+
+
+def table(header: Sequence[str], align: Sequence[str], rows: list[tuple[Any, ...]]) -> str:
+    """A GitHub-flavoured markdown table; ``|`` inside a cell is escaped, as GFM requires.
+
+    Example:
+        >>> print(table(["descr"], ["---"], [("`|b1`",)]), end="")
+        | descr |
+        | --- |
+        | `\\|b1` |
+    """
+    lines = [header, align, *([str(cell).replace("|", "\\|") for cell in row] for row in rows)]
+    return "".join(f"| {' | '.join(line)} |\n" for line in lines)
+
+
+def layout_table(spec: FieldSpec, content: bytes) -> str:
+    """The markdown table explaining every byte range of one shard file."""
+    header = ("Offset", "Size", "Bytes", "Meaning")
+    return table(header, ("---:", "---:", "---", "---"), layout_rows(spec, content))
+
+
+def files_table(example: Example) -> str:
+    """The markdown table of the example's shard files: path, size and values."""
+    rows = []
+    for shard in example.manifest.shards:
+        for name, record in shard.files.items():
+            spec = example.manifest.fields[name]
+            content = example.files[record.path]
+            values = np.frombuffer(content[record.data_offset :], dtype=spec.numpy_dtype)
+            shown = values.reshape((shard.rows, *spec.shape)).tolist()
+            rows.append((f"`{record.path}`", len(content), f"`{shown}`"))
+    return table(("Path", "Size", "Rows (values)"), ("---", "---:", "---"), rows)
+
+
+def dtype_table() -> str:
+    """The markdown table of :data:`memshard.dtypes.SUPPORTED_DESCRS`."""
+    found = sorted(
+        (np.dtype(descr) for descr in dtypes.SUPPORTED_DESCRS),
+        key=lambda dtype: (KIND_ORDER.index(dtype.kind), dtype.itemsize),
+    )
+    rows = [(f"`{dtype.str}`", f"`{dtype.name}`", dtype.itemsize) for dtype in found]
+    return table(
+        ("`dtype` (descr)", "numpy name", "Bytes per element"), ("---", "---", "---:"), rows
+    )
+
+
+def show_value(value: Any) -> str:
+    """A constant as the limits table shows it (powers of two spelled out).
+
+    Example:
+        >>> show_value(1 << 20), show_value("shards")
+        ('1048576 (2^20)', '`shards`')
+    """
+    if isinstance(value, re.Pattern):
+        return f"`{value.pattern}`"
+    if isinstance(value, bytes):
+        return f"`{value!r}`"
+    if isinstance(value, str):
+        return f"`{value}`"
+    if isinstance(value, int) and value >= 1024 and value & (value - 1) == 0:
+        return f"{value} (2^{value.bit_length() - 1})"
+    return str(value)
+
+
+def limits_table() -> str:
+    """The markdown table of the named constants the specification relies on."""
+    rows = [
+        (f"`{module.__name__}.{name}`", show_value(getattr(module, name)), meaning)
+        for module, name, meaning in LIMITS
+    ]
+    properties = manifest.json_schema()["properties"]
+    for key in ("version", "uuid"):
+        rows.append(
+            (f"`Manifest.{key}` pattern", f"`{properties[key]['pattern']}`", f"the `{key}` key")
+        )
+    return table(("Constant", "Value", "Meaning"), ("---", "---", "---"), rows)
+
+
+def fenced(language: str, text: str) -> str:
+    """``text`` (ending in a newline) as a fenced markdown code block."""
+    return f"```{language}\n{text}```\n"
+
+
+def generated_blocks() -> dict[str, str]:
+    """Every generated block of ``FORMAT.md``, by name."""
+    example = build_example()
+    first = example.manifest.shards[0].files["x"]
+    content = example.files[first.path]
+    return {
+        "dtypes": dtype_table(),
+        "limits": limits_table(),
+        "example-files": files_table(example),
+        "shard-hexdump": fenced("text", hexdump(content)),
+        "shard-layout": layout_table(example.manifest.fields["x"], content),
+        "manifest": fenced("json", manifest.dumps(example.manifest).decode("utf-8")),
+    }
+
+
+def schema_text() -> str:
+    """The content of ``manifest.schema.json``."""
+    return json.dumps(manifest.json_schema(), indent=2, sort_keys=True) + "\n"
+
+
+# -- the blocks of FORMAT.md ----------------------------------------------------------------
+def markers(name: str) -> tuple[str, str]:
+    """The begin and end marker lines of block ``name``."""
+    return f"<!-- BEGIN GENERATED: {name} -->\n", f"<!-- END GENERATED: {name} -->"
+
+
+def block_span(text: str, name: str) -> tuple[int, int]:
+    """Where the body of block ``name`` starts and ends in ``text``.
+
+    Raises:
+        SpecError: the block's markers are missing, repeated or out of order.
+    """
+    begin, end = markers(name)
+    if text.count(begin) != 1 or text.count(end) != 1:
+        raise SpecError(f"{FORMAT_FILE}: expected one {begin.strip()!r} and one {end!r}")
+    start = text.index(begin) + len(begin)
+    stop = text.index(end)
+    if stop < start:
+        raise SpecError(f"{FORMAT_FILE}: {end!r} comes before {begin.strip()!r}")
+    return start, stop
+
+
+def block_body(text: str, name: str) -> str:
+    """The current content of block ``name`` in ``text``."""
+    start, stop = block_span(text, name)
+    return text[start:stop]
+
+
+def replace_blocks(text: str, blocks: dict[str, str]) -> str:
+    """``text`` with the body of every block replaced by ``blocks[name]``.
+
+    Raises:
+        SpecError: ``text`` has a block the generator does not know, or lacks one it does.
+    """
+    found = set(BLOCK_PATTERN.findall(text))
+    if found != set(blocks):
+        raise SpecError(
+            f"{FORMAT_FILE}: generated blocks {sorted(found)} do not match the generator's "
+            f"{sorted(blocks)}"
+        )
+    for name, body in blocks.items():
+        start, stop = block_span(text, name)
+        text = text[:start] + body + text[stop:]
+    return text
+
+
+# -- checking and writing -------------------------------------------------------------------
+def read_text(path: Path) -> str | None:
+    """The content of ``path`` with line endings untouched, or None if it does not exist."""
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
+
+
+def schema_update(spec_dir: Path) -> Update | None:
+    """The update ``manifest.schema.json`` needs, if it is stale."""
+    path = spec_dir / SCHEMA_FILE
+    current, fresh = read_text(path), schema_text()
+    if current == fresh:
+        return None
+    reason = "missing" if current is None else "differs from memshard.manifest.json_schema()"
+    return Update(path, fresh, [reason])
+
+
+def format_update(spec_dir: Path) -> Update | None:
+    """The update ``FORMAT.md`` needs, if any generated block is stale.
+
+    Raises:
+        SpecError: ``FORMAT.md`` is missing or its markers are broken.
+    """
+    path = spec_dir / FORMAT_FILE
+    current = read_text(path)
+    if current is None:
+        raise SpecError(f"{path}: missing; it is written by hand, only its blocks are generated")
+    blocks = generated_blocks()
+    fresh = replace_blocks(current, blocks)
+    stale = [name for name, body in blocks.items() if block_body(current, name) != body]
+    if not stale:
+        return None
+    return Update(path, fresh, [f"generated block {name!r} is out of date" for name in stale])
+
+
+def stale_files(spec_dir: Path) -> list[Update]:
+    """Every spec file under ``spec_dir`` whose generated content is out of date."""
+    updates = (schema_update(spec_dir), format_update(spec_dir))
+    return [update for update in updates if update is not None]
+
+
+def write_updates(updates: Sequence[Update]) -> None:
+    """Write each update's new content and say so."""
+    for update in updates:
+        with open(update.path, "w", encoding="utf-8", newline="") as handle:
+            handle.write(update.text)
+        print(f"wrote {os.path.relpath(update.path)} ({'; '.join(update.reasons)})")
+
+
+def report_stale(updates: Sequence[Update]) -> int:
+    """Print what is stale; return the exit status of ``--check``."""
+    for update in updates:
+        for reason in update.reasons:
+            print(f"stale: {os.path.relpath(update.path)}: {reason}", file=sys.stderr)
+    if updates:
+        print("run: python spec/generate.py", file=sys.stderr)
+    return 1 if updates else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line entry point; returns the exit status."""
+    parser = argparse.ArgumentParser(description="Regenerate the generated parts of spec/.")
+    parser.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 if anything is stale"
+    )
+    arguments = parser.parse_args(argv)
+    try:
+        updates = stale_files(SPEC_DIR)
+    except SpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if arguments.check:
+        return report_stale(updates)
+    write_updates(updates)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
