@@ -25,7 +25,7 @@ import numpy as np
 
 from . import manifest as manifest_io
 from .batch import validated_batch
-from .durable import BackgroundSync, fsync_directory, publish_manifest
+from .durable import DeferredSync, fsync_directory, publish_manifest
 from .errors import (
     AppenderClosedError,
     DatasetExistsError,
@@ -244,7 +244,7 @@ class Appender:
         self._open: _OpenShard | None = None
         self._new_files = False
         self._failure: str | None = None
-        self._syncs = BackgroundSync()
+        self._syncs = DeferredSync()
         self._rows = manifest.rows
         if manifest.shards and not manifest.shards[-1].sealed:
             self._open = self._reopen(manifest.shards[-1])
@@ -393,8 +393,8 @@ class Appender:
         return shard
 
     def _seal_open_shard(self) -> None:
-        """Seal the open shard: final header and checksum; its fsync runs in the background
-        and the next commit waits for it."""
+        """Seal the open shard: final header and checksum; its fsync waits for the next
+        commit (see :class:`DeferredSync`)."""
         shard = self._open
         if shard is None:
             return
@@ -408,7 +408,7 @@ class Appender:
         for name, file in shard.files.items():
             file.write_header(shard.rows)
             files[name] = self._file_record(name, file, shard.rows, file.checksum.digest())
-        self._syncs.submit([file.fd for file in shard.files.values()])
+        self._syncs.add([file.fd for file in shard.files.values()])
         self._sealed.append(
             Shard(row_offset=shard.row_offset, rows=shard.rows, sealed=True, files=files)
         )
@@ -425,7 +425,7 @@ class Appender:
         )
 
     def _commit(self) -> None:
-        self._syncs.wait()
+        self._syncs.sync_all()
         shard = self._open
         if shard is not None:
             for file in shard.files.values():

@@ -17,6 +17,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from .layout import MANIFEST_NAME, MANIFEST_TEMP_PREFIX
 from .manifest import Manifest, dumps
 
+#: Sealed shard files an appender keeps open, unsynced, until the next commit.
+MAX_DEFERRED_FILES = 32
+
 
 def fsync_directory(path: str) -> None:
     """Make the entries of directory ``path`` (creations, renames) durable."""
@@ -48,37 +51,52 @@ def publish_manifest(root: str, manifest: Manifest) -> None:
     fsync_directory(root)
 
 
-class BackgroundSync:
-    """``fsync`` and close files on a worker thread while the caller keeps writing.
+class DeferredSync:
+    """Sealed shard files whose ``fsync`` waits for the next commit.
 
-    A sealed shard is synced here so that appending need not stop for it; the next commit
-    calls :meth:`wait` before publishing, so the commit protocol's order is unchanged.
+    Durability is promised at commit, so a sealed shard need not stop the writer for an
+    ``fsync`` (which also forces early writeback of everything still dirty). Its descriptors
+    are kept until :meth:`sync_all`; beyond :data:`MAX_DEFERRED_FILES` of them, the oldest are
+    synced and closed on a worker thread so that neither descriptors nor dirty pages pile up
+    without bound.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_deferred: int = MAX_DEFERRED_FILES) -> None:
+        self._max_deferred = max_deferred
+        self._deferred: list[int] = []
         self._executor: ThreadPoolExecutor | None = None
         self._pending: list[Future[None]] = []
 
-    def submit(self, fds: list[int]) -> None:
-        """Sync then close ``fds`` (which now belong to this object)."""
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="memshard-fsync")
-        self._pending.append(self._executor.submit(_sync_and_close, fds))
+    def add(self, fds: list[int]) -> None:
+        """Take ownership of ``fds``, to be synced and closed by :meth:`sync_all`."""
+        self._deferred.extend(fds)
+        if len(self._deferred) > self._max_deferred:
+            oldest, self._deferred = self._deferred[: -len(fds)], self._deferred[-len(fds) :]
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(1, thread_name_prefix="memshard-fsync")
+            self._pending.append(self._executor.submit(_sync_and_close, oldest))
 
-    def wait(self) -> None:
-        """Wait for every submitted sync; raise the first failure (``OSError``)."""
+    def sync_all(self) -> None:
+        """Sync and close every file taken; raise the first failure (``OSError``)."""
+        deferred, self._deferred = self._deferred, []
         pending, self._pending = self._pending, []
         failures = [future.exception() for future in pending]
-        for failure in failures:
-            if failure is not None:
-                raise failure
+        try:
+            _sync_and_close(deferred)
+        finally:
+            for failure in failures:
+                if failure is not None:
+                    raise failure
 
     def shutdown(self) -> None:
-        """Finish what was submitted (closing every descriptor), ignoring failures."""
+        """Close every file taken without syncing it, after the worker has finished."""
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
         self._pending = []
+        deferred, self._deferred = self._deferred, []
+        for fd in deferred:
+            os.close(fd)
 
 
 def _sync_and_close(fds: list[int]) -> None:

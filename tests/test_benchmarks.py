@@ -16,7 +16,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 #: Every measurement the report must hold, per workload.
 MEASUREMENTS = {
-    "images": {"extend_images", "extend_images_vs_fsync", "gather_images"},
+    "images": {"extend_images", "extend_images_durable", "gather_images"},
     "vectors": {
         "gather_vectors",
         "single_row_vectors_ns",
