@@ -13,7 +13,7 @@ import math
 import os
 import re
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 from pydantic import (
@@ -29,7 +29,7 @@ from . import npyheader
 from .checksum import CHECKSUM_PATTERN
 from .dtypes import SUPPORTED_DESCRS
 from .errors import ManifestError, UnsafePathError, UnsupportedVersionError
-from .layout import FIELD_NAME_PATTERN, is_safe_shard_path
+from .layout import FIELD_NAME_PATTERN, SHARD_PATH_PATTERN, is_safe_shard_path
 
 FORMAT_NAME: Literal["memshard"] = "memshard"
 #: The format version this library writes; it reads every ``1.x``.
@@ -59,8 +59,10 @@ class _Strict(BaseModel):
 class FieldSpec(_Strict):
     """A field: the dtype (numpy descr) and the shape of one sample."""
 
-    dtype: str
-    shape: tuple[int, ...] = Field(max_length=MAX_SAMPLE_NDIM)
+    dtype: str = Field(json_schema_extra={"enum": cast(Any, sorted(SUPPORTED_DESCRS))})
+    shape: tuple[int, ...] = Field(
+        max_length=MAX_SAMPLE_NDIM, json_schema_extra={"items": {"type": "integer", "minimum": 1}}
+    )
 
     @field_validator("dtype")
     @classmethod
@@ -75,7 +77,9 @@ class FieldSpec(_Strict):
     @classmethod
     def _positive_dims(cls, value: tuple[int, ...]) -> tuple[int, ...]:
         if any(dim < 1 or dim > MAX_COUNT for dim in value):
-            raise ValueError(f"sample shape {list(value)} must have dimensions >= 1")
+            raise ValueError(
+                f"sample shape {list(value)} must have dimensions from 1 to {MAX_COUNT}"
+            )
         return value
 
     # Plain properties over cached module functions, not cached_property: a cached value in
@@ -109,10 +113,17 @@ def _data_offset(descr: str, shape: tuple[int, ...]) -> int:
 class ShardFile(_Strict):
     """One field's file within a shard."""
 
-    path: str
+    path: str = Field(json_schema_extra={"pattern": f"^{SHARD_PATH_PATTERN.pattern}$"})
     data_offset: int = Field(ge=npyheader.DATA_ALIGN, le=npyheader.MAX_DATA_OFFSET)
     nbytes: int = Count
-    checksum: str | None
+    checksum: str | None = Field(
+        json_schema_extra={
+            "anyOf": [
+                {"type": "string", "pattern": f"^{CHECKSUM_PATTERN.pattern}$"},
+                {"type": "null"},
+            ]
+        }
+    )
 
     @field_validator("path")
     @classmethod
@@ -150,7 +161,10 @@ class Manifest(_Strict):
     generation: int = Count
     rows: int = Count
     shard_rows: int = Field(ge=1, le=MAX_COUNT)
-    fields: dict[str, FieldSpec] = Field(min_length=1)
+    fields: dict[str, FieldSpec] = Field(
+        min_length=1,
+        json_schema_extra={"propertyNames": {"pattern": f"^{FIELD_NAME_PATTERN.pattern}$"}},
+    )
     labels: dict[str, tuple[str, ...]]
     attrs: dict[str, Any]
     shards: tuple[Shard, ...]
@@ -337,7 +351,9 @@ def _known_keys_only(raw: dict[str, Any]) -> dict[str, Any]:
 def _describe(exc: ValidationError) -> str:
     problems = []
     for error in exc.errors()[:MAX_REPORTED_PROBLEMS]:
-        location = ".".join(str(part) for part in error["loc"])
+        location = "".join(
+            f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]
+        ).lstrip(".")
         message = error["msg"].removeprefix("Value error, ")
         received = "" if error["type"] == "value_error" else f" (got {error['input']!r:.80})"
         problems.append(f"{location}: {message}{received}" if location else message)
