@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -93,3 +94,25 @@ def index_keys(draw: st.DrawFn, shape: tuple[int, ...]) -> Any:
     if draw(st.booleans()) and not any(item is Ellipsis for item in items):
         items.insert(draw(st.integers(0, len(items))), Ellipsis)
     return tuple(items)
+
+
+@st.composite
+def mutations_of(draw: st.DrawFn, valid: bytes, tokens: Sequence[bytes], max_insert: int) -> bytes:
+    """``valid`` with one to four random edits: a bit flip, truncation, insertion of random
+    bytes, deletion, or a span replaced by one of ``tokens`` (syntax a parser cares about)."""
+    data = bytearray(valid)
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["flip", "truncate", "insert", "splice", "delete"]))
+        position = draw(st.integers(0, len(data)))
+        if kind == "flip" and position < len(data):
+            data[position] ^= 1 << draw(st.integers(0, 7))
+        elif kind == "truncate":
+            del data[position:]
+        elif kind == "insert":
+            data[position:position] = draw(st.binary(min_size=1, max_size=max_insert))
+        elif kind == "splice":
+            end = draw(st.integers(position, min(len(data), position + 12)))
+            data[position:end] = draw(st.sampled_from(list(tokens)))
+        elif kind == "delete":
+            del data[position : position + draw(st.integers(1, max_insert))]
+    return bytes(data)

@@ -37,7 +37,7 @@ from memshard.errors import (
     UnsafePathError,
 )
 from memshard.layout import MANIFEST_NAME, SHARDS_DIR
-from tests.strategies import dtypes, sample_shapes
+from tests.strategies import dtypes, mutations_of, sample_shapes
 
 ROWS = 10
 SHARD_ROWS = 3
@@ -664,22 +664,10 @@ TOKENS += [b"1j", b"True", b"None", b"'shape'", b"(5, 3)", b"9" * 20, b"\xff", b
 
 @st.composite
 def mutated_headers(draw: st.DrawFn) -> bytes:
-    data = bytearray(VALID)
-    for _ in range(draw(st.integers(1, 4))):
-        kind = draw(st.sampled_from(["flip", "truncate", "insert", "splice"]))
-        position = draw(st.integers(0, len(data)))
-        if kind == "flip" and position < len(data):
-            data[position] ^= 1 << draw(st.integers(0, 7))
-        elif kind == "truncate":
-            del data[position:]
-        elif kind == "insert":
-            data[position:position] = draw(st.binary(min_size=1, max_size=4))
-        else:
-            end = draw(st.integers(position, min(len(data), position + 10)))
-            data[position:end] = draw(st.sampled_from(TOKENS))
+    data = draw(mutations_of(VALID, TOKENS, max_insert=4))
     if draw(st.booleans()):  # keep the size right so the parser is reached more often
         data = data[:SIZE].ljust(SIZE, b" ")
-    return bytes(data)
+    return data
 
 
 @settings(max_examples=500, deadline=None)
