@@ -41,7 +41,8 @@ BACK_TO_BACK = npyheader.DATA_ALIGN % mmap.ALLOCATIONGRANULARITY == 0 and sys.pl
     "darwin",
 )
 _MAP_FIXED = 0x10  # the same value on Linux and macOS
-#: Placement unit of mapped rows, see :func:`_map_back_to_back`.
+#: A huge page (a PMD mapping on x86-64 and arm64 with 4 KiB pages): the placement unit of
+#: mapped rows (see :func:`_map_back_to_back`) and of full shards' sizes.
 HUGE_PAGE = 2 << 20
 
 

@@ -38,8 +38,8 @@ from .layout import MANIFEST_NAME
 from .manifest import FieldSpec, Manifest, Shard
 from .mappings import CACHE, ShardPart, map_segment, segment_breaks_after
 
-#: Rows at least this large are scattered into a multi-shard gather one by one, which copies
-#: each byte once; smaller rows are gathered per shard and scattered with numpy, which copies
+#: Rows at least this large are scattered into a multi-segment gather one by one, which copies
+#: each byte once; smaller rows are gathered per segment and scattered with numpy, which copies
 #: twice but costs nothing per index in Python.
 ROW_BY_ROW_MIN_BYTES = 16 << 10
 #: Alignment of the arrays gathers allocate (see :func:`page_aligned_empty`).

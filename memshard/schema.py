@@ -18,6 +18,7 @@ from .dtypes import canonical_dtype
 from .errors import SchemaError
 from .layout import check_field_name
 from .manifest import MAX_LABELS, MAX_SAMPLE_NDIM, FieldSpec
+from .mappings import HUGE_PAGE
 from .npyheader import DATA_ALIGN
 
 #: A shard rolls over once its rows reach this many bytes (all fields together).
@@ -26,8 +27,6 @@ DEFAULT_SHARD_BYTES = 256 << 20
 MAX_ROW_BYTES = 1 << 40
 #: Deepest nesting of user attributes.
 MAX_ATTRS_DEPTH = 64
-#: Size of a huge page (a PMD mapping on x86-64 and arm64 with 4 KiB pages).
-HUGE_PAGE = 2 << 20
 
 
 def field_specs(fields: Mapping[str, Any]) -> dict[str, FieldSpec]:
