@@ -99,3 +99,11 @@ class AppenderClosedError(MemshardError, RuntimeError):
 
 class WriteFailedError(MemshardError, OSError):
     """Writing or syncing a dataset failed; the appender stops, committed rows stay valid."""
+
+
+class TransformError(MemshardError, TypeError):
+    """A user transform returned something other than a mapping of field -> tensor."""
+
+
+class SamplerError(MemshardError, ValueError):
+    """A sampler was given an invalid world size, rank, window or seed."""
