@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Sampler, default_collate
+from torch.utils.data import DataLoader, Sampler, default_collate, get_worker_info
 from torch.utils.data import Dataset as TorchDataset
 
 from . import reader
@@ -121,8 +121,9 @@ class MemshardDataset(TorchDataset[Sample]):
     def __getitems__(self, indices: Sequence[int]) -> Batch:
         """A whole batch, gathered once per field; what a DataLoader with automatic batching
         calls. See :class:`Batch` and :func:`collate`."""
-        arrays = self.dataset.take(np.asarray(indices, dtype=np.int64), fields=self.fields)
-        tensors = {name: torch.from_numpy(array) for name, array in arrays.items()}
+        rows = np.asarray(indices, dtype=np.int64)
+        tensors = self._empty_batch(rows.size)
+        self.dataset.take(rows, out={name: t.numpy() for name, t in tensors.items()})
         if self.transform is not None:
             samples = [
                 _apply(self.transform, {k: t[row] for k, t in tensors.items()}, "transform")
@@ -131,6 +132,22 @@ class MemshardDataset(TorchDataset[Sample]):
             tensors = default_collate(samples) if samples else tensors
         tensors = _apply(self.batch_transform, tensors, "batch_transform")
         return Batch(tensors, len(indices))
+
+    def _empty_batch(self, size: int) -> dict[str, torch.Tensor]:
+        """Tensors to gather a batch into. In a DataLoader worker they are allocated in shared
+        memory, as torch's own collate does, so that handing the batch to the main process
+        does not copy it again."""
+        in_worker = get_worker_info() is not None
+        tensors = {}
+        for name in self.fields:
+            dtype, shape = self.dataset.fields[name]
+            tensor = torch.empty((size, *shape), dtype=_torch_dtype(dtype))
+            tensors[name] = tensor.share_memory_() if in_worker else tensor  # type: ignore[no-untyped-call]
+        return tensors
+
+
+def _torch_dtype(dtype: np.dtype[Any]) -> torch.dtype:
+    return torch.from_numpy(np.empty(0, dtype=dtype)).dtype
 
 
 def _row_index(index: Any) -> int:
