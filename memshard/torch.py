@@ -80,6 +80,9 @@ class MemshardDataset(TorchDataset[Sample]):
             A per-sample transform makes batched reads split the batch, so prefer
             ``batch_transform`` where you can.
         batch_transform: applied to each gathered batch dict (field -> tensor of rows).
+        prefetch: before each batch's gather, ask the kernel to read all its rows at once
+            (:meth:`memshard.Dataset.prefetch`). Several times faster when the data is not in
+            the page cache (a first epoch, a dataset larger than RAM); a small cost otherwise.
 
     Raises:
         FieldNotFoundError: an unknown name in ``fields``.
@@ -92,6 +95,7 @@ class MemshardDataset(TorchDataset[Sample]):
         *,
         transform: Transform | None = None,
         batch_transform: Transform | None = None,
+        prefetch: bool = False,
     ) -> None:
         self.dataset = source if isinstance(source, Dataset) else reader.open(source)
         self.fields = list(self.dataset.keys() if fields is None else fields)
@@ -101,6 +105,7 @@ class MemshardDataset(TorchDataset[Sample]):
             raise FieldNotFoundError(f"{self.dataset.path}: no fields selected")
         self.transform = transform
         self.batch_transform = batch_transform
+        self.prefetch = prefetch
 
     @property
     def labels(self) -> dict[str, tuple[str, ...]]:
@@ -122,6 +127,8 @@ class MemshardDataset(TorchDataset[Sample]):
         """A whole batch, gathered once per field; what a DataLoader with automatic batching
         calls. See :class:`Batch` and :func:`collate`."""
         rows = np.asarray(indices, dtype=np.int64)
+        if self.prefetch:
+            self.dataset.prefetch(rows, fields=self.fields)
         tensors = self._empty_batch(rows.size)
         self.dataset.take(rows, out={name: t.numpy() for name, t in tensors.items()})
         if self.transform is not None:
@@ -178,14 +185,19 @@ def loader(
     shuffle: bool = False,
     sampler: Sampler[int] | None = None,
     num_workers: int = 0,
+    prefetch: bool = False,
     **options: Any,
 ) -> DataLoader[Sample]:
     """A ``DataLoader`` on the fast path: batched gathers and :func:`collate`.
 
-    Workers are kept alive between epochs (``persistent_workers``) when there are any. Other
+    Workers are kept alive between epochs (``persistent_workers``) when there are any.
+    ``prefetch`` is passed to :class:`MemshardDataset` (for data not in the page cache). Other
     keyword arguments go to ``DataLoader`` unchanged.
     """
-    dataset = source if isinstance(source, MemshardDataset) else MemshardDataset(source, fields)
+    if isinstance(source, MemshardDataset):
+        dataset = source
+    else:
+        dataset = MemshardDataset(source, fields, prefetch=prefetch)
     options.setdefault("persistent_workers", num_workers > 0)
     return DataLoader(
         dataset,

@@ -280,3 +280,21 @@ def test_sealed_shards_load_with_plain_numpy(images: Any) -> None:
             np.testing.assert_array_equal(loaded, expected[start:stop])
             eager = np.load(os.path.join(ds.path, shard.files[name].path))
             np.testing.assert_array_equal(eager, expected[start:stop])
+
+
+def test_prefetch_advises_runs_of_adjacent_rows(tmp_path: Any) -> None:
+    x = np.arange(64 * 1024, dtype=np.float32).reshape(64, 1024)  # 4 KiB rows
+    with ms.create(tmp_path / "d", fields={"x": ("float32", (1024,))}) as writer:
+        writer.extend({"x": x})
+    ds = ms.open(tmp_path / "d")
+    segment = ds["x"]._segment(ds._snapshot, ds._snapshot.layouts["x"], 0)
+    assert mappings.advise_will_need(segment, np.array([5, 3, 4, 4])) == 1
+    assert mappings.advise_will_need(segment, np.array([0, 10, 20])) == 3
+    assert mappings.advise_will_need(segment, np.array([], dtype=np.int64)) == 0
+    ds.prefetch([63, 0, -1, 7])
+    ds.prefetch(np.array([1, 2]), fields=["x"])
+    np.testing.assert_array_equal(ds.take([63, 0, 7])["x"], x[[63, 0, 7]])
+    with pytest.raises(InvalidIndexError, match="out of bounds"):
+        ds.prefetch([64])
+    with pytest.raises(FieldNotFoundError):
+        ds.prefetch([0], fields=["nope"])
