@@ -107,3 +107,7 @@ class TransformError(MemshardError, TypeError):
 
 class SamplerError(MemshardError, ValueError):
     """A sampler was given an invalid world size, rank, window or seed."""
+
+
+class ArgumentError(MemshardError, ValueError):
+    """Arguments that contradict each other."""

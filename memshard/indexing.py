@@ -180,6 +180,24 @@ def slice_rows(item: slice, length: int) -> SliceRows:
     return SliceRows(start, stop, step, len(range(start, stop, step)))
 
 
+def as_index_array(indices: Any, *, where: str) -> np.ndarray:
+    """``indices`` (a sequence or array of integers) as a 1-d integer array.
+
+    Raises:
+        InvalidIndexError: not 1-d, or not integers (floats and bools are refused, never
+            rounded); the message starts with ``where``.
+    """
+    array = np.asarray(indices)
+    if array.size == 0 and array.dtype.kind == "f":
+        array = array.astype(np.int64)
+    if array.ndim != 1 or array.dtype.kind not in "iu":
+        raise InvalidIndexError(
+            f"{where}: indices must be a 1-d array of integers, got shape {array.shape} "
+            f"dtype {array.dtype}"
+        )
+    return array
+
+
 def check_indices(indices: np.ndarray, length: int) -> np.ndarray:
     """Validate a 1-d integer index array against ``length`` rows; return it non-negative.
 

@@ -28,6 +28,7 @@ from .errors import (
 from .indexing import (
     ShardTable,
     SliceRows,
+    as_index_array,
     check_indices,
     plan,
     project_indices,
@@ -314,7 +315,7 @@ class Dataset:
         names = list(snapshot.manifest.fields) if fields is None else list(fields)
         for name in [*names, *(out or {})]:
             self.column(name)
-        array = check_indices(_index_array(indices, where=self.path), snapshot.rows)
+        array = check_indices(as_index_array(indices, where=self.path), snapshot.rows)
         result = {}
         projections: dict[int, list[Any]] = {}
         for name in names:
@@ -338,7 +339,7 @@ class Dataset:
         """
         snapshot = self._snapshot
         names = list(snapshot.manifest.fields) if fields is None else list(fields)
-        array = check_indices(_index_array(indices, where=self.path), snapshot.rows)
+        array = check_indices(as_index_array(indices, where=self.path), snapshot.rows)
         for name in names:
             column = self.column(name)
             layout = snapshot.layouts[name]
@@ -375,18 +376,6 @@ class Dataset:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for row in range(len(self)):
             yield self[row]
-
-
-def _index_array(indices: Any, *, where: str) -> np.ndarray:
-    array = np.asarray(indices)
-    if array.size == 0 and array.dtype.kind == "f":
-        array = array.astype(np.int64)
-    if array.ndim != 1 or array.dtype.kind not in "iu":
-        raise InvalidIndexError(
-            f"{where}: take() needs a 1-d array of integers, got shape {array.shape} "
-            f"dtype {array.dtype}"
-        )
-    return array
 
 
 class Column:

@@ -28,7 +28,14 @@ from torch.utils.data import DataLoader, Sampler, default_collate, get_worker_in
 from torch.utils.data import Dataset as TorchDataset
 
 from . import reader
-from .errors import FieldNotFoundError, InvalidIndexError, SamplerError, TransformError
+from .errors import (
+    ArgumentError,
+    FieldNotFoundError,
+    InvalidIndexError,
+    SamplerError,
+    TransformError,
+)
+from .indexing import as_index_array
 from .reader import Dataset
 
 Sample = dict[str, torch.Tensor]
@@ -126,7 +133,7 @@ class MemshardDataset(TorchDataset[Sample]):
     def __getitems__(self, indices: Sequence[int]) -> Batch:
         """A whole batch, gathered once per field; what a DataLoader with automatic batching
         calls. See :class:`Batch` and :func:`collate`."""
-        rows = np.asarray(indices, dtype=np.int64)
+        rows = as_index_array(indices, where=self.dataset.path)
         if self.prefetch:
             self.dataset.prefetch(rows, fields=self.fields)
         tensors = self._empty_batch(rows.size)
@@ -195,6 +202,11 @@ def loader(
     keyword arguments go to ``DataLoader`` unchanged.
     """
     if isinstance(source, MemshardDataset):
+        if fields is not None or prefetch:
+            raise ArgumentError(
+                "loader(): fields and prefetch belong to the MemshardDataset given; "
+                "pass them to MemshardDataset(...) instead"
+            )
         dataset = source
     else:
         dataset = MemshardDataset(source, fields, prefetch=prefetch)
@@ -245,16 +257,17 @@ class ShardAwareSampler(Sampler[int]):
             (dist.get_world_size() if distributed else 1) if num_replicas is None else num_replicas
         )
         rank = (dist.get_rank() if distributed else 0) if rank is None else rank
-        if not isinstance(num_replicas, int) or num_replicas < 1:
-            raise SamplerError(
-                f"num_replicas (world size) must be an integer >= 1, got {num_replicas!r}"
-            )
-        if not isinstance(rank, int) or not 0 <= rank < num_replicas:
-            raise SamplerError(f"rank must be in [0, {num_replicas}), got {rank!r}")
-        if not isinstance(window_shards, int) or window_shards < 1:
-            raise SamplerError(f"window_shards must be an integer >= 1, got {window_shards!r}")
+        _check_count("num_replicas (world size)", num_replicas, minimum=1)
+        _check_count("window_shards", window_shards, minimum=1)
+        _check_count("seed", seed, minimum=0)
+        if not _is_int(rank) or not 0 <= rank < num_replicas:
+            raise SamplerError(f"rank must be an integer in [0, {num_replicas}), got {rank!r}")
         self._shard_starts = np.array([s.row_offset for s in dataset.shards], dtype=np.int64)
-        self._shard_rows = np.array([s.rows for s in dataset.shards], dtype=np.int64)
+        # A dataset view may end inside its last shard (a pickled snapshot of a growing
+        # dataset), so a shard's rows are cut at len(dataset).
+        self._shard_rows = np.array(
+            [min(s.rows, len(dataset) - s.row_offset) for s in dataset.shards], dtype=np.int64
+        )
         self._rows = len(dataset)
         self.window_shards = window_shards
         self.seed = seed
@@ -270,7 +283,12 @@ class ShardAwareSampler(Sampler[int]):
         self.total_size = self.num_samples * num_replicas
 
     def set_epoch(self, epoch: int) -> None:
-        """Use the order of ``epoch`` for the next iteration."""
+        """Use the order of ``epoch`` for the next iteration.
+
+        Raises:
+            SamplerError: ``epoch`` is not an integer >= 0.
+        """
+        _check_count("epoch", epoch, minimum=0)
         self.epoch = epoch
 
     def __len__(self) -> int:
@@ -307,6 +325,15 @@ class ShardAwareSampler(Sampler[int]):
         mine = self.indices()
         for start in range(0, mine.size, 1 << 16):
             yield from mine[start : start + (1 << 16)].tolist()
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_count(name: str, value: Any, *, minimum: int) -> None:
+    if not _is_int(value) or value < minimum:
+        raise SamplerError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def _memshard_dataset(source: Any) -> Dataset:
