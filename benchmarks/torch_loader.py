@@ -14,8 +14,8 @@ the candidates of a comparison share. Four measurements:
   fetch and pass-through collate.
 * **loader speed, images** (float32[3, 64, 64]): memshard against an in-RAM tensor, ``t[idx]``.
 
-  Both also time prototypes that live only here (not in memshard): ``MADV_WILLNEED`` on each
-  row before the gather, gathering straight into shared memory, and torch's ``"file_system"``
+  Both also time variants: ``prefetch=True`` (the cost of ``MADV_WILLNEED`` on a warm cache),
+  gathering into torch's ``UntypedStorage._new_shared``, and torch's ``"file_system"``
   tensor-sharing strategy; the vectors section profiles the fetch alone against the loader's
   time per batch, to show where a worker's time goes.
 * **worker memory**: each worker's anonymous private memory (``Private_Dirty + Swap``) at the
@@ -532,7 +532,7 @@ def run_vector_loaders(
         ),
         Comparison(
             "loader_vectors_madvise",
-            "prototype: `MADV_WILLNEED` per row, then the same gather",
+            "`prefetch=True` (`MADV_WILLNEED` per run of rows), then the gather",
             "samples/s",
             advised,
             batched,
@@ -541,7 +541,7 @@ def run_vector_loaders(
         ),
         Comparison(
             "loader_vectors_shared_vs_items",
-            "prototype: gather into shared memory in the worker",
+            "variant: gather into `UntypedStorage._new_shared` in the worker",
             "samples/s",
             shared,
             one_by_one,
@@ -550,7 +550,7 @@ def run_vector_loaders(
         ),
         Comparison(
             "loader_vectors_shared_vs_memmap",
-            "prototype: gather into shared memory in the worker",
+            "variant: gather into `UntypedStorage._new_shared` in the worker",
             "samples/s",
             shared,
             memmap,
@@ -650,7 +650,7 @@ def run_image_loaders(
         ),
         Comparison(
             "loader_images_madvise",
-            "prototype: `MADV_WILLNEED` per row, then the same gather",
+            "`prefetch=True` (`MADV_WILLNEED` per run of rows), then the gather",
             "samples/s",
             advised,
             memshard,
@@ -659,7 +659,7 @@ def run_image_loaders(
         ),
         Comparison(
             "loader_images_shared_vs_ram",
-            "prototype: gather into shared memory in the worker",
+            "variant: gather into `UntypedStorage._new_shared` in the worker",
             "samples/s",
             shared,
             in_ram,
@@ -886,33 +886,12 @@ class SortedGather(mt.MemshardDataset):
         return mt.Batch({k: t[inverse] for k, t in batch.tensors.items()}, len(batch))
 
 
-def advise_rows(dataset: ms.Dataset, name: str, rows: np.ndarray) -> None:
-    """``madvise(MADV_WILLNEED)`` on the page-aligned byte range of each row of field ``name``:
-    the kernel starts reading them all at once instead of one page fault at a time. Uses
-    memshard internals (the mapped segments), as a prototype."""
-    snapshot = dataset._snapshot
-    layout = snapshot.layouts[name]
-    column = dataset.column(name)
-    row_bytes = column.dtype.itemsize * math.prod(column.shape[1:])
-    starts = np.asarray(layout.starts, dtype=np.int64)
-    segments = np.searchsorted(starts, rows, side="right") - 1
-    for segment in np.unique(segments).tolist():
-        base = column._segment(snapshot, layout, segment).ctypes.data
-        first = base + (rows[segments == segment] - starts[segment]) * row_bytes
-        low = first // PAGE * PAGE
-        high = -(-(first + row_bytes) // PAGE) * PAGE
-        for address, length in zip(low.tolist(), (high - low).tolist(), strict=True):
-            _LIBC.madvise(address, length, MADV_WILLNEED)
-
-
 class MadviseGather(mt.MemshardDataset):
-    """Variant: ``MADV_WILLNEED`` on every row of the batch, then the usual gather."""
+    """memshard's own cold-data option: ``MemshardDataset(prefetch=True)``, which advises
+    ``MADV_WILLNEED`` on each run of adjacent rows of the batch before the gather."""
 
-    def __getitems__(self, indices: Sequence[int]) -> mt.Batch:
-        rows = np.asarray(indices, dtype=np.int64)
-        for name in self.fields:
-            advise_rows(self.dataset, name, rows)
-        return super().__getitems__(indices)
+    def __init__(self, source: Any, fields: Sequence[str] | None = None) -> None:
+        super().__init__(source, fields, prefetch=True)
 
 
 def shared_empty(shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
@@ -1033,9 +1012,7 @@ COLD_CANDIDATES = (
     ColdCandidate("random", "RandomSampler", mt.MemshardDataset, random_sampler),
     ColdCandidate("shard_aware", "ShardAwareSampler", mt.MemshardDataset, shard_aware),
     ColdCandidate("sorted", "ShardAwareSampler + sorted gather", SortedGather, shard_aware),
-    ColdCandidate(
-        "madvise", "ShardAwareSampler + MADV_WILLNEED per row", MadviseGather, shard_aware
-    ),
+    ColdCandidate("madvise", "ShardAwareSampler + `prefetch=True`", MadviseGather, shard_aware),
     ColdCandidate(
         "threads",
         f"ShardAwareSampler + {GATHER_THREADS}-thread gather",
@@ -1050,12 +1027,12 @@ COLD_CANDIDATES = (
     ),
     ColdCandidate(
         "fadvise_madvise",
-        "ShardAwareSampler + fadvise window + MADV_WILLNEED per row",
+        "ShardAwareSampler + fadvise window + `prefetch=True`",
         MadviseGather,
         shard_aware_prefetch,
     ),
     ColdCandidate(
-        "random_madvise", "RandomSampler + MADV_WILLNEED per row", MadviseGather, random_sampler
+        "random_madvise", "RandomSampler + `prefetch=True`", MadviseGather, random_sampler
     ),
 )
 
