@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pickle
 import socket
 import time
@@ -784,3 +785,54 @@ def test_ddp_ranks_partition_every_epoch_through_loader(tmp_path: Path) -> None:
             order = list(mt.ShardAwareSampler(path, seed=5, window_shards=2))
             assert sorted(everything) == sorted([*range(rows), order[0]])
             assert gathered[1][-1] == order[0]
+
+
+class _RecordStrategy:
+    """A user worker_init_fn: records the worker's sharing strategy in a file."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def __call__(self, worker_id: int) -> None:
+        strategy = torch.multiprocessing.get_sharing_strategy()
+        (self.directory / f"worker{worker_id}").write_text(strategy)
+
+
+def _torch_shm_files() -> set[str]:
+    return {name for name in os.listdir("/dev/shm") if name.startswith("torch_")}
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_loader_workers_share_batches_by_name_and_run_the_users_init(
+    small: tuple[Path, dict[str, np.ndarray]], tmp_path: Path, method: str
+) -> None:
+    path, data = small
+    before = _torch_shm_files()
+    batches = mt.loader(
+        path,
+        batch_size=8,
+        num_workers=2,
+        worker_init_fn=_RecordStrategy(tmp_path),
+        multiprocessing_context=method,
+        persistent_workers=False,
+    )
+    got = torch.cat([batch["i"] for batch in batches])
+    np.testing.assert_array_equal(got.numpy(), data["i"])
+    assert {p.read_text() for p in tmp_path.iterdir()} == {"file_system"}
+    assert _torch_shm_files() <= before
+
+
+def test_loader_can_leave_torchs_sharing_strategy_alone(
+    small: tuple[Path, dict[str, np.ndarray]], tmp_path: Path
+) -> None:
+    path, data = small
+    batches = mt.loader(
+        path,
+        batch_size=8,
+        num_workers=1,
+        worker_init_fn=_RecordStrategy(tmp_path),
+        sharing_strategy=None,
+        persistent_workers=False,
+    )
+    np.testing.assert_array_equal(torch.cat([b["i"] for b in batches]).numpy(), data["i"])
+    assert {p.read_text() for p in tmp_path.iterdir()} == {"file_descriptor"}
