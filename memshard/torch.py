@@ -8,10 +8,13 @@ with the whole batch of indices; memshard gathers each field once, grouped by sh
 returns the arrays as tensors without another copy. :func:`collate` passes that batch through
 (the default collate would stack the samples again). :func:`loader` builds such a DataLoader:
 
->>> import memshard.torch as mt                                         # doctest: +SKIP
->>> for batch in mt.loader("data/frames", batch_size=256, num_workers=8,  # doctest: +SKIP
-...                        sampler=mt.ShardAwareSampler("data/frames", seed=0)):
-...     x, y = batch["x"], batch["y"]
+Example::
+
+    import memshard.torch as mt
+
+    sampler = mt.ShardAwareSampler("data/frames", seed=0)
+    for batch in mt.loader("data/frames", batch_size=256, num_workers=8, sampler=sampler):
+        x, y = batch["x"], batch["y"]
 """
 
 from __future__ import annotations
