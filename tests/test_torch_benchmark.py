@@ -38,12 +38,11 @@ RESULTS = {
     "mixing": set(),
     "cold": {
         "cold_shard_aware",
-        "cold_sorted",
         "cold_madvise",
-        "cold_threads",
-        "cold_fadvise",
-        "cold_fadvise_madvise",
         "cold_random_madvise",
+        "cold_window_1",
+        "cold_window_2",
+        "cold_window_8",
     },
 }
 TABLE_COLUMNS = ["measurement", "memshard", "baseline", "baseline name", "ratio", "goal", "met"]
