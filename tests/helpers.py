@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -40,3 +42,22 @@ def write_dataset(
         writer.close()
         start += count
     return ms.open(path)
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_from_repo(
+    command: list[str], *, warnings: str = "error"
+) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` from the repository root with ``PYTHONWARNINGS=warnings``; return the
+    finished process with its output as text (it fails the test if it takes over 5 minutes)."""
+    return subprocess.run(
+        command,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONWARNINGS": warnings},
+        check=False,
+    )

@@ -7,12 +7,10 @@ the benchmark's output, never by timed tests.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import run_from_repo
 
 #: Every measurement the report must hold, per workload.
 MEASUREMENTS = {
@@ -47,15 +45,7 @@ def test_quick_benchmark_reports_every_measurement(tmp_path: Path) -> None:
         "--json",
         str(report_path),
     ]
-    completed = subprocess.run(
-        command,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONWARNINGS": "error"},
-        check=False,
-    )
+    completed = run_from_repo(command)
 
     assert completed.returncode == 0, completed.stderr
     header_lines = [line for line in completed.stdout.splitlines() if line.startswith(TABLE_HEADER)]

@@ -7,16 +7,15 @@ by reading the benchmark's output, never by timed tests.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import run_from_repo
+
 pytest.importorskip("torch")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 #: Every comparison the report must hold, per section.
 RESULTS = {
@@ -73,18 +72,9 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict, Path
         "--json",
         str(report_path),
     ]
-    completed = subprocess.run(
-        command,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        # Warnings are errors, except torch's advice on machines with fewer CPUs than workers.
-        env={
-            **os.environ,
-            "PYTHONWARNINGS": "error,ignore:This DataLoader will create:UserWarning",
-        },
-        check=False,
+    # Warnings are errors, except torch's advice on machines with fewer CPUs than workers.
+    completed = run_from_repo(
+        command, warnings="error,ignore:This DataLoader will create:UserWarning"
     )
     assert completed.returncode == 0, completed.stderr
     return completed.stdout, json.loads(report_path.read_text()), scratch
