@@ -14,9 +14,6 @@ import pytest
 
 from tests.helpers import run_from_repo
 
-pytest.importorskip("torch")
-
-
 #: Every comparison the report must hold, per section.
 RESULTS = {
     "loader_vectors": {
