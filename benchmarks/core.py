@@ -114,13 +114,9 @@ def shard_bytes_for(rows: int, full_rows: int, quick: bool) -> int:
     return max(1, ms.DEFAULT_SHARD_BYTES * rows // full_rows)
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    """The command line; sizes left unset default to the mode's."""
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.core",
-        description="Write and read memshard datasets; compare with in-RAM arrays, np.memmap "
-        "and plain file writes in the same run, and print ratios against goals.",
-    )
+def benchmark_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """A command line with the options every benchmark in this folder takes."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--quick", action="store_true", help="small sizes (CI smoke run)")
     parser.add_argument("--rows-images", type=int, help="rows of float32[3,64,64] images")
     parser.add_argument("--rows-vectors", type=int, help="rows of float32[128] vectors")
@@ -129,12 +125,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--dir", help="scratch directory (a temporary directory is made inside it and removed)"
     )
     parser.add_argument("--json", metavar="PATH", help="also write every figure to PATH")
+    return parser
+
+
+def parse_positive(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None, names: Sequence[str]
+) -> argparse.Namespace:
+    """Parse ``argv``, refusing a value below 1 for any of the options ``names``."""
     args = parser.parse_args(argv)
-    for name in ("rows_images", "rows_vectors", "repeats"):
+    for name in names:
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     return args
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line; sizes left unset default to the mode's."""
+    parser = benchmark_parser(
+        "python -m benchmarks.core",
+        "Write and read memshard datasets; compare with in-RAM arrays, np.memmap "
+        "and plain file writes in the same run, and print ratios against goals.",
+    )
+    return parse_positive(parser, argv, ("rows_images", "rows_vectors", "repeats"))
 
 
 def workloads_from(args: argparse.Namespace) -> tuple[Workload, Workload]:

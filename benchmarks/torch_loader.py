@@ -32,7 +32,6 @@ the cold-cache section, which evicts every shard file before every run and check
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import gc
 import itertools
@@ -67,10 +66,12 @@ from benchmarks.core import (
     Setup,
     Workload,
     batches_of,
+    benchmark_parser,
     files_under,
     format_bytes,
     machine_info,
     median_ns,
+    parse_positive,
     progress,
     random_rows,
     scratch_directory,
@@ -129,36 +130,18 @@ class Config:
 
 def parse_args(argv: Sequence[str] | None) -> Config:
     """The command line; sizes left unset default to the mode's."""
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.torch_loader",
-        description="Time memshard's DataLoader path against hand-written loaders, measure "
+    parser = benchmark_parser(
+        "python -m benchmarks.torch_loader",
+        "Time memshard's DataLoader path against hand-written loaders, measure "
         "worker memory and shard-aware shuffling; print ratios against goals.",
     )
-    parser.add_argument("--quick", action="store_true", help="small sizes (CI smoke run)")
-    parser.add_argument("--rows-images", type=int, help="rows of float32[3,64,64] images")
-    parser.add_argument("--rows-vectors", type=int, help="rows of float32[128] vectors")
     parser.add_argument("--samples", type=int, help="samples per timed run of the vector loaders")
-    parser.add_argument("--repeats", type=int, help="repeats per measurement (median reported)")
     parser.add_argument("--cold-repeats", type=int, help="repeats of each cold-cache run")
     parser.add_argument(
         "--cold-batches", type=int, help="batches per cold-cache run (default: full 40, quick all)"
     )
-    parser.add_argument(
-        "--dir", help="scratch directory (a temporary directory is made inside it and removed)"
-    )
-    parser.add_argument("--json", metavar="PATH", help="also write every figure to PATH")
-    args = parser.parse_args(argv)
-    for name in (
-        "rows_images",
-        "rows_vectors",
-        "samples",
-        "repeats",
-        "cold_repeats",
-        "cold_batches",
-    ):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    names = ("rows_images", "rows_vectors", "samples", "repeats", "cold_repeats", "cold_batches")
+    args = parse_positive(parser, argv, names)
     quick = bool(args.quick)
     image_rows = args.rows_images or (QUICK_IMAGE_ROWS if quick else FULL_IMAGE_ROWS)
     vector_rows = args.rows_vectors or (QUICK_VECTOR_ROWS if quick else FULL_VECTOR_ROWS)
