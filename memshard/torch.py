@@ -117,6 +117,12 @@ class MemshardDataset(TorchDataset[Sample]):
             raise FieldNotFoundError(f"{self.dataset.path}: no fields selected")
         self.transform = transform
         self.batch_transform = batch_transform
+        described = self.dataset.fields
+        # (torch dtype, sample shape) of each selected field, worked out once, not per batch.
+        self._sample_types = {
+            name: (_torch_dtype(described[name].dtype), described[name].shape)
+            for name in self.fields
+        }
         self.prefetch = prefetch
 
     @property
@@ -158,9 +164,8 @@ class MemshardDataset(TorchDataset[Sample]):
         does not copy it again."""
         in_worker = get_worker_info() is not None
         tensors = {}
-        for name in self.fields:
-            dtype, shape = self.dataset.fields[name]
-            tensor = torch.empty((size, *shape), dtype=_torch_dtype(dtype))
+        for name, (dtype, shape) in self._sample_types.items():
+            tensor = torch.empty((size, *shape), dtype=dtype)
             tensors[name] = tensor.share_memory_() if in_worker else tensor  # type: ignore[no-untyped-call]
         return tensors
 
