@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from . import errors
 from .appender import Appender, append, create
+from .convert import from_hdf5, from_numpy, from_zarr, to_hdf5, to_zarr
 from .errors import MemshardError
 from .manifest import FORMAT_VERSION
 from .reader import Column, Dataset, FieldInfo, open  # noqa: A004
@@ -29,5 +30,10 @@ __all__ = [
     "append",
     "create",
     "errors",
+    "from_hdf5",
+    "from_numpy",
+    "from_zarr",
     "open",
+    "to_hdf5",
+    "to_zarr",
 ]

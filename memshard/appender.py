@@ -17,7 +17,7 @@ import os
 import shutil
 import uuid as uuid_module
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +28,7 @@ from .batch import validated_batch
 from .durable import DeferredSync, fsync_directory, publish_manifest
 from .errors import (
     AppenderClosedError,
+    ArgumentError,
     DatasetExistsError,
     DatasetLockedError,
     DatasetNotFoundError,
@@ -97,7 +98,7 @@ def create(
     try:
         publish_manifest(staging, manifest)
         fsync_directory(os.path.join(staging, SHARDS_DIR))
-        _move_into_place(staging, root, overwrite)
+        move_into_place(staging, root, overwrite)
     except BaseException:
         os.close(lock_fd)
         shutil.rmtree(staging, ignore_errors=True)
@@ -105,7 +106,16 @@ def create(
     return Appender(root, manifest, lock_fd)
 
 
-def _move_into_place(staging: str, root: str, overwrite: bool) -> None:
+def move_into_place(staging: str, root: str, overwrite: bool) -> None:
+    """Rename the finished dataset directory ``staging`` to ``root``, atomically.
+
+    With ``overwrite``, an existing memshard dataset at ``root`` (and nothing else) is
+    replaced, once no appender holds it.
+
+    Raises:
+        DatasetExistsError: ``root`` exists and may not be replaced.
+        DatasetLockedError: the dataset to replace is being appended to.
+    """
     if overwrite and os.path.lexists(root):
         if os.path.islink(root) or not _is_memshard_dataset(root):
             raise DatasetExistsError(
@@ -264,6 +274,11 @@ class Appender:
         return self._committed.rows
 
     @property
+    def manifest(self) -> Manifest:
+        """The manifest of the last commit."""
+        return self._committed
+
+    @property
     def fields(self) -> dict[str, FieldSpec]:
         """The dataset's field specs."""
         return dict(self._specs)
@@ -295,6 +310,46 @@ class Appender:
                 dataset stays as it was at the previous commit.
         """
         self._check_usable()
+        self._guarded(self._commit)
+
+    def adopt_shards(self, shards: Sequence[Shard]) -> None:
+        """Commit sealed shards written elsewhere, after the rows appended so far.
+
+        For writers that build whole shards in other processes (conversion workers): each
+        record must be sealed, start where the rows so far end, name files in ``shards/``
+        holding its rows, and those files must already be durable (``fsync``-ed). The files
+        are checked (size and header) before the commit that publishes them.
+
+        Raises:
+            ArgumentError: rows are pending in an open shard, or a record does not follow on.
+            ShardMissingError, ShardSizeError, ShardHeaderError: a file does not match.
+            WriteFailedError: the commit failed (see :meth:`commit`).
+        """
+        self._check_usable()
+        if self._open is not None and self._open.rows:
+            raise ArgumentError(
+                f"{self.path}: cannot adopt shards while {self._open.rows} rows are appended to "
+                "an open shard; close or commit a sealed shard first"
+            )
+        self._guarded(self._seal_open_shard)
+        rows = self._rows
+        for record in shards:
+            if (
+                not record.sealed
+                or record.row_offset != rows
+                or set(record.files) != set(self._specs)
+            ):
+                raise ArgumentError(
+                    f"{self.path}: shard record at row {record.row_offset} does not follow row "
+                    f"{rows}, is unsealed, or has other fields than {sorted(self._specs)}"
+                )
+            for name, file in record.files.items():
+                part = ShardPart(file, record.rows, True, record.rows)
+                check_shard_file(self.path, self._specs[name], part)
+            rows += record.rows
+        self._sealed.extend(shards)
+        self._rows = rows
+        self._new_files = True
         self._guarded(self._commit)
 
     def close(self) -> None:

@@ -111,3 +111,28 @@ class SamplerError(MemshardError, ValueError):
 
 class ArgumentError(MemshardError, ValueError):
     """Arguments that contradict each other."""
+
+
+class ChecksumError(InvalidDatasetError):
+    """The data of a sealed shard does not match the checksum the manifest records."""
+
+
+class SourceError(MemshardError, ValueError):
+    """A conversion source is missing, unreadable, or holds nothing memshard can take."""
+
+
+class UnsupportedSourceError(SourceError):
+    """A source array of a kind memshard cannot store: compound, string, variable-length,
+    object, reference or scalar data."""
+
+
+class ConversionStateError(MemshardError, RuntimeError):
+    """An interrupted conversion is in the way, or does not match the one asked to resume."""
+
+
+class ConversionFailedError(MemshardError, RuntimeError):
+    """A conversion worker died; the rows committed so far are kept for a resume."""
+
+
+class MissingDependencyError(MemshardError, ImportError):
+    """An optional dependency (h5py, zarr, torch, tqdm) that this operation needs is missing."""

@@ -13,7 +13,7 @@ import math
 import os
 from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -38,6 +38,9 @@ from .indexing import (
 from .layout import MANIFEST_NAME
 from .manifest import FieldSpec, Manifest, Shard
 from .mappings import CACHE, ShardPart, advise_will_need, map_segment, segment_breaks_after
+
+if TYPE_CHECKING:
+    from .verify import VerifyReport
 
 #: Rows at least this large are scattered into a multi-segment gather one by one, which copies
 #: each byte once; smaller rows are gathered per segment and scattered with numpy, which copies
@@ -249,6 +252,26 @@ class Dataset:
     def shards(self) -> tuple[Shard, ...]:
         """The manifest records of the shards holding the visible rows."""
         return self._snapshot.shards
+
+    @property
+    def manifest(self) -> Manifest:
+        """The manifest this view was read from (it may list rows committed after the view)."""
+        return self._snapshot.manifest
+
+    def verify(self, *, progress: bool | None = False) -> VerifyReport:
+        """Check every shard file the manifest names: presence, size, header, and the
+        checksum of every sealed shard's data (each byte is read once).
+
+        Returns a :class:`~memshard.verify.VerifyReport`; ``report.ok`` is false and
+        ``report.problems`` names each bad file when anything is wrong (nothing is raised;
+        ``report.raise_first()`` raises the first problem as its typed error).
+        """
+        from .progress import progress_bar
+        from .verify import total_bytes, verify
+
+        manifest = self._snapshot.manifest
+        with progress_bar(total_bytes(manifest), desc="verify", enabled=progress) as bar:
+            return verify(self.path, manifest, report=bar.update)
 
     def keys(self) -> list[str]:
         """The field names."""

@@ -1,0 +1,559 @@
+"""Converting from HDF5, zarr and NumPy into memshard, and back.
+
+A conversion builds the dataset under a staging name, ``DST.memshard-partial``, and renames
+it to ``DST`` once every row is committed, so ``DST`` appears whole or not at all
+(``spec/CONVERSION.md``). The staging directory is an ordinary dataset that grows by whole
+sealed shards: shard ``k`` holds source rows ``k * shard_rows`` onwards and is written by one
+worker, which reads the source in blocks aligned to its chunks and never holds more than one
+block per field. Finished shards are committed in row order, so an interrupted conversion
+keeps a prefix of the rows that ``resume=True`` continues from.
+
+With ``workers > 1``, each worker is a separate *spawned* process that opens the source
+itself (HDF5 handles must never cross a ``fork``); in-memory NumPy arrays are read by threads.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .appender import Appender, append, create, move_into_place
+from .errors import (
+    ArgumentError,
+    ConversionStateError,
+    DatasetExistsError,
+    MissingDependencyError,
+)
+from .layout import shard_file_name
+from .manifest import FieldSpec, Shard, ShardFile
+from .progress import progress_bar
+from .reader import Dataset
+from .reader import open as open_dataset
+from .schema import DEFAULT_SHARD_BYTES
+from .shardwriter import ShardFileWriter
+from .sources import (
+    SourceField,
+    SourcePlan,
+    SourceReader,
+    block_ranges,
+    block_rows_for,
+    check_label_range,
+)
+
+#: Suffix of the directory a conversion to ``DST`` builds before renaming it to ``DST``.
+STAGING_SUFFIX = ".memshard-partial"
+#: Manifest attribute recording where a converted dataset came from.
+SOURCE_ATTR = "memshard.source"
+#: Most worker processes or threads a conversion starts.
+MAX_WORKERS = 256
+
+PathLike = str | os.PathLike[str]
+
+
+def from_hdf5(
+    src: PathLike,
+    dst: PathLike,
+    *,
+    fields: Mapping[str, str] | None = None,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
+    workers: int = 1,
+    labels: Mapping[str, Sequence[str]] | None = None,
+    label_attr: str | None = "labels",
+    attrs: Mapping[str, Any] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> Dataset:
+    """Convert an HDF5 file into a memshard dataset at ``dst`` and open it.
+
+    Parameters:
+        fields: ``{field name: dataset path}``, e.g. ``{"x": "/images", "y": "/labels"}``.
+            Omitted: every numeric dataset (in any group) whose first axis has the file's row
+            count, named after its path; the choice is printed when ``progress`` is on and
+            recorded in ``ds.attrs["memshard.source"]``.
+        shard_bytes: target size of a shard (all fields), as for :func:`memshard.create`.
+        workers: processes reading disjoint shards in parallel, each opening the file itself.
+        labels: ``{field: vocabulary}`` for integer label fields.
+        label_attr: an integer dataset with an attribute of this name holding a list of
+            strings gets that list as its vocabulary (``None`` to turn off).
+        attrs: extra manifest attributes; JSON-representable HDF5 attributes of the root
+            group are copied, those of each dataset go under ``memshard.source``.
+        resume: continue the interrupted conversion to ``dst`` (see ``spec/CONVERSION.md``).
+        overwrite: replace an existing memshard dataset at ``dst`` once the conversion ends.
+        progress: show a progress bar on stderr; ``None`` means only when stderr is a terminal.
+
+    Raises:
+        SourceError, UnsupportedSourceError: the file cannot be read, a requested dataset is
+            missing or is compound, string, variable-length, object, reference or scalar
+            data; nothing is written.
+        DatasetExistsError: ``dst`` exists (without ``overwrite``).
+        ConversionStateError: an interrupted conversion to ``dst`` exists (without
+            ``resume``), or it was started from another source or with other fields.
+        LabelError: a label field holds a value outside its vocabulary.
+        ConversionFailedError: a worker process died; committed rows are kept for a resume.
+    """
+    from . import hdf5
+
+    plan = hdf5.plan(src, fields, labels=labels, label_attr=label_attr)
+    return convert(plan, dst, shard_bytes=shard_bytes, workers=workers, attrs=attrs,
+                   resume=resume, overwrite=overwrite, progress=progress)  # fmt: skip
+
+
+def from_zarr(
+    src: PathLike,
+    dst: PathLike,
+    *,
+    fields: Mapping[str, str] | None = None,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
+    workers: int = 1,
+    labels: Mapping[str, Sequence[str]] | None = None,
+    label_attr: str | None = "labels",
+    attrs: Mapping[str, Any] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> Dataset:
+    """Convert a zarr store (format 2 or 3; a group or a single array) into memshard.
+
+    Behaves as :func:`from_hdf5`; ``fields`` maps field names to array paths in the store.
+    Reads follow the store's chunks (its shards, for a sharded array).
+    """
+    from . import zarr
+
+    plan = zarr.plan(src, fields, labels=labels, label_attr=label_attr)
+    return convert(plan, dst, shard_bytes=shard_bytes, workers=workers, attrs=attrs,
+                   resume=resume, overwrite=overwrite, progress=progress)  # fmt: skip
+
+
+def from_numpy(
+    src: Any,
+    dst: PathLike,
+    *,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
+    workers: int = 1,
+    labels: Mapping[str, Sequence[str]] | None = None,
+    attrs: Mapping[str, Any] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> Dataset:
+    """Convert NumPy arrays or ``.npy`` files into memshard.
+
+    ``src`` is an array, a ``.npy`` path, or ``{field: array or .npy path}``; a lone array is
+    field ``x``, a lone file is named after its stem. Files are memory-mapped, never loaded;
+    with ``workers > 1`` files are read by worker processes and in-memory arrays by threads.
+    See :func:`from_hdf5` for the other parameters and errors.
+    """
+    from . import npysource
+
+    plan = npysource.plan(src, labels=labels)
+    return convert(plan, dst, shard_bytes=shard_bytes, workers=workers, attrs=attrs,
+                   resume=resume, overwrite=overwrite, progress=progress)  # fmt: skip
+
+
+def to_hdf5(
+    dataset: Dataset | PathLike,
+    dst: PathLike,
+    *,
+    fields: Sequence[str] | None = None,
+    compression: str | None = None,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> None:
+    """Write a memshard dataset to an HDF5 file, one chunked dataset per field.
+
+    Label vocabularies become a ``labels`` attribute of their dataset and the manifest
+    attributes a JSON string in the root attribute ``memshard_attrs``, both of which
+    :func:`from_hdf5` reads back. The file appears atomically (written under a temporary
+    name and renamed). ``compression`` is any h5py filter name (``"gzip"``, ``"lzf"``).
+
+    Raises:
+        DatasetExistsError: ``dst`` exists (without ``overwrite``).
+        FieldNotFoundError: a requested field does not exist.
+    """
+    from . import hdf5
+
+    hdf5.export(_as_dataset(dataset), dst, fields=fields, compression=compression,
+                overwrite=overwrite, progress=progress)  # fmt: skip
+
+
+def to_zarr(
+    dataset: Dataset | PathLike,
+    dst: PathLike,
+    *,
+    fields: Sequence[str] | None = None,
+    zarr_format: int = 3,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> None:
+    """Write a memshard dataset to a zarr directory store (a group with one array per field).
+
+    Labels become each array's ``labels`` attribute and the manifest attributes the group's
+    attributes. The store appears atomically. See :func:`to_hdf5` for errors.
+    """
+    from . import zarr
+
+    zarr.export(_as_dataset(dataset), dst, fields=fields, zarr_format=zarr_format,
+                overwrite=overwrite, progress=progress)  # fmt: skip
+
+
+def _as_dataset(dataset: Dataset | PathLike) -> Dataset:
+    return dataset if isinstance(dataset, Dataset) else open_dataset(dataset)
+
+
+def require(module: str, extra: str) -> Any:
+    """Import an optional dependency, or raise :class:`MissingDependencyError` saying how to
+    install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"{module} is needed for this ({exc}); install it with: pip install 'memshard[{extra}]'"
+        ) from None
+
+
+# -- the conversion ----------------------------------------------------------------------------
+
+
+def staging_path(dst: PathLike) -> str:
+    """Where a conversion to ``dst`` builds the dataset before renaming it to ``dst``."""
+    return os.path.abspath(os.fspath(dst)) + STAGING_SUFFIX
+
+
+def convert(
+    plan: SourcePlan,
+    dst: PathLike,
+    *,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
+    workers: int = 1,
+    attrs: Mapping[str, Any] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> Dataset:
+    """Write the rows ``plan`` describes to a new dataset at ``dst`` and open it.
+
+    The format-specific functions above build the plan; see :func:`from_hdf5` for the
+    parameters and errors.
+    """
+    root = os.path.abspath(os.fspath(dst))
+    workers = _check_workers(workers)
+    if os.path.lexists(root) and not overwrite:
+        raise DatasetExistsError(f"{root}: already exists (pass overwrite=True to replace it)")
+    _announce(plan, progress)
+    appender = _open_staging(plan, root, shard_bytes, attrs, resume)
+    try:
+        _write_rows(plan, appender, workers, progress)
+        appender.close()
+    except BaseException:
+        appender.abort()
+        raise
+    move_into_place(appender.path, root, overwrite)
+    return open_dataset(root)
+
+
+def _check_workers(workers: int) -> int:
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS:
+        raise ArgumentError(f"workers must be an int in 1..{MAX_WORKERS}, got {workers!r}")
+    return workers
+
+
+def _announce(plan: SourcePlan, progress: bool | None) -> None:
+    from .progress import is_enabled, say
+
+    if not is_enabled(progress):
+        return
+    for name, source in plan.fields.items():
+        say(f"{source.origin} -> field {name!r}: {source.dtype}, sample shape {source.shape}")
+    for origin, why in plan.skipped.items():
+        say(f"{origin}: not taken ({why})")
+
+
+def source_record(plan: SourcePlan) -> dict[str, Any]:
+    """What the manifest records about the source, and what a resume must find unchanged."""
+    return {
+        "format": plan.kind,
+        "location": plan.location,
+        "rows": plan.rows,
+        "identity": plan.identity,
+        "fields": {
+            name: {
+                "origin": source.origin,
+                "dtype": source.dtype.str,
+                "shape": list(source.shape),
+                "attrs": source.attrs,
+            }
+            for name, source in plan.fields.items()
+        },
+    }
+
+
+def _open_staging(
+    plan: SourcePlan,
+    root: str,
+    shard_bytes: int,
+    attrs: Mapping[str, Any] | None,
+    resume: bool,
+) -> Appender:
+    staging = root + STAGING_SUFFIX
+    record = source_record(plan)
+    if not os.path.lexists(staging):
+        fields = {name: (source.dtype, source.shape) for name, source in plan.fields.items()}
+        all_attrs = {**plan.attrs, **(attrs or {}), SOURCE_ATTR: record}
+        return create(staging, fields, shard_bytes=shard_bytes, labels=plan.labels,
+                      attrs=all_attrs)  # fmt: skip
+    if not resume:
+        raise ConversionStateError(
+            f"{staging}: an interrupted conversion to {root} is here; pass resume=True "
+            "(memshard convert --resume) to complete it, or delete it to start over"
+        )
+    appender = append(staging)
+    try:
+        _check_resumable(appender, record, staging)
+    except BaseException:
+        appender.abort()
+        raise
+    return appender
+
+
+def _check_resumable(appender: Appender, record: dict[str, Any], staging: str) -> None:
+    manifest = appender.manifest
+    recorded = manifest.attrs.get(SOURCE_ATTR)
+    if not isinstance(recorded, dict):
+        raise ConversionStateError(f"{staging}: not a conversion in progress (no {SOURCE_ATTR})")
+    normalised = appender_attrs_form(record)
+    for key in ("format", "location", "rows", "identity", "fields"):
+        if recorded.get(key) != normalised[key]:
+            raise ConversionStateError(
+                f"{staging}: the interrupted conversion has another source {key} "
+                f"({recorded.get(key)!r:.200} here, {normalised[key]!r:.200} now); "
+                "delete it to start over"
+            )
+    if any(not shard.sealed or shard.rows != manifest.shard_rows for shard in manifest.shards):
+        raise ConversionStateError(
+            f"{staging}: holds shards a conversion does not write (unsealed or short); "
+            "delete it to start over"
+        )
+
+
+def appender_attrs_form(value: dict[str, Any]) -> dict[str, Any]:
+    """``value`` as the manifest stores it (JSON round trip: tuples become lists)."""
+    from .schema import json_attrs
+
+    return json_attrs(value)
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """Everything a worker needs to write shards of one conversion (picklable)."""
+
+    root: str
+    token: str
+    shard_rows: int
+    specs: dict[str, FieldSpec]
+    sources: dict[str, SourceField]
+    vocabulary_sizes: dict[str, int]
+
+    def shard_range(self, index: int, rows: int) -> tuple[int, int]:
+        """Rows ``start, stop`` of shard ``index`` in a source of ``rows`` rows."""
+        start = index * self.shard_rows
+        return start, min(rows, start + self.shard_rows)
+
+
+def write_shard(
+    job: ShardJob,
+    reader: SourceReader,
+    index: int,
+    start: int,
+    stop: int,
+    report: Callable[[int], None] | None = None,
+) -> Shard:
+    """Write source rows ``start:stop`` as sealed, ``fsync``-ed shard ``index`` and return its
+    record (not yet committed)."""
+    files: dict[str, ShardFile] = {}
+    for name, spec in job.specs.items():
+        relpath = shard_file_name(job.token, index, name)
+        writer = ShardFileWriter.create(job.root, relpath, spec)
+        try:
+            _copy_field(job, reader, name, writer, start, stop, report)
+            writer.write_header(stop - start)
+            writer.sync()
+        finally:
+            writer.close()
+        files[name] = ShardFile(
+            path=relpath,
+            data_offset=spec.data_offset,
+            nbytes=(stop - start) * spec.row_bytes,
+            checksum=writer.checksum.digest(),
+        )
+    return Shard(row_offset=start, rows=stop - start, sealed=True, files=files)
+
+
+def _copy_field(
+    job: ShardJob,
+    reader: SourceReader,
+    name: str,
+    writer: ShardFileWriter,
+    start: int,
+    stop: int,
+    report: Callable[[int], None] | None,
+) -> None:
+    spec = job.specs[name]
+    block_rows = block_rows_for(job.sources[name].chunk_rows, spec.row_bytes)
+    buffer = np.empty((min(block_rows, stop - start), *spec.shape), dtype=spec.numpy_dtype)
+    vocabulary = job.vocabulary_sizes.get(name)
+    for begin, end in block_ranges(start, stop, block_rows):
+        block = buffer[: end - begin]
+        reader.read(name, begin, end, block)
+        if vocabulary is not None:
+            check_label_range(block, vocabulary, where=f"field {name!r}", start=begin)
+        writer.write(memoryview(block.data).cast("B"))
+        if report is not None:
+            report(block.nbytes)
+
+
+class _OrderedCommit:
+    """Commits finished shards in row order, holding back those that finish early."""
+
+    def __init__(self, appender: Appender, first_index: int) -> None:
+        self._appender = appender
+        self._next = first_index
+        self._waiting: dict[int, Shard] = {}
+
+    def finished(self, index: int, record: Shard) -> None:
+        self._waiting[index] = record
+        ready = []
+        while self._next in self._waiting:
+            ready.append(self._waiting.pop(self._next))
+            self._next += 1
+        if ready:
+            self._appender.adopt_shards(ready)
+
+
+def _write_rows(plan: SourcePlan, appender: Appender, workers: int, progress: bool | None) -> None:
+    manifest = appender.manifest
+    job = ShardJob(
+        root=appender.path,
+        token=manifest.uuid[:12],
+        shard_rows=manifest.shard_rows,
+        specs=dict(manifest.fields),
+        sources=plan.fields,
+        vocabulary_sizes={name: len(vocab) for name, vocab in manifest.labels.items()},
+    )
+    first = manifest.rows // manifest.shard_rows
+    count = -(-plan.rows // manifest.shard_rows)
+    indices = range(first, count)
+    row_bytes = sum(spec.row_bytes for spec in job.specs.values())
+    committer = _OrderedCommit(appender, first)
+    description = os.path.basename(plan.location) or plan.kind
+    with progress_bar(plan.rows * row_bytes, desc=description, enabled=progress) as bar:
+        bar.update(manifest.rows * row_bytes)
+        if workers == 1 or len(indices) <= 1:
+            _write_in_process(plan, job, indices, committer, bar.update)
+        elif plan.in_memory:
+            _write_with_threads(plan, job, indices, committer, workers, bar.update)
+        else:
+            _write_with_processes(plan, job, indices, committer, workers, bar)
+
+
+def _write_in_process(
+    plan: SourcePlan,
+    job: ShardJob,
+    indices: range,
+    committer: _OrderedCommit,
+    report: Callable[[int], Any],
+) -> None:
+    reader = plan.opener()
+    try:
+        for index in indices:
+            start, stop = job.shard_range(index, plan.rows)
+            committer.finished(index, write_shard(job, reader, index, start, stop, report))
+    finally:
+        reader.close()
+
+
+def _write_with_threads(
+    plan: SourcePlan,
+    job: ShardJob,
+    indices: range,
+    committer: _OrderedCommit,
+    workers: int,
+    report: Callable[[int], Any],
+) -> None:
+    reader = plan.opener()
+    try:
+        with futures.ThreadPoolExecutor(workers, thread_name_prefix="memshard-convert") as pool:
+
+            def submit(index: int) -> futures.Future[Shard]:
+                start, stop = job.shard_range(index, plan.rows)
+                return pool.submit(write_shard, job, reader, index, start, stop, report)
+
+            _run_ordered(indices, submit, committer, workers)
+    finally:
+        reader.close()
+
+
+def _write_with_processes(
+    plan: SourcePlan, job: ShardJob, indices: range, committer: _OrderedCommit, workers: int,
+    bar: Any,
+) -> None:  # fmt: skip
+    """Two shards in flight per worker process; results are committed in row order."""
+    from .workers import WorkerProcesses
+
+    pending = iter(indices)
+    in_flight = 0
+    with WorkerProcesses(min(workers, len(indices)), plan.opener, job, not bar.disable) as pool:
+        for connection in pool.connections:
+            for _ in range(2):
+                index = next(pending, None)
+                if index is not None:
+                    pool.send(connection, (index, *job.shard_range(index, plan.rows)))
+                    in_flight += 1
+        for connection, message in pool.messages():
+            if message[0] == "progress":
+                bar.update(message[1])
+                continue
+            if message[0] == "failed":
+                raise message[2]
+            in_flight -= 1
+            committer.finished(message[1], message[2])
+            index = next(pending, None)
+            if index is not None:
+                pool.send(connection, (index, *job.shard_range(index, plan.rows)))
+                in_flight += 1
+            if in_flight == 0:
+                return
+
+
+def _run_ordered(
+    indices: Iterable[int],
+    submit: Callable[[int], futures.Future[Shard]],
+    committer: _OrderedCommit,
+    workers: int,
+) -> None:
+    """Keep ``2 * workers`` shards in flight and commit them in order as they finish."""
+    pending = iter(indices)
+    running: dict[futures.Future[Shard], int] = {}
+    try:
+        for index in pending:
+            running[submit(index)] = index
+            if len(running) >= 2 * workers:
+                break
+        while running:
+            done, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
+            for future in sorted(done, key=running.__getitem__):
+                index = running.pop(future)
+                committer.finished(index, future.result())
+                following = next(pending, None)
+                if following is not None:
+                    running[submit(following)] = following
+    finally:
+        for future in running:
+            future.cancel()

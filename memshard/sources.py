@@ -1,0 +1,370 @@
+"""Conversion sources: arrays in another format that share their first axis, read in blocks.
+
+A format module (:mod:`memshard.hdf5`, :mod:`memshard.zarr`, :mod:`memshard.numpy_source`)
+describes every array it finds as an :class:`ArrayInfo`; :func:`select_fields` then picks the
+fields, checks that memshard can store them and that they agree on the row count, and the
+module returns a :class:`SourcePlan`. The plan carries a picklable *opener*, so that each
+conversion worker opens the source itself (an HDF5 handle must never cross a ``fork``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from .dtypes import SUPPORTED_DESCRS
+from .errors import LabelError, SourceError, UnsupportedSourceError
+from .layout import FIELD_NAME_PATTERN, MAX_FIELD_NAME
+
+#: A source block read at once stays near this size (whole source chunks, at least one row).
+READ_BLOCK_BYTES = 8 << 20
+#: Numeric attribute arrays longer than this are not copied into the manifest.
+MAX_ATTR_ELEMENTS = 4096
+#: What a conversion accepts, for error messages.
+SUPPORTED_KINDS = (
+    "numeric arrays of at least one dimension: bool, int8-64, uint8-64, float16/32/64, "
+    "complex64/128, either byte order"
+)
+
+
+@dataclass(frozen=True)
+class ArrayInfo:
+    """One array found in a source, whether or not memshard can store it.
+
+    ``problem`` says why it cannot be converted (``None`` when it can).
+    """
+
+    origin: str
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any] | None
+    chunk_rows: int = 1
+    attrs: dict[str, Any] = field(default_factory=dict)
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
+class SourceField:
+    """A source array taken as a memshard field."""
+
+    origin: str
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+    chunk_rows: int
+    attrs: dict[str, Any]
+
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one stored row."""
+        return self.dtype.itemsize * math.prod(self.shape)
+
+
+class SourceReader(Protocol):
+    """An open source: fills caller buffers with rows of one field."""
+
+    def read(self, name: str, start: int, stop: int, out: np.ndarray) -> None:
+        """Copy rows ``start:stop`` of field ``name`` into ``out`` (``stop - start`` rows, the
+        field's stored dtype)."""
+
+    def close(self) -> None:
+        """Release the source."""
+
+
+Opener = Callable[[], SourceReader]
+
+
+@dataclass(frozen=True)
+class SourcePlan:
+    """What a conversion reads: the fields, their row count and how to open the source.
+
+    ``identity`` describes the source files (sizes, modification times) so that a resumed
+    conversion can tell that the source is the one it started from. ``in_memory`` sources can
+    only be read by threads of this process, never by worker processes.
+    """
+
+    kind: str
+    location: str
+    rows: int
+    fields: dict[str, SourceField]
+    attrs: dict[str, Any]
+    labels: dict[str, list[str]]
+    identity: dict[str, Any]
+    opener: Opener
+    in_memory: bool = False
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def stored_dtype(dtype: np.dtype[Any]) -> np.dtype[Any] | None:
+    """The little-endian dtype memshard stores for a source ``dtype``; ``None`` if none.
+
+    Example:
+        >>> stored_dtype(np.dtype(">f2")).str
+        '<f2'
+        >>> stored_dtype(np.dtype("S8")) is None
+        True
+    """
+    if dtype.fields is not None or dtype.subdtype is not None or dtype.hasobject:
+        return None
+    little = dtype.newbyteorder("<") if dtype.byteorder == ">" else dtype
+    return little if little.str in SUPPORTED_DESCRS else None
+
+
+def describe_dtype_problem(dtype: np.dtype[Any]) -> str:
+    """Why a dtype cannot be stored, in words."""
+    if dtype.fields is not None:
+        return f"compound dtype {dtype}"
+    if dtype.hasobject:
+        return "object, variable-length or reference data"
+    if dtype.kind in "SUa":
+        return f"string dtype {dtype}"
+    return f"dtype {dtype}"
+
+
+def select_fields(
+    arrays: Sequence[ArrayInfo],
+    requested: Mapping[str, str] | None,
+    *,
+    location: str,
+) -> tuple[dict[str, SourceField], int, dict[str, str]]:
+    """Pick the fields of a conversion: ``(fields, rows, skipped)``.
+
+    With ``requested`` (``{field name: array origin}``), exactly those arrays are taken; each
+    must exist, be storable and have the same first-axis length. Without it, every storable
+    array whose first axis has the dataset's length is taken, the length being the one shared
+    by the most arrays (the larger on a tie); fields are named after the array's path.
+    ``skipped`` maps each array left out to the reason.
+
+    Raises:
+        SourceError: a requested array is missing, lengths disagree, or nothing is storable.
+        UnsupportedSourceError: a requested array cannot be stored (names what can).
+    """
+    by_origin = {info.origin: info for info in arrays}
+    if requested is not None:
+        return _requested_fields(by_origin, requested, location)
+    usable = [info for info in arrays if info.problem is None]
+    skipped = {info.origin: info.problem for info in arrays if info.problem is not None}
+    if not usable:
+        found = "; ".join(f"{origin}: {why}" for origin, why in skipped.items()) or "no arrays"
+        raise SourceError(
+            f"{location}: nothing to convert ({found}); memshard takes {SUPPORTED_KINDS}"
+        )
+    counts = Counter(info.shape[0] for info in usable)
+    rows = max(counts, key=lambda length: (counts[length], length))
+    fields: dict[str, SourceField] = {}
+    names: dict[str, str] = {}
+    for info in usable:
+        if info.shape[0] != rows:
+            skipped[info.origin] = f"first axis has {info.shape[0]} rows, not {rows}"
+            continue
+        name = field_name_for(info.origin)
+        if name in names:
+            raise SourceError(
+                f"{location}: arrays {names[name]!r} and {info.origin!r} would both become "
+                f"field {name!r}; name the fields explicitly"
+            )
+        names[name] = info.origin
+        fields[name] = _source_field(info)
+    return fields, rows, skipped
+
+
+def _requested_fields(
+    by_origin: Mapping[str, ArrayInfo], requested: Mapping[str, str], location: str
+) -> tuple[dict[str, SourceField], int, dict[str, str]]:
+    if not isinstance(requested, Mapping) or not requested:
+        raise SourceError(f"{location}: fields must be a non-empty mapping of name -> array path")
+    fields: dict[str, SourceField] = {}
+    lengths: dict[str, int] = {}
+    for name, origin in requested.items():
+        info = by_origin.get(_normalise_origin(origin, by_origin))
+        if info is None:
+            available = ", ".join(sorted(by_origin)) or "none"
+            raise SourceError(
+                f"{location}: field {name!r}: no array {origin!r} (arrays found: {available})"
+            )
+        if info.problem is not None:
+            raise UnsupportedSourceError(
+                f"{location}: field {name!r} ({info.origin}): {info.problem}; "
+                f"memshard takes {SUPPORTED_KINDS}"
+            )
+        fields[name] = _source_field(info)
+        lengths[name] = info.shape[0]
+    if len(set(lengths.values())) > 1:
+        detail = ", ".join(f"{name}: {rows}" for name, rows in lengths.items())
+        raise SourceError(f"{location}: fields have different row counts ({detail})")
+    return fields, next(iter(lengths.values())), {}
+
+
+def _normalise_origin(origin: str, by_origin: Mapping[str, ArrayInfo]) -> str:
+    if origin in by_origin:
+        return origin
+    stripped = origin.strip("/")
+    for candidate in (stripped, "/" + stripped):
+        if candidate in by_origin:
+            return candidate
+    return origin
+
+
+def _source_field(info: ArrayInfo) -> SourceField:
+    assert info.dtype is not None  # arrays with a problem never get here
+    return SourceField(
+        origin=info.origin,
+        dtype=info.dtype,
+        shape=info.shape[1:],
+        chunk_rows=max(1, info.chunk_rows),
+        attrs=info.attrs,
+    )
+
+
+def array_problem(shape: tuple[int, ...], dtype: np.dtype[Any]) -> str | None:
+    """Why an array of ``shape`` and source ``dtype`` cannot become a field, or ``None``."""
+    if stored_dtype(dtype) is None:
+        return describe_dtype_problem(dtype)
+    if len(shape) == 0:
+        return "a scalar (0-d) array has no rows"
+    if any(size == 0 for size in shape[1:]):
+        return f"samples of shape {shape[1:]} hold no elements"
+    return None
+
+
+def field_name_for(origin: str) -> str:
+    """A field name for the array at ``origin``: its path with separators turned into ``_``.
+
+    Example:
+        >>> field_name_for("/train/images")
+        'train_images'
+        >>> field_name_for("3d data.npy")
+        '_3d_data'
+    """
+    stem = origin.strip("/")
+    stem = stem[: -len(".npy")] if stem.endswith(".npy") else stem
+    name = re.sub(r"[^A-Za-z0-9_\-]", "_", stem) or "x"
+    if not FIELD_NAME_PATTERN.fullmatch(name[:1]):
+        name = "_" + name
+    return name[:MAX_FIELD_NAME]
+
+
+def json_attrs_of(items: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The attributes that JSON can represent, converted, and the names of the others.
+
+    Numbers, booleans, text (bytes decoded as UTF-8), and arrays of them up to
+    :data:`MAX_ATTR_ELEMENTS` elements are kept; NaN, infinities and anything else are left
+    out and named.
+
+    Example:
+        >>> json_attrs_of({"a": np.float32(0.5), "b": b"hi", "c": float("nan")})
+        ({'a': 0.5, 'b': 'hi'}, ['c'])
+    """
+    kept: dict[str, Any] = {}
+    left_out: list[str] = []
+    for key, value in items.items():
+        converted = _json_value(value)
+        if converted is _UNREPRESENTABLE:
+            left_out.append(str(key))
+        else:
+            kept[str(key)] = converted
+    return kept, left_out
+
+
+_UNREPRESENTABLE = object()
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, (bytes, np.bytes_)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            return _UNREPRESENTABLE
+    if isinstance(value, (str, bool)) or value is None:
+        return value
+    if isinstance(value, np.ndarray):
+        if value.size > MAX_ATTR_ELEMENTS or (value.dtype.kind not in "biufSUO"):
+            return _UNREPRESENTABLE
+        items = [_json_value(item) for item in value.ravel().tolist()]
+        if any(item is _UNREPRESENTABLE for item in items):
+            return _UNREPRESENTABLE
+        if value.ndim == 0:
+            return items[0]
+        return np.array(items, dtype=object).reshape(value.shape).tolist()
+    if isinstance(value, (list, tuple)):
+        if len(value) > MAX_ATTR_ELEMENTS:
+            return _UNREPRESENTABLE
+        return _json_value(np.asarray(value))
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, (bool, int)):
+        return value if -(2**63) <= value < 2**64 else _UNREPRESENTABLE
+    if isinstance(value, float):
+        return value if math.isfinite(value) else _UNREPRESENTABLE
+    return _UNREPRESENTABLE
+
+
+def vocabulary_from_attr(value: Any) -> list[str] | None:
+    """A label vocabulary from an attribute value: a 1-d sequence of text, else ``None``."""
+    converted = _json_value(value)
+    if isinstance(converted, list) and converted and all(isinstance(v, str) for v in converted):
+        return converted
+    return None
+
+
+def plan_labels(
+    fields: Mapping[str, SourceField],
+    labels: Mapping[str, Sequence[str]] | None,
+    label_attr: str | None,
+) -> dict[str, list[str]]:
+    """Label vocabularies: those given explicitly, then, for integer fields without one, a
+    vocabulary stored in the array attribute ``label_attr``."""
+    chosen = {name: list(vocab) for name, vocab in (labels or {}).items()}
+    if label_attr:
+        for name, spec in fields.items():
+            if name in chosen or spec.dtype.kind not in "iu":
+                continue
+            vocab = vocabulary_from_attr(spec.attrs.get(label_attr))
+            if vocab is not None:
+                chosen[name] = vocab
+    return chosen
+
+
+def block_rows_for(chunk_rows: int, row_bytes: int) -> int:
+    """Rows per read block: whole source chunks, about :data:`READ_BLOCK_BYTES` in all.
+
+    Example:
+        >>> block_rows_for(chunk_rows=100, row_bytes=1024)
+        8100
+    """
+    chunk_bytes = max(1, chunk_rows * row_bytes)
+    if chunk_bytes >= READ_BLOCK_BYTES:
+        return chunk_rows
+    return chunk_rows * max(1, READ_BLOCK_BYTES // chunk_bytes)
+
+
+def block_ranges(start: int, stop: int, block_rows: int) -> Iterator[tuple[int, int]]:
+    """Split rows ``start:stop`` into ranges whose inner edges are multiples of ``block_rows``.
+
+    Example:
+        >>> list(block_ranges(5, 25, 10))
+        [(5, 10), (10, 20), (20, 25)]
+    """
+    begin = start
+    while begin < stop:
+        end = min(stop, (begin // block_rows + 1) * block_rows)
+        yield begin, end
+        begin = end
+
+
+def check_label_range(values: np.ndarray, vocabulary_size: int, *, where: str, start: int) -> None:
+    """Raise :class:`LabelError` unless every value indexes the vocabulary."""
+    if values.size == 0:
+        return
+    flat = values.reshape(-1)
+    bad = np.flatnonzero((flat < 0) | (flat >= vocabulary_size))
+    if bad.size:
+        row = start + int(bad[0]) // (values.size // values.shape[0])
+        raise LabelError(
+            f"{where}: row {row} holds label {flat[bad[0]]}, outside the vocabulary "
+            f"of {vocabulary_size} labels"
+        )

@@ -1,0 +1,161 @@
+"""Worker processes for conversion: fresh interpreters that open the source themselves.
+
+Each worker is ``python -m memshard.workers FD``, started with :mod:`subprocess` rather than
+:mod:`multiprocessing`: it shares no state with the parent (no inherited HDF5 handle, no
+library lock held by a parent thread at ``fork`` time) and, unlike ``spawn``, never re-imports
+the caller's ``__main__`` script, so a conversion works from any script, notebook or stdin.
+
+The parent and a worker exchange pickled messages over a socket pair
+(:class:`multiprocessing.connection.Connection`):
+
+- parent -> worker: ``(opener, job, with_progress)`` once, then ``(index, start, stop)`` per
+  shard, then ``None`` to finish;
+- worker -> parent: ``("progress", nbytes)``, ``("done", index, shard_record)`` or
+  ``("failed", index, exception)`` after which the worker exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from .errors import ConversionFailedError
+from .manifest import Shard
+
+Message = tuple[Any, ...]
+
+
+class WorkerProcesses:
+    """``count`` worker processes, each holding an open source; a context manager."""
+
+    def __init__(self, count: int, opener: Callable[[], Any], job: Any, progress: bool) -> None:
+        self._workers: list[tuple[subprocess.Popen[bytes], Connection]] = []
+        try:
+            for _ in range(count):
+                self._workers.append(_start_worker())
+            for _, connection in self._workers:
+                connection.send((opener, job, progress))
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def connections(self) -> list[Connection]:
+        """One connection per worker, in start order."""
+        return [connection for _, connection in self._workers]
+
+    def send(self, connection: Connection, task: tuple[int, int, int]) -> None:
+        """Give the worker behind ``connection`` one shard to write."""
+        connection.send(task)
+
+    def messages(self) -> Iterator[tuple[Connection, Message]]:
+        """Messages from any worker as they arrive (blocks until one does).
+
+        Raises:
+            ConversionFailedError: a worker exited without reporting (killed, out of memory).
+        """
+        while True:
+            for ready in wait(self.connections):
+                assert isinstance(ready, Connection)
+                try:
+                    message = ready.recv()
+                except (EOFError, OSError):
+                    raise ConversionFailedError(self._death_report(ready)) from None
+                yield ready, message
+
+    def _death_report(self, connection: Connection) -> str:
+        for process, candidate in self._workers:
+            if candidate is connection:
+                code = process.wait()
+                how = f"signal {-code}" if code < 0 else f"exit status {code}"
+                return f"conversion worker {process.pid} died ({how})"
+        return "a conversion worker died"
+
+    def close(self) -> None:
+        """Tell the workers to finish, and make sure they have."""
+        for process, connection in self._workers:
+            with contextlib.suppress(OSError):
+                connection.send(None)
+            connection.close()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self._workers = []
+
+    def terminate(self) -> None:
+        """Stop the workers at once (after an error or an interrupt)."""
+        for process, _ in self._workers:
+            if process.poll() is None:
+                process.kill()
+        self.close()
+
+    def __enter__(self) -> WorkerProcesses:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, traceback: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.terminate()
+
+
+def _start_worker() -> tuple[subprocess.Popen[bytes], Connection]:
+    parent_end, child_end = socket.socketpair()
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    environment = dict(os.environ)
+    environment["PYTHONPATH"] = os.pathsep.join(
+        [package_parent, *filter(None, [environment.get("PYTHONPATH")])]
+    )
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "memshard.workers", str(child_end.fileno())],
+            pass_fds=[child_end.fileno()],
+            stdin=subprocess.DEVNULL,
+            env=environment,
+        )
+    finally:
+        child_end.close()
+    return process, Connection(parent_end.detach())
+
+
+def serve(connection: Connection) -> None:
+    """The worker's loop: open the source, write shards until told to stop."""
+    from .convert import write_shard
+
+    opener, job, progress = connection.recv()
+    report = (lambda nbytes: connection.send(("progress", nbytes))) if progress else None
+    reader = opener()
+    try:
+        while (task := connection.recv()) is not None:
+            index, start, stop = task
+            try:
+                record: Shard = write_shard(job, reader, index, start, stop, report)
+            except Exception as exc:
+                _send_failure(connection, index, exc)
+                return
+            connection.send(("done", index, record))
+    finally:
+        reader.close()
+
+
+def _send_failure(connection: Connection, index: int, exc: Exception) -> None:
+    try:
+        connection.send(("failed", index, exc))
+    except Exception:  # an exception that does not pickle: send its text
+        message = f"shard {index}: {type(exc).__name__}: {exc}"
+        connection.send(("failed", index, ConversionFailedError(message)))
+
+
+if __name__ == "__main__":
+    try:
+        serve(Connection(int(sys.argv[1])))
+    except (EOFError, KeyboardInterrupt, BrokenPipeError):
+        sys.exit(1)
