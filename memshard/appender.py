@@ -117,7 +117,7 @@ def move_into_place(staging: str, root: str, overwrite: bool) -> None:
         DatasetLockedError: the dataset to replace is being appended to.
     """
     if overwrite and os.path.lexists(root):
-        if os.path.islink(root) or not _is_memshard_dataset(root):
+        if os.path.islink(root) or not is_memshard_dataset(root):
             raise DatasetExistsError(
                 f"{root}: exists and is not a memshard dataset; not replacing it"
             )
@@ -136,7 +136,7 @@ def move_into_place(staging: str, root: str, overwrite: bool) -> None:
     fsync_directory(os.path.dirname(root))
 
 
-def _is_memshard_dataset(root: str) -> bool:
+def is_memshard_dataset(root: str) -> bool:
     """Whether ``root`` holds a manifest declaring the memshard format (valid or damaged)."""
     try:
         with open(os.path.join(root, MANIFEST_NAME), "rb") as handle:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .appender import Appender, append, create, move_into_place
+from .appender import Appender, append, create, is_memshard_dataset, move_into_place
 from .errors import (
     ArgumentError,
     ConversionStateError,
@@ -247,6 +247,8 @@ def convert(
     workers = _check_workers(workers)
     if os.path.lexists(root) and not overwrite:
         raise DatasetExistsError(f"{root}: already exists (pass overwrite=True to replace it)")
+    if os.path.lexists(root) and (os.path.islink(root) or not is_memshard_dataset(root)):
+        raise DatasetExistsError(f"{root}: exists and is not a memshard dataset; not replacing it")
     _announce(plan, progress)
     appender = _open_staging(plan, root, shard_bytes, attrs, resume)
     try:

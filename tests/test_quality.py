@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,3 +43,31 @@ def test_public_api_never_imports_optional_integrations() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_command_line_starts_without_optional_integrations() -> None:
+    code = (
+        "import sys, memshard.cli; "
+        "heavy = {'torch', 'h5py', 'zarr', 'dask', 'tqdm'} & set(sys.modules); "
+        "assert not heavy, heavy"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("dependency", "owner"), [("h5py", "hdf5.py"), ("zarr", "zarr.py"), ("torch", "torch.py")]
+)
+def test_each_integration_is_imported_by_its_own_module_only(dependency: str, owner: str) -> None:
+    importing = re.compile(
+        rf"^\s*(import {dependency}\b|from {dependency}\b|.*require\(\"{dependency}\")", re.M
+    )
+    package = REPO / "memshard"
+    users = {
+        path.name
+        for path in package.glob("*.py")
+        if importing.search(path.read_text()) and path.name != "demo.py"  # the end-to-end demo
+    }
+    assert users == {owner}
