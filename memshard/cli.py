@@ -304,7 +304,7 @@ def _info(args: argparse.Namespace) -> int:
     print("  fields")
     width = max(len(name) for name in summary["fields"])
     for name, field in summary["fields"].items():
-        shape = "(" + ", ".join(str(size) for size in field["shape"]) + ")"
+        shape = str(tuple(field["shape"]))
         size = _human(field["row_bytes"])
         line = f"    {name:<{width}}  {field['dtype']:<9} {shape:<16} {size}/row"
         if field["labels"] is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import concurrent.futures as futures
 import os
+import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ from .errors import (
     ArgumentError,
     ConversionStateError,
     DatasetExistsError,
+    LabelError,
     MissingDependencyError,
 )
 from .layout import shard_file_name
@@ -254,6 +256,11 @@ def convert(
     try:
         _write_rows(plan, appender, workers, progress)
         appender.close()
+    except LabelError:
+        # The source itself is bad: no resume can complete this conversion.
+        appender.abort()
+        shutil.rmtree(appender.path, ignore_errors=True)
+        raise
     except BaseException:
         appender.abort()
         raise
@@ -318,14 +325,16 @@ def _open_staging(
         )
     appender = append(staging)
     try:
-        _check_resumable(appender, record, staging)
+        _check_resumable(appender, record, plan.labels, staging)
     except BaseException:
         appender.abort()
         raise
     return appender
 
 
-def _check_resumable(appender: Appender, record: dict[str, Any], staging: str) -> None:
+def _check_resumable(
+    appender: Appender, record: dict[str, Any], labels: dict[str, list[str]], staging: str
+) -> None:
     manifest = appender.manifest
     recorded = manifest.attrs.get(SOURCE_ATTR)
     if not isinstance(recorded, dict):
@@ -338,6 +347,11 @@ def _check_resumable(appender: Appender, record: dict[str, Any], staging: str) -
                 f"({recorded.get(key)!r:.200} here, {normalised[key]!r:.200} now); "
                 "delete it to start over"
             )
+    if {name: list(vocab) for name, vocab in manifest.labels.items()} != labels:
+        raise ConversionStateError(
+            f"{staging}: the interrupted conversion has other label vocabularies "
+            f"({dict(manifest.labels)!r:.200}); delete it to start over"
+        )
     if any(not shard.sealed or shard.rows != manifest.shard_rows for shard in manifest.shards):
         raise ConversionStateError(
             f"{staging}: holds shards a conversion does not write (unsealed or short); "

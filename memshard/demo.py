@@ -30,8 +30,9 @@ IMAGE_SHAPE = (3, 32, 32)
 BATCH_SIZE = 256
 #: Rows per HDF5 chunk of the demo file.
 CHUNK_ROWS = 128
-#: Standard deviation of the noise over the unit-variance class patterns.
-NOISE = 30.0
+#: Standard deviation of the noise over the unit-variance class patterns (the images are
+#: then scaled back to unit variance).
+NOISE = 8.0
 #: Shard size of the demo dataset: small, so that the file makes several shards.
 SHARD_BYTES = 32 << 20
 
@@ -136,7 +137,7 @@ def write_synthetic_hdf5(path: str, rows: int, progress: bool | None = None) -> 
             stop = min(rows, start + block)
             classes = rng.integers(0, len(CLASSES), stop - start)
             noise = rng.standard_normal((stop - start, *IMAGE_SHAPE), dtype=np.float32)
-            images[start:stop] = patterns[classes] + NOISE * noise
+            images[start:stop] = (patterns[classes] + NOISE * noise) / NOISE
             labels[start:stop] = classes
             bar.update(stop - start)
     return os.path.getsize(path)

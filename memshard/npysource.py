@@ -24,6 +24,7 @@ from .sources import (
 )
 
 MEMORY = "<memory>"
+NPY_MAGIC = b"\x93NUMPY"
 
 
 def plan(src: Any, *, labels: Mapping[str, Sequence[str]] | None = None) -> SourcePlan:
@@ -58,7 +59,7 @@ def plan(src: Any, *, labels: Mapping[str, Sequence[str]] | None = None) -> Sour
             )
         )
     requested = {name: files.get(name, name) for name in named}
-    location = next(iter(files.values())) if len(files) == len(named) == 1 else MEMORY
+    location = _location(files) if len(files) == len(named) else MEMORY
     chosen, rows, _ = select_fields(infos, requested, location=location)
     return SourcePlan(
         kind="numpy",
@@ -71,6 +72,12 @@ def plan(src: Any, *, labels: Mapping[str, Sequence[str]] | None = None) -> Sour
         opener=NpyOpener(files, arrays),
         in_memory=bool(arrays),
     )
+
+
+def _location(files: Mapping[str, str]) -> str:
+    """The file, or the directory holding all the files."""
+    paths = list(files.values())
+    return paths[0] if len(paths) == 1 else os.path.commonpath(paths)
 
 
 def _named_inputs(src: Any) -> dict[str, Any]:
@@ -89,6 +96,9 @@ def _named_inputs(src: Any) -> dict[str, Any]:
 def _map_file(path: str) -> np.ndarray:
     if not os.path.isfile(path):
         raise SourceError(f"{path}: no such .npy file")
+    with open(path, "rb") as handle:
+        if handle.read(len(NPY_MAGIC)) != NPY_MAGIC:
+            raise SourceError(f"{path}: not an .npy file (no NPY magic at its start)")
     try:
         array: np.ndarray = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as exc:

@@ -153,6 +153,8 @@ def _load_manifest(root: str) -> Manifest:
             else ("does not exist")
         )
         raise DatasetNotFoundError(f"{root}: {what}") from None
+    except NotADirectoryError:
+        raise DatasetNotFoundError(f"{root}: is a file, not a memshard dataset directory") from None
     except IsADirectoryError:
         raise DatasetNotFoundError(f"{manifest_path}: is a directory, not a manifest") from None
 
