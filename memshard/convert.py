@@ -26,6 +26,7 @@ import numpy as np
 from .appender import Appender, append, create, is_memshard_dataset, move_into_place
 from .errors import (
     ArgumentError,
+    ConversionFailedError,
     ConversionStateError,
     DatasetExistsError,
     LabelError,
@@ -255,6 +256,11 @@ def convert(
     appender = _open_staging(plan, root, shard_bytes, attrs, resume)
     try:
         _write_rows(plan, appender, workers, progress)
+        if appender.rows != plan.rows:
+            raise ConversionFailedError(
+                f"{appender.path}: {appender.rows} of {plan.rows} rows were written; "
+                "run the conversion again with resume=True to complete it"
+            )
         appender.close()
     except LabelError:
         # The source itself is bad: no resume can complete this conversion.
@@ -335,7 +341,10 @@ def _open_staging(
 def _check_resumable(
     appender: Appender, record: dict[str, Any], labels: dict[str, list[str]], staging: str
 ) -> None:
+    """The staging dataset holds the first rows of this very conversion: whole shards, the
+    last one short only when it ends the source."""
     manifest = appender.manifest
+    rows = record["rows"]
     recorded = manifest.attrs.get(SOURCE_ATTR)
     if not isinstance(recorded, dict):
         raise ConversionStateError(f"{staging}: not a conversion in progress (no {SOURCE_ATTR})")
@@ -352,7 +361,12 @@ def _check_resumable(
             f"{staging}: the interrupted conversion has other label vocabularies "
             f"({dict(manifest.labels)!r:.200}); delete it to start over"
         )
-    if any(not shard.sealed or shard.rows != manifest.shard_rows for shard in manifest.shards):
+    last = len(manifest.shards) - 1
+    if any(
+        not shard.sealed
+        or (shard.rows != manifest.shard_rows and not (index == last and manifest.rows == rows))
+        for index, shard in enumerate(manifest.shards)
+    ):
         raise ConversionStateError(
             f"{staging}: holds shards a conversion does not write (unsealed or short); "
             "delete it to start over"
@@ -463,7 +477,7 @@ def _write_rows(plan: SourcePlan, appender: Appender, workers: int, progress: bo
         sources=plan.fields,
         vocabulary_sizes={name: len(vocab) for name, vocab in manifest.labels.items()},
     )
-    first = manifest.rows // manifest.shard_rows
+    first = -(-manifest.rows // manifest.shard_rows)
     count = -(-plan.rows // manifest.shard_rows)
     indices = range(first, count)
     row_bytes = sum(spec.row_bytes for spec in job.specs.values())
@@ -523,15 +537,20 @@ def _write_with_processes(
     """Two shards in flight per worker process; results are committed in row order."""
     from .workers import WorkerProcesses
 
-    pending = iter(indices)
+    unsent = list(indices)
+    unsent.reverse()
     in_flight = 0
+
+    def give(pool: WorkerProcesses, connection: Any) -> None:
+        nonlocal in_flight
+        if unsent and pool.send(connection, (unsent[-1], *job.shard_range(unsent[-1], plan.rows))):
+            unsent.pop()
+            in_flight += 1
+
     with WorkerProcesses(min(workers, len(indices)), plan.opener, job, not bar.disable) as pool:
         for connection in pool.connections:
-            for _ in range(2):
-                index = next(pending, None)
-                if index is not None:
-                    pool.send(connection, (index, *job.shard_range(index, plan.rows)))
-                    in_flight += 1
+            give(pool, connection)
+            give(pool, connection)
         for connection, message in pool.messages():
             if message[0] == "progress":
                 bar.update(message[1])
@@ -540,11 +559,8 @@ def _write_with_processes(
                 raise message[2]
             in_flight -= 1
             committer.finished(message[1], message[2])
-            index = next(pending, None)
-            if index is not None:
-                pool.send(connection, (index, *job.shard_range(index, plan.rows)))
-                in_flight += 1
-            if in_flight == 0:
+            give(pool, connection)
+            if in_flight == 0 and not unsent:
                 return
 
 

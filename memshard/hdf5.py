@@ -57,7 +57,7 @@ def plan(
     """
     location = os.path.abspath(os.fspath(src))
     with _open_file(location) as handle:
-        arrays = _arrays_in(handle)
+        arrays = _arrays_in(handle) + _linked_arrays(handle, fields)
         root_attrs, left_out = _attributes(handle)
     chosen, rows, skipped = select_fields(arrays, fields, location=location)
     for name in left_out:
@@ -102,8 +102,23 @@ def _arrays_in(handle: Any) -> list[ArrayInfo]:
     return found
 
 
-def _describe(dataset: Any) -> ArrayInfo:
-    origin = dataset.name
+def _linked_arrays(handle: Any, fields: Mapping[str, str] | None) -> list[ArrayInfo]:
+    """Requested datasets under the path asked for: a soft link, or another name of a
+    hard-linked dataset, which a traversal visits only once and under one name."""
+    found = []
+    for path in (fields or {}).values():
+        origin = "/" + str(path).strip("/")
+        try:
+            node = handle.get(origin)
+        except (KeyError, OSError, ValueError):  # a dangling or external link
+            continue
+        if isinstance(node, h5py.Dataset):
+            found.append(_describe(node, origin))
+    return found
+
+
+def _describe(dataset: Any, origin: str | None = None) -> ArrayInfo:
+    origin = origin or dataset.name
     attrs, _ = _attributes(dataset)
     shape = dataset.shape
     if shape is None:

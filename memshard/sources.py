@@ -24,8 +24,10 @@ from .layout import FIELD_NAME_PATTERN, MAX_FIELD_NAME
 
 #: A source block read at once stays near this size (whole source chunks, at least one row).
 READ_BLOCK_BYTES = 8 << 20
-#: Numeric attribute arrays longer than this are not copied into the manifest.
+#: Attribute arrays and lists longer than this are not copied into the manifest.
 MAX_ATTR_ELEMENTS = 4096
+#: Attributes nested deeper than this are not copied (the manifest allows a little more).
+MAX_ATTR_DEPTH = 32
 #: What a conversion accepts, for error messages.
 SUPPORTED_KINDS = (
     "numeric arrays of at least one dimension: bool, int8-64, uint8-64, float16/32/64, "
@@ -251,9 +253,9 @@ def field_name_for(origin: str) -> str:
 def json_attrs_of(items: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """The attributes that JSON can represent, converted, and the names of the others.
 
-    Numbers, booleans, text (bytes decoded as UTF-8), and arrays of them up to
-    :data:`MAX_ATTR_ELEMENTS` elements are kept; NaN, infinities and anything else are left
-    out and named.
+    Numbers, booleans, text (bytes decoded as UTF-8), and arrays, lists and mappings of them
+    (up to :data:`MAX_ATTR_ELEMENTS` elements each) are kept; NaN, infinities and anything
+    else are left out and named.
 
     Example:
         >>> json_attrs_of({"a": np.float32(0.5), "b": b"hi", "c": float("nan")})
@@ -273,7 +275,11 @@ def json_attrs_of(items: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
 _UNREPRESENTABLE = object()
 
 
-def _json_value(value: Any) -> Any:
+def _json_value(value: Any, depth: int = 0) -> Any:
+    """``value`` as JSON would hold it, or ``_UNREPRESENTABLE``. Lists and mappings are
+    converted element by element, so mixed and ragged lists keep their values."""
+    if depth > MAX_ATTR_DEPTH:
+        return _UNREPRESENTABLE
     if isinstance(value, (bytes, np.bytes_)):
         try:
             return bytes(value).decode("utf-8")
@@ -282,18 +288,19 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, (str, bool)) or value is None:
         return value
     if isinstance(value, np.ndarray):
-        if value.size > MAX_ATTR_ELEMENTS or (value.dtype.kind not in "biufSUO"):
+        if value.size > MAX_ATTR_ELEMENTS or value.dtype.kind not in "biufSUO":
             return _UNREPRESENTABLE
-        items = [_json_value(item) for item in value.ravel().tolist()]
-        if any(item is _UNREPRESENTABLE for item in items):
-            return _UNREPRESENTABLE
-        if value.ndim == 0:
-            return items[0]
-        return np.array(items, dtype=object).reshape(value.shape).tolist()
+        return _json_value(value.tolist(), depth)
     if isinstance(value, (list, tuple)):
         if len(value) > MAX_ATTR_ELEMENTS:
             return _UNREPRESENTABLE
-        return _json_value(np.asarray(value))
+        items = [_json_value(item, depth + 1) for item in value]
+        return _UNREPRESENTABLE if any(item is _UNREPRESENTABLE for item in items) else items
+    if isinstance(value, Mapping):
+        converted = {str(key): _json_value(item, depth + 1) for key, item in value.items()}
+        if any(item is _UNREPRESENTABLE for item in converted.values()):
+            return _UNREPRESENTABLE
+        return converted
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, (bool, int)):

@@ -50,9 +50,14 @@ class WorkerProcesses:
         """One connection per worker, in start order."""
         return [connection for _, connection in self._workers]
 
-    def send(self, connection: Connection, task: tuple[int, int, int]) -> None:
-        """Give the worker behind ``connection`` one shard to write."""
-        connection.send(task)
+    def send(self, connection: Connection, task: tuple[int, int, int]) -> bool:
+        """Give the worker behind ``connection`` one shard to write; ``False`` if it has gone
+        (its failure report or end of file is then still to be read from :meth:`messages`)."""
+        try:
+            connection.send(task)
+        except OSError:
+            return False
+        return True
 
     def messages(self) -> Iterator[tuple[Connection, Message]]:
         """Messages from any worker as they arrive (blocks until one does).

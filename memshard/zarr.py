@@ -86,7 +86,8 @@ def plan(
 
 
 def _single_name(location: str) -> str:
-    return os.path.basename(location.rstrip("/")) or "x"
+    name = os.path.basename(location.rstrip("/"))
+    return name[: -len(".zarr")] if name.endswith(".zarr") and len(name) > 5 else name or "x"
 
 
 def _open_node(location: str) -> Any:
@@ -211,6 +212,6 @@ def _export_field(dataset: Dataset, name: str, group: Any, report: Any) -> None:
     )
     if column.labels is not None:
         target.attrs[LABELS_ATTRIBUTE] = list(column.labels)
-    for start, stop in block_ranges(0, rows, chunk_rows * max(1, 16 << 20 // EXPORT_CHUNK_BYTES)):
+    for start, stop in block_ranges(0, rows, chunk_rows * max(1, (16 << 20) // EXPORT_CHUNK_BYTES)):
         target[start:stop] = column[start:stop]
         report((stop - start) * row_bytes)

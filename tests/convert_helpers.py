@@ -1,0 +1,95 @@
+"""Helpers for the conversion tests: sources that stop at a chosen row, and a child process.
+
+:class:`StopAt` wraps a conversion source's opener (``memshard.sources.SourcePlan.opener``).
+The reader it opens behaves as the wrapped one until it is asked for a row at or beyond
+``row`` (and before ``until``, if given); then it raises ``KeyboardInterrupt``
+(``how="interrupt"``), an ``OSError`` (``how="error"``) or kills its own process with
+``SIGKILL`` (``how="kill"``). It is picklable, so conversion worker processes
+(``python -m memshard.workers``, which find this package through the ``PYTHONPATH`` they
+are given) apply it too.
+
+Run as a child process, :func:`main` converts an HDF5 file with such a reader and is killed
+at the chosen row: ``python -m tests.convert_helpers SRC DST ROW SHARD_BYTES WORKERS``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+HOW = ("interrupt", "error", "kill")
+
+
+@dataclass(frozen=True)
+class StopAt:
+    """An opener whose readers stop the conversion once row ``row`` is asked for.
+
+    ``protected_pid`` is a process that must never be killed (the test runner): a ``kill``
+    requested there raises ``AssertionError`` instead.
+    """
+
+    inner: Any
+    row: int
+    how: str
+    protected_pid: int | None = None
+    until: int | None = None
+
+    def __post_init__(self) -> None:
+        assert self.how in HOW, self.how
+
+    def __call__(self) -> StoppingReader:
+        return StoppingReader(self.inner(), self)
+
+
+class StoppingReader:
+    """Reads through the wrapped reader, stopping as :class:`StopAt` says."""
+
+    def __init__(self, inner: Any, rule: StopAt) -> None:
+        self._inner = inner
+        self._rule = rule
+
+    def read(self, name: str, start: int, stop: int, out: np.ndarray) -> None:
+        rule = self._rule
+        if stop > rule.row and (rule.until is None or start < rule.until):
+            stop_here(rule)
+        self._inner.read(name, start, stop, out)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def stop_here(rule: StopAt) -> None:
+    """Stop the way ``rule`` says."""
+    if rule.how == "interrupt":
+        raise KeyboardInterrupt(f"test interrupt at row {rule.row}")
+    if rule.how == "error":
+        raise OSError(f"test read error at row {rule.row}")
+    if rule.protected_pid == os.getpid():
+        raise AssertionError("StopAt(how='kill') would kill the test runner")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def with_stop(plan: Any, row: int, how: str, until: int | None = None) -> Any:
+    """``plan`` with its opener wrapped in :class:`StopAt` (protecting this process)."""
+    return dataclasses.replace(plan, opener=StopAt(plan.opener, row, how, os.getpid(), until))
+
+
+def main(src: str, dst: str, row: int, shard_bytes: int, workers: int) -> None:
+    """Convert ``src`` to ``dst``; this process kills itself when row ``row`` is read."""
+    from memshard import hdf5
+    from memshard.convert import convert
+
+    plan = hdf5.plan(src, None)
+    plan = dataclasses.replace(plan, opener=StopAt(plan.opener, row, "kill"))
+    convert(plan, dst, shard_bytes=shard_bytes, workers=workers, progress=False)
+    print("FINISHED", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
