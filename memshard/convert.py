@@ -445,6 +445,7 @@ def _copy_field(
         if vocabulary is not None:
             check_label_range(block, vocabulary, where=f"field {name!r}", start=begin)
         writer.write(memoryview(block.data).cast("B"))
+        writer.start_writeback()
         if report is not None:
             report(block.nbytes)
 

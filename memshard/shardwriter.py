@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 from .checksum import StreamingChecksum, checksum_of_file
+from .durable import start_writeback
 from .errors import ShardSizeError
 from .manifest import FieldSpec, ShardFile
 from .npyheader import header_bytes
@@ -29,6 +30,7 @@ class ShardFileWriter:
         self.spec = spec
         self.checksum = checksum
         self._pending = bytearray()
+        self._writeback_from = 0
 
     @classmethod
     def create(cls, root: str, relpath: str, spec: FieldSpec) -> ShardFileWriter:
@@ -82,6 +84,14 @@ class ShardFileWriter:
         """Flush, then state ``rows`` rows in the header (rewritten in place)."""
         self.flush()
         os.pwrite(self.fd, header_bytes(self.spec.numpy_dtype, self.spec.shape, rows), 0)
+
+    def start_writeback(self) -> None:
+        """Flush, and start writing to disk what was written since the last call (see
+        :func:`memshard.durable.start_writeback`)."""
+        self.flush()
+        end = os.lseek(self.fd, 0, os.SEEK_CUR)
+        start_writeback(self.fd, self._writeback_from, end - self._writeback_from)
+        self._writeback_from = end
 
     def sync(self) -> None:
         """Make everything written durable."""

@@ -29,6 +29,8 @@ from .errors import ConversionFailedError
 from .manifest import Shard
 
 Message = tuple[Any, ...]
+#: Seconds a worker told to finish may take to exit before it is killed.
+EXIT_TIMEOUT = 10
 
 
 class WorkerProcesses:
@@ -83,13 +85,14 @@ class WorkerProcesses:
         return "a conversion worker died"
 
     def close(self) -> None:
-        """Tell the workers to finish, and make sure they have."""
-        for process, connection in self._workers:
+        """Tell every worker to finish, then make sure each has."""
+        for _, connection in self._workers:
             with contextlib.suppress(OSError):
                 connection.send(None)
             connection.close()
+        for process, _ in self._workers:
             try:
-                process.wait(timeout=5)
+                process.wait(timeout=EXIT_TIMEOUT)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
