@@ -7,6 +7,7 @@ source plan (:func:`plan`), the per-process reader and the export.
 from __future__ import annotations
 
 import json
+import math
 import os
 import uuid
 from collections.abc import Mapping, Sequence
@@ -16,17 +17,19 @@ from typing import Any
 import numpy as np
 
 from .convert import require
-from .errors import DatasetExistsError, FieldNotFoundError, SourceError
+from .errors import DatasetExistsError, SourceError
 from .progress import progress_bar
 from .reader import Dataset
 from .sources import (
+    MAX_BLOCK_BYTES,
     ArrayInfo,
+    Catalogue,
     SourcePlan,
     array_problem,
     block_ranges,
+    export_fields,
     json_attrs_of,
-    plan_labels,
-    select_fields,
+    plan_source,
     stored_dtype,
 )
 
@@ -36,8 +39,10 @@ h5py = require("h5py", "hdf5")
 ATTRS_ATTRIBUTE = "memshard_attrs"
 #: Attribute holding a field's label vocabulary, written by :func:`export`.
 LABELS_ATTRIBUTE = "labels"
-#: HDF5 chunk cache per dataset while converting (whole blocks bypass it; edges use it).
-CHUNK_CACHE_BYTES = 16 << 20
+#: Largest HDF5 chunk cache per dataset while converting. Reads cover whole chunks, which
+#: HDF5 then copies straight into the buffer, so the cache is only sized (up to this) for
+#: chunks larger than a read block; a cache holding whole chunks would halve the read speed.
+MAX_CHUNK_CACHE_BYTES = 256 << 20
 #: Target size of a chunk written by :func:`export`.
 EXPORT_CHUNK_BYTES = 1 << 20
 
@@ -59,20 +64,22 @@ def plan(
     with _open_file(location) as handle:
         arrays = _arrays_in(handle) + _linked_arrays(handle, fields)
         root_attrs, left_out = _attributes(handle)
-    chosen, rows, skipped = select_fields(arrays, fields, location=location)
-    for name in left_out:
-        skipped[f"{location}:{name}"] = "attribute not representable in JSON"
-    return SourcePlan(
-        kind="hdf5",
-        location=location,
-        rows=rows,
-        fields=chosen,
-        attrs=root_attrs,
-        labels=plan_labels(chosen, labels, label_attr),
-        identity=_identity(location),
-        opener=Hdf5Opener(location, {name: field.origin for name, field in chosen.items()}),
-        skipped=skipped,
+    return plan_source(
+        Catalogue("hdf5", location, arrays, root_attrs, left_out),
+        fields,
+        labels=labels,
+        label_attr=label_attr,
+        identity=lambda _: _identity(location),
+        opener=lambda origins: Hdf5Opener(location, origins, _cache_bytes(arrays, origins)),
     )
+
+
+def _cache_bytes(arrays: list[ArrayInfo], origins: dict[str, str]) -> int:
+    """0 when every chunk is read whole; else room for the largest chunk (bounded)."""
+    largest = max(
+        (info.chunk_bytes for info in arrays if info.origin in origins.values()), default=0
+    )
+    return 0 if largest <= MAX_BLOCK_BYTES else min(largest, MAX_CHUNK_CACHE_BYTES)
 
 
 def _open_file(location: str) -> Any:
@@ -132,6 +139,7 @@ def _describe(dataset: Any, origin: str | None = None) -> ArrayInfo:
         shape=tuple(shape),
         dtype=stored_dtype(dataset.dtype) if problem is None else None,
         chunk_rows=chunks[0] if chunks else 1,
+        chunk_bytes=math.prod(chunks) * dataset.dtype.itemsize if chunks else 0,
         attrs=attrs,
         problem=problem,
     )
@@ -168,9 +176,10 @@ class Hdf5Opener:
 
     location: str
     origins: dict[str, str]
+    cache_bytes: int = 0
 
     def __call__(self) -> Hdf5Reader:
-        handle = h5py.File(self.location, "r", rdcc_nbytes=CHUNK_CACHE_BYTES)
+        handle = h5py.File(self.location, "r", rdcc_nbytes=self.cache_bytes)
         return Hdf5Reader(handle, {name: handle[path] for name, path in self.origins.items()})
 
 
@@ -204,7 +213,7 @@ def export(
     target = os.path.abspath(os.fspath(dst))
     if os.path.lexists(target) and not overwrite:
         raise DatasetExistsError(f"{target}: already exists (pass overwrite=True to replace it)")
-    names = _export_fields(dataset, fields)
+    names = export_fields(dataset, fields)
     temporary = f"{target}.memshard-tmp-{uuid.uuid4().hex[:12]}"
     total = sum(dataset[name].nbytes for name in names)
     try:
@@ -220,16 +229,6 @@ def export(
         if os.path.lexists(temporary):
             os.unlink(temporary)
         raise
-
-
-def _export_fields(dataset: Dataset, fields: Sequence[str] | None) -> list[str]:
-    names = list(dataset.fields) if fields is None else list(fields)
-    for name in names:
-        if name not in dataset.fields:
-            raise FieldNotFoundError(
-                f"{dataset.path}: no field {name!r} (fields: {', '.join(dataset.fields)})"
-            )
-    return names
 
 
 def _export_field(

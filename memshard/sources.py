@@ -19,11 +19,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from .dtypes import SUPPORTED_DESCRS
-from .errors import LabelError, SourceError, UnsupportedSourceError
+from .errors import FieldNotFoundError, LabelError, SourceError, UnsupportedSourceError
 from .layout import FIELD_NAME_PATTERN, MAX_FIELD_NAME
 
 #: A source block read at once stays near this size (whole source chunks, at least one row).
 READ_BLOCK_BYTES = 8 << 20
+#: A block never exceeds this size (at least one row), even when a source chunk is larger.
+MAX_BLOCK_BYTES = 64 << 20
 #: Attribute arrays and lists longer than this are not copied into the manifest.
 MAX_ATTR_ELEMENTS = 4096
 #: Attributes nested deeper than this are not copied (the manifest allows a little more).
@@ -46,6 +48,7 @@ class ArrayInfo:
     shape: tuple[int, ...]
     dtype: np.dtype[Any] | None
     chunk_rows: int = 1
+    chunk_bytes: int = 0
     attrs: dict[str, Any] = field(default_factory=dict)
     problem: str | None = None
 
@@ -99,6 +102,48 @@ class SourcePlan:
     opener: Opener
     in_memory: bool = False
     skipped: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """What a format module found in a source, before the fields are chosen."""
+
+    kind: str
+    location: str
+    arrays: list[ArrayInfo]
+    attrs: dict[str, Any]
+    left_out_attrs: list[str]
+
+
+def plan_source(
+    catalogue: Catalogue,
+    fields: Mapping[str, str] | None,
+    *,
+    labels: Mapping[str, Sequence[str]] | None,
+    label_attr: str | None,
+    identity: Callable[[dict[str, SourceField]], dict[str, Any]],
+    opener: Callable[[dict[str, str]], Opener],
+) -> SourcePlan:
+    """Choose the fields (:func:`select_fields`) and labels, and assemble the plan.
+
+    ``identity`` describes the source given the chosen fields; ``opener`` makes the opener
+    given ``{field name: array origin}``.
+    """
+    location = catalogue.location
+    chosen, rows, skipped = select_fields(catalogue.arrays, fields, location=location)
+    for name in catalogue.left_out_attrs:
+        skipped[f"{location}:{name}"] = "attribute not representable in JSON"
+    return SourcePlan(
+        kind=catalogue.kind,
+        location=location,
+        rows=rows,
+        fields=chosen,
+        attrs=catalogue.attrs,
+        labels=plan_labels(chosen, labels, label_attr),
+        identity=identity(chosen),
+        opener=opener({name: field.origin for name, field in chosen.items()}),
+        skipped=skipped,
+    )
 
 
 def stored_dtype(dtype: np.dtype[Any]) -> np.dtype[Any] | None:
@@ -337,13 +382,19 @@ def plan_labels(
 
 
 def block_rows_for(chunk_rows: int, row_bytes: int) -> int:
-    """Rows per read block: whole source chunks, about :data:`READ_BLOCK_BYTES` in all.
+    """Rows per read block: whole source chunks, about :data:`READ_BLOCK_BYTES` in all; a
+    chunk larger than :data:`MAX_BLOCK_BYTES` is read in parts of at most that size (or one
+    row), so memory stays bounded whatever the source's chunking.
 
     Example:
         >>> block_rows_for(chunk_rows=100, row_bytes=1024)
         8100
+        >>> block_rows_for(chunk_rows=1000, row_bytes=1 << 20)
+        64
     """
     chunk_bytes = max(1, chunk_rows * row_bytes)
+    if chunk_bytes > MAX_BLOCK_BYTES:
+        return max(1, MAX_BLOCK_BYTES // max(1, row_bytes))
     if chunk_bytes >= READ_BLOCK_BYTES:
         return chunk_rows
     return chunk_rows * max(1, READ_BLOCK_BYTES // chunk_bytes)
@@ -361,6 +412,22 @@ def block_ranges(start: int, stop: int, block_rows: int) -> Iterator[tuple[int, 
         end = min(stop, (begin // block_rows + 1) * block_rows)
         yield begin, end
         begin = end
+
+
+def export_fields(dataset: Any, fields: Sequence[str] | None) -> list[str]:
+    """The fields of ``dataset`` (a :class:`memshard.Dataset`) to export: ``fields``, each of
+    which must exist, or all of them.
+
+    Raises:
+        FieldNotFoundError: naming the dataset, the field and the fields there are.
+    """
+    names = list(dataset.fields) if fields is None else list(fields)
+    for name in names:
+        if name not in dataset.fields:
+            raise FieldNotFoundError(
+                f"{dataset.path}: no field {name!r} (fields: {', '.join(dataset.fields)})"
+            )
+    return names
 
 
 def check_label_range(values: np.ndarray, vocabulary_size: int, *, where: str, start: int) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -163,6 +164,8 @@ def _send_failure(connection: Connection, index: int, exc: Exception) -> None:
 
 
 if __name__ == "__main__":
+    # Ctrl-C reaches the whole process group; the parent alone decides, and stops the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         serve(Connection(int(sys.argv[1])))
     except (EOFError, KeyboardInterrupt, BrokenPipeError):

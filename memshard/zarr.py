@@ -17,17 +17,18 @@ from typing import Any
 import numpy as np
 
 from .convert import require
-from .errors import DatasetExistsError, FieldNotFoundError, SourceError
+from .errors import DatasetExistsError, SourceError
 from .progress import progress_bar
 from .reader import Dataset
 from .sources import (
     ArrayInfo,
+    Catalogue,
     SourcePlan,
     array_problem,
     block_ranges,
+    export_fields,
     json_attrs_of,
-    plan_labels,
-    select_fields,
+    plan_source,
     stored_dtype,
 )
 
@@ -69,19 +70,13 @@ def plan(
             if isinstance(member, zarr.Array)
         ]
         root_attrs, left_out = json_attrs_of(dict(node.attrs))
-    chosen, rows, skipped = select_fields(arrays, fields, location=location)
-    for name in left_out:
-        skipped[f"{location}:{name}"] = "attribute not representable in JSON"
-    return SourcePlan(
-        kind="zarr",
-        location=location,
-        rows=rows,
-        fields=chosen,
-        attrs=root_attrs,
-        labels=plan_labels(chosen, labels, label_attr),
-        identity=_identity(location, [field.origin for field in chosen.values()]),
-        opener=ZarrOpener(location, {name: field.origin for name, field in chosen.items()}),
-        skipped=skipped,
+    return plan_source(
+        Catalogue("zarr", location, arrays, root_attrs, left_out),
+        fields,
+        labels=labels,
+        label_attr=label_attr,
+        identity=lambda chosen: _identity(location, [field.origin for field in chosen.values()]),
+        opener=lambda origins: ZarrOpener(location, origins),
     )
 
 
@@ -172,12 +167,7 @@ def export(
     target = os.path.abspath(os.fspath(dst))
     if os.path.lexists(target) and not overwrite:
         raise DatasetExistsError(f"{target}: already exists (pass overwrite=True to replace it)")
-    names = list(dataset.fields) if fields is None else list(fields)
-    for name in names:
-        if name not in dataset.fields:
-            raise FieldNotFoundError(
-                f"{dataset.path}: no field {name!r} (fields: {', '.join(dataset.fields)})"
-            )
+    names = export_fields(dataset, fields)
     temporary = f"{target}.memshard-tmp-{uuid.uuid4().hex[:12]}"
     total = sum(dataset[name].nbytes for name in names)
     try:

@@ -19,11 +19,28 @@ import os
 import signal
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-HOW = ("interrupt", "error", "kill")
+from memshard.convert import STAGING_SUFFIX
+
+HOW = ("interrupt", "error", "kill", "ctrl-c")
+
+
+def staging_of(dst: Path) -> Path:
+    """Where a conversion to ``dst`` builds the dataset before renaming it."""
+    return Path(str(dst) + STAGING_SUFFIX)
+
+
+def assert_same_values(got: np.ndarray, expected: np.ndarray) -> None:
+    """Equal values, the same bits, stored little-endian."""
+    assert got.dtype.byteorder in "=<|"
+    assert got.dtype == expected.dtype.newbyteorder("<")
+    assert got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)
+    assert got.tobytes() == np.ascontiguousarray(expected, dtype=got.dtype).tobytes()
 
 
 @dataclass(frozen=True)
@@ -70,6 +87,11 @@ def stop_here(rule: StopAt) -> None:
         raise KeyboardInterrupt(f"test interrupt at row {rule.row}")
     if rule.how == "error":
         raise OSError(f"test read error at row {rule.row}")
+    if rule.how == "ctrl-c":  # what a terminal sends: SIGINT to the whole process group
+        if rule.protected_pid is not None and os.getpgid(rule.protected_pid) == os.getpgrp():
+            raise AssertionError("StopAt(how='ctrl-c') would interrupt the test runner")
+        os.killpg(os.getpgrp(), signal.SIGINT)
+        return
     if rule.protected_pid == os.getpid():
         raise AssertionError("StopAt(how='kill') would kill the test runner")
     os.kill(os.getpid(), signal.SIGKILL)
@@ -80,14 +102,23 @@ def with_stop(plan: Any, row: int, how: str, until: int | None = None) -> Any:
     return dataclasses.replace(plan, opener=StopAt(plan.opener, row, how, os.getpid(), until))
 
 
-def main(src: str, dst: str, row: int, shard_bytes: int, workers: int) -> None:
-    """Convert ``src`` to ``dst``; this process kills itself when row ``row`` is read."""
+def main(src: str, dst: str, row: int, shard_bytes: int, workers: int, how: str = "kill") -> None:
+    """Convert ``src`` to ``dst``, stopping as ``how`` says when row ``row`` is read.
+
+    With ``how="ctrl-c"`` (run it in a session of its own), the process group gets SIGINT:
+    this prints ``INTERRUPTED`` and exits with status 130 if the conversion raised
+    ``KeyboardInterrupt``.
+    """
     from memshard import hdf5
     from memshard.convert import convert
 
     plan = hdf5.plan(src, None)
-    plan = dataclasses.replace(plan, opener=StopAt(plan.opener, row, "kill"))
-    convert(plan, dst, shard_bytes=shard_bytes, workers=workers, progress=False)
+    plan = dataclasses.replace(plan, opener=StopAt(plan.opener, row, how))
+    try:
+        convert(plan, dst, shard_bytes=shard_bytes, workers=workers, progress=False)
+    except KeyboardInterrupt:
+        print("INTERRUPTED", flush=True)
+        sys.exit(130)
     print("FINISHED", flush=True)
 
 

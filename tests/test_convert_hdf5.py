@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +20,7 @@ import memshard.convert as ms_convert
 import memshard.hdf5 as ms_hdf5
 import memshard.sources as ms_sources
 import memshard.workers as ms_workers
-from memshard.convert import SOURCE_ATTR, STAGING_SUFFIX, convert
+from memshard.convert import SOURCE_ATTR, convert
 from memshard.errors import (
     ConversionFailedError,
     ConversionStateError,
@@ -30,8 +31,8 @@ from memshard.errors import (
     UnsupportedSourceError,
 )
 from memshard.sources import SUPPORTED_KINDS
-from tests.convert_helpers import with_stop
-from tests.helpers import run_from_repo
+from tests.convert_helpers import assert_same_values, staging_of, with_stop
+from tests.helpers import REPO_ROOT, run_from_repo
 
 # -- helpers -----------------------------------------------------------------------------------
 
@@ -42,21 +43,8 @@ def h5_read(src: Path, path: str) -> np.ndarray:
         return np.asarray(handle[path][()])
 
 
-def staging_of(dst: Path) -> Path:
-    return Path(str(dst) + STAGING_SUFFIX)
-
-
 def manifest_of(root: Path) -> dict[str, Any]:
     return json.loads((root / "manifest.json").read_text())
-
-
-def assert_same_values(got: np.ndarray, expected: np.ndarray) -> None:
-    """Equal values, the same bits, stored little-endian."""
-    assert got.dtype.byteorder in "=<|"
-    assert got.dtype == expected.dtype.newbyteorder("<")
-    assert got.shape == expected.shape
-    np.testing.assert_array_equal(got, expected)
-    assert got.tobytes() == np.ascontiguousarray(expected, dtype=got.dtype).tobytes()
 
 
 def assert_matches(ds: ms.Dataset, src: Path, fields: dict[str, str]) -> None:
@@ -897,6 +885,32 @@ def test_killed_conversion_resumes(tmp_path: Path) -> None:
     resume_and_check(src, dst, fields, shard_bytes=shard_bytes)
 
 
+def test_ctrl_c_stops_a_conversion_with_workers_then_resume_completes(tmp_path: Path) -> None:
+    """SIGINT to the whole process group, as a terminal sends it: the converter stops and
+    kills its workers (which ignore SIGINT themselves), keeping a prefix of whole shards."""
+    src = tmp_path / "src.h5"
+    fields, shard_bytes = write_resumable(src)
+    dst = tmp_path / "out"
+    code = (
+        "from tests.convert_helpers import main; "
+        f"main({str(src)!r}, {str(dst)!r}, 300, {shard_bytes}, 2, 'ctrl-c')"
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        start_new_session=True,  # its own process group: the SIGINT stays there
+        check=False,
+    )
+    assert child.returncode == 130, child.stderr
+    assert "INTERRUPTED" in child.stdout
+    assert "Traceback" not in child.stderr
+    assert assert_staged_prefix(src, dst, fields) % 100 == 0
+    resume_and_check(src, dst, fields, shard_bytes=shard_bytes, workers=2)
+
+
 @pytest.mark.parametrize("resume_workers", [1, 2])
 def test_interrupted_conversion_resumes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, resume_workers: int
@@ -1100,3 +1114,21 @@ def test_worker_failing_after_reporting_a_shard(
     monkeypatch.undo()
     assert assert_staged_prefix(src, dst, fields) == 100
     resume_and_check(src, dst, fields, shard_bytes=shard_bytes, workers=2)
+
+
+@pytest.mark.parametrize("compression", [None, "gzip"])
+def test_a_chunk_larger_than_a_read_block_is_read_in_bounded_parts(
+    tmp_path: Path, compression: str | None
+) -> None:
+    """One 72 MiB chunk (above MAX_BLOCK_BYTES): read in parts, through a chunk cache."""
+    src = tmp_path / "src.h5"
+    rows, width = 1152, 16384  # 64 KiB rows
+    values = np.arange(rows * width, dtype="<f4").reshape(rows, width)
+    with h5py.File(src, "w") as handle:
+        handle.create_dataset("x", data=values, chunks=(rows, width), compression=compression)
+    plan = ms_hdf5.plan(src, None)
+    assert plan.fields["x"].chunk_rows == rows
+    assert plan.opener.cache_bytes == rows * width * 4
+    ds = ms.from_hdf5(src, tmp_path / "out", shard_bytes=16 << 20)
+    assert len(ds.shards) > 1
+    assert_same_values(ds["x"][:], values)

@@ -15,7 +15,7 @@ import zarr
 import memshard as ms
 import memshard.sources as ms_sources
 import memshard.zarr as ms_zarr
-from memshard.convert import SOURCE_ATTR, STAGING_SUFFIX, convert
+from memshard.convert import SOURCE_ATTR, convert
 from memshard.errors import (
     ConversionStateError,
     DatasetExistsError,
@@ -24,7 +24,7 @@ from memshard.errors import (
     UnsupportedSourceError,
 )
 from memshard.sources import SUPPORTED_KINDS
-from tests.convert_helpers import with_stop
+from tests.convert_helpers import assert_same_values, staging_of, with_stop
 
 FORMATS = [2, 3]
 
@@ -32,19 +32,6 @@ FORMATS = [2, 3]
 def zarr_read(store: Path, path: str | None = None) -> np.ndarray:
     node = zarr.open(store=str(store), mode="r")
     return np.asarray(node[...] if path is None else node[path][...])
-
-
-def staging_of(dst: Path) -> Path:
-    return Path(str(dst) + STAGING_SUFFIX)
-
-
-def assert_same_values(got: np.ndarray, expected: np.ndarray) -> None:
-    """Equal values, the same bits, stored little-endian."""
-    assert got.dtype.byteorder in "=<|"
-    assert got.dtype == expected.dtype.newbyteorder("<")
-    assert got.shape == expected.shape
-    np.testing.assert_array_equal(got, expected)
-    assert got.tobytes() == np.ascontiguousarray(expected, dtype=got.dtype).tobytes()
 
 
 def assert_matches(ds: ms.Dataset, store: Path, fields: dict[str, str | None]) -> None:
