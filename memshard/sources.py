@@ -10,7 +10,9 @@ conversion worker opens the source itself (an HDF5 handle must never cross a ``f
 from __future__ import annotations
 
 import math
+import os
 import re
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +21,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from .dtypes import SUPPORTED_DESCRS
-from .errors import FieldNotFoundError, LabelError, SourceError, UnsupportedSourceError
+from .errors import (
+    DatasetExistsError,
+    FieldNotFoundError,
+    LabelError,
+    SourceError,
+    UnsupportedSourceError,
+)
 from .layout import FIELD_NAME_PATTERN, MAX_FIELD_NAME
 
 #: A source block read at once stays near this size (whole source chunks, at least one row).
@@ -414,20 +422,26 @@ def block_ranges(start: int, stop: int, block_rows: int) -> Iterator[tuple[int, 
         begin = end
 
 
-def export_fields(dataset: Any, fields: Sequence[str] | None) -> list[str]:
-    """The fields of ``dataset`` (a :class:`memshard.Dataset`) to export: ``fields``, each of
-    which must exist, or all of them.
+def export_plan(
+    dataset: Any, dst: str | os.PathLike[str], fields: Sequence[str] | None, overwrite: bool
+) -> tuple[str, str, list[str]]:
+    """Where and what to export ``dataset`` (a :class:`memshard.Dataset`) to: the target path,
+    a temporary name next to it (renamed to the target once written), and the fields.
 
     Raises:
-        FieldNotFoundError: naming the dataset, the field and the fields there are.
+        DatasetExistsError: ``dst`` exists and ``overwrite`` is false.
+        FieldNotFoundError: a requested field does not exist.
     """
+    target = os.path.abspath(os.fspath(dst))
+    if os.path.lexists(target) and not overwrite:
+        raise DatasetExistsError(f"{target}: already exists (pass overwrite=True to replace it)")
     names = list(dataset.fields) if fields is None else list(fields)
     for name in names:
         if name not in dataset.fields:
             raise FieldNotFoundError(
                 f"{dataset.path}: no field {name!r} (fields: {', '.join(dataset.fields)})"
             )
-    return names
+    return target, f"{target}.memshard-tmp-{uuid.uuid4().hex[:12]}", names
 
 
 def check_label_range(values: np.ndarray, vocabulary_size: int, *, where: str, start: int) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .convert import require
-from .errors import DatasetExistsError, SourceError
+from .errors import SourceError
 from .progress import progress_bar
 from .reader import Dataset
 from .sources import (
@@ -26,7 +25,7 @@ from .sources import (
     SourcePlan,
     array_problem,
     block_ranges,
-    export_fields,
+    export_plan,
     json_attrs_of,
     plan_source,
     stored_dtype,
@@ -164,11 +163,7 @@ def export(
     progress: bool | None = None,
 ) -> None:
     """Write ``dataset`` to the zarr directory store ``dst`` (see :func:`memshard.to_zarr`)."""
-    target = os.path.abspath(os.fspath(dst))
-    if os.path.lexists(target) and not overwrite:
-        raise DatasetExistsError(f"{target}: already exists (pass overwrite=True to replace it)")
-    names = export_fields(dataset, fields)
-    temporary = f"{target}.memshard-tmp-{uuid.uuid4().hex[:12]}"
+    target, temporary, names = export_plan(dataset, dst, fields, overwrite)
     total = sum(dataset[name].nbytes for name in names)
     try:
         group = zarr.open_group(temporary, mode="w-", zarr_format=zarr_format)
