@@ -319,16 +319,15 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from .reader import open as open_dataset
+    from .verify import verify_dataset
 
-    ds = open_dataset(args.dst)
-    report = ds.verify(progress=_progress(args))
+    report = verify_dataset(os.path.abspath(args.dst), progress=_progress(args))
     for problem in report.problems:
         print(f"{problem.path}: {problem.message}")
     rate = report.bytes_hashed / max(report.seconds, 1e-9)
     verdict = "ok" if report.ok else f"DAMAGED: {len(report.problems)} bad files"
     print(
-        f"{ds.path}: {verdict} ({report.files} files, {_human(report.bytes_hashed)} hashed "
+        f"{report.path}: {verdict} ({report.files} files, {_human(report.bytes_hashed)} hashed "
         f"in {report.seconds:.2f} s, {_human(rate)}/s)"
     )
     return OK if report.ok else DAMAGED

@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from . import npyheader
-from .checksum import CHECKSUM_PATTERN
+from .checksum import CHECKSUM_PATTERN, StreamingChecksum
 from .dtypes import SUPPORTED_DESCRS
 from .errors import ManifestError, UnsafePathError, UnsupportedVersionError
 from .layout import FIELD_NAME_PATTERN, SHARD_PATH_PATTERN, is_safe_shard_path
@@ -48,6 +48,11 @@ MAX_LABELS = 1 << 24
 MAX_REPORTED_PROBLEMS = 5
 
 Count = Field(ge=0, le=MAX_COUNT)
+#: The top-level member holding the manifest's own checksum (section 6.5 of the spec).
+CHECKSUM_KEY = "checksum"
+#: How a manifest with a checksum ends: the checksum value, quoted, then a newline, ``}`` and a
+#: newline. The checksum covers every byte before the value's opening quote.
+_CHECKSUM_TAIL = re.compile(rb'"(xxh3_64:[0-9a-f]{16})"\n\}\n\Z')
 
 
 class _Strict(BaseModel):
@@ -297,12 +302,45 @@ def loads(data: bytes, *, where: str) -> Manifest:
         raise ManifestError(f"{where}: not strict JSON ({exc})") from None
     if not isinstance(raw, dict):
         raise ManifestError(f"{where}: the top level must be an object, got {type(raw).__name__}")
-    if _check_version(raw, where):
+    newer = _check_version(raw, where)
+    if CHECKSUM_KEY in raw:
+        _check_own_checksum(data, raw.pop(CHECKSUM_KEY), where)
+        data = json.dumps(raw).encode("utf-8")
+    if newer:
         data = json.dumps(_known_keys_only(raw)).encode("utf-8")
     try:
         return Manifest.model_validate_json(data, strict=True)
     except ValidationError as exc:
         raise ManifestError(f"{where}: {_describe(exc)}") from None
+
+
+def own_checksum(prefix: bytes) -> str:
+    """The manifest checksum for the bytes before the checksum value (see :func:`dumps`)."""
+    state = StreamingChecksum()
+    state.update(prefix)
+    return state.digest()
+
+
+def _check_own_checksum(data: bytes, recorded: Any, where: str) -> None:
+    """The manifest's bytes must end with the recorded checksum and hash to it."""
+    tail = _CHECKSUM_TAIL.search(data)
+    if not isinstance(recorded, str) or tail is None or tail.group(1).decode() != recorded:
+        raise ManifestError(
+            f"{where}: checksum: must be the last member, written as "
+            f'"checksum": "xxh3_64:<16 hex digits>" followed by a newline, }} and a newline '
+            f"(got {recorded!r:.80})"
+        )
+    actual = own_checksum(data[: tail.start()])
+    if actual != recorded:
+        raise ManifestError(
+            f"{where}: checksum: the manifest's bytes hash to {actual}, it records {recorded} "
+            "(the manifest is corrupt)"
+        )
+
+
+def has_own_checksum(data: bytes) -> bool:
+    """Whether manifest bytes end with a checksum member (what :func:`dumps` writes)."""
+    return _CHECKSUM_TAIL.search(data) is not None
 
 
 def _check_version(raw: dict[str, Any], where: str) -> bool:
@@ -379,7 +417,8 @@ def load(path: str) -> Manifest:
 
 def dumps(manifest: Manifest) -> bytes:
     """The canonical bytes of ``manifest``: UTF-8 JSON, one top-level key per line and one shard
-    per line, keys in schema order, ending in a newline.
+    per line, keys in schema order, then the manifest's own checksum as the last member: the
+    xxh3-64 of every byte before the checksum value, so that any changed byte is detected.
     """
 
     def encode(value: Any) -> str:
@@ -389,13 +428,19 @@ def dumps(manifest: Manifest) -> bytes:
     shards = content.pop("shards")
     lines = [f" {encode(key)}: {encode(value)}," for key, value in content.items()]
     shard_lines = ",\n".join(f"  {encode(shard)}" for shard in shards)
-    lines.append(f' "shards": [\n{shard_lines}\n ]' if shards else ' "shards": []')
-    return ("{\n" + "\n".join(lines) + "\n}\n").encode("utf-8")
+    lines.append(f' "shards": [\n{shard_lines}\n ],' if shards else ' "shards": [],')
+    prefix = ("{\n" + "\n".join(lines) + f"\n {encode(CHECKSUM_KEY)}: ").encode("utf-8")
+    return prefix + f'"{own_checksum(prefix)}"\n}}\n'.encode()
 
 
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of the manifest, as published in ``spec/manifest.schema.json``."""
     schema = Manifest.model_json_schema(mode="validation")
+    schema["properties"][CHECKSUM_KEY] = {
+        "description": "xxh3-64 of the manifest's bytes before this value (spec section 6.5)",
+        "pattern": f"^{CHECKSUM_PATTERN.pattern}$",
+        "type": "string",
+    }
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "memshard manifest, format version " + FORMAT_VERSION
     return schema

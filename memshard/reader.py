@@ -146,17 +146,19 @@ def _load_manifest(root: str) -> Manifest:
     manifest_path = os.path.join(root, MANIFEST_NAME)
     try:
         return manifest_io.load(manifest_path)
-    except FileNotFoundError:
-        what = (
-            "is not a memshard dataset (no manifest.json)"
-            if os.path.isdir(root)
-            else ("does not exist")
-        )
-        raise DatasetNotFoundError(f"{root}: {what}") from None
-    except NotADirectoryError:
-        raise DatasetNotFoundError(f"{root}: is a file, not a memshard dataset directory") from None
+    except (FileNotFoundError, NotADirectoryError):
+        raise not_found(root) from None
     except IsADirectoryError:
         raise DatasetNotFoundError(f"{manifest_path}: is a directory, not a manifest") from None
+
+
+def not_found(root: str) -> DatasetNotFoundError:
+    """The error for a ``root`` holding no ``manifest.json``, saying what is there instead."""
+    if os.path.isdir(root):
+        return DatasetNotFoundError(f"{root}: is not a memshard dataset (no manifest.json)")
+    if os.path.lexists(root):
+        return DatasetNotFoundError(f"{root}: is a file, not a memshard dataset directory")
+    return DatasetNotFoundError(f"{root}: does not exist")
 
 
 def _restore(root: str, uuid: str, generation: int, rows: int) -> Dataset:
@@ -261,19 +263,17 @@ class Dataset:
         return self._snapshot.manifest
 
     def verify(self, *, progress: bool | None = False) -> VerifyReport:
-        """Check every shard file the manifest names: presence, size, header, and the
-        checksum of every sealed shard's data (each byte is read once).
+        """Check the dataset as it is on disk now: the manifest (strictly parsed, and its own
+        checksum) and every shard file it names: presence, size, header, and the checksum of
+        every sealed shard's data (each byte is read once).
 
         Returns a :class:`~memshard.verify.VerifyReport`; ``report.ok`` is false and
         ``report.problems`` names each bad file when anything is wrong (nothing is raised;
         ``report.raise_first()`` raises the first problem as its typed error).
         """
-        from .progress import progress_bar
-        from .verify import total_bytes, verify
+        from .verify import verify_dataset
 
-        manifest = self._snapshot.manifest
-        with progress_bar(total_bytes(manifest), desc="verify", enabled=progress) as bar:
-            return verify(self.path, manifest, report=bar.update)
+        return verify_dataset(self.path, progress=progress)
 
     def keys(self) -> list[str]:
         """The field names."""

@@ -1,4 +1,5 @@
-"""Checking a dataset on disk: every shard file's presence, size, header and checksum.
+"""Checking a dataset on disk: the manifest's own checksum, and every shard file's presence,
+size, header and checksum.
 
 :func:`verify` reads every data byte of every sealed shard once and compares its xxh3-64
 checksum with the manifest; the unsealed shard (which has no checksum yet) is checked for its
@@ -12,9 +13,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from . import manifest as manifest_io
 from .checksum import READ_CHUNK, StreamingChecksum
-from .errors import ChecksumError, MemshardError
-from .layout import open_shard
+from .errors import ChecksumError, DatasetNotFoundError, ManifestError, MemshardError
+from .layout import MANIFEST_NAME, open_shard
 from .manifest import FieldSpec, Manifest, ShardFile
 from .mappings import ShardPart, check_shard_file
 
@@ -48,6 +50,48 @@ class VerifyReport:
         if self.problems:
             first = self.problems[0]
             raise first.error(f"{first.path}: {first.message}")
+
+
+def verify_dataset(root: str, *, progress: bool | None = False) -> VerifyReport:
+    """Check the dataset at ``root`` as it is on disk now: the manifest (strict parse and its
+    own checksum, which must be present), then every file it names (see :func:`verify`).
+
+    Raises:
+        DatasetNotFoundError: ``root`` holds no ``manifest.json``.
+    """
+    from .progress import progress_bar
+
+    where = os.path.join(root, MANIFEST_NAME)
+    started = time.perf_counter()
+    try:
+        data = _read_manifest(root, where)
+        manifest = manifest_io.loads(data, where=where)
+    except MemshardError as exc:
+        if isinstance(exc, DatasetNotFoundError):
+            raise
+        result = VerifyReport(path=root, seconds=time.perf_counter() - started)
+        result.problems.append(Problem(where, _without_path(str(exc), where), type(exc)))
+        return result
+    with progress_bar(total_bytes(manifest), desc="verify", enabled=progress) as bar:
+        result = verify(root, manifest, report=bar.update)
+    if not manifest_io.has_own_checksum(data):
+        message = "has no checksum of its own, so damage to it cannot be detected"
+        result.problems.insert(0, Problem(where, message, ManifestError))
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _read_manifest(root: str, where: str) -> bytes:
+    try:
+        fd = os.open(where, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    except (FileNotFoundError, NotADirectoryError):
+        from .reader import not_found
+
+        raise not_found(root) from None
+    except OSError as exc:
+        raise ManifestError(f"{where}: cannot read the manifest ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read(manifest_io.MAX_MANIFEST_BYTES + 1)
 
 
 def verify(

@@ -73,6 +73,9 @@ def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def valid(dataset_dir: Path) -> dict[str, Any]:
     document: dict[str, Any] = json.loads((dataset_dir / MANIFEST_NAME).read_bytes())
+    # The mutations re-serialise the document, so they drop the manifest's own checksum (a
+    # manifest without one is valid); tests/test_manifest_checksum.py covers the checksum.
+    assert document.pop("checksum").startswith("xxh3_64:")
     # The mutations below index into this shape; fail loudly if create() changes it.
     assert [shard["rows"] for shard in document["shards"]] == [3, 3, 3, 1]
     assert all(shard["sealed"] for shard in document["shards"])
