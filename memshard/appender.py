@@ -29,9 +29,11 @@ from .durable import DeferredSync, fsync_directory, publish_manifest
 from .errors import (
     AppenderClosedError,
     ArgumentError,
+    CommitNotDurableError,
     DatasetExistsError,
     DatasetLockedError,
     DatasetNotFoundError,
+    MemshardError,
     ShardMissingError,
     UnsafePathError,
     UnsupportedVersionError,
@@ -73,6 +75,8 @@ def create(
         DatasetExistsError: ``path`` exists (and ``overwrite`` is false, or it is not a
             memshard dataset).
         DatasetLockedError: ``overwrite`` of a dataset that an appender holds.
+        WriteFailedError: the file system refused (read-only, full, I/O error); nothing is
+            left behind.
     """
     root = os.path.abspath(os.fspath(path))
     specs = field_specs(fields)
@@ -93,15 +97,21 @@ def create(
             f"{root}: already exists (pass overwrite=True to replace a dataset)"
         )
     staging = f"{root}.memshard-tmp-{manifest.uuid[:12]}"
-    os.makedirs(os.path.join(staging, SHARDS_DIR))
-    lock_fd = _lock(staging)
+    lock_fd = None
     try:
+        os.makedirs(os.path.join(staging, SHARDS_DIR))
+        lock_fd = _lock(staging)
         publish_manifest(staging, manifest)
         fsync_directory(os.path.join(staging, SHARDS_DIR))
         move_into_place(staging, root, overwrite)
-    except BaseException:
-        os.close(lock_fd)
+    except BaseException as exc:
+        if lock_fd is not None:
+            os.close(lock_fd)
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OSError) and not isinstance(exc, MemshardError):
+            raise WriteFailedError(
+                exc.errno, f"{root}: cannot create the dataset ({exc.strerror or exc})"
+            ) from exc
         raise
     return Appender(root, manifest, lock_fd)
 
@@ -186,7 +196,7 @@ def _lock(root: str) -> int:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | _CLOEXEC, 0o644)
     except OSError as exc:
         raise WriteFailedError(
-            exc.errno, f"{root}: cannot open the write lock ({exc.strerror})"
+            exc.errno, f"{root}: cannot open the write lock {lock_path} ({exc.strerror})"
         ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -308,6 +318,9 @@ class Appender:
         Raises:
             WriteFailedError: a write or fsync failed; the appender is then unusable and the
                 dataset stays as it was at the previous commit.
+            CommitNotDurableError: the commit became visible, but the last ``fsync`` (of the
+                directory, after the rename) failed, so it may not survive a power cut; the
+                appender is unusable and :attr:`committed_rows` counts the new rows.
         """
         self._check_usable()
         self._guarded(self._commit)
@@ -429,9 +442,14 @@ class Appender:
         index = len(self._committed.shards) + len(self._sealed) - (0 if self._kept_last else 1)
         shard = _OpenShard(index=index, row_offset=self._rows, rows=0)
         token = self._committed.uuid[:12]
-        for name, spec in self._specs.items():
-            relpath = shard_file_name(token, index, name)
-            shard.files[name] = ShardFileWriter.create(self.path, relpath, spec)
+        try:
+            for name, spec in self._specs.items():
+                relpath = shard_file_name(token, index, name)
+                shard.files[name] = ShardFileWriter.create(self.path, relpath, spec)
+        except BaseException:
+            for file in shard.files.values():
+                file.close()
+            raise
         self._new_files = True
         self._open = shard
         return shard
@@ -509,7 +527,14 @@ class Appender:
             }
         )
         manifest = Manifest.model_validate(manifest.model_dump())
-        publish_manifest(self.path, manifest)
+        try:
+            publish_manifest(self.path, manifest)
+        except CommitNotDurableError:
+            self._published(manifest, shard)  # visible: never commit these rows twice
+            raise
+        self._published(manifest, shard)
+
+    def _published(self, manifest: Manifest, shard: _OpenShard | None) -> None:
         self._committed = manifest
         self._sealed = []
         self._new_files = False
@@ -521,9 +546,9 @@ class Appender:
         try:
             return operation(*args)
         except OSError as exc:
+            self._failure = f"{type(exc).__name__}: {exc}"
             if isinstance(exc, WriteFailedError):
                 raise
-            self._failure = f"{type(exc).__name__}: {exc}"
             raise WriteFailedError(
                 exc.errno,
                 f"{self.path}: write failed, nothing after the last commit was saved ({exc})",

@@ -16,6 +16,7 @@ import os
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from .errors import CommitNotDurableError
 from .layout import MANIFEST_NAME, MANIFEST_TEMP_PREFIX
 from .manifest import Manifest, dumps
 
@@ -74,11 +75,23 @@ def write_file_durably(path: str, data: bytes) -> None:
 
 
 def publish_manifest(root: str, manifest: Manifest) -> None:
-    """Steps 3-5 of a commit: atomically replace ``root/manifest.json`` with ``manifest``."""
+    """Steps 3-5 of a commit: atomically replace ``root/manifest.json`` with ``manifest``.
+
+    Raises:
+        OSError: before the rename; ``manifest.json`` is unchanged.
+        CommitNotDurableError: after it; ``manifest`` is visible but not known to be durable.
+    """
     temporary = os.path.join(root, f"{MANIFEST_TEMP_PREFIX}{os.getpid()}")
     write_file_durably(temporary, dumps(manifest))
     os.replace(temporary, os.path.join(root, MANIFEST_NAME))
-    fsync_directory(root)
+    try:
+        fsync_directory(root)
+    except OSError as exc:
+        raise CommitNotDurableError(
+            exc.errno,
+            f"{root}: generation {manifest.generation} ({manifest.rows} rows) is visible but may "
+            f"not survive a power cut: syncing the directory failed ({exc.strerror})",
+        ) from exc
 
 
 class DeferredSync:

@@ -136,3 +136,14 @@ class ConversionFailedError(MemshardError, RuntimeError):
 
 class MissingDependencyError(MemshardError, ImportError):
     """An optional dependency (h5py, zarr, torch, tqdm) that this operation needs is missing."""
+
+
+class ReadFailedError(MemshardError, OSError):
+    """Reading a dataset failed for a reason outside it: too many open files, no permission,
+    an I/O error. The dataset may be fine; the process or the system is not."""
+
+
+class CommitNotDurableError(WriteFailedError):
+    """A commit became visible (the manifest was renamed into place) but the ``fsync`` that
+    makes the rename durable failed: readers see the new rows, a power cut may lose them. The
+    appender stops; do not append those rows again."""

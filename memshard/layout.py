@@ -13,11 +13,18 @@ append) is ignored by readers.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
 
-from .errors import SchemaError, ShardMissingError, UnsafePathError
+from .errors import (
+    MemshardError,
+    ReadFailedError,
+    SchemaError,
+    ShardMissingError,
+    UnsafePathError,
+)
 
 MANIFEST_NAME = "manifest.json"
 LOCK_NAME = ".memshard.lock"
@@ -78,16 +85,27 @@ def open_shard(root: str, relpath: str) -> int:
     except FileNotFoundError:
         raise ShardMissingError(f"{where}: shard directory is missing") from None
     except OSError as exc:
-        raise UnsafePathError(f"{where}: {directory!r} is not a plain directory ({exc})") from None
+        raise _open_error(exc, where, f"{directory!r} is not a plain directory") from None
     try:
         fd = os.open(name, flags, dir_fd=dir_fd)
     except FileNotFoundError:
         raise ShardMissingError(f"{where}: shard file is missing") from None
     except OSError as exc:
-        raise UnsafePathError(f"{where}: cannot open shard ({exc.strerror})") from None
+        raise _open_error(exc, where, "the shard is a symbolic link") from None
     finally:
         os.close(dir_fd)
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise ShardMissingError(f"{where}: shard is not a regular file")
     return fd
+
+
+def _open_error(exc: OSError, where: str, unsafe: str) -> MemshardError:
+    """The typed error for a failed ``open`` of a shard path: a link or a non-directory in the
+    way is unsafe, something that is not a file is missing, anything else (too many open
+    files, no permission, an I/O error) is a failure to read."""
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+        return UnsafePathError(f"{where}: {unsafe} ({exc.strerror})")
+    if exc.errno in (errno.ENXIO, errno.ENODEV, errno.EISDIR):
+        return ShardMissingError(f"{where}: shard is not a regular file ({exc.strerror})")
+    return ReadFailedError(exc.errno, f"{where}: cannot open shard ({exc.strerror})")

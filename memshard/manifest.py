@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import stat
 from functools import lru_cache
 from typing import Any, Literal, cast
 
@@ -28,7 +29,7 @@ from pydantic import (
 from . import npyheader
 from .checksum import CHECKSUM_PATTERN, StreamingChecksum
 from .dtypes import SUPPORTED_DESCRS
-from .errors import ManifestError, UnsafePathError, UnsupportedVersionError
+from .errors import ManifestError, ReadFailedError, UnsafePathError, UnsupportedVersionError
 from .layout import FIELD_NAME_PATTERN, SHARD_PATH_PATTERN, is_safe_shard_path
 
 FORMAT_NAME: Literal["memshard"] = "memshard"
@@ -402,16 +403,37 @@ def _describe(exc: ValidationError) -> str:
 def load(path: str) -> Manifest:
     """Read and validate the manifest file at ``path`` (see :func:`loads`).
 
-    The file itself must not be a symbolic link (the dataset directory may be one).
+    The file itself must be a regular file, not a symbolic link (the dataset directory may be
+    one), nor a FIFO or socket, which could block the reader or never end.
+
+    Raises:
+        FileNotFoundError, NotADirectoryError, IsADirectoryError: no manifest at ``path``.
+        UnsafePathError: the manifest is a symbolic link.
+        ManifestError: it is not a regular file, or see :func:`loads`.
+        ReadFailedError: it cannot be read (no permission, too many open files, I/O error).
     """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, flags)
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        raise
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise UnsafePathError(f"{path}: the manifest is a symbolic link") from None
-        raise
+        if exc.errno in (errno.ENXIO, errno.ENODEV):
+            raise ManifestError(f"{path}: the manifest is not a regular file") from None
+        message = f"{path}: cannot open the manifest ({exc.strerror})"
+        raise ReadFailedError(exc.errno, message) from None
     with os.fdopen(fd, "rb") as handle:
-        data = handle.read(MAX_MANIFEST_BYTES + 1)
+        mode = os.fstat(handle.fileno()).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+        if not stat.S_ISREG(mode):
+            raise ManifestError(f"{path}: the manifest is not a regular file")
+        try:
+            data = handle.read(MAX_MANIFEST_BYTES + 1)
+        except OSError as exc:
+            raise ReadFailedError(exc.errno, f"{path}: cannot read the manifest ({exc})") from None
     return loads(data, where=path)
 
 

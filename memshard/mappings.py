@@ -21,7 +21,7 @@ import os
 import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,21 +122,20 @@ def map_segment(root: str, spec: FieldSpec, parts: Sequence[ShardPart]) -> np.nd
         ShardSizeError: a file is shorter than the manifest says, or longer for a sealed shard.
         ShardHeaderError: a header is not the canonical one for this field and row count.
     """
-    descriptors = [_open_checked(root, spec, part) for part in parts]
-    try:
-        if BACK_TO_BACK:
-            region, offset = _map_back_to_back(spec, parts, descriptors)
-        else:
-            (part,) = parts
+    if BACK_TO_BACK:
+        region, offset = _map_back_to_back(
+            spec, parts, lambda part: _open_checked(root, spec, part)
+        )
+    else:
+        (part,) = parts
+        fd = _open_checked(root, spec, part)
+        try:
             region = mmap.mmap(
-                descriptors[0],
-                part.file.data_offset + part.rows * spec.row_bytes,
-                access=mmap.ACCESS_READ,
+                fd, part.file.data_offset + part.rows * spec.row_bytes, access=mmap.ACCESS_READ
             )
-            offset = part.file.data_offset
-    finally:
-        for fd in descriptors:
+        finally:
             os.close(fd)
+        offset = part.file.data_offset
     rows = sum(part.rows for part in parts)
     array: np.ndarray = np.frombuffer(
         region,
@@ -238,9 +237,11 @@ _LIBC_MADVISE: Any = _libc_madvise()
 
 
 def _map_back_to_back(
-    spec: FieldSpec, parts: Sequence[ShardPart], fds: list[int]
+    spec: FieldSpec, parts: Sequence[ShardPart], open_part: Callable[[ShardPart], int]
 ) -> tuple[mmap.mmap, int]:
-    """Reserve address space for every part, then map each file's data into its place.
+    """Reserve address space for every part, then map each file's data into its place: one
+    file at a time, opened (and checked) by ``open_part`` and closed once mapped, so a segment
+    of any number of shards needs one free file descriptor.
 
     Returns the reservation and the offset in it where the rows start. The reservation is an
     ordinary read-only anonymous ``mmap`` object: it gives numpy a buffer with the right
@@ -259,19 +260,25 @@ def _map_back_to_back(
     start_offset = (parts[0].file.data_offset - start) % HUGE_PAGE
     base = start + start_offset
     offset = 0
-    for part, length, fd in zip(parts, lengths, fds, strict=True):
-        if length:
-            address = _LIBC_MMAP(
-                base + offset,
-                length,
-                mmap.PROT_READ,
-                mmap.MAP_SHARED | _MAP_FIXED,
-                fd,
-                part.file.data_offset,
-            )
-            if address != base + offset:
-                error = ctypes.get_errno()
-                region.close()
-                raise OSError(error, f"mmap of {part.file.path} failed: {os.strerror(error)}")
-        offset += length
+    try:
+        for part, length in zip(parts, lengths, strict=True):
+            fd = open_part(part)
+            try:
+                if length:
+                    _map_fixed(part, base + offset, length, fd)
+            finally:
+                os.close(fd)
+            offset += length
+    except BaseException:
+        region.close()  # also unmaps the files already placed over it
+        raise
     return region, start_offset
+
+
+def _map_fixed(part: ShardPart, address: int, length: int, fd: int) -> None:
+    mapped = _LIBC_MMAP(
+        address, length, mmap.PROT_READ, mmap.MAP_SHARED | _MAP_FIXED, fd, part.file.data_offset
+    )
+    if mapped != address:
+        error = ctypes.get_errno()
+        raise OSError(error, f"mmap of {part.file.path} failed: {os.strerror(error)}")

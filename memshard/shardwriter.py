@@ -8,6 +8,7 @@ into the shared file, as an inherited ``io.BufferedWriter`` would.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from .checksum import StreamingChecksum, checksum_of_file
@@ -34,12 +35,20 @@ class ShardFileWriter:
 
     @classmethod
     def create(cls, root: str, relpath: str, spec: FieldSpec) -> ShardFileWriter:
-        """Create ``root/relpath`` (which must not exist) holding a header and no rows."""
-        fd = os.open(
-            os.path.join(root, relpath), os.O_RDWR | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o644
-        )
+        """Create ``root/relpath`` (which must not exist) holding a header and no rows.
+
+        If writing the header fails, the file is closed and removed before the error is
+        raised, so that a full disk gets its space back."""
+        where = os.path.join(root, relpath)
+        fd = os.open(where, os.O_RDWR | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o644)
         writer = cls(fd, relpath, spec, StreamingChecksum())
-        writer._write_all(header_bytes(spec.numpy_dtype, spec.shape, 0))
+        try:
+            writer._write_all(header_bytes(spec.numpy_dtype, spec.shape, 0))
+        except BaseException:
+            writer.close()
+            with contextlib.suppress(OSError):
+                os.unlink(where)
+            raise
         return writer
 
     @classmethod

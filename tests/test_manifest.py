@@ -12,8 +12,12 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import re
 import shutil
+import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +32,14 @@ import memshard
 from memshard import manifest as manifest_io
 from memshard import npyheader
 from memshard.dtypes import SUPPORTED_DESCRS
-from memshard.errors import ManifestError, MemshardError, UnsupportedVersionError
+from memshard.errors import (
+    DatasetNotFoundError,
+    InvalidDatasetError,
+    ManifestError,
+    MemshardError,
+    UnsafePathError,
+    UnsupportedVersionError,
+)
 from memshard.layout import FIELD_NAME_PATTERN, MANIFEST_NAME, shard_file_name
 from memshard.manifest import (
     MAX_COUNT,
@@ -210,6 +221,31 @@ def _same_path_twice(document: dict[str, Any]) -> None:
 def _same_path_in_shard(document: dict[str, Any]) -> None:
     files = document["shards"][0]["files"]
     files["y"]["path"] = files["x"]["path"]
+
+
+def _unsealed_last_shard_over_shard_rows(document: dict[str, Any]) -> None:
+    """Drop shard 3 and leave shard 2 (3 rows) unsealed, in 2-row shards."""
+    del document["shards"][3]
+    document["rows"] = 9
+    document["shard_rows"] = 2
+    _unseal(2, keep_checksum=False)(document)
+
+
+def _overflowing_shard(document: dict[str, Any]) -> None:
+    """Shard 3 claims MAX_COUNT rows, with byte sizes to match (which overflow)."""
+    shard = document["shards"][3]
+    shard["rows"] = MAX_COUNT
+    shard["files"]["x"]["nbytes"] = 12 * MAX_COUNT
+    shard["files"]["y"]["nbytes"] = 8 * MAX_COUNT
+    document["rows"] = 9 + MAX_COUNT
+
+
+def _nested(depth: int) -> Callable[[str], str]:
+    return replace_once('"k": [1, 2]', '"k": ' + "[" * depth + "]" * depth)
+
+
+def _exponent_generation(content: str) -> str:
+    return re.sub(r'"generation": \d+', '"generation": 1E2', content, count=1)
 
 
 # -- the table ---------------------------------------------------------------------------------
@@ -432,6 +468,94 @@ BAD: list[Bad] = [
     path_case("labels.y", ["cat", "dog", "cat"]),
     path_case("labels.y", ["cat", 1]),
     path_case("labels.y", None),
+    # -- more hostile files (audit: truncation, encodings, nesting, numbers, duplicates)
+    Bad("truncated by one byte", raw(lambda c: c[:-1]), ManifestError, "not strict JSON"),
+    Bad("whitespace only", raw(lambda c: b" \n\t\n"), ManifestError, "not strict JSON"),
+    Bad("NUL bytes", raw(lambda c: bytes(64)), ManifestError, "not strict JSON"),
+    Bad("UTF-16", raw(lambda c: c.decode().encode("utf-16")), ManifestError, "not strict JSON"),
+    Bad("empty object", lambda d: b"{}", ManifestError, "format"),
+    Bad("top level number", lambda d: b"1", ManifestError, "top level"),
+    Bad("top level true", lambda d: b"true", ManifestError, "top level"),
+    Bad("trailing comma", raw(lambda c: c[:-1] + b",}"), ManifestError, "not strict JSON"),
+    Bad("comment", raw(lambda c: b"// memshard\n" + c), ManifestError, "not strict JSON"),
+    Bad(
+        "single-quoted key",
+        text(replace_once('"format"', "'format'")),
+        ManifestError,
+        "not strict JSON",
+    ),
+    Bad("lowercase nan", text(replace_once('"k": [1, 2]', '"k": nan')), ManifestError, "JSON"),
+    Bad("lone surrogate", text(replace_once('"démo"', '"\\ud800"')), ManifestError, "JSON"),
+    Bad("nesting beyond the parser", text(_nested(100_000)), ManifestError, "recursion"),
+    Bad("nesting beyond the validator", text(_nested(300)), ManifestError, "recursion"),
+    Bad(
+        "integer of 5000 digits",
+        text(replace_once('"k": [1, 2]', '"k": ' + "9" * 5000)),
+        ManifestError,
+        "digits",
+    ),
+    Bad("integer with an exponent", text(_exponent_generation), ManifestError, "generation"),
+    Bad(
+        "duplicate key in attrs",
+        text(replace_once('"k": [1, 2]', '"k": [1, 2], "k": 3')),
+        ManifestError,
+        "duplicate key 'k'",
+    ),
+    Bad(
+        "duplicate key in labels",
+        text(replace_once('"y": ["cat"', '"y": ["cat"], "y": ["cat"')),
+        ManifestError,
+        "duplicate key 'y'",
+    ),
+    Bad(
+        "duplicate key in a shard",
+        text(replace_once('"row_offset": 0', '"row_offset": 0, "row_offset": 0')),
+        ManifestError,
+        "duplicate key 'row_offset'",
+    ),
+    path_case("uuid", 12345),
+    path_case("format", None),
+    path_case("format", "memshard "),
+    path_case("version", "9999.0", error=UnsupportedVersionError),
+    path_case("version", "1.10000"),
+    path_case("version", "-1.0"),
+    path_case("generation", 2**64),
+    path_case("shard_rows", MAX_COUNT + 1),
+    path_case("shards[1].row_offset", MAX_COUNT + 1),
+    path_case("shards[3].row_offset", 10),  # past the end
+    path_case(f"{X0}.nbytes", MAX_COUNT + 1),
+    path_case(f"{X0}.data_offset", -4096),
+    path_case(f"{X0}.data_offset", 4097),
+    path_case(f"{X0}.data_offset", 2**64),
+    path_case(f"{X0}.data_offset", True),
+    path_case("shards[0].files.x", "shards/a.npy"),
+    path_case("fields.x", None),
+    path_case("fields.x.dtype", None),
+    path_case("fields.x.dtype", ""),
+    Bad(
+        "unsealed last shard over shard_rows",
+        edit(_unsealed_last_shard_over_shard_rows),
+        ManifestError,
+        "shards[2].rows",
+    ),
+    Bad(
+        "shard of MAX_COUNT rows",
+        edit(_overflowing_shard),
+        ManifestError,
+        "shards[3].files.x.nbytes",
+    ),
+    path_case(f"{X0}.path", "shards/a..b.npy"),
+    path_case(f"{X0}.path", "./shards/a.npy"),
+    path_case(f"{X0}.path", "~/shards/a.npy"),
+    path_case(f"{X0}.path", "shards/-a.npy"),
+    path_case(f"{X0}.path", "shards/a b.npy"),
+    path_case(f"{X0}.path", "shards/é.npy"),
+    path_case(f"{X0}.path", "SHARDS/a.npy"),
+    path_case(f"{X0}.path", "shards/a.npy/"),
+    Bad("empty field name", edit(_rename_field("x", "")), ManifestError, "''"),
+    Bad("field name with a digit first", edit(_rename_field("x", "1x")), ManifestError, "'1x'"),
+    Bad("field name too long", edit(_rename_field("x", "x" * 65)), ManifestError, "'xxxx"),
+    Bad("field name not ASCII", edit(_rename_field("x", "é")), ManifestError, "'é'"),
     # -- size
     Bad("larger than MAX_MANIFEST_BYTES", raw(_oversized), ManifestError, "bytes, more than"),
 ]
@@ -477,8 +601,116 @@ def test_open_refuses(dataset_dir: Path, valid: dict[str, Any], tmp_path: Path, 
 
 
 def test_table_is_large_enough() -> None:
-    assert len(BAD) >= 40
+    assert len(BAD) >= 50
     assert len({case.id for case in BAD}) == len(BAD), "case ids must be unique"
+
+
+# -- the manifest file itself: links, directories, special files -------------------------------
+def _manifest_symlink(root: Path) -> None:
+    elsewhere = root.parent / "elsewhere.json"
+    (root / MANIFEST_NAME).rename(elsewhere)
+    (root / MANIFEST_NAME).symlink_to(elsewhere)
+
+
+def _manifest_dangling_symlink(root: Path) -> None:
+    (root / MANIFEST_NAME).unlink()
+    (root / MANIFEST_NAME).symlink_to(root / "nowhere.json")
+
+
+def _manifest_directory(root: Path) -> None:
+    (root / MANIFEST_NAME).unlink()
+    (root / MANIFEST_NAME).mkdir()
+
+
+def _manifest_socket(root: Path) -> None:
+    (root / MANIFEST_NAME).unlink()
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(root / MANIFEST_NAME))  # the file stays after the socket closes
+
+
+def _dataset_is_a_file(root: Path) -> None:
+    shutil.rmtree(root)
+    root.write_bytes(b"{}")
+
+
+#: What replaces ``manifest.json`` (or the dataset), the error and a fragment of its message.
+MANIFEST_FILES: list[tuple[str, Callable[[Path], None], type[MemshardError], str]] = [
+    ("symlink to a valid copy", _manifest_symlink, UnsafePathError, "symbolic link"),
+    ("dangling symlink", _manifest_dangling_symlink, UnsafePathError, "symbolic link"),
+    ("directory", _manifest_directory, DatasetNotFoundError, "is a directory"),
+    ("missing", lambda root: (root / MANIFEST_NAME).unlink(), DatasetNotFoundError, "no manifest"),
+    ("dataset is a file", _dataset_is_a_file, DatasetNotFoundError, "is a file"),
+    ("UNIX socket", _manifest_socket, InvalidDatasetError, ""),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "damage", "error", "says"), MANIFEST_FILES, ids=[case[0] for case in MANIFEST_FILES]
+)
+def test_manifest_file_is_refused(
+    dataset_dir: Path,
+    tmp_path: Path,
+    name: str,
+    damage: Callable[[Path], None],
+    error: type[MemshardError],
+    says: str,
+) -> None:
+    root = tmp_path / "ds"
+    shutil.copytree(dataset_dir, root, symlinks=True)
+    damage(root)
+    with pytest.raises(MemshardError) as caught:
+        memshard.open(root)
+    assert isinstance(caught.value, error), f"{type(caught.value).__name__}: {caught.value}"
+    assert str(caught.value).startswith(str(root))
+    assert says in str(caught.value)
+
+
+def test_dataset_directory_may_be_a_symlink(dataset_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "link").symlink_to(dataset_dir, target_is_directory=True)
+    assert len(memshard.open(tmp_path / "link")) == ROWS
+
+
+_OPEN_FIFO = """
+import json, os, sys, memshard
+root, when = sys.argv[1:]
+def fifo():
+    os.unlink(os.path.join(root, "manifest.json"))
+    os.mkfifo(os.path.join(root, "manifest.json"))
+try:
+    if when == "open":
+        fifo()
+        memshard.open(root)
+    else:
+        dataset = memshard.open(root)
+        fifo()
+        dataset.refresh()
+    print(json.dumps({"error": None}))
+except Exception as exc:
+    print(json.dumps({"error": [c.__name__ for c in type(exc).__mro__], "message": str(exc)}))
+"""
+
+
+@pytest.mark.parametrize("when", ["open", "refresh"])
+def test_manifest_fifo_does_not_hang(dataset_dir: Path, tmp_path: Path, when: str) -> None:
+    """Opening a FIFO for reading waits for a writer: a reader must refuse it, not hang."""
+    root = tmp_path / "ds"
+    shutil.copytree(dataset_dir, root, symlinks=True)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", _OPEN_FIFO, str(root), when],
+            capture_output=True,
+            text=True,
+            timeout=8,
+            check=False,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"memshard {when} hung on {root / MANIFEST_NAME}, a FIFO")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["error"] is not None
+    assert "MemshardError" in report["error"], report
+    assert str(root) in report["message"]
 
 
 @pytest.mark.parametrize(("name", "mutate"), GOOD, ids=[name for name, _ in GOOD])

@@ -15,6 +15,7 @@ import pickle
 import re
 import shutil
 import signal
+import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from hypothesis import strategies as st
 import memshard
 from memshard import mappings, npyheader
 from memshard.errors import (
+    ChecksumError,
     InvalidDatasetError,
     ShardHeaderError,
     ShardMissingError,
@@ -160,6 +162,40 @@ def shorter_header_same_size(data: bytes) -> bytes:
     return shorter_header(data) + bytes(HEADER_SIZE - 64)
 
 
+def numpy_saved(data: bytes, *, pad: bool = False) -> bytes:
+    """The same rows written by ``numpy.save``: a valid .npy file with numpy's own (shorter,
+    non-canonical) header; ``pad`` brings it back to the original size."""
+    rows = np.frombuffer(data[HEADER_SIZE:], dtype="<f4").reshape(-1, *X_SHAPE)
+    buffer = io.BytesIO()
+    np.save(buffer, rows)
+    saved = buffer.getvalue()
+    return saved.ljust(len(data), b"\0") if pad else saved
+
+
+def nul_padded(data: bytes) -> bytes:
+    """The canonical header with NUL bytes where the padding spaces are."""
+    header = data[:HEADER_SIZE]
+    end = header.index(b"}") + 1
+    return header[:end] + bytes(HEADER_SIZE - end - 1) + b"\n" + data[HEADER_SIZE:]
+
+
+def bigger_header(extra: int, shape: str) -> Mutation:
+    """A header ``extra`` bytes larger than the canonical one (the data moves along)."""
+    size = HEADER_SIZE + extra
+
+    def mutate(data: bytes) -> bytes:
+        body = _dictionary(shape=shape).ljust(size - 11).encode("latin-1") + b"\n"
+        return (
+            npyheader.MAGIC
+            + b"\x02\x00"
+            + struct.pack("<I", len(body) - 2)
+            + body[2:]
+            + (data[HEADER_SIZE:])
+        )
+
+    return mutate
+
+
 @dataclass(frozen=True)
 class Bad:
     id: str
@@ -252,6 +288,81 @@ BAD: list[Bad] = [
     Bad("no shape key", SEALED, body_text("{'descr': '<f4', }"), ShardHeaderError, "'shape'"),
     Bad("not a dictionary", SEALED, body_text("(3, 2, 4)"), ShardHeaderError, "'shape'"),
     Bad("negative rows", SEALED, body_text(_dictionary(shape="(-3, 2, 4)")), ShardHeaderError),
+    # -- more hostile shards (audit: oversized headers, numpy's own files, odd literals)
+    Bad("header length 0xffff", SEALED, at(8, b"\xff\xff"), ShardHeaderError, "does not match"),
+    Bad("64 KiB header, sealed", SEALED, bigger_header(61440, "(3, 2, 4)"), ShardSizeError),
+    Bad(
+        "64 KiB header, unsealed",
+        UNSEALED,
+        bigger_header(61440, "(1, 2, 4)"),
+        ShardHeaderError,
+        ".npy version (2, 0)",
+    ),
+    Bad("written by numpy.save", SEALED, numpy_saved, ShardSizeError, "truncated"),
+    Bad(
+        "written by numpy.save, same size",
+        SEALED,
+        lambda d: numpy_saved(d, pad=True),
+        ShardHeaderError,
+        "unreadable header",
+    ),
+    Bad(
+        "structured descr with an object field",
+        SEALED,
+        with_dictionary(descr="[('a', '|O')]"),
+        ShardHeaderError,
+        "match",
+    ),
+    Bad("string descr", SEALED, with_dictionary(descr="'<U2'"), ShardHeaderError, "match"),
+    Bad("void descr", SEALED, with_dictionary(descr="'|V32'"), ShardHeaderError, "match"),
+    Bad(
+        "fortran order, transposed shape",
+        SEALED,
+        with_dictionary(fortran="True", shape="(4, 2, 3)"),
+        ShardHeaderError,
+        "match",
+    ),
+    Bad("0-d shape", SEALED, with_dictionary(shape="()"), ShardHeaderError, "'shape'"),
+    Bad("rows a string", SEALED, with_dictionary(shape="('3', 2, 4)"), ShardHeaderError, "'shape'"),
+    Bad("rows a bool", SEALED, with_dictionary(shape="(True, 2, 4)"), ShardHeaderError, "'shape'"),
+    Bad(
+        "rows with a leading zero",
+        SEALED,
+        with_dictionary(shape="(03, 2, 4)"),
+        ShardHeaderError,
+        "unreadable",
+    ),
+    Bad("rows in hex", SEALED, with_dictionary(shape="(0x3, 2, 4)"), ShardHeaderError, "match"),
+    Bad(
+        "huge sample dimension",
+        SEALED,
+        with_dictionary(shape="(3, 2, " + "9" * 30 + ")"),
+        ShardHeaderError,
+        "match",
+    ),
+    Bad(
+        "shape key twice",
+        SEALED,
+        body_text(_dictionary()[:-1] + "'shape': (3, 2, 4), }"),
+        ShardHeaderError,
+        "match",
+    ),
+    Bad(
+        "keys reordered",
+        SEALED,
+        body_text("{'shape': (3, 2, 4), 'descr': '<f4', 'fortran_order': False, }"),
+        ShardHeaderError,
+        "match",
+    ),
+    Bad(
+        "a call instead of a dictionary",
+        SEALED,
+        body_text("__import__('os').mkdir('pwned')"),
+        ShardHeaderError,
+        "unreadable",
+    ),
+    Bad("NUL padding", SEALED, nul_padded, ShardHeaderError, "unreadable"),
+    Bad("CRLF at the end", SEALED, at(HEADER_SIZE - 2, b"\r\n"), ShardHeaderError, "match"),
 ]
 
 GOOD: list[tuple[str, int, Mutation]] = [
@@ -272,7 +383,8 @@ def _damage(root: Path, shard: int, mutate: Mutation) -> Path:
 
 
 def test_table_is_large_enough() -> None:
-    assert len(BAD) >= 15
+    assert len(BAD) >= 50
+    assert len(HEADERS) >= 50
     assert len({case.id for case in BAD}) == len(BAD)
 
 
@@ -453,6 +565,27 @@ def _shards_file(root: Path) -> Path:
     return root / SHARDS_DIR
 
 
+def _socket(root: Path) -> Path:
+    path = _remove(root)
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(path))  # the socket file stays after the socket closes
+    return path
+
+
+def _other_field(root: Path) -> Path:
+    """The y file of the same shard, padded to the x file's size, in place of the x file."""
+    path = _shard_path(root, SEALED)
+    size = path.stat().st_size
+    path.write_bytes(_shard_path(root, SEALED, "y").read_bytes().ljust(size, b"\0"))
+    return path
+
+
+def _shards_fifo(root: Path) -> Path:
+    shutil.rmtree(root / SHARDS_DIR)
+    os.mkfifo(root / SHARDS_DIR)
+    return root / SHARDS_DIR
+
+
 FILESYSTEM: list[tuple[str, Callable[[Path], Path], type[InvalidDatasetError]]] = [
     ("missing file", _remove, ShardMissingError),
     ("directory instead of the file", _directory, ShardMissingError),
@@ -462,6 +595,10 @@ FILESYSTEM: list[tuple[str, Callable[[Path], Path], type[InvalidDatasetError]]] 
     ("shards/ is a symlink", _shards_symlink, UnsafePathError),
     ("shards/ is missing", _shards_missing, ShardMissingError),
     ("shards/ is a file", _shards_file, UnsafePathError),
+    ("shards/ is a FIFO", _shards_fifo, UnsafePathError),
+    ("another field's file", _other_field, ShardHeaderError),
+    # A socket is not a regular file, like the directory above (ShardMissingError's own words).
+    ("UNIX socket instead of the file", _socket, ShardMissingError),
 ]
 
 
@@ -481,6 +618,22 @@ def test_file_system_damage_is_refused(
         ACCESSORS[access](dataset, ROW_IN[SEALED])
     assert type(caught.value) is error, f"{type(caught.value).__name__}: {caught.value}"
     assert str(caught.value).startswith(str(path))
+
+
+def test_swapped_sealed_shards_are_found_by_verify(dataset: Path) -> None:
+    """Two sealed shard files of the same field swapped: header and size are right, so readers
+    cannot tell (they never hash data); verify() names both files as corrupt."""
+    first, second = _shard_path(dataset, 0), _shard_path(dataset, SEALED)
+    first_bytes = first.read_bytes()
+    first.write_bytes(second.read_bytes())
+    second.write_bytes(first_bytes)
+    opened = memshard.open(dataset)
+    np.testing.assert_array_equal(opened["x"][0:3], _x_values()[3:6])  # wrong, silently
+    report = opened.verify()
+    assert [(p.path, p.error) for p in report.problems] == [
+        (str(first), ChecksumError),
+        (str(second), ChecksumError),
+    ]
 
 
 def test_missing_shard_is_also_file_not_found(dataset: Path) -> None:
@@ -553,6 +706,16 @@ def _body(text: str) -> bytes:
     return _header(text, size=SIZE)
 
 
+def _f4(descr: str = "'<f4'", fortran: str = "False", shape: str = "(5, 3)") -> str:
+    """The dictionary of :data:`VALID` with one part replaced."""
+    return _dictionary(descr=descr, fortran=fortran, shape=shape)
+
+
+def _padded_with(byte: bytes) -> bytes:
+    end = VALID.index(b"}") + 1
+    return VALID[:end] + byte * (SIZE - end - 1) + b"\n"
+
+
 HEADERS: list[tuple[str, bytes, int | str]] = [
     ("0 rows", npyheader.header_bytes(F4, SHAPE, 0), 0),
     ("5 rows", VALID, 5),
@@ -596,6 +759,33 @@ HEADERS: list[tuple[str, bytes, int | str]] = [
     ("deep nesting", _body("(" * 1000 + ")" * 1000), "unreadable header dictionary"),
     ("unhashable key", _body("{[]: 0, 'shape': (5, 3)}"), "unreadable header dictionary"),
     ("unhashable set item", _body("{'shape': (5, 3), 'x': {1, []}}"), "unreadable header"),
+    # -- audit: more hostile headers
+    ("magic in lower case", b"\x93numpy" + VALID[6:], "not an .npy file"),
+    ("length field 0xffff", VALID[:8] + b"\xff\xff" + VALID[10:], "does not match"),
+    ("NUL padding", _padded_with(b"\0"), "unreadable header dictionary"),
+    ("tab padding", _padded_with(b"\t"), "does not match"),
+    ("rows with a leading zero", _body("{'shape': (05, 3)}"), "unreadable header dictionary"),
+    ("rows in hex", _body(_f4(shape="(0x5, 3)")), "does not match"),
+    ("rows with an underscore", _body(_f4(shape="(5_0, 3)")), "does not match"),
+    ("rows a string", _body("{'shape': ('5', 3)}"), "no valid 'shape'"),
+    ("rows complex", _body("{'shape': (5j, 3)}"), "no valid 'shape'"),
+    ("rows None", _body("{'shape': (None, 3)}"), "no valid 'shape'"),
+    ("rows Python 2 long", _body("{'shape': (5L, 3)}"), "unreadable header dictionary"),
+    ("shape key twice", _body(_f4()[:-1] + "'shape': (5, 3), }"), "does not match"),
+    (
+        "keys reordered",
+        _body("{'shape': (5, 3), 'descr': '<f4', 'fortran_order': False, }"),
+        "match",
+    ),
+    ("fortran_order 0", _body(_f4(fortran="0")), "does not match"),
+    ("descr as bytes", _body(_f4(descr="b'<f4'")), "does not match"),
+    ("structured object descr", _body(_f4(descr="[('a', '|O')]")), "does not match"),
+    ("string descr", _body(_f4(descr="'<U1'")), "does not match"),
+    ("huge sample dimension", _body(_f4(shape="(5, " + "9" * 40 + ")")), "does not match"),
+    ("a set", _body("{'shape', (5, 3)}"), "no valid 'shape'"),
+    ("bytes", _body("b'shape'"), "no valid 'shape'"),
+    ("a call to __import__", _body("__import__('os').getcwd()"), "unreadable header dictionary"),
+    ("a lambda", _body("lambda: (5, 3)"), "unreadable header dictionary"),
 ]
 
 
