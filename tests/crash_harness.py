@@ -1,0 +1,954 @@
+"""Crash harness: kill a writer at every step of append, roll, seal, commit and resume, and
+check after each kill that no acknowledged row is lost and that writing resumes.
+
+Each trial runs one or more children (:mod:`tests.fault_writer`) on a dataset in its own
+temporary directory. A child is killed with SIGKILL either by fault injection, just before or
+just after its K-th file operation, or at a random moment while it writes. After each kill
+the parent checks, in process:
+
+- ``memshard.open`` succeeds and ``len(ds)`` is the last acknowledged row count or the count
+  of the commit that was in flight (never less, never rows that were not being committed);
+- every row ``i`` reads back as ``x = i``, ``y = i``;
+- every sealed shard file loads with ``np.load(allow_pickle=False)`` and holds its rows, and
+  ``ds.verify().ok``;
+- stray files (temporary manifests, shard files no manifest names) may exist; they are counted;
+- the child's :class:`~tests.fault_writer.SyncAudit` saw no manifest published before the data
+  and names it refers to were synced, and no commit return before its rename was synced (what a
+  power cut, unlike a SIGKILL, would punish).
+
+After the last child, ``memshard.append`` must leave exactly ``manifest.json``,
+``.memshard.lock`` and ``shards/`` holding exactly the files the manifest names; the parent
+appends more rows across a shard boundary, commits, closes and reads everything back.
+
+Kinds of trial:
+
+- ``every-step-before`` / ``every-step-after``: short scripts (:data:`SHORT_PLAN`, then, in
+  longer runs, random 3-round scripts), started on a dataset that a crashed writer left with a
+  temporary manifest, unnamed shard files and uncommitted bytes in its unsealed shard; one
+  trial per file operation of the script (K = 1 .. ops), killed before and after it;
+- ``random-op``: a longer random script (on a fresh or the crashed dataset), killed at a K drawn
+  uniformly over its whole run (a census run counts its operations), before or after;
+- ``random-time``: 1-3 writers in a row on the same dataset, each killed with SIGKILL from the
+  parent after a random number of acknowledged commits and further progress lines, so later
+  writers resume from real crash leftovers.
+
+Children are forked from a zygote that has imported memshard (``--launcher fork``, the
+default; see :class:`Launcher`) or started as ``python -m tests.fault_writer ...``
+(``--launcher exec``). Trials run on ``--jobs`` threads, each in its own directory.
+
+Run ``python -m tests.crash_harness --trials N [--jobs 2] [--seed S] [--json PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import memshard as ms
+from memshard.layout import LOCK_NAME, MANIFEST_NAME, MANIFEST_TEMP_PREFIX, SHARDS_DIR
+from tests.crash_writer import FIELDS, SHARD_BYTES, rows
+from tests.fault_writer import make_plan
+from tests.helpers import REPO_ROOT
+
+#: What a crashed writer leaves for the every-step trials: it commits a shard and a part of the
+#: next, then appends past the next shard boundary (sealing the unsealed shard, creating new
+#: shard files) and is killed just before its second commit renames its temporary manifest.
+PREFIX_PLAN = "e30,c,e20,c"
+#: The script every-step trials kill at each of its file operations (48 of them): resume from
+#: the crash (remove the temporary manifest and unnamed shards, cut the unsealed shard back),
+#: append single rows and a batch across a boundary (seal, roll), commit, append across the
+#: next boundary and abort, resume again (remove the new shard's files, cut the sealed but
+#: uncommitted shard back), close (seal and commit) and reopen.
+SHORT_PLAN = "a3,e20,c,e18,x,e2,r"
+#: Shards of about 28,000 rows, so that one field's batch can pass the appender's 1 MiB write
+#: buffer and go straight to the file while appending (bytes past the committed end of an
+#: unsealed shard whose header still states the committed rows).
+BIG_SHARD_BYTES = 4 << 20
+#: On a fresh dataset of big shards: batches written through while appending, commit, more
+#: written through and aborted (resume cuts the unsealed shard back), then across a boundary.
+BIG_PLAN = "e9000,c,e9000,x,e9000,e12000,c"
+#: Largest batch of the random-op scripts on big shards.
+BIG_MAX_BATCH = 20000
+#: Rounds of the random scripts: random-op children run them whole, random-time children are
+#: killed long before the end.
+RANDOM_OP_ROUNDS = 6
+RANDOM_TIME_ROUNDS = 40
+EVERY_STEP_ROUNDS = 3
+#: Random-op trials share each script's census between this many trials (on average).
+CENSUS_REUSE = 4
+CHILD_TIMEOUT = 120
+#: Children turn warnings into errors, as the test suite does.
+CHILD_ENVIRONMENT = {**os.environ, "PYTHONWARNINGS": "error"}
+KINDS = ("every-step-before", "every-step-after", "random-op", "random-time")
+
+
+# -- trials ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Start:
+    """The dataset a trial starts from: a copy of ``path``, or a fresh empty dataset of the
+    writer's fields with ``shard_bytes`` shards."""
+
+    path: str | None = None
+    shard_bytes: int = SHARD_BYTES
+
+    @property
+    def name(self) -> str:
+        if self.path is not None:
+            return "crashed"
+        return "fresh" if self.shard_bytes == SHARD_BYTES else f"fresh-{self.shard_bytes}B"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One child: its plan and how it dies (``kill_at``/``when`` by injection, or
+    ``acks``/``extra_lines`` from the parent, or not at all)."""
+
+    plan: str
+    kill_at: int | None = None
+    when: str = "before"
+    #: Random-op: K = 1 + floor(fraction * ops), drawn before the census is known.
+    fraction: float | None = None
+    acks: int | None = None
+    extra_lines: int = 0
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    kind: str
+    label: str
+    start: Start
+    stages: tuple[Stage, ...]
+    seed: int  # the parent's own rows after the crash
+
+
+@dataclass
+class ChildRun:
+    """What one child's stdout says about the state it died in."""
+
+    returncode: int
+    lines: list[str]
+    stderr: str = ""
+    hung: bool = False  # killed by the watchdog after CHILD_TIMEOUT seconds
+
+    def acknowledged(self, before: int) -> int:
+        """The last acknowledged row count (``before`` if the child acknowledged nothing)."""
+        acked = before
+        for line in self.lines:
+            word, _, rest = line.partition(" ")
+            if word in ("START", "ACK"):
+                acked = int(rest)
+        return acked
+
+    def allowed(self, before: int) -> set[int]:
+        """Row counts the dataset may hold: the last acknowledged one, or the one being
+        committed when the child died."""
+        acked, pending = before, None
+        for line in self.lines:
+            word, _, rest = line.partition(" ")
+            if word in ("START", "ACK"):
+                acked, pending = int(rest), None
+            elif word == "ABORT":
+                pending = None
+            elif word == "COMMIT":
+                pending = int(rest)
+        return {acked} if pending is None else {acked, pending}
+
+    def appended(self, before: int) -> int:
+        """The most rows the child had appended (an upper bound on the dataset's rows)."""
+        most = before
+        for line in self.lines:
+            word, _, rest = line.partition(" ")
+            if word in ("WILL", "COMMIT", "ACK", "START"):
+                most = max(most, int(rest))
+        return most
+
+    @property
+    def kill(self) -> list[str] | None:
+        """``[k, when, op, step, target]`` of the injected kill, if there was one."""
+        for line in self.lines:
+            if line.startswith("KILL "):
+                return line.split()[1:]
+        return None
+
+    @property
+    def done(self) -> int | None:
+        for line in self.lines:
+            if line.startswith("DONE "):
+                return int(line.split()[1])
+        return None
+
+
+@dataclass
+class TrialResult:
+    kind: str
+    label: str
+    seconds: float = 0.0
+    children: int = 0
+    killed: int = 0
+    completed: int = 0  # children that finished their script (K past its end)
+    committed_rows_lost: int = 0
+    unreadable: int = 0
+    wrong_length: int = 0
+    wrong_rows: int = 0
+    load_failures: int = 0
+    verify_failures: int = 0
+    strays_after_crash: dict[str, int] = field(default_factory=dict)
+    strays_after_append: int = 0
+    resume_failures: int = 0
+    sync_order_violations: int = 0
+    child_errors: int = 0
+    harness_errors: int = 0
+    hits: list[str] = field(default_factory=list)  # "op step when" of injected kills
+    problems: list[str] = field(default_factory=list)
+    kept: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.problems)
+
+
+class Launcher:
+    """Starts writer children (:mod:`tests.fault_writer`) with a given command line.
+
+    ``"exec"`` runs ``python -m tests.fault_writer ARGS`` for each child; ``"fork"`` (the
+    default) forks each child from a zygote that has imported memshard already (one per
+    calling thread, see :func:`tests.fault_writer.serve`), which saves the interpreter start
+    and the imports, about 0.4 s of CPU per child. Either way the child is its own process
+    and dies by a real SIGKILL.
+    """
+
+    def __init__(self, kind: str = "fork") -> None:
+        if kind not in ("fork", "exec"):
+            raise ValueError(f"launcher must be 'fork' or 'exec', got {kind!r}")
+        self.kind = kind
+        self._local = threading.local()
+        self._zygotes: list[subprocess.Popen[str]] = []
+        self._lock = threading.Lock()
+
+    def run(self, argv: Sequence[str], stop: Callable[[str], bool] | None = None) -> ChildRun:
+        """Run a child with ``argv``; SIGKILL it as soon as ``stop(line)`` is true for a line
+        it printed, or once it has run for ``CHILD_TIMEOUT`` seconds (then ``hung``). Returns
+        its return code (``-9`` when killed) and every line it printed."""
+        if self.kind == "exec":
+            return self._exec(argv, stop)
+        return self._fork(argv, stop)
+
+    @staticmethod
+    def _watchdog(kill: Callable[[], None]) -> tuple[threading.Timer, threading.Event]:
+        fired = threading.Event()
+
+        def expire() -> None:
+            fired.set()
+            kill()
+
+        timer = threading.Timer(CHILD_TIMEOUT, expire)
+        timer.daemon = True
+        timer.start()
+        return timer, fired
+
+    def _exec(self, argv: Sequence[str], stop: Callable[[str], bool] | None) -> ChildRun:
+        with tempfile.TemporaryFile("w+") as errors:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "tests.fault_writer", *argv],
+                cwd=REPO_ROOT,
+                stdout=subprocess.PIPE,
+                stderr=errors,
+                text=True,
+                env=CHILD_ENVIRONMENT,
+            )
+            assert child.stdout is not None
+            timer, hung = self._watchdog(child.kill)  # Popen: not reaped before wait()
+            lines = []
+            with child.stdout:
+                for line in child.stdout:
+                    lines.append(line.rstrip("\n"))
+                    if stop is not None and stop(lines[-1]):
+                        child.kill()
+                        stop = None
+            child.wait()
+            timer.cancel()
+            errors.seek(0)
+            return ChildRun(child.returncode, lines, errors.read(), hung.is_set())
+
+    def _fork(self, argv: Sequence[str], stop: Callable[[str], bool] | None) -> ChildRun:
+        zygote = self._zygote()
+        assert zygote.stdin is not None
+        assert zygote.stdout is not None
+        zygote.stdin.write(json.dumps(list(argv)) + "\n")
+        zygote.stdin.flush()
+        first = zygote.stdout.readline()
+        if not first.startswith("PID "):
+            raise RuntimeError(f"the zygote answered {first!r}")
+        pid = int(first.split()[1])
+        # The zygote reaps the child only at the next request, after EXIT has been read here,
+        # so until then the pid is still this child's (a zombie at worst): safe to kill by pid.
+        timer, hung = self._watchdog(lambda: os.kill(pid, signal.SIGKILL))
+        lines, errors = [], []
+        while True:
+            line = zygote.stdout.readline()
+            if not line:
+                timer.cancel()
+                raise RuntimeError("the zygote died")
+            line = line.rstrip("\n")
+            if line.startswith("EXIT "):
+                timer.cancel()
+                code = int(line.split()[1])
+                return ChildRun(code, lines, "\n".join(errors), hung.is_set())
+            if line.startswith("ERROR "):
+                errors.append(line[6:])
+                continue
+            lines.append(line)
+            if stop is not None and stop(line):
+                os.kill(pid, signal.SIGKILL)
+                stop = None
+
+    def _zygote(self) -> subprocess.Popen[str]:
+        zygote: subprocess.Popen[str] | None = getattr(self._local, "zygote", None)
+        if zygote is None:
+            zygote = subprocess.Popen(
+                [sys.executable, "-m", "tests.fault_writer", "--serve"],
+                cwd=REPO_ROOT,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                env=CHILD_ENVIRONMENT,
+            )
+            self._local.zygote = zygote
+            with self._lock:
+                self._zygotes.append(zygote)
+        return zygote
+
+    def close(self) -> None:
+        """End the zygotes (closing stdin ends them)."""
+        with self._lock:
+            zygotes, self._zygotes = self._zygotes, []
+        for zygote in zygotes:
+            assert zygote.stdin is not None
+            assert zygote.stdout is not None
+            zygote.stdin.close()
+            zygote.wait(timeout=CHILD_TIMEOUT)
+            zygote.stdout.close()
+
+    def __enter__(self) -> Launcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _argv(path: str, plan: str, *extra: str) -> list[str]:
+    return [path, "--plan", plan, *extra]
+
+
+def run_injected(
+    launcher: Launcher, path: str, plan: str, kill_at: int | None, when: str
+) -> ChildRun:
+    """Run a child to its end, or until it kills itself at operation ``kill_at``."""
+    extra = ["--kill-at", str(kill_at), "--when", when] if kill_at is not None else []
+    return launcher.run(_argv(path, plan, *extra))
+
+
+def run_census(launcher: Launcher, path: str, plan: str) -> list[list[str]]:
+    """Run ``plan`` on ``path`` without a kill and return its file operations, each
+    ``[op, step, target]``. ``path`` is changed: pass a scratch copy."""
+    run = launcher.run(_argv(path, plan, "--trace"))
+    if run.returncode != 0 or run.done is None:
+        raise RuntimeError(f"census of {plan!r} failed:\n{run.lines}\n{run.stderr}")
+    ops = [line.split()[2:] for line in run.lines if line.startswith("OP ")]
+    if run.done != len(ops):
+        raise RuntimeError(f"census of {plan!r}: DONE {run.done} after {len(ops)} operations")
+    return ops
+
+
+def run_killed_at_random_time(
+    launcher: Launcher, path: str, plan: str, acks: int, extra_lines: int
+) -> ChildRun:
+    """Run a child and SIGKILL it after ``acks`` ACK lines and ``extra_lines`` more progress
+    lines (or let it finish if its script ends first). Progress comes from its stdout only;
+    the child runs on while the parent reads, so the kill lands wherever it has got to."""
+    seen = {"acks": 0, "after": 0}
+
+    def stop(line: str) -> bool:
+        if seen["acks"] >= acks:
+            seen["after"] += 1
+        if line.startswith("ACK "):
+            seen["acks"] += 1
+        return seen["acks"] >= acks and seen["after"] >= extra_lines
+
+    return launcher.run(_argv(path, plan), stop)
+
+
+class Workspace:
+    """Where trials run: a scratch directory, the launcher of their children, and the census
+    of each (start, plan) pair, computed once on a scratch copy of the start."""
+
+    def __init__(self, scratch: str, launcher: Launcher, keep_failed: bool = False) -> None:
+        self.scratch = scratch
+        self.launcher = launcher
+        self.keep_failed = keep_failed
+        self._lock = threading.Lock()
+        self._census: dict[tuple[Start, str], Future[list[list[str]]]] = {}
+
+    def ops(self, start: Start, plan: str) -> list[list[str]]:
+        """The file operations of ``plan`` run from ``start``, each ``[op, step, target]``."""
+        with self._lock:
+            entry = self._census.get((start, plan))
+            mine = entry is None
+            if entry is None:
+                entry = self._census[(start, plan)] = Future()
+        if mine:
+            where = tempfile.mkdtemp(dir=self.scratch, prefix="census-")
+            try:
+                path = prepare_dataset(where, start)
+                entry.set_result(run_census(self.launcher, path, plan))
+            except BaseException as exc:
+                entry.set_exception(exc)
+            finally:
+                shutil.rmtree(where, ignore_errors=True)
+        return entry.result()
+
+
+def prepare_dataset(where: str, start: Start) -> str:
+    """Make the dataset ``where/d`` as ``start`` says."""
+    path = os.path.join(where, "d")
+    if start.path is None:
+        ms.create(path, fields=FIELDS, shard_bytes=start.shard_bytes).close()
+    else:
+        shutil.copytree(start.path, path)
+    return path
+
+
+def prepare_crashed_base(workspace: Workspace) -> str:
+    """A dataset a writer left by crashing just before renaming a temporary manifest over
+    ``manifest.json``, after it had sealed the committed unsealed shard and started the next.
+    """
+    path = prepare_dataset(tempfile.mkdtemp(dir=workspace.scratch, prefix="base-"), Start())
+    ops = workspace.ops(Start(), PREFIX_PLAN)
+    second_replace = [number for number, op in enumerate(ops, 1) if op[0] == "replace"][1]
+    run = run_injected(workspace.launcher, path, PREFIX_PLAN, second_replace, "before")
+    if run.returncode != -signal.SIGKILL:
+        raise RuntimeError(f"the prefix writer was not killed: {run.lines} {run.stderr}")
+    strays = stray_files(path)
+    if not (strays["temporary manifests"] and strays["unnamed shard files"]):
+        raise RuntimeError(f"the crashed base lacks leftovers: {strays}")
+    if not strays["unsealed shards with uncommitted bytes"]:
+        raise RuntimeError("the crashed base has no uncommitted bytes in its unsealed shard")
+    return path
+
+
+# -- checks ------------------------------------------------------------------------------------
+def stray_files(path: str) -> Counter[str]:
+    """Files the committed manifest does not account for."""
+    from memshard import manifest as manifest_io
+
+    manifest = manifest_io.load(os.path.join(path, MANIFEST_NAME))
+    named = {file.path.split("/", 1)[1] for s in manifest.shards for file in s.files.values()}
+    found: Counter[str] = Counter()
+    for entry in os.listdir(path):
+        if entry.startswith(MANIFEST_TEMP_PREFIX):
+            found["temporary manifests"] += 1
+        elif entry not in (MANIFEST_NAME, LOCK_NAME, SHARDS_DIR):
+            found["other files"] += 1
+    found["unnamed shard files"] += len(set(os.listdir(os.path.join(path, SHARDS_DIR))) - named)
+    if manifest.shards and not manifest.shards[-1].sealed:
+        last = manifest.shards[-1]
+        for file in last.files.values():
+            size = os.path.getsize(os.path.join(path, file.path))
+            if size > file.data_offset + file.nbytes:
+                found["unsealed shards with uncommitted bytes"] += 1
+                break
+    return found
+
+
+def exact_layout_problems(path: str) -> list[str]:
+    """How the directory differs from exactly manifest.json, the lock and the named shards."""
+    ds = ms.open(path)
+    named = {os.path.basename(f.path) for s in ds.shards for f in s.files.values()}
+    problems = []
+    top = set(os.listdir(path))
+    if top != {MANIFEST_NAME, LOCK_NAME, SHARDS_DIR}:
+        problems.append(f"dataset directory holds {sorted(top)}")
+    shards = set(os.listdir(os.path.join(path, SHARDS_DIR)))
+    if shards != named:
+        problems.append(
+            f"shards/ has unnamed {sorted(shards - named)}, lacks {sorted(named - shards)}"
+        )
+    return problems
+
+
+def content_problems(ds: ms.Dataset) -> tuple[int, list[str]]:
+    """Rows that differ from ``x = i``, ``y = i``: (count, descriptions)."""
+    n = len(ds)
+    expected = rows(0, n)
+    x, y = ds["x"][:], ds["y"][:]
+    bad = (y != expected["y"]) | (x != expected["x"]).any(axis=(1, 2))
+    count = int(bad.sum())
+    if not count:
+        return 0, []
+    first = int(np.flatnonzero(bad)[0])
+    return count, [f"{count} of {n} rows read back wrong, first row {first}: y={y[first]}"]
+
+
+def sealed_file_problems(path: str, ds: ms.Dataset) -> list[str]:
+    """Every sealed shard file must load with np.load and hold its rows."""
+    problems = []
+    for shard in ds.shards:
+        if not shard.sealed:
+            continue
+        expected = rows(shard.row_offset, shard.rows)
+        for name, file in shard.files.items():
+            where = os.path.join(path, file.path)
+            try:
+                loaded = np.load(where, allow_pickle=False)
+            except Exception as exc:
+                problems.append(f"np.load({file.path}) failed: {type(exc).__name__}: {exc}")
+                continue
+            if loaded.shape != expected[name].shape or not np.array_equal(loaded, expected[name]):
+                problems.append(f"{file.path}: np.load gives shape {loaded.shape}, wrong rows")
+    return problems
+
+
+def check_after_crash(path: str, run: ChildRun, before: int, result: TrialResult) -> int | None:
+    """Check the dataset a killed child left; return its row count (None if unreadable)."""
+    acked, allowed = run.acknowledged(before), run.allowed(before)
+    try:
+        ds = ms.open(path)
+    except Exception as exc:
+        result.unreadable += 1
+        result.problems.append(f"memshard.open failed: {type(exc).__name__}: {exc}")
+        return None
+    n = len(ds)
+    if n < acked:
+        result.committed_rows_lost += acked - n
+        result.problems.append(f"{acked - n} committed rows lost: {n} rows, {acked} acknowledged")
+    if n not in allowed or n > run.appended(before):
+        result.wrong_length += 1
+        result.problems.append(f"{n} rows; expected one of {sorted(allowed)}")
+    count, problems = content_problems(ds)
+    result.wrong_rows += count
+    result.problems += problems
+    problems = sealed_file_problems(path, ds)
+    result.load_failures += len(problems)
+    result.problems += problems
+    report = ds.verify()
+    if not report.ok:
+        result.verify_failures += 1
+        result.problems += [f"verify: {p.path}: {p.message}" for p in report.problems]
+    for kind, count in stray_files(path).items():
+        result.strays_after_crash[kind] = result.strays_after_crash.get(kind, 0) + count
+    return n
+
+
+def check_resume(path: str, committed: int, seed: int, result: TrialResult) -> None:
+    """``memshard.append`` cleans every leftover; appending, committing and closing work and
+    everything reads back."""
+    rng = np.random.default_rng(seed)
+    try:
+        writer = ms.append(path)
+    except Exception as exc:
+        result.resume_failures += 1
+        result.problems.append(f"memshard.append failed: {type(exc).__name__}: {exc}")
+        return
+    try:
+        if writer.committed_rows != committed:
+            result.resume_failures += 1
+            result.problems.append(
+                f"memshard.append sees {writer.committed_rows} rows, not {committed}"
+            )
+        problems = exact_layout_problems(path)
+        result.strays_after_append += len(problems)
+        result.problems += [f"after memshard.append: {p}" for p in problems]
+        shard_rows = writer.manifest.shard_rows
+        for _ in range(2):
+            writer.append({"x": rows(writer.rows, 1)["x"][0], "y": writer.rows})
+            writer.extend(rows(writer.rows, int(rng.integers(1, 2 * shard_rows))))
+            writer.commit()
+        total = writer.rows
+        writer.close()
+    except Exception as exc:
+        writer.abort()
+        result.resume_failures += 1
+        result.problems.append(f"appending after the crash failed: {type(exc).__name__}: {exc}")
+        return
+    try:
+        ds = ms.open(path)
+        problems = [f"{len(ds)} rows, wrote {total}"] if len(ds) != total else []
+        problems += content_problems(ds)[1]
+        problems += sealed_file_problems(path, ds)
+        problems += [f"verify: {p.path}: {p.message}" for p in ds.verify().problems]
+        problems += exact_layout_problems(path)
+    except Exception as exc:
+        problems = [f"reading back failed: {type(exc).__name__}: {exc}"]
+    if problems:
+        result.resume_failures += 1
+        result.problems += [f"after resuming: {p}" for p in problems]
+
+
+def run_trial(workspace: Workspace, spec: TrialSpec) -> TrialResult:
+    """Run one trial in its own directory and check it."""
+    result = TrialResult(spec.kind, spec.label)
+    started = time.perf_counter()
+    where = tempfile.mkdtemp(dir=workspace.scratch, prefix="trial-")
+    try:
+        path = prepare_dataset(where, spec.start)
+        committed = len(ms.open(path))
+        alive = True
+        for stage in spec.stages:
+            run = _run_stage(workspace, path, stage, spec.start)
+            result.children += 1
+            if run.hung:
+                result.child_errors += 1
+                result.problems.append(f"child hung for {CHILD_TIMEOUT} s: {run.lines[-5:]}")
+            elif run.returncode == -signal.SIGKILL:
+                result.killed += 1
+                if run.kill is not None:
+                    _, when, op, step, _ = run.kill
+                    result.hits.append(f"{op} {step} {when}")
+            elif run.returncode == 0 and run.done is not None:
+                result.completed += 1
+            else:
+                result.child_errors += 1
+                result.problems.append(f"child exited {run.returncode}: {run.stderr[-2000:]}")
+            audit = [line for line in run.lines if line.startswith("AUDIT ")]
+            result.sync_order_violations += len(audit)
+            result.problems += audit
+            n = check_after_crash(path, run, committed, result)
+            if n is None:
+                alive = False
+                break
+            committed = n
+        if alive:
+            check_resume(path, committed, spec.seed, result)
+    except Exception:
+        result.harness_errors += 1
+        result.problems.append(traceback.format_exc())
+    result.seconds = time.perf_counter() - started
+    if result.failed and workspace.keep_failed:
+        result.kept = where
+    else:
+        shutil.rmtree(where, ignore_errors=True)
+    return result
+
+
+def _run_stage(workspace: Workspace, path: str, stage: Stage, start: Start) -> ChildRun:
+    launcher = workspace.launcher
+    if stage.acks is not None:
+        return run_killed_at_random_time(launcher, path, stage.plan, stage.acks, stage.extra_lines)
+    kill_at = stage.kill_at
+    if stage.fraction is not None:
+        kill_at = 1 + math.floor(stage.fraction * len(workspace.ops(start, stage.plan)))
+    return run_injected(launcher, path, stage.plan, kill_at, stage.when)
+
+
+# -- composing a run ---------------------------------------------------------------------------
+def every_step_trials(start: Start, plan: str, ops: Sequence[Sequence[str]]) -> list[TrialSpec]:
+    """One trial per file operation of ``plan`` (run from ``start``) and per side of it."""
+    return [
+        TrialSpec(
+            kind=f"every-step-{when}",
+            label=f"start={start.name} plan={plan} kill-at={k} {when} ({' '.join(ops[k - 1])})",
+            start=start,
+            stages=(Stage(plan, kill_at=k, when=when),),
+            seed=k,
+        )
+        for when in ("before", "after")
+        for k in range(1, len(ops) + 1)
+    ]
+
+
+def random_op_trials(rng: np.random.Generator, count: int, base: str) -> list[TrialSpec]:
+    """Random scripts killed at a uniformly drawn operation: from the crashed ``base`` (40 %),
+    a fresh dataset (40 %), or a fresh one of big shards with big batches (20 %)."""
+    seeds = [int(s) for s in rng.integers(0, 2**31, max(1, math.ceil(count / CENSUS_REUSE)))]
+    trials = []
+    for _ in range(count):
+        seed = seeds[int(rng.integers(len(seeds)))]
+        draw = rng.random()
+        if draw < 0.2:
+            start = Start(shard_bytes=BIG_SHARD_BYTES)
+            plan = make_plan(seed, RANDOM_OP_ROUNDS, max_batch=BIG_MAX_BATCH)
+        else:
+            start = Start(base) if draw < 0.6 else Start()
+            plan = make_plan(seed, RANDOM_OP_ROUNDS)
+        fraction, when = float(rng.random()), ("before", "after")[int(rng.integers(2))]
+        trials.append(
+            TrialSpec(
+                kind="random-op",
+                label=f"plan-seed={seed} start={start.name} fraction={fraction:.4f} {when}",
+                start=start,
+                stages=(Stage(plan, fraction=fraction, when=when),),
+                seed=seed,
+            )
+        )
+    return trials
+
+
+def random_time_trials(rng: np.random.Generator, count: int) -> list[TrialSpec]:
+    trials = []
+    for _ in range(count):
+        stages = []
+        for _ in range(int(rng.integers(1, 4))):
+            seed = int(rng.integers(2**31))
+            stages.append(
+                Stage(
+                    make_plan(seed, RANDOM_TIME_ROUNDS),
+                    acks=int(rng.integers(0, 10)),
+                    extra_lines=int(rng.integers(0, 8)),
+                )
+            )
+        label = "; ".join(f"acks={s.acks}+{s.extra_lines}" for s in stages)
+        trials.append(
+            TrialSpec("random-time", label, Start(), tuple(stages), int(rng.integers(2**31)))
+        )
+    return trials
+
+
+def compose(
+    workspace: Workspace,
+    trials: int,
+    seed: int,
+    base: str,
+    jobs: int,
+    every_step_share: float = 0.4,
+) -> list[TrialSpec]:
+    """About ``trials`` trials: whole every-step groups (:data:`SHORT_PLAN` from the crashed
+    ``base`` and :data:`BIG_PLAN`, if they fit in ``trials``, then random short scripts from
+    ``base`` up to ``every_step_share`` of the trials), the rest split between random-op and
+    random-time trials."""
+    rng = np.random.default_rng(seed)
+    specs: list[TrialSpec] = []
+    fixed = [(Start(base), SHORT_PLAN), (Start(shard_bytes=BIG_SHARD_BYTES), BIG_PLAN)]
+    scripts = fixed + [
+        (Start(base), make_plan(int(s), EVERY_STEP_ROUNDS, max_batch=40))
+        for s in rng.integers(0, 2**31, 64)
+    ]
+    budget = every_step_share * trials
+    full = False
+    for first in range(0, len(scripts), jobs):
+        chunk = scripts[first : first + jobs]
+        with ThreadPoolExecutor(jobs) as pool:
+            censuses = list(pool.map(lambda script: workspace.ops(*script), chunk))
+        for number, ((start, plan), ops) in enumerate(zip(chunk, censuses, strict=True), first):
+            group = every_step_trials(start, plan, ops)
+            full = len(specs) + len(group) > (trials if number < len(fixed) else budget)
+            if full:
+                break
+            specs += group
+        if full:
+            break
+    rest = trials - len(specs)
+    specs += random_op_trials(rng, rest - rest // 2, base) if rest - rest // 2 else []
+    specs += random_time_trials(rng, rest // 2)
+    return specs
+
+
+# -- running and summarising -------------------------------------------------------------------
+def run_trials(
+    workspace: Workspace,
+    specs: Sequence[TrialSpec],
+    jobs: int,
+    *,
+    deadline: float | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[TrialResult]:
+    """Run ``specs`` on ``jobs`` threads (each trial's children are processes); trials not
+    started by ``deadline`` (a ``time.monotonic()`` value) are skipped."""
+    results: list[TrialResult] = []
+    lock = threading.Lock()
+
+    def one(spec: TrialSpec) -> TrialResult | None:
+        if deadline is not None and time.monotonic() > deadline:
+            return None
+        result = run_trial(workspace, spec)
+        with lock:
+            results.append(result)
+            if progress is not None:
+                progress(len(results), len(specs))
+        return result
+
+    with ThreadPoolExecutor(jobs) as pool:
+        list(pool.map(one, specs))
+    return results
+
+
+def summarize(results: Sequence[TrialResult], seconds: float) -> dict[str, Any]:
+    kinds = Counter(r.kind for r in results)
+    hits = Counter(h for r in results for h in r.hits)
+    strays: Counter[str] = Counter()
+    crashes_with: Counter[str] = Counter()
+    for r in results:
+        strays.update(r.strays_after_crash)
+        crashes_with.update(k for k, v in r.strays_after_crash.items() if v)
+    times = sorted(r.seconds for r in results) or [0.0]
+    return {
+        "trials": len(results),
+        "trials_by_kind": {kind: kinds.get(kind, 0) for kind in KINDS},
+        "every_step_scripts": len(
+            {r.label.split(" kill-at=")[0] for r in results if r.kind.startswith("every-step")}
+        ),
+        "children": sum(r.children for r in results),
+        "children_killed": sum(r.killed for r in results),
+        "children_finished_before_kill": sum(r.completed for r in results),
+        "committed_rows_lost": sum(r.committed_rows_lost for r in results),
+        "unreadable_after_crash": sum(r.unreadable for r in results),
+        "wrong_row_count_after_crash": sum(r.wrong_length for r in results),
+        "rows_read_back_wrong": sum(r.wrong_rows for r in results),
+        "sealed_shards_failing_np_load": sum(r.load_failures for r in results),
+        "datasets_failing_verify": sum(r.verify_failures for r in results),
+        "stray_files_after_next_append": sum(r.strays_after_append for r in results),
+        "resume_failures": sum(r.resume_failures for r in results),
+        "sync_order_violations": sum(r.sync_order_violations for r in results),
+        "child_errors": sum(r.child_errors for r in results),
+        "harness_errors": sum(r.harness_errors for r in results),
+        "failed_trials": sum(r.failed for r in results),
+        "crashes_leaving": dict(crashes_with),
+        "strays_seen_after_crash": dict(strays),
+        "kills_by_step": dict(Counter(h.split()[1] for r in results for h in r.hits)),
+        "kills_by_operation": dict(sorted(hits.items())),
+        "seconds_total": round(seconds, 2),
+        "seconds_per_trial_mean": round(sum(times) / len(times), 3),
+        "seconds_per_trial_median": round(times[len(times) // 2], 3),
+        "seconds_per_trial_max": round(times[-1], 3),
+        "failures": [
+            {"kind": r.kind, "label": r.label, "kept": r.kept, "problems": r.problems[:10]}
+            for r in results
+            if r.failed
+        ][:50],
+    }
+
+
+MUST_BE_ZERO = (
+    "committed_rows_lost",
+    "unreadable_after_crash",
+    "wrong_row_count_after_crash",
+    "rows_read_back_wrong",
+    "sealed_shards_failing_np_load",
+    "datasets_failing_verify",
+    "stray_files_after_next_append",
+    "resume_failures",
+    "sync_order_violations",
+    "child_errors",
+    "harness_errors",
+)
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    lines = ["| metric | value |", "|---|---|", f"| trials | {summary['trials']} |"]
+    lines += [f"| trials: {k} | {v} |" for k, v in summary["trials_by_kind"].items()]
+    lines.append(f"| scripts killed at every operation | {summary['every_step_scripts']} |")
+    for key in ("children", "children_killed", "children_finished_before_kill"):
+        lines.append(f"| {key.replace('_', ' ')} | {summary[key]} |")
+    for key in MUST_BE_ZERO:
+        lines.append(f"| {key.replace('_', ' ')} (must be 0) | {summary[key]} |")
+    for what, count in sorted(summary["crashes_leaving"].items()):
+        lines.append(f"| trials whose crash left {what} | {count} |")
+    for step, count in sorted(summary["kills_by_step"].items()):
+        lines.append(f"| injected kills during {step} | {count} |")
+    lines.append(
+        f"| distinct (operation, step, before/after) killed at | "
+        f"{len(summary['kills_by_operation'])} |"
+    )
+    lines.append(f"| total time | {summary['seconds_total']:.1f} s |")
+    lines.append(
+        f"| time per trial (mean / median / max) | {summary['seconds_per_trial_mean']:.3f} / "
+        f"{summary['seconds_per_trial_median']:.3f} / {summary['seconds_per_trial_max']:.3f} s |"
+    )
+    return "\n".join(lines)
+
+
+def harness(
+    trials: int,
+    *,
+    jobs: int = 2,
+    seed: int = 0,
+    scratch: str | None = None,
+    keep_failed: bool = False,
+    max_seconds: float | None = None,
+    launcher: str = "fork",
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Compose and run about ``trials`` trials; return the summary (see :func:`summarize`)."""
+    started = time.monotonic()
+    deadline = None if max_seconds is None else started + max_seconds
+    root = tempfile.mkdtemp(prefix="memshard-crash-", dir=scratch)
+    try:
+        with Launcher(launcher) as children:
+            workspace = Workspace(root, children, keep_failed)
+            base = prepare_crashed_base(workspace)
+            specs = compose(workspace, trials, seed, base, jobs)
+            results = run_trials(workspace, specs, jobs, deadline=deadline, progress=progress)
+        summary = summarize(results, time.monotonic() - started)
+        summary["trials_planned"] = len(specs)
+        summary["seed"] = seed
+        summary["jobs"] = jobs
+        summary["launcher"] = launcher
+        return summary
+    finally:
+        if not keep_failed:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=100)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="write the summary here")
+    parser.add_argument("--max-minutes", type=float, help="start no trial after this long")
+    parser.add_argument("--keep-failed", action="store_true", help="keep failing datasets")
+    parser.add_argument("--tmp", help="directory for the trials' datasets")
+    parser.add_argument(
+        "--launcher",
+        choices=("fork", "exec"),
+        default="fork",
+        help="fork children from a zygote (fast), or exec a new interpreter for each",
+    )
+    args = parser.parse_args(None if argv is None else list(argv))
+    started = time.monotonic()
+
+    def progress(done: int, total: int) -> None:
+        if done % 100 == 0 or done == total:
+            elapsed = time.monotonic() - started
+            print(f"{done}/{total} trials, {elapsed:.0f} s", file=sys.stderr, flush=True)
+
+    summary = harness(
+        args.trials,
+        jobs=args.jobs,
+        seed=args.seed,
+        scratch=args.tmp,
+        keep_failed=args.keep_failed,
+        max_seconds=None if args.max_minutes is None else args.max_minutes * 60,
+        launcher=args.launcher,
+        progress=progress,
+    )
+    summary["command"] = " ".join(["python -m tests.crash_harness", *sys.argv[1:]])
+    print(markdown(summary))
+    for failure in summary["failures"]:
+        print(f"\nFAILED {failure['kind']} {failure['label']} (kept: {failure['kept']})")
+        for problem in failure["problems"]:
+            print(f"  {problem}")
+    if args.json is not None:
+        args.json.write_text(json.dumps(summary, indent=1) + "\n")
+    return 1 if any(summary[key] for key in MUST_BE_ZERO) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
