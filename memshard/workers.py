@@ -141,7 +141,11 @@ def serve(connection: Connection) -> None:
 
     opener, job, progress = connection.recv()
     report = (lambda nbytes: connection.send(("progress", nbytes))) if progress else None
-    reader = opener()
+    try:
+        reader = opener()
+    except Exception as exc:  # the source cannot be opened here: report it, not a bare exit
+        _send_failure(connection, -1, exc)
+        return
     try:
         while (task := connection.recv()) is not None:
             index, start, stop = task
@@ -168,5 +172,6 @@ if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         serve(Connection(int(sys.argv[1])))
-    except (EOFError, KeyboardInterrupt, BrokenPipeError):
+    except (EOFError, KeyboardInterrupt, OSError):
+        # The parent closed the connection (it was interrupted or failed): leave quietly.
         sys.exit(1)

@@ -124,3 +124,13 @@ def main(src: str, dst: str, row: int, shard_bytes: int, workers: int, how: str 
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
+
+
+@dataclass(frozen=True)
+class FailingOpener:
+    """An opener that cannot open the source (as if it vanished before a worker started)."""
+
+    message: str
+
+    def __call__(self) -> Any:
+        raise OSError(self.message)

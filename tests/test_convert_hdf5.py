@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -31,7 +32,7 @@ from memshard.errors import (
     UnsupportedSourceError,
 )
 from memshard.sources import SUPPORTED_KINDS
-from tests.convert_helpers import assert_same_values, staging_of, with_stop
+from tests.convert_helpers import FailingOpener, assert_same_values, staging_of, with_stop
 from tests.helpers import REPO_ROOT, run_from_repo
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -1132,3 +1133,12 @@ def test_a_chunk_larger_than_a_read_block_is_read_in_bounded_parts(
     ds = ms.from_hdf5(src, tmp_path / "out", shard_bytes=16 << 20)
     assert len(ds.shards) > 1
     assert_same_values(ds["x"][:], values)
+
+
+def test_a_worker_that_cannot_open_the_source_reports_why(tmp_path: Path) -> None:
+    src = tmp_path / "src.h5"
+    _, shard_bytes = write_resumable(src)
+    plan = dataclasses.replace(ms_hdf5.plan(src, None), opener=FailingOpener("source gone"))
+    with pytest.raises(OSError, match="source gone"):
+        convert(plan, tmp_path / "out", shard_bytes=shard_bytes, workers=2)
+    assert not (tmp_path / "out").exists()
