@@ -53,7 +53,8 @@ Count = Field(ge=0, le=MAX_COUNT)
 CHECKSUM_KEY = "checksum"
 #: How a manifest with a checksum ends: the checksum value, quoted, then a newline, ``}`` and a
 #: newline. The checksum covers every byte before the value's opening quote.
-_CHECKSUM_TAIL = re.compile(rb'"(xxh3_64:[0-9a-f]{16})"\n\}\n\Z')
+_CHECKSUM_TAIL = re.compile(rb'"(xxh3_64:[0-9a-f]{16})"\n\}\n')
+_CHECKSUM_TAIL_BYTES = 29
 
 
 class _Strict(BaseModel):
@@ -324,7 +325,7 @@ def own_checksum(prefix: bytes) -> str:
 
 def _check_own_checksum(data: bytes, recorded: Any, where: str) -> None:
     """The manifest's bytes must end with the recorded checksum and hash to it."""
-    tail = _CHECKSUM_TAIL.search(data)
+    tail = _checksum_tail(data)
     if not isinstance(recorded, str) or tail is None or tail.group(1).decode() != recorded:
         raise ManifestError(
             f"{where}: checksum: must be the last member, written as "
@@ -341,7 +342,12 @@ def _check_own_checksum(data: bytes, recorded: Any, where: str) -> None:
 
 def has_own_checksum(data: bytes) -> bool:
     """Whether manifest bytes end with a checksum member (what :func:`dumps` writes)."""
-    return _CHECKSUM_TAIL.search(data) is not None
+    return _checksum_tail(data) is not None
+
+
+def _checksum_tail(data: bytes) -> re.Match[bytes] | None:
+    """The checksum member's value and the end of the file, if that is how ``data`` ends."""
+    return _CHECKSUM_TAIL.fullmatch(data, max(0, len(data) - _CHECKSUM_TAIL_BYTES))
 
 
 def _check_version(raw: dict[str, Any], where: str) -> bool:
