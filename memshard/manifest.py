@@ -340,6 +340,34 @@ def _check_own_checksum(data: bytes, recorded: Any, where: str) -> None:
         )
 
 
+def change_token(path: str) -> tuple[object, ...] | None:
+    """What identifies the content of the manifest file at ``path``, cheaply: its size and
+    its own checksum (the last bytes of the file), or, for a manifest without one, its inode,
+    times and size. ``None`` when it cannot be read (the caller loads it to get the error).
+
+    Unlike times, the checksum changes with every commit even on a file system with coarse
+    timestamps that reuses inode numbers.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        if info.st_size >= _CHECKSUM_TAIL_BYTES:
+            tail = os.pread(fd, _CHECKSUM_TAIL_BYTES, info.st_size - _CHECKSUM_TAIL_BYTES)
+            if _CHECKSUM_TAIL.fullmatch(tail):
+                return ("checksum", info.st_size, tail)
+        return ("stat", info.st_ino, info.st_mtime_ns, info.st_ctime_ns, info.st_size)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def has_own_checksum(data: bytes) -> bool:
     """Whether manifest bytes end with a checksum member (what :func:`dumps` writes)."""
     return _checksum_tail(data) is not None

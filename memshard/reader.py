@@ -189,7 +189,7 @@ class Dataset:
     """
 
     _snapshot: _Snapshot
-    _stat: tuple[int, int, int] | None
+    _stat: tuple[object, ...] | None
 
     def __init__(self) -> None:
         raise TypeError("use memshard.open(path) to open a dataset")
@@ -377,15 +377,13 @@ class Dataset:
         Raises:
             DatasetChangedError: the dataset was replaced or its manifest went back in time.
         """
-        manifest_path = os.path.join(self.path, MANIFEST_NAME)
-        info = os.stat(manifest_path)
-        stat = (info.st_ino, info.st_mtime_ns, info.st_size)
-        if stat == self._stat:
+        token = manifest_io.change_token(os.path.join(self.path, MANIFEST_NAME))
+        if token is not None and token == self._stat:
             return False
         old = self._snapshot
         new = _load_manifest(self.path)
         _check_same_dataset(self.path, new, old.manifest.uuid, old.generation, old.rows)
-        self._stat = stat
+        self._stat = token
         if new.generation == old.generation:
             return False
         self._snapshot = _Snapshot.of(self.path, new, new.rows, new.generation)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import pickle
+import shutil
 from typing import Any
 
 import numpy as np
@@ -302,3 +303,39 @@ def test_prefetch_advises_runs_of_adjacent_rows(tmp_path: Any) -> None:
         ds.prefetch([64])
     with pytest.raises(FieldNotFoundError):
         ds.prefetch([0], fields=["nope"])
+
+
+def test_refresh_sees_a_commit_whose_manifest_has_the_same_inode_time_and_size(
+    tmp_path: Any,
+) -> None:
+    """On a file system with coarse timestamps that reuses inode numbers, a new manifest can
+    look like the old one to stat(); refresh compares the manifest's own checksum instead."""
+    path = tmp_path / "ds"
+    writer = ms.create(path, fields={"x": ("int64", ())})
+    writer.extend({"x": np.arange(3)})
+    writer.commit()
+    writer.abort()
+    ds = ms.open(path)
+    assert not ds.refresh()
+    manifest = path / "manifest.json"
+    before = os.stat(manifest)
+    # The next commit, made in a copy of the dataset, then written over the original files in
+    # place: same inode, and the old modification time put back.
+    copy = tmp_path / "copy"
+    shutil.copytree(path, copy)
+    with ms.append(copy) as again:
+        again.extend({"x": np.arange(3, 4)})
+        again.commit()
+        new_manifest = (copy / "manifest.json").read_bytes()
+        for shard in (copy / "shards").iterdir():
+            (path / "shards" / shard.name).write_bytes(shard.read_bytes())
+    assert len(new_manifest) == before.st_size
+    with open(manifest, "r+b") as handle:
+        handle.write(new_manifest)
+    os.utime(manifest, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(manifest)
+    assert (after.st_ino, after.st_mtime_ns, after.st_size) == (
+        before.st_ino, before.st_mtime_ns, before.st_size,
+    )  # fmt: skip
+    assert ds.refresh()
+    np.testing.assert_array_equal(ds["x"][:], np.arange(4))
