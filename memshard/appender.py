@@ -96,6 +96,7 @@ def create(
         raise DatasetExistsError(
             f"{root}: already exists (pass overwrite=True to replace a dataset)"
         )
+    _remove_abandoned_staging(root)
     staging = f"{root}.memshard-tmp-{manifest.uuid[:12]}"
     lock_fd = None
     try:
@@ -114,6 +115,28 @@ def create(
             ) from exc
         raise
     return Appender(root, manifest, lock_fd)
+
+
+def _remove_abandoned_staging(root: str) -> None:
+    """Delete what an interrupted ``create`` of ``root`` left: ``root.memshard-tmp-*``
+    directories whose lock no process holds (a ``create`` still running holds its lock)."""
+    parent, prefix = os.path.dirname(root), os.path.basename(root) + ".memshard-tmp-"
+    try:
+        entries = [entry for entry in os.listdir(parent) if entry.startswith(prefix)]
+    except OSError:
+        return
+    for entry in entries:
+        staging = os.path.join(parent, entry)
+        if os.path.islink(staging) or not os.path.isdir(staging):
+            continue
+        try:
+            fd = _lock(staging)
+        except MemshardError:
+            continue  # held by a running create, or not ours to judge
+        try:
+            shutil.rmtree(staging, ignore_errors=True)
+        finally:
+            os.close(fd)
 
 
 def move_into_place(staging: str, root: str, overwrite: bool) -> None:

@@ -9,6 +9,7 @@ that end in an exception, and readers that never write.
 
 from __future__ import annotations
 
+import fcntl
 import math
 import multiprocessing
 import os
@@ -844,3 +845,25 @@ def _check_read_only_dataset(base: Path) -> None:
             path.chmod(stat.S_IMODE(modes[path]))
     assert outcome == "ok"
     assert child.exitcode == 0
+
+
+def test_create_removes_what_an_interrupted_create_left(tmp_path: Path) -> None:
+    """A create killed before its rename leaves ``path.memshard-tmp-*``; the next create of the
+    same path deletes it, unless a running create holds its lock."""
+    path = tmp_path / "ds"
+    abandoned = tmp_path / "ds.memshard-tmp-0123456789ab"
+    (abandoned / "shards").mkdir(parents=True)
+    (abandoned / ".memshard.lock").touch()
+    running = tmp_path / "ds.memshard-tmp-ba9876543210"
+    (running / "shards").mkdir(parents=True)
+    lock = os.open(running / ".memshard.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    other = tmp_path / "other.memshard-tmp-0123456789ab"  # another path's: not touched
+    other.mkdir()
+    try:
+        memshard.create(path, fields={"x": ("int8", ())}).close()
+    finally:
+        os.close(lock)
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == sorted(
+        ["ds", running.name, other.name]
+    )
