@@ -65,7 +65,9 @@ from benchmarks.core import (
     Setup,
     benchmark_parser,
     format_bytes,
+    goals_summary,
     machine_info,
+    markdown,
     median_ns,
     parse_positive,
     progress,
@@ -282,18 +284,6 @@ def format_value(value: float, unit: str) -> str:
     if unit == "B/s":
         return f"{three_digits(value / 1e6)} MB/s"
     return format_bytes(value)
-
-
-def markdown(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A markdown table with padded columns."""
-    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
-
-    def line(cells: Sequence[str]) -> str:
-        padded = (cell.ljust(width) for cell, width in zip(cells, widths, strict=True))
-        return "| " + " | ".join(padded) + " |"
-
-    rule = "|" + "|".join("-" * (width + 2) for width in widths) + "|"
-    return "\n".join([line(head), rule, *(line(row) for row in rows)])
 
 
 @dataclass
@@ -760,12 +750,7 @@ def render(reports: Sequence[SourceReport], disk: Figure) -> str:
 
 def summary(figures: Sequence[Figure]) -> str:
     """Goals met, and which were missed."""
-    judged = [figure for figure in figures if figure.met is not None]
-    missed = [figure.key for figure in judged if not figure.met]
-    text = f"goals met: {len(judged) - len(missed)} of {len(judged)}"
-    text += f" (missed: {', '.join(missed)})" if missed else ""
-    load = " ".join(f"{value:.2f}" for value in os.getloadavg())
-    return f"{text}\nload average at end: {load}"
+    return goals_summary([(f.key, f.met) for f in figures if f.met is not None])
 
 
 def to_json(

@@ -744,25 +744,35 @@ def table(report: WorkloadReport) -> str:
         ]
         for result in report.results
     ]
+    return "\n".join([title, "", markdown(head, rows)])
+
+
+def markdown(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A markdown table with padded columns (shared by every benchmark)."""
     widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
 
-    def line(cells: list[str]) -> str:
-        return (
-            "| " + " | ".join(cell.ljust(w) for cell, w in zip(cells, widths, strict=True)) + " |"
-        )
+    def line(cells: Sequence[str]) -> str:
+        padded = (cell.ljust(width) for cell, width in zip(cells, widths, strict=True))
+        return "| " + " | ".join(padded) + " |"
 
-    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([title, "", line(head), rule, *(line(row) for row in rows)])
+    rule = "|" + "|".join("-" * (width + 2) for width in widths) + "|"
+    return "\n".join([line(head), rule, *(line(row) for row in rows)])
+
+
+def goals_summary(judged: Sequence[tuple[str, bool]]) -> str:
+    """``goals met: N of M (missed: ...)`` for ``(key, met)`` pairs, and the load average."""
+    missed = [key for key, met in judged if not met]
+    text = f"goals met: {len(judged) - len(missed)} of {len(judged)}"
+    text += f" (missed: {', '.join(missed)})" if missed else ""
+    load = " ".join(f"{value:.2f}" for value in os.getloadavg())
+    return f"{text}\nload average at end: {load}"
 
 
 def summary(reports: Sequence[WorkloadReport]) -> str:
     """Goals met, and which were missed."""
-    results = [result for report in reports for result in report.results]
-    missed = [result.key for result in results if not result.met]
-    text = f"goals met: {len(results) - len(missed)} of {len(results)}"
-    text += f" (missed: {', '.join(missed)})" if missed else ""
-    load = " ".join(f"{value:.2f}" for value in os.getloadavg())
-    return f"{text}\nload average at end: {load}"
+    return goals_summary(
+        [(result.key, result.met) for report in reports for result in report.results]
+    )
 
 
 def to_json(

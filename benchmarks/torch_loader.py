@@ -69,7 +69,9 @@ from benchmarks.core import (
     benchmark_parser,
     files_under,
     format_bytes,
+    goals_summary,
     machine_info,
+    markdown,
     median_ns,
     parse_positive,
     progress,
@@ -247,19 +249,6 @@ def format_value(value: float, unit: str) -> str:
         if value >= scale:
             return f"{three_digits(value / scale)}{suffix} {unit}"
     return f"{three_digits(value)} {unit}"
-
-
-def markdown(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A markdown table with padded columns."""
-    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
-
-    def line(cells: Sequence[str]) -> str:
-        return (
-            "| " + " | ".join(cell.ljust(w) for cell, w in zip(cells, widths, strict=True)) + " |"
-        )
-
-    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(head), rule, *(line(row) for row in rows)])
 
 
 def render(section: Section) -> str:
@@ -1135,12 +1124,9 @@ def header(config: Config, machine: dict[str, str]) -> str:
 
 def summary(sections: Sequence[Section]) -> str:
     """Goals met, and which were missed."""
-    results = [r for section in sections for r in section.results if r.met is not None]
-    missed = [result.key for result in results if not result.met]
-    text = f"goals met: {len(results) - len(missed)} of {len(results)}"
-    text += f" (missed: {', '.join(missed)})" if missed else ""
-    load = " ".join(f"{value:.2f}" for value in os.getloadavg())
-    return f"{text}\nload average at end: {load}"
+    return goals_summary(
+        [(r.key, r.met) for section in sections for r in section.results if r.met is not None]
+    )
 
 
 def to_json(config: Config, machine: dict[str, str], sections: Sequence[Section]) -> dict:
