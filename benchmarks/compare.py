@@ -24,7 +24,7 @@ import numpy as np
 
 import memshard as ms
 
-from .core import Workload, touch_and_free_memory, warm_page_cache
+from .core import Workload, timed, touch_and_free_memory, warm_page_cache
 from .formats import Format, Reader
 from .system import evict, resident_bytes
 
@@ -83,18 +83,6 @@ def alternate(
         for name in [*names[start:], *names[:start]]:
             samples[name].append(run(name, repeat))
     return samples
-
-
-def timed(run: Callable[[], object]) -> int:
-    """Nanoseconds of one call of ``run`` (garbage collection paused; not forced before,
-    since a full collection with torch loaded takes tens of milliseconds)."""
-    gc.disable()
-    try:
-        start = time.perf_counter_ns()
-        run()
-        return time.perf_counter_ns() - start
-    finally:
-        gc.enable()
 
 
 def work_for(probe: Callable[[int], object], units: int, limit: int, seconds: float) -> int:

@@ -122,10 +122,9 @@ def ready(run: Run) -> Setup:
     return lambda: run
 
 
-def time_once(setup: Setup) -> int:
-    """Nanoseconds of one call of the run ``setup()`` returns (setup untimed, gc paused)."""
-    run = setup()
-    gc.collect()
+def timed(run: Callable[[], object]) -> int:
+    """Nanoseconds of one call of ``run``, garbage collection paused (not forced before: a
+    full collection with torch loaded takes tens of milliseconds)."""
     gc.disable()
     try:
         start = time.perf_counter_ns()
@@ -133,6 +132,14 @@ def time_once(setup: Setup) -> int:
         return time.perf_counter_ns() - start
     finally:
         gc.enable()
+
+
+def time_once(setup: Setup) -> int:
+    """Nanoseconds of one call of the run ``setup()`` returns (setup untimed, collected
+    garbage first, gc paused)."""
+    run = setup()
+    gc.collect()
+    return timed(run)
 
 
 def median_ns(repeats: int, trial: Callable[[], Sequence[Setup]], warmups: int = 1) -> list[float]:

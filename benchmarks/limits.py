@@ -11,8 +11,8 @@ import os
 
 import numpy as np
 
-from .compare import Figure, Figures, alternate, timed
-from .core import touch_and_free_memory, warm_page_cache
+from .compare import Figure, Figures, alternate
+from .core import timed, touch_and_free_memory, warm_page_cache
 
 BLOCK_BYTES = 8 << 20
 MEMCPY = "memcpy (np.copyto)"

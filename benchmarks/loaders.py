@@ -24,7 +24,8 @@ from torch.utils.data import Dataset as TorchDataset
 
 import memshard.torch as mt
 
-from .compare import Effort, Figure, Figures, alternate, timed
+from .compare import Effort, Figure, Figures, alternate
+from .core import timed
 from .formats import Format, Reader
 from .system import memory_of
 
