@@ -9,7 +9,6 @@ time per operation, so the amounts need not match.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import math
 import os
@@ -24,6 +23,7 @@ import numpy as np
 
 import memshard as ms
 
+from . import core
 from .core import Workload, timed, touch_and_free_memory, warm_page_cache
 from .formats import Format, Reader
 from .system import evict, resident_bytes
@@ -424,11 +424,7 @@ def measure_extend(
     file_path = os.path.join(scratch, "write-plain.bin")
 
     def clean_slate() -> None:
-        shutil.rmtree(dataset_path, ignore_errors=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(file_path)
-        os.sync()
-        touch_and_free_memory(workload.nbytes)
+        core.clean_slate([dataset_path, file_path], workload.nbytes)
 
     def memshard_pass() -> tuple[int, int]:
         clean_slate()

@@ -27,7 +27,7 @@ import memshard.torch as mt
 from .compare import Effort, Figure, Figures, alternate
 from .core import timed
 from .formats import Format, Reader
-from .system import memory_of
+from .system import announce, memory_of
 
 BATCH_SIZE = 256
 WORKER_COUNTS = (0, 2)
@@ -74,11 +74,6 @@ class BatchedDataset(TorchDataset[torch.Tensor]):
         if self._reader is not None and self._pid == os.getpid():
             self._reader.close()
         self._reader = None
-
-
-def announce(queue: Any, worker_id: int) -> None:
-    """``worker_init_fn``: report this worker's pid and memory before its first batch."""
-    queue.put((worker_id, os.getpid(), memory_of()))
 
 
 @dataclass

@@ -9,6 +9,7 @@ import ctypes
 import mmap
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -37,6 +38,11 @@ def memory_of(pid: int | str = "self") -> dict[str, int]:
         "uss": (kib["Private_Clean"] + kib["Private_Dirty"]) << 10,
         "private": (kib["Private_Dirty"] + kib.get("Swap", 0)) << 10,
     }
+
+
+def announce(queue: Any, worker_id: int) -> None:
+    """``worker_init_fn``: report this worker's pid and memory before its first batch."""
+    queue.put((worker_id, os.getpid(), memory_of()))
 
 
 def resident_bytes(paths: Sequence[str]) -> tuple[int, int]:

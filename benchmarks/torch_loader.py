@@ -81,7 +81,7 @@ from benchmarks.core import (
     warm_page_cache,
     write_dataset,
 )
-from benchmarks.system import PAGE, evict, memory_of, resident_bytes
+from benchmarks.system import PAGE, announce, evict, memory_of, resident_bytes
 
 BATCH_SIZE = 256
 NUM_WORKERS = 2
@@ -651,11 +651,6 @@ def run_image_loaders(
 
 
 # -- 3: worker memory ------------------------------------------------------------------------
-def announce(queue: Any, worker_id: int) -> None:
-    """``worker_init_fn``: report this worker's pid and memory before its first batch."""
-    queue.put((worker_id, os.getpid(), memory_of()))
-
-
 def worker_memory(dataset: TorchDataset[Any], collate: Callable[[Any], Any]) -> dict[str, Any]:
     """Run :data:`MEMORY_EPOCHS` shuffled epochs with forked, persistent workers; return each
     worker's memory at its start and after every epoch."""

@@ -9,6 +9,7 @@ reasonably write; the module of each format says which and why.
 from __future__ import annotations
 
 import abc
+import importlib
 import os
 import shutil
 from collections.abc import Iterable
@@ -129,3 +130,11 @@ def byte_view(out: np.ndarray) -> tuple[memoryview, int]:
 
 class Unavailable(Exception):
     """A format cannot run here (a missing program or package); the message says why."""
+
+
+def require(module: str, install: str) -> Any:
+    """Import ``module`` for a peer, or raise :class:`Unavailable` saying how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise Unavailable(f"{module} is not installed ({install})") from error

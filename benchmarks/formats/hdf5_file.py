@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Format, Reader, Unavailable
+from .base import Format, Reader, require
 
 #: Bytes a chunk of the chunked layout aims at (at least one row).
 CHUNK_BYTES = 64 << 10
@@ -24,11 +24,7 @@ ROW_BY_ROW_BYTES = 16 << 10
 
 
 def _h5py() -> Any:
-    try:
-        import h5py
-    except ImportError as error:
-        raise Unavailable("h5py is not installed (pip install 'memshard[hdf5]')") from error
-    return h5py
+    return require("h5py", "pip install 'memshard[hdf5]'")
 
 
 class Hdf5Reader(Reader):

@@ -14,15 +14,11 @@ from typing import Any
 import numpy as np
 
 from ..system import PAGE
-from .base import Format, Reader, Unavailable, byte_view
+from .base import Format, Reader, byte_view, require
 
 
 def _lmdb() -> Any:
-    try:
-        import lmdb
-    except ImportError as error:
-        raise Unavailable("the lmdb package is not installed (pip install lmdb)") from error
-    return lmdb
+    return require("lmdb", "pip install lmdb")
 
 
 def key_of(index: int) -> bytes:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Format, Reader, Unavailable, byte_view
+from .base import Format, Reader, Unavailable, byte_view, require
 
 HOST = "127.0.0.1"
 #: Seconds the server may take to say it accepts connections.
@@ -29,11 +29,7 @@ SCAN_KEYS = 4096
 
 
 def _redis() -> Any:
-    try:
-        import redis
-    except ImportError as error:
-        raise Unavailable("the redis package is not installed (pip install redis)") from error
-    return redis
+    return require("redis", "pip install redis")
 
 
 def key_of(index: int) -> bytes:

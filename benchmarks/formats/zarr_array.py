@@ -13,18 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from .base import Format, Reader, Unavailable
+from .base import Format, Reader, require
 
 #: Bytes a chunk aims at (at least one row).
 CHUNK_BYTES = 64 << 10
 
 
 def _zarr() -> Any:
-    try:
-        import zarr
-    except ImportError as error:
-        raise Unavailable("zarr is not installed (pip install 'memshard[zarr]')") from error
-    return zarr
+    return require("zarr", "pip install 'memshard[zarr]'")
 
 
 class ZarrReader(Reader):
