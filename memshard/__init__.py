@@ -3,7 +3,8 @@
 Write with :func:`create` (or resume with :func:`append`), read with :func:`open`; the
 format is specified in ``spec/FORMAT.md``.
 
-This module re-exports the public API. It never imports torch, h5py, zarr or dask: those
+This module re-exports the public API. Parallel writers write parts (:func:`write_part`) and
+one process commits them (:func:`commit_parts`). It never imports torch, h5py, zarr or dask: those
 integrations live in their own modules.
 """
 
@@ -14,6 +15,7 @@ from .appender import Appender, append, create
 from .convert import from_hdf5, from_numpy, from_zarr, to_hdf5, to_zarr
 from .errors import MemshardError
 from .manifest import FORMAT_VERSION
+from .parts import Part, PartWriter, commit_parts, discard_parts, write_part
 from .reader import Column, Dataset, FieldInfo, open  # noqa: A004
 from .schema import DEFAULT_SHARD_BYTES
 
@@ -27,8 +29,12 @@ __all__ = [
     "Dataset",
     "FieldInfo",
     "MemshardError",
+    "Part",
+    "PartWriter",
     "append",
+    "commit_parts",
     "create",
+    "discard_parts",
     "errors",
     "from_hdf5",
     "from_numpy",
@@ -36,4 +42,5 @@ __all__ = [
     "open",
     "to_hdf5",
     "to_zarr",
+    "write_part",
 ]

@@ -250,9 +250,12 @@ def _remove_leftovers(root: str, manifest: Manifest) -> None:
     for entry in os.listdir(root):
         if entry.startswith(MANIFEST_TEMP_PREFIX):
             os.unlink(os.path.join(root, entry))
+    # Only this dataset's own shard names (TOKEN-...): files of parts (p-...) belong to part
+    # writers that may still be running, and only discard_parts may remove them.
+    own = manifest.uuid[:12] + "-"
     shards_dir = os.path.join(root, SHARDS_DIR)
     for entry in os.listdir(shards_dir):
-        if entry.endswith(".npy") and entry not in named:
+        if entry.startswith(own) and entry.endswith(".npy") and entry not in named:
             os.unlink(os.path.join(shards_dir, entry))
 
 
@@ -351,23 +354,19 @@ class Appender:
     def adopt_shards(self, shards: Sequence[Shard]) -> None:
         """Commit sealed shards written elsewhere, after the rows appended so far.
 
-        For writers that build whole shards in other processes (conversion workers): each
-        record must be sealed, start where the rows so far end, name files in ``shards/``
+        For writers that build whole shards in other processes (conversion workers, parts):
+        each record must be sealed, start where the rows so far end, name files in ``shards/``
         holding its rows, and those files must already be durable (``fsync``-ed). The files
-        are checked (size and header) before the commit that publishes them.
+        are checked (size and header) before the commit that publishes them. The open shard,
+        if any, is sealed first and committed with them, with every row appended so far.
 
         Raises:
-            ArgumentError: rows are pending in an open shard, or a record does not follow on.
+            ArgumentError: a record does not follow on.
             ShardMissingError, ShardSizeError, ShardHeaderError: a file does not match.
             WriteFailedError: the commit failed (see :meth:`commit`).
         """
         self._check_usable()
-        if self._open is not None and self._open.rows:
-            raise ArgumentError(
-                f"{self.path}: cannot adopt shards while {self._open.rows} rows are appended to "
-                "an open shard; close or commit a sealed shard first"
-            )
-        self._guarded(self._seal_open_shard)
+        self._guarded(self._seal_open_shard)  # the adopted shards follow it, so it is sealed
         rows = self._rows
         for record in shards:
             if (

@@ -138,6 +138,21 @@ class MissingDependencyError(MemshardError, ImportError):
     """An optional dependency (h5py, zarr, torch, tqdm) that this operation needs is missing."""
 
 
+class PartError(MemshardError, ValueError):
+    """A part cannot be committed: its record is damaged, belongs to another dataset or
+    another schema, or the parts given contradict each other (the same part twice, keys that
+    cannot be ordered)."""
+
+
+class PartIncompleteError(PartError):
+    """A part has no record: it is still being written, or its writer failed or was killed.
+    Such a part is never committed; write it again and discard the remains."""
+
+
+class PartCommittedError(PartError):
+    """A part was committed to the dataset already; committing it again would repeat rows."""
+
+
 class ReadFailedError(MemshardError, OSError):
     """Reading a dataset failed for a reason outside it: too many open files, no permission,
     an I/O error. The dataset may be fine; the process or the system is not."""

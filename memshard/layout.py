@@ -6,6 +6,7 @@
       manifest.json                 the committed manifest (the only file a reader starts from)
       .memshard.lock                the appender's lock (readers never touch it)
       shards/TOKEN-NNNNNNNN.FIELD.npy   one file per field per shard
+      parts/PART.json               a finished part, not yet committed (spec/PARTS.md)
 
 Everything else in the directory (temporary manifests, stray shards of an interrupted
 append) is ignored by readers.
@@ -31,6 +32,8 @@ LOCK_NAME = ".memshard.lock"
 SHARDS_DIR = "shards"
 #: Prefix of the temporary file a commit writes before renaming it to ``manifest.json``.
 MANIFEST_TEMP_PREFIX = ".manifest.json.tmp-"
+#: The directory holding part records and part locks (spec/PARTS.md).
+PARTS_DIR = "parts"
 #: Longest field name; names appear in file names, so they are short and portable.
 MAX_FIELD_NAME = 64
 FIELD_NAME_PATTERN = re.compile(rf"[A-Za-z_][A-Za-z0-9_\-]{{0,{MAX_FIELD_NAME - 1}}}")
