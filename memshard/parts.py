@@ -109,7 +109,10 @@ class Part(_Strict):
                 where = f"shards[{index}].files.{name}"
                 if file.path != shard_file_name(self.id, index, name):
                     raise ValueError(f"{where}.path {file.path!r} is not this part's file")
-                if file.data_offset != spec.data_offset or file.nbytes != shard.rows * spec.row_bytes:
+                if (
+                    file.data_offset != spec.data_offset
+                    or file.nbytes != shard.rows * spec.row_bytes
+                ):
                     raise ValueError(f"{where}: data_offset or nbytes does not match the field")
                 if file.checksum is None:
                     raise ValueError(f"{where}.checksum is missing")
@@ -429,14 +432,15 @@ def _checked_key(key: Any) -> PartKey:
     """``key`` as a part record stores it: an int, a string, a tuple of them, or None."""
     if key is None or isinstance(key, str):
         return key
-    if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
+    if _is_int(key):
         return int(key)
-    if isinstance(key, (tuple, list)) and all(
-        isinstance(item, str) or _checked_key(item) is not None and not isinstance(item, tuple)
-        for item in key
-    ):
+    if isinstance(key, (tuple, list)) and all(isinstance(i, str) or _is_int(i) for i in key):
         return tuple(item if isinstance(item, str) else int(item) for item in key)
     raise ArgumentError(f"a part key must be an int, a str or a tuple of them, got {key!r:.80}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 # -- records ---------------------------------------------------------------------------------
@@ -483,8 +487,10 @@ def load_part(root: str, part_id: str) -> Part:
     try:
         fd = os.open(where, os.O_RDONLY | os.O_NOFOLLOW | _CLOEXEC)
     except FileNotFoundError:
-        state = "is still being written" if _lock_is_held(root, part_id) else (
-            "was never finished: its writer failed, was killed or did not close it"
+        state = (
+            "is still being written"
+            if _lock_is_held(root, part_id)
+            else ("was never finished: its writer failed, was killed or did not close it")
         )
         raise PartIncompleteError(f"{where}: no such record; part {part_id} {state}") from None
     except OSError as exc:
@@ -571,12 +577,10 @@ def _commit(
     if repeated:
         raise PartError(f"{root}: parts given more than once: {sorted(repeated)}")
     records = [load_part(root, part_id) for part_id in ids]
-    for part, record in zip(given, records):
+    for part, record in zip(given, records, strict=False):
         if isinstance(part, Part) and part != record:
             raise PartError(f"{root}: part {record.id} differs from its record on disk")
-    committed = {
-        file.path for shard in appender.manifest.shards for file in shard.files.values()
-    }
+    committed = {file.path for shard in appender.manifest.shards for file in shard.files.values()}
     for record in records:
         _check_belongs(root, appender, record, committed)
         if verify:
@@ -646,7 +650,9 @@ def _ordered(root: str, records: list[Part], order: Order) -> list[Part]:
         try:
             return sorted(records, key=order)
         except TypeError as exc:
-            raise PartError(f"{root}: the order function's keys cannot be compared ({exc})") from None
+            raise PartError(
+                f"{root}: the order function's keys cannot be compared ({exc})"
+            ) from None
     raise ArgumentError(f"order must be 'key', 'given' or a function, got {order!r}")
 
 
@@ -658,13 +664,14 @@ def discard_parts(
     parts: Iterable[Part | str] | None = None,
     *,
     group: str | None = None,
+    wait: bool = False,
 ) -> list[str]:
     """Delete uncommitted parts: their shard files, records and locks.
 
     Removes the parts named in ``parts``, or every part of ``group``, or, with neither, every
     part. Finished parts are deleted as well as the remains of failed ones. A part whose writer
-    still holds its lock (on this host) is left alone, and no file the manifest names is ever
-    deleted.
+    still holds its lock is left alone or, with ``wait``, deleted once its writer has finished
+    or died. No file the manifest names is ever deleted.
 
     Returns:
         The ids of the parts removed.
@@ -674,13 +681,13 @@ def discard_parts(
         DatasetLockedError: another appender holds the dataset.
     """
     if isinstance(dataset, Appender):
-        return _discard(dataset, parts, group)
+        return _discard(dataset, parts, group, wait)
     with append(dataset) as appender:
-        return _discard(appender, parts, group)
+        return _discard(appender, parts, group, wait)
 
 
 def _discard(
-    appender: Appender, parts: Iterable[Part | str] | None, group: str | None
+    appender: Appender, parts: Iterable[Part | str] | None, group: str | None, wait: bool
 ) -> list[str]:
     root = appender.path
     wanted = None if parts is None else {_part_id(part) for part in parts}
@@ -695,7 +702,7 @@ def _discard(
         if group is not None and not part_id.startswith(f"p-{group}-"):
             continue
         leftovers = [path for path in files if path not in named]
-        if leftovers and _remove_part(root, part_id, leftovers):
+        if leftovers and _remove_part(root, part_id, named, wait):
             removed.append(part_id)
     return removed
 
@@ -715,8 +722,9 @@ def _files_of_parts(root: str) -> dict[str, list[str]]:
     return found
 
 
-def _remove_part(root: str, part_id: str, files: list[str]) -> bool:
-    """Delete ``files`` of a part unless its writer is alive (holds the part's lock)."""
+def _remove_part(root: str, part_id: str, named: set[str], wait: bool) -> bool:
+    """Delete the files of a part that the manifest does not name, unless its writer is alive
+    (holds the part's lock), or, with ``wait``, once it is not."""
     lock_path = os.path.join(root, PARTS_DIR, f"{part_id}.lock")
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | _CLOEXEC, 0o644)
@@ -724,10 +732,12 @@ def _remove_part(root: str, part_id: str, files: list[str]) -> bool:
         fd = -1
     if fd >= 0:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             os.close(fd)
             return False
+    # Listed under the lock: a writer that held it may have published more files meanwhile.
+    files = [path for path in _files_of_parts(root).get(part_id, []) if path not in named]
     try:
         for path in files:
             if not path.endswith(".lock"):
@@ -737,7 +747,9 @@ def _remove_part(root: str, part_id: str, files: list[str]) -> bool:
             os.unlink(lock_path)
     except OSError as exc:
         if exc.errno != errno.ENOENT:
-            raise WriteFailedError(exc.errno, f"{root}: cannot discard part {part_id} ({exc})") from exc
+            raise WriteFailedError(
+                exc.errno, f"{root}: cannot discard part {part_id} ({exc})"
+            ) from exc
     finally:
         if fd >= 0:
             os.close(fd)

@@ -113,6 +113,11 @@ class ShardFileWriter:
             os.close(fd)
 
     def _write_all(self, data: bytes | bytearray | memoryview) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view) :]
+        # The views are released explicitly, not left to reference counting: a sampling
+        # profiler (dask's workers run one) may hold this frame, and a live view of the buffer
+        # would make flush()'s clear() fail with BufferError.
+        with memoryview(data) as whole:
+            written = 0
+            while written < len(whole):
+                with whole[written:] as rest:
+                    written += os.write(self.fd, rest)

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import memshard as ms
 from memshard import errors
+from memshard.manifest import own_checksum
 from memshard.parts import PartTarget, dumps_part, load_part, loads_part
 
 FIELDS = {"x": ("float32", (3,)), "y": ("int64", ())}
@@ -49,7 +50,9 @@ def assert_rows(path: str, count: int) -> None:
 
 
 def part_files(path: str) -> list[str]:
-    return sorted(name for name in os.listdir(os.path.join(path, "shards")) if name.startswith("p-"))
+    return sorted(
+        name for name in os.listdir(os.path.join(path, "shards")) if name.startswith("p-")
+    )
 
 
 def test_parts_written_in_any_order_are_committed_in_key_order(tmp_path):
@@ -162,14 +165,14 @@ def test_bad_part_lists_are_refused(tmp_path):
     path = make(tmp_path / "ds")
     keyed, unkeyed = part_of(path, 0, 2, key=0), part_of(path, 2, 2)
     text_key = part_of(path, 2, 2, key="z")
-    for given, match in [
+    for listed, match in [
         ([keyed, keyed], "more than once"),
         ([keyed, unkeyed], "needs every part to have a key"),
         ([keyed, text_key], "distinct and of one kind"),
         (["not-a-part"], "is not a part id"),
     ]:
         with pytest.raises(errors.PartError, match=match):
-            ms.commit_parts(path, given)
+            ms.commit_parts(path, listed)
     with pytest.raises(errors.ArgumentError, match="order must be"):
         ms.commit_parts(path, [keyed], order="fastest")  # type: ignore[arg-type]
     with pytest.raises(errors.PartError, match="differs from its record"):
@@ -220,13 +223,14 @@ def test_records_round_trip_and_are_checked(tmp_path):
     part = part_of(path, 0, 17, key=(3, 1))
     assert loads_part(dumps_part(part), where="x") == part
     assert load_part(path, part.id) == part
-    assert part.key == (3, 1) and part.rows == 17 and len(part.shards) == 3
+    assert part.key == (3, 1)
+    assert part.rows == 17
+    assert len(part.shards) == 3
+    body = dumps_part(part).replace(b'"rows": 17', b'"rows": 18')
+    prefix = body[: body.rindex(b'"xxh3_64:')]
+    resealed = prefix + f'"{own_checksum(prefix)}"}}\n'.encode()  # a valid checksum, bad rows
     with pytest.raises(errors.PartError, match="not a valid part record"):
-        body = dumps_part(part).replace(b'"rows": 17', b'"rows": 18')
-        prefix = body[: body.rindex(b'"xxh3_64:')]
-        from memshard.manifest import own_checksum
-
-        loads_part(prefix + f'"{own_checksum(prefix)}"}}\n'.encode(), where="x")
+        loads_part(resealed, where="x")
 
 
 def test_the_appender_resuming_leaves_running_parts_alone(tmp_path):
@@ -277,9 +281,15 @@ def test_bad_arguments_get_typed_errors(tmp_path):
 
 def test_an_aborted_part_leaves_nothing(tmp_path):
     path = make(tmp_path / "ds")
-    with pytest.raises(RuntimeError), ms.write_part(path, key=0) as part:
-        part.extend(rows(0, 20))
-        raise RuntimeError("the job failed")
+    part = ms.write_part(path, key=0)
+
+    def fail_while_writing() -> None:
+        with part:
+            part.extend(rows(0, 20))
+            raise RuntimeError("the job failed")
+
+    with pytest.raises(RuntimeError):
+        fail_while_writing()
     assert part_files(path) == []
     assert os.listdir(os.path.join(path, "parts")) == []
 
@@ -303,14 +313,18 @@ def test_parts_from_concurrent_processes(tmp_path):
     assert_rows(path, sum(sizes))
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     shard_rows=st.integers(1, 9),
     sizes=st.lists(st.integers(0, 30), min_size=0, max_size=6),
     already=st.integers(0, 12),
     permutation_seed=st.integers(0, 2**32 - 1),
 )
-def test_any_parts_commit_to_their_concatenation(tmp_path_factory, shard_rows, sizes, already, permutation_seed):
+def test_any_parts_commit_to_their_concatenation(
+    tmp_path_factory, shard_rows, sizes, already, permutation_seed
+):
     path = make(tmp_path_factory.mktemp("parts") / "ds", shard_rows=shard_rows)
     with ms.append(path) as appender:
         appender.extend(rows(0, already))
@@ -334,5 +348,7 @@ def test_parts_are_invisible_to_a_plain_numpy_reader_until_committed(tmp_path):
         loaded = np.load(os.path.join(path, shard.files["x"].path))
         np.testing.assert_array_equal(loaded, rows(8 * index, shard.rows)["x"])
     script = f"import memshard as ms; print(len(ms.open({path!r})))"
-    shown = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    shown = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
     assert shown.stdout.strip() == "0"

@@ -1,0 +1,258 @@
+"""Dask arrays in and out: :func:`to_dask` and :func:`from_dask`.
+
+The only module of memshard that imports dask (``pip install "memshard[dask]"``).
+
+- :func:`to_dask` turns a field into a ``dask.array`` with one chunk per shard. The task graph
+  holds only where each shard is; a task maps its shard read-only (zero copies, as
+  :func:`memshard.open` does), so nothing of the data travels through the scheduler.
+- :func:`from_dask` writes dask arrays as a dataset on the workers of whatever scheduler is
+  active (a ``dask.distributed`` cluster, typically): every block of rows becomes a part
+  (:mod:`memshard.parts`) written where the block was computed, and the parts are committed in
+  block order in one atomic commit, so the result never depends on which worker finished first.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from .appender import Appender, append, create, move_into_place
+from .convert import require
+from .errors import (
+    ArgumentError,
+    BatchError,
+    ConversionFailedError,
+    DatasetExistsError,
+    FieldNotFoundError,
+    MemshardError,
+    SchemaError,
+)
+from .layout import PARTS_DIR
+from .manifest import FieldSpec
+from .mappings import ShardPart, map_segment
+from .parts import Part, PartTarget, commit_parts, discard_parts, write_part
+from .reader import Dataset
+from .reader import open as open_dataset
+from .schema import DEFAULT_SHARD_BYTES, field_specs
+
+da = require("dask.array", "dask")
+dask = require("dask", "dask")
+
+__all__ = ["from_dask", "to_dask"]
+
+
+def to_dask(dataset: Dataset | str | os.PathLike[str], field: str) -> Any:
+    """Field ``field`` of a dataset (or of the dataset at a path) as a ``dask.array.Array``.
+
+    One chunk per shard along the first axis (rows), the whole sample in the other axes. Each
+    chunk is computed by mapping its shard file read-only, checked against the manifest first
+    (size and header), so it is a zero-copy view of the page cache; the graph holds no data.
+    The array covers the rows of ``dataset``'s snapshot (rows committed later are not in it).
+
+    Raises:
+        FieldNotFoundError: no field ``field``.
+    """
+    if not isinstance(dataset, Dataset):
+        dataset = open_dataset(dataset)
+    if field not in dataset.fields:
+        raise FieldNotFoundError(
+            f"{dataset.path}: no field {field!r}; fields are {sorted(dataset.fields)}"
+        )
+    spec = dataset.manifest.fields[field]
+    rows, dtype = len(dataset), spec.numpy_dtype
+    name = f"memshard-{field}-{dataset.uuid}-{dataset.generation}-{rows}"
+    tail = (0,) * len(spec.shape)
+    graph: dict[tuple[Any, ...], Any] = {}
+    chunk_rows = []
+    for index, shard in enumerate(s for s in dataset.shards if s.row_offset < rows):
+        mapped = min(shard.rows, rows - shard.row_offset)
+        part = ShardPart(shard.files[field], shard.rows, shard.sealed, mapped)
+        key = (name, index, *tail)
+        graph[key] = (map_segment, dataset.path, spec, [part])
+        chunk_rows.append(mapped)
+    if not chunk_rows:
+        return da.zeros((0, *spec.shape), dtype=dtype, chunks=(0, *spec.shape))
+    chunks = (tuple(chunk_rows), *((dim,) for dim in spec.shape))
+    return da.Array(graph, name, chunks, dtype=dtype)
+
+
+def from_dask(
+    arrays: Mapping[str, Any],
+    path: str | os.PathLike[str],
+    *,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
+    labels: Mapping[str, Iterable[str]] | None = None,
+    attrs: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    append_to: bool = False,
+) -> Dataset:
+    """Write dask arrays, one per field, as a dataset at ``path`` and open it.
+
+    Every array's first axis is the rows; all must have the same number of rows. They are
+    rechunked to the row blocks of the first array (and whole samples). Block ``k`` of every
+    field is written on a worker as one part, by the scheduler that is active (the
+    ``dask.distributed`` client, if one is); the parts are committed in block order in one
+    commit. Blocks of a multiple of the dataset's ``shard_rows`` rows give full shards; other
+    blocks end in a short shard each.
+
+    A new dataset is built under a temporary name next to ``path`` and renamed into place when
+    complete: a failure leaves nothing at ``path``. With ``append_to``, the rows are appended
+    to the existing dataset at ``path`` (whose fields must match), which holds its write lock
+    throughout and, on failure, stays as it was. A worker that dies while writing leaves a part
+    without a record, which is never committed; the scheduler runs the block again and the
+    dead part's files are deleted at the end.
+
+    Parameters:
+        arrays: ``{field: dask array}``; a field's dtype and sample shape are the array's.
+        shard_bytes, labels, attrs, overwrite: as for :func:`memshard.create` (ignored with
+            ``append_to``, except ``labels`` must be None).
+
+    Raises:
+        ArgumentError: not dask arrays, unknown chunk sizes, ``overwrite`` with ``append_to``.
+        BatchError: arrays of different lengths or without rows axis.
+        SchemaError, UnsupportedDtypeError, LabelError: as for :func:`memshard.create` and
+            :meth:`memshard.Appender.extend`.
+        DatasetExistsError: ``path`` exists (without ``overwrite`` or ``append_to``).
+        ConversionFailedError: the computation failed (a worker died too often, a block
+            raised); nothing was committed.
+    """
+    root = os.path.abspath(os.fspath(path))
+    blocks = _row_blocks(arrays, root)
+    fields = {name: (array.dtype, array.shape[1:]) for name, array in arrays.items()}
+    if append_to:
+        if overwrite or labels is not None:
+            raise ArgumentError("append_to=True takes neither overwrite nor labels")
+        appender, staging = append(root), None
+        _check_fields(appender, fields)
+    else:
+        if os.path.lexists(root) and not overwrite:
+            raise DatasetExistsError(f"{root}: already exists (pass overwrite=True to replace it)")
+        staging = f"{root}.memshard-tmp-dask{secrets.token_hex(6)}"
+        appender = create(staging, fields, shard_bytes=shard_bytes, labels=labels, attrs=attrs)
+    job = f"dask{secrets.token_hex(4)}"
+    try:
+        running = _start_job(appender.path, job)
+        try:
+            parts = _write_parts(PartTarget.of(appender.path), job, blocks)
+            commit_parts(appender, parts, order="key")
+        finally:
+            _end_job(appender, running, job)
+        appender.close()
+    except BaseException:
+        appender.abort()
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if staging is not None:
+        try:
+            move_into_place(staging, root, overwrite)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    return open_dataset(root)
+
+
+def _row_blocks(arrays: Mapping[str, Any], root: str) -> dict[str, list[Any]]:
+    """Each field's blocks of rows as delayed arrays, the same row blocks for every field."""
+    if not isinstance(arrays, Mapping) or not arrays:
+        raise ArgumentError(f"{root}: arrays must be a non-empty mapping of field -> dask array")
+    first = None
+    blocks = {}
+    for name, array in arrays.items():
+        if not isinstance(array, da.Array):
+            raise ArgumentError(
+                f"{root}: field {name!r} is a {type(array).__name__}, not a dask array"
+            )
+        if array.ndim < 1:
+            raise BatchError(f"{root}: field {name!r} has no rows axis (a 0-d array)")
+        if any(np.isnan(size) for sizes in array.chunks for size in sizes):
+            raise ArgumentError(
+                f"{root}: field {name!r} has unknown chunk sizes; call compute_chunk_sizes() first"
+            )
+        if first is None:
+            first = array.chunks[0]
+        elif array.shape[0] != sum(first):
+            raise BatchError(
+                f"{root}: field {name!r} has {array.shape[0]} rows, the first field {sum(first)}"
+            )
+        whole = {axis: -1 for axis in range(1, array.ndim)}
+        rechunked = array.rechunk({0: first, **whole})
+        blocks[name] = list(rechunked.to_delayed().ravel())
+    return blocks
+
+
+def _check_fields(appender: Appender, fields: dict[str, tuple[Any, Any]]) -> None:
+    try:
+        wanted = field_specs(fields)
+    except MemshardError:
+        appender.abort()
+        raise
+    if wanted != appender.fields:
+        appender.abort()
+        raise SchemaError(
+            f"{appender.path}: the arrays' fields {_describe(wanted)} differ from the dataset's "
+            f"{_describe(appender.fields)}"
+        )
+
+
+def _describe(specs: dict[str, FieldSpec]) -> str:
+    return ", ".join(f"{name}: {spec.dtype}{list(spec.shape)}" for name, spec in specs.items())
+
+
+def _write_parts(target: PartTarget, job: str, blocks: dict[str, list[Any]]) -> list[Part]:
+    names = list(blocks)
+    count = len(blocks[names[0]])
+    tasks = [
+        dask.delayed(write_block, pure=False)(
+            target, job, index, names, *(blocks[n][index] for n in names)
+        )
+        for index in range(count)
+    ]
+    try:
+        return list(dask.compute(*tasks))
+    except MemshardError:
+        raise
+    except Exception as exc:
+        raise ConversionFailedError(
+            f"{target.root}: writing the blocks failed, nothing was committed "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def write_block(target: PartTarget, job: str, index: int, names: list[str], *arrays: Any) -> Part:
+    """Write one block of rows, ``{names[i]: arrays[i]}``, as part ``index`` of ``job`` (runs
+    on a worker) and return the part's record."""
+    with write_part(target, key=index, group=job) as part:
+        # Checked while the part's lock is held: see _end_job.
+        if not os.path.exists(os.path.join(target.root, PARTS_DIR, f"{job}.running")):
+            raise ConversionFailedError(
+                f"{target.root}: job {job} has ended; block {index} is not written"
+            )
+        part.extend(dict(zip(names, arrays, strict=False)))
+    return part.close()
+
+
+def _start_job(root: str, job: str) -> str:
+    """Mark ``job`` as running: its blocks write parts only while ``parts/JOB.running`` exists."""
+    parts = os.path.join(root, PARTS_DIR)
+    os.makedirs(parts, exist_ok=True)
+    running = os.path.join(parts, f"{job}.running")
+    os.close(os.open(running, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    return running
+
+
+def _end_job(appender: Appender, running: str, job: str) -> None:
+    """Stop ``job`` and delete every part of it that was not committed.
+
+    Blocks of a failed job may still be running on the workers (a scheduler cannot stop a
+    running task). Once the marker is gone no block starts a part, and a block that started
+    one before holds its lock until it is done, so waiting for the locks of the job's parts
+    leaves none behind: dead attempts, and the blocks of a job that failed.
+    """
+    os.unlink(running)
+    discard_parts(appender, group=job, wait=True)
