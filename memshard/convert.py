@@ -32,13 +32,12 @@ from .errors import (
     LabelError,
     MissingDependencyError,
 )
-from .layout import shard_file_name
-from .manifest import FieldSpec, Shard, ShardFile
+from .manifest import FieldSpec
+from .parts import Part, PartTarget, commit_parts, discard_parts, write_part
 from .progress import progress_bar
 from .reader import Dataset
 from .reader import open as open_dataset
 from .schema import DEFAULT_SHARD_BYTES
-from .shardwriter import ShardFileWriter
 from .sources import (
     SourceField,
     SourcePlan,
@@ -332,6 +331,7 @@ def _open_staging(
     appender = append(staging)
     try:
         _check_resumable(appender, record, plan.labels, staging)
+        discard_parts(appender)  # the shards that were being written when it stopped
     except BaseException:
         appender.abort()
         raise
@@ -380,21 +380,27 @@ def appender_attrs_form(value: dict[str, Any]) -> dict[str, Any]:
     return json_attrs(value)
 
 
+#: The group of the parts a conversion writes (their ids are ``p-convert-NONCE``).
+CONVERT_GROUP = "convert"
+
+
 @dataclass(frozen=True)
 class ShardJob:
     """Everything a worker needs to write shards of one conversion (picklable)."""
 
-    root: str
-    token: str
-    shard_rows: int
-    specs: dict[str, FieldSpec]
+    target: PartTarget
     sources: dict[str, SourceField]
     vocabulary_sizes: dict[str, int]
 
+    @property
+    def specs(self) -> dict[str, FieldSpec]:
+        """The staging dataset's fields."""
+        return self.target.fields
+
     def shard_range(self, index: int, rows: int) -> tuple[int, int]:
         """Rows ``start, stop`` of shard ``index`` in a source of ``rows`` rows."""
-        start = index * self.shard_rows
-        return start, min(rows, start + self.shard_rows)
+        start = index * self.target.shard_rows
+        return start, min(rows, start + self.target.shard_rows)
 
 
 def write_shard(
@@ -404,50 +410,32 @@ def write_shard(
     start: int,
     stop: int,
     report: Callable[[int], None] | None = None,
-) -> Shard:
-    """Write source rows ``start:stop`` as sealed, ``fsync``-ed shard ``index`` and return its
-    record (not yet committed)."""
-    files: dict[str, ShardFile] = {}
-    for name, spec in job.specs.items():
-        relpath = shard_file_name(job.token, index, name)
-        writer = ShardFileWriter.create(job.root, relpath, spec)
-        try:
-            _copy_field(job, reader, name, writer, start, stop, report)
-            writer.write_header(stop - start)
-            writer.sync()
-        finally:
-            writer.close()
-        files[name] = ShardFile(
-            path=relpath,
-            data_offset=spec.data_offset,
-            nbytes=(stop - start) * spec.row_bytes,
-            checksum=writer.checksum.digest(),
-        )
-    return Shard(row_offset=start, rows=stop - start, sealed=True, files=files)
+) -> Part:
+    """Write source rows ``start:stop`` as part ``index`` of the conversion: one sealed,
+    ``fsync``-ed shard and the part's record; return the record (not yet committed).
 
-
-def _copy_field(
-    job: ShardJob,
-    reader: SourceReader,
-    name: str,
-    writer: ShardFileWriter,
-    start: int,
-    stop: int,
-    report: Callable[[int], None] | None,
-) -> None:
-    spec = job.specs[name]
-    block_rows = block_rows_for(job.sources[name].chunk_rows, spec.row_bytes)
-    buffer = np.empty((min(block_rows, stop - start), *spec.shape), dtype=spec.numpy_dtype)
-    vocabulary = job.vocabulary_sizes.get(name)
-    for begin, end in block_ranges(start, stop, block_rows):
-        block = buffer[: end - begin]
-        reader.read(name, begin, end, block)
-        if vocabulary is not None:
-            check_label_range(block, vocabulary, where=f"field {name!r}", start=begin)
-        writer.write(memoryview(block.data).cast("B"))
-        writer.start_writeback()
-        if report is not None:
-            report(block.nbytes)
+    Every field is read in the same blocks of rows, whole source chunks of the widest field,
+    so that memory stays bounded (see :func:`memshard.sources.block_rows_for`)."""
+    block_rows = min(
+        block_rows_for(job.sources[name].chunk_rows, spec.row_bytes)
+        for name, spec in job.specs.items()
+    )
+    buffers = {
+        name: np.empty((min(block_rows, stop - start), *spec.shape), dtype=spec.numpy_dtype)
+        for name, spec in job.specs.items()
+    }
+    with write_part(job.target, key=index, group=CONVERT_GROUP) as part:
+        for begin, end in block_ranges(start, stop, block_rows):
+            block = {name: buffer[: end - begin] for name, buffer in buffers.items()}
+            for name, values in block.items():
+                reader.read(name, begin, end, values)
+                vocabulary = job.vocabulary_sizes.get(name)
+                if vocabulary is not None:
+                    check_label_range(values, vocabulary, where=f"field {name!r}", start=begin)
+            part.extend(block)
+            if report is not None:
+                report(sum(values.nbytes for values in block.values()))
+    return part.close()
 
 
 class _OrderedCommit:
@@ -456,25 +444,28 @@ class _OrderedCommit:
     def __init__(self, appender: Appender, first_index: int) -> None:
         self._appender = appender
         self._next = first_index
-        self._waiting: dict[int, Shard] = {}
+        self._waiting: dict[int, Part] = {}
 
-    def finished(self, index: int, record: Shard) -> None:
-        self._waiting[index] = record
+    def finished(self, index: int, part: Part) -> None:
+        self._waiting[index] = part
         ready = []
         while self._next in self._waiting:
             ready.append(self._waiting.pop(self._next))
             self._next += 1
         if ready:
-            self._appender.adopt_shards(ready)
+            commit_parts(self._appender, ready, order="given")
 
 
 def _write_rows(plan: SourcePlan, appender: Appender, workers: int, progress: bool | None) -> None:
     manifest = appender.manifest
     job = ShardJob(
-        root=appender.path,
-        token=manifest.uuid[:12],
-        shard_rows=manifest.shard_rows,
-        specs=dict(manifest.fields),
+        target=PartTarget(
+            root=appender.path,
+            uuid=manifest.uuid,
+            fields=dict(manifest.fields),
+            labels=dict(manifest.labels),
+            shard_rows=manifest.shard_rows,
+        ),
         sources=plan.fields,
         vocabulary_sizes={name: len(vocab) for name, vocab in manifest.labels.items()},
     )
@@ -522,7 +513,7 @@ def _write_with_threads(
     try:
         with futures.ThreadPoolExecutor(workers, thread_name_prefix="memshard-convert") as pool:
 
-            def submit(index: int) -> futures.Future[Shard]:
+            def submit(index: int) -> futures.Future[Part]:
                 start, stop = job.shard_range(index, plan.rows)
                 return pool.submit(write_shard, job, reader, index, start, stop, report)
 
@@ -567,13 +558,13 @@ def _write_with_processes(
 
 def _run_ordered(
     indices: Iterable[int],
-    submit: Callable[[int], futures.Future[Shard]],
+    submit: Callable[[int], futures.Future[Part]],
     committer: _OrderedCommit,
     workers: int,
 ) -> None:
     """Keep ``2 * workers`` shards in flight and commit them in order as they finish."""
     pending = iter(indices)
-    running: dict[futures.Future[Shard], int] = {}
+    running: dict[futures.Future[Part], int] = {}
     try:
         for index in pending:
             running[submit(index)] = index

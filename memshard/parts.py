@@ -23,6 +23,7 @@ import os
 import re
 import secrets
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Union
@@ -56,7 +57,7 @@ from .manifest import (
     ShardFile,
     _Strict,
 )
-from .shardwriter import ShardFileWriter
+from .shardwriter import WRITE_BUFFER_BYTES, ShardFileWriter
 
 PART_FORMAT: Literal["memshard-part"] = "memshard-part"
 #: A part's id: ``p-GROUP-NONCE``. The group lets :func:`discard_parts` find every part of one
@@ -268,6 +269,7 @@ class PartWriter:
         self._check_usable()
         self._guarded(self._seal_open_shard)
         self._guarded(self._syncs.sync_all)
+        self._syncs.shutdown()
         part = Part(
             format=PART_FORMAT,
             version=FORMAT_VERSION,
@@ -348,6 +350,10 @@ class PartWriter:
             done += take
             if self._open_rows == self.target.shard_rows:
                 self._guarded(self._seal_open_shard)
+        if sum(array.nbytes for array in arrays.values()) >= WRITE_BUFFER_BYTES:
+            # Bulk writes: start writeback now, so that close() does not wait for all of it.
+            for file in self._open.values():
+                self._guarded(file.start_writeback)
 
     def _start_shard(self) -> None:
         index = len(self._shards)
@@ -573,7 +579,7 @@ def _commit(
 ) -> dict[str, range]:
     root = appender.path
     ids = [_part_id(part) for part in given]
-    repeated = {part_id for part_id in ids if ids.count(part_id) > 1}
+    repeated = {part_id for part_id, count in Counter(ids).items() if count > 1}
     if repeated:
         raise PartError(f"{root}: parts given more than once: {sorted(repeated)}")
     records = [load_part(root, part_id) for part_id in ids]

@@ -27,7 +27,6 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from .errors import ConversionFailedError
-from .manifest import Shard
 
 Message = tuple[Any, ...]
 #: Seconds a worker told to finish may take to exit before it is killed.
@@ -150,7 +149,7 @@ def serve(connection: Connection) -> None:
         while (task := connection.recv()) is not None:
             index, start, stop = task
             try:
-                record: Shard = write_shard(job, reader, index, start, stop, report)
+                record = write_shard(job, reader, index, start, stop, report)
             except Exception as exc:
                 _send_failure(connection, index, exc)
                 return

@@ -28,6 +28,7 @@ from memshard.errors import (
     DatasetExistsError,
     FieldNotFoundError,
     LabelError,
+    PartIncompleteError,
     SourceError,
     UnsupportedSourceError,
 )
@@ -869,6 +870,27 @@ def resume_and_check(src: Path, dst: Path, fields: dict[str, str], **options: An
     assert_contiguous_shards(ds)
     assert not os.path.lexists(staging_of(dst))
     assert sorted(os.listdir(dst.parent)) == sorted([src.name, dst.name])
+    assert_no_stray_parts(ds)
+
+
+def assert_no_stray_parts(ds: ms.Dataset) -> None:
+    """Every shard file is named by the manifest; no part record or lock is left."""
+    named = {os.path.basename(file.path) for shard in ds.shards for file in shard.files.values()}
+    assert set(os.listdir(os.path.join(ds.path, "shards"))) == named
+    assert os.listdir(os.path.join(ds.path, "parts")) == []
+
+
+def uncommitted_parts(staging: Path) -> set[str]:
+    """Ids of the parts that left files in ``staging`` (shard files its manifest does not name,
+    part records, part locks)."""
+    named = {
+        os.path.basename(file.path)
+        for shard in ms.open(staging).shards
+        for file in shard.files.values()
+    }
+    files = set(os.listdir(staging / "shards")) - named
+    entries = os.listdir(staging / "parts")
+    return {name.rsplit("-", 1)[0] for name in files} | {name.split(".")[0] for name in entries}
 
 
 def test_killed_conversion_resumes(tmp_path: Path) -> None:
@@ -1062,6 +1084,17 @@ def test_killed_worker_fails_the_conversion_then_resume_completes(tmp_path: Path
     with pytest.raises(ConversionFailedError, match=f"signal {int(signal.SIGKILL)}"):
         convert(plan, dst, shard_bytes=shard_bytes, workers=2)
     assert assert_staged_prefix(src, dst, fields) <= 600
+    # The killed worker's part has shard files but no record: it can never be committed.
+    uncommitted = uncommitted_parts(staging_of(dst))
+    assert all(name.startswith("p-convert-") for name in uncommitted)
+    killed = [
+        part_id
+        for part_id in uncommitted
+        if not os.path.exists(os.path.join(staging_of(dst), "parts", f"{part_id}.json"))
+    ]
+    assert len(killed) == 1
+    with pytest.raises(PartIncompleteError, match="never finished"):
+        ms.commit_parts(staging_of(dst), killed)
     resume_and_check(src, dst, fields, shard_bytes=shard_bytes, workers=2)
 
 
