@@ -56,6 +56,9 @@ class StopAt:
     how: str
     protected_pid: int | None = None
     until: int | None = None
+    #: With ``how="ctrl-c"``: a file created when the SIGINT is sent, so that it is sent once,
+    #: as one key press sends it, however many reads pass the row afterwards.
+    pressed: str | None = None
 
     def __post_init__(self) -> None:
         assert self.how in HOW, self.how
@@ -90,6 +93,11 @@ def stop_here(rule: StopAt) -> None:
     if rule.how == "ctrl-c":  # what a terminal sends: SIGINT to the whole process group
         if rule.protected_pid is not None and os.getpgid(rule.protected_pid) == os.getpgrp():
             raise AssertionError("StopAt(how='ctrl-c') would interrupt the test runner")
+        if rule.pressed is not None:
+            try:
+                os.close(os.open(rule.pressed, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                return
         os.killpg(os.getpgrp(), signal.SIGINT)
         return
     if rule.protected_pid == os.getpid():
@@ -113,11 +121,14 @@ def main(src: str, dst: str, row: int, shard_bytes: int, workers: int, how: str 
     from memshard.convert import convert
 
     plan = hdf5.plan(src, None)
-    plan = dataclasses.replace(plan, opener=StopAt(plan.opener, row, how))
+    pressed = f"{dst}.ctrl-c"
+    plan = dataclasses.replace(plan, opener=StopAt(plan.opener, row, how, pressed=pressed))
     try:
         convert(plan, dst, shard_bytes=shard_bytes, workers=workers, progress=False)
     except KeyboardInterrupt:
         print("INTERRUPTED", flush=True)
+        if os.path.exists(pressed):
+            os.unlink(pressed)
         sys.exit(130)
     print("FINISHED", flush=True)
 
