@@ -123,15 +123,36 @@ def _start_worker() -> tuple[subprocess.Popen[bytes], Connection]:
         [package_parent, *filter(None, [environment.get("PYTHONPATH")])]
     )
     try:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "memshard.workers", str(child_end.fileno())],
-            pass_fds=[child_end.fileno()],
-            stdin=subprocess.DEVNULL,
-            env=environment,
-        )
+        with _sigint_blocked():
+            process = subprocess.Popen(
+                [sys.executable, "-m", "memshard.workers", str(child_end.fileno())],
+                pass_fds=[child_end.fileno()],
+                stdin=subprocess.DEVNULL,
+                env=environment,
+            )
     finally:
         child_end.close()
     return process, Connection(parent_end.detach())
+
+
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Block SIGINT in this thread for the block, so that a worker started in it inherits the
+    blocked signal across ``exec``.
+
+    Ctrl-C goes to the whole process group; a worker ignores it, but only once its
+    ``__main__`` runs, after the interpreter has started and imported memshard. A Ctrl-C in
+    between would print a ``KeyboardInterrupt`` traceback from the worker. Blocked, it stays
+    pending until the worker ignores SIGINT, which discards it. This thread sees a Ctrl-C
+    that arrives meanwhile when the block ends."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def serve(connection: Connection) -> None:
@@ -168,7 +189,11 @@ def _send_failure(connection: Connection, index: int, exc: Exception) -> None:
 
 if __name__ == "__main__":
     # Ctrl-C reaches the whole process group; the parent alone decides, and stops the workers.
+    # The parent started this process with SIGINT blocked (see _sigint_blocked): ignoring it
+    # first, then unblocking it, discards a Ctrl-C that came while the interpreter started.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     try:
         serve(Connection(int(sys.argv[1])))
     except (EOFError, KeyboardInterrupt, OSError):

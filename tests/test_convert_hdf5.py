@@ -934,6 +934,30 @@ def test_ctrl_c_stops_a_conversion_with_workers_then_resume_completes(tmp_path: 
     resume_and_check(src, dst, fields, shard_bytes=shard_bytes, workers=2)
 
 
+def test_a_ctrl_c_while_workers_start_does_not_reach_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SIGINT sent to each worker the moment it is started (its interpreter is still
+    starting, long before it can ignore SIGINT itself) neither kills it nor makes it print a
+    traceback: the conversion completes."""
+    src = tmp_path / "src.h5"
+    fields, shard_bytes = write_resumable(src)
+    start_worker = ms_workers._start_worker
+    interrupted: list[int] = []
+
+    def start_and_interrupt() -> Any:
+        process, connection = start_worker()
+        os.kill(process.pid, signal.SIGINT)
+        interrupted.append(process.pid)
+        return process, connection
+
+    monkeypatch.setattr(ms_workers, "_start_worker", start_and_interrupt)
+    ds = ms.from_hdf5(src, tmp_path / "out", shard_bytes=shard_bytes, workers=2)
+    assert len(interrupted) == 2
+    assert_matches(ds, src, fields)
+    assert_no_stray_parts(ds)
+
+
 @pytest.mark.parametrize("resume_workers", [1, 2])
 def test_interrupted_conversion_resumes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, resume_workers: int
