@@ -1108,7 +1108,8 @@ def test_killed_worker_fails_the_conversion_then_resume_completes(tmp_path: Path
     with pytest.raises(ConversionFailedError, match=f"signal {int(signal.SIGKILL)}"):
         convert(plan, dst, shard_bytes=shard_bytes, workers=2)
     assert assert_staged_prefix(src, dst, fields) <= 600
-    # The killed worker's part has shard files but no record: it can never be committed.
+    # The killed worker's part has shard files but no record: it can never be committed. So
+    # may the other worker's, if the parent killed it mid-shard when the conversion failed.
     uncommitted = uncommitted_parts(staging_of(dst))
     assert all(name.startswith("p-convert-") for name in uncommitted)
     killed = [
@@ -1116,9 +1117,10 @@ def test_killed_worker_fails_the_conversion_then_resume_completes(tmp_path: Path
         for part_id in uncommitted
         if not os.path.exists(os.path.join(staging_of(dst), "parts", f"{part_id}.json"))
     ]
-    assert len(killed) == 1
-    with pytest.raises(PartIncompleteError, match="never finished"):
-        ms.commit_parts(staging_of(dst), killed)
+    assert 1 <= len(killed) <= 2, killed
+    for part_id in killed:
+        with pytest.raises(PartIncompleteError, match="never finished"):
+            ms.commit_parts(staging_of(dst), [part_id])
     resume_and_check(src, dst, fields, shard_bytes=shard_bytes, workers=2)
 
 
