@@ -7,9 +7,11 @@ of shards is a *segment*. Shards are page-aligned in the file (the data offset i
 of :data:`memshard.npyheader.DATA_ALIGN`), which is what lets the kernel map them this way.
 No file descriptor stays open once a segment is mapped.
 
-:data:`CACHE` keeps at most :data:`MAX_MAPPED_SHARDS` shard mappings per process (each one is
-a kernel memory area, and their number per process is limited), least recently used first
-out. An evicted segment is unmapped when the last view into it is gone. The cache is the only
+:data:`CACHE` bounds the kernel memory areas that mapped segments take in one process (their
+number per process is limited; half the limit is taken), least recently used first out. An
+evicted segment is unmapped when the last view into it is gone. A segment maps at most
+:data:`MAX_SEGMENT_SHARDS` shards, and only one when a dataset's segments could not all stay
+mapped (see ``memshard.reader``), so that a read maps what it needs. The cache is the only
 process-global state in memshard and is emptied in a forked child, which maps shards itself.
 """
 
@@ -32,8 +34,16 @@ from .errors import ShardHeaderError, ShardSizeError
 from .layout import open_shard
 from .manifest import FieldSpec, ShardFile
 
-#: Most shard mappings one process keeps, across all datasets (Linux allows 65530 by default).
-MAX_MAPPED_SHARDS = 4096
+#: Memory areas of mapped shards a process keeps where the kernel's limit is unknown.
+DEFAULT_MAPPED_AREAS = 4096
+#: Fewest memory areas of mapped shards a process keeps, however low the kernel's limit.
+MIN_MAPPED_AREAS = 64
+#: Where Linux states the most memory areas (mappings) a process may have: 65530 by default.
+MAX_MAP_COUNT_PATH = "/proc/sys/vm/max_map_count"
+#: Most shards one segment maps. Reading one row maps its whole segment, and a slice or a
+#: gather that stays in one segment is a view or a single ``numpy.take``: a few hundred shards
+#: keep the first cost at milliseconds and the second for all but the largest datasets.
+MAX_SEGMENT_SHARDS = 256
 #: Whether shards can be mapped back to back here: the data offset must be a whole number of
 #: mapping pages, and the platform must offer ``MAP_FIXED``.
 BACK_TO_BACK = npyheader.DATA_ALIGN % mmap.ALLOCATIONGRANULARITY == 0 and sys.platform in (
@@ -56,10 +66,46 @@ class ShardPart:
     rows: int
 
 
-class MappingCache:
-    """A thread-safe LRU of mapped segments, bounded by the number of shards they map."""
+def mapping_capacity(max_map_count: int | None) -> int:
+    """Memory areas a process gives mapped shards, given the kernel's limit on its memory
+    areas (None if unknown): half of it, leaving the other half to the rest of the program
+    (libraries, allocator arenas, thread stacks, torch), and at least :data:`MIN_MAPPED_AREAS`.
 
-    def __init__(self, capacity: int = MAX_MAPPED_SHARDS) -> None:
+    Example:
+        >>> mapping_capacity(65530), mapping_capacity(None), mapping_capacity(100)
+        (32765, 4096, 64)
+    """
+    if max_map_count is None:
+        return DEFAULT_MAPPED_AREAS
+    return max(MIN_MAPPED_AREAS, max_map_count // 2)
+
+
+def read_max_map_count(path: str = MAX_MAP_COUNT_PATH) -> int | None:
+    """The kernel's limit on memory areas per process, or None where it cannot be read."""
+    try:
+        with open(path, "rb") as file:
+            return int(file.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+#: Most memory areas the mapped segments of one process take, across all datasets.
+MAX_MAPPED_AREAS = mapping_capacity(read_max_map_count())
+
+
+def segment_areas(shards: int) -> int:
+    """Memory areas a segment of ``shards`` shards takes: one per shard file and, mapped back
+    to back, the two ends of its reserved range left uncovered (see :func:`map_segment`)."""
+    return shards + 2 if BACK_TO_BACK else shards
+
+
+class MappingCache:
+    """A thread-safe LRU of mapped segments, bounded by the kernel memory areas they take
+    (:func:`segment_areas`; :data:`MAX_MAPPED_AREAS` by default)."""
+
+    def __init__(self, capacity: int | None = None) -> None:
+        if capacity is None:
+            capacity = MAX_MAPPED_AREAS
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.capacity = capacity
@@ -82,7 +128,7 @@ class MappingCache:
         return entry[0]
 
     def put(self, key: Hashable, array: np.ndarray, weight: int) -> None:
-        """Cache ``array`` (mapping ``weight`` shards), evicting the least recently used."""
+        """Cache ``array`` (taking ``weight`` memory areas), evicting the least recently used."""
         with self._lock:
             previous = self._arrays.pop(key, None)
             self._weight += weight - (previous[1] if previous else 0)
@@ -92,8 +138,8 @@ class MappingCache:
                 self._weight -= evicted
 
     @property
-    def mapped_shards(self) -> int:
-        """How many shard mappings the cached segments hold."""
+    def memory_areas(self) -> int:
+        """How many memory areas the cached segments take."""
         return self._weight
 
     def clear(self) -> None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from . import manifest as manifest_io
+from . import mappings
 from .errors import (
     DatasetChangedError,
     DatasetNotFoundError,
@@ -37,7 +38,14 @@ from .indexing import (
 )
 from .layout import MANIFEST_NAME
 from .manifest import FieldSpec, Manifest, Shard
-from .mappings import CACHE, ShardPart, advise_will_need, map_segment, segment_breaks_after
+from .mappings import (
+    CACHE,
+    ShardPart,
+    advise_will_need,
+    map_segment,
+    segment_areas,
+    segment_breaks_after,
+)
 
 if TYPE_CHECKING:
     from .verify import VerifyReport
@@ -59,7 +67,8 @@ class FieldInfo(NamedTuple):
 
 @dataclass(frozen=True)
 class _FieldLayout:
-    """How one field's rows are mapped: segments of shards mapped back to back.
+    """How one field's rows are mapped: segments of up to ``max_segment_shards`` shards mapped
+    back to back (a shard whose data is not whole pages ends its segment).
 
     ``table`` holds the segment offsets; ``keys[s]`` identifies segment ``s`` in the mapping
     cache and ``parts[s]`` lists its shard files."""
@@ -77,12 +86,13 @@ class _FieldLayout:
         spec: FieldSpec,
         shards: tuple[Shard, ...],
         lengths: tuple[int, ...],
+        max_segment_shards: int,
     ) -> _FieldLayout:
         segments: list[tuple[ShardPart, ...]] = []
         current: list[ShardPart] = []
         for shard, length in zip(shards, lengths, strict=True):
             current.append(ShardPart(shard.files[name], shard.rows, shard.sealed, length))
-            if segment_breaks_after(spec, length):
+            if segment_breaks_after(spec, length) or len(current) >= max_segment_shards:
                 segments.append(tuple(current))
                 current = []
         if current:
@@ -95,6 +105,11 @@ class _FieldLayout:
         )
         table = ShardTable.from_offsets(np.array(starts, dtype=np.int64))
         return cls(table, tuple(starts), keys, tuple(segments))
+
+    @property
+    def memory_areas(self) -> int:
+        """Kernel memory areas the field's segments take once all are mapped."""
+        return sum(segment_areas(len(parts)) for parts in self.parts)
 
 
 @dataclass(frozen=True)
@@ -113,10 +128,19 @@ class _Snapshot:
     def of(cls, root: str, manifest: Manifest, rows: int, generation: int) -> _Snapshot:
         shards = tuple(shard for shard in manifest.shards if shard.row_offset < rows)
         lengths = tuple(min(shard.rows, rows - shard.row_offset) for shard in shards)
-        layouts = {
-            name: _FieldLayout.of(root, name, spec, shards, lengths)
-            for name, spec in manifest.fields.items()
-        }
+
+        def layouts_of(max_segment_shards: int) -> dict[str, _FieldLayout]:
+            return {
+                name: _FieldLayout.of(root, name, spec, shards, lengths, max_segment_shards)
+                for name, spec in manifest.fields.items()
+            }
+
+        # Runs of shards while every field's segments fit in the mapping cache together. If
+        # they cannot, reads map and unmap as they go, and a miss should map only the shard
+        # it needs: one shard per segment.
+        layouts = layouts_of(mappings.MAX_SEGMENT_SHARDS)
+        if sum(layout.memory_areas for layout in layouts.values()) > CACHE.capacity:
+            layouts = layouts_of(1)
         return cls(root, manifest, generation, rows, shards, layouts)
 
 
@@ -514,7 +538,7 @@ class Column:
         if array is None:
             parts = layout.parts[segment]
             array = map_segment(snapshot.root, self._spec, parts)
-            CACHE.put(layout.keys[segment], array, len(parts))
+            CACHE.put(layout.keys[segment], array, segment_areas(len(parts)))
         return array
 
     def _slice(self, snapshot: _Snapshot, rows: SliceRows) -> np.ndarray:

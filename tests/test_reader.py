@@ -6,10 +6,13 @@ import gc
 import os
 import pickle
 import shutil
+import tempfile
 from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import memshard as ms
 from memshard import mappings
@@ -20,6 +23,7 @@ from memshard.errors import (
     InvalidIndexError,
     OutArrayError,
 )
+from tests.strategies import index_keys
 
 
 @pytest.fixture
@@ -250,10 +254,165 @@ def test_mappings_stay_bounded_and_hold_no_file_descriptors(
     assert len(os.listdir("/proc/self/fd")) == before
     assert total == sum(range(600))
     assert sorted(gathered.tolist()) == list(range(600))
-    assert mappings.CACHE.mapped_shards == 8
+    # Shards of 40 bytes, each its own segment of 3 areas: 2 fit in 8.
+    assert mappings.CACHE.memory_areas == 2 * mappings.segment_areas(1)
     del gathered
     gc.collect()
-    assert _maps_of(path) <= 8
+    assert _maps_of(path) <= 2
+
+
+def _page_rows(path: Any, shards: int, fields: tuple[str, ...] = ("x", "y")) -> ms.Dataset:
+    """A dataset of ``shards`` full shards of 2 rows of one page (4 KiB) per field; row ``i``
+    of field ``f`` holds ``i`` and the field's position."""
+    rows = 2 * shards
+    values = np.arange(rows, dtype=np.int32)[:, None] * 2 + np.arange(2)[None, :]
+    columns = {
+        name: np.repeat(values + 10_000 * position, 512, axis=1).astype(np.int32)
+        for position, name in enumerate(fields)
+    }
+    spec = {name: ("int32", (1024,)) for name in fields}
+    with ms.create(path, fields=spec, shard_bytes=2 * 4096 * len(fields)) as writer:
+        writer.extend(columns)
+    ds = ms.open(path)
+    assert [shard.rows for shard in ds.shards] == [2] * shards
+    return ds
+
+
+def _count_mappings(monkeypatch: Any, capacity: int) -> list[int]:
+    """Give the reader a fresh cache of ``capacity``; the returned list grows by the number of
+    shard files each ``map_segment`` call maps."""
+    cache = mappings.MappingCache(capacity)
+    monkeypatch.setattr(mappings, "CACHE", cache)
+    monkeypatch.setattr(ms.reader, "CACHE", cache)
+    mapped: list[int] = []
+    map_segment = ms.reader.map_segment
+
+    def counting(root: str, spec: Any, parts: Any) -> np.ndarray:
+        mapped.append(len(parts))
+        return map_segment(root, spec, parts)
+
+    monkeypatch.setattr(ms.reader, "map_segment", counting)
+    return mapped
+
+
+def test_a_dataset_that_fits_the_cache_is_mapped_once(tmp_path: Any, monkeypatch: Any) -> None:
+    """2 fields of 7 shards (14 files, 18 memory areas) with room for 28 areas: the first
+    gather maps every file, later ones none."""
+    mapped = _count_mappings(monkeypatch, capacity=28)
+    ds = _page_rows(tmp_path / "d", shards=7)
+    order = np.random.default_rng(3).permutation(len(ds))
+    first = ds.take(order)
+    assert sum(mapped) == 14
+    if mappings.BACK_TO_BACK:
+        assert mapped == [7, 7]  # one run of shards per field
+    for _ in range(3):
+        again = ds.take(order[::-1])
+        np.testing.assert_array_equal(again["x"], first["x"][::-1])
+    assert sum(mapped) == 14
+    np.testing.assert_array_equal(first["y"][:, 0], order * 2 + 10_000)
+
+
+def test_segments_hold_at_most_max_segment_shards(tmp_path: Any, monkeypatch: Any) -> None:
+    monkeypatch.setattr(mappings, "MAX_SEGMENT_SHARDS", 3)
+    ds = _page_rows(tmp_path / "d", shards=8, fields=("x",))
+    layout = ds._snapshot.layouts["x"]
+    expected = [3, 3, 2] if mappings.BACK_TO_BACK else [1] * 8
+    assert [len(parts) for parts in layout.parts] == expected
+    whole = np.arange(16)[:, None] * 2 + np.arange(2)[None, :]
+    np.testing.assert_array_equal(ds["x"][:, ::512], whole)
+    within, across = ds["x"][0:6], ds["x"][5:7]
+    np.testing.assert_array_equal(across[:, ::512], whole[5:7])
+    if mappings.BACK_TO_BACK:
+        assert not within.flags.owndata  # one segment: a view
+        assert across.flags.owndata  # rows of two segments: a copy
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shards=st.integers(1, 9),
+    max_segment_shards=st.integers(1, 4),
+    data=st.data(),
+)
+def test_indexing_across_capped_segments_matches_numpy(
+    shards: int, max_segment_shards: int, data: Any
+) -> None:
+    expected = (np.arange(2 * shards)[:, None] * 2 + np.arange(2)[None, :]).repeat(512, axis=1)
+    keys = data.draw(st.lists(index_keys(expected.shape), min_size=1, max_size=6), label="keys")
+    with pytest.MonkeyPatch.context() as patch, tempfile.TemporaryDirectory() as directory:
+        patch.setattr(mappings, "MAX_SEGMENT_SHARDS", max_segment_shards)
+        column = _page_rows(os.path.join(directory, "d"), shards, fields=("x",))["x"]
+        for key in keys:
+            try:
+                wanted = np.asarray(expected[key])
+            except IndexError:
+                with pytest.raises(InvalidIndexError):
+                    column[key]
+                continue
+            got = np.asarray(column[key])
+            assert got.shape == wanted.shape, key
+            np.testing.assert_array_equal(got, wanted)
+
+
+def test_a_dataset_too_large_for_the_cache_maps_only_what_it_reads(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    """2 fields of 12 shards (24 files) with room for 8 memory areas: every shard is its own
+    segment, so reading a row maps its shard in each field, not the run of 12 around it."""
+    mapped = _count_mappings(monkeypatch, capacity=8)
+    ds = _page_rows(tmp_path / "d", shards=12)
+    assert [len(parts) for parts in ds._snapshot.layouts["x"].parts] == [1] * 12
+    row = ds[13]
+    assert mapped == [1, 1]
+    assert int(row["x"][0]) == 26
+    assert int(row["y"][-1]) == 10_027
+    ds.take([12, 13])  # the same shard: mapped already
+    assert mapped == [1, 1]
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        rows = rng.integers(0, len(ds), size=3)
+        batch = ds.take(rows)
+        np.testing.assert_array_equal(batch["x"][:, 0], rows * 2)
+        np.testing.assert_array_equal(batch["y"][:, 1], rows * 2 + 10_000)
+        assert mappings.CACHE.memory_areas <= 8
+    assert set(mapped) == {1}
+
+
+def test_the_cache_takes_half_the_kernels_mapping_limit(tmp_path: Any) -> None:
+    limit = tmp_path / "max_map_count"
+    limit.write_text("65530\n")
+    assert mappings.read_max_map_count(str(limit)) == 65530
+    assert mappings.mapping_capacity(65530) == 32765
+    limit.write_text("not a number\n")
+    assert mappings.read_max_map_count(str(limit)) is None
+    assert mappings.read_max_map_count(str(tmp_path / "missing")) is None
+    assert mappings.mapping_capacity(None) == mappings.DEFAULT_MAPPED_AREAS
+    assert mappings.mapping_capacity(10) == mappings.MIN_MAPPED_AREAS
+    if os.path.exists(mappings.MAX_MAP_COUNT_PATH):
+        with open(mappings.MAX_MAP_COUNT_PATH) as file:
+            kernel_limit = int(file.read())
+        capacity = mappings.MAX_MAPPED_AREAS
+        assert capacity == max(64, kernel_limit // 2)
+    assert mappings.MappingCache().capacity == mappings.MAX_MAPPED_AREAS
+
+
+def _memory_areas() -> int:
+    with open("/proc/self/maps") as maps:
+        return sum(1 for _ in maps)
+
+
+def test_segment_areas_bounds_the_memory_areas_a_segment_takes(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    """What the cache counts for a segment is at least what mapping it adds to the process."""
+    _count_mappings(monkeypatch, capacity=1000)
+    ds = _page_rows(tmp_path / "d", shards=5, fields=("x",))
+    gc.collect()
+    before = _memory_areas()
+    row = ds["x"][0]
+    added = _memory_areas() - before
+    assert 5 <= added <= mappings.segment_areas(5)
+    assert mappings.CACHE.memory_areas == mappings.segment_areas(5)
+    assert int(row[0]) == 0
 
 
 def test_page_aligned_shards_map_back_to_back(tmp_path: Any) -> None:
