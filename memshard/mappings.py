@@ -9,9 +9,9 @@ No file descriptor stays open once a segment is mapped.
 
 :data:`CACHE` bounds the kernel memory areas that mapped segments take in one process (their
 number per process is limited; half the limit is taken), least recently used first out. An
-evicted segment is unmapped when the last view into it is gone. A segment maps at most
-:data:`MAX_SEGMENT_SHARDS` shards, and only one when a dataset's segments could not all stay
-mapped (see ``memshard.reader``), so that a read maps what it needs. The cache is the only
+evicted segment is unmapped when the last view into it is gone. A dataset whose segments
+could not all stay mapped is read one shard per segment instead (see ``memshard.reader``), so
+that a read maps only the shards it needs. The cache is the only
 process-global state in memshard and is emptied in a forked child, which maps shards itself.
 """
 
@@ -40,10 +40,6 @@ DEFAULT_MAPPED_AREAS = 4096
 MIN_MAPPED_AREAS = 64
 #: Where Linux states the most memory areas (mappings) a process may have: 65530 by default.
 MAX_MAP_COUNT_PATH = "/proc/sys/vm/max_map_count"
-#: Most shards one segment maps. Reading one row maps its whole segment, and a slice or a
-#: gather that stays in one segment is a view or a single ``numpy.take``: a few hundred shards
-#: keep the first cost at milliseconds and the second for all but the largest datasets.
-MAX_SEGMENT_SHARDS = 256
 #: Whether shards can be mapped back to back here: the data offset must be a whole number of
 #: mapping pages, and the platform must offer ``MAP_FIXED``.
 BACK_TO_BACK = npyheader.DATA_ALIGN % mmap.ALLOCATIONGRANULARITY == 0 and sys.platform in (

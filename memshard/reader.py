@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from . import manifest as manifest_io
-from . import mappings
 from .errors import (
     DatasetChangedError,
     DatasetNotFoundError,
@@ -67,8 +66,8 @@ class FieldInfo(NamedTuple):
 
 @dataclass(frozen=True)
 class _FieldLayout:
-    """How one field's rows are mapped: segments of up to ``max_segment_shards`` shards mapped
-    back to back (a shard whose data is not whole pages ends its segment).
+    """How one field's rows are mapped: segments of shards mapped back to back (a shard whose
+    data is not whole pages ends its segment), or one shard per segment.
 
     ``table`` holds the segment offsets; ``keys[s]`` identifies segment ``s`` in the mapping
     cache and ``parts[s]`` lists its shard files."""
@@ -86,13 +85,13 @@ class _FieldLayout:
         spec: FieldSpec,
         shards: tuple[Shard, ...],
         lengths: tuple[int, ...],
-        max_segment_shards: int,
+        shard_per_segment: bool,
     ) -> _FieldLayout:
         segments: list[tuple[ShardPart, ...]] = []
         current: list[ShardPart] = []
         for shard, length in zip(shards, lengths, strict=True):
             current.append(ShardPart(shard.files[name], shard.rows, shard.sealed, length))
-            if segment_breaks_after(spec, length) or len(current) >= max_segment_shards:
+            if shard_per_segment or segment_breaks_after(spec, length):
                 segments.append(tuple(current))
                 current = []
         if current:
@@ -129,18 +128,18 @@ class _Snapshot:
         shards = tuple(shard for shard in manifest.shards if shard.row_offset < rows)
         lengths = tuple(min(shard.rows, rows - shard.row_offset) for shard in shards)
 
-        def layouts_of(max_segment_shards: int) -> dict[str, _FieldLayout]:
+        def layouts_of(shard_per_segment: bool) -> dict[str, _FieldLayout]:
             return {
-                name: _FieldLayout.of(root, name, spec, shards, lengths, max_segment_shards)
+                name: _FieldLayout.of(root, name, spec, shards, lengths, shard_per_segment)
                 for name, spec in manifest.fields.items()
             }
 
-        # Runs of shards while every field's segments fit in the mapping cache together. If
-        # they cannot, reads map and unmap as they go, and a miss should map only the shard
-        # it needs: one shard per segment.
-        layouts = layouts_of(mappings.MAX_SEGMENT_SHARDS)
+        # Whole runs of shards (slices across them are views) while every field's segments
+        # fit in the mapping cache together. If they cannot, reads map and unmap as they go,
+        # and a miss should map only the shard it needs, not the run around it.
+        layouts = layouts_of(False)
         if sum(layout.memory_areas for layout in layouts.values()) > CACHE.capacity:
-            layouts = layouts_of(1)
+            layouts = layouts_of(True)
         return cls(root, manifest, generation, rows, shards, layouts)
 
 

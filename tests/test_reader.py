@@ -312,35 +312,32 @@ def test_a_dataset_that_fits_the_cache_is_mapped_once(tmp_path: Any, monkeypatch
     np.testing.assert_array_equal(first["y"][:, 0], order * 2 + 10_000)
 
 
-def test_segments_hold_at_most_max_segment_shards(tmp_path: Any, monkeypatch: Any) -> None:
-    monkeypatch.setattr(mappings, "MAX_SEGMENT_SHARDS", 3)
-    ds = _page_rows(tmp_path / "d", shards=8, fields=("x",))
-    layout = ds._snapshot.layouts["x"]
-    expected = [3, 3, 2] if mappings.BACK_TO_BACK else [1] * 8
-    assert [len(parts) for parts in layout.parts] == expected
-    whole = np.arange(16)[:, None] * 2 + np.arange(2)[None, :]
-    np.testing.assert_array_equal(ds["x"][:, ::512], whole)
-    within, across = ds["x"][0:6], ds["x"][5:7]
-    np.testing.assert_array_equal(across[:, ::512], whole[5:7])
+def test_a_slice_across_hundreds_of_shards_is_a_view(tmp_path: Any) -> None:
+    """While a dataset's segments fit in the mapping cache, a run of full shards is one
+    segment however long it is, so slicing across all of them copies nothing."""
+    ds = _page_rows(tmp_path / "d", shards=300, fields=("x",))
+    whole = ds["x"][:]
+    np.testing.assert_array_equal(whole[:, ::512], np.arange(1200).reshape(600, 2))
     if mappings.BACK_TO_BACK:
-        assert not within.flags.owndata  # one segment: a view
-        assert across.flags.owndata  # rows of two segments: a copy
+        assert [len(parts) for parts in ds._snapshot.layouts["x"].parts] == [300]
+        assert not whole.flags.owndata
+        assert not whole.flags.writeable
 
 
 @settings(max_examples=60, deadline=None)
-@given(
-    shards=st.integers(1, 9),
-    max_segment_shards=st.integers(1, 4),
-    data=st.data(),
-)
-def test_indexing_across_capped_segments_matches_numpy(
-    shards: int, max_segment_shards: int, data: Any
+@given(shards=st.integers(1, 9), capacity=st.sampled_from([4, 1000]), data=st.data())
+def test_indexing_matches_numpy_in_runs_and_one_shard_per_segment(
+    shards: int, capacity: int, data: Any
 ) -> None:
+    """With room for 4 memory areas every shard is its own segment; with 1000, one run."""
     expected = (np.arange(2 * shards)[:, None] * 2 + np.arange(2)[None, :]).repeat(512, axis=1)
     keys = data.draw(st.lists(index_keys(expected.shape), min_size=1, max_size=6), label="keys")
     with pytest.MonkeyPatch.context() as patch, tempfile.TemporaryDirectory() as directory:
-        patch.setattr(mappings, "MAX_SEGMENT_SHARDS", max_segment_shards)
+        _count_mappings(patch, capacity)
         column = _page_rows(os.path.join(directory, "d"), shards, fields=("x",))["x"]
+        layout = column._dataset._snapshot.layouts["x"]
+        per_shard = capacity == 4 and mappings.segment_areas(shards) > 4
+        assert len(layout.parts) == (shards if per_shard or not mappings.BACK_TO_BACK else 1)
         for key in keys:
             try:
                 wanted = np.asarray(expected[key])
@@ -351,6 +348,7 @@ def test_indexing_across_capped_segments_matches_numpy(
             got = np.asarray(column[key])
             assert got.shape == wanted.shape, key
             np.testing.assert_array_equal(got, wanted)
+            assert mappings.CACHE.memory_areas <= capacity
 
 
 def test_a_dataset_too_large_for_the_cache_maps_only_what_it_reads(
