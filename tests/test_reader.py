@@ -241,8 +241,7 @@ def _maps_of(path: Any) -> int:
 def test_mappings_stay_bounded_and_hold_no_file_descriptors(
     tmp_path: Any, monkeypatch: Any
 ) -> None:
-    monkeypatch.setattr(mappings, "CACHE", mappings.MappingCache(8))
-    monkeypatch.setattr(ms.reader, "CACHE", mappings.CACHE)
+    _count_mappings(monkeypatch, capacity=8)
     path = tmp_path / "d"
     with ms.create(path, fields={"x": ("int32", ())}, shard_bytes=4 * 10) as writer:
         writer.extend({"x": np.arange(600, dtype=np.int32)})
@@ -261,13 +260,19 @@ def test_mappings_stay_bounded_and_hold_no_file_descriptors(
     assert _maps_of(path) <= 2
 
 
-def _page_rows(path: Any, shards: int, fields: tuple[str, ...] = ("x", "y")) -> ms.Dataset:
-    """A dataset of ``shards`` full shards of 2 rows of one page (4 KiB) per field; row ``i``
-    of field ``f`` holds ``i`` and the field's position."""
+def _page_values(shards: int) -> np.ndarray:
+    """The first field of :func:`_page_rows`: rows of 1,024 int32 (one page), row ``i`` holding
+    ``2i`` in its first half and ``2i + 1`` in its second."""
     rows = 2 * shards
-    values = np.arange(rows, dtype=np.int32)[:, None] * 2 + np.arange(2)[None, :]
+    values = np.arange(rows, dtype=np.int32)[:, None] * 2 + np.arange(2, dtype=np.int32)
+    return np.repeat(values, 512, axis=1)
+
+
+def _page_rows(path: Any, shards: int, fields: tuple[str, ...] = ("x", "y")) -> ms.Dataset:
+    """A dataset of ``shards`` full shards of 2 rows of one page (4 KiB) per field: field
+    number ``k`` holds :func:`_page_values` plus ``10_000 * k``."""
     columns = {
-        name: np.repeat(values + 10_000 * position, 512, axis=1).astype(np.int32)
+        name: _page_values(shards) + np.int32(10_000 * position)
         for position, name in enumerate(fields)
     }
     spec = {name: ("int32", (1024,)) for name in fields}
@@ -330,7 +335,7 @@ def test_indexing_matches_numpy_in_runs_and_one_shard_per_segment(
     shards: int, capacity: int, data: Any
 ) -> None:
     """With room for 4 memory areas every shard is its own segment; with 1000, one run."""
-    expected = (np.arange(2 * shards)[:, None] * 2 + np.arange(2)[None, :]).repeat(512, axis=1)
+    expected = _page_values(shards)
     keys = data.draw(st.lists(index_keys(expected.shape), min_size=1, max_size=6), label="keys")
     with pytest.MonkeyPatch.context() as patch, tempfile.TemporaryDirectory() as directory:
         _count_mappings(patch, capacity)
