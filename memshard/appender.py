@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
 import shutil
@@ -30,6 +29,7 @@ from .errors import (
     AppenderClosedError,
     ArgumentError,
     CommitNotDurableError,
+    DatasetChangedError,
     DatasetExistsError,
     DatasetLockedError,
     DatasetNotFoundError,
@@ -39,13 +39,17 @@ from .errors import (
     UnsupportedVersionError,
     WriteFailedError,
 )
+from .handles import FileLock
 from .layout import LOCK_NAME, MANIFEST_NAME, MANIFEST_TEMP_PREFIX, SHARDS_DIR, shard_file_name
 from .manifest import FORMAT_NAME, FORMAT_VERSION, FieldSpec, Manifest, Shard, ShardFile
 from .mappings import ShardPart, check_shard_file
 from .schema import DEFAULT_SHARD_BYTES, field_specs, json_attrs, label_vocabularies, rows_per_shard
-from .shardwriter import ShardFileWriter
+from .shardwriter import DescriptorBudget, ShardFileWriter
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+#: How often :func:`append` retries when the dataset's directory is replaced while it takes
+#: the lock (a ``create(overwrite=True)`` of the same path) before giving up.
+LOCK_ATTEMPTS = 8
 
 
 def create(
@@ -96,54 +100,72 @@ def create(
         raise DatasetExistsError(
             f"{root}: already exists (pass overwrite=True to replace a dataset)"
         )
+    manifest_io.dumps_checked(manifest, where=root)
     _remove_abandoned_staging(root)
-    staging = f"{root}.memshard-tmp-{manifest.uuid[:12]}"
-    lock_fd = None
+    staging = f"{root}{STAGING_INFIX}{manifest.uuid[:12]}"
+    lock = None
     try:
         os.makedirs(os.path.join(staging, SHARDS_DIR))
-        lock_fd = _lock(staging)
+        lock = _lock(staging)
         publish_manifest(staging, manifest)
         fsync_directory(os.path.join(staging, SHARDS_DIR))
         move_into_place(staging, root, overwrite)
     except BaseException as exc:
-        if lock_fd is not None:
-            os.close(lock_fd)
+        if lock is not None:
+            lock.release()
         shutil.rmtree(staging, ignore_errors=True)
         if isinstance(exc, OSError) and not isinstance(exc, MemshardError):
             raise WriteFailedError(
                 exc.errno, f"{root}: cannot create the dataset ({exc.strerror or exc})"
             ) from exc
         raise
-    return Appender(root, manifest, lock_fd)
+    return Appender(root, manifest, lock)
+
+
+#: What a writer puts between a dataset's path and a suffix of its own to name the directory
+#: it builds the dataset in before renaming it into place.
+STAGING_INFIX = ".memshard-tmp-"
 
 
 def _remove_abandoned_staging(root: str) -> None:
     """Delete what an interrupted ``create`` of ``root`` left: ``root.memshard-tmp-*``
-    directories whose lock no process holds (a ``create`` still running holds its lock)."""
-    parent, prefix = os.path.dirname(root), os.path.basename(root) + ".memshard-tmp-"
+    directories that hold a manifest and whose lock no process holds.
+
+    A writer takes its staging lock before it writes the manifest and keeps it until the
+    directory is renamed into place, so a directory with a manifest and a free lock is
+    abandoned; one without a manifest may be a ``create`` that has not locked it yet, and is
+    left alone.
+    """
+    parent, prefix = os.path.dirname(root), os.path.basename(root) + STAGING_INFIX
     try:
         entries = [entry for entry in os.listdir(parent) if entry.startswith(prefix)]
     except OSError:
         return
     for entry in entries:
         staging = os.path.join(parent, entry)
-        if os.path.islink(staging) or not os.path.isdir(staging):
+        if os.path.islink(staging) or not os.path.isfile(os.path.join(staging, MANIFEST_NAME)):
             continue
         try:
-            fd = _lock(staging)
-        except MemshardError:
-            continue  # held by a running create, or not ours to judge
+            lock = FileLock.try_acquire(os.path.join(staging, LOCK_NAME), create=False)
+        except (OSError, MemshardError):
+            continue  # renamed or removed meanwhile, or not ours to judge
+        if lock is None:
+            continue  # held by a running writer
         try:
             shutil.rmtree(staging, ignore_errors=True)
         finally:
-            os.close(fd)
+            lock.release()
 
 
 def move_into_place(staging: str, root: str, overwrite: bool) -> None:
     """Rename the finished dataset directory ``staging`` to ``root``, atomically.
 
-    With ``overwrite``, an existing memshard dataset at ``root`` (and nothing else) is
-    replaced, once no appender holds it.
+    The caller holds ``staging``'s lock, and keeps it until this returns. With
+    ``overwrite``, an existing memshard dataset at ``root`` (and nothing else) is replaced:
+    its lock is taken first and held until it is gone, so an appender of the old dataset
+    either holds it now (and the replacement fails) or fails itself with a typed error
+    (:func:`append` checks that the lock it took is still the dataset's, and every commit
+    checks it again); the two never both succeed.
 
     Raises:
         DatasetExistsError: ``root`` exists and may not be replaced.
@@ -154,11 +176,11 @@ def move_into_place(staging: str, root: str, overwrite: bool) -> None:
             raise DatasetExistsError(
                 f"{root}: exists and is not a memshard dataset; not replacing it"
             )
-        os.close(_lock(root))  # refuses while another appender writes to the old dataset
-        trash = f"{staging}-old"
-        os.rename(root, trash)
-        os.rename(staging, root)
-        shutil.rmtree(trash, ignore_errors=True)
+        old = _lock(root)  # refuses while another appender writes to the old dataset
+        try:
+            _swap(staging, root, f"{staging}-old")
+        finally:
+            old.release()
     else:
         try:
             os.rename(staging, root)
@@ -166,7 +188,19 @@ def move_into_place(staging: str, root: str, overwrite: bool) -> None:
             if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
                 raise DatasetExistsError(f"{root}: already exists") from None
             raise
+        fsync_directory(os.path.dirname(root))
+
+
+def _swap(staging: str, root: str, trash: str) -> None:
+    """Put ``staging`` where ``root`` is, then delete the old ``root`` (by then at ``trash``)."""
+    os.rename(root, trash)
+    try:
+        os.rename(staging, root)
+    except BaseException:
+        os.rename(trash, root)
+        raise
     fsync_directory(os.path.dirname(root))
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def is_memshard_dataset(root: str) -> bool:
@@ -195,9 +229,7 @@ def append(path: str | os.PathLike[str]) -> Appender:
             the dataset is damaged.
     """
     root = os.path.abspath(os.fspath(path))
-    if not os.path.isfile(os.path.join(root, MANIFEST_NAME)):
-        raise DatasetNotFoundError(f"{root}: no memshard dataset here (no manifest.json)")
-    lock_fd = _lock(root)
+    lock = _lock_current(root)
     try:
         manifest = manifest_io.load(os.path.join(root, MANIFEST_NAME))
         if manifest.version != FORMAT_VERSION:
@@ -207,28 +239,56 @@ def append(path: str | os.PathLike[str]) -> Appender:
             )
         _check_shards_directory(root)
         _remove_leftovers(root, manifest)
-        return Appender(root, manifest, lock_fd)
+        return Appender(root, manifest, lock)
     except BaseException:
-        os.close(lock_fd)
+        lock.release()
         raise
 
 
-def _lock(root: str) -> int:
+def _lock_current(root: str) -> FileLock:
+    """Lock the dataset that is at ``root`` now.
+
+    The lock file is found by path, so the directory may be replaced (``create`` with
+    ``overwrite``) between opening the file and locking it; then the lock taken is the old
+    dataset's, and it is dropped and taken again on the new one.
+    """
+    for _ in range(LOCK_ATTEMPTS):
+        if not os.path.isfile(os.path.join(root, MANIFEST_NAME)):
+            raise DatasetNotFoundError(f"{root}: no memshard dataset here (no manifest.json)")
+        try:
+            lock = _lock(root)
+        except WriteFailedError as exc:
+            if exc.errno == errno.ENOENT:
+                continue  # the directory is being replaced
+            raise
+        if lock.is_at(os.path.join(root, LOCK_NAME)):
+            return lock
+        lock.release()
+    raise DatasetChangedError(
+        f"{root}: the dataset was replaced {LOCK_ATTEMPTS} times while taking its lock"
+    )
+
+
+def _lock(root: str) -> FileLock:
+    """Take the write lock of the dataset directory ``root``.
+
+    Raises:
+        DatasetLockedError: another appender holds it.
+        UnsafePathError: the lock file is not a regular file.
+        WriteFailedError: it cannot be opened or created.
+    """
     lock_path = os.path.join(root, LOCK_NAME)
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | _CLOEXEC, 0o644)
+        lock = FileLock.try_acquire(lock_path)
     except OSError as exc:
         raise WriteFailedError(
             exc.errno, f"{root}: cannot open the write lock {lock_path} ({exc.strerror})"
         ) from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
+    if lock is None:
         raise DatasetLockedError(
             f"{root}: another appender is writing to this dataset (lock {lock_path} is held)"
-        ) from None
-    return fd
+        )
+    return lock
 
 
 def _check_shards_directory(root: str) -> None:
@@ -277,12 +337,19 @@ class Appender:
     discards the rows appended since the last commit (the dataset stays as last committed).
 
     An appender belongs to the process that opened it; using it in a forked child raises
-    :class:`AppenderClosedError`.
+    :class:`AppenderClosedError`, and a forked child never holds the dataset's lock.
+
+    If a write, ``fsync`` or commit fails, the appender fails for good and at once releases
+    the dataset (its lock and every descriptor), so that a new :func:`append` can continue
+    from the last commit; its error says what failed.
+
+    It keeps at most :data:`memshard.shardwriter.MAX_OPEN_SHARD_FILES` shard files open,
+    however many fields the dataset has, plus its lock.
     """
 
-    def __init__(self, root: str, manifest: Manifest, lock_fd: int) -> None:
+    def __init__(self, root: str, manifest: Manifest, lock: FileLock) -> None:
         self.path = root
-        self._lock_fd: int | None = lock_fd
+        self._lock: FileLock | None = lock
         self._pid = os.getpid()
         self._committed = manifest
         self._specs: dict[str, FieldSpec] = dict(manifest.fields)
@@ -291,12 +358,10 @@ class Appender:
         self._new_files = False
         self._failure: str | None = None
         self._syncs = DeferredSync()
+        self._budget = DescriptorBudget()
         self._rows = manifest.rows
         if manifest.shards and not manifest.shards[-1].sealed:
             self._open = self._reopen(manifest.shards[-1])
-            self._kept_last = False
-        else:
-            self._kept_last = True
 
     # -- public API --------------------------------------------------------------------------
     @property
@@ -389,7 +454,7 @@ class Appender:
 
     def close(self) -> None:
         """Seal the last shard, commit, and release the dataset. Idempotent."""
-        if self._lock_fd is None:
+        if self._lock is None:
             return
         try:
             if self._failure is None and os.getpid() == self._pid:
@@ -398,9 +463,21 @@ class Appender:
         finally:
             self._release()
 
+    def close_into(self, root: str, *, overwrite: bool) -> None:
+        """Close, then rename the dataset (built under a staging name) to ``root`` before
+        releasing its lock, so that no cleanup of abandoned staging directories can take it
+        in between. See :func:`move_into_place` for ``overwrite`` and the errors."""
+        self._check_usable()
+        try:
+            self._guarded(self._seal_open_shard)
+            self._guarded(self._commit)
+            move_into_place(self.path, root, overwrite)
+        finally:
+            self._release()
+
     def abort(self) -> None:
         """Release the dataset, discarding rows appended since the last commit."""
-        if self._lock_fd is not None:
+        if self._lock is not None:
             self._release()
 
     def __enter__(self) -> Appender:
@@ -413,7 +490,7 @@ class Appender:
             self.abort()
 
     def __del__(self) -> None:
-        if getattr(self, "_lock_fd", None) is not None and os.getpid() == self._pid:
+        if getattr(self, "_lock", None) is not None and os.getpid() == self._pid:
             if self._rows != self._committed.rows:
                 warnings.warn(
                     f"{self.path}: appender dropped without close(); "
@@ -436,8 +513,11 @@ class Appender:
                 "memshard.append() in this process"
             )
         if self._failure is not None:
-            raise AppenderClosedError(f"{self.path}: the appender failed earlier ({self._failure})")
-        if self._lock_fd is None:
+            raise AppenderClosedError(
+                f"{self.path}: the appender failed earlier ({self._failure}) and released "
+                "the dataset; open a new one with memshard.append() to continue"
+            )
+        if self._lock is None:
             raise AppenderClosedError(f"{self.path}: the appender is closed")
 
     def _validated(self, values: Any, *, single_row: bool) -> dict[str, np.ndarray]:
@@ -460,14 +540,20 @@ class Appender:
             if shard.rows == self._committed.shard_rows:
                 self._guarded(self._seal_open_shard)
 
+    def _kept_shards(self) -> tuple[Shard, ...]:
+        """The committed shards the next commit keeps as they are: all but an unsealed last
+        one, which is the shard this appender continues (still open, or sealed since)."""
+        shards = self._committed.shards
+        return shards[:-1] if shards and not shards[-1].sealed else shards
+
     def _start_shard(self) -> _OpenShard:
-        index = len(self._committed.shards) + len(self._sealed) - (0 if self._kept_last else 1)
+        index = len(self._kept_shards()) + len(self._sealed)
         shard = _OpenShard(index=index, row_offset=self._rows, rows=0)
         token = self._committed.uuid[:12]
         try:
             for name, spec in self._specs.items():
                 relpath = shard_file_name(token, index, name)
-                shard.files[name] = ShardFileWriter.create(self.path, relpath, spec)
+                shard.files[name] = ShardFileWriter.create(self.path, relpath, spec, self._budget)
         except BaseException:
             for file in shard.files.values():
                 file.close()
@@ -481,10 +567,17 @@ class Appender:
         shard = _OpenShard(
             index=len(self._committed.shards) - 1, row_offset=record.row_offset, rows=record.rows
         )
-        for name, spec in self._specs.items():
-            file = record.files[name]
-            check_shard_file(self.path, spec, ShardPart(file, record.rows, False, record.rows))
-            shard.files[name] = ShardFileWriter.reopen(self.path, file, spec, record.rows)
+        try:
+            for name, spec in self._specs.items():
+                file = record.files[name]
+                check_shard_file(self.path, spec, ShardPart(file, record.rows, False, record.rows))
+                shard.files[name] = ShardFileWriter.reopen(
+                    self.path, file, spec, record.rows, self._budget
+                )
+        except BaseException:
+            for reopened in shard.files.values():
+                reopened.close()
+            raise
         return shard
 
     def _seal_open_shard(self) -> None:
@@ -502,8 +595,9 @@ class Appender:
         files = {}
         for name, file in shard.files.items():
             file.write_header(shard.rows)
+            file.close()
             files[name] = self._file_record(name, file, shard.rows, file.checksum.digest())
-        self._syncs.add([file.fd for file in shard.files.values()])
+        self._syncs.add([file.full_path for file in shard.files.values()])
         self._sealed.append(
             Shard(row_offset=shard.row_offset, rows=shard.rows, sealed=True, files=files)
         )
@@ -529,8 +623,7 @@ class Appender:
         if self._new_files:
             fsync_directory(os.path.join(self.path, SHARDS_DIR))
         previous = self._committed
-        kept = previous.shards if self._kept_last else previous.shards[:-1]
-        shards = [*kept, *self._sealed]
+        shards = [*self._kept_shards(), *self._sealed]
         if shard is not None and shard.rows > 0:
             files = {
                 name: self._file_record(name, file, shard.rows, None)
@@ -549,31 +642,43 @@ class Appender:
             }
         )
         manifest = Manifest.model_validate(manifest.model_dump())
+        self._check_still_ours()
         try:
             publish_manifest(self.path, manifest)
         except CommitNotDurableError:
-            self._published(manifest, shard)  # visible: never commit these rows twice
+            self._published(manifest)  # visible: never commit these rows twice
             raise
-        self._published(manifest, shard)
+        self._published(manifest)
 
-    def _published(self, manifest: Manifest, shard: _OpenShard | None) -> None:
+    def _check_still_ours(self) -> None:
+        """The lock held must still be the one of the dataset at :attr:`path`: a directory
+        replaced under the appender must never receive its manifest."""
+        if self._lock is None or not self._lock.is_at(os.path.join(self.path, LOCK_NAME)):
+            raise DatasetChangedError(
+                f"{self.path}: the dataset directory was replaced or removed while this "
+                "appender held it; nothing was committed to the new one"
+            )
+
+    def _published(self, manifest: Manifest) -> None:
         self._committed = manifest
         self._sealed = []
         self._new_files = False
-        self._kept_last = shard is None or shard.rows == 0
 
     def _guarded(self, operation: Any, *args: Any) -> Any:
-        """Run a file operation; any OS error makes the appender fail for good (a failed fsync
-        must never be retried: the kernel may have dropped the dirty pages)."""
+        """Run a file operation; an OS error or a replaced directory makes the appender fail
+        for good and release the dataset at once (a failed fsync must never be retried: the
+        kernel may have dropped the dirty pages)."""
         try:
             return operation(*args)
-        except OSError as exc:
+        except (OSError, DatasetChangedError) as exc:
             self._failure = f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, WriteFailedError):
+            self._release()
+            if isinstance(exc, MemshardError):
                 raise
             raise WriteFailedError(
                 exc.errno,
-                f"{self.path}: write failed, nothing after the last commit was saved ({exc})",
+                f"{self.path}: write failed, nothing after the last commit was saved; the "
+                f"appender released the dataset ({exc})",
             ) from exc
 
     def _release(self) -> None:
@@ -583,9 +688,9 @@ class Appender:
                     file.close()
             self._open = None
         self._syncs.shutdown()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
 
 def _write_rows(file: ShardFileWriter, rows: np.ndarray) -> None:

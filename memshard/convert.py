@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .appender import Appender, append, create, is_memshard_dataset, move_into_place
+from .appender import Appender, append, create, is_memshard_dataset
 from .errors import (
     ArgumentError,
     ConversionFailedError,
@@ -260,7 +260,7 @@ def convert(
                 f"{appender.path}: {appender.rows} of {plan.rows} rows were written; "
                 "run the conversion again with resume=True to complete it"
             )
-        appender.close()
+        appender.close_into(root, overwrite=overwrite)
     except LabelError:
         # The source itself is bad: no resume can complete this conversion.
         appender.abort()
@@ -269,7 +269,6 @@ def convert(
     except BaseException:
         appender.abort()
         raise
-    move_into_place(appender.path, root, overwrite)
     return open_dataset(root)
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .appender import Appender, append, create, move_into_place
+from .appender import Appender, append, create
 from .convert import require
 from .errors import (
     ArgumentError,
@@ -142,18 +142,15 @@ def from_dask(
             commit_parts(appender, parts, order="key")
         finally:
             _end_job(appender, running, job)
-        appender.close()
+        if staging is None:
+            appender.close()
+        else:
+            appender.close_into(root, overwrite=overwrite)
     except BaseException:
         appender.abort()
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
         raise
-    if staging is not None:
-        try:
-            move_into_place(staging, root, overwrite)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
     return open_dataset(root)
 
 

@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from .errors import CommitNotDurableError
 from .layout import MANIFEST_NAME, MANIFEST_TEMP_PREFIX
-from .manifest import Manifest, dumps
+from .manifest import Manifest, dumps_checked
 
 #: Sealed shard files an appender keeps open, unsynced, until the next commit.
 MAX_DEFERRED_FILES = 32
@@ -78,11 +78,13 @@ def publish_manifest(root: str, manifest: Manifest) -> None:
     """Steps 3-5 of a commit: atomically replace ``root/manifest.json`` with ``manifest``.
 
     Raises:
+        ManifestTooLargeError: ``manifest`` is larger than readers accept; nothing is written.
         OSError: before the rename; ``manifest.json`` is unchanged.
         CommitNotDurableError: after it; ``manifest`` is visible but not known to be durable.
     """
+    data = dumps_checked(manifest, where=root)
     temporary = os.path.join(root, f"{MANIFEST_TEMP_PREFIX}{os.getpid()}")
-    write_file_durably(temporary, dumps(manifest))
+    write_file_durably(temporary, data)
     os.replace(temporary, os.path.join(root, MANIFEST_NAME))
     try:
         fsync_directory(root)
@@ -98,54 +100,51 @@ class DeferredSync:
     """Sealed shard files whose ``fsync`` waits for the next commit.
 
     Durability is promised at commit, so a sealed shard need not stop the writer for an
-    ``fsync`` (which also forces early writeback of everything still dirty). Its descriptors
-    are kept until :meth:`sync_all`; beyond :data:`MAX_DEFERRED_FILES` of them, the oldest are
-    synced and closed on a worker thread so that neither descriptors nor dirty pages pile up
+    ``fsync`` (which also forces early writeback of everything still dirty). Files are kept by
+    path, not by descriptor, so that waiting files hold none; beyond :data:`MAX_DEFERRED_FILES`
+    of them, the oldest are synced on a worker thread so that dirty pages do not pile up
     without bound.
     """
 
     def __init__(self, max_deferred: int = MAX_DEFERRED_FILES) -> None:
         self._max_deferred = max_deferred
-        self._deferred: list[int] = []
+        self._deferred: list[str] = []
         self._executor: ThreadPoolExecutor | None = None
         self._pending: list[Future[None]] = []
 
-    def add(self, fds: list[int]) -> None:
-        """Take ownership of ``fds``, to be synced and closed by :meth:`sync_all`."""
-        self._deferred.extend(fds)
+    def add(self, paths: list[str]) -> None:
+        """Sync the files at ``paths`` by :meth:`sync_all` at the latest."""
+        self._deferred.extend(paths)
         if len(self._deferred) > self._max_deferred:
-            oldest, self._deferred = self._deferred[: -len(fds)], self._deferred[-len(fds) :]
+            oldest, self._deferred = self._deferred[: -len(paths)], self._deferred[-len(paths) :]
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(1, thread_name_prefix="memshard-fsync")
-            self._pending.append(self._executor.submit(_sync_and_close, oldest))
+            self._pending.append(self._executor.submit(sync_files, oldest))
 
     def sync_all(self) -> None:
-        """Sync and close every file taken; raise the first failure (``OSError``)."""
+        """Sync every file added; raise the first failure (``OSError``)."""
         deferred, self._deferred = self._deferred, []
         pending, self._pending = self._pending, []
         failures = [future.exception() for future in pending]
-        try:
-            _sync_and_close(deferred)
-        finally:
-            for failure in failures:
-                if failure is not None:
-                    raise failure
+        sync_files(deferred)
+        for failure in failures:
+            if failure is not None:
+                raise failure
 
     def shutdown(self) -> None:
-        """Close every file taken without syncing it, after the worker has finished."""
+        """Forget every file added without syncing it, after the worker has finished."""
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
         self._pending = []
-        deferred, self._deferred = self._deferred, []
-        for fd in deferred:
-            os.close(fd)
+        self._deferred = []
 
 
-def _sync_and_close(fds: list[int]) -> None:
-    try:
-        for fd in fds:
+def sync_files(paths: list[str]) -> None:
+    """``fsync`` each file in ``paths`` (opened read-only: sealed shards are read-only)."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+        try:
             os.fsync(fd)
-    finally:
-        for fd in fds:
+        finally:
             os.close(fd)

@@ -21,6 +21,11 @@ class ManifestError(InvalidDatasetError):
     """``manifest.json`` is missing a key, has a wrong value, or is not strict JSON."""
 
 
+class ManifestTooLargeError(ManifestError):
+    """A manifest or part record larger than ``MAX_MANIFEST_BYTES``: refused by readers, and
+    never published by writers."""
+
+
 class UnsupportedVersionError(ManifestError):
     """The manifest declares a format major version this library cannot read."""
 

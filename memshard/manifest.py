@@ -29,7 +29,13 @@ from pydantic import (
 from . import npyheader
 from .checksum import CHECKSUM_PATTERN, StreamingChecksum
 from .dtypes import SUPPORTED_DESCRS
-from .errors import ManifestError, ReadFailedError, UnsafePathError, UnsupportedVersionError
+from .errors import (
+    ManifestError,
+    ManifestTooLargeError,
+    ReadFailedError,
+    UnsafePathError,
+    UnsupportedVersionError,
+)
 from .layout import FIELD_NAME_PATTERN, SHARD_PATH_PATTERN, is_safe_shard_path
 
 FORMAT_NAME: Literal["memshard"] = "memshard"
@@ -487,6 +493,31 @@ def dumps(manifest: Manifest) -> bytes:
     lines.append(f' "shards": [\n{shard_lines}\n ],' if shards else ' "shards": [],')
     prefix = ("{\n" + "\n".join(lines) + f"\n {encode(CHECKSUM_KEY)}: ").encode("utf-8")
     return prefix + f'"{own_checksum(prefix)}"\n}}\n'.encode()
+
+
+def dumps_checked(manifest: Manifest, *, where: str) -> bytes:
+    """:func:`dumps`, refusing a manifest that readers would refuse for its size.
+
+    Raises:
+        ManifestTooLargeError: the encoded manifest exceeds :data:`MAX_MANIFEST_BYTES`.
+    """
+    data = dumps(manifest)
+    check_document_size(len(data), where=where, what="manifest")
+    return data
+
+
+def check_document_size(size: int, *, where: str, what: str) -> None:
+    """Refuse a ``what`` (manifest or part record) of ``size`` bytes to write at ``where``.
+
+    Raises:
+        ManifestTooLargeError: ``size`` exceeds :data:`MAX_MANIFEST_BYTES`.
+    """
+    if size > MAX_MANIFEST_BYTES:
+        raise ManifestTooLargeError(
+            f"{where}: the {what} would be {size:,} bytes, more than the "
+            f"{MAX_MANIFEST_BYTES:,} (MAX_MANIFEST_BYTES) a reader accepts; nothing was "
+            "written. Keep large data out of attrs and labels, or use larger shards"
+        )
 
 
 def json_schema() -> dict[str, Any]:

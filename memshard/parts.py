@@ -47,6 +47,7 @@ from .errors import (
     UnsupportedVersionError,
     WriteFailedError,
 )
+from .handles import FileLock, OwnedFd
 from .layout import MANIFEST_NAME, PARTS_DIR, SHARDS_DIR, shard_file_name
 from .manifest import (
     FORMAT_VERSION,
@@ -57,7 +58,7 @@ from .manifest import (
     ShardFile,
     _Strict,
 )
-from .shardwriter import WRITE_BUFFER_BYTES, ShardFileWriter
+from .shardwriter import WRITE_BUFFER_BYTES, DescriptorBudget, ShardFileWriter
 
 PART_FORMAT: Literal["memshard-part"] = "memshard-part"
 #: A part's id: ``p-GROUP-NONCE``. The group lets :func:`discard_parts` find every part of one
@@ -210,17 +211,18 @@ class PartWriter:
     The writer belongs to the process that started it.
     """
 
-    def __init__(self, target: PartTarget, part_id: str, key: PartKey, lock_fd: int) -> None:
+    def __init__(self, target: PartTarget, part_id: str, key: PartKey, lock: FileLock) -> None:
         self.target = target
         self.id = part_id
         self.key = key
-        self._lock_fd: int | None = lock_fd
+        self._lock: FileLock | None = lock
         self._pid = os.getpid()
         self._shards: list[PartShard] = []
         self._open: dict[str, ShardFileWriter] = {}
         self._open_rows = 0
         self._rows = 0
         self._syncs = DeferredSync()
+        self._budget = DescriptorBudget()
         self._failure: str | None = None
         self._part: Part | None = None
 
@@ -229,12 +231,12 @@ class PartWriter:
         parts = os.path.join(target.root, PARTS_DIR)
         try:
             os.makedirs(parts, exist_ok=True)
-            lock_fd = _create_lock(parts, part_id)
+            lock = _create_lock(parts, part_id)
         except OSError as exc:
             raise WriteFailedError(
                 exc.errno, f"{parts}: cannot start part {part_id} ({exc.strerror or exc})"
             ) from exc
-        return cls(target, part_id, key, lock_fd)
+        return cls(target, part_id, key, lock)
 
     @property
     def rows(self) -> int:
@@ -287,7 +289,7 @@ class PartWriter:
 
     def abort(self) -> None:
         """Stop and delete what the part wrote. Does nothing after :meth:`close`."""
-        if self._lock_fd is None or os.getpid() != self._pid:
+        if self._lock is None or os.getpid() != self._pid:
             return
         names = [file.path for shard in self._shards for file in shard.files.values()]
         names += [file.path for file in self._open.values()]
@@ -310,7 +312,7 @@ class PartWriter:
             self.abort()
 
     def __del__(self) -> None:
-        if getattr(self, "_lock_fd", None) is not None and os.getpid() == self._pid:
+        if getattr(self, "_lock", None) is not None and os.getpid() == self._pid:
             warnings.warn(
                 f"{self.target.root}: part {self.id} dropped without close(); it is discarded",
                 ResourceWarning,
@@ -326,7 +328,7 @@ class PartWriter:
             raise AppenderClosedError(f"part {self.id} belongs to process {self._pid}")
         if self._failure is not None:
             raise AppenderClosedError(f"part {self.id} failed earlier ({self._failure})")
-        if self._lock_fd is None:
+        if self._lock is None:
             raise AppenderClosedError(f"part {self.id} is closed")
 
     def _validated(self, values: Any, *, single_row: bool) -> dict[str, np.ndarray]:
@@ -360,7 +362,9 @@ class PartWriter:
         try:
             for name, spec in self.target.fields.items():
                 relpath = shard_file_name(self.id, index, name)
-                self._open[name] = ShardFileWriter.create(self.target.root, relpath, spec)
+                self._open[name] = ShardFileWriter.create(
+                    self.target.root, relpath, spec, self._budget
+                )
         except BaseException:
             for file in self._open.values():
                 file.close()
@@ -377,6 +381,7 @@ class PartWriter:
         records = {}
         for name, file in files.items():
             file.write_header(rows)
+            file.close()
             spec = self.target.fields[name]
             records[name] = ShardFile(
                 path=file.path,
@@ -384,7 +389,7 @@ class PartWriter:
                 nbytes=rows * spec.row_bytes,
                 checksum=file.checksum.digest(),
             )
-        self._syncs.add([file.fd for file in files.values()])
+        self._syncs.add([file.full_path for file in files.values()])
         self._shards.append(PartShard(rows=rows, files=records))
 
     def _publish(self, part: Part) -> None:
@@ -392,8 +397,10 @@ class PartWriter:
         if part.shards:
             fsync_directory(os.path.join(self.target.root, SHARDS_DIR))
         parts = os.path.join(self.target.root, PARTS_DIR)
+        data = dumps_part(part)
+        manifest_io.check_document_size(len(data), where=parts, what=f"record of part {self.id}")
         temporary = os.path.join(parts, f".{self.id}.json.tmp")
-        write_file_durably(temporary, dumps_part(part))
+        write_file_durably(temporary, data)
         os.rename(temporary, os.path.join(parts, f"{self.id}.json"))
         fsync_directory(parts)
 
@@ -401,7 +408,11 @@ class PartWriter:
         try:
             return operation(*args)
         except OSError as exc:
+            # Descriptors go at once; the lock stays until abort() has deleted the files.
             self._failure = f"{type(exc).__name__}: {exc}"
+            for file in self._open.values():
+                file.release_descriptor()
+            self._syncs.shutdown()
             if isinstance(exc, WriteFailedError):
                 raise
             raise WriteFailedError(
@@ -410,28 +421,41 @@ class PartWriter:
 
     def _release(self) -> None:
         """Give up the part's lock; its lock file goes first, so nobody locks a stale one."""
-        if self._lock_fd is None:
+        if self._lock is None:
             return
         with contextlib.suppress(OSError):
             os.unlink(os.path.join(self.target.root, PARTS_DIR, f"{self.id}.lock"))
-        os.close(self._lock_fd)
-        self._lock_fd = None
+        self._lock.release()
+        self._lock = None
 
 
-def _create_lock(parts: str, part_id: str) -> int:
+#: How often a part writer tries again to put its lock in place when a concurrent
+#: :func:`discard_parts` removed the temporary lock file first.
+LOCK_ATTEMPTS = 8
+
+
+def _create_lock(parts: str, part_id: str) -> FileLock:
     """Create and lock ``parts/ID.lock``: locked under a temporary name first, then renamed, so
-    that whoever finds the lock file finds it locked while the writer lives."""
+    that whoever finds the lock file finds it locked while the writer lives.
+
+    A discard may remove the temporary file in the instant between its creation and its
+    ``flock``; the rename then fails with ``ENOENT`` and the writer starts again."""
     temporary = os.path.join(parts, f".{part_id}.lock.tmp")
-    fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.rename(temporary, os.path.join(parts, f"{part_id}.lock"))
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    return fd
+    for _ in range(LOCK_ATTEMPTS):
+        handle = OwnedFd.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL)
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(temporary, os.path.join(parts, f"{part_id}.lock"))
+        except FileNotFoundError:
+            handle.close()
+            continue
+        except BaseException:
+            handle.close()
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+        return FileLock(handle, os.path.join(parts, f"{part_id}.lock"))
+    raise OSError(errno.EAGAIN, f"the lock of part {part_id} was removed {LOCK_ATTEMPTS} times")
 
 
 def _checked_key(key: Any) -> PartKey:
@@ -730,11 +754,15 @@ def _files_of_parts(root: str) -> dict[str, list[str]]:
 
 def _remove_part(root: str, part_id: str, named: set[str], wait: bool) -> bool:
     """Delete the files of a part that the manifest does not name, unless its writer is alive
-    (holds the part's lock), or, with ``wait``, once it is not."""
+    (holds the part's lock), or, with ``wait``, once it is not.
+
+    A writer creates its shard files only once its lock is in place and removes the lock
+    only when it has finished, so a part without a lock file has no live writer. The lock
+    file is never created here: a lock of our own making would hide a writer's."""
     lock_path = os.path.join(root, PARTS_DIR, f"{part_id}.lock")
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | _CLOEXEC, 0o644)
-    except FileNotFoundError:  # no parts/ directory: nobody can hold a lock
+        fd = os.open(lock_path, os.O_RDWR | os.O_NOFOLLOW | _CLOEXEC)
+    except FileNotFoundError:
         fd = -1
     if fd >= 0:
         try:

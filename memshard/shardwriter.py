@@ -1,47 +1,112 @@
 """Appending rows to one field's file of the shard being written.
 
-Rows go to the file with plain ``write`` calls, never through a writable mapping (on a full
+Rows go to the file with plain ``pwrite`` calls, never through a writable mapping (on a full
 disk a mapping turns the error into SIGBUS). Small appends collect in a private buffer first;
 it is a plain ``bytearray``, so a forked child that exits never flushes its parent's rows
 into the shared file, as an inherited ``io.BufferedWriter`` would.
+
+A writer does not own a descriptor for its whole life: it borrows one from the
+:class:`DescriptorBudget` of its appender or part writer, which keeps at most
+:data:`MAX_OPEN_SHARD_FILES` open and closes the least recently used beyond that (reopened by
+path when next needed). So the descriptors an appender holds do not grow with the number of
+fields. Reopening loses nothing: data is written at explicit offsets, and ``fsync`` through
+a later descriptor flushes every dirty page of the file (Linux also reports to it a
+writeback error that no descriptor has seen yet).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+from collections import OrderedDict
 
 from .checksum import StreamingChecksum, checksum_of_file
 from .durable import start_writeback
 from .errors import ShardSizeError
+from .handles import OwnedFd
 from .manifest import FieldSpec, ShardFile
 from .npyheader import header_bytes
 
 #: Appends smaller than this collect in memory before a ``write`` call.
 WRITE_BUFFER_BYTES = 1 << 20
-_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+#: Most shard files one appender or part writer keeps open at once.
+MAX_OPEN_SHARD_FILES = 64
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+class DescriptorBudget:
+    """The open descriptors of one writer's shard files, at most ``limit`` at a time.
+
+    Not thread-safe: it belongs to one appender or part writer, used from one thread.
+    """
+
+    def __init__(self, limit: int = MAX_OPEN_SHARD_FILES) -> None:
+        self._limit = limit
+        self._open: OrderedDict[int, ShardFileWriter] = OrderedDict()
+
+    @property
+    def open_count(self) -> int:
+        """How many descriptors the writers of this budget hold now."""
+        return len(self._open)
+
+    def use(self, writer: ShardFileWriter) -> None:
+        """Note that ``writer`` holds a descriptor and was used last; close the descriptors of
+        the least recently used writers beyond the limit."""
+        self._open[id(writer)] = writer
+        self._open.move_to_end(id(writer))
+        while len(self._open) > self._limit:
+            _, oldest = self._open.popitem(last=False)
+            oldest.release_descriptor()
+
+    def forget(self, writer: ShardFileWriter) -> None:
+        """``writer`` closed its descriptor."""
+        self._open.pop(id(writer), None)
 
 
 class ShardFileWriter:
-    """One open shard file: appends rows, keeps their checksum, rewrites the header."""
+    """One shard file being written: appends rows, keeps their checksum, rewrites the header.
 
-    def __init__(self, fd: int, path: str, spec: FieldSpec, checksum: StreamingChecksum) -> None:
-        self.fd = fd
+    ``path`` is relative to the dataset directory ``root``; ``end`` is the file offset where
+    the next row goes.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        path: str,
+        spec: FieldSpec,
+        checksum: StreamingChecksum,
+        budget: DescriptorBudget,
+        handle: OwnedFd,
+        end: int,
+    ) -> None:
+        self.root = root
         self.path = path
         self.spec = spec
         self.checksum = checksum
+        self.end = end
+        self._budget = budget
+        self._handle: OwnedFd | None = handle
         self._pending = bytearray()
-        self._writeback_from = 0
+        self._writeback_from = end
+        budget.use(self)
+
+    @property
+    def full_path(self) -> str:
+        """The file's path on disk."""
+        return os.path.join(self.root, self.path)
 
     @classmethod
-    def create(cls, root: str, relpath: str, spec: FieldSpec) -> ShardFileWriter:
+    def create(
+        cls, root: str, relpath: str, spec: FieldSpec, budget: DescriptorBudget
+    ) -> ShardFileWriter:
         """Create ``root/relpath`` (which must not exist) holding a header and no rows.
 
         If writing the header fails, the file is closed and removed before the error is
         raised, so that a full disk gets its space back."""
         where = os.path.join(root, relpath)
-        fd = os.open(where, os.O_RDWR | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o644)
-        writer = cls(fd, relpath, spec, StreamingChecksum())
+        handle = OwnedFd.open(where, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        writer = cls(root, relpath, spec, StreamingChecksum(), budget, handle, 0)
         try:
             writer._write_all(header_bytes(spec.numpy_dtype, spec.shape, 0))
         except BaseException:
@@ -49,30 +114,33 @@ class ShardFileWriter:
             with contextlib.suppress(OSError):
                 os.unlink(where)
             raise
+        writer._writeback_from = writer.end
         return writer
 
     @classmethod
-    def reopen(cls, root: str, file: ShardFile, spec: FieldSpec, rows: int) -> ShardFileWriter:
+    def reopen(
+        cls, root: str, file: ShardFile, spec: FieldSpec, rows: int, budget: DescriptorBudget
+    ) -> ShardFileWriter:
         """Continue an unsealed shard file after its ``rows`` committed rows, cutting off any
         uncommitted bytes a crashed writer left after them.
 
         Raises:
             ShardSizeError: the file is shorter than its committed rows.
         """
-        fd = os.open(os.path.join(root, file.path), os.O_RDWR | os.O_NOFOLLOW | _CLOEXEC)
+        handle = OwnedFd.open(os.path.join(root, file.path), os.O_RDWR | _NOFOLLOW)
         end = file.data_offset + rows * spec.row_bytes
         try:
+            fd = handle.fileno()
             checksum = checksum_of_file(fd, file.data_offset, rows * spec.row_bytes)
             os.ftruncate(fd, end)
             os.pwrite(fd, header_bytes(spec.numpy_dtype, spec.shape, rows), 0)
-            os.lseek(fd, end, os.SEEK_SET)
         except EOFError:
-            os.close(fd)
+            handle.close()
             raise ShardSizeError(f"{root}/{file.path}: shorter than its committed rows") from None
         except BaseException:
-            os.close(fd)
+            handle.close()
             raise
-        return cls(fd, file.path, spec, checksum)
+        return cls(root, file.path, spec, checksum, budget, handle, end)
 
     def write(self, data: memoryview) -> None:
         """Append bytes of whole rows."""
@@ -92,32 +160,45 @@ class ShardFileWriter:
     def write_header(self, rows: int) -> None:
         """Flush, then state ``rows`` rows in the header (rewritten in place)."""
         self.flush()
-        os.pwrite(self.fd, header_bytes(self.spec.numpy_dtype, self.spec.shape, rows), 0)
+        os.pwrite(self._fd(), header_bytes(self.spec.numpy_dtype, self.spec.shape, rows), 0)
 
     def start_writeback(self) -> None:
         """Flush, and start writing to disk what was written since the last call (see
         :func:`memshard.durable.start_writeback`)."""
         self.flush()
-        end = os.lseek(self.fd, 0, os.SEEK_CUR)
-        start_writeback(self.fd, self._writeback_from, end - self._writeback_from)
-        self._writeback_from = end
+        start_writeback(self._fd(), self._writeback_from, self.end - self._writeback_from)
+        self._writeback_from = self.end
 
     def sync(self) -> None:
         """Make everything written durable."""
-        os.fsync(self.fd)
+        os.fsync(self._fd())
+
+    def release_descriptor(self) -> None:
+        """Close the descriptor until the next write needs it again; nothing is lost."""
+        handle, self._handle = self._handle, None
+        self._budget.forget(self)
+        if handle is not None:
+            handle.close()
 
     def close(self) -> None:
-        """Close the descriptor; buffered bytes not flushed are dropped."""
-        if self.fd >= 0:
-            fd, self.fd = self.fd, -1
-            os.close(fd)
+        """Close the descriptor for good; buffered bytes not flushed are dropped."""
+        self._pending.clear()
+        self.release_descriptor()
+
+    def _fd(self) -> int:
+        if self._handle is None:
+            self._handle = OwnedFd.open(self.full_path, os.O_RDWR | _NOFOLLOW)
+        self._budget.use(self)
+        return self._handle.fileno()
 
     def _write_all(self, data: bytes | bytearray | memoryview) -> None:
         # The views are released explicitly, not left to reference counting: a sampling
         # profiler (dask's workers run one) may hold this frame, and a live view of the buffer
         # would make flush()'s clear() fail with BufferError.
+        fd = self._fd()
         with memoryview(data) as whole:
             written = 0
             while written < len(whole):
                 with whole[written:] as rest:
-                    written += os.write(self.fd, rest)
+                    written += os.pwrite(fd, rest, self.end + written)
+        self.end += written

@@ -849,15 +849,20 @@ def _check_read_only_dataset(base: Path) -> None:
 
 def test_create_removes_what_an_interrupted_create_left(tmp_path: Path) -> None:
     """A create killed before its rename leaves ``path.memshard-tmp-*``; the next create of the
-    same path deletes it, unless a running create holds its lock."""
+    same path deletes it if it holds a manifest and nobody holds its lock. A running create
+    (lock held) and one that has not written its manifest yet are left alone."""
     path = tmp_path / "ds"
     abandoned = tmp_path / "ds.memshard-tmp-0123456789ab"
     (abandoned / "shards").mkdir(parents=True)
     (abandoned / ".memshard.lock").touch()
+    (abandoned / "manifest.json").write_text("{}")
     running = tmp_path / "ds.memshard-tmp-ba9876543210"
     (running / "shards").mkdir(parents=True)
+    (running / "manifest.json").write_text("{}")
     lock = os.open(running / ".memshard.lock", os.O_RDWR | os.O_CREAT)
     fcntl.flock(lock, fcntl.LOCK_EX)
+    starting = tmp_path / "ds.memshard-tmp-aaaaaaaaaaaa"  # made its directory, not locked yet
+    (starting / "shards").mkdir(parents=True)
     other = tmp_path / "other.memshard-tmp-0123456789ab"  # another path's: not touched
     other.mkdir()
     try:
@@ -865,5 +870,6 @@ def test_create_removes_what_an_interrupted_create_left(tmp_path: Path) -> None:
     finally:
         os.close(lock)
     assert sorted(entry.name for entry in tmp_path.iterdir()) == sorted(
-        ["ds", running.name, other.name]
+        ["ds", running.name, starting.name, other.name]
     )
+    assert not (starting / ".memshard.lock").exists()  # the cleanup created nothing in it

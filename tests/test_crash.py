@@ -252,8 +252,7 @@ def test_harness_command_line_writes_a_summary(tmp_path: Any) -> None:
     ("breakage", "violation"),
     [
         (
-            "import memshard.durable as d; "
-            "d._sync_and_close = lambda fds: [os.close(f) for f in fds]",
+            "import memshard.durable as d; d.sync_files = lambda paths: None",
             "with unsynced writes",
         ),
         ("import memshard.appender as a; a.fsync_directory = lambda path: None", "its directory"),
@@ -261,7 +260,7 @@ def test_harness_command_line_writes_a_summary(tmp_path: Any) -> None:
             "import memshard.appender as a, memshard.durable as d\n"
             "def publish(root, manifest):\n"
             "    temporary = os.path.join(root, '.manifest.json.tmp-1')\n"
-            "    d.write_file_durably(temporary, d.dumps(manifest))\n"
+            "    d.write_file_durably(temporary, d.dumps_checked(manifest, where=root))\n"
             "    os.replace(temporary, os.path.join(root, 'manifest.json'))\n"
             "a.publish_manifest = publish",
             "commit returned before the dataset directory was synced",

@@ -49,6 +49,7 @@ from memshard.layout import LOCK_NAME, MANIFEST_NAME, MANIFEST_TEMP_PREFIX, SHAR
 REPO = Path(__file__).resolve().parent.parent
 REAL_FSYNC = os.fsync
 REAL_WRITE = os.write
+REAL_PWRITE = os.pwrite
 REAL_OPEN = os.open
 REAL_UNLINK = os.unlink
 
@@ -274,6 +275,9 @@ def child_full_tmpfs(mountpoint: str) -> dict[str, Any]:
             if failure["error"] is not None:
                 break
         report["failure"] = failure
+        # A failed appender has already let go: no descriptor, and the lock is free.
+        report["descriptors_at_failure"] = descriptors_under(path)
+        report["append_at_failure"] = outcome(lambda: ms.append(path).abort())
         report["commit_after"] = outcome(writer.commit)
         report["close"] = outcome(writer.close)
         report["committed_rows"] = writer.committed_rows
@@ -310,6 +314,9 @@ def test_full_tmpfs_fails_the_appender_and_resumes_after_space_is_freed(tmp_path
     assert failure["error"] == "WriteFailedError", failure
     assert failure["errno"] == errno.ENOSPC
     assert str(tmp_path / "mnt" / "ds") in failure["message"]
+    assert os.strerror(errno.ENOSPC) in failure["message"]  # it says what failed
+    assert report["descriptors_at_failure"] == []
+    assert report["append_at_failure"] == {"error": None, "value": None}
     assert report["commit_after"]["error"] == "AppenderClosedError"
     assert report["close"]["error"] is None
     committed = report["committed_rows"]
@@ -325,8 +332,25 @@ def test_full_tmpfs_fails_the_appender_and_resumes_after_space_is_freed(tmp_path
     assert report["leftovers"] == []
 
 
-# -- disk full, simulated: os.write raising ENOSPC ----------------------------------------------
-#: Where os.write fails, and how many rows are committed by then.
+# -- disk full, simulated: os.write and os.pwrite raising ENOSPC --------------------------------
+def fail_writes(monkeypatch: pytest.MonkeyPatch, fails: Callable[[int], bool]) -> None:
+    """Make ``os.write`` and ``os.pwrite`` raise ENOSPC on the descriptors ``fails`` picks."""
+
+    def full_disk(fd: int, data: Any) -> int:
+        if fails(fd):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return REAL_WRITE(fd, data)
+
+    def full_disk_at(fd: int, data: Any, offset: int) -> int:
+        if fails(fd):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return REAL_PWRITE(fd, data, offset)
+
+    monkeypatch.setattr(os, "write", full_disk)
+    monkeypatch.setattr(os, "pwrite", full_disk_at)
+
+
+#: Where writing fails, and how many rows are committed by then.
 ENOSPC_AT: dict[str, tuple[Callable[[str], bool], int]] = {
     # the rows buffered since the last commit, flushed by the commit
     "shard data at commit": (lambda name: name.endswith("-00000001.x.npy"), 5),
@@ -343,13 +367,7 @@ def test_enospc_from_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wher
     writer.extend(small_rows(0, 5))  # shard 0 sealed, shard 1 holds 1 row
     writer.commit()
     matches, committed = ENOSPC_AT[where]
-
-    def full_disk(fd: int, data: Any) -> int:
-        if matches(os.path.basename(fd_path(fd))):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return REAL_WRITE(fd, data)
-
-    monkeypatch.setattr(os, "write", full_disk)
+    fail_writes(monkeypatch, lambda fd: matches(os.path.basename(fd_path(fd))))
 
     def write() -> None:
         writer.extend(small_rows(5, 2))  # buffered in shard 1
@@ -366,7 +384,7 @@ def test_enospc_from_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wher
             attempt()
     assert writer.committed_rows == committed
     writer.close()
-    monkeypatch.setattr(os, "write", REAL_WRITE)  # space is back
+    monkeypatch.undo()  # space is back
 
     dataset = ms.open(path)
     assert len(dataset) == committed
@@ -389,14 +407,11 @@ def test_create_on_a_failing_disk(
     """``create`` that cannot write its first manifest: a typed error naming the path, and
     nothing left behind."""
 
-    def full_disk(fd: int, data: Any) -> int:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
     def failing_fsync(fd: int) -> None:
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
     if fault == "ENOSPC":
-        monkeypatch.setattr(os, "write", full_disk)
+        fail_writes(monkeypatch, lambda fd: True)
     else:
         monkeypatch.setattr(os, "fsync", failing_fsync)
     path = tmp_path / "ds"
@@ -415,13 +430,17 @@ def test_short_writes_are_completed(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     def short_write(fd: int, data: Any) -> int:
         return REAL_WRITE(fd, memoryview(data)[:1000])
 
+    def short_pwrite(fd: int, data: Any, offset: int) -> int:
+        return REAL_PWRITE(fd, memoryview(data)[:1000], offset)
+
     monkeypatch.setattr(os, "write", short_write)
+    monkeypatch.setattr(os, "pwrite", short_pwrite)
     path = tmp_path / "ds"
     with ms.create(path, fields={"x": ("float32", PAGE_ROW)}, shard_bytes=1 << 20) as writer:
         writer.extend(page_rows(0, 300))  # larger than the write buffer: written directly
         writer.commit()
         writer.extend(page_rows(300, 7))
-    monkeypatch.setattr(os, "write", REAL_WRITE)
+    monkeypatch.undo()
     dataset = ms.open(path)
     assert len(dataset) == 307
     assert rows_are_correct(dataset)
