@@ -37,6 +37,9 @@ default; see :class:`Launcher`) or started as ``python -m tests.fault_writer ...
 (``--launcher exec``). Trials run on ``--jobs`` threads, each in its own directory.
 
 Run ``python -m tests.crash_harness --trials N [--jobs 2] [--seed S] [--json PATH]``.
+``--races N`` runs the race mode instead (:mod:`tests.race_harness`): N races of each pair of
+writers that may meet on one dataset (overwrite and append, create and create, discard and
+write_part), each in two real processes, checked for a serial outcome and no lost row.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ import numpy as np
 
 import memshard as ms
 from memshard.layout import LOCK_NAME, MANIFEST_NAME, MANIFEST_TEMP_PREFIX, SHARDS_DIR
+from tests import race_harness
 from tests.crash_writer import FIELDS, SHARD_BYTES, rows
 from tests.fault_writer import make_plan
 from tests.helpers import REPO_ROOT
@@ -912,6 +916,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write the summary here")
+    parser.add_argument("--races", type=int, help="race writers instead (tests.race_harness)")
     parser.add_argument("--max-minutes", type=float, help="start no trial after this long")
     parser.add_argument("--keep-failed", action="store_true", help="keep failing datasets")
     parser.add_argument("--tmp", help="directory for the trials' datasets")
@@ -922,6 +927,10 @@ def main(argv: Iterable[str] | None = None) -> int:
         help="fork children from a zygote (fast), or exec a new interpreter for each",
     )
     args = parser.parse_args(None if argv is None else list(argv))
+    if args.races is not None:
+        race_argv = ["--races", str(args.races), "--seed", str(args.seed)]
+        race_argv += [] if args.json is None else ["--json", str(args.json)]
+        return race_harness.main(race_argv + ([] if args.tmp is None else ["--tmp", args.tmp]))
     started = time.monotonic()
 
     def progress(done: int, total: int) -> None:

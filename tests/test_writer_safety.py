@@ -131,10 +131,10 @@ def test_races_between_writers_lose_no_committed_row() -> None:
     )
 
 
-def test_the_race_harness_command_line_reports_its_figures(tmp_path: Path) -> None:
+def test_the_crash_harness_race_mode_reports_its_figures(tmp_path: Path) -> None:
     report = tmp_path / "races.json"
     done = run_from_repo(
-        [sys.executable, "-m", "tests.race_harness", "--races", "3", "--json", str(report)]
+        [sys.executable, "-m", "tests.crash_harness", "--races", "3", "--json", str(report)]
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "| races run | 9 |" in done.stdout
