@@ -1011,6 +1011,79 @@ def test_resume_after_the_last_shard_was_committed(
     assert not os.path.lexists(staging_of(dst))
 
 
+#: ``memshard ARGS`` in a process that SIGKILLs itself right after the final rename.
+KILLED_AFTER_RENAME = """
+import os, signal, sys
+import memshard.convert
+from memshard.cli import main
+rename = memshard.convert.move_into_place
+def rename_then_die(*args):
+    rename(*args)
+    os.kill(os.getpid(), signal.SIGKILL)
+memshard.convert.move_into_place = rename_then_die
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_resume_repeated_after_the_final_rename_returns_the_finished_dataset(
+    tmp_path: Path,
+) -> None:
+    """Killed right after the rename: the same ``--resume`` command, repeated (CLI or API),
+    finds the dataset finished, checks that it is this conversion and returns it as it is."""
+    src = tmp_path / "src.h5"
+    fields, shard_bytes = write_resumable(src)
+    dst = tmp_path / "out"
+    command = ["convert", str(src), str(dst), "--shard-size", str(shard_bytes), "--workers", "2"]
+    child = run_from_repo([sys.executable, "-c", KILLED_AFTER_RENAME, *command, "--resume"])
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    assert not os.path.lexists(staging_of(dst))
+    finished = (dst / "manifest.json").read_bytes()
+    for _ in range(2):
+        again = run_from_repo([sys.executable, "-m", "memshard", *command, "--resume", "-q"])
+        assert again.returncode == 0, again.stderr
+        assert again.stderr == ""
+    ds = ms.from_hdf5(src, dst, shard_bytes=shard_bytes, resume=True)
+    assert (dst / "manifest.json").read_bytes() == finished
+    assert_matches(ds, src, fields)
+    assert_contiguous_shards(ds)
+    assert_no_stray_parts(ds)
+    assert sorted(os.listdir(tmp_path)) == ["out", "src.h5"]
+    refused = run_from_repo([sys.executable, "-m", "memshard", *command[:3], "-q"])
+    assert refused.returncode == 2, "without --resume an existing DST is still refused"
+    assert "already exists" in refused.stderr
+
+
+def test_resume_refuses_a_finished_dataset_of_another_conversion(tmp_path: Path) -> None:
+    src, other = tmp_path / "src.h5", tmp_path / "other.h5"
+    fields, shard_bytes = write_resumable(src)
+    write_resumable(other)
+    dst = tmp_path / "out"
+    ms.from_hdf5(src, dst, shard_bytes=shard_bytes)
+    finished = (dst / "manifest.json").read_bytes()
+    for options, says in [
+        ({"src": other}, "another source location"),
+        ({"fields": {"x": "/x"}}, "another source fields"),
+        ({"labels": {"y": ["a", "b"]}}, "other label vocabularies"),
+    ]:
+        arguments = {"src": src, "dst": dst, "resume": True, **options}
+        with pytest.raises(DatasetExistsError, match=f"not this conversion, finished: it .*{says}"):
+            ms.from_hdf5(**arguments)
+    assert (dst / "manifest.json").read_bytes() == finished
+    rewrite_same_size(src)
+    with pytest.raises(DatasetExistsError, match="another source identity"):
+        ms.from_hdf5(src, dst, resume=True)
+    ds = ms.from_hdf5(other, dst, shard_bytes=shard_bytes, resume=True, overwrite=True)
+    assert_matches(ds, other, fields)
+    with ms.append(dst) as appender:  # rows added after the conversion: not its result any more
+        appender.append({"x": np.zeros(6, "<f4"), "y": 0})
+    with pytest.raises(DatasetExistsError, match=f"holds {RESUME_ROWS + 1} rows, the source"):
+        ms.from_hdf5(other, dst, resume=True)
+    plain = tmp_path / "plain"
+    ms.create(plain, fields={"x": ("<f4", (6,)), "y": ("<i8", ())}).close()
+    with pytest.raises(DatasetExistsError, match=r"records no memshard\.source"):
+        ms.from_hdf5(src, plain, resume=True)
+
+
 def interrupt_at(src: Path, dst: Path, shard_bytes: int, row: int) -> None:
     plan = with_stop(ms_hdf5.plan(src, None), row, "interrupt")
     with pytest.raises(KeyboardInterrupt):
