@@ -270,6 +270,9 @@ def convert(
                 f"{appender.path}: {appender.rows} of {plan.rows} rows were written; "
                 "run the conversion again with resume=True to complete it"
             )
+        # Parts still written when a resume began belong to workers of a killed run, which die
+        # with it but may not have yet: wait for their locks, then delete what they left.
+        discard_parts(appender, group=CONVERT_GROUP, wait=True)
         appender.close()
     except LabelError:
         # The source itself is bad: no resume can complete this conversion.
