@@ -891,7 +891,8 @@ def assert_no_stray_parts(ds: ms.Dataset) -> None:
 
 def uncommitted_parts(staging: Path) -> set[str]:
     """Ids of the parts that left files in ``staging`` (shard files its manifest does not name,
-    part records, part locks)."""
+    part records, part locks, and the ``.ID.lock.tmp`` or ``.ID.json.tmp`` of a writer killed
+    while creating its lock or publishing its record)."""
     named = {
         os.path.basename(file.path)
         for shard in ms.open(staging).shards
@@ -899,7 +900,8 @@ def uncommitted_parts(staging: Path) -> set[str]:
     }
     files = set(os.listdir(staging / "shards")) - named
     entries = os.listdir(staging / "parts")
-    return {name.rsplit("-", 1)[0] for name in files} | {name.split(".")[0] for name in entries}
+    parts = {name.lstrip(".").split(".")[0] for name in entries}
+    return {name.rsplit("-", 1)[0] for name in files} | parts
 
 
 def test_killed_conversion_resumes(tmp_path: Path) -> None:
