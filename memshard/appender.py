@@ -33,6 +33,7 @@ from .errors import (
     DatasetExistsError,
     DatasetLockedError,
     DatasetNotFoundError,
+    ManifestError,
     MemshardError,
     ShardMissingError,
     UnsafePathError,
@@ -45,6 +46,7 @@ from .manifest import FORMAT_NAME, FORMAT_VERSION, FieldSpec, Manifest, Shard, S
 from .mappings import ShardPart, check_shard_file
 from .schema import DEFAULT_SHARD_BYTES, field_specs, json_attrs, label_vocabularies, rows_per_shard
 from .shardwriter import DescriptorBudget, ShardFileWriter
+from .smallfile import read_small_file
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 #: How often :func:`append` retries when the dataset's directory is replaced while it takes
@@ -79,6 +81,8 @@ def create(
         DatasetExistsError: ``path`` exists (and ``overwrite`` is false, or it is not a
             memshard dataset).
         DatasetLockedError: ``overwrite`` of a dataset that an appender holds.
+        ManifestError, UnsafePathError: ``overwrite`` of a path whose ``manifest.json`` is a
+            FIFO, socket, device or symbolic link (see :func:`is_memshard_dataset`).
         WriteFailedError: the file system refused (read-only, full, I/O error); nothing is
             left behind.
     """
@@ -204,11 +208,23 @@ def _swap(staging: str, root: str, trash: str) -> None:
 
 
 def is_memshard_dataset(root: str) -> bool:
-    """Whether ``root`` holds a manifest declaring the memshard format (valid or damaged)."""
+    """Whether ``root`` holds a manifest declaring the memshard format (valid or damaged).
+
+    Raises:
+        ManifestError, UnsafePathError, ReadFailedError: ``manifest.json`` is a FIFO, socket,
+            device or symbolic link, is too large, or cannot be read (see
+            :func:`memshard.smallfile.read_small_file`): nothing to judge, so nothing to replace.
+    """
+    where = os.path.join(root, MANIFEST_NAME)
     try:
-        with open(os.path.join(root, MANIFEST_NAME), "rb") as handle:
-            content = json.loads(handle.read(manifest_io.MAX_MANIFEST_BYTES))
-    except (OSError, ValueError, RecursionError):
+        data = read_small_file(
+            where, what="the manifest", limit=manifest_io.MAX_MANIFEST_BYTES, error=ManifestError
+        )
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return False
+    try:
+        content = json.loads(data)
+    except (ValueError, RecursionError):
         return False
     return isinstance(content, dict) and content.get("format") == FORMAT_NAME
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ArgumentError, MemshardError, SourceError
+from .smallfile import open_regular
 
 #: Exit statuses.
 OK, DAMAGED, USAGE, INTERRUPTED = 0, 1, 2, 130
@@ -210,7 +211,8 @@ def detect_format(src: str) -> str:
     """``"hdf5"``, ``"zarr"`` or ``"npy"`` for the source at ``src``, judged by its content.
 
     Raises:
-        SourceError: ``src`` does not exist or is none of them.
+        SourceError: ``src`` does not exist, is none of them, or is a FIFO, a socket or a
+            device (refused without reading: see :mod:`memshard.smallfile`).
     """
     if os.path.isdir(src):
         if any(os.path.exists(os.path.join(src, n)) for n in ("zarr.json", ".zgroup", ".zarray")):
@@ -218,9 +220,11 @@ def detect_format(src: str) -> str:
         if any(name.endswith(".npy") for name in os.listdir(src)):
             return "npy"
         raise SourceError(f"{src}: a directory that is neither a zarr store nor holds .npy files")
-    if not os.path.exists(src):
-        raise SourceError(f"{src}: no such file or directory")
-    with open(src, "rb") as handle:
+    try:
+        fd = open_regular(src, what="the source", error=SourceError, follow_symlinks=True)
+    except (FileNotFoundError, NotADirectoryError):
+        raise SourceError(f"{src}: no such file or directory") from None
+    with os.fdopen(fd, "rb") as handle:
         head = handle.read(8)
         if head == _HDF5_SIGNATURE or _has_hdf5_user_block(handle):
             return "hdf5"

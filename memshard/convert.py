@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from . import manifest as manifest_io
 from .appender import Appender, append, create, is_memshard_dataset
 from .errors import (
     ArgumentError,
@@ -30,9 +31,11 @@ from .errors import (
     ConversionStateError,
     DatasetExistsError,
     LabelError,
+    MemshardError,
     MissingDependencyError,
 )
-from .manifest import FieldSpec
+from .layout import MANIFEST_NAME
+from .manifest import FieldSpec, Manifest
 from .parts import Part, PartTarget, commit_parts, discard_parts, write_part
 from .progress import progress_bar
 from .reader import Dataset
@@ -85,7 +88,9 @@ def from_hdf5(
             strings gets that list as its vocabulary (``None`` to turn off).
         attrs: extra manifest attributes; JSON-representable HDF5 attributes of the root
             group are copied, those of each dataset go under ``memshard.source``.
-        resume: continue the interrupted conversion to ``dst`` (see ``spec/CONVERSION.md``).
+        resume: continue the interrupted conversion to ``dst``, or, if it finished already,
+            return ``dst`` once it is found to be this conversion (see ``spec/CONVERSION.md``),
+            so the same call can be repeated until it succeeds.
         overwrite: replace an existing memshard dataset at ``dst`` once the conversion ends.
         progress: show a progress bar on stderr; ``None`` means only when stderr is a terminal.
 
@@ -93,7 +98,8 @@ def from_hdf5(
         SourceError, UnsupportedSourceError: the file cannot be read, a requested dataset is
             missing or is compound, string, variable-length, object, reference or scalar
             data; nothing is written.
-        DatasetExistsError: ``dst`` exists (without ``overwrite``).
+        DatasetExistsError: ``dst`` exists (without ``overwrite``; with ``resume``, and it is
+            not this conversion finished: another source, fields, vocabularies or row count).
         ConversionStateError: an interrupted conversion to ``dst`` exists (without
             ``resume``), or it was started from another source or with other fields.
         LabelError: a label field holds a value outside its vocabulary.
@@ -247,6 +253,10 @@ def convert(
     """
     root = os.path.abspath(os.fspath(dst))
     workers = _check_workers(workers)
+    if resume and os.path.lexists(root) and not os.path.lexists(root + STAGING_SUFFIX):
+        finished = _finished_conversion(plan, root, overwrite)
+        if finished is not None:
+            return finished
     if os.path.lexists(root) and not overwrite:
         raise DatasetExistsError(f"{root}: already exists (pass overwrite=True to replace it)")
     if os.path.lexists(root) and (os.path.islink(root) or not is_memshard_dataset(root)):
@@ -260,6 +270,9 @@ def convert(
                 f"{appender.path}: {appender.rows} of {plan.rows} rows were written; "
                 "run the conversion again with resume=True to complete it"
             )
+        # Parts still written when a resume began belong to workers of a killed run, which die
+        # with it but may not have yet: wait for their locks, then delete what they left.
+        discard_parts(appender, group=CONVERT_GROUP, wait=True)
         appender.close_into(root, overwrite=overwrite)
     except LabelError:
         # The source itself is bad: no resume can complete this conversion.
@@ -270,6 +283,45 @@ def convert(
         appender.abort()
         raise
     return open_dataset(root)
+
+
+def _finished_conversion(plan: SourcePlan, root: str, overwrite: bool) -> Dataset | None:
+    """``root`` opened, if it is the dataset this conversion made in an earlier run (a resume
+    repeated after the final rename, CONVERSION.md section 6); ``None`` if it is something else
+    that ``overwrite`` lets this conversion replace.
+
+    Raises:
+        DatasetExistsError: something else is at ``root`` and ``overwrite`` is false; the
+            message says how it differs.
+    """
+    problem = _not_finished_here(plan, root)
+    if problem is None:
+        return open_dataset(root)
+    if overwrite:
+        return None
+    raise DatasetExistsError(
+        f"{root}: already exists and is not this conversion, finished: it {problem}; "
+        "pass overwrite=True to replace it"
+    )
+
+
+def _not_finished_here(plan: SourcePlan, root: str) -> str | None:
+    """Why ``root`` is not the finished conversion of ``plan``, or ``None`` if it is: every
+    source row in sealed shards, from the source and with the fields and vocabularies recorded."""
+    if os.path.islink(root):
+        return "is a symbolic link"
+    try:
+        manifest = manifest_io.load(os.path.join(root, MANIFEST_NAME))
+    except (OSError, MemshardError) as exc:
+        return f"is no readable memshard dataset ({exc})"
+    mismatch = _source_mismatch(manifest, source_record(plan), plan.labels)
+    if mismatch is not None:
+        return mismatch
+    if manifest.rows != plan.rows:
+        return f"holds {manifest.rows} rows, the source {plan.rows}"
+    if not all(shard.sealed for shard in manifest.shards):
+        return "holds an unsealed shard, which a conversion never leaves"
+    return None
 
 
 def _check_workers(workers: int) -> int:
@@ -344,21 +396,10 @@ def _check_resumable(
     last one short only when it ends the source."""
     manifest = appender.manifest
     rows = record["rows"]
-    recorded = manifest.attrs.get(SOURCE_ATTR)
-    if not isinstance(recorded, dict):
-        raise ConversionStateError(f"{staging}: not a conversion in progress (no {SOURCE_ATTR})")
-    normalised = appender_attrs_form(record)
-    for key in ("format", "location", "rows", "identity", "fields"):
-        if recorded.get(key) != normalised[key]:
-            raise ConversionStateError(
-                f"{staging}: the interrupted conversion has another source {key} "
-                f"({recorded.get(key)!r:.200} here, {normalised[key]!r:.200} now); "
-                "delete it to start over"
-            )
-    if {name: list(vocab) for name, vocab in manifest.labels.items()} != labels:
+    mismatch = _source_mismatch(manifest, record, labels)
+    if mismatch is not None:
         raise ConversionStateError(
-            f"{staging}: the interrupted conversion has other label vocabularies "
-            f"({dict(manifest.labels)!r:.200}); delete it to start over"
+            f"{staging}: the interrupted conversion {mismatch}; delete it to start over"
         )
     last = len(manifest.shards) - 1
     if any(
@@ -370,6 +411,29 @@ def _check_resumable(
             f"{staging}: holds shards a conversion does not write (unsealed or short); "
             "delete it to start over"
         )
+
+
+def _source_mismatch(
+    manifest: Manifest, record: dict[str, Any], labels: dict[str, list[str]]
+) -> str | None:
+    """How the conversion ``manifest`` records differs from the one asked for now (its source
+    ``record`` and label vocabularies), as a clause; ``None`` if it does not."""
+    recorded = manifest.attrs.get(SOURCE_ATTR)
+    if not isinstance(recorded, dict):
+        return f"records no {SOURCE_ATTR}: it is not a conversion"
+    normalised = appender_attrs_form(record)
+    for key in ("format", "location", "rows", "identity", "fields"):
+        if recorded.get(key) != normalised[key]:
+            return (
+                f"was converted with another source {key} "
+                f"({recorded.get(key)!r:.200} there, {normalised[key]!r:.200} now)"
+            )
+    if {name: list(vocab) for name, vocab in manifest.labels.items()} != labels:
+        return (
+            f"has other label vocabularies ({dict(manifest.labels)!r:.200} there, "
+            f"{labels!r:.200} now)"
+        )
+    return None
 
 
 def appender_attrs_form(value: dict[str, Any]) -> dict[str, Any]:

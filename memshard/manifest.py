@@ -7,12 +7,10 @@ files hold which rows, and how many rows are committed. The rules enforced here 
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
 import re
-import stat
 from functools import lru_cache
 from typing import Any, Literal, cast
 
@@ -29,14 +27,9 @@ from pydantic import (
 from . import npyheader
 from .checksum import CHECKSUM_PATTERN, StreamingChecksum
 from .dtypes import SUPPORTED_DESCRS
-from .errors import (
-    ManifestError,
-    ManifestTooLargeError,
-    ReadFailedError,
-    UnsafePathError,
-    UnsupportedVersionError,
-)
+from .errors import ManifestError, ManifestTooLargeError, MemshardError, UnsupportedVersionError
 from .layout import FIELD_NAME_PATTERN, SHARD_PATH_PATTERN, is_safe_shard_path
+from .smallfile import open_regular, read_small_file
 
 FORMAT_NAME: Literal["memshard"] = "memshard"
 #: The format version this library writes; it reads every ``1.x``.
@@ -296,8 +289,8 @@ def loads(data: bytes, *, where: str) -> Manifest:
         UnsupportedVersionError: the major version is not ``1``.
     """
     if len(data) > MAX_MANIFEST_BYTES:
-        raise ManifestError(
-            f"{where}: {len(data)} bytes, more than the {MAX_MANIFEST_BYTES} allowed"
+        raise ManifestTooLargeError(
+            f"{where}: {len(data):,} bytes, more than the {MAX_MANIFEST_BYTES:,} allowed"
         )
     try:
         raw = json.loads(
@@ -354,15 +347,12 @@ def change_token(path: str) -> tuple[object, ...] | None:
     Unlike times, the checksum changes with every commit even on a file system with coarse
     timestamps that reuses inode numbers.
     """
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     try:
-        fd = os.open(path, flags)
-    except OSError:
+        fd = open_regular(path, what="the manifest", error=ManifestError)
+    except (OSError, MemshardError):  # a link, a FIFO, a directory: load() says which
         return None
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            return None
         if info.st_size >= _CHECKSUM_TAIL_BYTES:
             tail = os.pread(fd, _CHECKSUM_TAIL_BYTES, info.st_size - _CHECKSUM_TAIL_BYTES)
             if _CHECKSUM_TAIL.fullmatch(tail):
@@ -444,36 +434,23 @@ def load(path: str) -> Manifest:
     """Read and validate the manifest file at ``path`` (see :func:`loads`).
 
     The file itself must be a regular file, not a symbolic link (the dataset directory may be
-    one), nor a FIFO or socket, which could block the reader or never end.
+    one), nor a FIFO, socket or device, which could block the reader or never end (see
+    :mod:`memshard.smallfile`).
 
     Raises:
         FileNotFoundError, NotADirectoryError, IsADirectoryError: no manifest at ``path``.
         UnsafePathError: the manifest is a symbolic link.
-        ManifestError: it is not a regular file, or see :func:`loads`.
+        ManifestError: it is not a regular file, is larger than :data:`MAX_MANIFEST_BYTES`,
+            or see :func:`loads`.
         ReadFailedError: it cannot be read (no permission, too many open files, I/O error).
     """
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(path, flags)
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-        raise
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise UnsafePathError(f"{path}: the manifest is a symbolic link") from None
-        if exc.errno in (errno.ENXIO, errno.ENODEV):
-            raise ManifestError(f"{path}: the manifest is not a regular file") from None
-        message = f"{path}: cannot open the manifest ({exc.strerror})"
-        raise ReadFailedError(exc.errno, message) from None
-    with os.fdopen(fd, "rb") as handle:
-        mode = os.fstat(handle.fileno()).st_mode
-        if stat.S_ISDIR(mode):
-            raise IsADirectoryError(errno.EISDIR, "is a directory", path)
-        if not stat.S_ISREG(mode):
-            raise ManifestError(f"{path}: the manifest is not a regular file")
-        try:
-            data = handle.read(MAX_MANIFEST_BYTES + 1)
-        except OSError as exc:
-            raise ReadFailedError(exc.errno, f"{path}: cannot read the manifest ({exc})") from None
+    data = read_small_file(
+        path,
+        what="the manifest",
+        limit=MAX_MANIFEST_BYTES,
+        error=ManifestError,
+        too_large=ManifestTooLargeError,
+    )
     return loads(data, where=path)
 
 

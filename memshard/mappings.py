@@ -30,9 +30,10 @@ from typing import Any
 import numpy as np
 
 from . import npyheader
-from .errors import ShardHeaderError, ShardSizeError
+from .errors import MemshardError, ReadFailedError, ShardHeaderError, ShardSizeError
 from .layout import open_shard
 from .manifest import FieldSpec, ShardFile
+from .smallfile import read_small_file
 
 #: Memory areas of mapped shards a process keeps where the kernel's limit is unknown.
 DEFAULT_MAPPED_AREAS = 4096
@@ -79,9 +80,8 @@ def mapping_capacity(max_map_count: int | None) -> int:
 def read_max_map_count(path: str = MAX_MAP_COUNT_PATH) -> int | None:
     """The kernel's limit on memory areas per process, or None where it cannot be read."""
     try:
-        with open(path, "rb") as file:
-            return int(file.read().strip())
-    except (OSError, ValueError):
+        return int(read_small_file(path, what="the mapping limit", limit=64, error=ReadFailedError))
+    except (OSError, ValueError, MemshardError):
         return None
 
 

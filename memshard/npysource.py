@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from .errors import SourceError, UnsupportedSourceError
+from .smallfile import open_regular
 from .sources import (
     ArrayInfo,
     SourcePlan,
@@ -94,9 +95,11 @@ def _named_inputs(src: Any) -> dict[str, Any]:
 
 
 def _map_file(path: str) -> np.ndarray:
-    if not os.path.isfile(path):
-        raise SourceError(f"{path}: no such .npy file")
-    with open(path, "rb") as handle:
+    try:
+        fd = open_regular(path, what="the .npy file", error=SourceError, follow_symlinks=True)
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        raise SourceError(f"{path}: no such .npy file") from None
+    with os.fdopen(fd, "rb") as handle:
         if handle.read(len(NPY_MAGIC)) != NPY_MAGIC:
             raise SourceError(f"{path}: not an .npy file (no NPY magic at its start)")
     try:

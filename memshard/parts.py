@@ -59,6 +59,7 @@ from .manifest import (
     _Strict,
 )
 from .shardwriter import WRITE_BUFFER_BYTES, DescriptorBudget, ShardFileWriter
+from .smallfile import read_small_file
 
 PART_FORMAT: Literal["memshard-part"] = "memshard-part"
 #: A part's id: ``p-GROUP-NONCE``. The group lets :func:`discard_parts` find every part of one
@@ -511,11 +512,15 @@ def load_part(root: str, part_id: str) -> Part:
 
     Raises:
         PartIncompleteError: there is no record (the part is being written, failed or died).
-        PartError: the record is damaged or is not this part's.
+        PartError: the record is damaged, is not this part's, is too large, or is not a
+            regular file (a FIFO, a socket, a device: see :mod:`memshard.smallfile`).
+        UnsafePathError: the record is a symbolic link.
+        ReadFailedError: the record cannot be read (no permission, an I/O error).
     """
     where = os.path.join(root, PARTS_DIR, f"{part_id}.json")
     try:
-        fd = os.open(where, os.O_RDONLY | os.O_NOFOLLOW | _CLOEXEC)
+        data = read_small_file(where, what="the part record", limit=MAX_MANIFEST_BYTES,
+                               error=PartError)  # fmt: skip
     except FileNotFoundError:
         state = (
             "is still being written"
@@ -523,15 +528,8 @@ def load_part(root: str, part_id: str) -> Part:
             else ("was never finished: its writer failed, was killed or did not close it")
         )
         raise PartIncompleteError(f"{where}: no such record; part {part_id} {state}") from None
-    except OSError as exc:
+    except (NotADirectoryError, IsADirectoryError) as exc:
         raise PartError(f"{where}: cannot open the part record ({exc.strerror})") from None
-    try:
-        with os.fdopen(fd, "rb") as handle:
-            data = handle.read(MAX_MANIFEST_BYTES + 1)
-    except OSError as exc:
-        raise PartError(f"{where}: cannot read the part record ({exc.strerror})") from None
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise PartError(f"{where}: larger than {MAX_MANIFEST_BYTES} bytes")
     part = loads_part(data, where=where)
     if part.id != part_id:
         raise PartError(f"{where}: holds the record of part {part.id}")

@@ -19,6 +19,7 @@ from .errors import ChecksumError, DatasetNotFoundError, ManifestError, Memshard
 from .layout import MANIFEST_NAME, open_shard
 from .manifest import FieldSpec, Manifest, ShardFile
 from .mappings import ShardPart, check_shard_file
+from .smallfile import read_small_file
 
 
 @dataclass(frozen=True)
@@ -83,15 +84,15 @@ def verify_dataset(root: str, *, progress: bool | None = False) -> VerifyReport:
 
 def _read_manifest(root: str, where: str) -> bytes:
     try:
-        fd = os.open(where, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        return read_small_file(
+            where, what="the manifest", limit=manifest_io.MAX_MANIFEST_BYTES, error=ManifestError
+        )
     except (FileNotFoundError, NotADirectoryError):
         from .reader import not_found
 
         raise not_found(root) from None
-    except OSError as exc:
-        raise ManifestError(f"{where}: cannot read the manifest ({exc.strerror})") from None
-    with os.fdopen(fd, "rb") as handle:
-        return handle.read(manifest_io.MAX_MANIFEST_BYTES + 1)
+    except IsADirectoryError:
+        raise DatasetNotFoundError(f"{where}: is a directory, not a manifest") from None
 
 
 def verify(

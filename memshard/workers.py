@@ -1,9 +1,10 @@
 """Worker processes for conversion: fresh interpreters that open the source themselves.
 
-Each worker is ``python -m memshard.workers FD``, started with :mod:`subprocess` rather than
-:mod:`multiprocessing`: it shares no state with the parent (no inherited HDF5 handle, no
-library lock held by a parent thread at ``fork`` time) and, unlike ``spawn``, never re-imports
-the caller's ``__main__`` script, so a conversion works from any script, notebook or stdin.
+Each worker is ``python -m memshard.workers FD PARENT_PID``, started with :mod:`subprocess`
+rather than :mod:`multiprocessing`: it shares no state with the parent (no inherited HDF5
+handle, no library lock held by a parent thread at ``fork`` time) and, unlike ``spawn``, never
+re-imports the caller's ``__main__`` script, so a conversion works from any script, notebook
+or stdin.
 
 The parent and a worker exchange pickled messages over a socket pair
 (:class:`multiprocessing.connection.Connection`):
@@ -12,11 +13,18 @@ The parent and a worker exchange pickled messages over a socket pair
   shard, then ``None`` to finish;
 - worker -> parent: ``("progress", nbytes)``, ``("done", index, shard_record)`` or
   ``("failed", index, exception)`` after which the worker exits.
+
+A worker never outlives the converting process: a parent killed with SIGKILL cannot stop its
+workers, and one left running would go on writing parts into the staging dataset while a
+resume completes it, leaving shard files and part locks that no one removes. On Linux the
+kernel kills a worker when its parent dies (``PR_SET_PDEATHSIG``); everywhere, a worker whose
+parent has gone starts no further shard.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -31,6 +39,8 @@ from .errors import ConversionFailedError
 Message = tuple[Any, ...]
 #: Seconds a worker told to finish may take to exit before it is killed.
 EXIT_TIMEOUT = 10
+#: ``prctl`` option (linux/prctl.h): the signal a process gets when its parent dies.
+PR_SET_PDEATHSIG = 1
 
 
 class WorkerProcesses:
@@ -122,10 +132,11 @@ def _start_worker() -> tuple[subprocess.Popen[bytes], Connection]:
     environment["PYTHONPATH"] = os.pathsep.join(
         [package_parent, *filter(None, [environment.get("PYTHONPATH")])]
     )
+    command = [sys.executable, "-m", "memshard.workers", str(child_end.fileno()), str(os.getpid())]
     try:
         with _sigint_blocked():
             process = subprocess.Popen(
-                [sys.executable, "-m", "memshard.workers", str(child_end.fileno())],
+                command,
                 pass_fds=[child_end.fileno()],
                 stdin=subprocess.DEVNULL,
                 env=environment,
@@ -155,8 +166,25 @@ def _sigint_blocked() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def serve(connection: Connection) -> None:
-    """The worker's loop: open the source, write shards until told to stop."""
+def die_with_parent(parent: int) -> None:
+    """Have this process killed when ``parent``, the converter that started it, dies; exit at
+    once if it has died already.
+
+    ``PR_SET_PDEATHSIG`` fires when the *thread* that started the worker ends; the converter
+    starts its workers from the thread that runs the conversion, which waits for them. The
+    parent may have died between starting this process and the request, which then covers
+    nothing: the parent id, now another process's, tells.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def serve(connection: Connection, parent: int) -> None:
+    """The worker's loop: open the source, write shards until told to stop or until
+    ``parent`` (the converter) has gone."""
     from .convert import write_shard
 
     opener, job, progress = connection.recv()
@@ -167,7 +195,7 @@ def serve(connection: Connection) -> None:
         _send_failure(connection, -1, exc)
         return
     try:
-        while (task := connection.recv()) is not None:
+        while (task := connection.recv()) is not None and os.getppid() == parent:
             index, start, stop = task
             try:
                 record = write_shard(job, reader, index, start, stop, report)
@@ -188,6 +216,7 @@ def _send_failure(connection: Connection, index: int, exc: Exception) -> None:
 
 
 if __name__ == "__main__":
+    die_with_parent(int(sys.argv[2]))
     # Ctrl-C reaches the whole process group; the parent alone decides, and stops the workers.
     # The parent started this process with SIGINT blocked (see _sigint_blocked): ignoring it
     # first, then unblocking it, discards a Ctrl-C that came while the interpreter started.
@@ -195,7 +224,7 @@ if __name__ == "__main__":
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     try:
-        serve(Connection(int(sys.argv[1])))
+        serve(Connection(int(sys.argv[1])), int(sys.argv[2]))
     except (EOFError, KeyboardInterrupt, OSError):
         # The parent closed the connection (it was interrupted or failed): leave quietly.
         sys.exit(1)

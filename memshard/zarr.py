@@ -19,6 +19,7 @@ from .convert import require
 from .errors import SourceError
 from .progress import progress_bar
 from .reader import Dataset
+from .smallfile import open_regular
 from .sources import (
     ArrayInfo,
     Catalogue,
@@ -87,6 +88,11 @@ def _single_name(location: str) -> str:
 def _open_node(location: str) -> Any:
     if not os.path.exists(location):
         raise SourceError(f"{location}: no such zarr store")
+    for name in _METADATA_FILES:  # zarr would wait forever on a FIFO in their place
+        where = os.path.join(location, name)
+        if os.path.lexists(where):
+            os.close(open_regular(where, what="zarr metadata", error=SourceError,
+                                  follow_symlinks=True))  # fmt: skip
     try:
         return zarr.open(store=location, mode="r")
     except Exception as exc:  # zarr raises many types for a store it cannot read

@@ -105,6 +105,62 @@ def stop_here(rule: StopAt) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+@dataclass(frozen=True)
+class PauseInSecondShard:
+    """An opener whose readers, asked for a row of a second shard (the reader's first shard
+    written, the second one's part started), write their process id and a newline to the FIFO
+    ``report`` and then wait for a signal that never comes: a conversion worker is paused
+    inside a part, holding its lock, for as long as it lives."""
+
+    inner: Any
+    shard_rows: int
+    report: str
+
+    def __call__(self) -> PausingReader:
+        return PausingReader(self.inner(), self)
+
+
+class PausingReader:
+    """Reads through the wrapped reader, pausing as :class:`PauseInSecondShard` says."""
+
+    def __init__(self, inner: Any, rule: PauseInSecondShard) -> None:
+        self._inner = inner
+        self._rule = rule
+        self._first: int | None = None
+
+    def read(self, name: str, start: int, stop: int, out: np.ndarray) -> None:
+        shard = start // self._rule.shard_rows
+        if self._first is None:
+            self._first = shard
+        elif shard != self._first:
+            fd = os.open(self._rule.report, os.O_WRONLY)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            os.close(fd)
+            while True:
+                signal.pause()
+        self._inner.read(name, start, stop, out)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+#: ``memshard ARGS`` whose HDF5 conversions read through :class:`PauseInSecondShard`:
+#: ``python -c PAUSED_CLI REPORT SHARD_ROWS ARGS...``.
+PAUSED_CLI = """
+import dataclasses, sys
+import memshard.hdf5
+from memshard.cli import main
+from tests.convert_helpers import PauseInSecondShard
+report, shard_rows = sys.argv[1], int(sys.argv[2])
+plan = memshard.hdf5.plan
+def paused(*args, **kwargs):
+    found = plan(*args, **kwargs)
+    return dataclasses.replace(found, opener=PauseInSecondShard(found.opener, shard_rows, report))
+memshard.hdf5.plan = paused
+sys.exit(main(sys.argv[3:]))
+"""
+
+
 def with_stop(plan: Any, row: int, how: str, until: int | None = None) -> Any:
     """``plan`` with its opener wrapped in :class:`StopAt` (protecting this process)."""
     return dataclasses.replace(plan, opener=StopAt(plan.opener, row, how, os.getpid(), until))

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,7 +36,13 @@ from memshard.errors import (
     UnsupportedSourceError,
 )
 from memshard.sources import SUPPORTED_KINDS
-from tests.convert_helpers import FailingOpener, assert_same_values, staging_of, with_stop
+from tests.convert_helpers import (
+    PAUSED_CLI,
+    FailingOpener,
+    assert_same_values,
+    staging_of,
+    with_stop,
+)
 from tests.helpers import REPO_ROOT, run_from_repo
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -882,7 +891,8 @@ def assert_no_stray_parts(ds: ms.Dataset) -> None:
 
 def uncommitted_parts(staging: Path) -> set[str]:
     """Ids of the parts that left files in ``staging`` (shard files its manifest does not name,
-    part records, part locks)."""
+    part records, part locks, and the ``.ID.lock.tmp`` or ``.ID.json.tmp`` of a writer killed
+    while creating its lock or publishing its record)."""
     named = {
         os.path.basename(file.path)
         for shard in ms.open(staging).shards
@@ -890,7 +900,8 @@ def uncommitted_parts(staging: Path) -> set[str]:
     }
     files = set(os.listdir(staging / "shards")) - named
     entries = os.listdir(staging / "parts")
-    return {name.rsplit("-", 1)[0] for name in files} | {name.split(".")[0] for name in entries}
+    parts = {name.lstrip(".").split(".")[0] for name in entries}
+    return {name.rsplit("-", 1)[0] for name in files} | parts
 
 
 def test_killed_conversion_resumes(tmp_path: Path) -> None:
@@ -1011,6 +1022,79 @@ def test_resume_after_the_last_shard_was_committed(
     assert not os.path.lexists(staging_of(dst))
 
 
+#: ``memshard ARGS`` in a process that SIGKILLs itself right after the final rename.
+KILLED_AFTER_RENAME = """
+import os, signal, sys
+import memshard.convert
+from memshard.cli import main
+rename = memshard.convert.move_into_place
+def rename_then_die(*args):
+    rename(*args)
+    os.kill(os.getpid(), signal.SIGKILL)
+memshard.convert.move_into_place = rename_then_die
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_resume_repeated_after_the_final_rename_returns_the_finished_dataset(
+    tmp_path: Path,
+) -> None:
+    """Killed right after the rename: the same ``--resume`` command, repeated (CLI or API),
+    finds the dataset finished, checks that it is this conversion and returns it as it is."""
+    src = tmp_path / "src.h5"
+    fields, shard_bytes = write_resumable(src)
+    dst = tmp_path / "out"
+    command = ["convert", str(src), str(dst), "--shard-size", str(shard_bytes), "--workers", "2"]
+    child = run_from_repo([sys.executable, "-c", KILLED_AFTER_RENAME, *command, "--resume"])
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    assert not os.path.lexists(staging_of(dst))
+    finished = (dst / "manifest.json").read_bytes()
+    for _ in range(2):
+        again = run_from_repo([sys.executable, "-m", "memshard", *command, "--resume", "-q"])
+        assert again.returncode == 0, again.stderr
+        assert again.stderr == ""
+    ds = ms.from_hdf5(src, dst, shard_bytes=shard_bytes, resume=True)
+    assert (dst / "manifest.json").read_bytes() == finished
+    assert_matches(ds, src, fields)
+    assert_contiguous_shards(ds)
+    assert_no_stray_parts(ds)
+    assert sorted(os.listdir(tmp_path)) == ["out", "src.h5"]
+    refused = run_from_repo([sys.executable, "-m", "memshard", *command[:3], "-q"])
+    assert refused.returncode == 2, "without --resume an existing DST is still refused"
+    assert "already exists" in refused.stderr
+
+
+def test_resume_refuses_a_finished_dataset_of_another_conversion(tmp_path: Path) -> None:
+    src, other = tmp_path / "src.h5", tmp_path / "other.h5"
+    fields, shard_bytes = write_resumable(src)
+    write_resumable(other)
+    dst = tmp_path / "out"
+    ms.from_hdf5(src, dst, shard_bytes=shard_bytes)
+    finished = (dst / "manifest.json").read_bytes()
+    for options, says in [
+        ({"src": other}, "another source location"),
+        ({"fields": {"x": "/x"}}, "another source fields"),
+        ({"labels": {"y": ["a", "b"]}}, "other label vocabularies"),
+    ]:
+        arguments = {"src": src, "dst": dst, "resume": True, **options}
+        with pytest.raises(DatasetExistsError, match=f"not this conversion, finished: it .*{says}"):
+            ms.from_hdf5(**arguments)
+    assert (dst / "manifest.json").read_bytes() == finished
+    rewrite_same_size(src)
+    with pytest.raises(DatasetExistsError, match="another source identity"):
+        ms.from_hdf5(src, dst, resume=True)
+    ds = ms.from_hdf5(other, dst, shard_bytes=shard_bytes, resume=True, overwrite=True)
+    assert_matches(ds, other, fields)
+    with ms.append(dst) as appender:  # rows added after the conversion: not its result any more
+        appender.append({"x": np.zeros(6, "<f4"), "y": 0})
+    with pytest.raises(DatasetExistsError, match=f"holds {RESUME_ROWS + 1} rows, the source"):
+        ms.from_hdf5(other, dst, resume=True)
+    plain = tmp_path / "plain"
+    ms.create(plain, fields={"x": ("<f4", (6,)), "y": ("<i8", ())}).close()
+    with pytest.raises(DatasetExistsError, match=r"records no memshard\.source"):
+        ms.from_hdf5(src, plain, resume=True)
+
+
 def interrupt_at(src: Path, dst: Path, shard_bytes: int, row: int) -> None:
     plan = with_stop(ms_hdf5.plan(src, None), row, "interrupt")
     with pytest.raises(KeyboardInterrupt):
@@ -1122,6 +1206,141 @@ def test_killed_worker_fails_the_conversion_then_resume_completes(tmp_path: Path
         with pytest.raises(PartIncompleteError, match="never finished"):
             ms.commit_parts(staging_of(dst), [part_id])
     resume_and_check(src, dst, fields, shard_bytes=shard_bytes, workers=2)
+
+
+def wait_for_lines(fd: int, count: int, seconds: float) -> list[int]:
+    """The integers written as lines to the FIFO open (non-blocking) at ``fd``, once ``count``
+    have come; the test fails if they have not within ``seconds`` (a guard, not an order)."""
+    deadline = time.monotonic() + seconds
+    data = b""
+    while data.count(b"\n") < count:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            pytest.fail(f"only {data!r} came within {seconds} s")
+        data += os.read(fd, 4096)
+    return [int(line) for line in data.split()]
+
+
+def children_of(pid: int) -> set[int]:
+    """The child processes of process ``pid``."""
+    found: set[int] = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as handle:
+            found.update(int(child) for child in handle.read().split())
+    return found
+
+
+def test_a_killed_conversion_takes_its_workers_along_and_resume_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL to ``memshard convert --workers 2`` while each worker is inside a part: the
+    workers die with the converter (left running, they would write parts into the staging
+    dataset under a resume), and ``--resume`` completes every row bit-exact, leaving no
+    unnamed shard file and no part lock."""
+    src = tmp_path / "src.h5"
+    fields, shard_bytes = write_resumable(src)
+    dst = tmp_path / "out"
+    report = tmp_path / "paused"
+    os.mkfifo(report)
+    # Our own write end keeps the FIFO from reading as ended between the workers' reports.
+    reader = os.open(report, os.O_RDONLY | os.O_NONBLOCK)
+    keeper = os.open(report, os.O_WRONLY)
+    command = ["convert", str(src), str(dst), "--shard-size", str(shard_bytes), "--workers", "2"]
+    pidfds: list[int] = []
+    with open(tmp_path / "converter.log", "w") as log:
+        converter = subprocess.Popen(
+            [sys.executable, "-c", PAUSED_CLI, str(report), "100", *command, "-q"],
+            cwd=REPO_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env={**os.environ, "PYTHONWARNINGS": "error"},
+        )
+    try:
+        workers = wait_for_lines(reader, 2, seconds=120)
+        assert set(workers) <= children_of(converter.pid)
+        pidfds = [os.pidfd_open(pid) for pid in workers]  # while they surely live
+        converter.kill()
+        assert converter.wait() == -signal.SIGKILL
+        for pid, pidfd in zip(workers, pidfds, strict=True):
+            ended, _, _ = select.select([pidfd], [], [], 10)
+            assert ended, f"worker {pid} outlived its converter, killed 10 s ago"
+    finally:
+        for pidfd in pidfds:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            os.close(pidfd)
+        if converter.poll() is None:
+            converter.kill()
+            converter.wait()
+        os.close(reader)
+        os.close(keeper)
+    assert not os.path.lexists(dst)
+    assert len(ms.open(staging_of(dst))) <= 100  # shard 0 at most: shard 1 never finished
+    assert len(uncommitted_parts(staging_of(dst))) >= 2  # the parts the workers were in
+    resumed = run_from_repo([sys.executable, "-m", "memshard", *command, "--resume", "-q"])
+    assert resumed.returncode == 0, resumed.stderr
+    ds = ms.open(dst)
+    assert_matches(ds, src, fields)
+    assert_contiguous_shards(ds)
+    assert_no_stray_parts(ds)
+    assert sorted(os.listdir(tmp_path)) == sorted(["src.h5", "out", "paused", "converter.log"])
+
+
+#: Writes 150 rows as a part of group ``convert`` of the dataset ``argv[1]``, says so, and
+#: waits (holding the part's lock) until it is killed.
+STRAY_WORKER = """
+import sys
+import numpy as np
+from memshard.parts import write_part
+part = write_part(sys.argv[1], key=9, group="convert")
+part.extend({"x": np.zeros((150, 6), "<f4"), "y": np.zeros(150, "<i8")})
+print("writing", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_worker_of_a_killed_run_dying_during_the_resume_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker of the killed run still writes when the resume begins (it dies with its
+    converter, but that takes a moment): its part's lock is held, so the resume cannot delete
+    the part then. It dies while the resume commits; what it left is deleted before the
+    rename."""
+    src = tmp_path / "src.h5"
+    fields, shard_bytes = write_resumable(src)
+    dst = tmp_path / "out"
+    interrupt_at(src, dst, shard_bytes, 500)
+    stray = subprocess.Popen(
+        [sys.executable, "-c", STRAY_WORKER, str(staging_of(dst))],
+        cwd=REPO_ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert stray.stdout is not None
+        assert stray.stdout.readline() == "writing\n"
+        finished = ms_convert._OrderedCommit.finished
+
+        def stray_dies_then_finished(self: Any, index: int, record: Any) -> None:
+            if stray.poll() is None:
+                stray.kill()
+                stray.wait()
+            finished(self, index, record)
+
+        monkeypatch.setattr(ms_convert._OrderedCommit, "finished", stray_dies_then_finished)
+        ds = ms.from_hdf5(src, dst, shard_bytes=shard_bytes, resume=True)
+    finally:
+        if stray.poll() is None:
+            stray.kill()
+            stray.wait()
+        for stream in (stray.stdin, stray.stdout):
+            if stream is not None:
+                stream.close()
+    assert stray.returncode == -signal.SIGKILL
+    assert_matches(ds, src, fields)
+    assert_no_stray_parts(ds)
 
 
 def test_plan_is_picklable_for_workers(tmp_path: Path) -> None:

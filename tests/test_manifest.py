@@ -36,6 +36,7 @@ from memshard.errors import (
     DatasetNotFoundError,
     InvalidDatasetError,
     ManifestError,
+    ManifestTooLargeError,
     MemshardError,
     UnsafePathError,
     UnsupportedVersionError,
@@ -557,7 +558,7 @@ BAD: list[Bad] = [
     Bad("field name too long", edit(_rename_field("x", "x" * 65)), ManifestError, "'xxxx"),
     Bad("field name not ASCII", edit(_rename_field("x", "é")), ManifestError, "'é'"),
     # -- size
-    Bad("larger than MAX_MANIFEST_BYTES", raw(_oversized), ManifestError, "bytes, more than"),
+    Bad("larger than MAX_MANIFEST_BYTES", raw(_oversized), ManifestTooLargeError, "bytes, more"),
 ]
 
 GOOD: list[tuple[str, Mutation]] = [

@@ -282,3 +282,14 @@ print("ok")
     done = run_from_repo([sys.executable, "-c", script])
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def test_readers_refuse_an_oversized_manifest_naming_its_real_size(tmp_path: Path) -> None:
+    path = tmp_path / "ds"
+    ms.create(path, FIELDS).close()
+    size = MAX_MANIFEST_BYTES + 12345
+    os.truncate(path / "manifest.json", size)
+    with pytest.raises(ManifestTooLargeError, match=f"{size:,} bytes, more than the"):
+        ms.open(path)
+    with pytest.raises(ManifestTooLargeError, match=f"{size:,} bytes"):
+        ms.append(path)
