@@ -150,7 +150,7 @@ def _remove_abandoned_staging(root: str) -> None:
         if os.path.islink(staging) or not os.path.isfile(os.path.join(staging, MANIFEST_NAME)):
             continue
         try:
-            lock = FileLock.try_acquire(os.path.join(staging, LOCK_NAME), create=False)
+            lock = FileLock.acquire(os.path.join(staging, LOCK_NAME), create=False)
         except (OSError, MemshardError):
             continue  # renamed or removed meanwhile, or not ours to judge
         if lock is None:
@@ -295,7 +295,7 @@ def _lock(root: str) -> FileLock:
     """
     lock_path = os.path.join(root, LOCK_NAME)
     try:
-        lock = FileLock.try_acquire(lock_path)
+        lock = FileLock.acquire(lock_path)
     except OSError as exc:
         raise WriteFailedError(
             exc.errno, f"{root}: cannot open the write lock {lock_path} ({exc.strerror})"

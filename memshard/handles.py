@@ -118,11 +118,13 @@ class FileLock:
         self.path = path
 
     @classmethod
-    def try_acquire(cls, path: str, *, create: bool = True) -> FileLock | None:
-        """Lock the regular file ``path`` (created if ``create`` and missing) without waiting.
+    def acquire(cls, path: str, *, create: bool = True, wait: bool = False) -> FileLock | None:
+        """Lock the regular file ``path`` (created if ``create`` and missing); with ``wait``,
+        once whoever holds it has let go.
 
         Returns:
-            The lock, or ``None`` when another process (or another lock in this one) holds it.
+            The lock, or ``None`` (without ``wait``) when another process (or another lock in
+            this one) holds it.
 
         Raises:
             FileNotFoundError: ``path`` is missing and ``create`` is false.
@@ -140,7 +142,7 @@ class FileLock:
             mode = os.fstat(handle.fileno()).st_mode
             if not stat.S_ISREG(mode):
                 raise UnsafePathError(f"{path}: not a regular lock file ({_kind(mode)})")
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             handle.close()
             return None

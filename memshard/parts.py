@@ -41,6 +41,7 @@ from .errors import (
     ArgumentError,
     ChecksumError,
     DatasetNotFoundError,
+    MemshardError,
     PartCommittedError,
     PartError,
     PartIncompleteError,
@@ -538,15 +539,12 @@ def load_part(root: str, part_id: str) -> Part:
 
 def _lock_is_held(root: str, part_id: str) -> bool:
     try:
-        fd = os.open(os.path.join(root, PARTS_DIR, f"{part_id}.lock"), os.O_RDWR | _CLOEXEC)
-    except OSError:
+        lock = FileLock.acquire(os.path.join(root, PARTS_DIR, f"{part_id}.lock"), create=False)
+    except (OSError, MemshardError):
         return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    if lock is None:
         return True
-    finally:
-        os.close(fd)
+    lock.release()
     return False
 
 
@@ -759,14 +757,11 @@ def _remove_part(root: str, part_id: str, named: set[str], wait: bool) -> bool:
     file is never created here: a lock of our own making would hide a writer's."""
     lock_path = os.path.join(root, PARTS_DIR, f"{part_id}.lock")
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_NOFOLLOW | _CLOEXEC)
+        lock = FileLock.acquire(lock_path, create=False, wait=wait)
     except FileNotFoundError:
-        fd = -1
-    if fd >= 0:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            os.close(fd)
+        lock = None
+    else:
+        if lock is None:
             return False
     # Listed under the lock: a writer that held it may have published more files meanwhile.
     files = [path for path in _files_of_parts(root).get(part_id, []) if path not in named]
@@ -783,6 +778,6 @@ def _remove_part(root: str, part_id: str, named: set[str], wait: bool) -> bool:
                 exc.errno, f"{root}: cannot discard part {part_id} ({exc})"
             ) from exc
     finally:
-        if fd >= 0:
-            os.close(fd)
+        if lock is not None:
+            lock.release()
     return True
