@@ -17,7 +17,8 @@ is read one shard per segment instead (see ``memshard.reader``), so that a read 
 shards it needs. The cache is the only process-global state in memshard and is emptied in a
 forked child, which maps shards itself.
 
-:data:`MAPPED` knows the address range and files of every live mapping.
+:data:`MAPPED` knows the address range and files of every live mapping, so that a ``SIGBUS``
+from a file truncated while mapped names that file (:mod:`memshard.sigbus`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from . import npyheader
+from . import npyheader, sigbus
 from .errors import MappingLimitError, MemshardError, ShardHeaderError, ShardSizeError
 from .layout import open_shard
 from .manifest import FieldSpec, ShardFile
@@ -280,6 +281,8 @@ def map_segment(
     Every shard but the last must hold a whole number of pages of data (see
     :func:`segment_breaks_after`). Before mapping, each file's size and header are checked
     against the manifest, so a file truncated before it is mapped is an error, never a SIGBUS.
+    A file truncated *while* mapped cannot be caught: the next read of its lost pages kills the
+    process with SIGBUS, after one line on stderr naming the file (:mod:`memshard.sigbus`).
     The mapping lives until the last view of the array is gone; ``on_unmap`` is called then.
 
     Raises:
@@ -309,6 +312,7 @@ def map_segment(
     ends = np.cumsum([part.rows * spec.row_bytes for part in parts]) + start
     paths = tuple(part.file.path for part in parts)
     MAPPED.add(region, MappedRange(root, start, tuple(ends.tolist()), paths), on_unmap)
+    sigbus.install(MAPPED.find)
     return array
 
 

@@ -440,6 +440,11 @@ class Column:
     ``list(ds["x"])`` over any number of shards works, and every view given out stays valid.
     The same happens if the kernel refuses a mapping (its ``vm.max_map_count`` reached by
     other code).
+
+    A view reads the file as it is on disk: if the file is truncated while a view maps it,
+    reading the lost rows kills the process with ``SIGBUS`` (after one line on stderr naming
+    the file, :mod:`memshard.sigbus`); a file truncated before its mapping raises
+    :class:`~memshard.errors.ShardSizeError`.
     """
 
     __slots__ = ("_dataset", "_spec", "name")

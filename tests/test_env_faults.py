@@ -1061,6 +1061,46 @@ def test_shard_damaged_under_an_open_reader(damage_report: dict[str, Any], damag
     assert report["verify"] == [[report["file"], error_type]]
 
 
+def test_every_new_mapping_and_every_copy_checks_the_size_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """12 shards of 2 rows, each its own segment, with room for 2: a shard truncated after
+    its mapping was dropped is refused when it is mapped again; one read by copy (the room
+    held by views) is refused too. The message names the file, its size and the size needed."""
+    cache = mappings.MappingCache(2 * mappings.segment_areas(1))
+    monkeypatch.setattr(mappings, "CACHE", cache)
+    monkeypatch.setattr(ms.reader, "CACHE", cache)
+    path = tmp_path / "ds"
+    with ms.create(path, fields={"x": ("float32", (3,))}, shard_bytes=2 * 12) as writer:
+        writer.extend({"x": np.repeat(np.arange(24, dtype=np.float32)[:, None], 3, axis=1)})
+    dataset = ms.open(path)
+    assert len(dataset._snapshot.layouts["x"].parts) == 12
+
+    def cut(shard: int) -> tuple[str, int, int]:
+        file = dataset.shards[shard].files["x"]
+        target = os.path.join(dataset.path, file.path)
+        os.truncate(target, file.data_offset + 4)
+        return target, file.data_offset + 4, file.data_offset + file.nbytes
+
+    assert float(dataset["x"][0][0]) == 0.0  # shard 0 mapped, no view kept
+    assert float(dataset["x"][2][0]) + float(dataset["x"][4][0]) == 6.0  # shard 0 unmapped
+    target, size, needed = cut(0)
+    message = f"{target}: file is {size} bytes, the manifest needs {needed} (truncated shard)"
+    with pytest.raises(ShardSizeError) as raised:
+        dataset["x"][1]
+    assert str(raised.value) == message
+    held = [dataset["x"][6], dataset["x"][8]]  # views fill the room: reads copy now
+    assert cache.memory_areas == cache.capacity
+    assert float(dataset["x"][10][0]) == 10.0
+    target, size, needed = cut(7)
+    message = f"{target}: file is {size} bytes, the manifest needs {needed} (truncated shard)"
+    for read in (lambda: dataset["x"][15], lambda: dataset["x"][13:16], lambda: dataset.take([14])):
+        with pytest.raises(ShardSizeError) as raised:
+            read()
+        assert str(raised.value) == message
+    assert [float(view[0]) for view in held] == [6.0, 8.0]
+
+
 def test_a_mapped_shard_deleted_under_the_reader_still_reads(small_dataset: Path) -> None:
     dataset = ms.open(small_dataset)
     assert dataset["x"][1][0] == 1  # maps shard 0
