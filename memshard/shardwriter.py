@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 
 from .checksum import StreamingChecksum, checksum_of_file
 from .durable import start_writeback
@@ -19,6 +20,11 @@ from .npyheader import header_bytes
 
 #: Appends smaller than this collect in memory before a ``write`` call.
 WRITE_BUFFER_BYTES = 1 << 20
+#: The mode a shard file is created with (less the umask).
+OPEN_FILE_MODE = 0o644
+#: The permissions a shard file loses when it is sealed (0644 becomes 0444): a sealed file,
+#: which readers map, must not be truncated or rewritten by mistake.
+WRITE_PERMISSIONS = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
@@ -40,7 +46,7 @@ class ShardFileWriter:
         If writing the header fails, the file is closed and removed before the error is
         raised, so that a full disk gets its space back."""
         where = os.path.join(root, relpath)
-        fd = os.open(where, os.O_RDWR | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o644)
+        fd = os.open(where, os.O_RDWR | os.O_CREAT | os.O_EXCL | _CLOEXEC, OPEN_FILE_MODE)
         writer = cls(fd, relpath, spec, StreamingChecksum())
         try:
             writer._write_all(header_bytes(spec.numpy_dtype, spec.shape, 0))
@@ -54,12 +60,15 @@ class ShardFileWriter:
     @classmethod
     def reopen(cls, root: str, file: ShardFile, spec: FieldSpec, rows: int) -> ShardFileWriter:
         """Continue an unsealed shard file after its ``rows`` committed rows, cutting off any
-        uncommitted bytes a crashed writer left after them.
+        uncommitted bytes a crashed writer left after them. A writer that sealed the file and
+        died before the commit left it read-only; it is made writable again.
 
         Raises:
             ShardSizeError: the file is shorter than its committed rows.
         """
-        fd = os.open(os.path.join(root, file.path), os.O_RDWR | os.O_NOFOLLOW | _CLOEXEC)
+        where = os.path.join(root, file.path)
+        _make_writable(where)
+        fd = os.open(where, os.O_RDWR | os.O_NOFOLLOW | _CLOEXEC)
         end = file.data_offset + rows * spec.row_bytes
         try:
             checksum = checksum_of_file(fd, file.data_offset, rows * spec.row_bytes)
@@ -94,6 +103,12 @@ class ShardFileWriter:
         self.flush()
         os.pwrite(self.fd, header_bytes(self.spec.numpy_dtype, self.spec.shape, rows), 0)
 
+    def seal(self, rows: int) -> None:
+        """Write the final header (``rows`` rows) and make the file read-only (it loses
+        :data:`WRITE_PERMISSIONS`); the descriptor stays writable, for the ``fsync`` to come."""
+        self.write_header(rows)
+        os.fchmod(self.fd, stat.S_IMODE(os.fstat(self.fd).st_mode) & ~WRITE_PERMISSIONS)
+
     def start_writeback(self) -> None:
         """Flush, and start writing to disk what was written since the last call (see
         :func:`memshard.durable.start_writeback`)."""
@@ -121,3 +136,14 @@ class ShardFileWriter:
             while written < len(whole):
                 with whole[written:] as rest:
                     written += os.write(self.fd, rest)
+
+
+def _make_writable(path: str) -> None:
+    """Give the owner of the shard file at ``path`` write permission back, if it lacks it."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | _CLOEXEC)
+    try:
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        if not mode & stat.S_IWUSR:
+            os.fchmod(fd, mode | stat.S_IWUSR)
+    finally:
+        os.close(fd)
