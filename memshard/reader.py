@@ -381,6 +381,7 @@ class Dataset:
         For data that is not cached yet (a cold epoch): the kernel reads all the rows in
         parallel, so a :meth:`take` right after waits for one round of I/O rather than one
         read per row. On cached data it only costs a system call per run of adjacent rows.
+        Rows of segments that cannot be mapped now (see :class:`Column`) are not advised.
 
         Raises:
             InvalidIndexError, FieldNotFoundError: as :meth:`take`.
