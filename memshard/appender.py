@@ -610,8 +610,7 @@ class Appender:
             return
         files = {}
         for name, file in shard.files.items():
-            file.write_header(shard.rows)
-            file.close()
+            file.seal(shard.rows)
             files[name] = self._file_record(name, file, shard.rows, file.checksum.digest())
         self._syncs.add([file.full_path for file in shard.files.values()])
         self._sealed.append(

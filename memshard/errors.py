@@ -163,6 +163,12 @@ class ReadFailedError(MemshardError, OSError):
     an I/O error. The dataset may be fine; the process or the system is not."""
 
 
+class MappingLimitError(ReadFailedError):
+    """The kernel refused to map a shard (``ENOMEM``): the process has used up its memory
+    areas (``vm.max_map_count``) or its address space. Reads through a :class:`Column` never
+    raise it (they copy rows instead); :func:`memshard.mappings.map_segment` does."""
+
+
 class CommitNotDurableError(WriteFailedError):
     """A commit became visible (the manifest was renamed into place) but the ``fsync`` that
     makes the rename durable failed: readers see the new rows, a power cut may lose them. The

@@ -7,30 +7,46 @@ of shards is a *segment*. Shards are page-aligned in the file (the data offset i
 of :data:`memshard.npyheader.DATA_ALIGN`), which is what lets the kernel map them this way.
 No file descriptor stays open once a segment is mapped.
 
-:data:`CACHE` bounds the kernel memory areas that mapped segments take in one process (their
-number per process is limited; half the limit is taken), least recently used first out. An
-evicted segment is unmapped when the last view into it is gone. A dataset whose segments
-could not all stay mapped is read one shard per segment instead (see ``memshard.reader``), so
-that a read maps only the shards it needs. The cache is the only
-process-global state in memshard and is emptied in a forked child, which maps shards itself.
+:data:`CACHE` bounds the kernel memory areas that segments mapped through it take in one
+process (their number per process is limited; half the limit is taken), counting every such
+mapping still alive: cached ones, and evicted ones that a view handed out still holds (a
+segment is unmapped when the last array or view into it is gone, never before). When those
+leave no room for a segment, :meth:`MappingCache.map` declines and the reader copies the rows
+with :func:`read_rows`, which maps nothing. A dataset whose segments could not all stay mapped
+is read one shard per segment instead (see ``memshard.reader``), so that a read maps only the
+shards it needs. The cache is the only process-global state in memshard and is emptied in a
+forked child, which maps shards itself.
+
+:data:`MAPPED` knows the address range and files of every live mapping, so that a ``SIGBUS``
+from a file truncated while mapped names that file (:mod:`memshard.sigbus`).
 """
 
 from __future__ import annotations
 
+import bisect
 import ctypes
+import errno
 import mmap
 import os
 import sys
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 
-from . import npyheader
-from .errors import MemshardError, ReadFailedError, ShardHeaderError, ShardSizeError
+from . import npyheader, sigbus
+from .errors import (
+    MappingLimitError,
+    MemshardError,
+    ReadFailedError,
+    ShardHeaderError,
+    ShardSizeError,
+)
 from .layout import open_shard
 from .manifest import FieldSpec, ShardFile
 from .smallfile import read_small_file
@@ -95,9 +111,78 @@ def segment_areas(shards: int) -> int:
     return shards + 2 if BACK_TO_BACK else shards
 
 
+@dataclass(frozen=True)
+class MappedRange:
+    """Where the rows of one mapped segment lie: from address ``start``, the rows of file
+    ``paths[i]`` (relative to the dataset directory ``root``) end at address ``ends[i]``."""
+
+    root: str
+    start: int
+    ends: tuple[int, ...]
+    paths: tuple[str, ...]
+
+    def file_at(self, address: int) -> str | None:
+        """The path of the file whose rows are mapped at ``address``, or None.
+
+        Example:
+            >>> rows = MappedRange("/d", 4096, (8192, 12288), ("shards/a.npy", "shards/b.npy"))
+            >>> rows.file_at(8191), rows.file_at(8192), rows.file_at(12288)
+            ('shards/a.npy', 'shards/b.npy', None)
+        """
+        if not self.start <= address < self.ends[-1]:
+            return None
+        return self.paths[bisect.bisect_right(self.ends, address)]
+
+
+class MappedRanges:
+    """Every mapping of shard files alive in this process, found by address.
+
+    A mapping leaves when its memory is unmapped, that is when the last array or view into it
+    is gone (its ``mmap`` object is deallocated); a callback given with it runs then.
+    """
+
+    def __init__(self) -> None:
+        self._ranges: dict[
+            int, tuple[weakref.ref[mmap.mmap], MappedRange, Callable[[], Any] | None]
+        ] = {}
+
+    def add(
+        self, region: mmap.mmap, mapped: MappedRange, on_unmap: Callable[[], Any] | None
+    ) -> None:
+        """Record ``mapped``, which lives as long as ``region``; call ``on_unmap`` after it."""
+        ref = weakref.ref(region, self._forget)
+        self._ranges[id(ref)] = (ref, mapped, on_unmap)
+
+    def _forget(self, ref: weakref.ref[mmap.mmap]) -> None:
+        entry = self._ranges.pop(id(ref), None)
+        if entry is not None and entry[2] is not None:
+            entry[2]()
+
+    def find(self, address: int) -> tuple[str, str] | None:
+        """The dataset directory and shard path mapped at ``address``, or None (the most
+        recent mapping first: an address may be reused before an old entry leaves)."""
+        for _, mapped, _ in reversed(list(self._ranges.values())):
+            path = mapped.file_at(address)
+            if path is not None:
+                return mapped.root, path
+        return None
+
+    def __len__(self) -> int:
+        return len(self._ranges)
+
+
+MAPPED = MappedRanges()
+
+
 class MappingCache:
-    """A thread-safe LRU of mapped segments, bounded by the kernel memory areas they take
-    (:func:`segment_areas`; :data:`MAX_MAPPED_AREAS` by default)."""
+    """A thread-safe LRU of mapped segments, bounded by the kernel memory areas that the
+    segments mapped through it take while they live (:func:`segment_areas` each;
+    :data:`MAX_MAPPED_AREAS` by default).
+
+    Evicting a segment that a view still holds frees nothing, so such a segment still counts
+    until the view is gone; meanwhile a later miss on it finds it again instead of mapping it
+    twice. When the live segments leave no room, :meth:`map` returns None rather than map.
+    """
 
     def __init__(self, capacity: int | None = None) -> None:
         if capacity is None:
@@ -105,15 +190,19 @@ class MappingCache:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.capacity = capacity
-        self._arrays: OrderedDict[Hashable, tuple[np.ndarray, int]] = OrderedDict()
-        self._weight = 0
-        self._lock = threading.Lock()
+        self._arrays: OrderedDict[Hashable, np.ndarray] = OrderedDict()
+        self._evicted: weakref.WeakValueDictionary[Hashable, np.ndarray] = (
+            weakref.WeakValueDictionary()
+        )
+        self._live = 0
+        self._lock = threading.Lock()  # taken to map and evict
+        self._count_lock = threading.Lock()  # also taken when a segment is unmapped
 
     def get(self, key: Hashable) -> np.ndarray | None:
         """The cached array for ``key``, marked as most recently used, or None."""
         arrays = self._arrays
-        entry = arrays.get(key)
-        if entry is None:
+        array = arrays.get(key)
+        if array is None:
             return None
         # try/except, not contextlib.suppress: this is the per-row hot path (suppress costs
         # ~0.3 us). KeyError: another thread evicted it in between; the array is still good.
@@ -121,28 +210,63 @@ class MappingCache:
             arrays.move_to_end(key)
         except KeyError:
             pass
-        return entry[0]
+        return array
 
-    def put(self, key: Hashable, array: np.ndarray, weight: int) -> None:
-        """Cache ``array`` (taking ``weight`` memory areas), evicting the least recently used."""
+    def map(
+        self, key: Hashable, root: str, spec: FieldSpec, parts: Sequence[ShardPart]
+    ) -> np.ndarray | None:
+        """The array of segment ``key`` (the rows of ``parts``), mapped with
+        :func:`map_segment` and cached, evicting the least recently used segments for room.
+
+        Returns None, mapping nothing, if the segments still alive leave no room for it (views
+        hold them), or if the kernel refuses the mapping for lack of memory areas or address
+        space (:class:`~memshard.errors.MappingLimitError`); read the rows with
+        :func:`read_rows` then.
+
+        Raises:
+            see :func:`map_segment`.
+        """
+        areas = segment_areas(len(parts))
         with self._lock:
-            previous = self._arrays.pop(key, None)
-            self._weight += weight - (previous[1] if previous else 0)
-            self._arrays[key] = (array, weight)
-            while self._weight > self.capacity and len(self._arrays) > 1:
-                _, (_, evicted) = self._arrays.popitem(last=False)
-                self._weight -= evicted
+            array = self._arrays.get(key)
+            if array is None:
+                array = self._evicted.pop(key, None)  # still mapped: a view holds it
+            if array is None:
+                if not self._make_room(areas):
+                    return None
+                try:
+                    array = map_segment(root, spec, parts, partial(self._unmapped, areas))
+                except MappingLimitError:
+                    return None
+                with self._count_lock:
+                    self._live += areas
+            self._arrays[key] = array
+            return array
+
+    def _make_room(self, areas: int) -> bool:
+        while self._live + areas > self.capacity and self._arrays:
+            oldest, array = self._arrays.popitem(last=False)
+            self._evicted[oldest] = array
+            del array  # unmapped now unless a view holds it
+        return self._live + areas <= self.capacity
+
+    def _unmapped(self, areas: int) -> None:
+        with self._count_lock:
+            self._live -= areas
 
     @property
     def memory_areas(self) -> int:
-        """How many memory areas the cached segments take."""
-        return self._weight
+        """How many memory areas the live segments mapped through this cache take, cached or
+        held by views."""
+        return self._live
 
     def clear(self) -> None:
-        """Forget every mapping (views handed out stay valid)."""
-        self._arrays = OrderedDict()
-        self._weight = 0
+        """Forget every mapping (views handed out stay valid, and count until they are gone)."""
         self._lock = threading.Lock()
+        self._count_lock = threading.Lock()
+        arrays, self._arrays = self._arrays, OrderedDict()
+        self._evicted = weakref.WeakValueDictionary()
+        del arrays
 
     def __len__(self) -> int:
         return len(self._arrays)
@@ -152,40 +276,125 @@ CACHE = MappingCache()
 os.register_at_fork(after_in_child=CACHE.clear)
 
 
-def map_segment(root: str, spec: FieldSpec, parts: Sequence[ShardPart]) -> np.ndarray:
+def map_segment(
+    root: str,
+    spec: FieldSpec,
+    parts: Sequence[ShardPart],
+    on_unmap: Callable[[], Any] | None = None,
+) -> np.ndarray:
     """Map the rows of consecutive shard files of one field as one read-only array.
 
     Every shard but the last must hold a whole number of pages of data (see
     :func:`segment_breaks_after`). Before mapping, each file's size and header are checked
-    against the manifest, so a truncated or foreign file is an error, never a SIGBUS.
+    against the manifest, so a file truncated before it is mapped is an error, never a SIGBUS.
+    A file truncated *while* mapped cannot be caught: the next read of its lost pages kills the
+    process with SIGBUS, after one line on stderr naming the file (:mod:`memshard.sigbus`).
+    The mapping lives until the last view of the array is gone; ``on_unmap`` is called then.
 
     Raises:
         ShardMissingError, UnsafePathError: see :func:`memshard.layout.open_shard`.
         ShardSizeError: a file is shorter than the manifest says, or longer for a sealed shard.
         ShardHeaderError: a header is not the canonical one for this field and row count.
+        MappingLimitError: the kernel refused the mapping for lack of memory areas or address
+            space (``ENOMEM``).
     """
-    if BACK_TO_BACK:
-        region, offset = _map_back_to_back(
-            spec, parts, lambda part: _open_checked(root, spec, part)
-        )
-    else:
-        (part,) = parts
-        fd = _open_checked(root, spec, part)
-        try:
-            region = mmap.mmap(
-                fd, part.file.data_offset + part.rows * spec.row_bytes, access=mmap.ACCESS_READ
-            )
-        finally:
-            os.close(fd)
-        offset = part.file.data_offset
+    try:
+        region, offset = _map(root, spec, parts)
+    except OSError as exc:
+        if exc.errno != errno.ENOMEM or isinstance(exc, MemshardError):
+            raise
+        raise MappingLimitError(
+            exc.errno,
+            f"{root}: cannot map {_files(parts)}: the kernel refused the mapping "
+            f"({os.strerror(exc.errno)}); this process has used up its memory areas "
+            f"(vm.max_map_count = {read_max_map_count()}) or its address space. Drop the "
+            "arrays and views of shards that are no longer needed, or raise the limit",
+        ) from exc
     rows = sum(part.rows for part in parts)
-    array: np.ndarray = np.frombuffer(
-        region,
-        dtype=spec.numpy_dtype,
-        count=rows * (spec.row_bytes // spec.numpy_dtype.itemsize),
-        offset=offset,
+    array: np.ndarray = np.ndarray(
+        (rows, *spec.shape), dtype=spec.numpy_dtype, buffer=region, offset=offset
     )
-    return array.reshape((rows, *spec.shape))
+    start: int = array.__array_interface__["data"][0]
+    ends = np.cumsum([part.rows * spec.row_bytes for part in parts]) + start
+    paths = tuple(part.file.path for part in parts)
+    MAPPED.add(region, MappedRange(root, start, tuple(ends.tolist()), paths), on_unmap)
+    sigbus.install(MAPPED.find)
+    return array
+
+
+def _map(root: str, spec: FieldSpec, parts: Sequence[ShardPart]) -> tuple[mmap.mmap, int]:
+    if BACK_TO_BACK:
+        return _map_back_to_back(spec, parts, lambda part: _open_checked(root, spec, part))
+    (part,) = parts
+    fd = _open_checked(root, spec, part)
+    try:
+        region = mmap.mmap(
+            fd, part.file.data_offset + part.rows * spec.row_bytes, access=mmap.ACCESS_READ
+        )
+    finally:
+        os.close(fd)
+    return region, part.file.data_offset
+
+
+def _files(parts: Sequence[ShardPart]) -> str:
+    first = parts[0].file.path
+    return first if len(parts) == 1 else f"{first} and {len(parts) - 1} more shard files"
+
+
+def read_rows(
+    root: str, spec: FieldSpec, parts: Sequence[ShardPart], rows: np.ndarray
+) -> np.ndarray:
+    """Copy rows ``rows`` (indices into the segment of ``parts``, any order, repeats allowed)
+    with ``pread``, mapping nothing: how the reader reads when the mapping cache has no room.
+    Each file read from is checked first, as :func:`map_segment` checks it.
+
+    Returns:
+        A new array of shape ``(rows.size, *spec.shape)``, the rows in the order asked.
+
+    Raises:
+        ShardMissingError, UnsafePathError, ShardSizeError, ShardHeaderError: as
+            :func:`map_segment`; ``ShardSizeError`` also if a file ends while being read.
+    """
+    increasing = rows.size < 2 or bool((rows[1:] > rows[:-1]).all())  # a row, a slice
+    wanted, inverse = (rows, None) if increasing else np.unique(rows, return_inverse=True)
+    data = np.empty((wanted.size, *spec.shape), dtype=spec.numpy_dtype)
+    data_bytes = data.reshape(wanted.size, -1).view(np.uint8)
+    first = 0
+    for part in parts:
+        low, high = np.searchsorted(wanted, [first, first + part.rows]).tolist()
+        if high > low:
+            fd = _open_checked(root, spec, part)
+            try:
+                _read_runs(fd, part, wanted[low:high] - first, data_bytes[low:high], root)
+            finally:
+                os.close(fd)
+        first += part.rows
+    if inverse is None:
+        return data
+    gathered: np.ndarray = data[inverse]
+    return gathered
+
+
+def _read_runs(fd: int, part: ShardPart, rows: np.ndarray, out: np.ndarray, root: str) -> None:
+    """Read sorted, distinct ``rows`` of one file into the rows of ``out``, one ``preadv`` per
+    run of adjacent rows."""
+    row_bytes = out.shape[1]
+    breaks = (np.flatnonzero(np.diff(rows) != 1) + 1).tolist()
+    for begin, end in zip([0, *breaks], [*breaks, rows.size], strict=True):
+        offset = part.file.data_offset + int(rows[begin]) * row_bytes
+        with memoryview(out[begin:end].data).cast("B") as target:
+            done = 0
+            while done < len(target):
+                with target[done:] as rest:
+                    count = os.preadv(fd, [rest], offset + done)
+                if count == 0:
+                    where = os.path.join(root, part.file.path)
+                    raise ShardSizeError(
+                        f"{where}: file ended at byte {offset + done} while reading, the "
+                        f"manifest needs {part.file.data_offset + part.file.nbytes} "
+                        "(truncated shard)"
+                    )
+                done += count
 
 
 def segment_breaks_after(spec: FieldSpec, rows: int) -> bool:
@@ -204,15 +413,22 @@ def _open_checked(root: str, spec: FieldSpec, part: ShardPart) -> int:
     try:
         _check_size(fd, where, part)
         header = os.pread(fd, part.file.data_offset, 0)
-        header_rows = npyheader.rows_in_header(header, spec.numpy_dtype, spec.shape, where=where)
-        if header_rows < part.manifest_rows or (part.sealed and header_rows != part.manifest_rows):
-            raise ShardHeaderError(
-                f"{where}: header states {header_rows} rows, the manifest {part.manifest_rows}"
-            )
+        # Nearly always the canonical header of the manifest's row count: comparing with it is
+        # the whole check, and costs a tenth of parsing (which reads rows past the bound).
+        if header != npyheader.header_bytes(spec.numpy_dtype, spec.shape, part.manifest_rows):
+            _check_header(header, spec, part, where)
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def _check_header(header: bytes, spec: FieldSpec, part: ShardPart, where: str) -> None:
+    header_rows = npyheader.rows_in_header(header, spec.numpy_dtype, spec.shape, where=where)
+    if header_rows < part.manifest_rows or (part.sealed and header_rows != part.manifest_rows):
+        raise ShardHeaderError(
+            f"{where}: header states {header_rows} rows, the manifest {part.manifest_rows}"
+        )
 
 
 def _check_size(fd: int, where: str, part: ShardPart) -> None:

@@ -382,8 +382,7 @@ class PartWriter:
         self._open, self._open_rows = {}, 0
         records = {}
         for name, file in files.items():
-            file.write_header(rows)
-            file.close()
+            file.seal(rows)
             spec = self.target.fields[name]
             records[name] = ShardFile(
                 path=file.path,

@@ -41,7 +41,7 @@ from .mappings import (
     CACHE,
     ShardPart,
     advise_will_need,
-    map_segment,
+    read_rows,
     segment_areas,
     segment_breaks_after,
 )
@@ -381,6 +381,7 @@ class Dataset:
         For data that is not cached yet (a cold epoch): the kernel reads all the rows in
         parallel, so a :meth:`take` right after waits for one round of I/O rather than one
         read per row. On cached data it only costs a system call per run of adjacent rows.
+        Rows of segments that cannot be mapped now (see :class:`Column`) are not advised.
 
         Raises:
             InvalidIndexError, FieldNotFoundError: as :meth:`take`.
@@ -392,7 +393,9 @@ class Dataset:
             column = self.column(name)
             layout = snapshot.layouts[name]
             for segment, local, _ in project_indices(array, layout.table):
-                advise_will_need(column._segment(snapshot, layout, segment), local)
+                mapped = column._mapped(snapshot, layout, segment)
+                if mapped is not None:  # past the mapping bound, rows are read, not advised
+                    advise_will_need(mapped, local)
 
     def refresh(self) -> bool:
         """Make rows committed since this view was taken visible; return whether any were.
@@ -427,9 +430,22 @@ class Dataset:
 class Column:
     """One field of a dataset as an array of shape ``(len(ds), *sample_shape)``.
 
-    Indexing follows numpy exactly. An integer, or a slice within one shard, gives a read-only
-    view of the mapped file (zero copy); anything else gives a new array, gathered once per
-    shard and returned in request order.
+    Indexing follows numpy exactly. An integer, or a slice within one mapped segment (a run of
+    shards mapped back to back), gives a read-only view of the mapped files (zero copy);
+    anything else gives a new array, gathered once per segment and returned in request order.
+
+    Views keep their mapping alive, and the mappings a process keeps are bounded (see
+    :class:`memshard.mappings.MappingCache`): once the mappings that views still hold fill
+    that bound, an integer or slice that would need a new mapping gives a read-only *copy*
+    instead, read without mapping anything; mapped segments still give views. So
+    ``list(ds["x"])`` over any number of shards works, and every view given out stays valid.
+    The same happens if the kernel refuses a mapping (its ``vm.max_map_count`` reached by
+    other code).
+
+    A view reads the file as it is on disk: if the file is truncated while a view maps it,
+    reading the lost rows kills the process with ``SIGBUS`` (after one line on stderr naming
+    the file, :mod:`memshard.sigbus`); a file truncated before its mapping raises
+    :class:`~memshard.errors.ShardSizeError`.
     """
 
     __slots__ = ("_dataset", "_spec", "name")
@@ -486,10 +502,12 @@ class Column:
             layout = snapshot.layouts[self.name]
             if len(layout.keys) == 1:
                 # One segment maps the whole column: numpy indexes it directly.
-                try:
-                    return self._segment(snapshot, layout, 0)[key]
-                except IndexError as exc:
-                    raise InvalidIndexError(f"{self._where()}: {exc}") from None
+                whole = self._mapped(snapshot, layout, 0)
+                if whole is not None:
+                    try:
+                        return whole[key]
+                    except IndexError as exc:
+                        raise InvalidIndexError(f"{self._where()}: {exc}") from None
             if isinstance(key, slice):
                 return self._slice(snapshot, slice_rows(key, snapshot.rows))
             return self._row(snapshot, key)
@@ -528,27 +546,47 @@ class Column:
             )
         layout = snapshot.layouts[self.name]
         segment = layout.table.shard_of(row)
-        view: np.ndarray = self._segment(snapshot, layout, segment)[row - layout.starts[segment]]
-        return view
+        return self._rows_of(snapshot, layout, segment, row - layout.starts[segment])
 
-    def _segment(self, snapshot: _Snapshot, layout: _FieldLayout, segment: int) -> np.ndarray:
-        """The read-only array of this field's rows in ``segment``, mapped on first use."""
-        array = CACHE.get(layout.keys[segment])
+    def _mapped(self, snapshot: _Snapshot, layout: _FieldLayout, segment: int) -> np.ndarray | None:
+        """The read-only array of this field's rows in ``segment``, mapped on first use; None
+        when the mapping cache has no room for it (see :meth:`MappingCache.map`)."""
+        key = layout.keys[segment]
+        array = CACHE.get(key)
         if array is None:
-            parts = layout.parts[segment]
-            array = map_segment(snapshot.root, self._spec, parts)
-            CACHE.put(layout.keys[segment], array, segment_areas(len(parts)))
+            array = CACHE.map(key, snapshot.root, self._spec, layout.parts[segment])
         return array
+
+    def _rows_of(
+        self, snapshot: _Snapshot, layout: _FieldLayout, segment: int, rows: int | slice
+    ) -> np.ndarray:
+        """``rows`` of ``segment`` (in range): a view of its mapping, or a read-only copy
+        when it cannot be mapped."""
+        mapped = self._mapped(snapshot, layout, segment)
+        if mapped is not None:
+            view: np.ndarray = mapped[rows]
+            return view
+        length = layout.starts[segment + 1] - layout.starts[segment]
+        copy = self._copied(snapshot, layout, segment, np.arange(length)[rows])
+        copy.flags.writeable = False
+        return copy
+
+    def _copied(
+        self, snapshot: _Snapshot, layout: _FieldLayout, segment: int, rows: Any
+    ) -> np.ndarray:
+        """Rows of ``segment`` (an index or an array of indices) read without mapping."""
+        copy = read_rows(snapshot.root, self._spec, layout.parts[segment], np.atleast_1d(rows))
+        return copy if isinstance(rows, np.ndarray) else copy[0]
 
     def _slice(self, snapshot: _Snapshot, rows: SliceRows) -> np.ndarray:
         layout = snapshot.layouts[self.name]
         triples = project_slice(rows, layout.table)
         if len(triples) == 1:
             segment, in_segment, _ = triples[0]
-            return self._segment(snapshot, layout, segment)[in_segment]
+            return self._rows_of(snapshot, layout, segment, in_segment)
         out = np.empty((rows.count, *self._spec.shape), dtype=self._spec.numpy_dtype)
         for segment, in_segment, in_out in triples:
-            out[in_out] = self._segment(snapshot, layout, segment)[in_segment]
+            out[in_out] = self._rows_of(snapshot, layout, segment, in_segment)
         return out
 
     def _gather(
@@ -561,12 +599,16 @@ class Column:
         layout = snapshot.layouts[self.name]
         if len(triples) == 1 and isinstance(triples[0][2], slice):
             segment, local, _ = triples[0]
-            np.take(self._segment(snapshot, layout, segment), local, axis=0, out=out, mode="clip")
-            return out
+            source = self._mapped(snapshot, layout, segment)
+            if source is not None:
+                np.take(source, local, axis=0, out=out, mode="clip")
+                return out
         row_by_row = self._spec.row_bytes >= ROW_BY_ROW_MIN_BYTES
         for segment, local, positions in triples:
-            source = self._segment(snapshot, layout, segment)
-            if row_by_row:
+            source = self._mapped(snapshot, layout, segment)
+            if source is None:
+                out[positions] = self._copied(snapshot, layout, segment, local)
+            elif row_by_row:
                 for position, row in zip(positions.tolist(), local.tolist(), strict=True):
                     out[position] = source[row]
             else:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from collections import OrderedDict
 
 from .checksum import StreamingChecksum, checksum_of_file
@@ -31,6 +32,11 @@ from .npyheader import header_bytes
 WRITE_BUFFER_BYTES = 1 << 20
 #: Most shard files one appender or part writer keeps open at once.
 MAX_OPEN_SHARD_FILES = 64
+#: The mode a shard file is created with (less the umask).
+OPEN_FILE_MODE = 0o644
+#: The permissions a shard file loses when it is sealed (0644 becomes 0444): a sealed file,
+#: which readers map, must not be truncated or rewritten by mistake.
+WRITE_PERMISSIONS = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
@@ -105,7 +111,7 @@ class ShardFileWriter:
         If writing the header fails, the file is closed and removed before the error is
         raised, so that a full disk gets its space back."""
         where = os.path.join(root, relpath)
-        handle = OwnedFd.open(where, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        handle = OwnedFd.open(where, os.O_RDWR | os.O_CREAT | os.O_EXCL, OPEN_FILE_MODE)
         writer = cls(root, relpath, spec, StreamingChecksum(), budget, handle, 0)
         try:
             writer._write_all(header_bytes(spec.numpy_dtype, spec.shape, 0))
@@ -127,7 +133,9 @@ class ShardFileWriter:
         Raises:
             ShardSizeError: the file is shorter than its committed rows.
         """
-        handle = OwnedFd.open(os.path.join(root, file.path), os.O_RDWR | _NOFOLLOW)
+        where = os.path.join(root, file.path)
+        _make_writable(where)  # a writer that sealed it may have died before its commit
+        handle = OwnedFd.open(where, os.O_RDWR | _NOFOLLOW)
         end = file.data_offset + rows * spec.row_bytes
         try:
             fd = handle.fileno()
@@ -161,6 +169,14 @@ class ShardFileWriter:
         """Flush, then state ``rows`` rows in the header (rewritten in place)."""
         self.flush()
         os.pwrite(self._fd(), header_bytes(self.spec.numpy_dtype, self.spec.shape, rows), 0)
+
+    def seal(self, rows: int) -> None:
+        """Write the final header (``rows`` rows), make the file read-only (it loses
+        :data:`WRITE_PERMISSIONS`) and close it; its ``fsync`` comes later, by path."""
+        self.write_header(rows)
+        fd = self._fd()
+        os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode) & ~WRITE_PERMISSIONS)
+        self.close()
 
     def start_writeback(self) -> None:
         """Flush, and start writing to disk what was written since the last call (see
@@ -202,3 +218,11 @@ class ShardFileWriter:
                 with whole[written:] as rest:
                     written += os.pwrite(fd, rest, self.end + written)
         self.end += written
+
+
+def _make_writable(path: str) -> None:
+    """Give the owner of the shard file at ``path`` write permission back, if it lacks it."""
+    with contextlib.closing(OwnedFd.open(path, os.O_RDONLY | _NOFOLLOW | os.O_NONBLOCK)) as handle:
+        mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
+        if not mode & stat.S_IWUSR:
+            os.fchmod(handle.fileno(), mode | stat.S_IWUSR)

@@ -860,6 +860,85 @@ def test_hundreds_of_shards_read_under_a_low_descriptor_limit(
     assert report["memory_areas"] >= 300
 
 
+class MemoryAreaHog:
+    """Takes every memory area (kernel mapping) the process may still create, but ``spare``:
+    one reserved range of pages, every other page made readable, so that each split takes
+    areas until the kernel refuses (``vm.max_map_count``). Machine-global settings are left
+    alone; only this process runs out."""
+
+    def __init__(self, spare: int) -> None:
+        import ctypes
+        import mmap
+
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.libc.mmap.restype = ctypes.c_void_p
+        self.libc.mmap.argtypes = (
+            [ctypes.c_void_p, ctypes.c_size_t] + [ctypes.c_int] * 3 + [ctypes.c_long]
+        )
+        self.libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        self.libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        with open("/proc/sys/vm/max_map_count") as limit:
+            pages = 2 * int(limit.read()) + 2
+        self.page = mmap.PAGESIZE
+        self.size = pages * self.page
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0)
+        no_access, readable = 0, mmap.PROT_READ
+        self.base = self.libc.mmap(None, self.size, no_access, flags, -1, 0)
+        assert self.base not in (None, ctypes.c_void_p(-1).value)
+        split = 0
+        while self.libc.mprotect(self.base + (2 * split + 1) * self.page, self.page, readable) == 0:
+            split += 1
+        assert ctypes.get_errno() == errno.ENOMEM
+        for undo in range(split - 1, split - 1 - spare // 2, -1):  # 2 areas each
+            self.libc.mprotect(self.base + (2 * undo + 1) * self.page, self.page, no_access)
+
+    def release(self) -> None:
+        self.libc.munmap(self.base, self.size)
+
+
+def child_no_free_memory_areas(path: str) -> dict[str, Any]:
+    """Read every row of a 300-shard dataset one at a time, holding each, with room for only
+    a few more mappings: the kernel refuses to map after a few shards (``ENOMEM``)."""
+    dataset = ms.open(path)
+    unmapped = dataset.shards[-1]
+    hog = MemoryAreaHog(spare=48)
+    listed = outcome(lambda: list(dataset["x"]))
+    direct = outcome(
+        lambda: mappings.map_segment(
+            path,
+            dataset.manifest.fields["y"],
+            [mappings.ShardPart(unmapped.files["y"], unmapped.rows, True, unmapped.rows)],
+        )
+    )
+    hog.release()
+    report: dict[str, Any] = {"direct": direct, "shard_file": unmapped.files["y"].path}
+    if listed["error"] is None:
+        rows = listed["value"]
+        report["listed"] = {"error": None, "value": len(rows)}
+        report["correct"] = bool((np.stack(rows)[:, 0] == np.arange(len(dataset))).all())
+        with open("/proc/self/maps") as maps:
+            report["mapped_files"] = sum(path in line for line in maps)
+    else:
+        report["listed"] = listed
+    return report
+
+
+def test_reads_copy_when_the_kernel_refuses_a_mapping(many_shards: dict[str, Path]) -> None:
+    """A process out of memory areas (``vm.max_map_count``): rows that cannot be mapped are
+    copied; mapping directly raises a typed error naming the file."""
+    report = run_child("no_free_memory_areas", str(many_shards["own segments"]))
+    assert report["listed"] == {"error": None, "value": 900}, report
+    assert report["correct"]
+    assert 0 < report["mapped_files"] < 300  # some rows were views, the rest copies
+    direct = report["direct"]
+    assert direct["error"] == "MappingLimitError", direct
+    assert "ReadFailedError" in direct["bases"]
+    assert "OSError" in direct["bases"]
+    assert direct["errno"] == errno.ENOMEM
+    assert report["shard_file"] in direct["message"]
+    assert "vm.max_map_count" in direct["message"]
+
+
 def child_no_free_descriptors(path: str) -> dict[str, Any]:
     dataset = ms.open(path)
     first = float(dataset["x"][0][0])  # maps shard 0
@@ -1001,6 +1080,46 @@ def test_shard_damaged_under_an_open_reader(damage_report: dict[str, Any], damag
     assert report["verify"] == [[report["file"], error_type]]
 
 
+def test_every_new_mapping_and_every_copy_checks_the_size_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """12 shards of 2 rows, each its own segment, with room for 2: a shard truncated after
+    its mapping was dropped is refused when it is mapped again; one read by copy (the room
+    held by views) is refused too. The message names the file, its size and the size needed."""
+    cache = mappings.MappingCache(2 * mappings.segment_areas(1))
+    monkeypatch.setattr(mappings, "CACHE", cache)
+    monkeypatch.setattr(ms.reader, "CACHE", cache)
+    path = tmp_path / "ds"
+    with ms.create(path, fields={"x": ("float32", (3,))}, shard_bytes=2 * 12) as writer:
+        writer.extend({"x": np.repeat(np.arange(24, dtype=np.float32)[:, None], 3, axis=1)})
+    dataset = ms.open(path)
+    assert len(dataset._snapshot.layouts["x"].parts) == 12
+
+    def cut(shard: int) -> tuple[str, int, int]:
+        file = dataset.shards[shard].files["x"]
+        target = os.path.join(dataset.path, file.path)
+        os.truncate(target, file.data_offset + 4)
+        return target, file.data_offset + 4, file.data_offset + file.nbytes
+
+    assert float(dataset["x"][0][0]) == 0.0  # shard 0 mapped, no view kept
+    assert float(dataset["x"][2][0]) + float(dataset["x"][4][0]) == 6.0  # shard 0 unmapped
+    target, size, needed = cut(0)
+    message = f"{target}: file is {size} bytes, the manifest needs {needed} (truncated shard)"
+    with pytest.raises(ShardSizeError) as raised:
+        dataset["x"][1]
+    assert str(raised.value) == message
+    held = [dataset["x"][6], dataset["x"][8]]  # views fill the room: reads copy now
+    assert cache.memory_areas == cache.capacity
+    assert float(dataset["x"][10][0]) == 10.0
+    target, size, needed = cut(7)
+    message = f"{target}: file is {size} bytes, the manifest needs {needed} (truncated shard)"
+    for read in (lambda: dataset["x"][15], lambda: dataset["x"][13:16], lambda: dataset.take([14])):
+        with pytest.raises(ShardSizeError) as raised:
+            read()
+        assert str(raised.value) == message
+    assert [float(view[0]) for view in held] == [6.0, 8.0]
+
+
 def test_a_mapped_shard_deleted_under_the_reader_still_reads(small_dataset: Path) -> None:
     dataset = ms.open(small_dataset)
     assert dataset["x"][1][0] == 1  # maps shard 0
@@ -1047,6 +1166,7 @@ CHILDREN: dict[str, Callable[..., dict[str, Any]]] = {
     "read_only_bind_mount": child_read_only_bind_mount,
     "low_descriptor_limit": child_low_descriptor_limit,
     "no_free_descriptors": child_no_free_descriptors,
+    "no_free_memory_areas": child_no_free_memory_areas,
     "damage_under_reader": child_damage_under_reader,
 }
 

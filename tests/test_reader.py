@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import mmap
 import os
 import pickle
 import shutil
@@ -290,13 +291,13 @@ def _count_mappings(monkeypatch: Any, capacity: int) -> list[int]:
     monkeypatch.setattr(mappings, "CACHE", cache)
     monkeypatch.setattr(ms.reader, "CACHE", cache)
     mapped: list[int] = []
-    map_segment = ms.reader.map_segment
+    map_segment = mappings.map_segment
 
-    def counting(root: str, spec: Any, parts: Any) -> np.ndarray:
+    def counting(root: str, spec: Any, parts: Any, on_unmap: Any = None) -> np.ndarray:
         mapped.append(len(parts))
-        return map_segment(root, spec, parts)
+        return map_segment(root, spec, parts, on_unmap)
 
-    monkeypatch.setattr(ms.reader, "map_segment", counting)
+    monkeypatch.setattr(mappings, "map_segment", counting)
     return mapped
 
 
@@ -343,6 +344,7 @@ def test_indexing_matches_numpy_in_runs_and_one_shard_per_segment(
         layout = column._dataset._snapshot.layouts["x"]
         per_shard = capacity == 4 and mappings.segment_areas(shards) > 4
         assert len(layout.parts) == (shards if per_shard or not mappings.BACK_TO_BACK else 1)
+        held = []  # every result stays alive: views fill the room, later reads copy
         for key in keys:
             try:
                 wanted = np.asarray(expected[key])
@@ -354,6 +356,9 @@ def test_indexing_matches_numpy_in_runs_and_one_shard_per_segment(
             assert got.shape == wanted.shape, key
             np.testing.assert_array_equal(got, wanted)
             assert mappings.CACHE.memory_areas <= capacity
+            held.append((got, wanted))
+        for got, wanted in held:
+            np.testing.assert_array_equal(got, wanted)
 
 
 def test_a_dataset_too_large_for_the_cache_maps_only_what_it_reads(
@@ -378,6 +383,80 @@ def test_a_dataset_too_large_for_the_cache_maps_only_what_it_reads(
         np.testing.assert_array_equal(batch["y"][:, 1], rows * 2 + 10_000)
         assert mappings.CACHE.memory_areas <= 8
     assert set(mapped) == {1}
+
+
+def _is_mapped(array: np.ndarray) -> bool:
+    """Whether ``array`` is a view of a shard mapping (not a copy)."""
+    base: Any = array
+    while isinstance(base, np.ndarray):
+        base = base.base
+    return isinstance(base, mmap.mmap)
+
+
+def test_views_past_the_mapping_bound_are_copies_and_every_view_stays_valid(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    """Room for 8 memory areas, 12 shards of 2 rows, each its own segment of 3 areas: holding
+    every row of ``list(column)`` pins the first 2 shards' mappings; the rows after them are
+    read-only copies, so the process never maps more than the bound."""
+    mapped = _count_mappings(monkeypatch, capacity=8)
+    path = tmp_path / "d"
+    ds = _page_rows(path, shards=12, fields=("x",))
+    expected = _page_values(12)
+    rows = list(ds["x"])
+    assert mappings.CACHE.memory_areas <= 8
+    assert _maps_of(path) == 2
+    assert [_is_mapped(row) for row in rows] == [True] * 4 + [False] * 20
+    assert not any(row.flags.writeable for row in rows)
+    assert mapped == [1, 1]
+    # Slices and gathers past the bound: copies too, and right.
+    for key in (slice(4, 6), slice(3, 9), slice(None, None, -5), slice(23, 20, -1)):
+        np.testing.assert_array_equal(ds["x"][key], expected[key])
+    order = np.random.default_rng(5).permutation(24)
+    np.testing.assert_array_equal(ds["x"][order], expected[order])
+    np.testing.assert_array_equal(ds.take(order)["x"], expected[order])
+    ds.prefetch(order)
+    assert _is_mapped(ds["x"][1])  # a mapped segment still gives views
+    assert _maps_of(path) == 2
+    np.testing.assert_array_equal(np.stack(rows), expected)  # every view is still valid
+    del rows
+    gc.collect()
+    assert _maps_of(path) <= 2
+    assert _is_mapped(ds["x"][22])  # with the views gone, there is room again
+
+
+def test_an_evicted_segment_a_view_holds_is_found_again(tmp_path: Any, monkeypatch: Any) -> None:
+    """A view keeps its segment mapped after eviction; reading that segment again gives views
+    of the same mapping rather than a second mapping."""
+    mapped = _count_mappings(monkeypatch, capacity=6)  # room for 2 one-shard segments
+    ds = _page_rows(tmp_path / "d", shards=12, fields=("x",))
+    first = ds["x"][0]
+    for row in (2, 4, 6):  # shards 1-3; shard 0 is evicted, held by ``first``
+        assert _is_mapped(ds["x"][row])
+    assert mapped == [1] * 4
+    again = ds["x"][1]
+    assert mapped == [1] * 4
+    assert _is_mapped(again)
+    assert again.base is first.base
+    np.testing.assert_array_equal(np.stack([first, again]), _page_values(1))
+
+
+def test_a_column_of_one_segment_past_the_bound_is_copied(tmp_path: Any, monkeypatch: Any) -> None:
+    """Two datasets each mapped as one segment, with room for one: while a view holds the
+    first, the second's rows and slices are copies."""
+    _count_mappings(monkeypatch, capacity=mappings.segment_areas(4) + 1)
+    first = _page_rows(tmp_path / "a", shards=4, fields=("x",))
+    second = _page_rows(tmp_path / "b", shards=4, fields=("x",))
+    held = first["x"][3]
+    assert _is_mapped(held)
+    expected = _page_values(4)
+    for key in (0, -1, slice(1, 7, 2), slice(None)):
+        got = second["x"][key]
+        assert not _is_mapped(got)
+        np.testing.assert_array_equal(got, expected[key])
+    with pytest.raises(InvalidIndexError, match="out of bounds"):
+        second["x"][8]
+    np.testing.assert_array_equal(held, expected[3])
 
 
 def test_the_cache_takes_half_the_kernels_mapping_limit(tmp_path: Any) -> None:
@@ -454,7 +533,8 @@ def test_prefetch_advises_runs_of_adjacent_rows(tmp_path: Any) -> None:
     with ms.create(tmp_path / "d", fields={"x": ("float32", (1024,))}) as writer:
         writer.extend({"x": x})
     ds = ms.open(tmp_path / "d")
-    segment = ds["x"]._segment(ds._snapshot, ds._snapshot.layouts["x"], 0)
+    segment = ds["x"]._mapped(ds._snapshot, ds._snapshot.layouts["x"], 0)
+    assert segment is not None
     assert mappings.advise_will_need(segment, np.array([5, 3, 4, 4])) == 1
     assert mappings.advise_will_need(segment, np.array([0, 10, 20])) == 3
     assert mappings.advise_will_need(segment, np.array([], dtype=np.int64)) == 0
