@@ -290,9 +290,10 @@ class Dataset:
         checksum) and every shard file it names: presence, size, header, and the checksum of
         every sealed shard's data (each byte is read once).
 
-        Returns a :class:`~memshard.verify.VerifyReport`; ``report.ok`` is false and
-        ``report.problems`` names each bad file when anything is wrong (nothing is raised;
-        ``report.raise_first()`` raises the first problem as its typed error).
+        Returns a :class:`~memshard.verify.VerifyReport`, true exactly when ``report.ok``;
+        ``report.ok`` is false and ``report.problems`` names each bad file when anything is
+        wrong (nothing is raised; ``report.raise_first()`` raises the first problem as its
+        typed error).
         """
         from .verify import verify_dataset
 

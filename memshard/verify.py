@@ -32,7 +32,12 @@ class Problem:
 
 @dataclass
 class VerifyReport:
-    """What :func:`verify` checked and found."""
+    """What :func:`verify` checked and found.
+
+    A report is true exactly when :attr:`ok` is, so ``if ds.verify():`` passes only for a
+    dataset found intact; a damaged one gives a false report (never a truthy object that
+    happens to hold problems).
+    """
 
     path: str
     files: int = 0
@@ -44,6 +49,10 @@ class VerifyReport:
     def ok(self) -> bool:
         """Whether nothing is wrong."""
         return not self.problems
+
+    def __bool__(self) -> bool:
+        """:attr:`ok`."""
+        return self.ok
 
     def raise_first(self) -> None:
         """Raise the first problem as its typed error (nothing when :attr:`ok`)."""
