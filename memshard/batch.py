@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .dtypes import check_storable
-from .errors import BatchError, CastError, LabelError
+from .errors import ArrayConversionError, BatchError, CastError, LabelError
 from .manifest import FieldSpec
 
 
@@ -29,6 +29,8 @@ def validated_batch(
     Raises:
         BatchError: not a mapping, missing or extra fields, ragged or wrongly shaped values,
             fields with different row counts.
+        ArrayConversionError: a value whose own conversion to an array fails (a torch
+            tensor that requires grad); also a ``RuntimeError``.
         CastError: values the field dtype cannot hold (see :func:`memshard.dtypes.check_storable`),
             or floats that overflow a narrower float field.
         LabelError: label values outside the field's vocabulary.
@@ -66,6 +68,11 @@ def _as_array(value: Any, where: str) -> np.ndarray:
         return np.asarray(value)
     except (ValueError, TypeError) as exc:
         raise BatchError(f"{where}: not an array of numbers ({exc})") from None
+    except RuntimeError as exc:
+        # The value's own __array__ failed: torch refuses a tensor that requires grad.
+        raise ArrayConversionError(
+            f"{where}: a {type(value).__name__} cannot be converted to an array ({exc})"
+        ) from None
 
 
 def _check_shape(array: np.ndarray, spec: FieldSpec, where: str, single_row: bool) -> None:

@@ -31,6 +31,7 @@ import pytest
 import memshard
 from memshard.errors import (
     AppenderClosedError,
+    ArrayConversionError,
     BatchError,
     CastError,
     DatasetExistsError,
@@ -230,6 +231,8 @@ BAD_CREATE: list[BadCreate] = [
     with_shard_bytes(100.0),
     with_shard_bytes("100"),
     with_shard_bytes(None),
+    with_shard_bytes(MAX_COUNT + 1),
+    with_shard_bytes(2**70),
 ]
 
 
@@ -245,6 +248,15 @@ def test_create_refuses(tmp_path: Path, case: BadCreate) -> None:
     assert type(caught.value) is case.error, f"{type(caught.value).__name__}: {caught.value}"
     assert case.says in str(caught.value)
     assert _tree(tmp_path) == before  # no dataset, no staging directory
+
+
+def test_shard_bytes_past_the_limit_is_a_schema_error_and_a_value_error(tmp_path: Path) -> None:
+    with pytest.raises(SchemaError, match=f"shard_bytes must be an integer from 1 to {MAX_COUNT}"):
+        memshard.create(tmp_path / "ds", fields=FIELDS, shard_bytes=2**70)
+    with pytest.raises(ValueError, match="got 1180591620717411303424"):
+        memshard.create(tmp_path / "ds", fields=FIELDS, shard_bytes=2**70)
+    with memshard.create(tmp_path / "ds", fields=FIELDS, shard_bytes=MAX_COUNT) as writer:
+        assert 1 <= writer.manifest.shard_rows <= MAX_COUNT // ROW_BYTES
 
 
 def test_labels_from_an_iterator_are_not_lost(tmp_path: Path) -> None:
@@ -474,6 +486,30 @@ def test_append_refuses(writing: tuple[Path, memshard.Appender], case: BadBatch)
 def test_extend_refuses(writing: tuple[Path, memshard.Appender], case: BadBatch) -> None:
     root, writer = writing
     _check_refused(root, writer, writer.extend, _apply(_two_rows(), case), case)
+
+
+@pytest.mark.parametrize("single_row", [False, True])
+def test_a_tensor_that_requires_grad_is_refused_with_a_typed_runtime_error(
+    writing: tuple[Path, memshard.Appender], single_row: bool
+) -> None:
+    import torch
+
+    root, writer = writing
+    values = _batch(5, 1) if single_row else _two_rows()
+    x = torch.tensor(np.asarray(values["x"]), requires_grad=True)
+    batch = {**values, "x": x[0] if single_row else x}
+    before = _tree(root)
+    with pytest.raises(ArrayConversionError) as caught:
+        (writer.append if single_row else writer.extend)(batch)
+    assert isinstance(caught.value, RuntimeError)
+    assert isinstance(caught.value, BatchError)
+    assert str(caught.value).startswith(f"{root}: field 'x': a Tensor cannot be converted")
+    assert "requires grad" in str(caught.value)
+    assert _tree(root) == before
+    rows = _two_rows()
+    writer.extend({**rows, "x": torch.tensor(rows["x"], requires_grad=True).detach()})
+    writer.close()
+    assert len(memshard.open(root)) == COMMITTED + UNCOMMITTED + 2
 
 
 def test_batch_tables_are_large_enough() -> None:
