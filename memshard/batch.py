@@ -1,7 +1,8 @@
 """Validating rows given to the appender, before a single byte is written.
 
 :func:`validated_batch` turns ``{field: values}`` into C-contiguous arrays of the field
-dtypes, all with the same number of rows, or raises a typed error naming the field.
+dtypes, all with the same number of rows, or raises a typed error naming the field. Bool
+values come out as the bytes 00 and 01 only, whatever bytes the given array held.
 """
 
 from __future__ import annotations
@@ -97,6 +98,20 @@ def _converted(
             )
     try:
         with np.errstate(over="raise", invalid="raise"):
-            return np.ascontiguousarray(array, dtype=dtype)
+            converted = np.ascontiguousarray(array, dtype=dtype)
     except FloatingPointError:
         raise CastError(f"{where}: values overflow the field dtype {dtype}") from None
+    return _canonical_bools(converted) if dtype.kind == "b" else converted
+
+
+def _canonical_bools(array: np.ndarray) -> np.ndarray:
+    """``array`` with every true element stored as the byte 01, as the spec requires.
+
+    A numpy bool array viewed from other bytes (``np.frombuffer(b"\\x02", dtype=bool)``)
+    holds them verbatim and calls any nonzero byte true; copying it keeps the bytes.
+    """
+    as_bytes = array.view(np.uint8)
+    if as_bytes.size and int(as_bytes.max()) > 1:
+        canonical: np.ndarray = as_bytes != 0
+        return canonical
+    return array

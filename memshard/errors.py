@@ -136,6 +136,10 @@ class ArgumentError(MemshardError, ValueError):
     """Arguments that contradict each other."""
 
 
+class ShardDataError(InvalidDatasetError):
+    """A shard's data breaks the format: a bool element stored as a byte other than 00 or 01."""
+
+
 class FieldTooLargeError(MemshardError, ValueError):
     """A field whose sample is larger than a numpy array can address (more than
     ``2**63 - 1`` bytes), so no row of it, not even an empty selection, can be read."""

@@ -1,9 +1,11 @@
 """Checking a dataset on disk: the manifest's own checksum, and every shard file's presence,
-size, header and checksum.
+size, header, checksum and bool bytes.
 
 :func:`verify` reads every data byte of every sealed shard once and compares its xxh3-64
 checksum with the manifest; the unsealed shard (which has no checksum yet) is checked for its
-size and header only. Problems are collected, not raised, so one report lists them all.
+size and header only. The data of a bool field is also read in an unsealed shard; any byte
+other than 00 and 01 is damage (spec section 5.1). Problems are collected, not raised, so one
+report lists them all.
 """
 
 from __future__ import annotations
@@ -13,11 +15,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from . import manifest as manifest_io
 from .checksum import READ_CHUNK, StreamingChecksum
-from .errors import ChecksumError, DatasetNotFoundError, ManifestError, MemshardError
+from .errors import (
+    ChecksumError,
+    DatasetNotFoundError,
+    ManifestError,
+    MemshardError,
+    ShardDataError,
+)
 from .layout import MANIFEST_NAME, open_shard
-from .manifest import FieldSpec, Manifest, ShardFile
+from .manifest import FieldSpec, Manifest, Shard, ShardFile
 from .mappings import ShardPart, check_shard_file
 
 
@@ -115,8 +125,7 @@ def verify(
         for name, file in shard.files.items():
             spec = manifest.fields[name]
             result.files += 1
-            part = ShardPart(file, shard.rows, shard.sealed, shard.rows)
-            problem = _check_file(root, spec, file, part, buffer, result, report)
+            problem = _check_file(root, spec, shard, file, buffer, result, report)
             if problem is not None:
                 result.problems.append(problem)
     result.seconds = time.perf_counter() - started
@@ -124,53 +133,92 @@ def verify(
 
 
 def total_bytes(manifest: Manifest) -> int:
-    """Data bytes :func:`verify` hashes (those of sealed shards)."""
+    """Data bytes :func:`verify` reads (see :func:`_is_read`)."""
     return sum(
-        file.nbytes for shard in manifest.shards if shard.sealed for file in shard.files.values()
+        file.nbytes
+        for shard in manifest.shards
+        for name, file in shard.files.items()
+        if _is_read(manifest.fields[name], shard, file)
     )
+
+
+def _expected_checksum(shard: Shard, file: ShardFile) -> str | None:
+    """The checksum the manifest records for the committed data of ``file``, if any."""
+    return file.checksum if shard.sealed else None
+
+
+def _is_read(spec: FieldSpec, shard: Shard, file: ShardFile) -> bool:
+    """Whether :func:`verify` reads the data of ``file``: to compare its checksum, or to
+    check the bytes of a bool field."""
+    return _expected_checksum(shard, file) is not None or spec.numpy_dtype.kind == "b"
+
+
+@dataclass(frozen=True)
+class _Scan:
+    """What reading a file's committed data found: its checksum, and the first byte of a bool
+    field that is neither 00 nor 01, as ``(offset from the data offset, value)``."""
+
+    digest: str
+    bad_bool: tuple[int, int] | None
 
 
 def _check_file(
     root: str,
     spec: FieldSpec,
+    shard: Shard,
     file: ShardFile,
-    part: ShardPart,
     buffer: bytearray,
     result: VerifyReport,
     report: Callable[[int], object] | None,
 ) -> Problem | None:
     where = os.path.join(root, file.path)
     try:
-        check_shard_file(root, spec, part)
+        check_shard_file(root, spec, ShardPart(file, shard.rows, shard.sealed, shard.rows))
     except MemshardError as exc:
         return Problem(where, _without_path(str(exc), where), type(exc))
-    if not part.sealed or file.checksum is None:
+    if not _is_read(spec, shard, file):
         return None
     fd = open_shard(root, file.path)
     try:
-        digest = _hash(fd, file.data_offset, file.nbytes, buffer, result, report)
+        is_bool = spec.numpy_dtype.kind == "b"
+        scan = _scan(fd, file.data_offset, file.nbytes, is_bool, buffer, result, report)
     except OSError as exc:
         return Problem(where, f"cannot read ({exc.strerror})", ChecksumError)
     finally:
         os.close(fd)
-    if digest != file.checksum:
+    expected = _expected_checksum(shard, file)
+    if expected is not None and scan.digest != expected:
         return Problem(
             where,
-            f"data checksum is {digest}, the manifest records {file.checksum} (corrupt data)",
+            f"data checksum is {scan.digest}, the manifest records {expected} (corrupt data)",
             ChecksumError,
         )
+    if scan.bad_bool is not None:
+        return _bad_bool(where, spec, shard, *scan.bad_bool)
     return None
 
 
-def _hash(
+def _bad_bool(where: str, spec: FieldSpec, shard: Shard, offset: int, value: int) -> Problem:
+    local = offset // spec.row_bytes
+    return Problem(
+        where,
+        f"row {shard.row_offset + local} (row {local} of the shard, data byte {offset}) holds "
+        f"the byte {value:02x} in a bool field; a bool element must be 00 or 01",
+        ShardDataError,
+    )
+
+
+def _scan(
     fd: int,
     start: int,
     nbytes: int,
+    check_bools: bool,
     buffer: bytearray,
     result: VerifyReport,
     report: Callable[[int], object] | None,
-) -> str:
+) -> _Scan:
     state = StreamingChecksum()
+    bad_bool = None
     view = memoryview(buffer)
     offset, end = start, start + nbytes
     while offset < end:
@@ -178,11 +226,23 @@ def _hash(
         if got == 0:
             break
         state.update(view[:got])
+        if check_bools and bad_bool is None:
+            bad_bool = _first_bad_bool(view[:got], offset - start)
         offset += got
         result.bytes_hashed += got
         if report is not None:
             report(got)
-    return state.digest()
+    return _Scan(state.digest(), bad_bool)
+
+
+def _first_bad_bool(chunk: memoryview, position: int) -> tuple[int, int] | None:
+    """The first byte of ``chunk`` (which starts ``position`` bytes into the data) that is
+    neither 00 nor 01, with its position in the data."""
+    values = np.frombuffer(chunk, dtype=np.uint8)
+    if not values.size or int(values.max()) <= 1:
+        return None
+    first = int(np.argmax(values > 1))
+    return position + first, int(values[first])
 
 
 def _without_path(message: str, where: str) -> str:

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import memshard
 from memshard.errors import (
@@ -529,6 +531,63 @@ def test_appender_stays_usable_after_a_refused_batch(
     writer.append({name: values[0] for name, values in _batch(7, 1).items()})
     writer.close()
     _assert_holds(root, 8)
+
+
+# -- bools are stored as 00 and 01 ----------------------------------------------------------------
+
+
+def _data_bytes(root: Path, field: str) -> bytes:
+    """The committed data bytes of ``field``, all shards in row order, read from the files."""
+    dataset = memshard.open(root)
+    data = b""
+    for shard in dataset.shards:
+        file = shard.files[field]
+        with open(root / file.path, "rb") as handle:
+            handle.seek(file.data_offset)
+            data += handle.read(file.nbytes)
+    return data
+
+
+def _bools_from(raw: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    """A bool array holding ``raw`` verbatim, as numpy makes it from a buffer."""
+    return np.frombuffer(raw, dtype=bool).reshape(shape)
+
+
+RAW_FLAGS = bytes([0x00, 0x02, 0xFF, 0x01, 0x80, 0x00, 0x10, 0x01, 0x00])
+
+
+@pytest.mark.parametrize("how", ["extend", "append", "part"])
+def test_bool_bytes_other_than_0_and_1_are_stored_as_1(tmp_path: Path, how: str) -> None:
+    root = tmp_path / "ds"
+    flags = _bools_from(RAW_FLAGS, (3, 3))
+    given = flags.copy()
+    numbers = np.arange(3, dtype=np.int16)
+    fields = {"flag": ("bool", (3,)), "n": ("int16", ())}
+    with memshard.create(root, fields=fields, shard_bytes=8) as writer:
+        if how == "extend":
+            writer.extend({"flag": flags, "n": numbers})
+        elif how == "append":
+            for row in range(3):
+                writer.append({"flag": flags[row], "n": numbers[row]})
+    if how == "part":
+        with memshard.write_part(root) as part:
+            part.extend({"flag": flags, "n": numbers})
+        memshard.commit_parts(root, [part.close()], order="given")  # close() is idempotent
+    assert _data_bytes(root, "flag") == bytes(byte != 0 for byte in RAW_FLAGS)
+    dataset = memshard.open(root)
+    np.testing.assert_array_equal(dataset["flag"][:].view(np.uint8), flags.view(np.uint8) != 0)
+    assert dataset.verify().ok
+    assert flags.tobytes() == given.tobytes() == RAW_FLAGS  # the caller's array is untouched
+
+
+@settings(max_examples=60, deadline=None)
+@given(raw=st.binary(min_size=1, max_size=64))
+def test_any_bytes_of_a_bool_array_are_stored_as_0_or_1(raw: bytes) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        root = Path(directory) / "ds"
+        with memshard.create(root, fields={"flag": ("bool", ())}, shard_bytes=16) as writer:
+            writer.extend({"flag": _bools_from(raw, (len(raw),))})
+        assert _data_bytes(root, "flag") == bytes(byte != 0 for byte in raw)
 
 
 # -- casts that are allowed ---------------------------------------------------------------------
