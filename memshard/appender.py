@@ -29,6 +29,7 @@ from .durable import DeferredSync, fsync_directory, publish_manifest
 from .errors import (
     AppenderClosedError,
     ArgumentError,
+    ChecksumError,
     CommitNotDurableError,
     DatasetExistsError,
     DatasetLockedError,
@@ -191,8 +192,9 @@ def append(path: str | os.PathLike[str]) -> Appender:
         DatasetLockedError: another appender holds the dataset.
         UnsupportedVersionError: the dataset was written in a newer minor format version,
             which this library reads but must not rewrite.
-        ManifestError, ShardHeaderError, ShardSizeError, ShardMissingError, UnsafePathError:
-            the dataset is damaged.
+        ManifestError, ShardHeaderError, ShardSizeError, ShardMissingError, UnsafePathError,
+        ChecksumError: the dataset is damaged (a ChecksumError: the committed rows of the
+            unsealed last shard do not match their ``prefix_checksum``).
     """
     root = os.path.abspath(os.fspath(path))
     if not os.path.isfile(os.path.join(root, MANIFEST_NAME)):
@@ -200,7 +202,7 @@ def append(path: str | os.PathLike[str]) -> Appender:
     lock_fd = _lock(root)
     try:
         manifest = manifest_io.load(os.path.join(root, MANIFEST_NAME))
-        if manifest.version != FORMAT_VERSION:
+        if manifest_io.is_newer_version(manifest.version):
             raise UnsupportedVersionError(
                 f"{root}: written in format version {manifest.version}; this library writes "
                 f"{FORMAT_VERSION} and must not rewrite a newer manifest"
@@ -293,7 +295,11 @@ class Appender:
         self._syncs = DeferredSync()
         self._rows = manifest.rows
         if manifest.shards and not manifest.shards[-1].sealed:
-            self._open = self._reopen(manifest.shards[-1])
+            try:
+                self._open = self._reopen(manifest.shards[-1])
+            except BaseException:
+                self._lock_fd = None  # append() closes it; __del__ must not close it again
+                raise
             self._kept_last = False
         else:
             self._kept_last = True
@@ -485,6 +491,15 @@ class Appender:
             file = record.files[name]
             check_shard_file(self.path, spec, ShardPart(file, record.rows, False, record.rows))
             shard.files[name] = ShardFileWriter.reopen(self.path, file, spec, record.rows)
+        recorded = {name: file.prefix_checksum for name, file in record.files.items()}
+        bad = [n for n, f in shard.files.items() if recorded[n] not in (None, f.checksum.digest())]
+        if bad:  # sealing would record a checksum of the damaged rows as if they were good
+            for writer in shard.files.values():
+                writer.close()
+            raise ChecksumError(
+                f"{self.path}: fields {bad} of the unsealed shard: the committed data does not "
+                "match its prefix_checksum (corrupt data)"
+            )
         return shard
 
     def _seal_open_shard(self) -> None:
@@ -533,7 +548,9 @@ class Appender:
         shards = [*kept, *self._sealed]
         if shard is not None and shard.rows > 0:
             files = {
-                name: self._file_record(name, file, shard.rows, None)
+                name: self._file_record(name, file, shard.rows, None).model_copy(
+                    update={"prefix_checksum": file.checksum.digest()}  # of every row written
+                )
                 for name, file in shard.files.items()
             }
             shards.append(
@@ -543,6 +560,7 @@ class Appender:
             return
         manifest = previous.model_copy(
             update={
+                "version": FORMAT_VERSION,  # a dataset of an older minor version is upgraded
                 "generation": previous.generation + 1,
                 "rows": self._rows,
                 "shards": tuple(shards),

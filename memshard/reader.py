@@ -312,13 +312,14 @@ class Dataset:
 
     def verify(self, *, progress: bool | None = False) -> VerifyReport:
         """Check the dataset as it is on disk now: the manifest (strictly parsed, and its own
-        checksum) and every shard file it names: presence, size, header, and the checksum of
-        every sealed shard's data (each byte is read once).
+        checksum) and every shard file it names: presence, size, header, the checksum of every
+        committed row's data (each byte is read once) and the bytes of bool fields.
 
-        Returns a :class:`~memshard.verify.VerifyReport`, true exactly when ``report.ok``;
-        ``report.ok`` is false and ``report.problems`` names each bad file when anything is
-        wrong (nothing is raised; ``report.raise_first()`` raises the first problem as its
-        typed error).
+        Returns a :class:`~memshard.verify.VerifyReport`, true exactly when ``report.ok``:
+        every committed row checked and found intact. ``report.problems`` names each bad file
+        (nothing is raised; ``report.raise_first()`` raises the first problem as its typed
+        error); ``report.unchecked`` names the rows that have no checksum to check (the
+        unsealed shard of a format 1.0 dataset), which also make ``report.ok`` false.
         """
         from .verify import verify_dataset
 

@@ -1,11 +1,12 @@
 """Checking a dataset on disk: the manifest's own checksum, and every shard file's presence,
 size, header, checksum and bool bytes.
 
-:func:`verify` reads every data byte of every sealed shard once and compares its xxh3-64
-checksum with the manifest; the unsealed shard (which has no checksum yet) is checked for its
-size and header only. The data of a bool field is also read in an unsealed shard; any byte
-other than 00 and 01 is damage (spec section 5.1). Problems are collected, not raised, so one
-report lists them all.
+:func:`verify` reads every committed data byte once and compares its xxh3-64 checksum with the
+manifest: ``checksum`` for a sealed shard, ``prefix_checksum`` (format 1.1) for the unsealed
+one. A manifest of format 1.0 records no checksum for the unsealed shard; its rows are then
+checked for size and header only and listed in :attr:`VerifyReport.unchecked`, and the report
+is not :attr:`~VerifyReport.ok`. Any byte of a bool field other than 00 and 01 is damage (spec
+section 5.1). Problems are collected, not raised, so one report lists them all.
 """
 
 from __future__ import annotations
@@ -40,13 +41,30 @@ class Problem:
     error: type[MemshardError]
 
 
+@dataclass(frozen=True)
+class Unchecked:
+    """Committed rows of one file whose data could not be checked against a checksum: those
+    of the unsealed shard of a format 1.0 manifest, which records none for them."""
+
+    path: str
+    rows: range
+    reason: str
+
+    def describe(self) -> str:
+        """One line for people: which rows, and why."""
+        first, last = self.rows.start, self.rows.stop - 1
+        span = f"row {first}" if first == last else f"rows {first} to {last}"
+        return f"{span} ({len(self.rows)} rows) not checked: {self.reason}"
+
+
 @dataclass
 class VerifyReport:
     """What :func:`verify` checked and found.
 
-    A report is true exactly when :attr:`ok` is, so ``if ds.verify():`` passes only for a
-    dataset found intact; a damaged one gives a false report (never a truthy object that
-    happens to hold problems).
+    :attr:`ok` only when every committed byte was checked and found intact. A report is true
+    exactly when :attr:`ok` is, so ``if ds.verify():`` passes only for such a dataset: a damaged
+    one, or one with rows that could not be checked, gives a false report (never a truthy
+    object that happens to hold problems).
     """
 
     path: str
@@ -54,18 +72,20 @@ class VerifyReport:
     bytes_hashed: int = 0
     seconds: float = 0.0
     problems: list[Problem] = field(default_factory=list)
+    unchecked: list[Unchecked] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        """Whether nothing is wrong."""
-        return not self.problems
+        """Whether every committed byte was checked and nothing is wrong."""
+        return not self.problems and not self.unchecked
 
     def __bool__(self) -> bool:
         """:attr:`ok`."""
         return self.ok
 
     def raise_first(self) -> None:
-        """Raise the first problem as its typed error (nothing when :attr:`ok`)."""
+        """Raise the first problem as its typed error (nothing when no problem was found,
+        even if rows were left unchecked)."""
         if self.problems:
             first = self.problems[0]
             raise first.error(f"{first.path}: {first.message}")
@@ -117,7 +137,11 @@ def verify(
     root: str, manifest: Manifest, *, report: Callable[[int], object] | None = None
 ) -> VerifyReport:
     """Check every file ``manifest`` names under ``root``; ``report(nbytes)`` after each
-    block hashed (for a progress bar)."""
+    block read (for a progress bar).
+
+    Returns a report listing each damaged file in ``problems`` and, for a format 1.0 manifest
+    with an unsealed shard, the rows no checksum covers in ``unchecked``.
+    """
     result = VerifyReport(path=root)
     started = time.perf_counter()
     buffer = bytearray(READ_CHUNK)
@@ -128,6 +152,8 @@ def verify(
             problem = _check_file(root, spec, shard, file, buffer, result, report)
             if problem is not None:
                 result.problems.append(problem)
+            elif _expected_checksum(shard, file) is None:
+                result.unchecked.append(_unchecked(root, shard, file))
     result.seconds = time.perf_counter() - started
     return result
 
@@ -143,8 +169,18 @@ def total_bytes(manifest: Manifest) -> int:
 
 
 def _expected_checksum(shard: Shard, file: ShardFile) -> str | None:
-    """The checksum the manifest records for the committed data of ``file``, if any."""
-    return file.checksum if shard.sealed else None
+    """The checksum the manifest records for the committed data of ``file``: ``checksum`` of
+    a sealed shard, ``prefix_checksum`` of the unsealed one (None in format 1.0)."""
+    return file.checksum if shard.sealed else file.prefix_checksum
+
+
+def _unchecked(root: str, shard: Shard, file: ShardFile) -> Unchecked:
+    return Unchecked(
+        os.path.join(root, file.path),
+        range(shard.row_offset, shard.row_offset + shard.rows),
+        "the unsealed shard of a format 1.0 manifest has no checksum (memshard.append(path)"
+        ".close() seals it and records one of its data as it is now)",
+    )
 
 
 def _is_read(spec: FieldSpec, shard: Shard, file: ShardFile) -> bool:
