@@ -28,6 +28,7 @@ from .durable import DeferredSync, fsync_directory, publish_manifest
 from .errors import (
     AppenderClosedError,
     ArgumentError,
+    ChecksumError,
     CommitNotDurableError,
     DatasetChangedError,
     DatasetExistsError,
@@ -241,14 +242,15 @@ def append(path: str | os.PathLike[str]) -> Appender:
         DatasetLockedError: another appender holds the dataset.
         UnsupportedVersionError: the dataset was written in a newer minor format version,
             which this library reads but must not rewrite.
-        ManifestError, ShardHeaderError, ShardSizeError, ShardMissingError, UnsafePathError:
-            the dataset is damaged.
+        ManifestError, ShardHeaderError, ShardSizeError, ShardMissingError, UnsafePathError,
+        ChecksumError: the dataset is damaged (a ChecksumError: the committed rows of the
+            unsealed last shard do not match their ``prefix_checksum``).
     """
     root = os.path.abspath(os.fspath(path))
     lock = _lock_current(root)
     try:
         manifest = manifest_io.load(os.path.join(root, MANIFEST_NAME))
-        if manifest.version != FORMAT_VERSION:
+        if manifest_io.is_newer_version(manifest.version):
             raise UnsupportedVersionError(
                 f"{root}: written in format version {manifest.version}; this library writes "
                 f"{FORMAT_VERSION} and must not rewrite a newer manifest"
@@ -590,6 +592,7 @@ class Appender:
                 shard.files[name] = ShardFileWriter.reopen(
                     self.path, file, spec, record.rows, self._budget
                 )
+            _check_prefix_checksums(self.path, record, shard)
         except BaseException:
             for reopened in shard.files.values():
                 reopened.close()
@@ -641,7 +644,9 @@ class Appender:
         shards = [*self._kept_shards(), *self._sealed]
         if shard is not None and shard.rows > 0:
             files = {
-                name: self._file_record(name, file, shard.rows, None)
+                name: self._file_record(name, file, shard.rows, None).model_copy(
+                    update={"prefix_checksum": file.checksum.digest()}  # of every row written
+                )
                 for name, file in shard.files.items()
             }
             shards.append(
@@ -651,6 +656,7 @@ class Appender:
             return
         manifest = previous.model_copy(
             update={
+                "version": FORMAT_VERSION,  # a dataset of an older minor version is upgraded
                 "generation": previous.generation + 1,
                 "rows": self._rows,
                 "shards": tuple(shards),
@@ -706,6 +712,25 @@ class Appender:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+
+
+def _check_prefix_checksums(root: str, record: Shard, shard: _OpenShard) -> None:
+    """The committed rows of a reopened shard must match the ``prefix_checksum`` recorded:
+    sealing would otherwise record a checksum of damaged rows as if they were good.
+
+    Raises:
+        ChecksumError: naming the fields whose committed data does not match.
+    """
+    bad = [
+        name
+        for name, writer in shard.files.items()
+        if record.files[name].prefix_checksum not in (None, writer.checksum.digest())
+    ]
+    if bad:
+        raise ChecksumError(
+            f"{root}: fields {bad} of the unsealed shard: the committed data does not match "
+            "its prefix_checksum (corrupt data)"
+        )
 
 
 def _write_rows(file: ShardFileWriter, rows: np.ndarray) -> None:

@@ -1,7 +1,8 @@
 """Validating rows given to the appender, before a single byte is written.
 
 :func:`validated_batch` turns ``{field: values}`` into C-contiguous arrays of the field
-dtypes, all with the same number of rows, or raises a typed error naming the field.
+dtypes, all with the same number of rows, or raises a typed error naming the field. Bool
+values come out as the bytes 00 and 01 only, whatever bytes the given array held.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .dtypes import check_storable
-from .errors import BatchError, CastError, LabelError
+from .errors import ArrayConversionError, BatchError, CastError, LabelError
 from .manifest import FieldSpec
 
 
@@ -29,6 +30,8 @@ def validated_batch(
     Raises:
         BatchError: not a mapping, missing or extra fields, ragged or wrongly shaped values,
             fields with different row counts.
+        ArrayConversionError: a value whose own conversion to an array fails (a torch
+            tensor that requires grad); also a ``RuntimeError``.
         CastError: values the field dtype cannot hold (see :func:`memshard.dtypes.check_storable`),
             or floats that overflow a narrower float field.
         LabelError: label values outside the field's vocabulary.
@@ -66,6 +69,11 @@ def _as_array(value: Any, where: str) -> np.ndarray:
         return np.asarray(value)
     except (ValueError, TypeError) as exc:
         raise BatchError(f"{where}: not an array of numbers ({exc})") from None
+    except RuntimeError as exc:
+        # The value's own __array__ failed: torch refuses a tensor that requires grad.
+        raise ArrayConversionError(
+            f"{where}: a {type(value).__name__} cannot be converted to an array ({exc})"
+        ) from None
 
 
 def _check_shape(array: np.ndarray, spec: FieldSpec, where: str, single_row: bool) -> None:
@@ -90,6 +98,20 @@ def _converted(
             )
     try:
         with np.errstate(over="raise", invalid="raise"):
-            return np.ascontiguousarray(array, dtype=dtype)
+            converted = np.ascontiguousarray(array, dtype=dtype)
     except FloatingPointError:
         raise CastError(f"{where}: values overflow the field dtype {dtype}") from None
+    return _canonical_bools(converted) if dtype.kind == "b" else converted
+
+
+def _canonical_bools(array: np.ndarray) -> np.ndarray:
+    """``array`` with every true element stored as the byte 01, as the spec requires.
+
+    A numpy bool array viewed from other bytes (``np.frombuffer(b"\\x02", dtype=bool)``)
+    holds them verbatim and calls any nonzero byte true; copying it keeps the bytes.
+    """
+    as_bytes = array.view(np.uint8)
+    if as_bytes.size and int(as_bytes.max()) > 1:
+        canonical: np.ndarray = as_bytes != 0
+        return canonical
+    return array

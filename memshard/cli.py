@@ -2,7 +2,8 @@
 
 Exit status: 0 on success, 1 when ``verify`` finds a damaged file (or an unexpected failure),
 2 for a user error (bad arguments, a missing or invalid source or dataset), reported as one
-line without a traceback, and 130 when interrupted.
+line without a traceback, 3 when ``verify`` finds no damage but could not check some rows
+(the unsealed shard of a format 1.0 dataset has no checksum), and 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from .errors import ArgumentError, MemshardError, SourceError
 from .smallfile import open_regular
 
 #: Exit statuses.
-OK, DAMAGED, USAGE, INTERRUPTED = 0, 1, 2, 130
+OK, DAMAGED, USAGE, UNCHECKED, INTERRUPTED = 0, 1, 2, 3, 130
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*", re.IGNORECASE)
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -131,7 +132,9 @@ def _parser() -> argparse.ArgumentParser:
     info.set_defaults(run=_info)
 
     verify = commands.add_parser(
-        "verify", help="check every shard's size, header and checksum (exit 1 if damaged)"
+        "verify",
+        help="check every shard's size, header and checksum (exit 1 if damaged, 3 if some "
+        "rows have no checksum to check)",
     )
     verify.add_argument("dst", metavar="DST")
     verify.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -328,13 +331,23 @@ def _verify(args: argparse.Namespace) -> int:
     report = verify_dataset(os.path.abspath(args.dst), progress=_progress(args))
     for problem in report.problems:
         print(f"{problem.path}: {problem.message}")
+    for unchecked in report.unchecked:
+        print(f"{unchecked.path}: {unchecked.describe()}")
     rate = report.bytes_hashed / max(report.seconds, 1e-9)
-    verdict = "ok" if report.ok else f"DAMAGED: {len(report.problems)} bad files"
+    if report.problems:
+        verdict, status = f"DAMAGED: {len(report.problems)} bad files", DAMAGED
+    elif report.unchecked:
+        rows = {unchecked.rows for unchecked in report.unchecked}
+        count = sum(len(span) for span in rows)
+        verdict = f"NOT FULLY CHECKED: no damage found, but {count} rows have no checksum"
+        status = UNCHECKED
+    else:
+        verdict, status = "ok", OK
     print(
         f"{report.path}: {verdict} ({report.files} files, {_human(report.bytes_hashed)} hashed "
         f"in {report.seconds:.2f} s, {_human(rate)}/s)"
     )
-    return OK if report.ok else DAMAGED
+    return status
 
 
 def _head(args: argparse.Namespace) -> int:

@@ -74,6 +74,11 @@ class BatchError(MemshardError, ValueError):
     """A row or batch given to the appender does not match the dataset's fields."""
 
 
+class ArrayConversionError(BatchError, RuntimeError):
+    """A value's own conversion to an array failed, e.g. a torch tensor that requires grad
+    (``RuntimeError`` from torch: detach it first)."""
+
+
 class CastError(BatchError, TypeError):
     """A value cannot be stored in a field without losing information."""
 
@@ -91,7 +96,25 @@ class FieldNotFoundError(MemshardError, KeyError):
 
 
 class InvalidIndexError(MemshardError, IndexError):
-    """An index that numpy would also reject: out of range, wrong type, bad shape."""
+    """An index that numpy would also reject: out of range, wrong type, bad shape.
+
+    Where numpy rejects a key with another builtin than ``IndexError``, the error is one of
+    the subclasses below, which inherit that builtin too.
+    """
+
+
+class IndexOverflowError(InvalidIndexError, OverflowError):
+    """An integer index outside the int64 range numpy indexes with, e.g. ``2**63``: out of
+    range of every column (``IndexError``), and what numpy raises for it (``OverflowError``)."""
+
+
+class IndexValueError(InvalidIndexError, ValueError):
+    """A key numpy refuses with ``ValueError``: a slice with step 0."""
+
+
+class IndexTypeError(InvalidIndexError, TypeError):
+    """A key numpy refuses with ``TypeError``: a slice whose start, stop or step is not an
+    integer or None."""
 
 
 class OutArrayError(MemshardError, ValueError):
@@ -116,6 +139,15 @@ class SamplerError(MemshardError, ValueError):
 
 class ArgumentError(MemshardError, ValueError):
     """Arguments that contradict each other."""
+
+
+class ShardDataError(InvalidDatasetError):
+    """A shard's data breaks the format: a bool element stored as a byte other than 00 or 01."""
+
+
+class FieldTooLargeError(MemshardError, ValueError):
+    """A field whose sample is larger than a numpy array can address (more than
+    ``2**63 - 1`` bytes), so no row of it, not even an empty selection, can be read."""
 
 
 class ChecksumError(InvalidDatasetError):

@@ -20,8 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidIndexError
+from .errors import IndexOverflowError, IndexTypeError, IndexValueError, InvalidIndexError
 
+#: The range of integer indices numpy accepts (it converts them to ``intp``).
+INDEX_MIN, INDEX_MAX = -(2**63), 2**63 - 1
+#: The builtins numpy raises for a key it refuses; :func:`refusal` turns each into its
+#: memshard error.
+NUMPY_REFUSALS = (IndexError, OverflowError, ValueError, TypeError)
 #: At most this many shards are searched with one boolean mask each; wider spans are grouped
 #: with a sort, which costs more per index but nothing per shard.
 MASK_GROUPING_MAX_SHARDS = 8
@@ -66,11 +71,47 @@ def _shape_oracle(shape: tuple[int, ...]) -> np.ndarray:
     return np.broadcast_to(np.empty((), dtype=np.dtype([])), shape)
 
 
+def refusal(exc: Exception) -> InvalidIndexError:
+    """The memshard error for numpy refusing a key with ``exc`` (one of
+    :data:`NUMPY_REFUSALS`): an :class:`InvalidIndexError` that also inherits ``exc``'s builtin.
+
+    Example:
+        >>> error = refusal(ValueError("slice step cannot be zero"))
+        >>> type(error).__name__, isinstance(error, ValueError), isinstance(error, IndexError)
+        ('IndexValueError', True, True)
+    """
+    if isinstance(exc, InvalidIndexError):
+        return exc
+    if isinstance(exc, OverflowError):
+        return IndexOverflowError(str(exc))
+    if isinstance(exc, ValueError):
+        return IndexValueError(str(exc))
+    if isinstance(exc, TypeError):
+        return IndexTypeError(str(exc))
+    return InvalidIndexError(str(exc))
+
+
+def checked_int(value: int) -> int:
+    """``value``, if numpy can index with it.
+
+    Raises:
+        IndexOverflowError: ``value`` is outside ``INDEX_MIN .. INDEX_MAX`` (numpy raises
+            ``OverflowError`` above the range and ``IndexError`` below it; this is both).
+    """
+    if not INDEX_MIN <= value <= INDEX_MAX:
+        raise IndexOverflowError(
+            f"index {value} is out of bounds: numpy indexes with integers from {INDEX_MIN} "
+            f"to {INDEX_MAX}"
+        )
+    return value
+
+
 def normalize_item(item: Any) -> Any:
     """Turn one element of a key into what numpy would see: int, slice, None, ``...`` or array.
 
     Raises:
         InvalidIndexError: the item is not a valid index (a float, a string, a ragged list).
+        IndexOverflowError: an integer outside the range numpy indexes with.
     """
     if item is None or item is Ellipsis or isinstance(item, slice):
         return item
@@ -86,7 +127,7 @@ def normalize_item(item: Any) -> Any:
         if hasattr(item, "__array__"):
             return normalize_item(np.asarray(item))
         raise InvalidIndexError(_VALID_INDICES)
-    return operator.index(item)
+    return checked_int(operator.index(item))
 
 
 def _sequence_to_array(items: list[Any] | tuple[Any, ...]) -> np.ndarray:
@@ -119,7 +160,9 @@ def plan(key: Any, shape: tuple[int, ...]) -> Plan:
     """Split ``key`` on an array of ``shape`` into rows to read and a key to apply after.
 
     Raises:
-        InvalidIndexError: exactly when ``numpy.empty(shape)[key]`` raises ``IndexError``.
+        InvalidIndexError: exactly when ``numpy.empty(shape)[key]`` raises; the error also
+            inherits the builtin numpy raises (``IndexError``, or see :func:`refusal`), except
+            that an integer outside the int64 range is always an :class:`IndexOverflowError`.
 
     Example:
         >>> p = plan((slice(5, 1, -2), 0), (10, 3))
@@ -129,8 +172,8 @@ def plan(key: Any, shape: tuple[int, ...]) -> Plan:
     items = normalize_key(key)
     try:
         _shape_oracle(shape)[items]
-    except IndexError as exc:
-        raise InvalidIndexError(str(exc)) from None
+    except NUMPY_REFUSALS as exc:
+        raise refusal(exc) from None
     position = _axis0_position(items, len(shape))
     if position is None:
         return Plan(SliceRows(0, shape[0], 1, shape[0]), items)
@@ -175,8 +218,16 @@ def _plan_array(items: tuple[Any, ...], position: int, length: int) -> Plan:
 
 
 def slice_rows(item: slice, length: int) -> SliceRows:
-    """The rows a slice selects from ``length`` rows, clipped as numpy clips them."""
-    start, stop, step = item.indices(length)
+    """The rows a slice selects from ``length`` rows, clipped as numpy clips them.
+
+    Raises:
+        IndexValueError: the step is 0.
+        IndexTypeError: a bound is not an integer or None.
+    """
+    try:
+        start, stop, step = item.indices(length)
+    except (ValueError, TypeError) as exc:
+        raise refusal(exc) from None
     return SliceRows(start, stop, step, len(range(start, stop, step)))
 
 

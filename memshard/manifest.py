@@ -32,9 +32,12 @@ from .layout import FIELD_NAME_PATTERN, SHARD_PATH_PATTERN, is_safe_shard_path
 from .smallfile import open_regular, read_small_file
 
 FORMAT_NAME: Literal["memshard"] = "memshard"
-#: The format version this library writes; it reads every ``1.x``.
-FORMAT_VERSION = "1.0"
+#: The format version this library writes; it reads every ``1.x``. Version 1.1 added
+#: ``prefix_checksum`` to the files of the unsealed shard.
+FORMAT_VERSION = "1.1"
 FORMAT_MAJOR, FORMAT_MINOR = (int(part) for part in FORMAT_VERSION.split("."))
+#: The first minor version whose unsealed shard files carry ``prefix_checksum``.
+PREFIX_CHECKSUM_MINOR = 1
 VERSION_PATTERN = re.compile(r"[0-9]{1,4}\.[0-9]{1,4}", re.ASCII)
 #: A manifest larger than this is refused before it is parsed.
 MAX_MANIFEST_BYTES = 256 << 20
@@ -116,6 +119,23 @@ def _data_offset(descr: str, shape: tuple[int, ...]) -> int:
     return npyheader.data_offset(np.dtype(descr), shape)
 
 
+def _is_none(value: Any) -> bool:
+    return value is None
+
+
+def _prefix_checksum_schema(schema: dict[str, Any]) -> None:
+    """A string when present; never null (absent instead)."""
+    schema.clear()
+    schema.update(
+        {
+            "description": "xxh3-64 of the committed bytes of a file of the unsealed shard "
+            "(format 1.1; spec section 6.3.10)",
+            "pattern": f"^{CHECKSUM_PATTERN.pattern}$",
+            "type": "string",
+        }
+    )
+
+
 class ShardFile(_Strict):
     """One field's file within a shard."""
 
@@ -141,11 +161,24 @@ class ShardFile(_Strict):
             )
         return value
 
-    @field_validator("checksum")
+    # Left out when absent, so that a sealed file (and any file of a version 1.0 manifest) is
+    # written exactly as version 1.0 wrote it.
+    prefix_checksum: str | None = Field(
+        default=None, exclude_if=_is_none, json_schema_extra=_prefix_checksum_schema
+    )
+
+    @field_validator("checksum", "prefix_checksum")
     @classmethod
     def _checksum_form(cls, value: str | None) -> str | None:
         if value is not None and not CHECKSUM_PATTERN.fullmatch(value):
             raise ValueError(f"checksum {value!r} is not of the form 'xxh3_64:<16 hex digits>'")
+        return value
+
+    @field_validator("prefix_checksum", mode="before")
+    @classmethod
+    def _present_means_a_string(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("must be a checksum string when present (leave the key out, not null)")
         return value
 
 
@@ -203,8 +236,21 @@ def _check_labels(manifest: Manifest) -> None:
             raise ValueError(f"labels.{name}: labels are not unique")
 
 
+def version_numbers(version: str) -> tuple[int, int]:
+    """``(major, minor)`` of a ``"MAJOR.MINOR"`` version string."""
+    major, minor = version.split(".")
+    return int(major), int(minor)
+
+
+def is_newer_version(version: str) -> bool:
+    """Whether ``version`` is newer than the one this library writes, which it must then not
+    rewrite (spec section 3): an older minor is written back as :data:`FORMAT_VERSION`."""
+    return version_numbers(version) > (FORMAT_MAJOR, FORMAT_MINOR)
+
+
 def _check_shards(manifest: Manifest) -> None:
     expected_offset = 0
+    has_prefix_checksums = version_numbers(manifest.version)[1] >= PREFIX_CHECKSUM_MINOR
     seen_paths: set[str] = set()
     last = len(manifest.shards) - 1
     for position, shard in enumerate(manifest.shards):
@@ -229,6 +275,7 @@ def _check_shards(manifest: Manifest) -> None:
             )
         for name, file in shard.files.items():
             _check_file(f"{where}.files.{name}", file, manifest.fields[name], shard)
+            _check_prefix_checksum(f"{where}.files.{name}", file, shard, has_prefix_checksums)
             if file.path in seen_paths:
                 raise ValueError(f"{where}.files.{name}.path {file.path!r} is used twice")
             seen_paths.add(file.path)
@@ -251,6 +298,21 @@ def _check_file(where: str, file: ShardFile, spec: FieldSpec, shard: Shard) -> N
         raise ValueError(f"{where}.checksum is missing on a sealed shard")
     if not shard.sealed and file.checksum is not None:
         raise ValueError(f"{where}.checksum must be null on an unsealed shard")
+
+
+def _check_prefix_checksum(where: str, file: ShardFile, shard: Shard, expected: bool) -> None:
+    if file.prefix_checksum is not None and not expected:
+        raise ValueError(
+            f"{where}.prefix_checksum: not a key of format version 1.0 (it came in "
+            f"1.{PREFIX_CHECKSUM_MINOR})"
+        )
+    if shard.sealed and file.prefix_checksum is not None:
+        raise ValueError(f"{where}.prefix_checksum must be left out on a sealed shard")
+    if not shard.sealed and expected and file.prefix_checksum is None:
+        raise ValueError(
+            f"{where}.prefix_checksum is missing on an unsealed shard (required from format "
+            f"version 1.{PREFIX_CHECKSUM_MINOR})"
+        )
 
 
 def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -381,7 +443,7 @@ def _check_version(raw: dict[str, Any], where: str) -> bool:
         raise ManifestError(f"{where}: format: expected {FORMAT_NAME!r}, got {raw.get('format')!r}")
     if not isinstance(version, str) or not VERSION_PATTERN.fullmatch(version):
         raise ManifestError(f"{where}: version: expected 'MAJOR.MINOR', got {version!r}")
-    major, minor = (int(part) for part in version.split("."))
+    major, minor = version_numbers(version)
     if major != FORMAT_MAJOR:
         raise UnsupportedVersionError(
             f"{where}: version: format version {version} is not supported "

@@ -118,8 +118,8 @@ class Part(_Strict):
                     or file.nbytes != shard.rows * spec.row_bytes
                 ):
                     raise ValueError(f"{where}: data_offset or nbytes does not match the field")
-                if file.checksum is None:
-                    raise ValueError(f"{where}.checksum is missing")
+                if file.checksum is None or file.prefix_checksum is not None:
+                    raise ValueError(f"{where}: a sealed file needs a checksum, no prefix_checksum")
         return self
 
 
@@ -151,7 +151,7 @@ class PartTarget:
         if not os.path.isfile(os.path.join(root, MANIFEST_NAME)):
             raise DatasetNotFoundError(f"{root}: no memshard dataset here (no manifest.json)")
         manifest = manifest_io.load(os.path.join(root, MANIFEST_NAME))
-        if manifest.version != FORMAT_VERSION:
+        if manifest_io.is_newer_version(manifest.version):
             raise UnsupportedVersionError(
                 f"{root}: written in format version {manifest.version}; this library writes "
                 f"{FORMAT_VERSION} and cannot add parts to it"

@@ -22,17 +22,21 @@ from .errors import (
     DatasetChangedError,
     DatasetNotFoundError,
     FieldNotFoundError,
+    FieldTooLargeError,
     InvalidIndexError,
     OutArrayError,
 )
 from .indexing import (
+    NUMPY_REFUSALS,
     ShardTable,
     SliceRows,
     as_index_array,
     check_indices,
+    checked_int,
     plan,
     project_indices,
     project_slice,
+    refusal,
     slice_rows,
 )
 from .layout import MANIFEST_NAME
@@ -55,6 +59,9 @@ if TYPE_CHECKING:
 ROW_BY_ROW_MIN_BYTES = 16 << 10
 #: Alignment of the arrays gathers allocate (see :func:`page_aligned_empty`).
 PAGE_SIZE = 4096
+#: Largest sample a field may have to be read: numpy refuses any array, even an empty one,
+#: whose non-zero dimensions multiply to more bytes than this.
+MAX_READ_ROW_BYTES = 2**63 - 1
 
 
 class FieldInfo(NamedTuple):
@@ -125,6 +132,12 @@ class _Snapshot:
 
     @classmethod
     def of(cls, root: str, manifest: Manifest, rows: int, generation: int) -> _Snapshot:
+        """The first ``rows`` rows of ``manifest``.
+
+        Raises:
+            FieldTooLargeError: a field's sample is larger than a numpy array can hold.
+        """
+        _check_readable(root, manifest)
         shards = tuple(shard for shard in manifest.shards if shard.row_offset < rows)
         lengths = tuple(min(shard.rows, rows - shard.row_offset) for shard in shards)
 
@@ -143,6 +156,16 @@ class _Snapshot:
         return cls(root, manifest, generation, rows, shards, layouts)
 
 
+def _check_readable(root: str, manifest: Manifest) -> None:
+    for name, spec in manifest.fields.items():
+        if spec.row_bytes > MAX_READ_ROW_BYTES:
+            raise FieldTooLargeError(
+                f"{root}: field {name!r}: a sample of shape {list(spec.shape)} and dtype "
+                f"{spec.dtype!r} is {spec.row_bytes} bytes; numpy holds at most "
+                f"{MAX_READ_ROW_BYTES} bytes in one array, so the field cannot be read"
+            )
+
+
 def open(path: str | os.PathLike[str]) -> Dataset:  # noqa: A001 - mirrors the public name
     """Open the dataset at ``path`` for reading.
 
@@ -151,6 +174,8 @@ def open(path: str | os.PathLike[str]) -> Dataset:  # noqa: A001 - mirrors the p
     Raises:
         DatasetNotFoundError: ``path`` has no ``manifest.json``.
         ManifestError: the manifest is invalid (see :func:`memshard.manifest.loads`).
+        FieldTooLargeError: a field's sample is larger than a numpy array can hold (a valid
+            manifest of 0 rows may state such a shape).
 
     Example:
         >>> import memshard as ms, numpy as np, tempfile, os
@@ -287,12 +312,14 @@ class Dataset:
 
     def verify(self, *, progress: bool | None = False) -> VerifyReport:
         """Check the dataset as it is on disk now: the manifest (strictly parsed, and its own
-        checksum) and every shard file it names: presence, size, header, and the checksum of
-        every sealed shard's data (each byte is read once).
+        checksum) and every shard file it names: presence, size, header, the checksum of every
+        committed row's data (each byte is read once) and the bytes of bool fields.
 
-        Returns a :class:`~memshard.verify.VerifyReport`; ``report.ok`` is false and
-        ``report.problems`` names each bad file when anything is wrong (nothing is raised;
-        ``report.raise_first()`` raises the first problem as its typed error).
+        Returns a :class:`~memshard.verify.VerifyReport`, true exactly when ``report.ok``:
+        every committed row checked and found intact. ``report.problems`` names each bad file
+        (nothing is raised; ``report.raise_first()`` raises the first problem as its typed
+        error); ``report.unchecked`` names the rows that have no checksum to check (the
+        unsealed shard of a format 1.0 dataset), which also make ``report.ok`` false.
         """
         from .verify import verify_dataset
 
@@ -317,9 +344,16 @@ class Dataset:
         """``ds["x"]`` -> :class:`Column`; any row key -> ``{field: column[key]}``."""
         if isinstance(key, str):
             return self.column(key)
-        if isinstance(key, (list, np.ndarray)) and np.ndim(key) == 1:
-            array = np.asarray(key)
-            if array.dtype.kind in "iu" or array.size == 0:
+        if isinstance(key, (list, np.ndarray)):
+            try:
+                array = np.asarray(key)
+            except ValueError:  # a ragged list: the columns refuse it with a typed error
+                array = None
+            if (
+                array is not None
+                and array.ndim == 1
+                and (array.dtype.kind in "iu" or not array.size)
+            ):
                 return self.take(array)
         return {name: self.column(name)[key] for name in self._snapshot.manifest.fields}
 
@@ -497,6 +531,13 @@ class Column:
             yield self[row]
 
     def __getitem__(self, key: Any) -> Any:
+        """``column[key]``, as ``numpy_array[key]`` would give it.
+
+        Raises:
+            InvalidIndexError: numpy would refuse ``key``; the error also inherits the builtin
+                numpy raises (see :func:`memshard.indexing.plan`), e.g. a slice with step 0
+                gives an :class:`~memshard.errors.IndexValueError`, which is a ``ValueError``.
+        """
         snapshot = self._dataset._snapshot
         if type(key) is int or type(key) is slice:
             layout = snapshot.layouts[self.name]
@@ -506,22 +547,27 @@ class Column:
                 if whole is not None:
                     try:
                         return whole[key]
-                    except IndexError as exc:
-                        raise InvalidIndexError(f"{self._where()}: {exc}") from None
-            if isinstance(key, slice):
-                return self._slice(snapshot, slice_rows(key, snapshot.rows))
-            return self._row(snapshot, key)
+                    except NUMPY_REFUSALS as exc:
+                        raise self._located(self._refusal(key, exc)) from None
+            try:
+                if isinstance(key, slice):
+                    selected = slice_rows(key, snapshot.rows)
+                else:
+                    return self._row(snapshot, checked_int(key))
+            except InvalidIndexError as exc:
+                raise self._located(exc) from None
+            return self._slice(snapshot, selected)
         if type(key) is np.ndarray and key.ndim == 1 and key.dtype.kind in "iu":
             try:
                 indices = check_indices(key, snapshot.rows)
             except InvalidIndexError as exc:
-                raise InvalidIndexError(f"{self._where()}: {exc}") from None
+                raise self._located(exc) from None
             triples = project_indices(indices, snapshot.layouts[self.name].table)
             return self._gather(snapshot, triples, key.size, None)
         try:
             selection = plan(key, (snapshot.rows, *self._spec.shape))
         except InvalidIndexError as exc:
-            raise InvalidIndexError(f"{self._where()}: {exc}") from None
+            raise self._located(exc) from None
         if isinstance(selection.rows, SliceRows):
             rows = self._slice(snapshot, selection.rows)
         else:
@@ -536,12 +582,25 @@ class Column:
     def _where(self) -> str:
         return f"{self._dataset.path}: field {self.name!r}"
 
+    def _located(self, error: InvalidIndexError) -> InvalidIndexError:
+        """``error``, of the same class, with a message naming the dataset and the field."""
+        return type(error)(f"{self._where()}: {error}")
+
+    def _refusal(self, key: int | slice, exc: Exception) -> InvalidIndexError:
+        """Why numpy refused ``key`` (with ``exc``), as the pure planner explains it, which
+        also gives a huge integer its own message."""
+        try:
+            plan(key, self.shape)
+        except InvalidIndexError as error:
+            return error
+        return refusal(exc)
+
     def _row(self, snapshot: _Snapshot, row: int) -> np.ndarray:
         if row < 0:
             row += snapshot.rows
         if not 0 <= row < snapshot.rows:
             raise InvalidIndexError(
-                f"{self._where()}: index {row if row >= 0 else row - snapshot.rows} is out of "
+                f"index {row if row >= 0 else row - snapshot.rows} is out of "
                 f"bounds for axis 0 with size {snapshot.rows}"
             )
         layout = snapshot.layouts[self.name]

@@ -17,7 +17,7 @@ import numpy as np
 from .dtypes import canonical_dtype
 from .errors import SchemaError
 from .layout import check_field_name
-from .manifest import MAX_LABELS, MAX_SAMPLE_NDIM, FieldSpec
+from .manifest import MAX_COUNT, MAX_LABELS, MAX_SAMPLE_NDIM, FieldSpec
 from .mappings import HUGE_PAGE
 from .npyheader import DATA_ALIGN
 
@@ -175,6 +175,9 @@ def _encodable(text: str) -> bool:
 def rows_per_shard(specs: Mapping[str, FieldSpec], shard_bytes: int) -> int:
     """How many rows fit in ``shard_bytes`` (at least one).
 
+    ``shard_bytes`` is at most ``MAX_COUNT`` (the most rows a shard may hold), so that the
+    count is one a manifest can state.
+
     The count is rounded down, when the shard is large enough, to a multiple of
     :func:`aligned_rows`: then every field of a full shard is a whole number of pages, so
     consecutive shards map back to back, and the widest field a whole number of huge pages, so
@@ -185,8 +188,14 @@ def rows_per_shard(specs: Mapping[str, FieldSpec], shard_bytes: int) -> int:
         >>> [rows_per_shard(specs, size) for size in (256 << 20, 1 << 20, 2048)]
         [524288, 2048, 4]
     """
-    if isinstance(shard_bytes, bool) or not isinstance(shard_bytes, int) or shard_bytes < 1:
-        raise SchemaError(f"shard_bytes must be a positive integer, got {shard_bytes!r}")
+    if (
+        isinstance(shard_bytes, bool)
+        or not isinstance(shard_bytes, int)
+        or not 1 <= shard_bytes <= MAX_COUNT
+    ):
+        raise SchemaError(
+            f"shard_bytes must be an integer from 1 to {MAX_COUNT}, got {shard_bytes!r:.80}"
+        )
     rows = max(1, shard_bytes // sum(spec.row_bytes for spec in specs.values()))
     for unit in (aligned_rows(specs, HUGE_PAGE), aligned_rows(specs, 0)):
         if rows >= unit:

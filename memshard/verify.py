@@ -1,9 +1,12 @@
 """Checking a dataset on disk: the manifest's own checksum, and every shard file's presence,
-size, header and checksum.
+size, header, checksum and bool bytes.
 
-:func:`verify` reads every data byte of every sealed shard once and compares its xxh3-64
-checksum with the manifest; the unsealed shard (which has no checksum yet) is checked for its
-size and header only. Problems are collected, not raised, so one report lists them all.
+:func:`verify` reads every committed data byte once and compares its xxh3-64 checksum with the
+manifest: ``checksum`` for a sealed shard, ``prefix_checksum`` (format 1.1) for the unsealed
+one. A manifest of format 1.0 records no checksum for the unsealed shard; its rows are then
+checked for size and header only and listed in :attr:`VerifyReport.unchecked`, and the report
+is not :attr:`~VerifyReport.ok`. Any byte of a bool field other than 00 and 01 is damage (spec
+section 5.1). Problems are collected, not raised, so one report lists them all.
 """
 
 from __future__ import annotations
@@ -13,11 +16,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from . import manifest as manifest_io
 from .checksum import READ_CHUNK, StreamingChecksum
-from .errors import ChecksumError, DatasetNotFoundError, ManifestError, MemshardError
+from .errors import (
+    ChecksumError,
+    DatasetNotFoundError,
+    ManifestError,
+    MemshardError,
+    ShardDataError,
+)
 from .layout import MANIFEST_NAME, open_shard
-from .manifest import FieldSpec, Manifest, ShardFile
+from .manifest import FieldSpec, Manifest, Shard, ShardFile
 from .mappings import ShardPart, check_shard_file
 from .smallfile import read_small_file
 
@@ -31,23 +42,51 @@ class Problem:
     error: type[MemshardError]
 
 
+@dataclass(frozen=True)
+class Unchecked:
+    """Committed rows of one file whose data could not be checked against a checksum: those
+    of the unsealed shard of a format 1.0 manifest, which records none for them."""
+
+    path: str
+    rows: range
+    reason: str
+
+    def describe(self) -> str:
+        """One line for people: which rows, and why."""
+        first, last = self.rows.start, self.rows.stop - 1
+        span = f"row {first}" if first == last else f"rows {first} to {last}"
+        return f"{span} ({len(self.rows)} rows) not checked: {self.reason}"
+
+
 @dataclass
 class VerifyReport:
-    """What :func:`verify` checked and found."""
+    """What :func:`verify` checked and found.
+
+    :attr:`ok` only when every committed byte was checked and found intact. A report is true
+    exactly when :attr:`ok` is, so ``if ds.verify():`` passes only for such a dataset: a damaged
+    one, or one with rows that could not be checked, gives a false report (never a truthy
+    object that happens to hold problems).
+    """
 
     path: str
     files: int = 0
     bytes_hashed: int = 0
     seconds: float = 0.0
     problems: list[Problem] = field(default_factory=list)
+    unchecked: list[Unchecked] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        """Whether nothing is wrong."""
-        return not self.problems
+        """Whether every committed byte was checked and nothing is wrong."""
+        return not self.problems and not self.unchecked
+
+    def __bool__(self) -> bool:
+        """:attr:`ok`."""
+        return self.ok
 
     def raise_first(self) -> None:
-        """Raise the first problem as its typed error (nothing when :attr:`ok`)."""
+        """Raise the first problem as its typed error (nothing when no problem was found,
+        even if rows were left unchecked)."""
         if self.problems:
             first = self.problems[0]
             raise first.error(f"{first.path}: {first.message}")
@@ -99,7 +138,11 @@ def verify(
     root: str, manifest: Manifest, *, report: Callable[[int], object] | None = None
 ) -> VerifyReport:
     """Check every file ``manifest`` names under ``root``; ``report(nbytes)`` after each
-    block hashed (for a progress bar)."""
+    block read (for a progress bar).
+
+    Returns a report listing each damaged file in ``problems`` and, for a format 1.0 manifest
+    with an unsealed shard, the rows no checksum covers in ``unchecked``.
+    """
     result = VerifyReport(path=root)
     started = time.perf_counter()
     buffer = bytearray(READ_CHUNK)
@@ -107,62 +150,112 @@ def verify(
         for name, file in shard.files.items():
             spec = manifest.fields[name]
             result.files += 1
-            part = ShardPart(file, shard.rows, shard.sealed, shard.rows)
-            problem = _check_file(root, spec, file, part, buffer, result, report)
+            problem = _check_file(root, spec, shard, file, buffer, result, report)
             if problem is not None:
                 result.problems.append(problem)
+            elif _expected_checksum(shard, file) is None:
+                result.unchecked.append(_unchecked(root, shard, file))
     result.seconds = time.perf_counter() - started
     return result
 
 
 def total_bytes(manifest: Manifest) -> int:
-    """Data bytes :func:`verify` hashes (those of sealed shards)."""
+    """Data bytes :func:`verify` reads (see :func:`_is_read`)."""
     return sum(
-        file.nbytes for shard in manifest.shards if shard.sealed for file in shard.files.values()
+        file.nbytes
+        for shard in manifest.shards
+        for name, file in shard.files.items()
+        if _is_read(manifest.fields[name], shard, file)
     )
+
+
+def _expected_checksum(shard: Shard, file: ShardFile) -> str | None:
+    """The checksum the manifest records for the committed data of ``file``: ``checksum`` of
+    a sealed shard, ``prefix_checksum`` of the unsealed one (None in format 1.0)."""
+    return file.checksum if shard.sealed else file.prefix_checksum
+
+
+def _unchecked(root: str, shard: Shard, file: ShardFile) -> Unchecked:
+    return Unchecked(
+        os.path.join(root, file.path),
+        range(shard.row_offset, shard.row_offset + shard.rows),
+        "the unsealed shard of a format 1.0 manifest has no checksum (memshard.append(path)"
+        ".close() seals it and records one of its data as it is now)",
+    )
+
+
+def _is_read(spec: FieldSpec, shard: Shard, file: ShardFile) -> bool:
+    """Whether :func:`verify` reads the data of ``file``: to compare its checksum, or to
+    check the bytes of a bool field."""
+    return _expected_checksum(shard, file) is not None or spec.numpy_dtype.kind == "b"
+
+
+@dataclass(frozen=True)
+class _Scan:
+    """What reading a file's committed data found: its checksum, and the first byte of a bool
+    field that is neither 00 nor 01, as ``(offset from the data offset, value)``."""
+
+    digest: str
+    bad_bool: tuple[int, int] | None
 
 
 def _check_file(
     root: str,
     spec: FieldSpec,
+    shard: Shard,
     file: ShardFile,
-    part: ShardPart,
     buffer: bytearray,
     result: VerifyReport,
     report: Callable[[int], object] | None,
 ) -> Problem | None:
     where = os.path.join(root, file.path)
     try:
-        check_shard_file(root, spec, part)
+        check_shard_file(root, spec, ShardPart(file, shard.rows, shard.sealed, shard.rows))
     except MemshardError as exc:
         return Problem(where, _without_path(str(exc), where), type(exc))
-    if not part.sealed or file.checksum is None:
+    if not _is_read(spec, shard, file):
         return None
     fd = open_shard(root, file.path)
     try:
-        digest = _hash(fd, file.data_offset, file.nbytes, buffer, result, report)
+        is_bool = spec.numpy_dtype.kind == "b"
+        scan = _scan(fd, file.data_offset, file.nbytes, is_bool, buffer, result, report)
     except OSError as exc:
         return Problem(where, f"cannot read ({exc.strerror})", ChecksumError)
     finally:
         os.close(fd)
-    if digest != file.checksum:
+    expected = _expected_checksum(shard, file)
+    if expected is not None and scan.digest != expected:
         return Problem(
             where,
-            f"data checksum is {digest}, the manifest records {file.checksum} (corrupt data)",
+            f"data checksum is {scan.digest}, the manifest records {expected} (corrupt data)",
             ChecksumError,
         )
+    if scan.bad_bool is not None:
+        return _bad_bool(where, spec, shard, *scan.bad_bool)
     return None
 
 
-def _hash(
+def _bad_bool(where: str, spec: FieldSpec, shard: Shard, offset: int, value: int) -> Problem:
+    local = offset // spec.row_bytes
+    return Problem(
+        where,
+        f"row {shard.row_offset + local} (row {local} of the shard, data byte {offset}) holds "
+        f"the byte {value:02x} in a bool field; a bool element must be 00 or 01",
+        ShardDataError,
+    )
+
+
+def _scan(
     fd: int,
     start: int,
     nbytes: int,
+    check_bools: bool,
     buffer: bytearray,
     result: VerifyReport,
     report: Callable[[int], object] | None,
-) -> str:
+) -> _Scan:
     state = StreamingChecksum()
+    bad_bool = None
     view = memoryview(buffer)
     offset, end = start, start + nbytes
     while offset < end:
@@ -170,11 +263,23 @@ def _hash(
         if got == 0:
             break
         state.update(view[:got])
+        if check_bools and bad_bool is None:
+            bad_bool = _first_bad_bool(view[:got], offset - start)
         offset += got
         result.bytes_hashed += got
         if report is not None:
             report(got)
-    return state.digest()
+    return _Scan(state.digest(), bad_bool)
+
+
+def _first_bad_bool(chunk: memoryview, position: int) -> tuple[int, int] | None:
+    """The first byte of ``chunk`` (which starts ``position`` bytes into the data) that is
+    neither 00 nor 01, with its position in the data."""
+    values = np.frombuffer(chunk, dtype=np.uint8)
+    if not values.size or int(values.max()) <= 1:
+        return None
+    first = int(np.argmax(values > 1))
+    return position + first, int(values[first])
 
 
 def _without_path(message: str, where: str) -> str:

@@ -160,6 +160,30 @@ def build_example() -> Example:
     return Example(document, files)
 
 
+def unsealed_last_shard() -> Shard:
+    """The worked example's last shard as a commit before ``close()`` records it: unsealed,
+    each file with the ``prefix_checksum`` of its committed rows instead of a ``checksum``."""
+    rows = len(EXAMPLE_VALUES["y"])
+    start = (rows - 1) // EXAMPLE_SHARD_ROWS * EXAMPLE_SHARD_ROWS
+    sealed, _ = example_shard(start // EXAMPLE_SHARD_ROWS, start, rows)
+    files = {
+        name: ShardFile(
+            path=file.path,
+            data_offset=file.data_offset,
+            nbytes=file.nbytes,
+            checksum=None,
+            prefix_checksum=file.checksum,
+        )
+        for name, file in sealed.files.items()
+    }
+    return Shard(row_offset=sealed.row_offset, rows=sealed.rows, sealed=False, files=files)
+
+
+def shard_line(shard: Shard) -> str:
+    """``shard`` as :func:`memshard.manifest.dumps` writes it, on one line (section 6.2)."""
+    return json.dumps(shard.model_dump(mode="json"), ensure_ascii=False, allow_nan=False) + "\n"
+
+
 # -- rendering ------------------------------------------------------------------------------
 def hexdump_line(offset: int, chunk: bytes) -> str:
     """One line of ``xxd`` output: offset, up to 16 bytes in groups of two, printable ASCII."""
@@ -319,6 +343,7 @@ def generated_blocks() -> dict[str, str]:
         "shard-hexdump": fenced("text", hexdump(content)),
         "shard-layout": layout_table(example.manifest.fields["x"], content),
         "manifest": fenced("json", manifest.dumps(example.manifest).decode("utf-8")),
+        "unsealed-shard": fenced("json", shard_line(unsealed_last_shard())),
     }
 
 

@@ -96,6 +96,35 @@ def index_keys(draw: st.DrawFn, shape: tuple[int, ...]) -> Any:
     return tuple(items)
 
 
+#: Integers outside the int64 range numpy indexes with, on either side of it.
+huge_ints = st.one_of(
+    st.sampled_from([2**63, -(2**63) - 1, 2**64 - 1, 2**64, -(2**64)]),
+    st.integers(min_value=2**63),
+    st.integers(max_value=-(2**63) - 1),
+)
+
+
+def row_keys(length: int) -> st.SearchStrategy[Any]:
+    """An int or a slice for a column of ``length`` rows, including every kind numpy refuses:
+    ints outside int64 (``OverflowError`` or ``IndexError``), a step of 0 (``ValueError``),
+    a bound that is not an integer (``TypeError``); and huge bounds and steps, which numpy
+    clips."""
+    any_int = st.one_of(_int_index(length), huge_ints, st.integers(-(2**63), 2**63 - 1))
+    bound = st.one_of(
+        st.none(),
+        st.integers(-length - 3, length + 3),
+        any_int,
+        st.builds(np.int64, st.integers(-length - 3, length + 3)),
+    )
+    step = st.one_of(st.none(), st.integers(-4, 4), any_int)
+    odd_bound = st.sampled_from([1.5, "1", np.float64(1.0)])
+    return st.one_of(
+        any_int,
+        st.builds(slice, bound, bound, step),
+        st.builds(slice, bound, odd_bound, step),
+    )
+
+
 @st.composite
 def mutations_of(draw: st.DrawFn, valid: bytes, tokens: Sequence[bytes], max_insert: int) -> bytes:
     """``valid`` with one to four random edits: a bit flip, truncation, insertion of random

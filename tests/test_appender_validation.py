@@ -27,10 +27,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import memshard
 from memshard.errors import (
     AppenderClosedError,
+    ArrayConversionError,
     BatchError,
     CastError,
     DatasetExistsError,
@@ -230,6 +233,8 @@ BAD_CREATE: list[BadCreate] = [
     with_shard_bytes(100.0),
     with_shard_bytes("100"),
     with_shard_bytes(None),
+    with_shard_bytes(MAX_COUNT + 1),
+    with_shard_bytes(2**70),
 ]
 
 
@@ -245,6 +250,15 @@ def test_create_refuses(tmp_path: Path, case: BadCreate) -> None:
     assert type(caught.value) is case.error, f"{type(caught.value).__name__}: {caught.value}"
     assert case.says in str(caught.value)
     assert _tree(tmp_path) == before  # no dataset, no staging directory
+
+
+def test_shard_bytes_past_the_limit_is_a_schema_error_and_a_value_error(tmp_path: Path) -> None:
+    with pytest.raises(SchemaError, match=f"shard_bytes must be an integer from 1 to {MAX_COUNT}"):
+        memshard.create(tmp_path / "ds", fields=FIELDS, shard_bytes=2**70)
+    with pytest.raises(ValueError, match="got 1180591620717411303424"):
+        memshard.create(tmp_path / "ds", fields=FIELDS, shard_bytes=2**70)
+    with memshard.create(tmp_path / "ds", fields=FIELDS, shard_bytes=MAX_COUNT) as writer:
+        assert 1 <= writer.manifest.shard_rows <= MAX_COUNT // ROW_BYTES
 
 
 def test_labels_from_an_iterator_are_not_lost(tmp_path: Path) -> None:
@@ -476,6 +490,30 @@ def test_extend_refuses(writing: tuple[Path, memshard.Appender], case: BadBatch)
     _check_refused(root, writer, writer.extend, _apply(_two_rows(), case), case)
 
 
+@pytest.mark.parametrize("single_row", [False, True])
+def test_a_tensor_that_requires_grad_is_refused_with_a_typed_runtime_error(
+    writing: tuple[Path, memshard.Appender], single_row: bool
+) -> None:
+    import torch
+
+    root, writer = writing
+    values = _batch(5, 1) if single_row else _two_rows()
+    x = torch.tensor(np.asarray(values["x"]), requires_grad=True)
+    batch = {**values, "x": x[0] if single_row else x}
+    before = _tree(root)
+    with pytest.raises(ArrayConversionError) as caught:
+        (writer.append if single_row else writer.extend)(batch)
+    assert isinstance(caught.value, RuntimeError)
+    assert isinstance(caught.value, BatchError)
+    assert str(caught.value).startswith(f"{root}: field 'x': a Tensor cannot be converted")
+    assert "requires grad" in str(caught.value)
+    assert _tree(root) == before
+    rows = _two_rows()
+    writer.extend({**rows, "x": torch.tensor(rows["x"], requires_grad=True).detach()})
+    writer.close()
+    assert len(memshard.open(root)) == COMMITTED + UNCOMMITTED + 2
+
+
 def test_batch_tables_are_large_enough() -> None:
     assert len({case.id for case in BAD_ROWS}) == len(BAD_ROWS) >= 15
     assert len({case.id for case in BAD_BATCHES}) == len(BAD_BATCHES) >= 15
@@ -493,6 +531,63 @@ def test_appender_stays_usable_after_a_refused_batch(
     writer.append({name: values[0] for name, values in _batch(7, 1).items()})
     writer.close()
     _assert_holds(root, 8)
+
+
+# -- bools are stored as 00 and 01 ----------------------------------------------------------------
+
+
+def _data_bytes(root: Path, field: str) -> bytes:
+    """The committed data bytes of ``field``, all shards in row order, read from the files."""
+    dataset = memshard.open(root)
+    data = b""
+    for shard in dataset.shards:
+        file = shard.files[field]
+        with open(root / file.path, "rb") as handle:
+            handle.seek(file.data_offset)
+            data += handle.read(file.nbytes)
+    return data
+
+
+def _bools_from(raw: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    """A bool array holding ``raw`` verbatim, as numpy makes it from a buffer."""
+    return np.frombuffer(raw, dtype=bool).reshape(shape)
+
+
+RAW_FLAGS = bytes([0x00, 0x02, 0xFF, 0x01, 0x80, 0x00, 0x10, 0x01, 0x00])
+
+
+@pytest.mark.parametrize("how", ["extend", "append", "part"])
+def test_bool_bytes_other_than_0_and_1_are_stored_as_1(tmp_path: Path, how: str) -> None:
+    root = tmp_path / "ds"
+    flags = _bools_from(RAW_FLAGS, (3, 3))
+    given = flags.copy()
+    numbers = np.arange(3, dtype=np.int16)
+    fields = {"flag": ("bool", (3,)), "n": ("int16", ())}
+    with memshard.create(root, fields=fields, shard_bytes=8) as writer:
+        if how == "extend":
+            writer.extend({"flag": flags, "n": numbers})
+        elif how == "append":
+            for row in range(3):
+                writer.append({"flag": flags[row], "n": numbers[row]})
+    if how == "part":
+        with memshard.write_part(root) as part:
+            part.extend({"flag": flags, "n": numbers})
+        memshard.commit_parts(root, [part.close()], order="given")  # close() is idempotent
+    assert _data_bytes(root, "flag") == bytes(byte != 0 for byte in RAW_FLAGS)
+    dataset = memshard.open(root)
+    np.testing.assert_array_equal(dataset["flag"][:].view(np.uint8), flags.view(np.uint8) != 0)
+    assert dataset.verify().ok
+    assert flags.tobytes() == given.tobytes() == RAW_FLAGS  # the caller's array is untouched
+
+
+@settings(max_examples=60, deadline=None)
+@given(raw=st.binary(min_size=1, max_size=64))
+def test_any_bytes_of_a_bool_array_are_stored_as_0_or_1(raw: bytes) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        root = Path(directory) / "ds"
+        with memshard.create(root, fields={"flag": ("bool", ())}, shard_bytes=16) as writer:
+            writer.extend({"flag": _bools_from(raw, (len(raw),))})
+        assert _data_bytes(root, "flag") == bytes(byte != 0 for byte in raw)
 
 
 # -- casts that are allowed ---------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,8 +11,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memshard.errors import InvalidIndexError
+import memshard as ms
+from memshard.errors import (
+    IndexOverflowError,
+    IndexTypeError,
+    IndexValueError,
+    InvalidIndexError,
+    MemshardError,
+)
 from memshard.indexing import (
+    NUMPY_REFUSALS,
     ShardTable,
     SliceRows,
     check_indices,
@@ -21,7 +30,15 @@ from memshard.indexing import (
     slice_rows,
 )
 from tests.helpers import write_dataset
-from tests.strategies import dtypes, index_keys, sample_shapes, shard_sizes, values_of
+from tests.strategies import (
+    dtypes,
+    huge_ints,
+    index_keys,
+    row_keys,
+    sample_shapes,
+    shard_sizes,
+    values_of,
+)
 
 
 def _numpy_result(array: np.ndarray, key: Any) -> np.ndarray | type[IndexError]:
@@ -171,3 +188,122 @@ def _sessions(rows: int) -> st.SearchStrategy[list[int]]:
         .map(lambda cuts: np.diff([0, *sorted(cuts), rows]).tolist())
         .map(lambda sizes: [size for size in sizes if size] or [rows])
     )
+
+
+# -- keys numpy refuses with other builtins than IndexError ------------------------------------
+
+
+def _numpy_outcome(array: np.ndarray, key: Any) -> np.ndarray | type[Exception]:
+    """``array[key]``, or the class of the builtin numpy raised for it."""
+    try:
+        return np.asarray(array[key])
+    except NUMPY_REFUSALS as exc:
+        return type(exc)
+
+
+def _assert_same_outcome(read: Any, array: np.ndarray, key: Any) -> None:
+    """``read(key)`` gives what numpy gives, or raises an InvalidIndexError that is also the
+    builtin numpy raised."""
+    expected = _numpy_outcome(array, key)
+    if isinstance(expected, type):
+        with pytest.raises(MemshardError) as caught:
+            read(key)
+        assert isinstance(caught.value, InvalidIndexError), (key, caught.value)
+        assert isinstance(caught.value, expected), (key, expected, type(caught.value))
+        return
+    got = np.asarray(read(key))
+    assert (got.shape, got.dtype) == (expected.shape, expected.dtype), key
+    np.testing.assert_array_equal(got, expected)
+
+
+@settings(max_examples=500)
+@given(
+    sizes=st.lists(st.integers(1, 7), min_size=0, max_size=5),
+    shape=sample_shapes,
+    data=st.data(),
+)
+def test_planned_row_keys_match_numpy_or_raise_its_builtin(
+    sizes: list[int], shape: tuple[int, ...], data: Any
+) -> None:
+    rows = sum(sizes)
+    array = np.arange(rows * int(np.prod(shape))).reshape((rows, *shape))
+    key = data.draw(row_keys(rows) | st.tuples(row_keys(rows), row_keys(3)), label="key")
+    _assert_same_outcome(lambda k: _read_through_projection(array, sizes, k), array, key)
+
+
+@pytest.fixture(scope="module")
+def columns(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The same 10 rows as one segment (one shard) and as many (shards of 3, two sessions)."""
+    array = np.arange(10 * 2, dtype=np.int32).reshape(10, 2)
+    root = tmp_path_factory.mktemp("columns")
+    one = write_dataset(root / "one", {"x": array}, shard_rows=16)
+    many = write_dataset(root / "many", {"x": array}, [4, 6], shard_rows=3)
+    assert len(one.shards) == 1
+    assert len(many.shards) == 4
+    return {
+        "array": array,
+        "one": one["x"],
+        "many": many["x"],
+        "one dataset": one,
+        "many dataset": many,
+    }
+
+
+@settings(max_examples=300)
+@given(layout=st.sampled_from(["one", "many"]), data=st.data())
+def test_column_row_keys_match_numpy_or_raise_its_builtin(
+    columns: dict[str, Any], layout: str, data: Any
+) -> None:
+    array, column = columns["array"], columns[layout]
+    key = data.draw(row_keys(len(array)), label="key")
+    _assert_same_outcome(column.__getitem__, array, key)
+    dataset = columns[f"{layout} dataset"]
+    _assert_same_outcome(lambda k: dataset[k]["x"], array, key)
+
+
+@pytest.mark.parametrize("layout", ["one", "many"])
+@pytest.mark.parametrize("key", [2**63, -(2**63) - 1, 2**70, (2**63,), (0, 2**63)])
+def test_an_int_outside_int64_is_an_index_error_and_an_overflow_error(
+    columns: dict[str, Any], layout: str, key: Any
+) -> None:
+    with pytest.raises(IndexOverflowError) as caught:
+        columns[layout][key]
+    assert isinstance(caught.value, IndexError)
+    assert isinstance(caught.value, OverflowError)
+    assert isinstance(caught.value, MemshardError)
+    value = key if isinstance(key, int) else key[-1]
+    assert f"field 'x': index {value} is out of bounds" in str(caught.value)
+    assert str(2**63 - 1) in str(caught.value)
+
+
+@pytest.mark.parametrize("layout", ["one", "many"])
+@pytest.mark.parametrize(
+    "key", [slice(None, None, 0), slice(2, 5, 0), (slice(None), slice(None, None, 0))]
+)
+def test_a_zero_step_is_a_value_error(columns: dict[str, Any], layout: str, key: Any) -> None:
+    with pytest.raises(IndexValueError, match="slice step cannot be zero") as caught:
+        columns[layout][key]
+    assert isinstance(caught.value, ValueError)
+    assert isinstance(caught.value, InvalidIndexError)
+
+
+@pytest.mark.parametrize("layout", ["one", "many"])
+def test_a_float_slice_bound_is_a_type_error(columns: dict[str, Any], layout: str) -> None:
+    with pytest.raises(IndexTypeError, match="slice indices must be integers") as caught:
+        columns[layout][1.5:]
+    assert isinstance(caught.value, TypeError)
+    assert isinstance(caught.value, InvalidIndexError)
+
+
+@given(value=huge_ints)
+def test_plan_refuses_huge_ints_purely(value: int) -> None:
+    with pytest.raises(IndexOverflowError, match=f"index {value} is out of bounds"):
+        plan(value, (10, 3))
+    with pytest.raises(IndexOverflowError):
+        plan((0, value), (10, 3))
+
+
+def test_a_ragged_row_list_on_a_dataset_is_an_index_error(columns: dict[str, Any]) -> None:
+    dataset = ms.open(Path(columns["many dataset"].path))
+    with pytest.raises(InvalidIndexError, match="valid indices"):
+        dataset[[[0, 1], [2]]]

@@ -185,15 +185,46 @@ def _zero_row_shard(document: dict[str, Any]) -> None:
     document["rows"] = 9
 
 
-def _unseal(position: int, *, keep_checksum: bool) -> Callable[[dict[str, Any]], None]:
+OMIT = object()
+
+
+def _unseal(
+    position: int, *, keep_checksum: bool, prefix: Any = "checksum"
+) -> Callable[[dict[str, Any]], None]:
+    """Unseal shard ``position``: drop the checksum unless ``keep_checksum``, and record the
+    ``prefix_checksum`` a writer of version 1.1 would (the checksum of the committed bytes,
+    here the sealed checksum), or set it to ``prefix``, or leave it out (``prefix=OMIT``)."""
+
     def change(document: dict[str, Any]) -> None:
         shard = document["shards"][position]
         shard["sealed"] = False
-        if not keep_checksum:
-            for file in shard["files"].values():
+        for file in shard["files"].values():
+            if prefix == "checksum":
+                file["prefix_checksum"] = file["checksum"]
+            elif prefix is not OMIT:
+                file["prefix_checksum"] = prefix
+            if not keep_checksum:
                 file["checksum"] = None
 
     return change
+
+
+def _as_version_1_0(document: dict[str, Any]) -> None:
+    """What a writer of format 1.0 wrote: its version, no ``prefix_checksum``."""
+    document["version"] = "1.0"
+    for shard in document["shards"]:
+        for file in shard["files"].values():
+            file.pop("prefix_checksum", None)
+
+
+def _unsealed_1_0(document: dict[str, Any]) -> None:
+    _unseal(3, keep_checksum=False)(document)
+    _as_version_1_0(document)
+
+
+def _unsealed_1_0_with_prefix(document: dict[str, Any]) -> None:
+    _unsealed_1_0(document)
+    document["shards"][3]["files"]["x"]["prefix_checksum"] = "xxh3_64:0123456789abcdef"
 
 
 def _extra_file(document: dict[str, Any]) -> None:
@@ -409,6 +440,42 @@ BAD: list[Bad] = [
         ManifestError,
         "shards[3].files.x.checksum",
     ),
+    Bad(
+        "unsealed last shard without prefix_checksum",
+        edit(_unseal(3, keep_checksum=False, prefix=OMIT)),
+        ManifestError,
+        "shards[3].files.x.prefix_checksum is missing",
+    ),
+    Bad(
+        "prefix_checksum null",
+        edit(_unseal(3, keep_checksum=False, prefix=None)),
+        ManifestError,
+        "shards[3].files.x.prefix_checksum",
+    ),
+    Bad(
+        "prefix_checksum malformed",
+        edit(_unseal(3, keep_checksum=False, prefix="xxh3_64:0123456789ABCDEF")),
+        ManifestError,
+        "shards[3].files.x.prefix_checksum",
+    ),
+    Bad(
+        "prefix_checksum not a string",
+        edit(_unseal(3, keep_checksum=False, prefix=12)),
+        ManifestError,
+        "shards[3].files.x.prefix_checksum",
+    ),
+    Bad(
+        "prefix_checksum on a sealed shard",
+        set_(f"{X0}.prefix_checksum", "xxh3_64:0123456789abcdef"),
+        ManifestError,
+        f"{X0}.prefix_checksum must be left out on a sealed shard",
+    ),
+    Bad(
+        "prefix_checksum in version 1.0",
+        edit(_unsealed_1_0_with_prefix),
+        ManifestError,
+        "shards[3].files.x.prefix_checksum: not a key of format version 1.0",
+    ),
     path_case(f"{X0}.checksum", "xxh3_64:XYZ"),
     path_case(f"{X0}.checksum", "xxh3_64:0123456789ABCDEF"),
     path_case(f"{X0}.checksum", "md5:0123456789abcdef"),
@@ -567,6 +634,8 @@ GOOD: list[tuple[str, Mutation]] = [
     ("ASCII escapes", lambda d: json.dumps(d, ensure_ascii=True).encode()),
     ("keys reordered", lambda d: _dump(dict(reversed(list(d.items()))))),
     ("unsealed last shard", edit(_unseal(3, keep_checksum=False))),
+    ("version 1.0", edit(_as_version_1_0)),
+    ("unsealed last shard of version 1.0", edit(_unsealed_1_0)),
     ("no labels", set_("labels", {})),
     ("nested attrs", set_("attrs", {"a": {"b": [None, True, -1.5, "é", {"c": 2**70}]}})),
     ("generation at MAX_COUNT", set_("generation", MAX_COUNT)),
@@ -746,7 +815,7 @@ def test_newer_minor_version_ignores_unknown_keys(
     manifest = manifest_io.loads(_newer_minor(copy.deepcopy(valid)), where=WHERE)
     original = manifest_io.loads(_dump(copy.deepcopy(valid)), where=WHERE)
     assert manifest.version == "1.7"
-    assert manifest.model_copy(update={"version": "1.0"}) == original
+    assert manifest.model_copy(update={"version": original.version}) == original
 
     data = _newer_minor(copy.deepcopy(valid))
     dataset = memshard.open(_replaced_copy(dataset_dir, tmp_path, data))
@@ -831,18 +900,21 @@ def manifests(draw: st.DrawFn) -> Manifest:
     shard_rows = draw(st.integers(1, 10**6))
     row_counts = draw(st.lists(st.integers(1, shard_rows), max_size=6))
     last_sealed = draw(st.booleans())
+    version = draw(st.sampled_from(["1.0", "1.1", "1.3", "1.9999"]))
+    checksum = st.text(hex_digits, min_size=16, max_size=16).map(lambda digits: f"xxh3_64:{digits}")
     shards = []
     offset = 0
     for index, rows in enumerate(row_counts):
         sealed = last_sealed or index < len(row_counts) - 1
         files = {}
         for name, spec in fields.items():
-            checksum = "xxh3_64:" + draw(st.text(hex_digits, min_size=16, max_size=16))
+            prefix = {} if sealed or version == "1.0" else {"prefix_checksum": draw(checksum)}
             files[name] = ShardFile(
                 path=shard_file_name(uuid[:12], index, name),
                 data_offset=spec.data_offset,
                 nbytes=rows * spec.row_bytes,
-                checksum=checksum if sealed else None,
+                checksum=draw(checksum) if sealed else None,
+                **prefix,
             )
         shards.append(Shard(row_offset=offset, rows=rows, sealed=sealed, files=files))
         offset += rows
@@ -856,7 +928,7 @@ def manifests(draw: st.DrawFn) -> Manifest:
     }
     return Manifest(
         format="memshard",
-        version=draw(st.sampled_from(["1.0", "1.3", "1.9999"])),
+        version=version,
         uuid=uuid,
         generation=draw(st.integers(0, MAX_COUNT)),
         rows=offset,

@@ -233,6 +233,34 @@ def test_records_round_trip_and_are_checked(tmp_path):
         loads_part(resealed, where="x")
 
 
+def test_a_record_whose_file_has_a_prefix_checksum_is_refused(tmp_path):
+    """A part's shards are sealed: a prefix_checksum (of unsealed shards only) in a record is
+    refused when it is read, never left to fail the commit's manifest validation."""
+    path = make(tmp_path / "ds")
+    part = part_of(path, 0, 3, key=0)
+    checksum = part.shards[0].files["y"].checksum
+    body = dumps_part(part).replace(
+        f'"checksum": "{checksum}"'.encode(),
+        f'"checksum": "{checksum}", "prefix_checksum": "{checksum}"'.encode(),
+    )
+    prefix = body[: body.rindex(b'"xxh3_64:')]
+    record = prefix + f'"{own_checksum(prefix)}"}}\n'.encode()
+    with pytest.raises(errors.PartError, match="no prefix_checksum"):
+        loads_part(record, where="x")
+    with open(os.path.join(path, "parts", f"{part.id}.json"), "wb") as handle:
+        handle.write(record)
+    with pytest.raises(errors.PartError, match="no prefix_checksum"):
+        ms.commit_parts(path, [part.id])
+    assert len(ms.open(path)) == 0
+
+
+def test_a_part_record_states_the_format_version_it_was_written_for(tmp_path):
+    path = make(tmp_path / "ds")
+    part = part_of(path, 0, 3, key=0)
+    assert part.version == ms.FORMAT_VERSION == "1.1"
+    assert b"prefix_checksum" not in dumps_part(part)
+
+
 def test_the_appender_resuming_leaves_running_parts_alone(tmp_path):
     path = make(tmp_path / "ds")
     running = ms.write_part(path, key=1)

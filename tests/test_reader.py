@@ -16,14 +16,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import memshard as ms
+from memshard import manifest as manifest_io
 from memshard import mappings
 from memshard.errors import (
     DatasetChangedError,
     DatasetNotFoundError,
     FieldNotFoundError,
+    FieldTooLargeError,
     InvalidIndexError,
     OutArrayError,
 )
+from memshard.layout import MANIFEST_NAME
+from memshard.manifest import FieldSpec
 from tests.strategies import index_keys
 
 
@@ -158,6 +162,41 @@ def test_empty_dataset(tmp_path: Any) -> None:
     assert ds["x"][[]].shape == (0, 2)
     with pytest.raises(InvalidIndexError):
         ds["x"][0]
+
+
+@pytest.mark.parametrize(
+    ("dtype", "shape"),
+    [("<f4", (2**62, 2**62)), ("|u1", (2**62, 2)), ("<i2", (2**61, 2)), ("<c16", (2**60,))],
+)
+def test_a_field_too_large_for_numpy_is_refused_at_open(
+    tmp_path: Any, dtype: str, shape: tuple[int, ...]
+) -> None:
+    """A valid manifest of 0 rows may state a sample shape no numpy array can hold."""
+    root = tmp_path / "huge"
+    ms.create(root, fields={"x": ("float32", (2,)), "ok": ("int8", ())}).close()
+    manifest = manifest_io.load(str(root / MANIFEST_NAME))
+    fields = {**manifest.fields, "x": FieldSpec(dtype=dtype, shape=shape)}
+    (root / MANIFEST_NAME).write_bytes(
+        manifest_io.dumps(manifest.model_copy(update={"fields": fields}))
+    )
+    with pytest.raises(FieldTooLargeError) as caught:
+        ms.open(root)
+    assert isinstance(caught.value, ValueError)
+    assert isinstance(caught.value, ms.errors.MemshardError)
+    message = str(caught.value)
+    assert f"{root}: field 'x': a sample of shape {list(shape)} and dtype {dtype!r}" in message
+    assert str(2**63 - 1) in message
+
+
+def test_the_largest_field_numpy_can_hold_opens(tmp_path: Any) -> None:
+    root = tmp_path / "large"
+    ms.create(root, fields={"x": ("float32", (2,))}).close()
+    manifest = manifest_io.load(str(root / MANIFEST_NAME))
+    fields = {"x": FieldSpec(dtype="|u1", shape=(2**62, 1))}
+    (root / MANIFEST_NAME).write_bytes(
+        manifest_io.dumps(manifest.model_copy(update={"fields": fields}))
+    )
+    assert ms.open(root)["x"][:].shape == (0, 2**62, 1)
 
 
 def test_refresh_shows_new_commits_and_keeps_old_views(tmp_path: Any) -> None:

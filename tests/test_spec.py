@@ -197,3 +197,28 @@ def test_library_writes_the_worked_example(tmp_path: Path) -> None:
         for path in (root / "shards").iterdir()
     }
     assert files == example.files
+
+
+def test_library_commits_the_unsealed_shard_of_the_worked_example(tmp_path: Path) -> None:
+    example = generate.build_example()
+    fields = {name: (spec.dtype, spec.shape) for name, spec in example.manifest.fields.items()}
+    row_bytes = sum(spec.row_bytes for spec in example.manifest.fields.values())
+    root = tmp_path / "dataset"
+    appender = memshard.create(
+        root,
+        fields=fields,
+        shard_bytes=row_bytes * generate.EXAMPLE_SHARD_ROWS,
+        labels=generate.EXAMPLE_LABELS,
+        attrs=generate.EXAMPLE_ATTRS,
+    )
+    appender.extend({name: _expected_rows(name) for name in fields})
+    appender.commit()
+    appender.abort()
+
+    written = manifest_io.loads((root / "manifest.json").read_bytes(), where="written")
+    assert written.version == manifest_io.FORMAT_VERSION == "1.1"
+    token = written.uuid[:12]
+    line = generate.shard_line(written.shards[-1]).replace(token, generate.EXAMPLE_UUID[:12])
+    assert generate.block_body(_format_text(), "unsealed-shard") == f"```json\n{line}```\n"
+    assert line in manifest_io.dumps(written).decode().replace(token, generate.EXAMPLE_UUID[:12])
+    assert memshard.open(root).verify().ok
