@@ -11,8 +11,8 @@ Kinds of race (each child's operation, in its own forked process):
   possibly followed by the appended rows, or the old one followed by the appended rows.
 - ``create-create``: two ``create(path)`` of the same new path. Exactly one succeeds; the
   other fails with ``DatasetExistsError`` and nothing else.
-- ``discard-write_part``: ``discard_parts(path)`` against ``write_part(path)`` writing and
-  closing a part. Afterwards the part either commits with every row, or (discarded) is refused
+- ``discard-write_part``: ``discard_parts(path)``, called repeatedly, against
+  ``write_part(path)`` writing and closing a part. Afterwards the part either commits with every row, or (discarded) is refused
   with a typed ``PartError``; the dataset always opens and verifies.
 
 Children start from a pipe (both block reading it until the parent writes), then spin for a
@@ -48,6 +48,8 @@ SHARD_BYTES = 64
 ROWS = 20
 #: A child that has not finished by then has hung.
 CHILD_SECONDS = 60.0
+#: How many times the discarding child calls ``discard_parts`` in one race.
+DISCARD_ROUNDS = 20
 #: Largest random delay a child spins for after the start signal.
 MAX_JITTER_SECONDS = 0.004
 #: Typed errors a child may end with, by operation: anything else is a failure.
@@ -82,7 +84,11 @@ def run_operation(operation: str, path: str, tag: int) -> dict[str, Any]:
             part.extend(rows)
         return {"part": part.id}
     elif operation == "discard":
-        return {"removed": ms.discard_parts(path)}
+        # Again and again, so that some discards meet the part while it is being written.
+        removed = []
+        for _ in range(DISCARD_ROUNDS):
+            removed += ms.discard_parts(path)
+        return {"removed": removed}
     else:
         raise ValueError(operation)
     return {}
@@ -264,6 +270,8 @@ def harness(races: int, *, seed: int = 0, scratch: str | None = None) -> dict[st
         pairs = zip(operations, record["outcomes"], strict=True)
         for number, (operation, outcome) in enumerate(pairs):
             result = "ok" if outcome["ok"] else outcome["error"]
+            if outcome.get("removed"):
+                result += ", removed the part"
             outcomes[f"{record['kind']}: {operation} #{number + 1} {result}"] += 1
     failures = [record for record in records if record["problems"]]
     return {
