@@ -9,7 +9,6 @@ released by the kernel if the process dies.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
@@ -17,14 +16,13 @@ import shutil
 import uuid as uuid_module
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from . import manifest as manifest_io
 from .batch import validated_batch
-from .durable import DeferredSync, fsync_directory, publish_manifest
+from .durable import fsync_directory, publish_manifest
 from .errors import (
     AppenderClosedError,
     ArgumentError,
@@ -43,10 +41,11 @@ from .errors import (
 )
 from .handles import FileLock
 from .layout import LOCK_NAME, MANIFEST_NAME, MANIFEST_TEMP_PREFIX, SHARDS_DIR, shard_file_name
-from .manifest import FORMAT_NAME, FORMAT_VERSION, FieldSpec, Manifest, Shard, ShardFile
+from .manifest import FORMAT_NAME, FORMAT_VERSION, FieldSpec, Manifest, Shard
 from .mappings import ShardPart, check_shard_file
 from .schema import DEFAULT_SHARD_BYTES, field_specs, json_attrs, label_vocabularies, rows_per_shard
-from .shardwriter import DescriptorBudget, ShardFileWriter
+from .shardsequence import ShardSequence
+from .shardwriter import ShardFileWriter
 from .smallfile import read_small_file
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -337,16 +336,6 @@ def _remove_leftovers(root: str, manifest: Manifest) -> None:
             os.unlink(os.path.join(shards_dir, entry))
 
 
-@dataclass
-class _OpenShard:
-    """The shard rows are being appended to."""
-
-    index: int
-    row_offset: int
-    rows: int
-    files: dict[str, ShardFileWriter] = field(default_factory=dict)
-
-
 class Appender:
     """Appends rows to one dataset. Obtain from :func:`create` or :func:`append`.
 
@@ -371,21 +360,26 @@ class Appender:
         self._pid = os.getpid()
         self._committed = manifest
         self._specs: dict[str, FieldSpec] = dict(manifest.fields)
-        self._sealed: list[Shard] = []  # sealed since the last commit
-        self._open: _OpenShard | None = None
-        self._new_files = False
+        self._pending: list[Shard] = []  # sealed or adopted since the last commit
+        self._adopted_files = False
         self._failure: str | None = None
-        self._syncs = DeferredSync()
-        self._budget = DescriptorBudget()
-        self._rows = manifest.rows
+        token = manifest.uuid[:12]
+        self._shards = ShardSequence(
+            root,
+            self._specs,
+            manifest.shard_rows,
+            lambda index, name: shard_file_name(token, index, name),
+            first_row=manifest.rows,
+            next_index=len(manifest.shards),
+        )
         if manifest.shards and not manifest.shards[-1].sealed:
-            self._open = self._reopen(manifest.shards[-1])
+            self._continue(manifest.shards[-1], len(manifest.shards) - 1)
 
     # -- public API --------------------------------------------------------------------------
     @property
     def rows(self) -> int:
         """Rows appended so far, committed or not."""
-        return self._rows
+        return self._shards.rows
 
     @property
     def committed_rows(self) -> int:
@@ -450,7 +444,8 @@ class Appender:
         """
         self._check_usable()
         self._guarded(self._seal_open_shard)  # the adopted shards follow it, so it is sealed
-        rows = self._rows
+        self._collect_sealed()
+        rows = self.rows
         for record in shards:
             if (
                 not record.sealed
@@ -465,9 +460,10 @@ class Appender:
                 part = ShardPart(file, record.rows, True, record.rows)
                 check_shard_file(self.path, self._specs[name], part)
             rows += record.rows
-        self._sealed.extend(shards)
-        self._rows = rows
-        self._new_files = True
+        self._pending.extend(shards)
+        self._shards.rows = rows
+        self._shards.next_index = len(self._kept_shards()) + len(self._pending)
+        self._adopted_files = True
         self._guarded(self._commit)
 
     def close(self) -> None:
@@ -509,10 +505,10 @@ class Appender:
 
     def __del__(self) -> None:
         if getattr(self, "_lock", None) is not None and os.getpid() == self._pid:
-            if self._rows != self._committed.rows:
+            if self.rows != self._committed.rows:
                 warnings.warn(
                     f"{self.path}: appender dropped without close(); "
-                    f"{self._rows - self._committed.rows} uncommitted rows are lost",
+                    f"{self.rows - self._committed.rows} uncommitted rows are lost",
                     ResourceWarning,
                     stacklevel=1,
                 )
@@ -520,7 +516,7 @@ class Appender:
 
     def __repr__(self) -> str:
         return (
-            f"<memshard.Appender {self.path!r} rows={self._rows} committed={self._committed.rows}>"
+            f"<memshard.Appender {self.path!r} rows={self.rows} committed={self._committed.rows}>"
         )
 
     # -- validation --------------------------------------------------------------------------
@@ -545,18 +541,7 @@ class Appender:
 
     # -- writing -----------------------------------------------------------------------------
     def _write(self, arrays: dict[str, np.ndarray]) -> None:
-        count = next(iter(arrays.values())).shape[0]
-        done = 0
-        while done < count:
-            shard = self._open if self._open is not None else self._guarded(self._start_shard)
-            take = min(self._committed.shard_rows - shard.rows, count - done)
-            for name, array in arrays.items():
-                self._guarded(_write_rows, shard.files[name], array[done : done + take])
-            shard.rows += take
-            self._rows += take
-            done += take
-            if shard.rows == self._committed.shard_rows:
-                self._guarded(self._seal_open_shard)
+        self._guarded(self._shards.write, arrays)
 
     def _kept_shards(self) -> tuple[Shard, ...]:
         """The committed shards the next commit keeps as they are: all but an unsealed last
@@ -564,101 +549,48 @@ class Appender:
         shards = self._committed.shards
         return shards[:-1] if shards and not shards[-1].sealed else shards
 
-    def _start_shard(self) -> _OpenShard:
-        index = len(self._kept_shards()) + len(self._sealed)
-        shard = _OpenShard(index=index, row_offset=self._rows, rows=0)
-        token = self._committed.uuid[:12]
-        try:
-            for name, spec in self._specs.items():
-                relpath = shard_file_name(token, index, name)
-                shard.files[name] = ShardFileWriter.create(self.path, relpath, spec, self._budget)
-        except BaseException:
-            for file in shard.files.values():
-                file.close()
-            raise
-        self._new_files = True
-        self._open = shard
-        return shard
-
-    def _reopen(self, record: Shard) -> _OpenShard:
+    def _continue(self, record: Shard, index: int) -> None:
         """Continue the unsealed last shard: cut it back to its committed rows."""
-        shard = _OpenShard(
-            index=len(self._committed.shards) - 1, row_offset=record.row_offset, rows=record.rows
-        )
+        for name, spec in self._specs.items():
+            part = ShardPart(record.files[name], record.rows, False, record.rows)
+            check_shard_file(self.path, spec, part)
+        opened = self._shards.continue_shard(index, record.row_offset, dict(record.files))
         try:
-            for name, spec in self._specs.items():
-                file = record.files[name]
-                check_shard_file(self.path, spec, ShardPart(file, record.rows, False, record.rows))
-                shard.files[name] = ShardFileWriter.reopen(
-                    self.path, file, spec, record.rows, self._budget
-                )
-            _check_prefix_checksums(self.path, record, shard)
+            _check_prefix_checksums(self.path, record, opened.files)
         except BaseException:
-            for reopened in shard.files.values():
-                reopened.close()
+            self._shards.release()
             raise
-        return shard
 
     def _seal_open_shard(self) -> None:
-        """Seal the open shard: final header and checksum; its fsync waits for the next
-        commit (see :class:`DeferredSync`)."""
-        shard = self._open
-        if shard is None:
-            return
-        self._open = None
-        if shard.rows == 0:
-            for file in shard.files.values():
-                file.close()
-                os.unlink(os.path.join(self.path, file.path))
-            return
-        files = {}
-        for name, file in shard.files.items():
-            file.seal(shard.rows)
-            files[name] = self._file_record(name, file, shard.rows, file.checksum.digest())
-        self._syncs.add([file.full_path for file in shard.files.values()])
-        self._sealed.append(
-            Shard(row_offset=shard.row_offset, rows=shard.rows, sealed=True, files=files)
-        )
+        self._shards.seal_open()
 
-    def _file_record(
-        self, name: str, file: ShardFileWriter, rows: int, checksum: str | None
-    ) -> ShardFile:
-        spec = self._specs[name]
-        return ShardFile(
-            path=file.path,
-            data_offset=spec.data_offset,
-            nbytes=rows * spec.row_bytes,
-            checksum=checksum,
-        )
+    def _collect_sealed(self) -> None:
+        """Queue the shards sealed so far for the next commit, after those queued before."""
+        self._pending += [
+            Shard(row_offset=shard.row_offset, rows=shard.rows, sealed=True, files=shard.files)
+            for shard in self._shards.take_sealed()
+        ]
 
     def _commit(self) -> None:
-        self._syncs.sync_all()
-        shard = self._open
-        if shard is not None:
-            for file in shard.files.values():
-                file.write_header(shard.rows)
-                file.sync()
-        if self._new_files:
+        self._shards.sync_sealed()
+        open_files = self._shards.sync_open()
+        if self._shards.created_files or self._adopted_files:
             fsync_directory(os.path.join(self.path, SHARDS_DIR))
+        self._collect_sealed()
         previous = self._committed
-        shards = [*self._kept_shards(), *self._sealed]
-        if shard is not None and shard.rows > 0:
-            files = {
-                name: self._file_record(name, file, shard.rows, None).model_copy(
-                    update={"prefix_checksum": file.checksum.digest()}  # of every row written
-                )
-                for name, file in shard.files.items()
-            }
+        shards = [*self._kept_shards(), *self._pending]
+        if open_files is not None and self._shards.open is not None:
+            shard = self._shards.open
             shards.append(
-                Shard(row_offset=shard.row_offset, rows=shard.rows, sealed=False, files=files)
+                Shard(row_offset=shard.row_offset, rows=shard.rows, sealed=False, files=open_files)
             )
-        if self._rows == previous.rows and len(shards) == len(previous.shards) and not self._sealed:
+        if self.rows == previous.rows and len(shards) == len(previous.shards) and not self._pending:
             return
         manifest = previous.model_copy(
             update={
                 "version": FORMAT_VERSION,  # a dataset of an older minor version is upgraded
                 "generation": previous.generation + 1,
-                "rows": self._rows,
+                "rows": self.rows,
                 "shards": tuple(shards),
             }
         )
@@ -682,8 +614,8 @@ class Appender:
 
     def _published(self, manifest: Manifest) -> None:
         self._committed = manifest
-        self._sealed = []
-        self._new_files = False
+        self._pending = []
+        self._shards.created_files = self._adopted_files = False
 
     def _guarded(self, operation: Any, *args: Any) -> Any:
         """Run a file operation; an OS error or a replaced directory makes the appender fail
@@ -703,18 +635,15 @@ class Appender:
             ) from exc
 
     def _release(self) -> None:
-        if self._open is not None:
-            for file in self._open.files.values():
-                with contextlib.suppress(OSError):
-                    file.close()
-            self._open = None
-        self._syncs.shutdown()
+        self._shards.release()
         if self._lock is not None:
             self._lock.release()
             self._lock = None
 
 
-def _check_prefix_checksums(root: str, record: Shard, shard: _OpenShard) -> None:
+def _check_prefix_checksums(
+    root: str, record: Shard, writers: Mapping[str, ShardFileWriter]
+) -> None:
     """The committed rows of a reopened shard must match the ``prefix_checksum`` recorded:
     sealing would otherwise record a checksum of damaged rows as if they were good.
 
@@ -723,7 +652,7 @@ def _check_prefix_checksums(root: str, record: Shard, shard: _OpenShard) -> None
     """
     bad = [
         name
-        for name, writer in shard.files.items()
+        for name, writer in writers.items()
         if record.files[name].prefix_checksum not in (None, writer.checksum.digest())
     ]
     if bad:
@@ -731,7 +660,3 @@ def _check_prefix_checksums(root: str, record: Shard, shard: _OpenShard) -> None
             f"{root}: fields {bad} of the unsealed shard: the committed data does not match "
             "its prefix_checksum (corrupt data)"
         )
-
-
-def _write_rows(file: ShardFileWriter, rows: np.ndarray) -> None:
-    file.write(memoryview(rows.data).cast("B"))

@@ -35,7 +35,7 @@ from . import manifest as manifest_io
 from .appender import Appender, append
 from .batch import validated_batch
 from .checksum import checksum_of_file
-from .durable import DeferredSync, fsync_directory, write_file_durably
+from .durable import fsync_directory, write_file_durably
 from .errors import (
     AppenderClosedError,
     ArgumentError,
@@ -59,7 +59,8 @@ from .manifest import (
     ShardFile,
     _Strict,
 )
-from .shardwriter import WRITE_BUFFER_BYTES, DescriptorBudget, ShardFileWriter
+from .shardsequence import ShardSequence
+from .shardwriter import WRITE_BUFFER_BYTES
 from .smallfile import read_small_file
 
 PART_FORMAT: Literal["memshard-part"] = "memshard-part"
@@ -219,12 +220,12 @@ class PartWriter:
         self.key = key
         self._lock: FileLock | None = lock
         self._pid = os.getpid()
-        self._shards: list[PartShard] = []
-        self._open: dict[str, ShardFileWriter] = {}
-        self._open_rows = 0
-        self._rows = 0
-        self._syncs = DeferredSync()
-        self._budget = DescriptorBudget()
+        self._shards = ShardSequence(
+            target.root,
+            target.fields,
+            target.shard_rows,
+            lambda index, name: shard_file_name(part_id, index, name),
+        )
         self._failure: str | None = None
         self._part: Part | None = None
 
@@ -243,7 +244,7 @@ class PartWriter:
     @property
     def rows(self) -> int:
         """Rows written to this part so far."""
-        return self._rows
+        return self._shards.rows
 
     @property
     def part(self) -> Part | None:
@@ -272,17 +273,18 @@ class PartWriter:
             return self._part
         self._check_usable()
         self._guarded(self._seal_open_shard)
-        self._guarded(self._syncs.sync_all)
-        self._syncs.shutdown()
+        self._guarded(self._shards.sync_sealed)
+        sealed = self._shards.take_sealed()
+        self._shards.release()
         part = Part(
             format=PART_FORMAT,
             version=FORMAT_VERSION,
             dataset=self.target.uuid,
             id=self.id,
             key=self.key,
-            rows=self._rows,
+            rows=self.rows,
             fields=self.target.fields,
-            shards=tuple(self._shards),
+            shards=tuple(PartShard(rows=shard.rows, files=shard.files) for shard in sealed),
         )
         self._guarded(self._publish, part)
         self._part = part
@@ -293,12 +295,8 @@ class PartWriter:
         """Stop and delete what the part wrote. Does nothing after :meth:`close`."""
         if self._lock is None or os.getpid() != self._pid:
             return
-        names = [file.path for shard in self._shards for file in shard.files.values()]
-        names += [file.path for file in self._open.values()]
-        for file in self._open.values():
-            file.close()
-        self._open = {}
-        self._syncs.shutdown()
+        names = self._shards.written_paths()
+        self._shards.release()
         for name in names:
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(self.target.root, name))
@@ -323,7 +321,7 @@ class PartWriter:
             self.abort()
 
     def __repr__(self) -> str:
-        return f"<memshard.PartWriter {self.id} of {self.target.root!r} rows={self._rows}>"
+        return f"<memshard.PartWriter {self.id} of {self.target.root!r} rows={self.rows}>"
 
     def _check_usable(self) -> None:
         if os.getpid() != self._pid:
@@ -340,58 +338,13 @@ class PartWriter:
         )
 
     def _write(self, arrays: dict[str, np.ndarray]) -> None:
-        count = next(iter(arrays.values())).shape[0]
-        done = 0
-        while done < count:
-            if not self._open:
-                self._guarded(self._start_shard)
-            take = min(self.target.shard_rows - self._open_rows, count - done)
-            for name, array in arrays.items():
-                rows = array[done : done + take]
-                self._guarded(self._open[name].write, memoryview(rows.data).cast("B"))
-            self._open_rows += take
-            self._rows += take
-            done += take
-            if self._open_rows == self.target.shard_rows:
-                self._guarded(self._seal_open_shard)
+        self._guarded(self._shards.write, arrays)
         if sum(array.nbytes for array in arrays.values()) >= WRITE_BUFFER_BYTES:
             # Bulk writes: start writeback now, so that close() does not wait for all of it.
-            for file in self._open.values():
-                self._guarded(file.start_writeback)
-
-    def _start_shard(self) -> None:
-        index = len(self._shards)
-        try:
-            for name, spec in self.target.fields.items():
-                relpath = shard_file_name(self.id, index, name)
-                self._open[name] = ShardFileWriter.create(
-                    self.target.root, relpath, spec, self._budget
-                )
-        except BaseException:
-            for file in self._open.values():
-                file.close()
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(self.target.root, file.path))
-            self._open = {}
-            raise
+            self._guarded(self._shards.start_writeback)
 
     def _seal_open_shard(self) -> None:
-        if not self._open:
-            return
-        files, rows = self._open, self._open_rows
-        self._open, self._open_rows = {}, 0
-        records = {}
-        for name, file in files.items():
-            file.seal(rows)
-            spec = self.target.fields[name]
-            records[name] = ShardFile(
-                path=file.path,
-                data_offset=spec.data_offset,
-                nbytes=rows * spec.row_bytes,
-                checksum=file.checksum.digest(),
-            )
-        self._syncs.add([file.full_path for file in files.values()])
-        self._shards.append(PartShard(rows=rows, files=records))
+        self._shards.seal_open()
 
     def _publish(self, part: Part) -> None:
         """The shard files and their names are durable; then the record appears atomically."""
@@ -411,9 +364,7 @@ class PartWriter:
         except OSError as exc:
             # Descriptors go at once; the lock stays until abort() has deleted the files.
             self._failure = f"{type(exc).__name__}: {exc}"
-            for file in self._open.values():
-                file.release_descriptor()
-            self._syncs.shutdown()
+            self._shards.release()
             if isinstance(exc, WriteFailedError):
                 raise
             raise WriteFailedError(

@@ -62,14 +62,15 @@ from tests.crash_writer import rows
 OS_OPERATIONS = ("write", "pwrite", "fsync", "replace", "rename", "ftruncate", "unlink")
 #: The directory fsync, counted as one operation.
 DIRECTORY_SYNC = "fsync_directory"
-#: Appender functions that name the step an operation belongs to (innermost match wins).
+#: Writer functions (of the appender and its shard sequence) that name the step an operation
+#: belongs to (innermost match wins).
 STEPS = {
     "_remove_leftovers": "resume",
-    "_reopen": "resume",
-    "_start_shard": "roll",
-    "_seal_open_shard": "seal",
+    "continue_shard": "resume",
+    "_start": "roll",
+    "seal_open": "seal",
     "_commit": "commit",
-    "_write": "append",
+    "write": "append",
 }
 WHEN = ("before", "after")
 

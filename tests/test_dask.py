@@ -209,7 +209,7 @@ def _kill_mid_write_once(marker: str, key: int) -> None:
             return original(self, batch)
         half = {name: values[: len(values) // 2] for name, values in batch.items()}
         original(self, half)
-        for file in self._open.values():
+        for file in self._shards.open.files.values():
             file.flush()
         with open(f"{marker}.part", "w") as note:
             note.write(self.id)
