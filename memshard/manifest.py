@@ -59,13 +59,13 @@ _CHECKSUM_TAIL = re.compile(rb'"(xxh3_64:[0-9a-f]{16})"\n\}\n')
 _CHECKSUM_TAIL_BYTES = 29
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
     """Frozen, strict (no coercion), unknown keys refused."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-class FieldSpec(_Strict):
+class FieldSpec(StrictModel):
     """A field: the dtype (numpy descr) and the shape of one sample."""
 
     dtype: str = Field(json_schema_extra={"enum": cast(Any, sorted(SUPPORTED_DESCRS))})
@@ -136,7 +136,7 @@ def _prefix_checksum_schema(schema: dict[str, Any]) -> None:
     )
 
 
-class ShardFile(_Strict):
+class ShardFile(StrictModel):
     """One field's file within a shard."""
 
     path: str = Field(json_schema_extra={"pattern": f"^{SHARD_PATH_PATTERN.pattern}$"})
@@ -182,7 +182,7 @@ class ShardFile(_Strict):
         return value
 
 
-class Shard(_Strict):
+class Shard(StrictModel):
     """A run of consecutive rows stored as one file per field."""
 
     row_offset: int = Count
@@ -191,7 +191,7 @@ class Shard(_Strict):
     files: dict[str, ShardFile]
 
 
-class Manifest(_Strict):
+class Manifest(StrictModel):
     """The whole manifest. Construct through :func:`loads` or :func:`load` to get typed errors."""
 
     format: Literal["memshard"]
@@ -315,7 +315,9 @@ def _check_prefix_checksum(where: str, file: ShardFile, shard: Shard, expected: 
         )
 
 
-def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads``' ``object_pairs_hook`` for memshard's JSON documents (manifests, part
+    records): an object with two members of one name is refused (``ValueError``)."""
     result: dict[str, Any] = {}
     for key, value in pairs:
         if key in result:
@@ -357,7 +359,7 @@ def loads(data: bytes, *, where: str) -> Manifest:
     try:
         raw = json.loads(
             data.decode("utf-8"),
-            object_pairs_hook=_refuse_duplicate_keys,
+            object_pairs_hook=refuse_duplicate_keys,
             parse_constant=_refuse_constant,
             parse_float=_finite_float,
         )
@@ -374,7 +376,7 @@ def loads(data: bytes, *, where: str) -> Manifest:
     try:
         return Manifest.model_validate_json(data, strict=True)
     except ValidationError as exc:
-        raise ManifestError(f"{where}: {_describe(exc)}") from None
+        raise ManifestError(f"{where}: {describe_validation_error(exc)}") from None
 
 
 def own_checksum(prefix: bytes) -> str:
@@ -479,7 +481,8 @@ def _known_keys_only(raw: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _describe(exc: ValidationError) -> str:
+def describe_validation_error(exc: ValidationError) -> str:
+    """The first problems pydantic found, as ``key.path: message``, for an error message."""
     problems = []
     for error in exc.errors()[:MAX_REPORTED_PROBLEMS]:
         location = "".join(
