@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import memshard as ms
+import memshard.appender as ms_appender
 import memshard.convert as ms_convert
 import memshard.hdf5 as ms_hdf5
 import memshard.sources as ms_sources
@@ -1009,10 +1010,11 @@ def test_resume_after_the_last_shard_was_committed(
         handle["x"] = sample_values("<i4", (250, 3))
     dst = tmp_path / "out"
 
-    def interrupted(*args: Any) -> None:
+    def interrupted(appender: ms_appender.Appender, root: str, *, overwrite: bool) -> None:
+        appender.close()  # committed and sealed, then interrupted before the rename
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ms_convert, "move_into_place", interrupted)
+    monkeypatch.setattr(ms_appender.Appender, "close_into", interrupted)
     with pytest.raises(KeyboardInterrupt):
         ms.from_hdf5(src, dst, shard_bytes=shard_bytes_for(100, 12))
     monkeypatch.undo()
@@ -1025,13 +1027,13 @@ def test_resume_after_the_last_shard_was_committed(
 #: ``memshard ARGS`` in a process that SIGKILLs itself right after the final rename.
 KILLED_AFTER_RENAME = """
 import os, signal, sys
-import memshard.convert
+import memshard.appender
 from memshard.cli import main
-rename = memshard.convert.move_into_place
-def rename_then_die(*args):
-    rename(*args)
+close_into = memshard.appender.Appender.close_into
+def rename_then_die(*args, **kwargs):
+    close_into(*args, **kwargs)
     os.kill(os.getpid(), signal.SIGKILL)
-memshard.convert.move_into_place = rename_then_die
+memshard.appender.Appender.close_into = rename_then_die
 sys.exit(main(sys.argv[1:]))
 """
 

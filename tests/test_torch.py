@@ -796,10 +796,14 @@ class _RecordStrategy:
     def __call__(self, worker_id: int) -> None:
         strategy = torch.multiprocessing.get_sharing_strategy()
         (self.directory / f"worker{worker_id}").write_text(strategy)
+        (self.directory / f"pid{worker_id}").write_text(str(os.getpid()))
 
 
-def _torch_shm_files() -> set[str]:
-    return {name for name in os.listdir("/dev/shm") if name.startswith("torch_")}
+def _torch_shm_files_of(pids: list[int]) -> set[str]:
+    """Shared-memory files that torch made in processes ``pids`` (named ``torch_PID_...``);
+    other processes on the machine may have their own."""
+    prefixes = tuple(f"torch_{pid}_" for pid in pids)
+    return {name for name in os.listdir("/dev/shm") if name.startswith(prefixes)}
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
@@ -807,7 +811,6 @@ def test_loader_workers_share_batches_by_name_and_run_the_users_init(
     small: tuple[Path, dict[str, np.ndarray]], tmp_path: Path, method: str
 ) -> None:
     path, data = small
-    before = _torch_shm_files()
     batches = mt.loader(
         path,
         batch_size=8,
@@ -818,8 +821,10 @@ def test_loader_workers_share_batches_by_name_and_run_the_users_init(
     )
     got = torch.cat([batch["i"] for batch in batches])
     np.testing.assert_array_equal(got.numpy(), data["i"])
-    assert {p.read_text() for p in tmp_path.iterdir()} == {"file_system"}
-    assert _torch_shm_files() <= before
+    assert {p.read_text() for p in tmp_path.glob("worker*")} == {"file_system"}
+    pids = [int(p.read_text()) for p in tmp_path.glob("pid*")]
+    assert len(pids) == 2
+    assert _torch_shm_files_of(pids) == set()
 
 
 def test_loader_can_leave_torchs_sharing_strategy_alone(
