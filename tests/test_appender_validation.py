@@ -214,7 +214,7 @@ BAD_CREATE: list[BadCreate] = [
     with_attrs({"a": math.inf}),
     with_attrs({"a": [1, -math.inf]}),
     with_attrs({"a": {"b": math.nan}}),
-    with_attrs({"a": object()}),
+    with_attrs({"a": object()}, name="attrs={'a': <object>}"),
     with_attrs({"a": {1, 2}}),
     with_attrs({"a": b"bytes"}),
     with_attrs({"a": np.int64(1)}),

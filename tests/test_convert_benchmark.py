@@ -10,7 +10,12 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import run_from_repo
+
+#: Benchmark smoke tests run as their own step (`pytest -m benchmark_smoke`), not in the default run.
+pytestmark = pytest.mark.benchmark_smoke
 
 SOURCES = ("contiguous", "chunked", "gzip")
 #: Every row of the table, per source file, by key.

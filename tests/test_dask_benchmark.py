@@ -17,7 +17,12 @@ import statistics
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import run_from_repo
+
+#: Benchmark smoke tests run as their own step (`pytest -m benchmark_smoke`), not in the default run.
+pytestmark = pytest.mark.benchmark_smoke
 
 ROWS = 600
 #: 4 MiB shards hold 85 rows of float32[3, 64, 64] + int64: 8 blocks of one shard.

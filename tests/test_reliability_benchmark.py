@@ -10,7 +10,12 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import run_from_repo
+
+#: Benchmark smoke tests run as their own step (`pytest -m benchmark_smoke`), not in the default run.
+pytestmark = pytest.mark.benchmark_smoke
 
 
 def test_quick_reliability_benchmark_reports_every_figure(tmp_path: Path) -> None:

@@ -21,6 +21,9 @@ from benchmarks.formats.redis_rows import RedisFormat
 from benchmarks.suite import MEASUREMENTS
 from tests.helpers import run_from_repo
 
+#: Benchmark smoke tests run as their own step (`pytest -m benchmark_smoke`), not in the default run.
+pytestmark = pytest.mark.benchmark_smoke
+
 FORMATS = [
     "memshard",
     "in-RAM",

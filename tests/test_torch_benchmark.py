@@ -14,6 +14,9 @@ import pytest
 
 from tests.helpers import run_from_repo
 
+#: Benchmark smoke tests run as their own step (`pytest -m benchmark_smoke`), not in the default run.
+pytestmark = pytest.mark.benchmark_smoke
+
 #: Every comparison the report must hold, per section.
 RESULTS = {
     "loader_vectors": {
