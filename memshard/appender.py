@@ -68,6 +68,13 @@ def create(
     The directory appears atomically, already holding a valid empty manifest: it is built
     under a temporary name next to ``path`` and renamed into place.
 
+    Leaving a ``with create(...) as w:`` block by an exception calls :meth:`Appender.abort`:
+    the dataset stays at ``path`` with the rows committed before the exception (none, so an
+    empty dataset, if :meth:`Appender.commit` was never called); rows appended since the last
+    commit are discarded, and the next :func:`append` removes their bytes. Creating ``path``
+    again then raises :class:`DatasetExistsError`: continue with :func:`append`, or pass
+    ``overwrite=True``.
+
     Parameters:
         fields: ``{name: (dtype, sample_shape)}``, e.g. ``{"x": ("float32", (3, 64, 64))}``.
         shard_bytes: a shard rolls over once its rows reach this many bytes (all fields).

@@ -109,8 +109,11 @@ def from_dask(
 
     Parameters:
         arrays: ``{field: dask array}``; a field's dtype and sample shape are the array's.
-        shard_bytes, labels, attrs, overwrite: as for :func:`memshard.create` (ignored with
-            ``append_to``, except ``labels`` must be None).
+        shard_bytes: as for :func:`memshard.create`; ignored with ``append_to``.
+        labels: as for :func:`memshard.create`; must be None with ``append_to``.
+        attrs: as for :func:`memshard.create`; ignored with ``append_to``.
+        overwrite: as for :func:`memshard.create`; not with ``append_to``.
+        append_to: append to the dataset at ``path`` instead of creating one.
 
     Raises:
         ArgumentError: not dask arrays, unknown chunk sizes, ``overwrite`` with ``append_to``.
