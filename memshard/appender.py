@@ -248,9 +248,11 @@ def append(path: str | os.PathLike[str]) -> Appender:
         DatasetLockedError: another appender holds the dataset.
         UnsupportedVersionError: the dataset was written in a newer minor format version,
             which this library reads but must not rewrite.
-        ManifestError, ShardHeaderError, ShardSizeError, ShardMissingError, UnsafePathError,
-        ChecksumError: the dataset is damaged (a ChecksumError: the committed rows of the
-            unsealed last shard do not match their ``prefix_checksum``).
+        ManifestError, ShardHeaderError, ShardSizeError, ShardMissingError, UnsafePathError:
+            the dataset is damaged.
+        ChecksumError: the committed rows of the unsealed last shard do not match their
+            ``prefix_checksum``.
+        DatasetChangedError: the directory was replaced again and again while taking its lock.
     """
     root = os.path.abspath(os.fspath(path))
     lock = _lock_current(root)
