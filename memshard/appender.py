@@ -22,7 +22,7 @@ import numpy as np
 
 from . import manifest as manifest_io
 from .batch import validated_batch
-from .durable import fsync_directory, publish_manifest
+from .durable import fsync_directory
 from .errors import (
     AppenderClosedError,
     ArgumentError,
@@ -43,6 +43,7 @@ from .handles import FileLock
 from .layout import LOCK_NAME, MANIFEST_NAME, MANIFEST_TEMP_PREFIX, SHARDS_DIR, shard_file_name
 from .manifest import FORMAT_NAME, FORMAT_VERSION, FieldSpec, Manifest, Shard
 from .mappings import ShardPart, check_shard_file
+from .publish import publish_manifest
 from .schema import DEFAULT_SHARD_BYTES, field_specs, json_attrs, label_vocabularies, rows_per_shard
 from .shardsequence import ShardSequence
 from .shardwriter import ShardFileWriter

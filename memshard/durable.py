@@ -1,4 +1,4 @@
-"""The commit protocol's file operations: durable writes, atomic manifest replacement.
+"""The commit protocol's file operations: durable writes, directory syncs, deferred syncs.
 
 A commit makes rows durable and visible in this order (``spec/FORMAT.md``, "Commit protocol"):
 
@@ -7,6 +7,8 @@ A commit makes rows durable and visible in this order (``spec/FORMAT.md``, "Comm
 3. the new manifest is written to a temporary file in the dataset directory and ``fsync``-ed;
 4. the temporary file is renamed over ``manifest.json`` (atomic on POSIX);
 5. the dataset directory is ``fsync``-ed so the rename itself survives a power cut.
+
+Steps 3 to 5, which need a manifest, are :func:`memshard.publish.publish_manifest`.
 """
 
 from __future__ import annotations
@@ -15,10 +17,6 @@ import ctypes
 import os
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
-
-from .errors import CommitNotDurableError
-from .layout import MANIFEST_NAME, MANIFEST_TEMP_PREFIX
-from .manifest import Manifest, dumps_checked
 
 #: Sealed shard files an appender keeps open, unsynced, until the next commit.
 MAX_DEFERRED_FILES = 32
@@ -72,28 +70,6 @@ def write_file_durably(path: str, data: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def publish_manifest(root: str, manifest: Manifest) -> None:
-    """Steps 3-5 of a commit: atomically replace ``root/manifest.json`` with ``manifest``.
-
-    Raises:
-        ManifestTooLargeError: ``manifest`` is larger than readers accept; nothing is written.
-        OSError: before the rename; ``manifest.json`` is unchanged.
-        CommitNotDurableError: after it; ``manifest`` is visible but not known to be durable.
-    """
-    data = dumps_checked(manifest, where=root)
-    temporary = os.path.join(root, f"{MANIFEST_TEMP_PREFIX}{os.getpid()}")
-    write_file_durably(temporary, data)
-    os.replace(temporary, os.path.join(root, MANIFEST_NAME))
-    try:
-        fsync_directory(root)
-    except OSError as exc:
-        raise CommitNotDurableError(
-            exc.errno,
-            f"{root}: generation {manifest.generation} ({manifest.rows} rows) is visible but may "
-            f"not survive a power cut: syncing the directory failed ({exc.strerror})",
-        ) from exc
 
 
 class DeferredSync:

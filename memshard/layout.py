@@ -20,6 +20,7 @@ import re
 import stat
 
 from .errors import (
+    DatasetNotFoundError,
     MemshardError,
     ReadFailedError,
     SchemaError,
@@ -40,6 +41,15 @@ FIELD_NAME_PATTERN = re.compile(rf"[A-Za-z_][A-Za-z0-9_\-]{{0,{MAX_FIELD_NAME - 
 #: A shard path in the manifest: one plain file name inside ``shards/``. No separators other
 #: than the first ``/``, no ``..``, no backslash or NUL, no absolute path.
 SHARD_PATH_PATTERN = re.compile(r"shards/[A-Za-z0-9_][A-Za-z0-9_.\-]{0,250}\.npy")
+
+
+def not_found(root: str) -> DatasetNotFoundError:
+    """The error for a ``root`` holding no ``manifest.json``, saying what is there instead."""
+    if os.path.isdir(root):
+        return DatasetNotFoundError(f"{root}: is not a memshard dataset (no manifest.json)")
+    if os.path.lexists(root):
+        return DatasetNotFoundError(f"{root}: is a file, not a memshard dataset directory")
+    return DatasetNotFoundError(f"{root}: does not exist")
 
 
 def check_field_name(name: object) -> str:

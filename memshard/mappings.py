@@ -64,9 +64,6 @@ BACK_TO_BACK = npyheader.DATA_ALIGN % mmap.ALLOCATIONGRANULARITY == 0 and sys.pl
     "darwin",
 )
 _MAP_FIXED = 0x10  # the same value on Linux and macOS
-#: A huge page (a PMD mapping on x86-64 and arm64 with 4 KiB pages): the placement unit of
-#: mapped rows (see :func:`_map_back_to_back`) and of full shards' sizes.
-HUGE_PAGE = 2 << 20
 
 
 @dataclass(frozen=True)
@@ -505,17 +502,17 @@ def _map_back_to_back(
     ordinary read-only anonymous ``mmap`` object: it gives numpy a buffer with the right
     lifetime, and unmapping it (when the last view is gone) unmaps the file mappings placed
     over it. The rows start at an address congruent to their file offset modulo
-    :data:`HUGE_PAGE`, the condition for the kernel to map large page-cache folios with 2 MiB
-    entries (far fewer TLB misses when gathering large rows).
+    :data:`~memshard.npyheader.HUGE_PAGE`, the condition for the kernel to map large
+    page-cache folios with 2 MiB entries (far fewer TLB misses when gathering large rows).
     """
     lengths = [part.rows * spec.row_bytes for part in parts]
     page = mmap.ALLOCATIONGRANULARITY
-    reserved = -(-sum(lengths) // page) * page + HUGE_PAGE
+    reserved = -(-sum(lengths) // page) * page + npyheader.HUGE_PAGE
     region = mmap.mmap(-1, reserved, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
     probe = np.frombuffer(region, dtype=np.uint8, count=1)
     start = probe.ctypes.data
     del probe
-    start_offset = (parts[0].file.data_offset - start) % HUGE_PAGE
+    start_offset = (parts[0].file.data_offset - start) % npyheader.HUGE_PAGE
     base = start + start_offset
     offset = 0
     try:

@@ -13,7 +13,7 @@ import math
 import os
 from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -39,7 +39,7 @@ from .indexing import (
     refusal,
     slice_rows,
 )
-from .layout import MANIFEST_NAME
+from .layout import MANIFEST_NAME, not_found
 from .manifest import FieldSpec, Manifest, Shard
 from .mappings import (
     CACHE,
@@ -49,9 +49,7 @@ from .mappings import (
     segment_areas,
     segment_breaks_after,
 )
-
-if TYPE_CHECKING:
-    from .verify import VerifyReport
+from .verify import VerifyReport, verify_dataset
 
 #: Rows at least this large are scattered into a multi-segment gather one by one, which copies
 #: each byte once; smaller rows are gathered per segment and scattered with numpy, which copies
@@ -200,15 +198,6 @@ def _load_manifest(root: str) -> Manifest:
         raise DatasetNotFoundError(f"{manifest_path}: is a directory, not a manifest") from None
 
 
-def not_found(root: str) -> DatasetNotFoundError:
-    """The error for a ``root`` holding no ``manifest.json``, saying what is there instead."""
-    if os.path.isdir(root):
-        return DatasetNotFoundError(f"{root}: is not a memshard dataset (no manifest.json)")
-    if os.path.lexists(root):
-        return DatasetNotFoundError(f"{root}: is a file, not a memshard dataset directory")
-    return DatasetNotFoundError(f"{root}: does not exist")
-
-
 def _restore(root: str, uuid: str, generation: int, rows: int) -> Dataset:
     manifest = _load_manifest(root)
     _check_same_dataset(root, manifest, uuid, generation, rows)
@@ -321,8 +310,6 @@ class Dataset:
         error); ``report.unchecked`` names the rows that have no checksum to check (the
         unsealed shard of a format 1.0 dataset), which also make ``report.ok`` false.
         """
-        from .verify import verify_dataset
-
         return verify_dataset(self.path, progress=progress)
 
     def keys(self) -> list[str]:

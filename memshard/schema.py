@@ -18,8 +18,7 @@ from .dtypes import canonical_dtype
 from .errors import SchemaError
 from .layout import check_field_name
 from .manifest import MAX_COUNT, MAX_LABELS, MAX_SAMPLE_NDIM, FieldSpec
-from .mappings import HUGE_PAGE
-from .npyheader import DATA_ALIGN
+from .npyheader import DATA_ALIGN, HUGE_PAGE
 
 #: A shard rolls over once its rows reach this many bytes (all fields together).
 DEFAULT_SHARD_BYTES = 256 << 20

@@ -27,7 +27,7 @@ from .errors import (
     MemshardError,
     ShardDataError,
 )
-from .layout import MANIFEST_NAME, open_shard
+from .layout import MANIFEST_NAME, not_found, open_shard
 from .manifest import FieldSpec, Manifest, Shard, ShardFile
 from .mappings import ShardPart, check_shard_file
 from .smallfile import read_small_file
@@ -127,8 +127,6 @@ def _read_manifest(root: str, where: str) -> bytes:
             where, what="the manifest", limit=manifest_io.MAX_MANIFEST_BYTES, error=ManifestError
         )
     except (FileNotFoundError, NotADirectoryError):
-        from .reader import not_found
-
         raise not_found(root) from None
     except IsADirectoryError:
         raise DatasetNotFoundError(f"{where}: is a directory, not a manifest") from None

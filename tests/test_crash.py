@@ -257,10 +257,10 @@ def test_harness_command_line_writes_a_summary(tmp_path: Any) -> None:
         ),
         ("import memshard.appender as a; a.fsync_directory = lambda path: None", "its directory"),
         (
-            "import memshard.appender as a, memshard.durable as d\n"
+            "import memshard.appender as a, memshard.durable as d, memshard.manifest as m\n"
             "def publish(root, manifest):\n"
             "    temporary = os.path.join(root, '.manifest.json.tmp-1')\n"
-            "    d.write_file_durably(temporary, d.dumps_checked(manifest, where=root))\n"
+            "    d.write_file_durably(temporary, m.dumps_checked(manifest, where=root))\n"
             "    os.replace(temporary, os.path.join(root, 'manifest.json'))\n"
             "a.publish_manifest = publish",
             "commit returned before the dataset directory was synced",

@@ -21,7 +21,7 @@ import pytest
 
 from tests.helpers import run_from_repo
 
-#: Benchmark smoke tests run as their own step (`pytest -m benchmark_smoke`), not in the default run.
+#: A benchmark smoke test: its own CI step (`pytest -m benchmark_smoke`), not the default run.
 pytestmark = pytest.mark.benchmark_smoke
 
 ROWS = 600
