@@ -89,9 +89,8 @@ def from_dask(
     labels: Mapping[str, Iterable[str]] | None = None,
     attrs: Mapping[str, Any] | None = None,
     overwrite: bool = False,
-    append_to: bool = False,
 ) -> Dataset:
-    """Write dask arrays, one per field, as a dataset at ``path`` and open it.
+    """Write dask arrays, one per field, as a new dataset at ``path`` and open it.
 
     Every array's first axis is the rows; all must have the same number of rows. They are
     rechunked to the row blocks of the first array (and whole samples). Block ``k`` of every
@@ -100,61 +99,81 @@ def from_dask(
     commit. Blocks of a multiple of the dataset's ``shard_rows`` rows give full shards; other
     blocks end in a short shard each.
 
-    A new dataset is built under a temporary name next to ``path`` and renamed into place when
-    complete: a failure leaves nothing at ``path``. With ``append_to``, the rows are appended
-    to the existing dataset at ``path`` (whose fields must match), which holds its write lock
-    throughout and, on failure, stays as it was. A worker that dies while writing leaves a part
-    without a record, which is never committed; the scheduler runs the block again and the
-    dead part's files are deleted at the end.
+    The dataset is built under a temporary name next to ``path`` and renamed into place when
+    complete: a failure leaves nothing at ``path``. A worker that dies while writing leaves a
+    part without a record, which is never committed; the scheduler runs the block again and the
+    dead part's files are deleted at the end. To add rows to an existing dataset, see
+    :func:`append_dask`.
 
     Parameters:
         arrays: ``{field: dask array}``; a field's dtype and sample shape are the array's.
-        shard_bytes: as for :func:`memshard.create`; ignored with ``append_to``.
-        labels: as for :func:`memshard.create`; must be None with ``append_to``.
-        attrs: as for :func:`memshard.create`; ignored with ``append_to``.
-        overwrite: as for :func:`memshard.create`; not with ``append_to``.
-        append_to: append to the dataset at ``path`` instead of creating one.
+        shard_bytes: as for :func:`memshard.create`.
+        labels: as for :func:`memshard.create`.
+        attrs: as for :func:`memshard.create`.
+        overwrite: as for :func:`memshard.create`.
 
     Raises:
-        ArgumentError: not dask arrays, unknown chunk sizes, ``overwrite`` with ``append_to``.
+        ArgumentError: not dask arrays, or unknown chunk sizes.
         BatchError: arrays of different lengths or without rows axis.
         SchemaError, UnsupportedDtypeError, LabelError: as for :func:`memshard.create` and
             :meth:`memshard.Appender.extend`.
-        DatasetExistsError: ``path`` exists (without ``overwrite`` or ``append_to``).
+        DatasetExistsError: ``path`` exists (without ``overwrite``).
         ConversionFailedError: the computation failed (a worker died too often, a block
             raised); nothing was committed.
     """
     root = os.path.abspath(os.fspath(path))
     blocks = _row_blocks(arrays, root)
     fields = {name: (array.dtype, array.shape[1:]) for name, array in arrays.items()}
-    if append_to:
-        if overwrite or labels is not None:
-            raise ArgumentError("append_to=True takes neither overwrite nor labels")
-        appender, staging = append(root), None
-        _check_fields(appender, fields)
-    else:
-        if os.path.lexists(root) and not overwrite:
-            raise DatasetExistsError(f"{root}: already exists (pass overwrite=True to replace it)")
-        staging = f"{root}.memshard-tmp-dask{secrets.token_hex(6)}"
-        appender = create(staging, fields, shard_bytes=shard_bytes, labels=labels, attrs=attrs)
-    job = f"dask{secrets.token_hex(4)}"
+    if os.path.lexists(root) and not overwrite:
+        raise DatasetExistsError(f"{root}: already exists (pass overwrite=True to replace it)")
+    staging = f"{root}.memshard-tmp-dask{secrets.token_hex(6)}"
+    appender = create(staging, fields, shard_bytes=shard_bytes, labels=labels, attrs=attrs)
     try:
-        running = _start_job(appender.path, job)
-        try:
-            parts = _write_parts(PartTarget.of(appender.path), job, blocks)
-            commit_parts(appender, parts, order="key")
-        finally:
-            _end_job(appender, running, job)
-        if staging is None:
-            appender.close()
-        else:
-            appender.close_into(root, overwrite=overwrite)
+        _write_and_commit(appender, blocks)
+        appender.close_into(root, overwrite=overwrite)
     except BaseException:
         appender.abort()
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
         raise
     return open_dataset(root)
+
+
+def append_dask(arrays: Mapping[str, Any], path: str | os.PathLike[str]) -> Dataset:
+    """Append dask arrays, one per field, to the existing dataset at ``path`` and open it.
+
+    The blocks are written and committed as by :func:`from_dask`, in one commit; the dataset's
+    write lock is held throughout, and on failure the dataset stays as it was.
+
+    Raises:
+        ArgumentError: not dask arrays, or unknown chunk sizes.
+        SchemaError: fields that differ from the dataset's (the message names both).
+        DatasetNotFoundError, DatasetLockedError: as for :func:`memshard.append`.
+        BatchError, LabelError: as for :meth:`memshard.Appender.extend`.
+        ConversionFailedError: the computation failed; nothing was committed.
+    """
+    root = os.path.abspath(os.fspath(path))
+    blocks = _row_blocks(arrays, root)
+    fields = {name: (array.dtype, array.shape[1:]) for name, array in arrays.items()}
+    appender = append(root)
+    try:
+        _check_fields(appender, fields)
+        _write_and_commit(appender, blocks)
+        appender.close()
+    except BaseException:
+        appender.abort()
+        raise
+    return open_dataset(root)
+
+
+def _write_and_commit(appender: Appender, blocks: dict[str, list[Any]]) -> None:
+    """Write every block as a part on the workers and commit them in block order."""
+    job = f"dask{secrets.token_hex(4)}"
+    running = _start_job(appender.path, job)
+    try:
+        parts = _write_parts(PartTarget.of(appender.path), job, blocks)
+        commit_parts(appender, parts, order="key")
+    finally:
+        _end_job(appender, running, job)
 
 
 def _row_blocks(arrays: Mapping[str, Any], root: str) -> dict[str, list[Any]]:
@@ -187,13 +206,8 @@ def _row_blocks(arrays: Mapping[str, Any], root: str) -> dict[str, list[Any]]:
 
 
 def _check_fields(appender: Appender, fields: dict[str, tuple[Any, Any]]) -> None:
-    try:
-        wanted = field_specs(fields)
-    except MemshardError:
-        appender.abort()
-        raise
+    wanted = field_specs(fields)
     if wanted != appender.fields:
-        appender.abort()
         raise SchemaError(
             f"{appender.path}: the arrays' fields {_describe(wanted)} differ from the dataset's "
             f"{_describe(appender.fields)}"

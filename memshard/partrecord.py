@@ -100,10 +100,10 @@ def new_part_id(group: str = DEFAULT_GROUP) -> str:
     """A fresh part id in ``group``.
 
     Raises:
-        ArgumentError: ``group`` is not 1-32 characters from ``[a-z0-9]``.
+        PartError: ``group`` is not 1-32 characters from ``[a-z0-9]``.
     """
     if not isinstance(group, str) or not GROUP_PATTERN.fullmatch(group):
-        raise ArgumentError(f"group must be 1-32 characters from [a-z0-9], got {group!r}")
+        raise PartError(f"group must be 1-32 characters from [a-z0-9], got {group!r}")
     return f"p-{group}-{secrets.token_hex(8)}"
 
 

@@ -109,7 +109,8 @@ def write_part(
             :func:`discard_parts` can remove every part of one job.
 
     Raises:
-        ArgumentError: a bad ``key`` or ``group``.
+        ArgumentError: a bad ``key``.
+        PartError: a bad ``group``.
         WriteFailedError: ``parts/`` or the part's files cannot be created.
         DatasetNotFoundError, ManifestError, UnsupportedVersionError: see :meth:`PartTarget.of`.
     """

@@ -211,6 +211,9 @@ def loader(
     Workers are kept alive between epochs (``persistent_workers``) when there are any.
     ``prefetch`` is passed to :class:`MemshardDataset` (for data not in the page cache).
 
+    ``shuffle=True`` draws a new random order each epoch; it contradicts a ``sampler``
+    (:class:`~memshard.errors.ArgumentError`).
+
     ``sharing_strategy`` is set in each worker (after any ``worker_init_fn`` you pass) and
     decides how a batch reaches the main process. With torch's default,
     ``"file_descriptor"``, every tensor's descriptor is handed over through a connection to a
@@ -219,6 +222,11 @@ def loader(
     ``torch_shm_manager`` removes it once no process uses it. ``None`` leaves torch's setting.
     Other keyword arguments go to ``DataLoader`` unchanged.
     """
+    if shuffle and sampler is not None:
+        raise ArgumentError(
+            "loader(): shuffle=True and a sampler contradict each other (the sampler decides "
+            "the order); pass one or the other"
+        )
     if isinstance(source, MemshardDataset):
         if fields is not None or prefetch:
             raise ArgumentError(
@@ -234,7 +242,7 @@ def loader(
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle if sampler is None else False,
+        shuffle=shuffle,
         sampler=sampler,
         num_workers=num_workers,
         collate_fn=collate,

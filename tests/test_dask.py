@@ -15,7 +15,7 @@ from distributed import Client, LocalCluster
 
 import memshard as ms
 from memshard import errors
-from memshard.dask import from_dask, to_dask
+from memshard.dask import append_dask, from_dask, to_dask
 from memshard.mappings import map_segment
 from tests.helpers import write_dataset
 
@@ -154,11 +154,11 @@ def test_from_dask_writes_blocks_in_order_on_cluster_workers(client, tmp_path):
 
 def test_from_dask_appends_and_round_trips_through_to_dask(client, tmp_path):
     first = from_dask({"image": images(300, 100)}, tmp_path / "ds", shard_bytes=100 * 24)
-    again = from_dask({"image": to_dask(first, "image") * 2}, tmp_path / "ds", append_to=True)
+    again = append_dask({"image": to_dask(first, "image") * 2}, tmp_path / "ds")
     assert len(again) == 600
     np.testing.assert_array_equal(again["image"][300:], expected_images(300) * 2)
     with pytest.raises(errors.SchemaError, match="differ"):
-        from_dask({"image": images(10, 5).astype(np.float32)}, tmp_path / "ds", append_to=True)
+        append_dask({"image": images(10, 5).astype(np.float32)}, tmp_path / "ds")
     with pytest.raises(errors.DatasetExistsError):
         from_dask({"image": images(10, 5)}, tmp_path / "ds")
     replaced = from_dask({"image": images(10, 5)}, tmp_path / "ds", overwrite=True)
@@ -259,7 +259,7 @@ def test_an_append_that_fails_leaves_the_dataset_as_it_was(tmp_path):
     with no_retries, cluster() as local, Client(local) as connected:
         connected.run(_kill_mid_write_once, marker, 1)
         with pytest.raises(errors.ConversionFailedError):
-            from_dask({"image": images(300, 100)}, path, append_to=True)
+            append_dask({"image": images(300, 100)}, path)
     after = ms.open(path)
     assert (after.generation, len(after)) == (before.generation, 100)
     # the dead part's files are discarded too, and those of blocks that were still running

@@ -290,8 +290,10 @@ def test_discard_skips_live_writers_and_keeps_committed_files(tmp_path):
 
 def test_bad_arguments_get_typed_errors(tmp_path):
     path = make(tmp_path / "ds", labels={"y": ["a", "b"]})
-    with pytest.raises(errors.ArgumentError, match="group"):
-        ms.write_part(path, group="Not/OK")
+    for bad_group in (lambda: ms.write_part(path, group="Not/OK"),
+                      lambda: ms.discard_parts(path, group="Not/OK")):  # fmt: skip
+        with pytest.raises(errors.PartError, match="group must be 1-32 characters"):
+            bad_group()
     with pytest.raises(errors.ArgumentError, match="part key"):
         ms.write_part(path, key=1.5)  # type: ignore[arg-type]
     with pytest.raises(errors.DatasetNotFoundError):

@@ -396,6 +396,14 @@ def test_the_fast_path_shuffles_and_drops_the_last_batch(mixed: Any) -> None:
         np.testing.assert_array_equal(array, columns[name][rows], err_msg=name)
 
 
+def test_shuffle_and_a_sampler_contradict_each_other(mixed: Any) -> None:
+    path, _ = mixed
+    sampler = mt.ShardAwareSampler(ms.open(path), seed=0)
+    with pytest.raises(ArgumentError, match="shuffle=True and a sampler"):
+        mt.loader(path, shuffle=True, sampler=sampler)
+    assert len(list(mt.loader(path, batch_size=ROWS, sampler=sampler))) == 1
+
+
 def test_the_loader_reads_only_the_fields_asked(mixed: Any) -> None:
     path, columns = mixed
     batches = list(mt.loader(path, batch_size=10, fields=["i", "c64"]))
