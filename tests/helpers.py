@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -61,3 +64,16 @@ def run_from_repo(
         env={**os.environ, "PYTHONWARNINGS": warnings},
         check=False,
     )
+
+
+def make_socket(path: str | os.PathLike[str]) -> None:
+    """A bound UNIX socket's file at ``path`` (it stays after the socket closes). Bound under a
+    short directory and renamed into place: a socket address holds at most 107 bytes, and a
+    test's temporary directory may be longer (under pytest-xdist, for one)."""
+    short = tempfile.mkdtemp(prefix="ms-sock-")
+    try:
+        with socket.socket(socket.AF_UNIX) as listener:
+            listener.bind(os.path.join(short, "s"))
+        os.rename(os.path.join(short, "s"), path)
+    finally:
+        shutil.rmtree(short)

@@ -15,7 +15,6 @@ import math
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -51,6 +50,7 @@ from memshard.manifest import (
     Shard,
     ShardFile,
 )
+from tests.helpers import make_socket
 from tests.strategies import mutations_of
 
 WHERE = "/data/ds/manifest.json"
@@ -694,8 +694,7 @@ def _manifest_directory(root: Path) -> None:
 
 def _manifest_socket(root: Path) -> None:
     (root / MANIFEST_NAME).unlink()
-    with socket.socket(socket.AF_UNIX) as listener:
-        listener.bind(str(root / MANIFEST_NAME))  # the file stays after the socket closes
+    make_socket(root / MANIFEST_NAME)
 
 
 def _dataset_is_a_file(root: Path) -> None:

@@ -15,7 +15,6 @@ import pickle
 import re
 import shutil
 import signal
-import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from memshard.errors import (
     UnsafePathError,
 )
 from memshard.layout import MANIFEST_NAME, SHARDS_DIR
+from tests.helpers import make_socket
 from tests.strategies import dtypes, mutations_of, sample_shapes
 
 ROWS = 10
@@ -567,8 +567,7 @@ def _shards_file(root: Path) -> Path:
 
 def _socket(root: Path) -> Path:
     path = _remove(root)
-    with socket.socket(socket.AF_UNIX) as listener:
-        listener.bind(str(path))  # the socket file stays after the socket closes
+    make_socket(path)
     return path
 
 

@@ -11,13 +11,10 @@ the command as a child process with a timeout.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -39,7 +36,7 @@ from memshard.layout import MANIFEST_NAME, PARTS_DIR
 from memshard.manifest import change_token
 from memshard.smallfile import kind_of, read_small_file
 from memshard.verify import verify_dataset
-from tests.helpers import REPO_ROOT, write_dataset
+from tests.helpers import REPO_ROOT, make_socket, write_dataset
 
 #: Seconds any test here may block before the guard fails it.
 GUARD_SECONDS = 10
@@ -67,18 +64,6 @@ def no_hang() -> Iterator[None]:
 
 def make_fifo(path: Path) -> None:
     os.mkfifo(path)
-
-
-def make_socket(path: Path) -> None:
-    """A bound UNIX socket's file (which stays after the socket closes). Bound under a short
-    directory and renamed into place: a socket address holds at most 107 bytes."""
-    short = tempfile.mkdtemp(prefix="ms-sock-")
-    try:
-        with socket.socket(socket.AF_UNIX) as listener:
-            listener.bind(os.path.join(short, "s"))
-        os.rename(os.path.join(short, "s"), path)
-    finally:
-        shutil.rmtree(short)
 
 
 def make_device(path: Path) -> None:

@@ -848,4 +848,4 @@ def test_loader_can_leave_torchs_sharing_strategy_alone(
         persistent_workers=False,
     )
     np.testing.assert_array_equal(torch.cat([b["i"] for b in batches]).numpy(), data["i"])
-    assert {p.read_text() for p in tmp_path.iterdir()} == {"file_descriptor"}
+    assert {p.read_text() for p in tmp_path.glob("worker*")} == {"file_descriptor"}
