@@ -10,9 +10,13 @@ without it: the conversion runs in a child process (and workers) that cannot imp
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -29,6 +33,7 @@ from memshard.errors import (
 )
 from tests import corpus
 from tests.convert_helpers import assert_same_values, staging_of
+from tests.helpers import REPO_ROOT
 
 
 def assert_converted(dst: Path, expected: dict[str, np.ndarray], kind: str = "hdf5") -> None:
@@ -333,3 +338,70 @@ def test_a_damaged_chunk_fails_the_conversion_naming_store_array_and_chunk(
     assert re.match(rf"{re.escape(str(store))}: array 'x', block of rows \d+:\d+: ", message)
     assert f"the chunk at row 700 (key {key!r}) cannot be read" in message
     assert_nothing_openable(dst)
+
+
+# -- the command line --------------------------------------------------------------------------
+
+
+def run_memshard(
+    environment: dict[str, str] | None, *args: Any
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "memshard", *(os.fspath(arg) for arg in args)],
+        cwd=REPO_ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=environment or {**os.environ, "PYTHONWARNINGS": "error"},
+        check=False,
+    )
+
+
+def test_cli_converts_what_it_can_and_lists_what_it_left_out(tmp_path: Path) -> None:
+    src = tmp_path / "odd.h5"
+    expected = corpus.write_odd_types(src)
+    result = run_memshard(None, "convert", src, tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{tmp_path / 'out'}: {corpus.ROWS} rows")
+    notes = result.stderr.splitlines()
+    assert [note.split(" (")[0] for note in notes] == [
+        "memshard: /quad: not taken",
+        "memshard: /time: not taken",
+    ]
+    assert "floating-point type of 16 bytes" in notes[0]
+    assert_converted(tmp_path / "out", expected)
+
+
+def test_cli_without_hdf5plugin(tmp_path: Path) -> None:
+    src = tmp_path / "filtered.h5"
+    expected = corpus.write_plugin_filtered(src)
+    environment = corpus.environment_without(tmp_path, "hdf5plugin")
+    result = run_memshard(environment, "convert", src, tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    notes = result.stderr.splitlines()
+    assert len(notes) == len(corpus.PLUGIN_FILTERED)
+    assert all("pip install hdf5plugin" in note for note in notes)
+    assert_converted(tmp_path / "out", {path: expected[path] for path in ("/plain", "/gzip")})
+    refused = run_memshard(environment, "convert", src, tmp_path / "lz4", "--field", "x=/lz4")
+    assert refused.returncode == 2
+    assert refused.stdout == ""
+    assert refused.stderr.startswith(f"memshard: error: {src}: field 'x' (/lz4): it is compressed")
+    assert "pip install hdf5plugin" in refused.stderr
+    assert len(refused.stderr.splitlines()) == 1
+    assert_nothing_left(tmp_path / "lz4")
+
+
+def test_cli_on_a_zarr_python_2_group(tmp_path: Path) -> None:
+    store = tmp_path / "v2.zarr"
+    expected = corpus.write_zarr2_group(store)
+    result = run_memshard(None, "convert", store, tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        f"memshard: pickled: not taken ({zarrstore.PICKLE_REFUSAL})",
+        "memshard: s1: not taken (string dtype |S1)",
+        "memshard: u4: not taken (string dtype <U4)",
+    ]
+    assert_converted(tmp_path / "out", expected, "zarr")
+    info = json.loads(run_memshard(None, "info", tmp_path / "out", "--json").stdout)
+    assert info["rows"] == corpus.ROWS
