@@ -238,6 +238,57 @@ def test_a_file_truncated_after_planning_fails_naming_the_file(
     assert_nothing_openable(dst)
 
 
+#: ``python -c TRUNCATING_CHILD SRC DST ROW SIZE WORKERS``: convert the ``.npy`` file SRC,
+#: truncating it to SIZE bytes once row ROW is read; print the memshard error as JSON. A child
+#: process, because a memory-mapped file that is truncated kills its reader with SIGBUS.
+TRUNCATING_CHILD = """
+import dataclasses, json, sys
+from memshard import npysource
+from memshard.convert import convert
+from memshard.errors import MemshardError
+from tests.corpus import TruncateAt
+
+src, dst, row, size, workers = sys.argv[1:6]
+plan = npysource.plan(src)
+plan = dataclasses.replace(plan, opener=TruncateAt(plan.opener, int(row), src, int(size)))
+try:
+    convert(plan, dst, shard_bytes=64 << 10, workers=int(workers))
+except MemshardError as exc:
+    print(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
+"""
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_npy_file_truncated_mid_conversion_fails_naming_file_and_rows(
+    tmp_path: Path, workers: int
+) -> None:
+    src = tmp_path / "x.npy"
+    data = corpus.values(">f4", (4000, 64), seed=51)
+    np.save(src, data)
+    header = src.stat().st_size - data.nbytes
+    cut = header + data[:2000].nbytes
+    dst = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-c", TRUNCATING_CHILD, str(src), str(dst), "1500", str(cut),
+         str(workers)],
+        env=corpus.environment_without(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["error"] == "SourceError"
+    assert re.match(
+        rf"{re.escape(str(src))}: rows \d+:\d+: the file ends at byte ", report["message"]
+    )
+    assert "truncated" in report["message"]
+    assert_nothing_openable(dst)
+    staged = ms.open(staging_of(dst))
+    assert_same_values(staged["x"][:], data[: len(staged)])
+
+
 # -- zarr --------------------------------------------------------------------------------------
 
 
