@@ -156,7 +156,7 @@ def from_numpy(
     """Convert NumPy arrays or ``.npy`` files into memshard.
 
     ``src`` is an array, a ``.npy`` path, or ``{field: array or .npy path}``; a lone array is
-    field ``x``, a lone file is named after its stem. Files are memory-mapped, never loaded;
+    field ``x``, a lone file is named after its stem. Files are read in blocks, never loaded;
     with ``workers > 1`` files are read by worker processes and in-memory arrays by threads.
     See :func:`from_hdf5` for the other parameters and errors.
     """
