@@ -115,6 +115,11 @@ def _map_file(path: str) -> np.ndarray:
             raise UnsupportedSourceError(
                 f"{path}: holds object data, which memshard never unpickles"
             ) from None
+        if "mmap length is greater than file size" in str(exc):
+            raise SourceError(
+                f"{path}: the file is {os.path.getsize(path):,} bytes, shorter than its header "
+                "says: it is truncated"
+            ) from None
         raise SourceError(f"{path}: not a readable .npy file ({exc})") from None
     except OSError as exc:
         raise SourceError(f"{path}: cannot read ({exc})") from None
