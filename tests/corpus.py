@@ -467,3 +467,67 @@ def convert_in(
     assert result.stderr == "", result.stderr
     report: dict[str, Any] = json.loads(result.stdout)
     return report
+
+
+#: ``python -c DAMAGED_CHILD FORMAT SOURCE TRIALS SEED`` converts TRIALS damaged copies of the
+#: HDF5 file or zarr store SOURCE (1 to 4 random bytes overwritten, mostly in metadata: the
+#: first 4 KiB of the HDF5 file, any file of the store) and prints one JSON line:
+#: ``{"converted": n, "refused": n, "escaped": {exception: traceback tail}}``, where
+#: ``escaped`` lists every exception that was not a memshard error. A child process, so that a
+#: crash of the HDF5 library on a damaged file cannot take the test runner along.
+DAMAGED_CHILD = textwrap.dedent(
+    """
+    import json, os, random, shutil, sys, traceback
+    from pathlib import Path
+    import memshard as ms
+    from memshard.errors import MemshardError
+
+    kind, source, trials, seed = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    rng = random.Random(seed)
+    work = source.parent / "damaged"
+    report = {"converted": 0, "refused": 0, "escaped": {}}
+    for trial in range(trials):
+        copy, dst = work / f"copy{trial}{source.suffix}", work / f"out{trial}"
+        if kind == "hdf5":
+            os.makedirs(work, exist_ok=True)
+            shutil.copyfile(source, copy)
+            victims = [copy]
+        else:
+            shutil.copytree(source, copy)
+            victims = sorted(path for path in copy.rglob("*") if path.is_file())
+        victim = rng.choice(victims)
+        data = bytearray(victim.read_bytes())
+        for _ in range(rng.randint(1, 4)):
+            limit = 4096 if kind == "hdf5" and rng.random() < 0.8 else len(data)
+            data[rng.randrange(max(1, min(limit, len(data))))] = rng.randrange(256)
+        victim.write_bytes(bytes(data))
+        convert = ms.from_hdf5 if kind == "hdf5" else ms.from_zarr
+        try:
+            convert(copy, dst, progress=False)
+        except MemshardError:
+            report["refused"] += 1
+            assert not os.path.lexists(dst), dst
+        except Exception as exc:
+            key = f"{type(exc).__module__}.{type(exc).__name__}: {str(exc)[:100]}"
+            report["escaped"][key] = traceback.format_exc().splitlines()[-4:]
+        else:
+            report["converted"] += 1
+            assert ms.open(dst).verify().ok
+    print(json.dumps(report))
+    """
+)
+
+
+def convert_damaged(kind: str, source: Path, trials: int, seed: int) -> dict[str, Any]:
+    """Run :data:`DAMAGED_CHILD`; its report."""
+    result = subprocess.run(
+        [sys.executable, "-c", DAMAGED_CHILD, kind, str(source), str(trials), str(seed)],
+        env=environment_without(source.parent),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report

@@ -396,6 +396,24 @@ def test_a_damaged_chunk_fails_the_conversion_naming_store_array_and_chunk(
     assert_nothing_openable(dst)
 
 
+# -- damaged files ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["hdf5", "zarr-v2", "zarr-v3"])
+def test_damaged_copies_end_in_success_or_a_memshard_error(tmp_path: Path, kind: str) -> None:
+    """Random bytes overwritten in a file's metadata or chunks: h5py and zarr raise OSError,
+    KeyError, RuntimeError, TypeError..., which must all become memshard errors."""
+    if kind == "hdf5":
+        source = tmp_path / "source.h5"
+        corpus.write_plugin_filtered(source)
+    else:
+        source = tmp_path / "source.zarr"
+        (corpus.write_zarr2_group if kind == "zarr-v2" else corpus.write_zarr3_group)(source)
+    report = corpus.convert_damaged(kind.split("-")[0], source, trials=60, seed=7)
+    assert report["escaped"] == {}
+    assert report["converted"] + report["refused"] == 60
+
+
 # -- the command line --------------------------------------------------------------------------
 
 
