@@ -15,12 +15,15 @@ import re
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import ArgumentError, MemshardError, SourceError
 from .smallfile import open_regular
+
+if TYPE_CHECKING:
+    from .sources import SourcePlan
 
 #: Exit statuses.
 OK, DAMAGED, USAGE, UNCHECKED, INTERRUPTED = 0, 1, 2, 3, 130
@@ -168,29 +171,21 @@ def _progress(args: argparse.Namespace) -> bool | None:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from .convert import from_hdf5, from_numpy, from_zarr, staging_path
+    from .convert import convert, skipped_notes, staging_path
+    from .progress import is_enabled
 
-    source_format = args.format if args.format != "auto" else detect_format(args.src)
-    fields = dict(args.fields) if args.fields else None
-    labels = {name: value.split(",") for name, value in args.labels or []}
-    options: dict[str, Any] = {
-        "shard_bytes": args.shard_size,
-        "workers": args.workers,
-        "labels": labels or None,
-        "resume": args.resume,
-        "overwrite": args.overwrite,
-        "progress": _progress(args),
-    }
+    plan = _plan(args)
     started = time.perf_counter()
     try:
-        if source_format == "hdf5":
-            ds = from_hdf5(args.src, args.dst, fields=fields, label_attr=args.label_attr,
-                           **options)  # fmt: skip
-        elif source_format == "zarr":
-            ds = from_zarr(args.src, args.dst, fields=fields, label_attr=args.label_attr,
-                           **options)  # fmt: skip
-        else:
-            ds = from_numpy(npy_inputs(args.src, fields), args.dst, **options)
+        ds = convert(
+            plan,
+            args.dst,
+            shard_bytes=args.shard_size,
+            workers=args.workers,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            progress=_progress(args),
+        )
     except KeyboardInterrupt:
         staging = staging_path(args.dst)
         if os.path.isdir(staging):
@@ -202,12 +197,33 @@ def _convert(args: argparse.Namespace) -> int:
             return INTERRUPTED
         raise
     seconds = time.perf_counter() - started
+    if not args.quiet and not is_enabled(_progress(args)):  # a bar: convert listed them
+        for note in skipped_notes(plan):
+            print(f"memshard: {note}", file=sys.stderr)
     if not args.quiet:
         print(
             f"{ds.path}: {len(ds)} rows, {len(ds.shards)} shards, {_human(ds.nbytes)} "
             f"in {seconds:.1f} s ({_human(ds.nbytes / max(seconds, 1e-9))}/s)"
         )
     return OK
+
+
+def _plan(args: argparse.Namespace) -> SourcePlan:
+    """The conversion ``memshard convert`` asks for, planned (nothing written yet)."""
+    source_format = args.format if args.format != "auto" else detect_format(args.src)
+    fields = dict(args.fields) if args.fields else None
+    labels = {name: value.split(",") for name, value in args.labels or []} or None
+    if source_format == "hdf5":
+        from . import hdf5
+
+        return hdf5.plan(args.src, fields, labels=labels, label_attr=args.label_attr)
+    if source_format == "zarr":
+        from . import zarr
+
+        return zarr.plan(args.src, fields, labels=labels, label_attr=args.label_attr)
+    from . import npysource
+
+    return npysource.plan(npy_inputs(args.src, fields), labels=labels)
 
 
 def detect_format(src: str) -> str:

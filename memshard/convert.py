@@ -96,8 +96,11 @@ def from_hdf5(
 
     Raises:
         SourceError, UnsupportedSourceError: the file cannot be read, a requested dataset is
-            missing or is compound, string, variable-length, object, reference or scalar
-            data; nothing is written.
+            missing, is compound, string, variable-length, object, reference or scalar data,
+            or cannot be read here (a filter that is not installed, a damaged first chunk);
+            nothing is written. Without ``fields`` such datasets are left out instead (the
+            plan lists them). A read that fails while copying raises them too, naming the
+            file, the dataset and the rows; the rows committed so far are kept for a resume.
         DatasetExistsError: ``dst`` exists (without ``overwrite``; with ``resume``, and it is
             not this conversion finished: another source, fields, vocabularies or row count).
         ConversionStateError: an interrupted conversion to ``dst`` exists (without
@@ -153,7 +156,7 @@ def from_numpy(
     """Convert NumPy arrays or ``.npy`` files into memshard.
 
     ``src`` is an array, a ``.npy`` path, or ``{field: array or .npy path}``; a lone array is
-    field ``x``, a lone file is named after its stem. Files are memory-mapped, never loaded;
+    field ``x``, a lone file is named after its stem. Files are read in blocks, never loaded;
     with ``workers > 1`` files are read by worker processes and in-memory arrays by threads.
     See :func:`from_hdf5` for the other parameters and errors.
     """
@@ -337,8 +340,13 @@ def _announce(plan: SourcePlan, progress: bool | None) -> None:
         return
     for name, source in plan.fields.items():
         say(f"{source.origin} -> field {name!r}: {source.dtype}, sample shape {source.shape}")
-    for origin, why in plan.skipped.items():
-        say(f"{origin}: not taken ({why})")
+    for note in skipped_notes(plan):
+        say(note)
+
+
+def skipped_notes(plan: SourcePlan) -> list[str]:
+    """One line for each array or attribute of the source that the plan leaves out, and why."""
+    return [f"{origin}: not taken ({why})" for origin, why in plan.skipped.items()]
 
 
 def source_record(plan: SourcePlan) -> dict[str, Any]:

@@ -2,21 +2,30 @@
 
 Use :func:`memshard.from_hdf5` and :func:`memshard.to_hdf5`; this module supplies the
 source plan (:func:`plan`), the per-process reader and the export.
+
+Files written by other tools are often compressed with filters that HDF5 itself lacks (blosc,
+lz4, zstd, bitshuffle: PyTables, detector data). They are loaded from ``hdf5plugin`` when it
+is installed (the ``hdf5`` extra), or from ``HDF5_PLUGIN_PATH``. A dataset whose filter is
+missing, whose HDF5 type NumPy cannot hold, or which cannot be read is left out of an
+automatic selection, or refused when requested, with a :class:`~memshard.errors.SourceError`
+naming the file, the dataset and what to install; no h5py exception reaches the caller.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .convert import require
-from .errors import SourceError
+from .errors import MemshardError, SourceError, UnsupportedSourceError
 from .progress import progress_bar
 from .reader import Dataset
 from .sources import (
@@ -26,6 +35,7 @@ from .sources import (
     SourcePlan,
     array_problem,
     block_ranges,
+    check_fields,
     export_plan,
     json_attrs_of,
     plan_source,
@@ -44,6 +54,51 @@ LABELS_ATTRIBUTE = "labels"
 MAX_CHUNK_CACHE_BYTES = 256 << 20
 #: Target size of a chunk written by :func:`export`.
 EXPORT_CHUNK_BYTES = 1 << 20
+#: The filters ``hdf5plugin`` provides, by their registered HDF5 filter id.
+HDF5PLUGIN_FILTERS = {
+    32001: "blosc",
+    32004: "lz4",
+    32008: "bitshuffle",
+    32013: "zfp",
+    32015: "zstd",
+    32017: "sz",
+    32018: "fcidecomp",
+    32024: "sz3",
+    32026: "blosc2",
+    32028: "sperr",
+    32033: "htj2k",
+    307: "bzip2",
+}
+#: Where the registered HDF5 filters are listed, with a plugin for each.
+FILTER_REGISTRY = "https://github.com/HDFGroup/hdf5_plugins"
+
+
+def _load_hdf5plugin() -> bool:
+    """Import ``hdf5plugin``, which registers its filters with HDF5; whether it is there."""
+    try:
+        importlib.import_module("hdf5plugin")
+    except ImportError:
+        return False
+    return True
+
+
+#: Whether the filters of ``hdf5plugin`` are registered in this process. Conversion workers
+#: import this module too (to unpickle the opener), so they load the same filters.
+HDF5PLUGIN_LOADED = _load_hdf5plugin()
+
+_TYPE_CLASSES = {
+    h5py.h5t.INTEGER: "integer",
+    h5py.h5t.FLOAT: "floating-point",
+    h5py.h5t.TIME: "time",
+    h5py.h5t.STRING: "string",
+    h5py.h5t.BITFIELD: "bitfield",
+    h5py.h5t.OPAQUE: "opaque",
+    h5py.h5t.COMPOUND: "compound",
+    h5py.h5t.REFERENCE: "reference",
+    h5py.h5t.ENUM: "enumeration",
+    h5py.h5t.VLEN: "variable-length",
+    h5py.h5t.ARRAY: "array",
+}
 
 
 def plan(
@@ -55,22 +110,53 @@ def plan(
 ) -> SourcePlan:
     """Describe the conversion of the HDF5 file ``src`` (see :func:`memshard.from_hdf5`).
 
+    Without ``fields``, every dataset is described and those that cannot be (an HDF5 type
+    NumPy has no dtype for, a missing filter, an unreadable first chunk) are left out and
+    listed in ``skipped``; with ``fields``, only the datasets requested are opened.
+
     Raises:
-        SourceError: ``src`` is missing or not an HDF5 file, or nothing in it can be taken.
-        UnsupportedSourceError: a requested dataset holds data memshard cannot store.
+        SourceError: ``src`` is missing or not an HDF5 file, a requested dataset is missing
+            or cannot be read, or nothing in it can be taken.
+        UnsupportedSourceError: a requested dataset holds data memshard cannot store, or is
+            compressed with a filter that is not available (the message says what to
+            install).
     """
     location = os.path.abspath(os.fspath(src))
+    check_fields(fields, location)
     with _open_file(location) as handle:
-        arrays = _arrays_in(handle) + _linked_arrays(handle, fields)
-        root_attrs, left_out = _attributes(handle)
-    return plan_source(
-        Catalogue("hdf5", location, arrays, root_attrs, left_out),
-        fields,
-        labels=labels,
-        label_attr=label_attr,
-        identity=lambda _: _identity(location),
-        opener=lambda origins: Hdf5Opener(location, origins, _cache_bytes(arrays, origins)),
-    )
+        with _source_errors(location, "cannot read the file's structure"):
+            arrays = _catalogue(handle, fields)
+            root_attrs, left_out = _attributes(handle)
+        catalogue = Catalogue(
+            "hdf5",
+            location,
+            arrays,
+            root_attrs,
+            left_out,
+            available=lambda: _dataset_paths(handle, location),
+        )
+        return plan_source(
+            catalogue,
+            fields,
+            labels=labels,
+            label_attr=label_attr,
+            identity=lambda _: _identity(location),
+            opener=lambda origins: Hdf5Opener(
+                location, origins, _cache_bytes(arrays, origins), _identity(location)["size"]
+            ),
+            probe=lambda origin: _probe(handle, origin),
+        )
+
+
+@contextlib.contextmanager
+def _source_errors(location: str, doing: str) -> Iterator[None]:
+    """Turn what h5py raises for a damaged file into a :class:`SourceError` naming it."""
+    try:
+        yield
+    except MemshardError:
+        raise
+    except Exception as exc:  # h5py raises OSError, KeyError, ValueError, RuntimeError...
+        raise SourceError(f"{location}: {doing} ({type(exc).__name__}: {exc})") from exc
 
 
 def _cache_bytes(arrays: list[ArrayInfo], origins: dict[str, str]) -> int:
@@ -97,51 +183,154 @@ def _identity(location: str) -> dict[str, Any]:
     return {"size": status.st_size, "mtime_ns": status.st_mtime_ns}
 
 
-def _arrays_in(handle: Any) -> list[ArrayInfo]:
-    found: list[ArrayInfo] = []
-
-    def visit(name: str, node: Any) -> None:
-        if isinstance(node, h5py.Dataset):
-            found.append(_describe(node))
-
-    handle.visititems(visit)
-    return found
+def _catalogue(handle: Any, fields: Mapping[str, str] | None) -> list[ArrayInfo]:
+    """Every dataset of the file described; with ``fields``, only those requested."""
+    if fields is None:
+        found = [_describe_at(handle, "/" + name) for name in _names(handle)]
+    else:
+        found = [_describe_at(handle, "/" + str(path).strip("/"), True) for path in fields.values()]
+    return [info for info in found if info is not None]
 
 
-def _linked_arrays(handle: Any, fields: Mapping[str, str] | None) -> list[ArrayInfo]:
-    """Requested datasets under the path asked for: a soft link, or another name of a
-    hard-linked dataset, which a traversal visits only once and under one name."""
-    found = []
-    for path in (fields or {}).values():
-        origin = "/" + str(path).strip("/")
-        try:
-            node = handle.get(origin)
-        except (KeyError, OSError, ValueError):  # a dangling or external link
-            continue
-        if isinstance(node, h5py.Dataset):
-            found.append(_describe(node, origin))
-    return found
+def _names(handle: Any) -> list[str]:
+    """The path of every object in the file, each hard-linked object once, without opening
+    any (h5py's ``visititems`` opens each, and one it cannot open would stop the visit)."""
+    names: list[str] = []
+    handle.visit(names.append)
+    return names
 
 
-def _describe(dataset: Any, origin: str | None = None) -> ArrayInfo:
-    origin = origin or dataset.name
+def _dataset_paths(handle: Any, location: str) -> list[str]:
+    """The path of every dataset, for a message; none is opened."""
+    with _source_errors(location, "cannot list the file's datasets"):
+        return [
+            "/" + name for name in _names(handle) if handle.get(name, getclass=True) is h5py.Dataset
+        ]
+
+
+def _describe_at(handle: Any, origin: str, requested: bool = False) -> ArrayInfo | None:
+    """The dataset at ``origin`` described (``None`` for something else, or, when
+    ``requested``, nothing there: a soft link is followed, a dangling one is nothing)."""
+    try:
+        node = handle.get(origin) if requested else handle[origin]
+    except KeyError:  # a dangling soft or external link
+        return None
+    except Exception as exc:  # an object this HDF5 library cannot open
+        return ArrayInfo(origin, (), None, unreadable=f"cannot be opened ({exc})")
+    if not isinstance(node, h5py.Dataset):
+        return None
+    try:
+        return _describe(node, origin)
+    except Exception as exc:  # h5py raises many types for what it cannot describe
+        return ArrayInfo(origin, (), None, unreadable=f"cannot be described ({exc})")
+
+
+def _describe(dataset: Any, origin: str) -> ArrayInfo:
     attrs, _ = _attributes(dataset)
     shape = dataset.shape
     if shape is None:
         return ArrayInfo(origin, (), None, problem="an empty (null dataspace) dataset")
-    problem = array_problem(shape, dataset.dtype)
-    if problem is None and h5py.check_dtype(ref=dataset.dtype) is not None:
+    try:
+        dtype = dataset.dtype
+    except (TypeError, ValueError) as exc:  # an HDF5 type with no NumPy equivalent
+        return ArrayInfo(origin, tuple(shape), None, problem=_type_problem(dataset, exc))
+    problem = array_problem(shape, dtype)
+    if problem is None and h5py.check_dtype(ref=dtype) is not None:
         problem = "reference data"
     chunks = dataset.chunks
     return ArrayInfo(
         origin=origin,
         shape=tuple(shape),
-        dtype=stored_dtype(dataset.dtype) if problem is None else None,
+        dtype=stored_dtype(dtype) if problem is None else None,
         chunk_rows=chunks[0] if chunks else 1,
-        chunk_bytes=math.prod(chunks) * dataset.dtype.itemsize if chunks else 0,
+        chunk_bytes=math.prod(chunks) * dtype.itemsize if chunks else 0,
         attrs=attrs,
         problem=problem,
     )
+
+
+def _type_problem(dataset: Any, exc: Exception) -> str:
+    """The HDF5 type of ``dataset`` in words: quad-precision floats, time types..."""
+    try:
+        hdf5_type = dataset.id.get_type()
+        kind = _TYPE_CLASSES.get(hdf5_type.get_class(), "unknown")
+        size = hdf5_type.get_size()
+    except Exception:  # the type cannot even be inspected
+        return f"an HDF5 type h5py cannot read ({exc})"
+    return f"an HDF5 {kind} type of {size} bytes, which NumPy has no dtype for ({exc})"
+
+
+def _probe(handle: Any, origin: str) -> None:
+    """:func:`check_readable` for the dataset at ``origin``."""
+    try:
+        dataset = handle[origin]
+    except Exception as exc:  # described a moment ago; h5py raises many types
+        raise SourceError(f"it cannot be opened ({type(exc).__name__}: {exc})") from exc
+    check_readable(dataset)
+
+
+def check_readable(dataset: Any) -> None:
+    """Check that ``dataset`` can be read here: every filter of its pipeline is available,
+    and its first stored chunk decodes (a single element is read).
+
+    Raises:
+        UnsupportedSourceError: a filter is not available (the message says what to install).
+        SourceError: the first chunk cannot be read (the file is damaged).
+    """
+    try:
+        missing = _missing_filters(dataset)
+        first = None if missing else _first_stored_element(dataset)
+        if first is not None:
+            dataset[first]
+    except Exception as exc:  # h5py and the filters raise many types for a damaged chunk
+        raise SourceError(
+            f"its first chunk cannot be read ({type(exc).__name__}: {exc}); the file may be damaged"
+        ) from exc
+    if missing:
+        raise UnsupportedSourceError(_filter_advice(missing))
+
+
+def _first_stored_element(dataset: Any) -> tuple[int, ...] | None:
+    """The index of the first element of the first chunk written (of the dataset, if it is
+    not chunked); ``None`` if it holds no element or no chunk is written."""
+    if dataset.size == 0:
+        return None
+    rank: int = dataset.ndim
+    if dataset.chunks is None:
+        return (0,) * rank
+    try:
+        info = dataset.id.get_chunk_info(0)
+    except ValueError:  # no chunk is written: every value is the fill value
+        return None
+    return tuple(int(index) for index in info.chunk_offset)
+
+
+def _missing_filters(dataset: Any) -> list[tuple[int, str]]:
+    """The filters of ``dataset``'s pipeline that HDF5 cannot load, as ``(id, name)``."""
+    properties = dataset.id.get_create_plist()
+    missing = []
+    for index in range(properties.get_nfilters()):
+        code, _flags, _values, stored_name = properties.get_filter(index)
+        if not h5py.h5z.filter_avail(code):
+            text = stored_name.decode("utf-8", "replace").split(";")[0].strip()
+            missing.append((code, HDF5PLUGIN_FILTERS.get(code, text or "unnamed")))
+    return missing
+
+
+def _filter_advice(missing: list[tuple[int, str]]) -> str:
+    """Which filters are missing and how to get them."""
+    named = ", ".join(f"{name} (HDF5 filter {code})" for code, name in missing)
+    if not HDF5PLUGIN_LOADED and all(code in HDF5PLUGIN_FILTERS for code, _ in missing):
+        fix = (
+            "install hdf5plugin, which memshard loads by itself: "
+            "pip install hdf5plugin (or pip install 'memshard[hdf5]')"
+        )
+    else:
+        fix = (
+            "install an HDF5 plugin for it and point HDF5_PLUGIN_PATH at its directory "
+            f"(plugins for the registered filters: {FILTER_REGISTRY})"
+        )
+    return f"it is compressed with {named}, which this HDF5 library cannot load: {fix}"
 
 
 def _attributes(node: Any) -> tuple[dict[str, Any], list[str]]:
@@ -171,28 +360,96 @@ def _embedded_attrs(value: Any) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Hdf5Opener:
-    """Opens the file in the calling process (picklable: a worker calls it after spawn)."""
+    """Opens the file in the calling process (picklable: a worker calls it after spawn).
+
+    ``size`` is the file's size when the conversion was planned: a file found shorter
+    while it is read was truncated, and its reads cannot be trusted.
+    """
 
     location: str
     origins: dict[str, str]
     cache_bytes: int = 0
+    size: int = 0
 
     def __call__(self) -> Hdf5Reader:
-        handle = h5py.File(self.location, "r", rdcc_nbytes=self.cache_bytes)
-        return Hdf5Reader(handle, {name: handle[path] for name, path in self.origins.items()})
+        """Open the file and the datasets.
+
+        Raises:
+            SourceError: the file cannot be opened (gone, truncated) or a dataset is gone.
+        """
+        try:
+            handle = h5py.File(self.location, "r", rdcc_nbytes=self.cache_bytes)
+        except Exception as exc:  # h5py raises OSError for most, others for a damaged file
+            raise SourceError(f"{self.location}: cannot open as HDF5 ({exc})") from exc
+        try:
+            datasets = {name: handle[path] for name, path in self.origins.items()}
+        except Exception as exc:
+            handle.close()
+            paths = ", ".join(self.origins.values())
+            raise SourceError(
+                f"{self.location}: a dataset of the conversion ({paths}) cannot be opened any "
+                f"more ({exc}); the file changed since the conversion was planned"
+            ) from exc
+        return Hdf5Reader(handle, datasets, self)
 
 
 class Hdf5Reader:
-    """Reads blocks of rows straight into the caller's buffer; HDF5 converts the byte order."""
+    """Reads blocks of rows straight into the caller's buffer; HDF5 converts the byte order.
 
-    def __init__(self, handle: Any, datasets: dict[str, Any]) -> None:
+    Every failure is a :class:`SourceError` naming the file, the dataset and the rows.
+    """
+
+    def __init__(self, handle: Any, datasets: dict[str, Any], opener: Hdf5Opener) -> None:
         self._handle = handle
         self._datasets = datasets
+        self._opener = opener
+        self._fd: int = handle.id.get_vfd_handle()
 
     def read(self, name: str, start: int, stop: int, out: np.ndarray) -> None:
-        """Fill ``out`` with rows ``start:stop`` of field ``name``."""
-        if stop > start:
+        """Fill ``out`` with rows ``start:stop`` of field ``name``.
+
+        Raises:
+            SourceError: the rows cannot be read, or the file was truncated meanwhile (past
+                its end HDF5 reads zeros, so a read that succeeds is checked too).
+            UnsupportedSourceError: a filter of the dataset is not available here.
+        """
+        if stop <= start:
+            return
+        try:
             self._datasets[name].read_direct(out, np.s_[start:stop])
+        except Exception as exc:  # h5py and the filters raise OSError, ValueError, ...
+            raise self._failure(name, start, stop, exc) from exc
+        truncated = self._truncation()
+        if truncated is not None:
+            raise SourceError(f"{self._where(name, start, stop)}: {truncated}")
+
+    def _where(self, name: str, start: int, stop: int) -> str:
+        origin = self._opener.origins[name]
+        return f"{self._opener.location}: dataset {origin!r}, block of rows {start}:{stop}"
+
+    def _truncation(self) -> str | None:
+        size = os.fstat(self._fd).st_size
+        if size >= self._opener.size:
+            return None
+        return (
+            f"the file was truncated while being converted (now {size:,} bytes, "
+            f"{self._opener.size:,} when the conversion began); convert a complete copy"
+        )
+
+    def _failure(self, name: str, start: int, stop: int, exc: Exception) -> SourceError:
+        where = self._where(name, start, stop)
+        truncated = self._truncation()
+        if truncated is not None:
+            return SourceError(f"{where}: {truncated}")
+        try:
+            missing = _missing_filters(self._datasets[name])
+        except Exception:  # the pipeline cannot be inspected: report the read error
+            missing = []
+        if missing:
+            return UnsupportedSourceError(f"{where}: {_filter_advice(missing)}")
+        return SourceError(
+            f"{where}: cannot be read ({type(exc).__name__}: {exc}); the file may be damaged"
+        )
 
     def close(self) -> None:
         """Close the file."""

@@ -1,10 +1,14 @@
 """Conversion sources: arrays in another format that share their first axis, read in blocks.
 
-A format module (:mod:`memshard.hdf5`, :mod:`memshard.zarr`, :mod:`memshard.numpy_source`)
-describes every array it finds as an :class:`ArrayInfo`; :func:`select_fields` then picks the
-fields, checks that memshard can store them and that they agree on the row count, and the
-module returns a :class:`SourcePlan`. The plan carries a picklable *opener*, so that each
-conversion worker opens the source itself (an HDF5 handle must never cross a ``fork``).
+A format module (:mod:`memshard.hdf5`, :mod:`memshard.zarr`, :mod:`memshard.npysource`)
+describes the arrays it finds as :class:`ArrayInfo` (every array, or only those requested);
+an array it cannot store gets a ``problem``, one it cannot open or read an ``unreadable``
+reason, instead of failing the plan, so that one bad array never blocks a good one.
+:func:`select_fields` then picks the fields, checks that memshard can store them and that
+they agree on the row count; :func:`plan_source` has the module read the first chunk of each
+chosen array (a missing filter or codec is found before anything is written) and returns a
+:class:`SourcePlan`. The plan carries a picklable *opener*, so that each conversion worker
+opens the source itself (an HDF5 handle must never cross a ``fork``).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import re
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -49,7 +53,9 @@ SUPPORTED_KINDS = (
 class ArrayInfo:
     """One array found in a source, whether or not memshard can store it.
 
-    ``problem`` says why it cannot be converted (``None`` when it can).
+    ``problem`` says why memshard cannot store it (its type or shape), ``unreadable`` why it
+    cannot be opened or read here (a filter or codec that is not installed, damaged metadata
+    or chunks); both are ``None`` for an array that can be converted.
     """
 
     origin: str
@@ -59,6 +65,12 @@ class ArrayInfo:
     chunk_bytes: int = 0
     attrs: dict[str, Any] = field(default_factory=dict)
     problem: str | None = None
+    unreadable: str | None = None
+
+    @property
+    def refusal(self) -> str | None:
+        """Why the array cannot be converted (``None`` if it can)."""
+        return self.problem or self.unreadable
 
 
 @dataclass(frozen=True)
@@ -112,15 +124,27 @@ class SourcePlan:
     skipped: dict[str, str] = field(default_factory=dict)
 
 
+#: Reads the first chunk of the array at an origin; raises :class:`SourceError` (or
+#: :class:`UnsupportedSourceError`) saying why it cannot, in words that name neither the
+#: source nor the array (the caller adds them).
+Probe = Callable[[str], None]
+
+
 @dataclass(frozen=True)
 class Catalogue:
-    """What a format module found in a source, before the fields are chosen."""
+    """What a format module found in a source, before the fields are chosen.
+
+    ``arrays`` holds every array of the source, or, when fields are requested, only those
+    (found under the paths requested); ``available`` lists the paths of every array, for the
+    message about a requested one that does not exist.
+    """
 
     kind: str
     location: str
     arrays: list[ArrayInfo]
     attrs: dict[str, Any]
     left_out_attrs: list[str]
+    available: Callable[[], list[str]] | None = None
 
 
 def plan_source(
@@ -131,14 +155,20 @@ def plan_source(
     label_attr: str | None,
     identity: Callable[[dict[str, SourceField]], dict[str, Any]],
     opener: Callable[[dict[str, str]], Opener],
+    probe: Probe | None = None,
 ) -> SourcePlan:
     """Choose the fields (:func:`select_fields`) and labels, and assemble the plan.
 
     ``identity`` describes the source given the chosen fields; ``opener`` makes the opener
-    given ``{field name: array origin}``.
+    given ``{field name: array origin}``; ``probe`` reads the first chunk of each chosen
+    array (see :func:`_choose_readable`).
+
+    Raises:
+        SourceError, UnsupportedSourceError: as :func:`select_fields`, or a requested array
+            cannot be read (its message names the source, the field and the array).
     """
     location = catalogue.location
-    chosen, rows, skipped = select_fields(catalogue.arrays, fields, location=location)
+    chosen, rows, skipped = _choose_readable(catalogue, fields, probe)
     for name in catalogue.left_out_attrs:
         skipped[f"{location}:{name}"] = "attribute not representable in JSON"
     return SourcePlan(
@@ -152,6 +182,45 @@ def plan_source(
         opener=opener({name: field.origin for name, field in chosen.items()}),
         skipped=skipped,
     )
+
+
+def _choose_readable(
+    catalogue: Catalogue, requested: Mapping[str, str] | None, probe: Probe | None
+) -> tuple[dict[str, SourceField], int, dict[str, str]]:
+    """:func:`select_fields`, keeping only arrays whose first chunk ``probe`` can read.
+
+    An array the probe fails on is refused when requested; otherwise it is left out with the
+    reason, and the fields are chosen again from the others (each array is probed once).
+
+    Raises:
+        SourceError, UnsupportedSourceError: see :func:`select_fields`; or the probe failed
+            on a requested array (the error the probe raised, naming the source and field).
+    """
+    location = catalogue.location
+    arrays = list(catalogue.arrays)
+    readable: set[str] = set()
+    while True:
+        chosen, rows, skipped = select_fields(
+            arrays, requested, location=location, available=catalogue.available
+        )
+        unreadable: dict[str, str] = {}
+        for name, source in chosen.items():
+            if probe is None or source.origin in readable:
+                continue
+            try:
+                probe(source.origin)
+            except SourceError as exc:
+                if requested is not None:
+                    raise type(exc)(f"{location}: field {name!r} ({source.origin}): {exc}") from exc
+                unreadable[source.origin] = str(exc)
+            else:
+                readable.add(source.origin)
+        if not unreadable:
+            return chosen, rows, skipped
+        arrays = [
+            replace(info, unreadable=unreadable[info.origin]) if info.origin in unreadable else info
+            for info in arrays
+        ]
 
 
 def stored_dtype(dtype: np.dtype[Any]) -> np.dtype[Any] | None:
@@ -185,6 +254,7 @@ def select_fields(
     requested: Mapping[str, str] | None,
     *,
     location: str,
+    available: Callable[[], list[str]] | None = None,
 ) -> tuple[dict[str, SourceField], int, dict[str, str]]:
     """Pick the fields of a conversion: ``(fields, rows, skipped)``.
 
@@ -192,7 +262,8 @@ def select_fields(
     must exist, be storable and have the same first-axis length. Without it, every storable
     array whose first axis has the dataset's length is taken, the length being the one shared
     by the most arrays (the larger on a tie); fields are named after the array's path.
-    ``skipped`` maps each array left out to the reason.
+    ``skipped`` maps each array left out to the reason. ``available`` lists every array's
+    path for the message about a missing one (default: the origins of ``arrays``).
 
     Raises:
         SourceError: a requested array is missing, lengths disagree, or nothing is storable.
@@ -200,9 +271,9 @@ def select_fields(
     """
     by_origin = {info.origin: info for info in arrays}
     if requested is not None:
-        return _requested_fields(by_origin, requested, location)
-    usable = [info for info in arrays if info.problem is None]
-    skipped = {info.origin: info.problem for info in arrays if info.problem is not None}
+        return _requested_fields(by_origin, requested, location, available)
+    usable = [info for info in arrays if info.refusal is None]
+    skipped = {info.origin: info.refusal for info in arrays if info.refusal is not None}
     if not usable:
         found = "; ".join(f"{origin}: {why}" for origin, why in skipped.items()) or "no arrays"
         raise SourceError(
@@ -228,23 +299,30 @@ def select_fields(
 
 
 def _requested_fields(
-    by_origin: Mapping[str, ArrayInfo], requested: Mapping[str, str], location: str
+    by_origin: Mapping[str, ArrayInfo],
+    requested: Mapping[str, str],
+    location: str,
+    available: Callable[[], list[str]] | None,
 ) -> tuple[dict[str, SourceField], int, dict[str, str]]:
-    if not isinstance(requested, Mapping) or not requested:
-        raise SourceError(f"{location}: fields must be a non-empty mapping of name -> array path")
+    check_fields(requested, location)
     fields: dict[str, SourceField] = {}
     lengths: dict[str, int] = {}
     for name, origin in requested.items():
         info = by_origin.get(_normalise_origin(origin, by_origin))
         if info is None:
-            available = ", ".join(sorted(by_origin)) or "none"
+            found = available() if available is not None else list(by_origin)
+            listed = ", ".join(sorted(found)) or "none"
             raise SourceError(
-                f"{location}: field {name!r}: no array {origin!r} (arrays found: {available})"
+                f"{location}: field {name!r}: no array {origin!r} (arrays found: {listed})"
             )
         if info.problem is not None:
             raise UnsupportedSourceError(
                 f"{location}: field {name!r} ({info.origin}): {info.problem}; "
                 f"memshard takes {SUPPORTED_KINDS}"
+            )
+        if info.unreadable is not None:
+            raise UnsupportedSourceError(
+                f"{location}: field {name!r} ({info.origin}): {info.unreadable}"
             )
         fields[name] = _source_field(info)
         lengths[name] = info.shape[0]
@@ -252,6 +330,16 @@ def _requested_fields(
         detail = ", ".join(f"{name}: {rows}" for name, rows in lengths.items())
         raise SourceError(f"{location}: fields have different row counts ({detail})")
     return fields, next(iter(lengths.values())), {}
+
+
+def check_fields(requested: Mapping[str, str] | None, location: str) -> None:
+    """Check that fields requested are given as a non-empty mapping (``None``: not requested).
+
+    Raises:
+        SourceError: ``requested`` is something else.
+    """
+    if requested is not None and (not isinstance(requested, Mapping) or not requested):
+        raise SourceError(f"{location}: fields must be a non-empty mapping of name -> array path")
 
 
 def _normalise_origin(origin: str, by_origin: Mapping[str, ArrayInfo]) -> str:
@@ -265,7 +353,7 @@ def _normalise_origin(origin: str, by_origin: Mapping[str, ArrayInfo]) -> str:
 
 
 def _source_field(info: ArrayInfo) -> SourceField:
-    assert info.dtype is not None  # arrays with a problem never get here
+    assert info.dtype is not None  # arrays refused never get here
     return SourceField(
         origin=info.origin,
         dtype=info.dtype,

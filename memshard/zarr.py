@@ -3,29 +3,41 @@ importing zarr.
 
 Use :func:`memshard.from_zarr` and :func:`memshard.to_zarr`; this module supplies the source
 plan (:func:`plan`), the per-process reader and the export.
+
+Stores written by other tools hold arrays zarr-python 3 cannot open (a zarr-python 2 string
+array whose ``fill_value`` is ``0``, a data type or codec it does not know) or read (a codec
+whose package is not installed, a damaged chunk). The group is walked node by node, so such an
+array is left out of an automatic selection, or refused when requested, with a
+:class:`~memshard.errors.SourceError` naming the store, the array, the chunk and what to
+install; no zarr exception reaches the caller.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
+import re
 import shutil
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from . import zarrstore
 from .convert import require
-from .errors import SourceError
+from .errors import MemshardError, SourceError, UnsupportedSourceError
 from .progress import progress_bar
 from .reader import Dataset
-from .smallfile import open_regular
 from .sources import (
     ArrayInfo,
     Catalogue,
     SourcePlan,
     array_problem,
     block_ranges,
+    check_fields,
     export_plan,
     json_attrs_of,
     plan_source,
@@ -38,8 +50,6 @@ zarr = require("zarr", "zarr")
 LABELS_ATTRIBUTE = "labels"
 #: Target size of a chunk written by :func:`export`.
 EXPORT_CHUNK_BYTES = 4 << 20
-#: Metadata files whose size and time identify a store for a resumed conversion.
-_METADATA_FILES = ("zarr.json", ".zarray", ".zgroup", ".zattrs")
 
 
 def plan(
@@ -51,32 +61,42 @@ def plan(
 ) -> SourcePlan:
     """Describe the conversion of the zarr store ``src`` (see :func:`memshard.from_zarr`).
 
-    ``src`` may hold a group (arrays at any depth are found) or a single array.
+    ``src`` may hold a group (arrays at any depth are found) or a single array. Without
+    ``fields``, an array that zarr cannot open or whose first chunk it cannot read is left out
+    and listed in ``skipped``; with ``fields``, only the arrays requested are opened.
 
     Raises:
-        SourceError: ``src`` is missing or not a zarr store, or nothing in it can be taken.
-        UnsupportedSourceError: a requested array holds data memshard cannot store.
+        SourceError: ``src`` is missing or not a zarr store, a requested array is missing or
+            cannot be read, or nothing in it can be taken.
+        UnsupportedSourceError: a requested array holds data memshard cannot store, or needs
+            a codec that is not installed (the message says what to install).
     """
     location = os.path.abspath(os.fspath(src))
-    node = _open_node(location)
-    if isinstance(node, zarr.Array):
-        arrays = [_describe(_single_name(location), node)]
+    check_fields(fields, location)
+    store = _Store(location)
+    if _open_node_kind(location) == "array":
+        paths = {_single_name(location): ""}
         root_attrs: dict[str, Any] = {}
         left_out: list[str] = []
     else:
-        arrays = [
-            _describe(path, member)
-            for path, member in node.members(max_depth=None)
-            if isinstance(member, zarr.Array)
-        ]
-        root_attrs, left_out = json_attrs_of(dict(node.attrs))
+        paths = _requested_paths(location, fields)
+        root_attrs, left_out = json_attrs_of(_group_attrs(location))
+
+    def available() -> list[str]:
+        return list(paths) if "" in paths.values() else list(_requested_paths(location, None))
+
+    arrays = [store.describe(origin, path) for origin, path in paths.items()]
+    catalogue = Catalogue("zarr", location, arrays, root_attrs, left_out, available)
     return plan_source(
-        Catalogue("zarr", location, arrays, root_attrs, left_out),
+        catalogue,
         fields,
         labels=labels,
         label_attr=label_attr,
-        identity=lambda chosen: _identity(location, [field.origin for field in chosen.values()]),
-        opener=lambda origins: ZarrOpener(location, origins),
+        identity=lambda chosen: zarrstore.identity(
+            location, [field.origin for field in chosen.values()]
+        ),
+        opener=lambda origins: ZarrOpener(location, {n: paths[o] for n, o in origins.items()}),
+        probe=lambda origin: store.check_readable(paths[origin]),
     )
 
 
@@ -85,18 +105,172 @@ def _single_name(location: str) -> str:
     return name[: -len(".zarr")] if name.endswith(".zarr") and len(name) > 5 else name or "x"
 
 
-def _open_node(location: str) -> Any:
+def _open_node_kind(location: str) -> str:
+    """``"array"`` or ``"group"``: what the store at ``location`` holds at its root.
+
+    Raises:
+        SourceError: nothing is there, or no zarr metadata.
+    """
     if not os.path.exists(location):
         raise SourceError(f"{location}: no such zarr store")
-    for name in _METADATA_FILES:  # zarr would wait forever on a FIFO in their place
-        where = os.path.join(location, name)
-        if os.path.lexists(where):
-            os.close(open_regular(where, what="zarr metadata", error=SourceError,
-                                  follow_symlinks=True))  # fmt: skip
+    if not os.path.isdir(location):
+        raise SourceError(f"{location}: not a zarr store (not a directory)")
+    kind = zarrstore.node_kind(location)
+    if kind is None:
+        raise SourceError(
+            f"{location}: not a zarr store (no zarr.json, .zarray or .zgroup in the directory)"
+        )
+    return kind
+
+
+def _requested_paths(location: str, fields: Mapping[str, str] | None) -> dict[str, str]:
+    """``{origin: path in the store}`` of every array of the group at ``location`` (found by
+    walking its groups; none is opened), or of those ``fields`` requests that exist."""
+    if fields is None:
+        with _source_errors(location, "cannot list the store's arrays"):
+            found = zarrstore.array_paths(location)
+        return {path: path for path in found}
+    paths = {}
+    for requested in fields.values():
+        path = str(requested).strip("/")
+        inside = path and ".." not in path.split("/")
+        if inside and zarrstore.node_kind(os.path.join(location, path)) == "array":
+            paths[path] = path
+    return paths
+
+
+@contextlib.contextmanager
+def _source_errors(location: str, doing: str) -> Iterator[None]:
+    """Turn what zarr or the file system raises into a :class:`SourceError` naming the store."""
     try:
-        return zarr.open(store=location, mode="r")
+        yield
+    except MemshardError:
+        raise
     except Exception as exc:  # zarr raises many types for a store it cannot read
-        raise SourceError(f"{location}: not a readable zarr store ({exc})") from None
+        raise SourceError(f"{location}: {doing} ({type(exc).__name__}: {exc})") from exc
+
+
+def _group_attrs(location: str) -> dict[str, Any]:
+    """The attributes of the group at the store's root (its consolidated metadata, which
+    describes every array and fails on any one zarr cannot read, is not used)."""
+    with _source_errors(location, "not a readable zarr store"), _quiet_zarr():
+        group = zarr.open_group(store=location, mode="r", use_consolidated=False)
+        return dict(group.attrs)
+
+
+@contextlib.contextmanager
+def _quiet_zarr() -> Iterator[None]:
+    """Silence zarr's warning that numcodecs codecs are not part of the zarr 3 specification:
+    it concerns writing portable stores, and memshard only reads them. (``catch_warnings``
+    changes the process's filters for the duration, a short metadata read.)"""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr")
+        yield
+
+
+def _open_array(location: str, path: str) -> Any:
+    with _quiet_zarr():
+        return zarr.open_array(store=location, path=path, mode="r")
+
+
+class _Store:
+    """The arrays of one store opened while planning (each once)."""
+
+    def __init__(self, location: str) -> None:
+        self.location = location
+        self._arrays: dict[str, Any] = {}
+
+    def describe(self, origin: str, path: str) -> ArrayInfo:
+        """The array at ``path``, taken as ``origin``; one memshard must not read (a pickle
+        codec) or zarr cannot open gets a problem."""
+        metadata = zarrstore.raw_metadata(self.location, path)
+        if "pickle" in zarrstore.codec_ids(metadata):
+            return ArrayInfo(origin, (), None, problem=zarrstore.PICKLE_REFUSAL)
+        try:
+            array = self._arrays[path] = _open_array(self.location, path)
+        except Exception as exc:  # zarr raises many types for metadata it cannot read
+            return _unopenable(origin, metadata, exc)
+        try:
+            return _describe(origin, array)
+        except Exception as exc:
+            return ArrayInfo(origin, (), None, unreadable=f"cannot be described ({exc})")
+
+    def check_readable(self, path: str) -> None:
+        """Read the first element of the array at ``path``, which decodes its first chunk.
+
+        Raises:
+            UnsupportedSourceError: a codec of the array is not installed.
+            SourceError: the chunk cannot be read.
+        """
+        array = self._arrays[path]
+        if array.size == 0:
+            return
+        try:
+            array[(0,) * array.ndim]
+        except Exception as exc:  # zarr and the codecs raise many types for a bad chunk
+            missing = _missing_codec(exc)
+            if missing is not None:
+                raise UnsupportedSourceError(missing) from exc
+            raise SourceError(
+                f"its first chunk ({_chunk_key(array, path, 0)}) cannot be read "
+                f"({type(exc).__name__}: {exc}); the store may be damaged"
+            ) from exc
+
+
+def _unopenable(origin: str, metadata: dict[str, Any], exc: Exception) -> ArrayInfo:
+    """The array (of raw ``metadata``) that zarr cannot open, and why: a data type memshard
+    refuses anyway, a codec that is not installed, or zarr's own reason."""
+    refused = zarrstore.refused_type(metadata)
+    if refused is not None:
+        return ArrayInfo(origin, (), None, problem=refused)
+    missing = _missing_codec(exc)
+    if missing is not None:
+        return ArrayInfo(origin, (), None, unreadable=missing)
+    reason = f"zarr {zarr.__version__} cannot open it ({type(exc).__name__}: {exc})"
+    return ArrayInfo(origin, (), None, unreadable=reason)
+
+
+def _missing_codec(exc: BaseException) -> str | None:
+    """What an exception says about a codec that is missing, in words with the remedy; ``None``
+    if it says nothing of the kind. numcodecs raises its ``UnknownCodecError`` for a codec
+    whose package is not installed, zarr its own for a codec name it has not registered."""
+    if type(exc).__name__ != "UnknownCodecError":
+        return None
+    match = re.search(r"'+([^']+)'+", str(exc))
+    codec = match.group(1) if match else str(exc)
+    if type(exc).__module__.startswith("zarr"):
+        return _unregistered_advice(codec)
+    return zarrstore.codec_advice(codec)
+
+
+def _unregistered_advice(codec: str) -> str:
+    """That zarr-python has no codec named ``codec``, and what to do."""
+    known = importlib.import_module("numcodecs.registry").codec_registry
+    if codec in known or codec in zarrstore.NUMCODECS_EXTRAS:
+        fix = (
+            f"zarr-python names the numcodecs codec 'numcodecs.{codec}' (stores written by "
+            "other implementations, such as the Rust zarrs library, may use the bare name); "
+            f"naming it so in the array's zarr.json lets zarr-python read it"
+        )
+    else:
+        fix = (
+            "install the package that provides it and import it before converting, so that "
+            "it registers the codec with zarr"
+        )
+    return f"zarr-python {zarr.__version__} has no codec named {codec!r}: {fix}"
+
+
+def _chunk_key(array: Any, path: str, row: int) -> str:
+    """The store key of the chunk (the shard, if sharded) holding ``row`` and the first
+    element of each other axis, as ``"key ..."``; a placeholder if zarr cannot say."""
+    block = array.shards or array.chunks
+    coordinates = (row // block[0], *([0] * (array.ndim - 1)))
+    try:
+        key = array.metadata.encode_chunk_key(coordinates)
+    except Exception:  # a metadata class without the method: name the position instead
+        return f"chunk {coordinates}"
+    stored = f"{path}/{key}" if path else key
+    return f"key {stored!r}"
 
 
 def _describe(path: str, array: Any) -> ArrayInfo:
@@ -116,47 +290,92 @@ def _describe(path: str, array: Any) -> ArrayInfo:
     )
 
 
-def _identity(location: str, origins: list[str]) -> dict[str, Any]:
-    """Sizes and times of the store's metadata files: enough to notice a rewritten store
-    without listing its (possibly millions of) chunk files."""
-    seen: dict[str, list[int]] = {}
-    for directory in ["", *origins]:
-        for name in _METADATA_FILES:
-            relative = os.path.join(directory, name) if directory else name
-            where = os.path.join(location, relative)
-            if os.path.isfile(where):
-                status = os.stat(where)
-                seen[relative] = [status.st_size, status.st_mtime_ns]
-    return {"metadata": seen}
-
-
 @dataclass(frozen=True)
 class ZarrOpener:
-    """Opens the store in the calling process (picklable)."""
+    """Opens the arrays in the calling process (picklable). ``paths`` maps each field to its
+    array's path in the store (``""``: the store is that array)."""
 
     location: str
-    origins: dict[str, str]
+    paths: dict[str, str]
 
     def __call__(self) -> ZarrReader:
-        node = zarr.open(store=self.location, mode="r")
-        if isinstance(node, zarr.Array):
-            return ZarrReader(dict.fromkeys(self.origins, node))
-        return ZarrReader({name: node[path] for name, path in self.origins.items()})
+        """Open the arrays.
+
+        Raises:
+            SourceError: an array cannot be opened (the store changed since it was planned).
+        """
+        arrays = {}
+        for name, path in self.paths.items():
+            try:
+                arrays[name] = _open_array(self.location, path)
+            except Exception as exc:  # zarr raises many types for a store it cannot read
+                raise SourceError(
+                    f"{_where(self.location, path)}: cannot be opened any more "
+                    f"({type(exc).__name__}: {exc}); the store changed since it was planned"
+                ) from exc
+        return ZarrReader(self.location, arrays, self.paths)
+
+
+def _where(location: str, path: str) -> str:
+    return f"{location}: array {path!r}" if path else f"{location} (an array)"
 
 
 class ZarrReader:
-    """Reads blocks of rows; numpy converts big-endian values while copying into ``out``."""
+    """Reads blocks of rows; numpy converts big-endian values while copying into ``out``.
 
-    def __init__(self, arrays: dict[str, Any]) -> None:
+    Every failure is a :class:`SourceError` naming the store, the array and the chunk.
+    """
+
+    def __init__(self, location: str, arrays: dict[str, Any], paths: dict[str, str]) -> None:
+        self._location = location
         self._arrays = arrays
+        self._paths = paths
 
     def read(self, name: str, start: int, stop: int, out: np.ndarray) -> None:
-        """Fill ``out`` with rows ``start:stop`` of field ``name``."""
-        if stop > start:
+        """Fill ``out`` with rows ``start:stop`` of field ``name``.
+
+        Raises:
+            UnsupportedSourceError: a codec of the array is not installed here.
+            SourceError: a chunk of those rows cannot be read (the message names it).
+        """
+        if stop <= start:
+            return
+        try:
             out[...] = self._arrays[name][start:stop]
+        except Exception as exc:  # zarr and the codecs raise many types for a bad chunk
+            raise self._failure(name, start, stop, exc) from exc
+
+    def _failure(self, name: str, start: int, stop: int, exc: Exception) -> SourceError:
+        path = self._paths[name]
+        where = f"{_where(self._location, path)}, block of rows {start}:{stop}"
+        missing = _missing_codec(exc)
+        if missing is not None:
+            return UnsupportedSourceError(f"{where}: {missing}")
+        array = self._arrays[name]
+        row, cause = _first_bad_chunk(array, start, stop, exc)
+        return SourceError(
+            f"{where}: the chunk at row {row} ({_chunk_key(array, path, row)}) cannot be read "
+            f"({type(cause).__name__}: {cause}); the store may be damaged"
+        )
 
     def close(self) -> None:
         """Nothing to release: zarr holds no open files between reads."""
+
+
+def _first_bad_chunk(
+    array: Any, start: int, stop: int, exc: Exception
+) -> tuple[int, BaseException]:
+    """The first row of the first chunk of rows ``start:stop`` that fails to read, with its
+    error, found by reading chunk by chunk (after a failed read only); ``start`` and ``exc``
+    if every chunk reads."""
+    step = (array.shards or array.chunks)[0]
+    first = start - start % step
+    for row in range(first, stop, step):
+        try:
+            array[max(row, start) : min(row + step, stop)]
+        except Exception as cause:  # the chunk that fails
+            return max(row, start), cause
+    return start, exc
 
 
 def export(
