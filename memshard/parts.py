@@ -16,7 +16,6 @@ directory. Only :func:`commit_parts` and :func:`discard_parts` take the dataset'
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -274,31 +273,32 @@ def _remove_part(root: str, part_id: str, named: set[str], wait: bool) -> bool:
     """Delete the files of a part that the manifest does not name, unless its writer is alive
     (holds the part's lock), or, with ``wait``, once it is not.
 
-    A writer creates its shard files only once its lock is in place and removes the lock
-    only when it has finished, so a part without a lock file has no live writer. The lock
-    file is never created here: a lock of our own making would hide a writer's."""
+    A writer creates its shard files only once its lock file is in place, and removes the lock
+    file only when it has finished. So when there is no lock file, the files listed *before*
+    looking for it belong to no live writer (a writer that starts meanwhile creates files this
+    listing has not seen); when there is one, the files are listed once it is locked. The lock
+    file is never created here (a lock of our own making would hide a writer's), and is
+    removed only while locked here."""
     lock_path = os.path.join(root, PARTS_DIR, f"{part_id}.lock")
+    listed_first = _files_of_parts(root).get(part_id, [])
     try:
         lock = FileLock.acquire(lock_path, create=False, wait=wait)
     except FileNotFoundError:
-        lock = None
+        lock, listed = None, listed_first
     else:
         if lock is None:
             return False
-    # Listed under the lock: a writer that held it may have published more files meanwhile.
-    files = [path for path in _files_of_parts(root).get(part_id, []) if path not in named]
+        listed = _files_of_parts(root).get(part_id, [])
     try:
-        for path in files:
-            if not path.endswith(".lock"):
+        for path in listed:
+            if path not in named and not path.endswith(".lock"):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(root, path))
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(lock_path)
+        if lock is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(lock_path)
     except OSError as exc:
-        if exc.errno != errno.ENOENT:
-            raise WriteFailedError(
-                exc.errno, f"{root}: cannot discard part {part_id} ({exc})"
-            ) from exc
+        raise WriteFailedError(exc.errno, f"{root}: cannot discard part {part_id} ({exc})") from exc
     finally:
         if lock is not None:
             lock.release()
