@@ -18,13 +18,11 @@ import concurrent.futures as futures
 import os
 import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
-
-import numpy as np
 
 from . import manifest as manifest_io
 from .appender import Appender, append, create, is_memshard_dataset
+from .convertjob import CONVERT_GROUP, ShardJob, write_shard
 from .errors import (
     ArgumentError,
     ConversionFailedError,
@@ -32,22 +30,16 @@ from .errors import (
     DatasetExistsError,
     LabelError,
     MemshardError,
-    MissingDependencyError,
 )
 from .layout import MANIFEST_NAME
-from .manifest import FieldSpec, Manifest
-from .parts import Part, PartTarget, commit_parts, discard_parts, write_part
+from .manifest import Manifest
+from .parts import Part, PartTarget, commit_parts, discard_parts
 from .progress import progress_bar
 from .reader import Dataset
 from .reader import open as open_dataset
-from .schema import DEFAULT_SHARD_BYTES
+from .schema import DEFAULT_SHARD_BYTES, json_attrs
 from .sources import (
-    SourceField,
     SourcePlan,
-    SourceReader,
-    block_ranges,
-    block_rows_for,
-    check_label_range,
 )
 
 #: Suffix of the directory a conversion to ``DST`` builds before renaming it to ``DST``.
@@ -215,19 +207,6 @@ def to_zarr(
 
 def _as_dataset(dataset: Dataset | PathLike) -> Dataset:
     return dataset if isinstance(dataset, Dataset) else open_dataset(dataset)
-
-
-def require(module: str, extra: str) -> Any:
-    """Import an optional dependency, or raise :class:`MissingDependencyError` saying how to
-    install it."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise MissingDependencyError(
-            f"{module} is needed for this ({exc}); install it with: pip install 'memshard[{extra}]'"
-        ) from None
 
 
 # -- the conversion ----------------------------------------------------------------------------
@@ -429,7 +408,7 @@ def _source_mismatch(
     recorded = manifest.attrs.get(SOURCE_ATTR)
     if not isinstance(recorded, dict):
         return f"records no {SOURCE_ATTR}: it is not a conversion"
-    normalised = appender_attrs_form(record)
+    normalised = json_attrs(record)
     for key in ("format", "location", "rows", "identity", "fields"):
         if recorded.get(key) != normalised[key]:
             return (
@@ -442,71 +421,6 @@ def _source_mismatch(
             f"{labels!r:.200} now)"
         )
     return None
-
-
-def appender_attrs_form(value: dict[str, Any]) -> dict[str, Any]:
-    """``value`` as the manifest stores it (JSON round trip: tuples become lists)."""
-    from .schema import json_attrs
-
-    return json_attrs(value)
-
-
-#: The group of the parts a conversion writes (their ids are ``p-convert-NONCE``).
-CONVERT_GROUP = "convert"
-
-
-@dataclass(frozen=True)
-class ShardJob:
-    """Everything a worker needs to write shards of one conversion (picklable)."""
-
-    target: PartTarget
-    sources: dict[str, SourceField]
-    vocabulary_sizes: dict[str, int]
-
-    @property
-    def specs(self) -> dict[str, FieldSpec]:
-        """The staging dataset's fields."""
-        return self.target.fields
-
-    def shard_range(self, index: int, rows: int) -> tuple[int, int]:
-        """Rows ``start, stop`` of shard ``index`` in a source of ``rows`` rows."""
-        start = index * self.target.shard_rows
-        return start, min(rows, start + self.target.shard_rows)
-
-
-def write_shard(
-    job: ShardJob,
-    reader: SourceReader,
-    index: int,
-    start: int,
-    stop: int,
-    report: Callable[[int], None] | None = None,
-) -> Part:
-    """Write source rows ``start:stop`` as part ``index`` of the conversion: one sealed,
-    ``fsync``-ed shard and the part's record; return the record (not yet committed).
-
-    Every field is read in the same blocks of rows, whole source chunks of the widest field,
-    so that memory stays bounded (see :func:`memshard.sources.block_rows_for`)."""
-    block_rows = min(
-        block_rows_for(job.sources[name].chunk_rows, spec.row_bytes)
-        for name, spec in job.specs.items()
-    )
-    buffers = {
-        name: np.empty((min(block_rows, stop - start), *spec.shape), dtype=spec.numpy_dtype)
-        for name, spec in job.specs.items()
-    }
-    with write_part(job.target, key=index, group=CONVERT_GROUP) as part:
-        for begin, end in block_ranges(start, stop, block_rows):
-            block = {name: buffer[: end - begin] for name, buffer in buffers.items()}
-            for name, values in block.items():
-                reader.read(name, begin, end, values)
-                vocabulary = job.vocabulary_sizes.get(name)
-                if vocabulary is not None:
-                    check_label_range(values, vocabulary, where=f"field {name!r}", start=begin)
-            part.extend(block)
-            if report is not None:
-                report(sum(values.nbytes for values in block.values()))
-    return part.close()
 
 
 class _OrderedCommit:

@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from .convert import from_hdf5, require
+from .convert import from_hdf5
+from .optional import require
 from .progress import progress_bar
 
 CLASSES = ("plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from .convertjob import write_shard
 from .errors import ConversionFailedError
 
 Message = tuple[Any, ...]
@@ -185,8 +186,6 @@ def die_with_parent(parent: int) -> None:
 def serve(connection: Connection, parent: int) -> None:
     """The worker's loop: open the source, write shards until told to stop or until
     ``parent`` (the converter) has gone."""
-    from .convert import write_shard
-
     opener, job, progress = connection.recv()
     report = (lambda nbytes: connection.send(("progress", nbytes))) if progress else None
     try:
