@@ -42,7 +42,7 @@ from .errors import (
 from .handles import FileLock
 from .layout import LOCK_NAME, MANIFEST_NAME, MANIFEST_TEMP_PREFIX, SHARDS_DIR, shard_file_name
 from .manifest import FORMAT_NAME, FORMAT_VERSION, FieldSpec, Manifest, Shard
-from .mappings import ShardPart, check_shard_file
+from .mappings import SegmentFile, check_shard_file
 from .publish import publish_manifest
 from .schema import DEFAULT_SHARD_BYTES, field_specs, json_attrs, label_vocabularies, rows_per_shard
 from .shardsequence import ShardSequence
@@ -467,7 +467,9 @@ class Appender:
                     f"{rows}, is unsealed, or has other fields than {sorted(self._specs)}"
                 )
             for name, file in record.files.items():
-                part = ShardPart(file, record.rows, True, record.rows)
+                part = SegmentFile(
+                    file=file, manifest_rows=record.rows, sealed=True, rows=record.rows
+                )
                 check_shard_file(self.path, self._specs[name], part)
             rows += record.rows
         self._pending.extend(shards)
@@ -562,7 +564,9 @@ class Appender:
     def _continue(self, record: Shard, index: int) -> None:
         """Continue the unsealed last shard: cut it back to its committed rows."""
         for name, spec in self._specs.items():
-            part = ShardPart(record.files[name], record.rows, False, record.rows)
+            part = SegmentFile(
+                file=record.files[name], manifest_rows=record.rows, sealed=False, rows=record.rows
+            )
             check_shard_file(self.path, spec, part)
         opened = self._shards.continue_shard(index, record.row_offset, dict(record.files))
         try:

@@ -33,7 +33,7 @@ from .errors import (
 )
 from .layout import PARTS_DIR
 from .manifest import FieldSpec
-from .mappings import ShardPart, map_segment
+from .mappings import SegmentFile, map_segment
 from .optional import require
 from .parts import Part, PartTarget, commit_parts, discard_parts, write_part
 from .reader import Dataset
@@ -71,7 +71,9 @@ def to_dask(dataset: Dataset | str | os.PathLike[str], field: str) -> Any:
     chunk_rows = []
     for index, shard in enumerate(s for s in dataset.shards if s.row_offset < rows):
         mapped = min(shard.rows, rows - shard.row_offset)
-        part = ShardPart(shard.files[field], shard.rows, shard.sealed, mapped)
+        part = SegmentFile(
+            file=shard.files[field], manifest_rows=shard.rows, sealed=shard.sealed, rows=mapped
+        )
         key = (name, index, *tail)
         graph[key] = (map_segment, dataset.path, spec, [part])
         chunk_rows.append(mapped)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import bisect
 import operator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -267,16 +267,17 @@ def check_indices(indices: np.ndarray, length: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class ShardTable:
-    """Where shards start. ``offsets[s]`` is the first row of shard ``s``; the last entry is the
-    total row count. ``uniform_rows`` is set when every shard but the last has that many rows,
-    which turns the row-to-shard search into a division."""
+class SegmentTable:
+    """Where segments start (a segment: rows read together, one shard or a run of shards
+    mapped back to back). ``offsets[s]`` is the first row of segment ``s``; the last entry is
+    the total row count. ``uniform_rows`` is set when every segment but the last has that many
+    rows, which turns the row-to-segment search into a division."""
 
     offsets: np.ndarray
     uniform_rows: int | None
 
     @classmethod
-    def from_offsets(cls, offsets: np.ndarray) -> ShardTable:
+    def from_offsets(cls, offsets: np.ndarray) -> SegmentTable:
         """Build the table from ``len(shards) + 1`` cumulative offsets."""
         sizes = np.diff(offsets)
         uniform = None
@@ -286,39 +287,47 @@ class ShardTable:
         offsets.flags.writeable = False
         return cls(offsets, uniform)
 
-    def shard_of(self, row: int) -> int:
-        """The shard holding ``row`` (``0 <= row < total``)."""
+    def segment_of(self, row: int) -> int:
+        """The segment holding ``row`` (``0 <= row < total``)."""
         if self.uniform_rows is not None:
             return row // self.uniform_rows
         return bisect.bisect_right(self.offsets, row) - 1
 
-    def shards_of(self, rows: np.ndarray) -> np.ndarray:
-        """The shard of each row, vectorised."""
+    def segments_of(self, rows: np.ndarray) -> np.ndarray:
+        """The segment of each row, vectorised."""
         if self.uniform_rows is not None:
             return rows // self.uniform_rows
         return np.searchsorted(self.offsets, rows, side="right") - 1
 
 
-Triple = tuple[int, Any, Any]
+class Piece(NamedTuple):
+    """One segment's share of a read: which ``rows`` of the segment (a slice or an index
+    array), and where they go in the output (``positions``: a slice or an index array)."""
+
+    segment: int
+    rows: Any
+    positions: Any
 
 
-def project_slice(rows: SliceRows, table: ShardTable) -> list[Triple]:
-    """``(shard, slice in shard, slice in output)`` for every shard the slice touches, in
-    output order.
+def project_slice(rows: SliceRows, table: SegmentTable) -> list[Piece]:
+    """A :class:`Piece` (segment, slice in it, slice of the output) for every segment the slice
+    touches, in output order.
 
     Example:
-        >>> t = ShardTable.from_offsets(np.array([0, 4, 8, 10]))
-        >>> project_slice(SliceRows(1, 10, 3, 3), t)
-        [(0, slice(1, 2, 3), slice(0, 1, None)), (1, slice(0, 4, 3), slice(1, 3, None))]
+        >>> t = SegmentTable.from_offsets(np.array([0, 4, 8, 10]))
+        >>> for piece in project_slice(SliceRows(1, 10, 3, 3), t):
+        ...     print(piece)
+        Piece(segment=0, rows=slice(1, 2, 3), positions=slice(0, 1, None))
+        Piece(segment=1, rows=slice(0, 4, 3), positions=slice(1, 3, None))
     """
     if rows.count == 0:
         return []
     offsets = table.offsets
     first = rows.start
     last = rows.start + (rows.count - 1) * rows.step
-    triples: list[Triple] = []
+    triples: list[Piece] = []
     done = 0
-    shard = table.shard_of(first)
+    shard = table.segment_of(first)
     step_shard = 1 if rows.step > 0 else -1
     while done < rows.count:
         row = first + done * rows.step
@@ -330,7 +339,7 @@ def project_slice(rows: SliceRows, table: ShardTable) -> list[Triple]:
         local_start = row - low
         local_stop = local_start + (count - 1) * rows.step + (1 if rows.step > 0 else -1)
         triples.append(
-            (
+            Piece(
                 shard,
                 slice(local_start, local_stop if local_stop >= 0 else None, rows.step),
                 slice(done, done + count),
@@ -340,14 +349,14 @@ def project_slice(rows: SliceRows, table: ShardTable) -> list[Triple]:
     return triples
 
 
-def project_indices(indices: np.ndarray, table: ShardTable) -> list[Triple]:
-    """``(shard, indices in shard, positions in output)`` grouped by shard.
+def project_indices(indices: np.ndarray, table: SegmentTable) -> list[Piece]:
+    """A :class:`Piece` (segment, indices in it, positions in the output) per segment.
 
     ``indices`` must be 1-d, non-negative and in range. The output positions are a ``slice``
     when one shard serves every index.
 
     Example:
-        >>> t = ShardTable.from_offsets(np.array([0, 4, 8]))
+        >>> t = SegmentTable.from_offsets(np.array([0, 4, 8]))
         >>> [(s, a.tolist(), p if isinstance(p, slice) else p.tolist())
         ...  for s, a, p in project_indices(np.array([5, 1, 6]), t)]
         [(0, [1], [1]), (1, [1, 2], [0, 2])]
@@ -355,16 +364,16 @@ def project_indices(indices: np.ndarray, table: ShardTable) -> list[Triple]:
     if indices.size == 0:
         return []
     offsets = table.offsets
-    shards = table.shards_of(indices)
+    shards = table.segments_of(indices)
     low, high = int(shards.min()), int(shards.max())
     if low == high:
-        return [(low, indices - offsets[low], slice(0, indices.size))]
+        return [Piece(low, indices - offsets[low], slice(0, indices.size))]
     if high - low < MASK_GROUPING_MAX_SHARDS:
-        triples: list[Triple] = []
+        triples: list[Piece] = []
         for shard in range(low, high + 1):
             positions = np.flatnonzero(shards == shard)
             if positions.size:
-                triples.append((shard, indices[positions] - offsets[shard], positions))
+                triples.append(Piece(shard, indices[positions] - offsets[shard], positions))
         return triples
     order = np.argsort(shards, kind="stable")
     grouped = shards[order]
@@ -372,6 +381,6 @@ def project_indices(indices: np.ndarray, table: ShardTable) -> list[Triple]:
     starts = np.concatenate(([0], cuts))
     ends = np.concatenate((cuts, [indices.size]))
     return [
-        (int(grouped[a]), indices[order[a:b]] - offsets[grouped[a]], order[a:b])
+        Piece(int(grouped[a]), indices[order[a:b]] - offsets[grouped[a]], order[a:b])
         for a, b in zip(starts.tolist(), ends.tolist(), strict=True)
     ]

@@ -67,7 +67,7 @@ _MAP_FIXED = 0x10  # the same value on Linux and macOS
 
 
 @dataclass(frozen=True)
-class ShardPart:
+class SegmentFile:
     """One shard file of a segment: the manifest record and how many rows to map."""
 
     file: ShardFile
@@ -210,7 +210,7 @@ class MappingCache:
         return array
 
     def map(
-        self, key: Hashable, root: str, spec: FieldSpec, parts: Sequence[ShardPart]
+        self, key: Hashable, root: str, spec: FieldSpec, parts: Sequence[SegmentFile]
     ) -> np.ndarray | None:
         """The array of segment ``key`` (the rows of ``parts``), mapped with
         :func:`map_segment` and cached, evicting the least recently used segments for room.
@@ -276,7 +276,7 @@ os.register_at_fork(after_in_child=CACHE.clear)
 def map_segment(
     root: str,
     spec: FieldSpec,
-    parts: Sequence[ShardPart],
+    parts: Sequence[SegmentFile],
     on_unmap: Callable[[], Any] | None = None,
 ) -> np.ndarray:
     """Map the rows of consecutive shard files of one field as one read-only array.
@@ -319,7 +319,7 @@ def map_segment(
     return array
 
 
-def _map(root: str, spec: FieldSpec, parts: Sequence[ShardPart]) -> tuple[mmap.mmap, int]:
+def _map(root: str, spec: FieldSpec, parts: Sequence[SegmentFile]) -> tuple[mmap.mmap, int]:
     if BACK_TO_BACK:
         return _map_back_to_back(spec, parts, lambda part: _open_checked(root, spec, part))
     (part,) = parts
@@ -333,13 +333,13 @@ def _map(root: str, spec: FieldSpec, parts: Sequence[ShardPart]) -> tuple[mmap.m
     return region, part.file.data_offset
 
 
-def _files(parts: Sequence[ShardPart]) -> str:
+def _files(parts: Sequence[SegmentFile]) -> str:
     first = parts[0].file.path
     return first if len(parts) == 1 else f"{first} and {len(parts) - 1} more shard files"
 
 
 def read_rows(
-    root: str, spec: FieldSpec, parts: Sequence[ShardPart], rows: np.ndarray
+    root: str, spec: FieldSpec, parts: Sequence[SegmentFile], rows: np.ndarray
 ) -> np.ndarray:
     """Copy rows ``rows`` (indices into the segment of ``parts``, any order, repeats allowed)
     with ``pread``, mapping nothing: how the reader reads when the mapping cache has no room.
@@ -372,7 +372,7 @@ def read_rows(
     return gathered
 
 
-def _read_runs(fd: int, part: ShardPart, rows: np.ndarray, out: np.ndarray, root: str) -> None:
+def _read_runs(fd: int, part: SegmentFile, rows: np.ndarray, out: np.ndarray, root: str) -> None:
     """Read sorted, distinct ``rows`` of one file into the rows of ``out``, one ``preadv`` per
     run of adjacent rows."""
     row_bytes = out.shape[1]
@@ -399,12 +399,12 @@ def segment_breaks_after(spec: FieldSpec, rows: int) -> bool:
     return not BACK_TO_BACK or (rows * spec.row_bytes) % npyheader.DATA_ALIGN != 0
 
 
-def check_shard_file(root: str, spec: FieldSpec, part: ShardPart) -> None:
+def check_shard_file(root: str, spec: FieldSpec, part: SegmentFile) -> None:
     """Check one shard file's size and header against the manifest (see :func:`map_segment`)."""
     os.close(_open_checked(root, spec, part))
 
 
-def _open_checked(root: str, spec: FieldSpec, part: ShardPart) -> int:
+def _open_checked(root: str, spec: FieldSpec, part: SegmentFile) -> int:
     where = os.path.join(root, part.file.path)
     fd = open_shard(root, part.file.path)
     try:
@@ -420,7 +420,7 @@ def _open_checked(root: str, spec: FieldSpec, part: ShardPart) -> int:
     return fd
 
 
-def _check_header(header: bytes, spec: FieldSpec, part: ShardPart, where: str) -> None:
+def _check_header(header: bytes, spec: FieldSpec, part: SegmentFile, where: str) -> None:
     header_rows = npyheader.rows_in_header(header, spec.numpy_dtype, spec.shape, where=where)
     if header_rows < part.manifest_rows or (part.sealed and header_rows != part.manifest_rows):
         raise ShardHeaderError(
@@ -428,7 +428,7 @@ def _check_header(header: bytes, spec: FieldSpec, part: ShardPart, where: str) -
         )
 
 
-def _check_size(fd: int, where: str, part: ShardPart) -> None:
+def _check_size(fd: int, where: str, part: SegmentFile) -> None:
     size = os.fstat(fd).st_size
     expected = part.file.data_offset + part.file.nbytes
     if size < expected:
@@ -492,7 +492,7 @@ _LIBC_MADVISE: Any = _libc_madvise()
 
 
 def _map_back_to_back(
-    spec: FieldSpec, parts: Sequence[ShardPart], open_part: Callable[[ShardPart], int]
+    spec: FieldSpec, parts: Sequence[SegmentFile], open_part: Callable[[SegmentFile], int]
 ) -> tuple[mmap.mmap, int]:
     """Reserve address space for every part, then map each file's data into its place: one
     file at a time, opened (and checked) by ``open_part`` and closed once mapped, so a segment
@@ -530,7 +530,7 @@ def _map_back_to_back(
     return region, start_offset
 
 
-def _map_fixed(part: ShardPart, address: int, length: int, fd: int) -> None:
+def _map_fixed(part: SegmentFile, address: int, length: int, fd: int) -> None:
     mapped = _LIBC_MMAP(
         address, length, mmap.PROT_READ, mmap.MAP_SHARED | _MAP_FIXED, fd, part.file.data_offset
     )

@@ -28,7 +28,7 @@ from .errors import (
 )
 from .indexing import (
     NUMPY_REFUSALS,
-    ShardTable,
+    SegmentTable,
     SliceRows,
     as_index_array,
     check_indices,
@@ -43,7 +43,7 @@ from .layout import MANIFEST_NAME, not_found
 from .manifest import FieldSpec, Manifest, Shard
 from .mappings import (
     CACHE,
-    ShardPart,
+    SegmentFile,
     advise_will_need,
     read_rows,
     segment_areas,
@@ -77,10 +77,10 @@ class _FieldLayout:
     ``table`` holds the segment offsets; ``keys[s]`` identifies segment ``s`` in the mapping
     cache and ``parts[s]`` lists its shard files."""
 
-    table: ShardTable
+    table: SegmentTable
     starts: tuple[int, ...]
     keys: tuple[Hashable, ...]
-    parts: tuple[tuple[ShardPart, ...], ...]
+    parts: tuple[tuple[SegmentFile, ...], ...]
 
     @classmethod
     def of(
@@ -92,10 +92,17 @@ class _FieldLayout:
         lengths: tuple[int, ...],
         shard_per_segment: bool,
     ) -> _FieldLayout:
-        segments: list[tuple[ShardPart, ...]] = []
-        current: list[ShardPart] = []
+        segments: list[tuple[SegmentFile, ...]] = []
+        current: list[SegmentFile] = []
         for shard, length in zip(shards, lengths, strict=True):
-            current.append(ShardPart(shard.files[name], shard.rows, shard.sealed, length))
+            current.append(
+                SegmentFile(
+                    file=shard.files[name],
+                    manifest_rows=shard.rows,
+                    sealed=shard.sealed,
+                    rows=length,
+                )
+            )
             if shard_per_segment or segment_breaks_after(spec, length):
                 segments.append(tuple(current))
                 current = []
@@ -107,7 +114,7 @@ class _FieldLayout:
         keys = tuple(
             (root, seg[0].file.path, seg[-1].file.path, seg[-1].rows, len(seg)) for seg in segments
         )
-        table = ShardTable.from_offsets(np.array(starts, dtype=np.int64))
+        table = SegmentTable.from_offsets(np.array(starts, dtype=np.int64))
         return cls(table, tuple(starts), keys, tuple(segments))
 
     @property
@@ -226,7 +233,7 @@ class Dataset:
     """
 
     _snapshot: _Snapshot
-    _stat: tuple[object, ...] | None
+    _change_token: tuple[object, ...] | None
 
     def __init__(self) -> None:
         raise TypeError("use memshard.open(path) to open a dataset")
@@ -242,7 +249,7 @@ class Dataset:
             manifest.rows if rows is None else rows,
             manifest.generation if generation is None else generation,
         )
-        dataset._stat = None
+        dataset._change_token = None
         return dataset
 
     # -- description -------------------------------------------------------------------------
@@ -425,12 +432,12 @@ class Dataset:
             DatasetChangedError: the dataset was replaced or its manifest went back in time.
         """
         token = manifest_io.change_token(os.path.join(self.path, MANIFEST_NAME))
-        if token is not None and token == self._stat:
+        if token is not None and token == self._change_token:
             return False
         old = self._snapshot
         new = _load_manifest(self.path)
         _check_same_dataset(self.path, new, old.manifest.uuid, old.generation, old.rows)
-        self._stat = token
+        self._change_token = token
         if new.generation == old.generation:
             return False
         self._snapshot = _Snapshot.of(self.path, new, new.rows, new.generation)
@@ -591,7 +598,7 @@ class Column:
                 f"bounds for axis 0 with size {snapshot.rows}"
             )
         layout = snapshot.layouts[self.name]
-        segment = layout.table.shard_of(row)
+        segment = layout.table.segment_of(row)
         return self._rows_of(snapshot, layout, segment, row - layout.starts[segment])
 
     def _mapped(self, snapshot: _Snapshot, layout: _FieldLayout, segment: int) -> np.ndarray | None:

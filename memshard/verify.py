@@ -29,7 +29,7 @@ from .errors import (
 )
 from .layout import MANIFEST_NAME, not_found, open_shard
 from .manifest import FieldSpec, Manifest, Shard, ShardFile
-from .mappings import ShardPart, check_shard_file
+from .mappings import SegmentFile, check_shard_file
 from .smallfile import read_small_file
 
 
@@ -208,7 +208,11 @@ def _check_file(
 ) -> Problem | None:
     where = os.path.join(root, file.path)
     try:
-        check_shard_file(root, spec, ShardPart(file, shard.rows, shard.sealed, shard.rows))
+        check_shard_file(
+            root,
+            spec,
+            SegmentFile(file=file, manifest_rows=shard.rows, sealed=shard.sealed, rows=shard.rows),
+        )
     except MemshardError as exc:
         return Problem(where, _without_path(str(exc), where), type(exc))
     if not _is_read(spec, shard, file):

@@ -907,7 +907,14 @@ def child_no_free_memory_areas(path: str) -> dict[str, Any]:
         lambda: mappings.map_segment(
             path,
             dataset.manifest.fields["y"],
-            [mappings.ShardPart(unmapped.files["y"], unmapped.rows, True, unmapped.rows)],
+            [
+                mappings.SegmentFile(
+                    file=unmapped.files["y"],
+                    manifest_rows=unmapped.rows,
+                    sealed=True,
+                    rows=unmapped.rows,
+                )
+            ],
         )
     )
     hog.release()

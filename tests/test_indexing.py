@@ -21,7 +21,7 @@ from memshard.errors import (
 )
 from memshard.indexing import (
     NUMPY_REFUSALS,
-    ShardTable,
+    SegmentTable,
     SliceRows,
     check_indices,
     plan,
@@ -51,7 +51,7 @@ def _numpy_result(array: np.ndarray, key: Any) -> np.ndarray | type[IndexError]:
 def _read_through_projection(array: np.ndarray, sizes: list[int], key: Any) -> np.ndarray:
     """What the reader does, with in-memory shards standing in for mapped files."""
     shards = np.split(array, np.cumsum(sizes)[:-1]) if sizes else []
-    table = ShardTable.from_offsets(np.concatenate(([0], np.cumsum(sizes))).astype(np.int64))
+    table = SegmentTable.from_offsets(np.concatenate(([0], np.cumsum(sizes))).astype(np.int64))
     shape = array.shape
     selection = plan(key, shape)
     rows = selection.rows
@@ -95,7 +95,7 @@ def test_project_slice_covers_the_slice_in_order(
     sizes: list[int], step: int, bounds: tuple[int | None, int | None]
 ) -> None:
     total = sum(sizes)
-    table = ShardTable.from_offsets(np.concatenate(([0], np.cumsum(sizes))))
+    table = SegmentTable.from_offsets(np.concatenate(([0], np.cumsum(sizes))))
     key = slice(bounds[0], bounds[1], step)
     selection = slice_rows(key, total)
     rows: list[int] = []
@@ -114,7 +114,7 @@ def test_project_slice_covers_the_slice_in_order(
 def test_project_indices_groups_by_shard(sizes: list[int], data: Any) -> None:
     total = sum(sizes)
     indices = np.array(data.draw(st.lists(st.integers(0, total - 1), max_size=60)), dtype=np.int64)
-    table = ShardTable.from_offsets(np.concatenate(([0], np.cumsum(sizes))))
+    table = SegmentTable.from_offsets(np.concatenate(([0], np.cumsum(sizes))))
     seen = np.full(indices.size, -1)
     shards_seen = []
     for shard, local, positions in project_indices(indices, table):
@@ -127,12 +127,12 @@ def test_project_indices_groups_by_shard(sizes: list[int], data: Any) -> None:
 
 
 def test_uniform_table_divides_instead_of_searching() -> None:
-    table = ShardTable.from_offsets(np.array([0, 4, 8, 10]))
+    table = SegmentTable.from_offsets(np.array([0, 4, 8, 10]))
     assert table.uniform_rows == 4
-    assert [table.shard_of(r) for r in range(10)] == [0] * 4 + [1] * 4 + [2] * 2
-    irregular = ShardTable.from_offsets(np.array([0, 4, 6, 10]))
+    assert [table.segment_of(r) for r in range(10)] == [0] * 4 + [1] * 4 + [2] * 2
+    irregular = SegmentTable.from_offsets(np.array([0, 4, 6, 10]))
     assert irregular.uniform_rows is None
-    assert irregular.shards_of(np.arange(10)).tolist() == [0] * 4 + [1] * 2 + [2] * 4
+    assert irregular.segments_of(np.arange(10)).tolist() == [0] * 4 + [1] * 2 + [2] * 4
 
 
 @pytest.mark.parametrize(
