@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from memshard import checksum, dtypes, durable, layout, manifest, mappings, npyheader, schema
+from memshard import checksum, dtypes, durable, layout, manifest, npyheader, schema
 from memshard.checksum import StreamingChecksum
 from memshard.manifest import FieldSpec, Manifest, Shard, ShardFile
 
@@ -74,7 +74,7 @@ LIMITS: tuple[tuple[ModuleType, str, str], ...] = (
     (layout, "MANIFEST_TEMP_PREFIX", "prefix of a temporary manifest"),
     (schema, "MAX_ROW_BYTES", "largest sample of one field, in bytes (writer)"),
     (schema, "MAX_ATTRS_DEPTH", "deepest nesting of `attrs` a writer accepts"),
-    (mappings, "HUGE_PAGE", "full shards hold whole huge pages of the widest field (writer)"),
+    (npyheader, "HUGE_PAGE", "full shards hold whole huge pages of the widest field (writer)"),
     (durable, "MAX_DEFERRED_FILES", "sealed files a writer keeps unsynced until the commit"),
 )
 #: Order of dtype kinds in the dtype table: bool, signed, unsigned, float, complex.
