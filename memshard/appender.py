@@ -45,7 +45,7 @@ from .manifest import FORMAT_NAME, FORMAT_VERSION, FieldSpec, Manifest, Shard
 from .mappings import SegmentFile, check_shard_file
 from .publish import publish_manifest
 from .schema import DEFAULT_SHARD_BYTES, field_specs, json_attrs, label_vocabularies, rows_per_shard
-from .shardsequence import ShardSequence
+from .shardsequence import ClosedOnExit, ShardSequence
 from .shardwriter import ShardFileWriter
 from .smallfile import read_small_file
 
@@ -346,7 +346,7 @@ def _remove_leftovers(root: str, manifest: Manifest) -> None:
             os.unlink(os.path.join(shards_dir, entry))
 
 
-class Appender:
+class Appender(ClosedOnExit):
     """Appends rows to one dataset. Obtain from :func:`create` or :func:`append`.
 
     Rows become visible to readers, and durable, at :meth:`commit`. :meth:`close` commits and
@@ -505,15 +505,6 @@ class Appender:
         """Release the dataset, discarding rows appended since the last commit."""
         if self._lock is not None:
             self._release()
-
-    def __enter__(self) -> Appender:
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, traceback: Any) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
     def __del__(self) -> None:
         if getattr(self, "_lock", None) is not None and os.getpid() == self._pid:

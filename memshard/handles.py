@@ -20,6 +20,7 @@ import threading
 import weakref
 
 from .errors import UnsafePathError
+from .smallfile import kind_of
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -141,7 +142,7 @@ class FileLock:
         try:
             mode = os.fstat(handle.fileno()).st_mode
             if not stat.S_ISREG(mode):
-                raise UnsafePathError(f"{path}: not a regular lock file ({_kind(mode)})")
+                raise UnsafePathError(f"{path}: not a regular lock file ({kind_of(mode)})")
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             handle.close()
@@ -173,16 +174,3 @@ class FileLock:
 
     def __repr__(self) -> str:
         return f"<FileLock {self.path!r} {'held' if self.held else 'released'}>"
-
-
-def _kind(mode: int) -> str:
-    for test, name in (
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISDIR, "a directory"),
-    ):
-        if test(mode):
-            return name
-    return "not a regular file"

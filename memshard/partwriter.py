@@ -43,7 +43,7 @@ from .partrecord import (
     dumps_part,
     new_part_id,
 )
-from .shardsequence import ShardSequence
+from .shardsequence import ClosedOnExit, ShardSequence
 from .shardwriter import WRITE_BUFFER_BYTES
 
 
@@ -118,7 +118,7 @@ def write_part(
     return target.start(key=key, group=group)
 
 
-class PartWriter:
+class PartWriter(ClosedOnExit):
     """Writes the rows of one part. Obtain from :func:`write_part`.
 
     Rows are validated as :meth:`memshard.Appender.extend` validates them and stored in shards
@@ -214,15 +214,6 @@ class PartWriter:
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(self.target.root, name))
         self._release()
-
-    def __enter__(self) -> PartWriter:
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, traceback: Any) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
     def __del__(self) -> None:
         if getattr(self, "_lock", None) is not None and os.getpid() == self._pid:

@@ -19,7 +19,7 @@ import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -213,6 +213,31 @@ class ShardSequence:
         return ShardFile(
             path=file.path, data_offset=spec.data_offset, nbytes=rows * spec.row_bytes, **checksums
         )
+
+
+_Writer = TypeVar("_Writer", bound="ClosedOnExit")
+
+
+class ClosedOnExit:
+    """What every writer does as a context manager: ``with writer:`` ends with :meth:`close`
+    on a clean exit and with :meth:`abort` when the block raises."""
+
+    def close(self) -> object:
+        """Finish the writer's work (commit, publish)."""
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Give the writer's work up."""
+        raise NotImplementedError
+
+    def __enter__(self: _Writer) -> _Writer:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, traceback: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
 def _close_all(shard: OpenShard) -> None:
