@@ -9,15 +9,15 @@ Every loader has ``num_workers=2`` and ``batch_size=256`` and reads in a shuffle
 the candidates of a comparison share. Four measurements:
 
 * **loader speed, vectors** (float32[128]): :func:`memshard.torch.loader` (one batched gather
-  per batch) against the same dataset read one item at a time (``__getitem__`` per sample,
-  ``default_collate`` stacks) and against one ``np.memmap`` ``.npy`` file with the same batched
-  fetch and pass-through collate.
+  per batch, into shared memory in the worker, handed over by name) against the same dataset
+  read one item at a time (``__getitem__`` per sample, ``default_collate`` stacks) and against
+  one ``np.memmap`` ``.npy`` file with the same batched fetch and pass-through collate.
 * **loader speed, images** (float32[3, 64, 64]): memshard against an in-RAM tensor, ``t[idx]``.
 
-  Both also time variants: ``prefetch=True`` (the cost of ``MADV_WILLNEED`` on a warm cache),
-  gathering into torch's ``UntypedStorage._new_shared``, and torch's ``"file_system"``
-  tensor-sharing strategy; the vectors section profiles the fetch alone against the loader's
-  time per batch, to show where a worker's time goes.
+  Both also time variants of memshard's own options: ``prefetch=True`` (the cost of
+  ``MADV_WILLNEED`` on a warm cache) and ``sharing_strategy=None`` (torch's default strategy,
+  as the baselines use); the vectors section profiles the fetch alone against the loader's time
+  per batch, to show where a worker's time goes.
 * **worker memory**: each worker's anonymous private memory (``Private_Dirty + Swap``) at the
   start and end of the epochs, against a hand-written dataset that keeps its index as a Python
   list of ``(file, row)`` tuples and reads through ``np.memmap``.
@@ -32,11 +32,9 @@ the cold-cache section, which evicts every shard file before every run and check
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import itertools
 import json
-import math
 import multiprocessing
 import os
 import statistics
@@ -105,11 +103,6 @@ FULL_COLD_REPEATS = 3
 #: Fraction of the shard bytes that may stay cached after eviction for a run to count as cold.
 EVICTION_TOLERANCE = 0.05
 QUICK_COLD_REPEATS = 1
-#: Threads of the threaded-gather variant.
-MADV_WILLNEED = 3
-
-_LIBC = ctypes.CDLL(None, use_errno=True)
-_LIBC.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 
 
 # -- configuration ---------------------------------------------------------------------------
@@ -359,18 +352,6 @@ class Order(Sampler[int]):
         return iter(self.order.tolist())
 
 
-def with_sharing_strategy(loader: DataLoader[Any], strategy: str) -> DataLoader[Any]:
-    """Start ``loader``'s persistent workers under torch's tensor ``strategy`` (the workers
-    keep the one they were forked with), then restore this process's strategy."""
-    previous = torch.multiprocessing.get_sharing_strategy()
-    torch.multiprocessing.set_sharing_strategy(strategy)
-    try:
-        iter(loader)
-    finally:
-        torch.multiprocessing.set_sharing_strategy(previous)
-    return loader
-
-
 def drain(loader: DataLoader[Any], batches: int | None = None) -> int:
     """Iterate ``loader`` (up to ``batches`` batches); return the samples received."""
     samples = 0
@@ -455,12 +436,11 @@ def run_vector_loaders(
         mt.loader(dataset, batch_size=BATCH_SIZE, num_workers=NUM_WORKERS, sampler=sampler),
         DataLoader(OneByOne(dataset), collate_fn=default_collate, **common),
         DataLoader(MemmapBatched(npy_path), collate_fn=passthrough, **common),
-        mt.loader(MadviseGather(path), **common),
-        mt.loader(SharedGather(path), **common),
-        with_sharing_strategy(mt.loader(dataset, **common), "file_system"),
+        mt.loader(path, prefetch=True, **common),
+        mt.loader(dataset, sharing_strategy=None, **common),
     ]
-    progress(f"vectors: timing 6 loaders, {config.vector_samples:,} samples x {config.repeats}")
-    batched, one_by_one, memmap, advised, shared, file_system = measure_loaders(
+    progress(f"vectors: timing 5 loaders, {config.vector_samples:,} samples x {config.repeats}")
+    batched, one_by_one, memmap, advised, torch_strategy = measure_loaders(
         loaders, sampler, workload.rows, config.vector_samples, config.repeats, generator
     )
     del loaders
@@ -507,28 +487,10 @@ def run_vector_loaders(
             Target(),
         ),
         Comparison(
-            "loader_vectors_shared_vs_items",
-            "variant: gather into `UntypedStorage._new_shared` in the worker",
+            "loader_vectors_torch_strategy_vs_memmap",
+            "`sharing_strategy=None`: torch's default strategy, as the baseline's",
             "samples/s",
-            shared,
-            one_by_one,
-            "same dataset, `__getitem__` per sample + `default_collate`",
-            Target(),
-        ),
-        Comparison(
-            "loader_vectors_shared_vs_memmap",
-            "variant: gather into `UntypedStorage._new_shared` in the worker",
-            "samples/s",
-            shared,
-            memmap,
-            "one np.memmap `.npy`, batched `mm[idx]`, same collate",
-            Target(),
-        ),
-        Comparison(
-            "loader_vectors_file_system_vs_memmap",
-            'torch sharing strategy `"file_system"` in the workers',
-            "samples/s",
-            file_system,
+            torch_strategy,
             memmap,
             "one np.memmap `.npy`, batched `mm[idx]`, same collate",
             Target(),
@@ -585,18 +547,18 @@ def run_image_loaders(
             persistent_workers=True,
         ),
         mt.loader(
-            MadviseGather(path), batch_size=BATCH_SIZE, num_workers=NUM_WORKERS, sampler=sampler
+            path, batch_size=BATCH_SIZE, num_workers=NUM_WORKERS, sampler=sampler, prefetch=True
         ),
         mt.loader(
-            SharedGather(path), batch_size=BATCH_SIZE, num_workers=NUM_WORKERS, sampler=sampler
-        ),
-        with_sharing_strategy(
-            mt.loader(path, batch_size=BATCH_SIZE, num_workers=NUM_WORKERS, sampler=sampler),
-            "file_system",
+            path,
+            batch_size=BATCH_SIZE,
+            num_workers=NUM_WORKERS,
+            sampler=sampler,
+            sharing_strategy=None,
         ),
     ]
-    progress(f"images: timing 5 loaders, epochs of {workload.rows:,} samples x {config.repeats}")
-    memshard, in_ram, advised, shared, file_system = measure_loaders(
+    progress(f"images: timing 4 loaders, epochs of {workload.rows:,} samples x {config.repeats}")
+    memshard, in_ram, advised, torch_strategy = measure_loaders(
         loaders, sampler, workload.rows, workload.rows, config.repeats, generator
     )
     del loaders
@@ -625,19 +587,10 @@ def run_image_loaders(
             Target(),
         ),
         Comparison(
-            "loader_images_shared_vs_ram",
-            "variant: gather into `UntypedStorage._new_shared` in the worker",
+            "loader_images_torch_strategy_vs_ram",
+            "`sharing_strategy=None`: torch's default strategy, as the baseline's",
             "samples/s",
-            shared,
-            in_ram,
-            "in-RAM tensor, batched `t[idx]`, same sampler",
-            Target(),
-        ),
-        Comparison(
-            "loader_images_file_system_vs_ram",
-            'torch sharing strategy `"file_system"` in the workers',
-            "samples/s",
-            file_system,
+            torch_strategy,
             in_ram,
             "in-RAM tensor, batched `t[idx]`, same sampler",
             Target(),
@@ -788,39 +741,9 @@ def disk_counters(path: str) -> dict[str, int]:
     return {"reads": 0, "sectors": 0, "busy_ms": 0}
 
 
-class MadviseGather(mt.MemshardDataset):
-    """memshard's own cold-data option: ``MemshardDataset(prefetch=True)``, which advises
-    ``MADV_WILLNEED`` on each run of adjacent rows of the batch before the gather."""
-
-    def __init__(self, source: Any, fields: Sequence[str] | None = None) -> None:
-        super().__init__(source, fields, prefetch=True)
-
-
-def shared_empty(shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
-    """A numpy view of a new tensor in shared memory (page-aligned), as ``default_collate``
-    allocates in workers: a batch gathered there crosses to the main process with no copy."""
-    nbytes = math.prod(shape) * dtype.itemsize
-    storage = torch.UntypedStorage._new_shared(nbytes)
-    torch_dtype = torch.from_numpy(np.empty(0, dtype=dtype)).dtype
-    array: np.ndarray = torch.empty(0, dtype=torch_dtype).set_(storage, 0, shape).numpy()
-    return array
-
-
-class SharedGather(mt.MemshardDataset):
-    """Prototype: in a DataLoader worker, gather the batch straight into shared memory, so
-    that sending it to the main process does not copy it into shared memory again."""
-
-    def __getitems__(self, indices: Sequence[int]) -> mt.Batch:
-        if torch.utils.data.get_worker_info() is None:
-            return super().__getitems__(indices)
-        rows = np.asarray(indices, dtype=np.int64)
-        info = self.dataset.fields
-        out = {
-            name: shared_empty((rows.size, *info[name].shape), info[name].dtype)
-            for name in self.fields
-        }
-        self.dataset.take(rows, out=out, fields=self.fields)
-        return mt.Batch({name: torch.from_numpy(a) for name, a in out.items()}, rows.size)
+#: memshard's own cold-data option: ``MemshardDataset(prefetch=True)``, which advises
+#: ``MADV_WILLNEED`` on each run of adjacent rows of the batch before the gather.
+MadviseGather = partial(mt.MemshardDataset, prefetch=True)
 
 
 @dataclass(frozen=True)
@@ -829,7 +752,7 @@ class ColdCandidate:
 
     key: str
     name: str
-    dataset: type[mt.MemshardDataset]
+    dataset: Callable[[ms.Dataset], mt.MemshardDataset]
     sampler: Callable[[ms.Dataset, int], Sampler[int]]
 
 
