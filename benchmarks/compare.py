@@ -31,7 +31,7 @@ from .core import (
     timed,
     warm_page_cache,
 )
-from .formats import Format, Reader
+from .formats import Format, Reader, byte_view
 from .system import EVICTION_TOLERANCE, evict
 
 #: A format whose write takes longer than this is written only once.
@@ -226,27 +226,18 @@ def close_all(readers: dict[str, Reader]) -> None:
 
 
 # -- cold reads ------------------------------------------------------------------------------
-def npy_data_offset(path: str) -> int:
-    """Where the array data of a ``.npy`` file starts."""
-    array = np.load(path, mmap_mode="r")
-    offset = int(array.offset)
-    del array
-    return offset
-
-
 class PreadReader(Reader):
     """The physical baseline: one ``os.preadv`` per row from one thread, in request order."""
 
     def __init__(self, path: str) -> None:
+        self.offset = int(np.load(path, mmap_mode="r").offset)  # where the array data starts
         self.fd = os.open(path, os.O_RDONLY)
-        self.offset = npy_data_offset(path)
 
     def row(self, index: int) -> np.ndarray:
         raise NotImplementedError
 
     def gather(self, indices: np.ndarray, out: np.ndarray) -> None:
-        flat = memoryview(out.data).cast("B")
-        size = out[0].nbytes
+        flat, size = byte_view(out)
         for slot, index in enumerate(indices.tolist()):
             os.preadv(self.fd, [flat[slot * size : (slot + 1) * size]], self.offset + index * size)
 

@@ -6,26 +6,20 @@ Run from the repository root::
     python -m benchmarks.convert --quick        # ~64 MiB files, well under a minute
     python -m benchmarks.convert --size-gib 8   # another size of the contiguous file
 
-Three HDF5 files of float32[3, 64, 64] samples plus an int64 ``labels`` dataset (with a
-``labels`` attribute naming 1,000 classes, which memshard takes as the label vocabulary and
-checks every value against) are written block by block with h5py, never held in RAM whole:
-``contiguous`` (``--size-gib`` of data), ``chunked`` (as large, chunks of 64 rows,
-uncompressed) and ``gzip`` (chunks of 64 rows, gzip level 1 + shuffle, a quarter of the rows).
+Three HDF5 files of float32[3, 64, 64] images plus int64 ``labels`` (whose ``labels``
+attribute names 1,000 classes, which memshard takes as the vocabulary) are written block by
+block: ``contiguous`` (``--size-gib``), ``chunked`` (as large, chunks of 64 rows) and ``gzip``
+(chunks of 64 rows, gzip level 1 + shuffle, a quarter of the rows). For each, alternating
+within every repeat: plain h5py reading every dataset (the baseline, page cache warm), and
+``memshard.from_hdf5`` with 1 and 2 workers, each in a fresh child process started before the
+timing, its output and staging directory deleted and dirty pages flushed before. Throughput
+counts the datasets' bytes; a conversion's ratio is its throughput over the plain read's.
 
-For each file, in the same run and alternating within every repeat: the baseline, plain h5py
-reading every dataset (:class:`~benchmarks.formats.hdf5_file.PlainRead`, page cache warm), and
-``memshard.from_hdf5(src, dst, workers=1)`` and ``workers=2``, each in a fresh child process
-so that its peak RSS can be taken; ``dst`` and its staging directory are deleted and dirty
-pages flushed before every run. Throughput counts the datasets' bytes (not the file's, which
-for gzip is smaller); a conversion's ratio is its throughput over the plain read's.
-
-Peak RSS is the high-water mark ``VmHWM`` of ``/proc/PID/status``: the child reports its own
-when the conversion returns, and a thread of this process samples the worker processes that
-memshard starts (:class:`~benchmarks.system.TreeSampler`). The tree figure is the sum of these
-peaks, an upper bound of the tree's peak (the sampled peak of the tree's summed ``VmRSS`` is in
-the JSON). ``ru_maxrss`` is not used for the figure: a process started by ``vfork`` + ``exec``
-(as :mod:`subprocess` does) starts with its parent's high-water mark; the JSON keeps it for
-comparison. The disk's write rate with fsync, which bounds any conversion, is measured too.
+Peak RSS is ``VmHWM`` of ``/proc/PID/status``: the child's own, plus the peaks of the workers
+memshard starts, sampled by a thread (:class:`~benchmarks.system.TreeSampler`); their sum is
+an upper bound of the tree's peak. (``ru_maxrss``, kept in the JSON, is not used: a process
+started by ``vfork`` + ``exec`` inherits its parent's high-water mark.) The disk's write rate
+with fsync, which bounds any conversion, is measured in the same run.
 """
 
 from __future__ import annotations
@@ -49,14 +43,9 @@ import memshard as ms
 from memshard.convert import STAGING_SUFFIX
 
 from .core import (
-    CLASS_NAMES,
     DTYPE,
     IMAGE_BYTES,
     IMAGE_SHAPE,
-    IMAGES,
-    LABEL_DTYPE,
-    LABELLED_ROW_BYTES,
-    LABELS,
     RESULT_HEAD,
     SEED,
     Report,
@@ -77,6 +66,7 @@ from .core import (
     warm_page_cache,
 )
 from .formats.hdf5_file import PlainRead, block_rows
+from .labelled import CLASS_NAMES, IMAGES, LABEL_DTYPE, LABELS, ROW_BYTES
 from .limits import FULL_BYTES, QUICK_BYTES, disk_result
 from .system import TreeSampler, status_bytes
 
@@ -174,7 +164,7 @@ class SourceReport:
     @property
     def data_bytes(self) -> int:
         """Bytes of source data: every image and label."""
-        return self.rows * LABELLED_ROW_BYTES
+        return self.rows * ROW_BYTES
 
     def to_json(self) -> dict[str, Any]:
         """Everything measured on this file, as plain data."""

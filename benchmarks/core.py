@@ -44,13 +44,6 @@ FULL_IMAGE_ROWS = 21_845
 FULL_VECTOR_ROWS = 1_000_000
 SEED = 20240601
 BATCH_SIZE = 256
-#: The labelled images of the conversion and dask benchmarks: float32 ``images`` and int64
-#: ``labels`` indexing :data:`CLASS_NAMES`, the field's label vocabulary.
-IMAGES, LABELS = "images", "labels"
-LABEL_DTYPE = np.dtype("int64")
-CLASS_NAMES = tuple(f"class_{index:04d}" for index in range(1000))
-LABELLED_FIELDS = {IMAGES: (DTYPE.name, IMAGE_SHAPE), LABELS: (LABEL_DTYPE.name, ())}
-LABELLED_ROW_BYTES = IMAGE_BYTES + LABEL_DTYPE.itemsize
 #: Buffer of the reads that pull files into the page cache.
 WARM_READ_BYTES = 8 << 20
 SCAN_BLOCK_ROWS = 1024

@@ -6,32 +6,22 @@ Run from the repository root::
     python -m benchmarks.dask_write --quick              # ~256 MiB, well under a minute
     python -m benchmarks.dask_write --storage-gbps 25    # another storage cap for the estimate
 
-The dataset: float32[3, 64, 64] images plus an int64 ``labels`` field with a vocabulary of
-1,000 class names, 49,160 bytes a row. The source is a dask array generated on the workers:
-``da.arange`` of the row indices in blocks of ``--block-shards`` shards (64 MiB shards of 1,024
-rows; 4 shards a block in full mode, 1 in quick mode), mapped block by block to images (a fixed
-pattern plus the row index modulo 1000) and labels, so any row can be recomputed to check it.
+The dataset: float32[3, 64, 64] images plus int64 ``labels`` (1,000 class names), 49,160 bytes
+a row, generated on the workers from ``da.arange`` of the row indices in blocks of
+``--block-shards`` 64 MiB shards (so any row can be recomputed to check it). On
+``LocalCluster(n_workers=N, threads_per_worker=1, processes=True)`` for N = 1 and 2, both
+started and warmed up before anything is timed, every repeat times (in an order that flips
+every repeat): ``from_dask`` end to end (a part per block written on the workers, one ordered
+commit, the move into place, the reopen); generation alone (the same ``to_delayed`` blocks,
+thrown away: the difference is what writing costs); and, for context, one process's
+``create().extend()`` of the same rows from RAM. Before every timed write the earlier output is
+deleted, dirty pages flushed and memory of the output's size touched and freed. The first
+``from_dask`` output of each N is checked (rows, every label, the images of block edges and
+random rows). The goal of the issue: a ``from_dask`` speedup of at least 1.6x from N = 1 to 2.
 
-Clusters: ``distributed.LocalCluster(n_workers=N, threads_per_worker=1, processes=True)`` for
-N = 1 and N = 2, both started before anything is timed and warmed up with an untimed small
-write. In every repeat, with the order of the candidates (and so of N) flipped every repeat:
-
-* ``from_dask`` end to end: every block becomes a part written on a worker (shard files,
-  checksums, ``fsync``), then one ordered commit, the move into place and the reopen;
-* generation only: the same ``to_delayed`` blocks computed on the same cluster, each handed to
-  a task that returns its row count, so the difference to ``from_dask`` is what writing costs;
-* in one process, for context: ``memshard.create(...).extend()`` of the same rows from RAM.
-
-Before every timed write the earlier output is deleted, dirty pages are flushed and memory of
-the output's size is touched and freed (:func:`benchmarks.core.clean_slate`). The first
-``from_dask`` output of each N is checked untimed: its rows, every label, and the images of
-every block's first and last row and of random ones. The goal of the issue is a ``from_dask``
-speedup of at least 1.6x from one worker to two.
-
-Finally, the time to build a 50,000,000-row dataset of these images is estimated from the
-measured per-worker rate (``time = rows / (N * per-worker rate)``, capped by an aggregate
-storage bandwidth ``--storage-gbps``), plus the commit, whose cost per part is measured here by
-committing many one-row parts the way ``from_dask`` does.
+Finally, the time to build 50,000,000 such rows is estimated from the measured per-worker rate
+(``rows / (N * rate)``, capped by ``--storage-gbps`` of aggregate storage bandwidth), plus the
+commit, whose cost per part is measured by committing many one-row parts as ``from_dask`` does.
 """
 
 from __future__ import annotations
@@ -63,15 +53,9 @@ from memshard.schema import field_specs
 from memshard.schema import rows_per_shard as memshard_rows_per_shard
 
 from .core import (
-    CLASS_NAMES,
     DTYPE,
     IMAGE_BYTES,
     IMAGE_SHAPE,
-    IMAGES,
-    LABEL_DTYPE,
-    LABELLED_FIELDS,
-    LABELLED_ROW_BYTES,
-    LABELS,
     SEED,
     Report,
     Result,
@@ -90,9 +74,9 @@ from .core import (
     three_digits,
     timed_call,
 )
+from .labelled import CLASS_NAMES, FIELDS, IMAGES, LABEL_DTYPE, LABELS, ROW_BYTES
 from .limits import FULL_BYTES, QUICK_BYTES, disk_result
 
-ROW_BYTES = LABELLED_ROW_BYTES
 FULL_SIZE_GIB = 4.0
 QUICK_SIZE_GIB = 0.25
 #: 64 MiB shards: 1,024 rows (48 MiB of images) once rounded down to whole huge pages.
@@ -180,7 +164,7 @@ def rows_per_shard(shard_bytes: int) -> int:
         >>> rows_per_shard(64 << 20), rows_per_shard(256 << 20)
         (1024, 5120)
     """
-    return memshard_rows_per_shard(field_specs(LABELLED_FIELDS), shard_bytes)
+    return memshard_rows_per_shard(field_specs(FIELDS), shard_bytes)
 
 
 def parse_args(argv: Sequence[str] | None) -> Config:
@@ -269,7 +253,7 @@ def generate_only(arrays: dict[str, Any]) -> int:
 def write_in_process(path: str, config: Config, rows: tuple[np.ndarray, np.ndarray]) -> None:
     """One ``extend`` of every row from RAM in this process, then ``close``."""
     with ms.create(
-        path, LABELLED_FIELDS, shard_bytes=config.shard_bytes, labels={LABELS: CLASS_NAMES}
+        path, FIELDS, shard_bytes=config.shard_bytes, labels={LABELS: CLASS_NAMES}
     ) as appender:
         appender.extend({IMAGES: rows[0], LABELS: rows[1]})
 
@@ -557,7 +541,7 @@ def time_commit(config: Config, scratch: str, parts: int) -> int:
     path = os.path.join(scratch, "commit.memshard")
     remove(path)
     labels = {LABELS: CLASS_NAMES}
-    ms.create(path, LABELLED_FIELDS, shard_bytes=config.shard_bytes, labels=labels).close()
+    ms.create(path, FIELDS, shard_bytes=config.shard_bytes, labels=labels).close()
     target, group = PartTarget.of(path), f"c{secrets.token_hex(4)}"
     with ThreadPoolExecutor(PART_WRITER_THREADS) as pool:
         records = list(pool.map(lambda i: write_one_row_part(target, group, i), range(parts)))

@@ -5,29 +5,24 @@ Run from the repository root::
     python -m benchmarks.torch_loader            # full: 1M vectors, ~1 GiB of images (minutes)
     python -m benchmarks.torch_loader --quick    # small sizes, well under a minute (CI runs this)
 
-Every loader has ``num_workers=2`` and ``batch_size=256`` and reads in a shuffled order that all
+Every loader has ``num_workers=2`` and ``batch_size=256`` and reads a shuffled order that all
 the candidates of a comparison share. Four measurements:
 
-* **loader speed, vectors** (float32[128]): :func:`memshard.torch.loader` (one batched gather
-  per batch into shared memory, handed over by name) against the same dataset read one item at
-  a time (``__getitem__`` per sample, ``default_collate`` stacks) and against one ``np.memmap``
-  ``.npy`` file with the same batched fetch and pass-through collate.
-* **loader speed, images** (float32[3, 64, 64]): memshard against an in-RAM tensor, ``t[idx]``.
-
-  Both also time variants of memshard's own options: ``prefetch=True`` (the cost of
-  ``MADV_WILLNEED`` on a warm cache) and ``sharing_strategy=None`` (torch's default strategy,
-  as the baselines use); the vectors section profiles the fetch alone against the loader's time
-  per batch, to show where a worker's time goes.
-* **worker memory**: each worker's anonymous private memory (``Private_Dirty + Swap``) at the
-  start and end of the epochs, against a hand-written dataset that keeps its index as a Python
-  list of ``(file, row)`` tuples and reads through ``np.memmap``.
+* **loader speed**: :func:`memshard.torch.loader` (one batched gather per batch, into shared
+  memory in the worker, handed over by name) against, for float32[128] vectors, the same
+  dataset read one item at a time (``default_collate`` stacks) and one ``np.memmap`` file with
+  the same batched fetch, and, for float32[3, 64, 64] images, an in-RAM tensor (``t[idx]``);
+  also memshard's own options ``prefetch=True`` (its cost on a warm cache) and
+  ``sharing_strategy=None`` (torch's default, as the baselines use), and the fetch alone
+  against the loader's time per batch (where a worker's time goes).
+* **worker memory**: each worker's anonymous private memory (``Private_Dirty + Swap``) over the
+  epochs, against a dataset that keeps its index as a Python list of ``(file, row)`` tuples.
 * **shard-aware shuffling**: distinct shards and labels per batch for several window sizes, and
   the speed of an epoch from a cold page cache with :class:`memshard.torch.ShardAwareSampler`
-  against torch's ``RandomSampler``, plus variants that tell the kernel what will be read.
+  against torch's ``RandomSampler``, with and without ``prefetch=True``.
 
 Speed figures are medians of repeats in which the candidates alternate (warm page cache, except
-the cold-cache section, which evicts every shard file before every run and checks it with
-``mincore``); only the same-run ratios mean anything on a shared machine.
+the cold-cache runs, which evict every shard file first and check it with ``mincore``).
 """
 
 from __future__ import annotations
