@@ -12,7 +12,6 @@ same random order; workers are forked, with torch's default settings for the pee
 from __future__ import annotations
 
 import gc
-import itertools
 import multiprocessing
 import os
 from collections.abc import Iterator, Sequence
@@ -48,13 +47,9 @@ class Order(Sampler[int]):
         return len(self.rows)
 
 
-def drain(loader: DataLoader[Any], batches: int | None = None) -> int:
-    """Iterate ``loader`` (up to ``batches`` batches, each a dict of tensors); return the
-    samples received."""
-    iterator = iter(loader)
-    samples = sum(len(next(iter(batch.values()))) for batch in itertools.islice(iterator, batches))
-    del iterator
-    return samples
+def drain(loader: DataLoader[Any]) -> int:
+    """Iterate ``loader`` once (its batches dicts of tensors); return the samples received."""
+    return sum(len(next(iter(batch.values()))) for batch in loader)
 
 
 class WorkerProbe:
