@@ -12,24 +12,28 @@ from __future__ import annotations
 import gc
 import math
 import os
-import shutil
-import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
 import memshard as ms
 
-from . import core
-from .core import Workload, timed, touch_and_free_memory, warm_page_cache
-from .formats import Format, Reader
-from .system import evict, resident_bytes
+from .core import (
+    Figure,
+    Figures,
+    Workload,
+    alternate,
+    clean_slate,
+    remove,
+    timed,
+    warm_page_cache,
+)
+from .formats import Format, Reader, byte_view
+from .system import EVICTION_TOLERANCE, evict
 
-#: A cold run counts only if at most this fraction of the files stayed in the page cache.
-EVICTION_TOLERANCE = 0.02
 #: A format whose write takes longer than this is written only once.
 SLOW_WRITE_SECONDS = 30.0
 #: Bytes of one block of a sequential scan.
@@ -45,25 +49,6 @@ PLAIN_WRITE = "f.write"
 PLAIN_WRITE_FSYNC = "f.write + fsync"
 
 
-@dataclass
-class Figure:
-    """One format's result of one measurement: the median and every repeat's value."""
-
-    value: float
-    samples: list[float]
-    #: Units of work in each timed run (accesses, gathers, rows or samples).
-    work: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, samples: Sequence[float], work: int = 0, **extra: Any) -> Figure:
-        """The median of ``samples``."""
-        return cls(float(statistics.median(samples)), list(samples), work, dict(extra))
-
-
-Figures = dict[str, Figure]
-
-
 @dataclass(frozen=True)
 class Effort:
     """How much each measurement does: repeats, and the seconds one timed run aims at."""
@@ -73,23 +58,29 @@ class Effort:
     run_seconds: float
 
 
-def alternate(
-    names: Sequence[str], repeats: int, run: Callable[[str, int], float]
-) -> dict[str, list[float]]:
-    """``run(name, repeat)`` for every name in every repeat, rotating which goes first."""
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    for repeat in range(repeats):
-        start = repeat % max(1, len(names))
-        for name in [*names[start:], *names[:start]]:
-            samples[name].append(run(name, repeat))
-    return samples
+def measure_work(
+    names: Sequence[str],
+    work: Callable[[str, int, int], object],
+    probe: int,
+    limit: int,
+    effort: Effort,
+    figure: Callable[[int, int], float],
+) -> Figures:
+    """``figure(units, ns)`` of each name's ``work(name, units, repeat)``, alternating.
 
+    ``units`` (at most ``limit``) is what lasts about ``effort.run_seconds``, judged by timing
+    ``probe`` units once (untimed warm-up for the figures).
+    """
+    counts = {}
+    for name in names:
+        per_unit = max(timed(partial(work, name, probe, 0)), 1) / probe
+        counts[name] = int(min(limit, max(1, effort.run_seconds * 1e9 / per_unit)))
 
-def work_for(probe: Callable[[int], object], units: int, limit: int, seconds: float) -> int:
-    """Units of work a timed run should do to last about ``seconds``: ``probe(units)`` is
-    timed once (untimed warm-up for the caller) and the count scaled, between 1 and ``limit``."""
-    elapsed = max(timed(lambda: probe(units)), 1) / units
-    return int(min(limit, max(1, seconds * 1e9 / elapsed)))
+    def run(name: str, repeat: int) -> float:
+        return figure(counts[name], timed(partial(work, name, counts[name], repeat)))
+
+    samples = alternate(names, effort.repeats, run)
+    return {name: Figure.of(values, counts[name]) for name, values in samples.items()}
 
 
 # -- writing ---------------------------------------------------------------------------------
@@ -111,8 +102,7 @@ def measure_writes(
         if name in slow:
             return math.nan  # keep the copy already written
         fmt.remove()
-        os.sync()
-        touch_and_free_memory(nbytes)
+        clean_slate([], nbytes)
         elapsed = timed(lambda: fmt.write(batches))
         if elapsed > SLOW_WRITE_SECONDS * 1e9:
             slow.add(name)
@@ -177,23 +167,11 @@ def measure_rows(
     rng = np.random.default_rng(seed)
     indices = rng.integers(0, rows, size=(effort.repeats, accesses)).tolist()
 
-    def accesses_of(reader: Reader, chosen: list[int]) -> None:
-        for index in chosen:
-            reader.row(index)
+    def access(name: str, count: int, repeat: int) -> None:
+        for index in indices[repeat][:count]:
+            readers[name].row(index)
 
-    counts = {
-        name: work_for(
-            lambda n, r=reader: accesses_of(r, indices[0][:n]), 100, accesses, effort.run_seconds
-        )
-        for name, reader in readers.items()
-    }
-
-    def run(name: str, repeat: int) -> float:
-        chosen = indices[repeat][: counts[name]]
-        return timed(lambda: accesses_of(readers[name], chosen)) / len(chosen)
-
-    samples = alternate(list(readers), effort.repeats, run)
-    return {name: Figure.of(values, counts[name]) for name, values in samples.items()}
+    return measure_work(list(readers), access, 100, accesses, effort, lambda n, ns: ns / n)
 
 
 def measure_gathers(
@@ -212,51 +190,31 @@ def measure_gathers(
     for out in outs.values():
         out.fill(0)
 
-    def gathers(name: str, chosen: np.ndarray) -> None:
-        reader, out = readers[name], outs[name]
-        for one in chosen:
-            reader.gather(one, out)
+    def gather(name: str, count: int, repeat: int) -> None:
+        for chosen in indices[repeat][:count]:
+            readers[name].gather(chosen, outs[name])
 
-    counts = {
-        name: work_for(lambda n, k=name: gathers(k, indices[0][:n]), 1, per_run, effort.run_seconds)
-        for name in readers
-    }
-
-    def run(name: str, repeat: int) -> float:
-        chosen = indices[repeat][: counts[name]]
-        return timed(lambda: gathers(name, chosen)) / len(chosen)
-
-    samples = alternate(list(readers), effort.repeats, run)
-    return {name: Figure.of(values, counts[name]) for name, values in samples.items()}
+    return measure_work(list(readers), gather, 1, per_run, effort, lambda n, ns: ns / n)
 
 
 def measure_scans(
     formats: Sequence[Format], readers: dict[str, Reader], window: int, effort: Effort
 ) -> Figures:
     """Bytes per second copying rows in order, in blocks of :data:`SCAN_BLOCK_BYTES`."""
-    workload = formats[0].workload
-    block = max(1, min(window, SCAN_BLOCK_BYTES // workload.row_bytes))
+    row_bytes = formats[0].workload.row_bytes
+    block = max(1, min(window, SCAN_BLOCK_BYTES // row_bytes))
     outs = {fmt.name: fmt.empty(block) for fmt in formats}
     for out in outs.values():
         out.fill(0)
 
-    def scan(name: str, rows: int) -> None:
-        reader, out = readers[name], outs[name]
+    def scan(name: str, rows: int, repeat: int) -> None:
         for start in range(0, rows, block):
-            reader.scan(start, out[: min(block, rows - start)])
+            readers[name].scan(start, outs[name][: min(block, rows - start)])
 
-    probe = min(block, 256)
-    counts = {
-        name: work_for(lambda n, k=name: scan(k, n), probe, window, effort.run_seconds)
-        for name in readers
-    }
+    def rate(rows: int, ns: int) -> float:
+        return rows * row_bytes / (ns / 1e9)
 
-    def run(name: str, repeat: int) -> float:
-        rows = counts[name]
-        return rows * workload.row_bytes / (timed(lambda: scan(name, rows)) / 1e9)
-
-    samples = alternate(list(readers), effort.repeats, run)
-    return {name: Figure.of(values, counts[name]) for name, values in samples.items()}
+    return measure_work(list(readers), scan, min(block, 256), window, effort, rate)
 
 
 def close_all(readers: dict[str, Reader]) -> None:
@@ -268,27 +226,18 @@ def close_all(readers: dict[str, Reader]) -> None:
 
 
 # -- cold reads ------------------------------------------------------------------------------
-def npy_data_offset(path: str) -> int:
-    """Where the array data of a ``.npy`` file starts."""
-    array = np.load(path, mmap_mode="r")
-    offset = int(array.offset)
-    del array
-    return offset
-
-
 class PreadReader(Reader):
     """The physical baseline: one ``os.preadv`` per row from one thread, in request order."""
 
     def __init__(self, path: str) -> None:
+        self.offset = int(np.load(path, mmap_mode="r").offset)  # where the array data starts
         self.fd = os.open(path, os.O_RDONLY)
-        self.offset = npy_data_offset(path)
 
     def row(self, index: int) -> np.ndarray:
         raise NotImplementedError
 
     def gather(self, indices: np.ndarray, out: np.ndarray) -> None:
-        flat = memoryview(out).cast("B")
-        size = out[0].nbytes
+        flat, size = byte_view(out)
         for slot, index in enumerate(indices.tolist()):
             os.preadv(self.fd, [flat[slot * size : (slot + 1) * size]], self.offset + index * size)
 
@@ -348,9 +297,7 @@ def measure_cold(
         for drop in drop_caches:
             drop()
         gc.collect()
-        evict(files)
-        resident, total = resident_bytes(files)
-        residents[name].append(resident / max(total, 1))
+        residents[name].append(evict(files))
         reader = candidate.open()
         try:
             gather = reader.cold_gather if candidate.cold else reader.gather
@@ -376,38 +323,26 @@ def measure_cold(
 # -- conversion ------------------------------------------------------------------------------
 def measure_conversion(source: Format, scratch: str, repeats: int) -> Figures:
     """Bytes per second of ``memshard.from_hdf5`` with 1 and 2 workers, against reading the
-    same HDF5 file with h5py (``read_direct`` in ~8 MiB blocks), page cache warm."""
-    import h5py
+    same HDF5 file with h5py (:class:`~benchmarks.formats.hdf5_file.PlainRead`), page cache
+    warm."""
+    from .formats.hdf5_file import PlainRead
 
     path = os.path.join(source.root, "data.h5")
     target = os.path.join(scratch, "converted")
     nbytes = source.workload.nbytes
-    block = max(1, (8 << 20) // source.workload.row_bytes)
-    buffer = source.empty(block)
-    buffer.fill(0)
-
-    def plain_read() -> None:
-        with h5py.File(path, "r") as file:
-            data = file["x"]
-            for start in range(0, len(data), block):
-                rows = min(block, len(data) - start)
-                data.read_direct(buffer[:rows], np.s_[start : start + rows])
-
-    def convert(workers: int) -> None:
-        ms.from_hdf5(path, target, workers=workers, progress=False)
-
-    runs = {"h5py read": plain_read, "from_hdf5, 1 worker": lambda: convert(1)}
-    runs["from_hdf5, 2 workers"] = lambda: convert(2)
+    runs: dict[str, Callable[[], object]] = {
+        "h5py read": PlainRead(path),
+        "from_hdf5, 1 worker": lambda: ms.from_hdf5(path, target, workers=1, progress=False),
+        "from_hdf5, 2 workers": lambda: ms.from_hdf5(path, target, workers=2, progress=False),
+    }
     warm_page_cache([path])
 
     def run(name: str, repeat: int) -> float:
-        shutil.rmtree(target, ignore_errors=True)
-        os.sync()
-        touch_and_free_memory(nbytes)
+        clean_slate([target], nbytes)
         return nbytes / (timed(runs[name]) / 1e9)
 
     samples = alternate(list(runs), repeats, run)
-    shutil.rmtree(target, ignore_errors=True)
+    remove(target)
     return {name: Figure.of(values) for name, values in samples.items()}
 
 
@@ -423,11 +358,8 @@ def measure_extend(
     dataset_path = os.path.join(scratch, "write-memshard")
     file_path = os.path.join(scratch, "write-plain.bin")
 
-    def clean_slate() -> None:
-        core.clean_slate([dataset_path, file_path], workload.nbytes)
-
     def memshard_pass() -> tuple[int, int]:
-        clean_slate()
+        clean_slate([dataset_path, file_path], workload.nbytes)
         appender = ms.create(dataset_path, fields=workload.fields, shard_bytes=workload.shard_bytes)
         os.sync()  # let create()'s journal commits finish outside the timed region
         start = time.perf_counter_ns()
@@ -438,7 +370,7 @@ def measure_extend(
         return written - start, time.perf_counter_ns() - start
 
     def plain_pass() -> tuple[int, int]:
-        clean_slate()
+        clean_slate([dataset_path, file_path], workload.nbytes)
         with open(file_path, "wb") as file:
             os.sync()
             start = time.perf_counter_ns()
@@ -461,7 +393,7 @@ def measure_extend(
         return 0.0
 
     alternate(list(passes), repeats, run)
-    clean_slate()
+    clean_slate([dataset_path, file_path], 0)
 
     def rates(name: str, part: int) -> list[float]:
         return [workload.nbytes / (sample[part] / 1e9) for sample in times[name]]

@@ -1,12 +1,15 @@
-"""What every benchmark in this folder shares: workloads, timing, preparation, formatting.
+"""What every benchmark in this folder shares: workloads, the command line, timing, preparation,
+formatting, and the :class:`Report` each one prints and writes as JSON.
 
-The benchmarks themselves: ``python -m benchmarks`` (the comparison with every peer format,
-:mod:`benchmarks.suite`), ``benchmarks.torch_loader`` (samplers and loaders in depth),
-``benchmarks.convert`` (conversion from HDF5) and ``benchmarks.reliability`` (checksums).
+The benchmarks: ``python -m benchmarks`` (memshard against every peer format,
+:mod:`benchmarks.suite`), ``benchmarks.torch_loader`` (DataLoader paths in depth),
+``benchmarks.convert`` (HDF5 conversion), ``benchmarks.dask_write`` (parallel writes) and
+``benchmarks.reliability`` (checksums).
 
 The machine they run on is shared and its speed swings 1.5-2x between runs, so no figure is
 reported alone: each is compared with a baseline measured in the same run, alternating within
-every repeat, and speed goals are judged by reading the output, never by timed tests.
+every repeat, and speed goals are judged by reading the output, never by timed tests. A run
+exits with 1 only when a correctness check failed (rows that differ from those written).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import json
 import math
 import os
 import platform
@@ -23,9 +27,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -34,22 +38,21 @@ import memshard as ms
 IMAGE_SHAPE = (3, 64, 64)
 VECTOR_SHAPE = (128,)
 DTYPE = np.dtype("float32")
+IMAGE_BYTES = DTYPE.itemsize * math.prod(IMAGE_SHAPE)
 #: 21,845 rows of 48 KiB: 48 KiB short of 1 GiB.
 FULL_IMAGE_ROWS = 21_845
 FULL_VECTOR_ROWS = 1_000_000
-QUICK_IMAGE_ROWS = 2_000
-QUICK_VECTOR_ROWS = 100_000
-SCAN_BLOCK_ROWS = 1024
+SEED = 20240601
+BATCH_SIZE = 256
 #: Buffer of the reads that pull files into the page cache.
 WARM_READ_BYTES = 8 << 20
-SEED = 20240601
+SCAN_BLOCK_ROWS = 1024
 
-Run = Callable[[], object]
-#: Untimed preparation that returns the run to time.
-Setup = Callable[[], Run]
+Number = TypeVar("Number", int, float)
+Returned = TypeVar("Returned")
 
 
-# -- configuration ---------------------------------------------------------------------------
+# -- workloads -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Workload:
     """``rows`` rows of float32 ``shape``, stored in shards of ``shard_bytes``."""
@@ -76,10 +79,8 @@ class Workload:
 
 
 def shard_bytes_for(rows: int, full_rows: int, quick: bool) -> int:
-    """memshard's default shard size in full mode; in quick mode the same fraction of the data.
-
-    Scaling the shard size with the row count keeps the shard count of the full run, so quick
-    mode still crosses shard boundaries.
+    """memshard's default shard size in full mode; in quick mode the same fraction of the data,
+    so that quick mode keeps the shard count of the full run and still crosses shard boundaries.
 
     Example:
         >>> shard_bytes_for(2_000, 21_845, quick=True) // 2**20
@@ -90,77 +91,127 @@ def shard_bytes_for(rows: int, full_rows: int, quick: bool) -> int:
     return max(1, ms.DEFAULT_SHARD_BYTES * rows // full_rows)
 
 
-def benchmark_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """A command line with the options every benchmark in this folder takes."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--quick", action="store_true", help="small sizes (CI smoke run)")
-    parser.add_argument("--rows-images", type=int, help="rows of float32[3,64,64] images")
-    parser.add_argument("--rows-vectors", type=int, help="rows of float32[128] vectors")
-    parser.add_argument("--repeats", type=int, help="repeats per measurement (median reported)")
-    parser.add_argument(
-        "--dir", help="scratch directory (a temporary directory is made inside it and removed)"
-    )
-    parser.add_argument("--json", metavar="PATH", help="also write every figure to PATH")
-    return parser
+def rows_for_gib(size_gib: float) -> int:
+    """Rows of float32[3, 64, 64] images in ``size_gib`` GiB (at least one).
+
+    Example:
+        >>> rows_for_gib(4.0)
+        87381
+    """
+    return max(1, int(size_gib * (1 << 30)) // IMAGE_BYTES)
 
 
-def parse_positive(
-    parser: argparse.ArgumentParser, argv: Sequence[str] | None, names: Sequence[str]
-) -> argparse.Namespace:
-    """Parse ``argv``, refusing a value below 1 for any of the options ``names``."""
-    args = parser.parse_args(argv)
-    for name in names:
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    return args
+# -- the command line ------------------------------------------------------------------------
+def positive(kind: Callable[[str], Number]) -> Callable[[str], Number]:
+    """An argparse ``type``: the text as ``kind``, refused unless finite and above zero."""
+
+    def parse(text: str) -> Number:
+        value = kind(text)
+        if not (value > 0 and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its "invalid value" message
+    return parse
+
+
+#: A number option: its name, ``int`` or ``float``, and its help.
+Option = tuple[str, Callable[[str], Any], str]
+WORKLOAD_OPTIONS: tuple[Option, ...] = (
+    ("--rows-images", int, "rows of float32[3,64,64] images"),
+    ("--rows-vectors", int, "rows of float32[128] vectors"),
+)
+
+
+def parser(prog: str, doc: str | None, *options: Option) -> argparse.ArgumentParser:
+    """A command line with the options every benchmark takes (``--quick``, ``--repeats``,
+    ``--dir``, ``--json``) and ``options``, numbers above zero; ``doc`` (the module's
+    docstring) gives its first paragraph."""
+    description = (doc or "").strip().split("\n\n")[0].replace("\n", " ")
+    result = argparse.ArgumentParser(prog=prog, description=description)
+    result.add_argument("--quick", action="store_true", help="small sizes (CI smoke run)")
+    result.add_argument("--dir", help="scratch directory (a temporary folder inside is removed)")
+    result.add_argument("--json", metavar="PATH", help="also write every figure to PATH")
+    repeats: Option = ("--repeats", int, "repeats per measurement (median)")
+    for name, kind, text in (repeats, *options):
+        result.add_argument(name, type=positive(kind), help=text)
+    return result
+
+
+def workloads(args: argparse.Namespace, quick_images: int, quick_vectors: int) -> list[Workload]:
+    """The images and vectors workloads of :data:`WORKLOAD_OPTIONS` as parsed into ``args``,
+    by default of the mode's size (``quick_*`` rows in quick mode)."""
+    result = []
+    for name, shape, full, quick in (
+        ("images", IMAGE_SHAPE, FULL_IMAGE_ROWS, quick_images),
+        ("vectors", VECTOR_SHAPE, FULL_VECTOR_ROWS, quick_vectors),
+    ):
+        rows = getattr(args, f"rows_{name}") or (quick if args.quick else full)
+        result.append(Workload(name, shape, rows, shard_bytes_for(rows, full, args.quick)))
+    return result
 
 
 # -- timing ----------------------------------------------------------------------------------
-def ready(run: Run) -> Setup:
-    """A setup with nothing to prepare."""
-    return lambda: run
-
-
 def timed(run: Callable[[], object]) -> int:
+    """Nanoseconds of one call of ``run`` (see :func:`timed_call`)."""
+    return timed_call(run)[0]
+
+
+def timed_call(run: Callable[[], Returned]) -> tuple[int, Returned]:
     """Nanoseconds of one call of ``run``, garbage collection paused (not forced before: a
-    full collection with torch loaded takes tens of milliseconds)."""
+    full collection with torch loaded takes tens of milliseconds), and what it returned."""
     gc.disable()
     try:
         start = time.perf_counter_ns()
-        run()
-        return time.perf_counter_ns() - start
+        result = run()
+        return time.perf_counter_ns() - start, result
     finally:
         gc.enable()
 
 
-def time_once(setup: Setup) -> int:
-    """Nanoseconds of one call of the run ``setup()`` returns (setup untimed, collected
-    garbage first, gc paused)."""
-    run = setup()
-    gc.collect()
-    return timed(run)
+def rotated(names: Sequence[str], repeat: int) -> list[str]:
+    """The order of repeat ``repeat``: a different candidate first each time.
 
-
-def median_ns(repeats: int, trial: Callable[[], Sequence[Setup]], warmups: int = 1) -> list[float]:
-    """Median nanoseconds of each candidate over ``repeats`` trials.
-
-    ``trial()`` is called once per repeat and returns one setup per candidate, built from the
-    same fresh inputs. The candidates run one after another, starting with a different one each
-    repeat, so a slow spell of the machine hits them alike. ``warmups`` trials run untimed first.
+    Example:
+        >>> rotated(["a", "b", "c"], 1)
+        ['b', 'c', 'a']
     """
-    for _ in range(warmups):
-        for setup in trial():
-            setup()()
-    times: list[list[int]] = []
+    start = repeat % max(1, len(names))
+    return [*names[start:], *names[:start]]
+
+
+def alternate(
+    names: Sequence[str],
+    repeats: int,
+    run: Callable[[str, int], float],
+    order: Callable[[Sequence[str], int], list[str]] = rotated,
+) -> dict[str, list[float]]:
+    """``run(name, repeat)`` for every name in every repeat, in ``order(names, repeat)``, so
+    that a slow spell of the machine hits the candidates alike; every value, by name."""
+    samples: dict[str, list[float]] = {name: [] for name in names}
     for repeat in range(repeats):
-        setups = list(trial())
-        if not times:
-            times = [[] for _ in setups]
-        start = repeat % len(setups)
-        for candidate in [*range(start, len(setups)), *range(start)]:
-            times[candidate].append(time_once(setups[candidate]))
-    return [float(statistics.median(samples)) for samples in times]
+        for name in order(names, repeat):
+            samples[name].append(run(name, repeat))
+    return samples
+
+
+@dataclass
+class Figure:
+    """One measured figure: the median and every repeat's value."""
+
+    value: float
+    samples: list[float]
+    #: Units of work in each timed run (accesses, gathers, rows or samples).
+    work: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, samples: Sequence[float], work: int = 0, **extra: Any) -> Figure:
+        """The median of ``samples``."""
+        return cls(float(statistics.median(samples)), list(samples), work, dict(extra))
+
+
+Figures = dict[str, Figure]
 
 
 # -- preparation -----------------------------------------------------------------------------
@@ -168,8 +219,7 @@ def random_rows(workload: Workload, rng: np.random.Generator) -> np.ndarray:
     """A C-contiguous in-RAM array holding every row of ``workload``."""
     data = np.empty((workload.rows, *workload.shape), dtype=DTYPE)
     for start in range(0, workload.rows, 4096):
-        block = data[start : start + 4096]
-        rng.random(dtype=DTYPE, out=block)
+        rng.random(dtype=DTYPE, out=data[start : start + 4096])
     return data
 
 
@@ -178,19 +228,18 @@ def batches_of(data: np.ndarray, rows: int) -> list[np.ndarray]:
     return [data[start : start + rows] for start in range(0, len(data), rows)]
 
 
-def write_dataset(path: str, workload: Workload, batches: Sequence[np.ndarray]) -> None:
+def write_dataset(path: str, workload: Workload, batches: Iterable[np.ndarray]) -> None:
     """Write ``batches`` to a new memshard dataset at ``path`` with ``extend``, then close."""
-    appender = ms.create(path, fields=workload.fields, shard_bytes=workload.shard_bytes)
-    with appender:
+    with ms.create(path, fields=workload.fields, shard_bytes=workload.shard_bytes) as appender:
         for batch in batches:
             appender.extend({"x": batch})
 
 
 def files_under(path: str) -> list[str]:
-    """Every regular file under ``path`` (or ``path`` itself if it is a file)."""
+    """Every regular file under ``path`` (or ``path`` itself if it is a file), sorted."""
     if os.path.isfile(path):
         return [path]
-    return [os.path.join(top, name) for top, _, names in os.walk(path) for name in names]
+    return sorted(os.path.join(top, name) for top, _, names in os.walk(path) for name in names)
 
 
 def warm_page_cache(paths: Sequence[str]) -> None:
@@ -209,13 +258,6 @@ def touch_mapping(array: Any, rows: int) -> None:
         np.asarray(array[start : start + SCAN_BLOCK_ROWS * 16]).sum()
 
 
-def touch_and_free_memory(nbytes: int) -> None:
-    """Write to ``nbytes`` of fresh memory and free it: pages the host reclaimed are slow on
-    first touch, and a timed write should not pay for that."""
-    block = np.ones(nbytes, dtype=np.uint8)
-    del block
-
-
 def remove(path: str) -> None:
     """Remove a file or directory tree if it exists."""
     if os.path.isdir(path):
@@ -225,14 +267,34 @@ def remove(path: str) -> None:
 
 
 def clean_slate(paths: Sequence[str], nbytes: int) -> None:
-    """Before a timed write: remove earlier outputs, flush dirty pages, pre-touch memory."""
+    """Before a timed write: remove earlier outputs, flush dirty pages, and write to
+    ``nbytes`` of fresh memory and free it (pages the host reclaimed are slow on first touch,
+    and a timed write should not pay for that)."""
     for path in paths:
         remove(path)
     os.sync()
-    touch_and_free_memory(nbytes)
+    block = np.ones(nbytes, dtype=np.uint8)
+    del block
 
 
-# -- report ----------------------------------------------------------------------------------
+@contextlib.contextmanager
+def scratch_directory(parent: str | None) -> Iterator[str]:
+    """A fresh directory inside ``parent`` (default: the system temp dir), removed at the end."""
+    if parent is not None:
+        os.makedirs(parent, exist_ok=True)
+    path = tempfile.mkdtemp(prefix="memshard-bench-", dir=parent)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def progress(message: str) -> None:
+    """A progress note on stderr, so stdout holds only the report."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# -- formatting ------------------------------------------------------------------------------
 def three_digits(value: float) -> str:
     """``value`` with three significant digits (no exponent below 1000).
 
@@ -244,6 +306,15 @@ def three_digits(value: float) -> str:
     return f"{value:.{digits}f}"
 
 
+def scaled(value: float, units: Sequence[tuple[str, float]], below: str) -> str:
+    """``value`` in the first of ``units`` (suffix, scale; largest first) it reaches, else
+    ``below``."""
+    for unit, scale in units:
+        if value >= scale:
+            return f"{three_digits(value / scale)}{unit}"
+    return below
+
+
 def format_ns(ns: float) -> str:
     """A duration with a readable unit.
 
@@ -251,25 +322,207 @@ def format_ns(ns: float) -> str:
         >>> format_ns(812.4), format_ns(2_310_000.0)
         ('812 ns', '2.31 ms')
     """
-    for unit, scale in (("s", 1e9), ("ms", 1e6), ("us", 1e3)):
-        if ns >= scale:
-            return f"{three_digits(ns / scale)} {unit}"
-    return f"{ns:.0f} ns"
+    return scaled(ns, ((" s", 1e9), (" ms", 1e6), (" us", 1e3)), f"{ns:.0f} ns")
+
+
+def format_duration(seconds: float) -> str:
+    """A long duration in s, min, h or days.
+
+    Example:
+        >>> format_duration(42.0), format_duration(600.0), format_duration(7200.0)
+        ('42.0 s', '10.0 min', '2.00 h')
+    """
+    units = ((" days", 86400.0), (" h", 3600.0), (" min", 60.0))
+    return scaled(seconds, units, f"{three_digits(seconds)} s")
 
 
 def format_bytes(nbytes: float) -> str:
-    """A size in binary units.
+    """A size in binary units (signed if negative).
 
     Example:
-        >>> format_bytes(3 << 29)
-        '1.50 GiB'
+        >>> format_bytes(3 << 29), format_bytes(-2048)
+        ('1.50 GiB', '-2.00 KiB')
     """
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if nbytes >= scale:
-            return f"{three_digits(nbytes / scale)} {unit}"
-    return f"{nbytes:.0f} B"
+    units = ((" GiB", 1 << 30), (" MiB", 1 << 20), (" KiB", 1 << 10))
+    size = abs(nbytes)
+    return ("-" if nbytes < 0 else "") + scaled(size, units, f"{size:.0f} B")
 
 
+def format_rate(bytes_per_s: float) -> str:
+    """A throughput in MB/s or GB/s (powers of 10).
+
+    Example:
+        >>> format_rate(412_345_678.0), format_rate(12_300_000_000.0)
+        ('412 MB/s', '12.3 GB/s')
+    """
+    return scaled(bytes_per_s, ((" GB/s", 1e9),), f"{three_digits(bytes_per_s / 1e6)} MB/s")
+
+
+def format_count(value: float) -> str:
+    """A count with k/M suffixes.
+
+    Example:
+        >>> format_count(252_400.0), format_count(812.0)
+        ('252k', '812')
+    """
+    return scaled(value, (("M", 1e6), ("k", 1e3)), f"{value:.0f}")
+
+
+def markdown(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A markdown table with padded columns."""
+    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = (cell.ljust(width) for cell, width in zip(cells, widths, strict=True))
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join("-" * (width + 2) for width in widths) + "|"
+    return "\n".join([line(head), rule, *(line(row) for row in rows)])
+
+
+# -- goals and the report --------------------------------------------------------------------
+@dataclass(frozen=True)
+class Target:
+    """A goal: a ratio to the baseline of at least ``min_ratio``, or a value below
+    ``max_value``; neither is a figure shown for context."""
+
+    min_ratio: float | None = None
+    max_value: float | None = None
+
+    def describe(self, show: Callable[[float], str]) -> str:
+        """The goal as the tables print it, ``show`` formatting ``max_value``."""
+        if self.min_ratio is not None:
+            return f">= {self.min_ratio:.2f}x"
+        if self.max_value is not None:
+            return f"< {show(self.max_value)}"
+        return "none (context)"
+
+    def met(self, ratio: float | None, value: float) -> bool | None:
+        """Whether ``ratio`` or ``value`` meets the goal (``None`` without a goal)."""
+        if self.min_ratio is not None:
+            return ratio is not None and ratio >= self.min_ratio
+        if self.max_value is not None:
+            return value < self.max_value
+        return None
+
+
+@dataclass(frozen=True)
+class Result:
+    """One row of a table: a throughput (``unit="B/s"``) or a size (``"bytes"``), its ratio to
+    a baseline of the same run, and its goal."""
+
+    key: str
+    measurement: str
+    value: float
+    unit: str
+    ratio: float | None = None
+    target: Target = Target()
+    context: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def show(self, value: float) -> str:
+        """``value`` in this row's unit."""
+        return format_rate(value) if self.unit == "B/s" else format_bytes(value)
+
+    @property
+    def met(self) -> bool | None:
+        """Whether the goal is met (``None`` without a goal)."""
+        return self.target.met(self.ratio, self.value)
+
+    def cells(self) -> list[str]:
+        """The table row: measurement, result, ratio, goal, met."""
+        result = self.show(self.value) + (f" ({self.context})" if self.context else "")
+        ratio = "-" if self.ratio is None else f"{self.ratio:.3f}x"
+        return [self.measurement, result, ratio, self.target.describe(self.show), yes_no(self.met)]
+
+    def to_json(self) -> dict[str, Any]:
+        """Every figure, the goal flattened into ``min_ratio`` and ``max_value``."""
+        record = asdict(self)
+        record.update(record.pop("target"), goal=self.target.describe(self.show), met=self.met)
+        return record
+
+
+RESULT_HEAD = ["measurement", "result", "ratio", "goal", "met"]
+
+
+def tally(what: str, judged: Sequence[tuple[str, bool]], others: str) -> str:
+    """``what: N of M (others: keys)``.
+
+    Example:
+        >>> tally("goals met", [("a", True), ("b", False)], "missed")
+        'goals met: 1 of 2 (missed: b)'
+    """
+    missed = [key for key, ok in judged if not ok]
+    text = f"{what}: {len(judged) - len(missed)} of {len(judged)}"
+    return text + (f" ({others}: {', '.join(missed)})" if missed else "")
+
+
+def yes_no(met: bool | None) -> str:
+    """A table's ``met`` cell."""
+    return {True: "yes", False: "no", None: "-"}[met]
+
+
+class Report:
+    """What one benchmark run prints and records.
+
+    The header (title, mode, machine, how to read the figures) and each section are printed
+    as they come; goals and correctness checks are judged along the way; :meth:`finish`
+    prints the summary and writes :attr:`record` (plain data, with ``mode``, ``machine`` and
+    ``seconds``) as JSON and, if asked, everything printed as markdown.
+    """
+
+    def __init__(self, title: str, mode: str, scratch: str, method: Sequence[str]) -> None:
+        self.started = time.monotonic()
+        self.machine = machine_info(scratch)
+        self.record: dict[str, Any] = {"mode": mode, "machine": self.machine}
+        self.goals: list[tuple[str, bool]] = []
+        self.checks: list[tuple[str, bool]] = []
+        self.blocks: list[str] = []
+        lines = [f"# {title} ({mode} mode)", ""]
+        lines += [f"- {name}: {value}" for name, value in self.machine.items()]
+        self.add("\n".join(lines + [f"- {line}" for line in method]))
+
+    def add(self, *blocks: str, at: int | None = None) -> None:
+        """Print ``blocks`` (markdown) now, as one section; the markdown file has it at
+        position ``at`` (default: after the others)."""
+        text = "\n\n".join(block for block in blocks if block)
+        print(text, end="\n\n", flush=True)
+        self.blocks.insert(len(self.blocks) if at is None else at, text)
+
+    def goal(self, key: str, met: bool) -> bool:
+        """Record whether the goal ``key`` was met in this run."""
+        self.goals.append((key, met))
+        return met
+
+    def check(self, key: str, passed: bool) -> bool:
+        """Record a correctness check: a failed one makes the run exit with 1."""
+        self.checks.append((key, passed))
+        return passed
+
+    def summary(self) -> str:
+        """Goals met and checks passed (naming the others), load average, run time."""
+        lines = [tally("goals met", self.goals, "missed")]
+        lines += [tally("checks passed", self.checks, "failed")] if self.checks else []
+        load = " ".join(f"{value:.2f}" for value in os.getloadavg())
+        seconds = self.record["seconds"]
+        return "\n".join([*lines, f"load average at end: {load}", f"ran in {seconds:.0f} s"])
+
+    def finish(self, json_path: str | None, markdown_path: str | None = None) -> int:
+        """Print the summary, write the files asked for; 1 if a check failed, else 0."""
+        self.record["seconds"] = time.monotonic() - self.started
+        summary = self.summary()
+        print(summary, flush=True)
+        if markdown_path is not None:
+            with open(markdown_path, "w") as file:
+                file.write("\n\n".join([*self.blocks, summary]) + "\n")
+        if json_path is not None:
+            with open(json_path, "w") as file:
+                json.dump(self.record, file, indent=1)
+                file.write("\n")
+        return 0 if all(passed for _, passed in self.checks) else 1
+
+
+# -- the machine -----------------------------------------------------------------------------
 def machine_info(scratch: str) -> dict[str, str]:
     """CPU, memory, OS, Python, numpy and memshard versions, and the scratch filesystem."""
     info = {
@@ -294,12 +547,10 @@ def _source_revision() -> str:
     package = os.path.dirname(os.path.abspath(ms.__file__))
     git = ["git", "-C", package]
     try:
-        commit = subprocess.run(
-            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        changes = subprocess.run(
-            [*git, "status", "--porcelain", "--", "."], capture_output=True, text=True, check=True
-        ).stdout.strip()
+        commit, changes = (
+            subprocess.run([*git, *args], capture_output=True, text=True, check=True).stdout.strip()
+            for args in (["rev-parse", "--short", "HEAD"], ["status", "--porcelain", "--", "."])
+        )
     except (OSError, subprocess.CalledProcessError):
         return package
     return f"{package}, git {commit}" + (", with uncommitted changes" if changes else "")
@@ -328,41 +579,3 @@ def _filesystem_of(path: str) -> str:
             if inside and len(mount) >= len(best[0]):
                 best = (mount, fstype, device)
     return f"{best[1]} on {best[2]}"
-
-
-def markdown(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A markdown table with padded columns (shared by every benchmark)."""
-    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
-
-    def line(cells: Sequence[str]) -> str:
-        padded = (cell.ljust(width) for cell, width in zip(cells, widths, strict=True))
-        return "| " + " | ".join(padded) + " |"
-
-    rule = "|" + "|".join("-" * (width + 2) for width in widths) + "|"
-    return "\n".join([line(head), rule, *(line(row) for row in rows)])
-
-
-def goals_summary(judged: Sequence[tuple[str, bool]]) -> str:
-    """``goals met: N of M (missed: ...)`` for ``(key, met)`` pairs, and the load average."""
-    missed = [key for key, met in judged if not met]
-    text = f"goals met: {len(judged) - len(missed)} of {len(judged)}"
-    text += f" (missed: {', '.join(missed)})" if missed else ""
-    load = " ".join(f"{value:.2f}" for value in os.getloadavg())
-    return f"{text}\nload average at end: {load}"
-
-
-def progress(message: str) -> None:
-    """A progress note on stderr, so stdout holds only the report."""
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-@contextlib.contextmanager
-def scratch_directory(parent: str | None) -> Iterator[str]:
-    """A fresh directory inside ``parent`` (default: the system temp dir), removed at the end."""
-    if parent is not None:
-        os.makedirs(parent, exist_ok=True)
-    path = tempfile.mkdtemp(prefix="memshard-bench-", dir=parent)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)

@@ -1,4 +1,6 @@
-"""DataLoader epochs over every format, and the memory their worker processes gain.
+"""DataLoader epochs over every format and the memory their workers gain; and what every
+DataLoader measurement here shares: a settable sampler, draining a loader, workers that report
+their memory.
 
 Each peer is read through the best ``Dataset`` it reasonably supports: a batched one, whose
 ``__getitem__`` receives a whole batch of indices (``BatchSampler`` as the sampler,
@@ -13,7 +15,6 @@ import gc
 import multiprocessing
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -24,29 +25,57 @@ from torch.utils.data import Dataset as TorchDataset
 
 import memshard.torch as mt
 
-from .compare import Effort, Figure, Figures, alternate
-from .core import timed
+from .compare import Effort
+from .core import BATCH_SIZE, Figure, Figures, alternate, timed_call
 from .formats import Format, Reader
 from .system import announce, memory_of
 
-BATCH_SIZE = 256
 WORKER_COUNTS = (0, 2)
 
 
 class Order(Sampler[int]):
-    """A fixed sequence of row numbers."""
+    """Yields :attr:`rows`, which may be set again between epochs, so that every candidate of
+    a comparison reads the very same indices."""
 
-    def __init__(self, rows: np.ndarray) -> None:
-        self.rows = rows.tolist()
+    def __init__(self, rows: np.ndarray | None = None) -> None:
+        self.rows = np.empty(0, dtype=np.int64) if rows is None else rows
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.rows)
+        return iter(self.rows.tolist())
 
     def __len__(self) -> int:
         return len(self.rows)
 
 
-class BatchedDataset(TorchDataset[torch.Tensor]):
+def drain(loader: DataLoader[Any]) -> int:
+    """Iterate ``loader`` once (its batches dicts of tensors); return the samples received."""
+    return sum(len(next(iter(batch.values()))) for batch in loader)
+
+
+class WorkerProbe:
+    """DataLoader workers, forked, that report their pid and memory before their first batch."""
+
+    def __init__(self) -> None:
+        self.context = multiprocessing.get_context("fork")
+        self.queue = self.context.Queue()
+
+    def options(self, workers: int) -> dict[str, Any]:
+        """DataLoader options: ``workers`` persistent workers that report to this probe."""
+        if not workers:
+            return {"num_workers": 0}
+        return {
+            "num_workers": workers,
+            "multiprocessing_context": self.context,
+            "persistent_workers": True,
+            "worker_init_fn": partial(announce, self.queue),
+        }
+
+    def started(self, workers: int) -> list[tuple[int, int, dict[str, int]]]:
+        """``(worker id, pid, memory at start)`` of the ``workers`` workers started last."""
+        return sorted(self.queue.get(timeout=120) for _ in range(workers))
+
+
+class BatchedDataset(TorchDataset[dict[str, torch.Tensor]]):
     """A peer's batched ``Dataset``: ``dataset[list_of_rows]`` is one gather, as a tensor.
 
     The reader is opened on first use in each process, so no handle, connection or
@@ -61,13 +90,12 @@ class BatchedDataset(TorchDataset[torch.Tensor]):
     def __len__(self) -> int:
         return self.format.workload.rows
 
-    def __getitem__(self, rows: list[int]) -> torch.Tensor:  # type: ignore[override]
-        if self._pid != os.getpid():
+    def __getitem__(self, rows: list[int]) -> dict[str, torch.Tensor]:
+        if self._reader is None or self._pid != os.getpid():
             self._reader, self._pid = self.format.open(), os.getpid()
-        assert self._reader is not None
         out = self.format.empty(len(rows))
         self._reader.gather(np.asarray(rows), out)
-        return torch.from_numpy(out)
+        return {"x": torch.from_numpy(out)}
 
     def close(self) -> None:
         """Close this process's reader, if it opened one."""
@@ -76,60 +104,31 @@ class BatchedDataset(TorchDataset[torch.Tensor]):
         self._reader = None
 
 
-@dataclass
-class Epoch:
-    """One timed pass: samples per second and, with workers, their memory at start and end."""
-
-    rate: float
-    workers: list[dict[str, Any]]
-
-
-def drain_into(loader: DataLoader[Any], counted: list[int]) -> None:
-    """Iterate ``loader`` once; append the number of samples it gave to ``counted``."""
-    samples = 0
-    for batch in loader:
-        samples += len(batch["x"] if isinstance(batch, dict) else batch)
-    counted.append(samples)
-
-
-def run_epoch(fmt: Format, order: np.ndarray, workers: int) -> Epoch:
-    """Time one pass over ``order`` through ``fmt``'s loader with ``workers`` workers.
-
-    Workers are kept alive to the end of the pass so their memory can be read after it.
-    """
-    context = multiprocessing.get_context("fork")
-    queue = context.Queue() if workers else None
-    options: dict[str, Any] = {"num_workers": workers}
-    if workers:
-        options.update(
-            multiprocessing_context=context,
-            persistent_workers=True,
-            worker_init_fn=lambda worker_id: announce(queue, worker_id),
-        )
-    dataset: BatchedDataset | None = None
+def run_epoch(fmt: Format, order: np.ndarray, workers: int) -> tuple[float, list[dict[str, Any]]]:
+    """Samples per second of one pass over ``order`` through ``fmt``'s loader with ``workers``
+    workers, and each worker's memory at its start and at the end (workers are kept alive to
+    the end of the pass so that it can be read)."""
+    probe = WorkerProbe()
+    options = probe.options(workers)
+    dataset = BatchedDataset(fmt)
     if fmt.name == "memshard":
         loader: DataLoader[Any] = mt.loader(
             fmt.root, batch_size=BATCH_SIZE, sampler=Order(order), fields=["x"], **options
         )
     else:
-        dataset = BatchedDataset(fmt)
         batches = BatchSampler(Order(order), BATCH_SIZE, drop_last=False)
         loader = DataLoader(dataset, sampler=batches, batch_size=None, **options)
-    counted: list[int] = []
-    elapsed = timed(partial(drain_into, loader, counted))
-    samples = counted[0]
-    memory = []
-    if queue is not None:
-        for _ in range(workers):
-            worker_id, pid, start = queue.get(timeout=120)
-            memory.append({"worker": worker_id, "start": start, "end": memory_of(pid)})
+    elapsed, samples = timed_call(partial(drain, loader))
     if samples != len(order):
         raise RuntimeError(f"{fmt.name}: the loader gave {samples} samples of {len(order)}")
+    memory = [
+        {"worker": worker, "start": start, "end": memory_of(pid)}
+        for worker, pid, start in probe.started(workers)
+    ]
     del loader
-    if dataset is not None:
-        dataset.close()
+    dataset.close()
     gc.collect()
-    return Epoch(samples / (elapsed / 1e9), sorted(memory, key=lambda w: w["worker"]))
+    return samples / (elapsed / 1e9), memory
 
 
 def samples_for(gather: Figure, gather_rows: int, rows: int, seconds: float) -> int:
@@ -158,18 +157,18 @@ def measure_loaders(
     rng = np.random.default_rng(seed)
     orders = [rng.permutation(rows)[:epoch_rows] for _ in range(effort.slow_repeats)]
     by_name = {fmt.name: fmt for fmt in formats}
-    seconds = effort.run_seconds * 10
     samples = {
-        name: samples_for(gathers[name], gather_rows, epoch_rows, seconds) for name in by_name
+        name: samples_for(gathers[name], gather_rows, epoch_rows, effort.run_seconds * 10)
+        for name in by_name
     }
     results: dict[str, Figures] = {}
     workers_seen: dict[str, list[dict[str, Any]]] = {name: [] for name in by_name}
     for workers in WORKER_COUNTS:
 
         def run(name: str, repeat: int, workers: int = workers) -> float:
-            epoch = run_epoch(by_name[name], orders[repeat][: samples[name]], workers)
-            workers_seen[name].extend(epoch.workers)
-            return epoch.rate
+            rate, memory = run_epoch(by_name[name], orders[repeat][: samples[name]], workers)
+            workers_seen[name] += memory
+            return rate
 
         rates = alternate(list(by_name), effort.slow_repeats, run)
         results[f"loader{workers}"] = {
@@ -183,11 +182,11 @@ def growth(workers: list[dict[str, Any]]) -> Figure:
     """The largest ``Private_Dirty`` growth of any worker of any epoch, with the RSS and USS
     that worker ended with."""
     grown = [w["end"]["private"] - w["start"]["private"] for w in workers]
-    worst = workers[int(np.argmax(grown))]
+    worst = workers[int(np.argmax(grown))]["end"]
     return Figure.of(
         [float(max(grown))],
         len(workers),
-        rss=worst["end"]["rss"],
-        uss=worst["end"]["uss"],
-        private=worst["end"]["private"],
+        rss=worst["rss"],
+        uss=worst["uss"],
+        private=worst["private"],
     )

@@ -13,8 +13,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .compare import Figure, Figures
-from .core import format_bytes, format_ns, markdown, three_digits
+from .core import Figure, Figures, format_bytes, format_count, format_ns, markdown
 from .formats import BASELINE
 
 
@@ -40,27 +39,13 @@ class Measurement:
             return f"{format_count(figure.value)} samples/s"
         if self.kind == "time":
             return format_ns(figure.value)
-        sign = "+" if figure.value >= 0 else "-"
-        return f"{sign}{format_bytes(abs(figure.value))}"
+        return ("+" if figure.value >= 0 else "") + format_bytes(figure.value)
 
     def speed(self, figure: Figure, baseline: Figure) -> float:
         """``figure``'s speed as a multiple of ``baseline``'s."""
         if self.higher_is_better:
             return figure.value / baseline.value
         return baseline.value / figure.value
-
-
-def format_count(value: float) -> str:
-    """A count with k/M suffixes.
-
-    Example:
-        >>> format_count(252_400.0), format_count(812.0)
-        ('252k', '812')
-    """
-    for suffix, scale in (("M", 1e6), ("k", 1e3)):
-        if value >= scale:
-            return f"{three_digits(value / scale)}{suffix}"
-    return f"{value:.0f}"
 
 
 @dataclass
@@ -145,11 +130,10 @@ def conversion_table(results: WorkloadResults) -> str:
     return markdown(["HDF5 (contiguous) -> memshard", "rate", "ratio to h5py read"], rows)
 
 
-def extend_table(results: WorkloadResults) -> str:
-    """memshard's ``extend`` against plain ``f.write`` of the same batches, before and after
-    each is made durable."""
-    rows = [[name, f"{format_bytes(figure.value)}/s"] for name, figure in results.extend.items()]
-    return markdown(["writing the same batches", "rate"], rows)
+def rates_table(head: str, figures: Figures) -> str:
+    """A two-column table: each figure's name and rate (bytes/s)."""
+    rows = [[name, f"{format_bytes(figure.value)}/s"] for name, figure in figures.items()]
+    return markdown([head, "rate"], rows)
 
 
 def goals_table(goals: Sequence[GoalResult]) -> str:
@@ -168,16 +152,6 @@ def goals_table(goals: Sequence[GoalResult]) -> str:
     ]
     head = ["workload", "goal", "memshard", "peer", "ratio", "target", "met"]
     return markdown(head, rows)
-
-
-def limits_table(limits: Figures, cold_pread: dict[str, Figure]) -> str:
-    """The physical limits of this machine measured in the run."""
-    rows = [[name, f"{format_bytes(figure.value)}/s"] for name, figure in limits.items()]
-    rows += [
-        [f"disk, cold random `pread` of {workload} rows, 1 thread", f"{format_bytes(f.value)}/s"]
-        for workload, f in cold_pread.items()
-    ]
-    return markdown(["limit", "rate"], rows)
 
 
 # -- charts ----------------------------------------------------------------------------------

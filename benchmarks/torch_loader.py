@@ -5,44 +5,35 @@ Run from the repository root::
     python -m benchmarks.torch_loader            # full: 1M vectors, ~1 GiB of images (minutes)
     python -m benchmarks.torch_loader --quick    # small sizes, well under a minute (CI runs this)
 
-Every loader has ``num_workers=2`` and ``batch_size=256`` and reads in a shuffled order that all
+Every loader has ``num_workers=2`` and ``batch_size=256`` and reads a shuffled order that all
 the candidates of a comparison share. Four measurements:
 
-* **loader speed, vectors** (float32[128]): :func:`memshard.torch.loader` (one batched gather
-  per batch) against the same dataset read one item at a time (``__getitem__`` per sample,
-  ``default_collate`` stacks) and against one ``np.memmap`` ``.npy`` file with the same batched
-  fetch and pass-through collate.
-* **loader speed, images** (float32[3, 64, 64]): memshard against an in-RAM tensor, ``t[idx]``.
-
-  Both also time variants: ``prefetch=True`` (the cost of ``MADV_WILLNEED`` on a warm cache),
-  gathering into torch's ``UntypedStorage._new_shared``, and torch's ``"file_system"``
-  tensor-sharing strategy; the vectors section profiles the fetch alone against the loader's
-  time per batch, to show where a worker's time goes.
-* **worker memory**: each worker's anonymous private memory (``Private_Dirty + Swap``) at the
-  start and end of the epochs, against a hand-written dataset that keeps its index as a Python
-  list of ``(file, row)`` tuples and reads through ``np.memmap``.
+* **loader speed**: :func:`memshard.torch.loader` (one batched gather per batch, into shared
+  memory in the worker, handed over by name) against, for float32[128] vectors, the same
+  dataset read one item at a time (``default_collate`` stacks) and one ``np.memmap`` file with
+  the same batched fetch, and, for float32[3, 64, 64] images, an in-RAM tensor (``t[idx]``);
+  also memshard's own options ``prefetch=True`` (its cost on a warm cache) and
+  ``sharing_strategy=None`` (torch's default, as the baselines use), and the fetch alone
+  against the loader's time per batch (where a worker's time goes).
+* **worker memory**: each worker's anonymous private memory (``Private_Dirty + Swap``) over the
+  epochs, against a dataset that keeps its index as a Python list of ``(file, row)`` tuples.
 * **shard-aware shuffling**: distinct shards and labels per batch for several window sizes, and
   the speed of an epoch from a cold page cache with :class:`memshard.torch.ShardAwareSampler`
-  against torch's ``RandomSampler``, plus variants that tell the kernel what will be read.
+  against torch's ``RandomSampler``, with and without ``prefetch=True``.
 
 Speed figures are medians of repeats in which the candidates alternate (warm page cache, except
-the cold-cache section, which evicts every shard file before every run and checks it with
-``mincore``); only the same-run ratios mean anything on a shared machine.
+the cold-cache runs, which evict every shard file first and check it with ``mincore``).
 """
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import itertools
-import json
-import math
-import multiprocessing
 import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any
@@ -54,42 +45,41 @@ from torch.utils.data import Dataset as TorchDataset
 
 import memshard as ms
 import memshard.torch as mt
-from benchmarks.core import (
-    FULL_IMAGE_ROWS,
-    FULL_VECTOR_ROWS,
-    IMAGE_SHAPE,
-    QUICK_IMAGE_ROWS,
-    QUICK_VECTOR_ROWS,
+
+from .core import (
+    BATCH_SIZE,
     SEED,
-    VECTOR_SHAPE,
-    Setup,
+    WORKLOAD_OPTIONS,
+    Report,
+    Target,
     Workload,
+    alternate,
     batches_of,
-    benchmark_parser,
     files_under,
     format_bytes,
-    goals_summary,
-    machine_info,
+    format_count,
     markdown,
-    median_ns,
-    parse_positive,
+    parser,
     progress,
     random_rows,
     scratch_directory,
-    shard_bytes_for,
-    three_digits,
+    timed,
     warm_page_cache,
+    workloads,
     write_dataset,
+    yes_no,
 )
-from benchmarks.system import PAGE, announce, evict, memory_of, resident_bytes
+from .loaders import Order, WorkerProbe, drain
+from .system import EVICTION_TOLERANCE, PAGE, disk_counters, evict, memory_of
 
-BATCH_SIZE = 256
 NUM_WORKERS = 2
-FULL_REPEATS = 5
-QUICK_REPEATS = 2
+QUICK_IMAGE_ROWS = 2_000
+QUICK_VECTOR_ROWS = 100_000
 #: Samples per timed run of the vectors loaders (the one-item-at-a-time loader is slow).
 FULL_VECTOR_SAMPLES = 1000 * BATCH_SIZE
 QUICK_VECTOR_SAMPLES = 100 * BATCH_SIZE
+#: Batches fetched per timed run of :func:`fetch_profile`.
+PROFILE_BATCHES = 50
 #: Epochs of the worker-memory measurement.
 MEMORY_EPOCHS = 2
 #: The goal on each worker's growth of anonymous private memory over the epochs.
@@ -101,18 +91,8 @@ CLASSES = 10
 WINDOWS = (1, 2, 4, 8)
 #: Batches per cold-cache run in full mode (about half an epoch; quick mode runs the epoch).
 FULL_COLD_BATCHES = 40
-FULL_COLD_REPEATS = 3
-#: Fraction of the shard bytes that may stay cached after eviction for a run to count as cold.
-EVICTION_TOLERANCE = 0.05
-QUICK_COLD_REPEATS = 1
-#: Threads of the threaded-gather variant.
-MADV_WILLNEED = 3
-
-_LIBC = ctypes.CDLL(None, use_errno=True)
-_LIBC.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 
 
-# -- configuration ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Config:
     """What to run, resolved from the command line."""
@@ -130,36 +110,25 @@ class Config:
 
 def parse_args(argv: Sequence[str] | None) -> Config:
     """The command line; sizes left unset default to the mode's."""
-    parser = benchmark_parser(
+    options = parser(
         "python -m benchmarks.torch_loader",
-        "Time memshard's DataLoader path against hand-written loaders, measure "
-        "worker memory and shard-aware shuffling; print ratios against goals.",
+        __doc__,
+        *WORKLOAD_OPTIONS,
+        ("--samples", int, "samples per timed run of the vector loaders"),
+        ("--cold-repeats", int, "repeats of each cold-cache run"),
+        ("--cold-batches", int, "batches per cold-cache run (default: full 40, quick all)"),
     )
-    parser.add_argument("--samples", type=int, help="samples per timed run of the vector loaders")
-    parser.add_argument("--cold-repeats", type=int, help="repeats of each cold-cache run")
-    parser.add_argument(
-        "--cold-batches", type=int, help="batches per cold-cache run (default: full 40, quick all)"
-    )
-    names = ("rows_images", "rows_vectors", "samples", "repeats", "cold_repeats", "cold_batches")
-    args = parse_positive(parser, argv, names)
+    args = options.parse_args(argv)
     quick = bool(args.quick)
-    image_rows = args.rows_images or (QUICK_IMAGE_ROWS if quick else FULL_IMAGE_ROWS)
-    vector_rows = args.rows_vectors or (QUICK_VECTOR_ROWS if quick else FULL_VECTOR_ROWS)
+    images, vectors = workloads(args, QUICK_IMAGE_ROWS, QUICK_VECTOR_ROWS)
     samples = args.samples or (QUICK_VECTOR_SAMPLES if quick else FULL_VECTOR_SAMPLES)
     return Config(
         mode="quick" if quick else "full",
-        vectors=Workload(
-            "vectors",
-            VECTOR_SHAPE,
-            vector_rows,
-            shard_bytes_for(vector_rows, FULL_VECTOR_ROWS, quick),
-        ),
-        images=Workload(
-            "images", IMAGE_SHAPE, image_rows, shard_bytes_for(image_rows, FULL_IMAGE_ROWS, quick)
-        ),
-        repeats=args.repeats or (QUICK_REPEATS if quick else FULL_REPEATS),
-        vector_samples=min(samples, vector_rows),
-        cold_repeats=args.cold_repeats or (QUICK_COLD_REPEATS if quick else FULL_COLD_REPEATS),
+        vectors=vectors,
+        images=images,
+        repeats=args.repeats or (2 if quick else 5),
+        vector_samples=min(samples, vectors.rows),
+        cold_repeats=args.cold_repeats or (1 if quick else 3),
         cold_batches=args.cold_batches or (None if quick else FULL_COLD_BATCHES),
         dir=args.dir,
         json=args.json,
@@ -167,20 +136,14 @@ def parse_args(argv: Sequence[str] | None) -> Config:
 
 
 # -- results ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Target:
-    """A goal: memshard at least ``min_ratio`` of the baseline, or at most ``max_value``."""
+def format_value(value: float, unit: str) -> str:
+    """A figure with its unit.
 
-    min_ratio: float | None = None
-    max_value: float | None = None
-
-    def describe(self, unit: str) -> str:
-        """The goal as printed in the table."""
-        if self.min_ratio is not None:
-            return f">= {self.min_ratio:.2f}x"
-        if self.max_value is not None:
-            return f"< {format_value(self.max_value, unit)} (absolute)"
-        return "none (context)"
+    Example:
+        >>> format_value(123456.0, "samples/s"), format_value(3 << 20, "bytes")
+        ('123k samples/s', '3.00 MiB')
+    """
+    return format_bytes(value) if unit == "bytes" else f"{format_count(value)} {unit}"
 
 
 @dataclass(frozen=True)
@@ -193,11 +156,11 @@ class Comparison:
 
     key: str
     measurement: str
-    unit: str
     memshard: float
     baseline: float
     baseline_name: str
-    target: Target
+    target: Target = field(default_factory=Target)
+    unit: str = "samples/s"
 
     @property
     def ratio(self) -> float:
@@ -209,17 +172,21 @@ class Comparison:
     @property
     def met(self) -> bool | None:
         """Whether the goal is met (None without a goal)."""
-        if self.target.min_ratio is not None:
-            return self.ratio >= self.target.min_ratio
-        if self.target.max_value is not None:
-            return self.memshard < self.target.max_value
-        return None
+        return self.target.met(self.ratio, self.memshard)
+
+    def goal(self) -> str:
+        """The goal as printed."""
+        return self.target.describe(partial(format_value, unit=self.unit))
+
+    def cells(self) -> list[str]:
+        """The table row."""
+        shown = [format_value(value, self.unit) for value in (self.memshard, self.baseline)]
+        ratio = f"{self.ratio:.3f}x"
+        return [self.measurement, *shown, self.baseline_name, ratio, self.goal(), yes_no(self.met)]
 
     def to_json(self) -> dict[str, Any]:
         """Every figure, for ``--json``."""
-        record = asdict(self)
-        record.update(goal=self.target.describe(self.unit), ratio=self.ratio, met=self.met)
-        return record
+        return {**asdict(self), "goal": self.goal(), "ratio": self.ratio, "met": self.met}
 
 
 @dataclass
@@ -232,44 +199,19 @@ class Section:
     notes: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
 
+    def render(self) -> str:
+        """The title, the comparison table, then the notes."""
+        head = ["measurement", "memshard", "baseline", "baseline name", "ratio", "goal", "met"]
+        table = markdown(head, [result.cells() for result in self.results]) if self.results else ""
+        return "\n\n".join(filter(None, [f"## {self.title}", table, "\n".join(self.notes)]))
 
-def format_value(value: float, unit: str) -> str:
-    """A figure with its unit.
-
-    Example:
-        >>> format_value(123456.0, "samples/s"), format_value(3 << 20, "bytes")
-        ('123k samples/s', '3.00 MiB')
-    """
-    if unit == "bytes":
-        sign = "-" if value < 0 else ""
-        return sign + format_bytes(abs(value))
-    for suffix, scale in (("M", 1e6), ("k", 1e3)):
-        if value >= scale:
-            return f"{three_digits(value / scale)}{suffix} {unit}"
-    return f"{three_digits(value)} {unit}"
+    def to_json(self) -> dict[str, Any]:
+        """The title, every comparison and the details."""
+        results = [result.to_json() for result in self.results]
+        return {"title": self.title, "results": results, "details": self.details}
 
 
-def render(section: Section) -> str:
-    """A section: title, the comparison table, then its notes."""
-    head = ["measurement", "memshard", "baseline", "baseline name", "ratio", "goal", "met"]
-    rows = [
-        [
-            result.measurement,
-            format_value(result.memshard, result.unit),
-            format_value(result.baseline, result.unit),
-            result.baseline_name,
-            f"{result.ratio:.3f}x",
-            result.target.describe(result.unit),
-            {True: "yes", False: "no", None: "-"}[result.met],
-        ]
-        for result in section.results
-    ]
-    blocks = [markdown(head, rows)] if rows else []
-    blocks += ["\n".join(section.notes)] if section.notes else []
-    return "\n\n".join([f"## {section.title}", *blocks])
-
-
-# -- datasets, samplers and collates of the baselines ------------------------------------------
+# -- the baselines' datasets -----------------------------------------------------------------
 def passthrough(batch: Any) -> Any:
     """Collate of the batched baselines: ``__getitems__`` returns the batch already."""
     return batch
@@ -302,8 +244,7 @@ class MemmapBatched(TorchDataset[dict[str, torch.Tensor]]):
     def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
         if self._memmap is None:
             self._memmap = np.load(self.path, mmap_mode="r")
-        rows = self._memmap[np.asarray(indices, dtype=np.int64)]
-        return {"x": torch.from_numpy(np.asarray(rows))}
+        return {"x": torch.from_numpy(self._memmap[np.asarray(indices, dtype=np.int64)])}
 
 
 class TensorBatched(TorchDataset[dict[str, torch.Tensor]]):
@@ -338,115 +279,65 @@ class NaiveIndex(TorchDataset[dict[str, torch.Tensor]]):
         rows = []
         for index in indices:
             path, row = self.index[index]
-            memmap = self._memmaps.get(path)
-            if memmap is None:
-                memmap = self._memmaps[path] = np.load(path, mmap_mode="r")
-            rows.append(memmap[row])
+            if path not in self._memmaps:
+                self._memmaps[path] = np.load(path, mmap_mode="r")
+            rows.append(self._memmaps[path][row])
         return {"x": torch.from_numpy(np.stack(rows))}
 
 
-class Order(Sampler[int]):
-    """A sampler that yields ``order``, set before each run, so that every candidate of a
-    comparison reads the very same shuffled indices."""
-
-    def __init__(self) -> None:
-        self.order = np.empty(0, dtype=np.int64)
-
-    def __len__(self) -> int:
-        return int(self.order.size)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.order.tolist())
-
-
-def with_sharing_strategy(loader: DataLoader[Any], strategy: str) -> DataLoader[Any]:
-    """Start ``loader``'s persistent workers under torch's tensor ``strategy`` (the workers
-    keep the one they were forked with), then restore this process's strategy."""
-    previous = torch.multiprocessing.get_sharing_strategy()
-    torch.multiprocessing.set_sharing_strategy(strategy)
-    try:
-        iter(loader)
-    finally:
-        torch.multiprocessing.set_sharing_strategy(previous)
-    return loader
-
-
-def drain(loader: DataLoader[Any], batches: int | None = None) -> int:
-    """Iterate ``loader`` (up to ``batches`` batches); return the samples received."""
-    samples = 0
-    iterator = iter(loader)
-    for batch in itertools.islice(iterator, batches):
-        samples += len(next(iter(batch.values())))
-    del iterator
-    return samples
-
-
 # -- 1 and 2: loader speed -------------------------------------------------------------------
-#: Batches fetched per timed run of :func:`fetch_profile`.
-PROFILE_BATCHES = 50
+def medians(samples: dict[str, list[float]]) -> list[float]:
+    """The median of each candidate's samples, in order."""
+    return [float(statistics.median(values)) for values in samples.values()]
 
 
 def fetch_profile(
-    fetches: Sequence[Callable[[list[int]], object]],
-    rows: int,
-    repeats: int,
-    generator: torch.Generator,
+    fetches: Sequence[Callable[[list[int]], object]], rows: int, repeats: int, seed: int
 ) -> list[float]:
     """Nanoseconds per batch of each fetch (``__getitems__`` or ``__getitem__`` per sample,
     then the collate) in this process, without workers: the part of a worker's time that is the
     dataset's own; the rest is the DataLoader's transfer of the batch to the main process."""
+    rng = np.random.default_rng(seed)
+    orders = [rng.permutation(rows)[: PROFILE_BATCHES * BATCH_SIZE] for _ in range(repeats + 1)]
+    batches = [[chunk.tolist() for chunk in batches_of(order, BATCH_SIZE)] for order in orders]
 
-    def loop(fetch: Callable[[list[int]], object], batches: list[list[int]]) -> Setup:
-        def run() -> None:
-            for batch in batches:
-                fetch(batch)
+    def run(name: str, repeat: int) -> float:
+        fetch = fetches[int(name)]
+        gc.collect()
+        return timed(lambda: [fetch(batch) for batch in batches[repeat + 1]]) / PROFILE_BATCHES
 
-        return lambda: run
-
-    def trial() -> list[Setup]:
-        order = torch.randperm(rows, generator=generator)[: PROFILE_BATCHES * BATCH_SIZE]
-        batches = [chunk.tolist() for chunk in order.split(BATCH_SIZE)]
-        return [loop(fetch, batches) for fetch in fetches]
-
-    return [ns / PROFILE_BATCHES for ns in median_ns(repeats, trial)]
+    names = [str(index) for index in range(len(fetches))]
+    for name in names:  # untimed warm-up
+        run(name, -1)
+    return medians(alternate(names, repeats, run))
 
 
-def measure_loaders(
-    loaders: Sequence[DataLoader[Any]],
-    sampler: Order,
-    rows: int,
-    samples: int,
-    repeats: int,
-    generator: torch.Generator,
+def loader_speeds(
+    loaders: Sequence[DataLoader[Any]], sampler: Order, rows: int, samples: int, config: Config
 ) -> list[float]:
-    """Samples per second of each loader (persistent workers, warmed up), all reading the
-    same fresh ``torch.randperm`` order each repeat; medians of ``repeats``."""
-    check = torch.randperm(rows, generator=generator)[:BATCH_SIZE].numpy()
-    sampler.order = check
+    """Samples per second of each loader (persistent workers, warmed up by an untimed pass),
+    all reading the same fresh random order each repeat; medians of ``config.repeats``."""
+    rng = np.random.default_rng(SEED)
+    sampler.rows = rng.permutation(rows)[:BATCH_SIZE]
     firsts = [next(iter(loader))["x"] for loader in loaders]
     if not all(torch.equal(firsts[0], other) for other in firsts[1:]):
         raise AssertionError("the loaders returned different rows for the same indices")
+    orders = [rng.permutation(rows)[:samples] for _ in range(config.repeats)]
 
-    def setup(loader: DataLoader[Any], order: np.ndarray) -> Setup:
-        def prepare() -> Callable[[], object]:
-            sampler.order = order
-            return lambda: drain(loader)
+    def run(name: str, repeat: int) -> float:
+        sampler.rows = orders[max(repeat, 0)]
+        gc.collect()
+        return samples / (timed(partial(drain, loaders[int(name)])) / 1e9)
 
-        return prepare
-
-    def trial() -> list[Setup]:
-        order = torch.randperm(rows, generator=generator)[:samples].numpy()
-        return [setup(loader, order) for loader in loaders]
-
-    return [samples / (ns / 1e9) for ns in median_ns(repeats, trial)]
+    names = [str(index) for index in range(len(loaders))]
+    for name in names:
+        run(name, -1)
+    return medians(alternate(names, config.repeats, run))
 
 
-def run_vector_loaders(
-    config: Config, path: str, npy_path: str, generator: torch.Generator
-) -> Section:
+def run_vector_loaders(config: Config, path: str, npy_path: str) -> Section:
     """Measurement 1: memshard's batched loader against one-by-one and np.memmap loaders."""
-    workload = config.vectors
-    sampler = Order()
+    workload, sampler = config.vectors, Order()
     dataset = mt.MemshardDataset(path)
     common: dict[str, Any] = dict(
         batch_size=BATCH_SIZE, sampler=sampler, num_workers=NUM_WORKERS, persistent_workers=True
@@ -455,89 +346,52 @@ def run_vector_loaders(
         mt.loader(dataset, batch_size=BATCH_SIZE, num_workers=NUM_WORKERS, sampler=sampler),
         DataLoader(OneByOne(dataset), collate_fn=default_collate, **common),
         DataLoader(MemmapBatched(npy_path), collate_fn=passthrough, **common),
-        mt.loader(MadviseGather(path), **common),
-        mt.loader(SharedGather(path), **common),
-        with_sharing_strategy(mt.loader(dataset, **common), "file_system"),
+        mt.loader(path, prefetch=True, **common),
+        mt.loader(dataset, sharing_strategy=None, **common),
     ]
-    progress(f"vectors: timing 6 loaders, {config.vector_samples:,} samples x {config.repeats}")
-    batched, one_by_one, memmap, advised, shared, file_system = measure_loaders(
-        loaders, sampler, workload.rows, config.vector_samples, config.repeats, generator
+    progress(f"vectors: timing 5 loaders, {config.vector_samples:,} samples x {config.repeats}")
+    batched, one_by_one, memmap, advised, torch_strategy = loader_speeds(
+        loaders, sampler, workload.rows, config.vector_samples, config
     )
     del loaders
-    one_by_one_dataset = OneByOne(dataset)
-    memmap_dataset = MemmapBatched(npy_path)
+    one_by_one_dataset, memmap_dataset = OneByOne(dataset), MemmapBatched(npy_path)
     fetches: list[Callable[[list[int]], object]] = [
         lambda batch: mt.collate(dataset.__getitems__(batch)),
         lambda batch: default_collate([one_by_one_dataset[i] for i in batch]),
         lambda batch: passthrough(memmap_dataset.__getitems__(batch)),
     ]
-    profile = fetch_profile(fetches, workload.rows, config.repeats, generator)
+    profile = fetch_profile(fetches, workload.rows, config.repeats, SEED)
     title = (
         f"loader speed, vectors: {workload.rows:,} rows of float32{list(workload.shape)} "
         f"({format_bytes(workload.nbytes)}), {len(ms.open(path).shards)} shards"
     )
     section = Section("loader_vectors", title)
-    measurement = "`mt.loader`, batched `__getitems__`"
+    items = "same dataset, `__getitem__` per sample + `default_collate`"
+    npy = "one np.memmap `.npy`, batched `mm[idx]`, same collate"
+    mine = "`mt.loader`, batched `__getitems__`"
     section.results = [
+        Comparison("loader_vectors_vs_items", mine, batched, one_by_one, items, Target(2.0)),
+        Comparison("loader_vectors_vs_memmap", mine, batched, memmap, npy, Target(1.0)),
+        Comparison("loader_vectors_madvise", PREFETCH, advised, batched, AS_IS),
         Comparison(
-            "loader_vectors_vs_items",
-            measurement,
-            "samples/s",
-            batched,
-            one_by_one,
-            "same dataset, `__getitem__` per sample + `default_collate`",
-            Target(min_ratio=2.0),
+            "loader_vectors_torch_strategy_vs_memmap", TORCH_STRATEGY, torch_strategy, memmap, npy
         ),
-        Comparison(
-            "loader_vectors_vs_memmap",
-            measurement,
-            "samples/s",
-            batched,
-            memmap,
-            "one np.memmap `.npy`, batched `mm[idx]`, same collate",
-            Target(min_ratio=1.0),
-        ),
-        Comparison(
-            "loader_vectors_madvise",
-            "`prefetch=True` (`MADV_WILLNEED` per run of rows), then the gather",
-            "samples/s",
-            advised,
-            batched,
-            "`mt.loader` as is (the cost of advising, warm cache)",
-            Target(),
-        ),
-        Comparison(
-            "loader_vectors_shared_vs_items",
-            "variant: gather into `UntypedStorage._new_shared` in the worker",
-            "samples/s",
-            shared,
-            one_by_one,
-            "same dataset, `__getitem__` per sample + `default_collate`",
-            Target(),
-        ),
-        Comparison(
-            "loader_vectors_shared_vs_memmap",
-            "variant: gather into `UntypedStorage._new_shared` in the worker",
-            "samples/s",
-            shared,
-            memmap,
-            "one np.memmap `.npy`, batched `mm[idx]`, same collate",
-            Target(),
-        ),
-        Comparison(
-            "loader_vectors_file_system_vs_memmap",
-            'torch sharing strategy `"file_system"` in the workers',
-            "samples/s",
-            file_system,
-            memmap,
-            "one np.memmap `.npy`, batched `mm[idx]`, same collate",
-            Target(),
-        ),
+    ]
+    per_batch = [NUM_WORKERS * BATCH_SIZE / speed for speed in (batched, one_by_one, memmap)]
+    names = ["memshard batched", "memshard one item at a time", "np.memmap batched"]
+    profile_rows = [
+        [
+            name,
+            f"{ns / 1e3:.0f} us/batch",
+            f"{seconds * 1e6:.0f} us/batch",
+            f"{ns / 1e7 / seconds:.0f}%",
+        ]
+        for name, ns, seconds in zip(names, profile, per_batch, strict=True)
     ]
     section.notes = [
         f"{config.vector_samples:,} samples per timed run, `num_workers={NUM_WORKERS}`, "
-        f"`batch_size={BATCH_SIZE}`, persistent workers, one shared random order per repeat "
-        "(`torch.randperm`, fixed seed); page cache warm.",
+        f"`batch_size={BATCH_SIZE}`, persistent workers, one shared random order per repeat; "
+        "page cache warm.",
         "",
         "Where a worker's time goes: the fetch alone (same indices, in one process, no "
         "workers) against the loader's time per batch per worker "
@@ -546,20 +400,7 @@ def run_vector_loaders(
         "",
         markdown(
             ["loader", "fetch + collate alone", "loader, per batch per worker", "fetch share"],
-            [
-                [
-                    name,
-                    f"{ns / 1e3:.0f} us/batch",
-                    f"{NUM_WORKERS * BATCH_SIZE / speed * 1e6:.0f} us/batch",
-                    f"{100 * ns / 1e9 / (NUM_WORKERS * BATCH_SIZE / speed):.0f}%",
-                ]
-                for name, ns, speed in zip(
-                    ["memshard batched", "memshard one item at a time", "np.memmap batched"],
-                    profile,
-                    [batched, one_by_one, memmap],
-                    strict=True,
-                )
-            ],
+            profile_rows,
         ),
     ]
     section.details = {
@@ -568,79 +409,40 @@ def run_vector_loaders(
     return section
 
 
-def run_image_loaders(
-    config: Config, path: str, tensor: torch.Tensor, generator: torch.Generator
-) -> Section:
+PREFETCH = "`prefetch=True` (`MADV_WILLNEED` per run of rows), then the gather"
+AS_IS = "`mt.loader` as is (the cost of advising, warm cache)"
+TORCH_STRATEGY = "`sharing_strategy=None`: torch's default strategy, as the baseline's"
+
+
+def run_image_loaders(config: Config, path: str, tensor: torch.Tensor) -> Section:
     """Measurement 2: memshard's batched loader against an in-RAM tensor, full epochs."""
-    workload = config.images
-    sampler = Order()
+    workload, sampler = config.images, Order()
+    common: dict[str, Any] = dict(batch_size=BATCH_SIZE, num_workers=NUM_WORKERS, sampler=sampler)
     loaders = [
-        mt.loader(path, batch_size=BATCH_SIZE, num_workers=NUM_WORKERS, sampler=sampler),
+        mt.loader(path, **common),
         DataLoader(
-            TensorBatched(tensor),
-            batch_size=BATCH_SIZE,
-            sampler=sampler,
-            num_workers=NUM_WORKERS,
-            collate_fn=passthrough,
-            persistent_workers=True,
+            TensorBatched(tensor), collate_fn=passthrough, persistent_workers=True, **common
         ),
-        mt.loader(
-            MadviseGather(path), batch_size=BATCH_SIZE, num_workers=NUM_WORKERS, sampler=sampler
-        ),
-        mt.loader(
-            SharedGather(path), batch_size=BATCH_SIZE, num_workers=NUM_WORKERS, sampler=sampler
-        ),
-        with_sharing_strategy(
-            mt.loader(path, batch_size=BATCH_SIZE, num_workers=NUM_WORKERS, sampler=sampler),
-            "file_system",
-        ),
+        mt.loader(path, prefetch=True, **common),
+        mt.loader(path, sharing_strategy=None, **common),
     ]
-    progress(f"images: timing 5 loaders, epochs of {workload.rows:,} samples x {config.repeats}")
-    memshard, in_ram, advised, shared, file_system = measure_loaders(
-        loaders, sampler, workload.rows, workload.rows, config.repeats, generator
+    progress(f"images: timing 4 loaders, epochs of {workload.rows:,} samples x {config.repeats}")
+    memshard, in_ram, advised, torch_strategy = loader_speeds(
+        loaders, sampler, workload.rows, workload.rows, config
     )
     del loaders
     title = (
         f"loader speed, images: {workload.rows:,} rows of float32{list(workload.shape)} "
         f"({format_bytes(workload.nbytes)}), {len(ms.open(path).shards)} shards"
     )
+    ram = "in-RAM tensor, batched `t[idx]`, same sampler"
+    mine = "`mt.loader`, batched `__getitems__`, one epoch"
     section = Section("loader_images", title)
     section.results = [
+        Comparison("loader_images_vs_ram", mine, memshard, in_ram, ram, Target(0.95)),
+        Comparison("loader_images_madvise", PREFETCH, advised, memshard, AS_IS),
         Comparison(
-            "loader_images_vs_ram",
-            "`mt.loader`, batched `__getitems__`, one epoch",
-            "samples/s",
-            memshard,
-            in_ram,
-            "in-RAM tensor, batched `t[idx]`, same sampler",
-            Target(min_ratio=0.95),
-        ),
-        Comparison(
-            "loader_images_madvise",
-            "`prefetch=True` (`MADV_WILLNEED` per run of rows), then the gather",
-            "samples/s",
-            advised,
-            memshard,
-            "`mt.loader` as is (the cost of advising, warm cache)",
-            Target(),
-        ),
-        Comparison(
-            "loader_images_shared_vs_ram",
-            "variant: gather into `UntypedStorage._new_shared` in the worker",
-            "samples/s",
-            shared,
-            in_ram,
-            "in-RAM tensor, batched `t[idx]`, same sampler",
-            Target(),
-        ),
-        Comparison(
-            "loader_images_file_system_vs_ram",
-            'torch sharing strategy `"file_system"` in the workers',
-            "samples/s",
-            file_system,
-            in_ram,
-            "in-RAM tensor, batched `t[idx]`, same sampler",
-            Target(),
+            "loader_images_torch_strategy_vs_ram", TORCH_STRATEGY, torch_strategy, in_ram, ram
         ),
     ]
     section.notes = [
@@ -653,33 +455,29 @@ def run_image_loaders(
 # -- 3: worker memory ------------------------------------------------------------------------
 def worker_memory(dataset: TorchDataset[Any], collate: Callable[[Any], Any]) -> dict[str, Any]:
     """Run :data:`MEMORY_EPOCHS` shuffled epochs with forked, persistent workers; return each
-    worker's memory at its start and after every epoch."""
-    context = multiprocessing.get_context("fork")
-    queue = context.Queue()
+    worker's memory at its start and after every epoch, and its growth."""
+    probe = WorkerProbe()
+    order = RandomSampler(range(len(dataset)), generator=torch.Generator().manual_seed(SEED))  # type: ignore[arg-type]
     loader = DataLoader(
         dataset,
         batch_size=BATCH_SIZE,
-        sampler=RandomSampler(dataset, generator=torch.Generator().manual_seed(SEED)),
-        num_workers=NUM_WORKERS,
+        sampler=order,
         collate_fn=collate,
-        persistent_workers=True,
-        worker_init_fn=partial(announce, queue),
-        multiprocessing_context=context,
+        **probe.options(NUM_WORKERS),
     )
-    workers: dict[int, dict[str, Any]] = {}
+    workers: list[dict[str, Any]] = []
     for epoch in range(MEMORY_EPOCHS):
         drain(loader)
         if epoch == 0:
-            for _ in range(NUM_WORKERS):
-                worker_id, pid, start = queue.get(timeout=60)
-                workers[worker_id] = {"pid": pid, "start": start, "epochs": []}
-        for worker in workers.values():
+            started = probe.started(NUM_WORKERS)
+            workers = [{"pid": pid, "start": start, "epochs": []} for _, pid, start in started]
+        for worker in workers:
             worker["epochs"].append(memory_of(worker["pid"]))
     del loader
     gc.collect()
-    for worker in workers.values():
+    for worker in workers:
         worker["growth"] = worker["epochs"][-1]["private"] - worker["start"]["private"]
-    return {"workers": [workers[worker_id] for worker_id in sorted(workers)]}
+    return {"workers": workers}
 
 
 def run_memory(config: Config, paths: dict[str, str]) -> Section:
@@ -692,40 +490,29 @@ def run_memory(config: Config, paths: dict[str, str]) -> Section:
     rows = []
     for workload in (config.vectors, config.images):
         path = paths[workload.name]
-        progress(f"{workload.name}: worker memory over {MEMORY_EPOCHS} epochs, memshard")
+        progress(f"{workload.name}: worker memory over {MEMORY_EPOCHS} epochs")
         gc.collect()
         memshard = worker_memory(mt.MemshardDataset(path), mt.collate)
-        progress(f"{workload.name}: worker memory over {MEMORY_EPOCHS} epochs, list index")
-        naive_dataset = NaiveIndex(ms.open(path))
-        naive = worker_memory(naive_dataset, passthrough)
-        del naive_dataset
+        naive = worker_memory(NaiveIndex(ms.open(path)), passthrough)
         gc.collect()
         section.details[workload.name] = {"memshard": memshard, "naive": naive}
         for name, figures in (("memshard", memshard), ("list index", naive)):
             for number, worker in enumerate(figures["workers"]):
                 start, end = worker["start"], worker["epochs"][-1]
-                rows.append(
-                    [
-                        workload.name,
-                        name,
-                        str(number),
-                        *(
-                            f"{format_bytes(start[k])} -> {format_bytes(end[k])}"
-                            for k in ("rss", "uss", "private")
-                        ),
-                        format_value(worker["growth"], "bytes"),
-                    ]
-                )
+                change = [f"{format_bytes(start[k])} -> {format_bytes(end[k])}" for k in end]
+                row = [workload.name, name, str(number), *change, format_bytes(worker["growth"])]
+                rows.append(row)
+        growth = [max(w["growth"] for w in figures["workers"]) for figures in (memshard, naive)]
         section.results.append(
             Comparison(
                 f"memory_{workload.name}",
                 f"{workload.name} ({workload.rows:,} rows, {format_bytes(workload.nbytes)}): "
                 "largest growth of a worker's Private_Dirty + Swap",
-                "bytes",
-                max(worker["growth"] for worker in memshard["workers"]),
-                max(worker["growth"] for worker in naive["workers"]),
+                growth[0],
+                growth[1],
                 "list of `(file, row)` tuples + np.memmap",
                 Target(max_value=MAX_WORKER_GROWTH),
+                unit="bytes",
             )
         )
     head = ["workload", "dataset", "worker", "RSS", "USS", "Private_Dirty + Swap", "growth"]
@@ -740,7 +527,9 @@ def run_memory(config: Config, paths: dict[str, str]) -> Section:
 
 
 # -- 4: shard-aware shuffling ----------------------------------------------------------------
-def batch_mixing(order: np.ndarray, shard_starts: np.ndarray, labels: np.ndarray) -> tuple:
+def batch_mixing(
+    order: np.ndarray, shard_starts: np.ndarray, labels: np.ndarray
+) -> tuple[float, float]:
     """Mean distinct shards and distinct labels per full batch of ``order``."""
     full = order[: order.size // BATCH_SIZE * BATCH_SIZE].reshape(-1, BATCH_SIZE)
     shards = np.searchsorted(shard_starts, full, side="right") - 1
@@ -754,82 +543,38 @@ def run_mixing(path: str) -> Section:
     dataset = ms.open(path)
     starts = np.array([shard.row_offset for shard in dataset.shards], dtype=np.int64)
     labels = np.asarray(dataset["y"][:])
-    generator = torch.Generator().manual_seed(SEED)
-    random_order = torch.randperm(len(dataset), generator=generator).numpy()
-    random_shards, random_labels = batch_mixing(random_order, starts, labels)
-    rows = [["random permutation", f"{random_shards:.1f}", f"{random_labels:.2f}"]]
-    details: dict[str, Any] = {"random": {"shards": random_shards, "labels": random_labels}}
+    orders = {
+        "random": torch.randperm(
+            len(dataset), generator=torch.Generator().manual_seed(SEED)
+        ).numpy()
+    }
     for window in WINDOWS:
-        order = mt.ShardAwareSampler(dataset, window_shards=window, seed=SEED).indices()
-        shards, mixed = batch_mixing(order, starts, labels)
-        rows.append([f"ShardAwareSampler, window_shards={window}", f"{shards:.1f}", f"{mixed:.2f}"])
-        details[f"window_{window}"] = {"shards": shards, "labels": mixed}
+        sampler = mt.ShardAwareSampler(dataset, window_shards=window, seed=SEED)
+        orders[f"window_{window}"] = sampler.indices()
     section = Section(
         "mixing",
         f"shuffle quality: {len(dataset):,} rows in {len(dataset.shards)} shards, "
         f"{CLASSES} classes written class by class",
     )
+    rows = []
+    for key, order in orders.items():
+        shards, mixed = batch_mixing(order, starts, labels)
+        section.details[key] = {"shards": shards, "labels": mixed}
+        name = "random permutation" if key == "random" else f"ShardAwareSampler, {key}"
+        rows.append([name.replace("window_", "window_shards="), f"{shards:.1f}", f"{mixed:.2f}"])
     head = ["order", f"distinct shards per batch of {BATCH_SIZE}", "distinct labels per batch"]
     section.notes = [markdown(head, rows)]
-    section.details = details
     return section
-
-
-def disk_counters(path: str) -> dict[str, int]:
-    """Reads completed, sectors read and milliseconds busy of the disk holding ``path``, from
-    ``/proc/diskstats`` (the whole machine's I/O on that disk, not only ours)."""
-    device = os.stat(path).st_dev
-    key = (os.major(device), os.minor(device))
-    with open("/proc/diskstats") as file:
-        for line in file:
-            cells = line.split()
-            if (int(cells[0]), int(cells[1])) == key:
-                return {"reads": int(cells[3]), "sectors": int(cells[5]), "busy_ms": int(cells[12])}
-    return {"reads": 0, "sectors": 0, "busy_ms": 0}
-
-
-class MadviseGather(mt.MemshardDataset):
-    """memshard's own cold-data option: ``MemshardDataset(prefetch=True)``, which advises
-    ``MADV_WILLNEED`` on each run of adjacent rows of the batch before the gather."""
-
-    def __init__(self, source: Any, fields: Sequence[str] | None = None) -> None:
-        super().__init__(source, fields, prefetch=True)
-
-
-def shared_empty(shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
-    """A numpy view of a new tensor in shared memory (page-aligned), as ``default_collate``
-    allocates in workers: a batch gathered there crosses to the main process with no copy."""
-    nbytes = math.prod(shape) * dtype.itemsize
-    storage = torch.UntypedStorage._new_shared(nbytes)
-    torch_dtype = torch.from_numpy(np.empty(0, dtype=dtype)).dtype
-    array: np.ndarray = torch.empty(0, dtype=torch_dtype).set_(storage, 0, shape).numpy()
-    return array
-
-
-class SharedGather(mt.MemshardDataset):
-    """Prototype: in a DataLoader worker, gather the batch straight into shared memory, so
-    that sending it to the main process does not copy it into shared memory again."""
-
-    def __getitems__(self, indices: Sequence[int]) -> mt.Batch:
-        if torch.utils.data.get_worker_info() is None:
-            return super().__getitems__(indices)
-        rows = np.asarray(indices, dtype=np.int64)
-        info = self.dataset.fields
-        out = {
-            name: shared_empty((rows.size, *info[name].shape), info[name].dtype)
-            for name in self.fields
-        }
-        self.dataset.take(rows, out=out, fields=self.fields)
-        return mt.Batch({name: torch.from_numpy(a) for name, a in out.items()}, rows.size)
 
 
 @dataclass(frozen=True)
 class ColdCandidate:
-    """A dataset class and a sampler factory (given the dataset and the repeat number)."""
+    """A way to read cold data: the dataset and the sampler (given the dataset and the repeat
+    number, which is the sampler's epoch)."""
 
     key: str
     name: str
-    dataset: type[mt.MemshardDataset]
+    dataset: Callable[[ms.Dataset], mt.MemshardDataset]
     sampler: Callable[[ms.Dataset, int], Sampler[int]]
 
 
@@ -838,24 +583,16 @@ def random_sampler(dataset: ms.Dataset, repeat: int) -> Sampler[int]:
     return RandomSampler(range(len(dataset)), generator=torch.Generator().manual_seed(repeat))
 
 
-def shard_aware(dataset: ms.Dataset, repeat: int) -> Sampler[int]:
-    """memshard's sampler, default window, epoch ``repeat``."""
-    sampler = mt.ShardAwareSampler(dataset, seed=SEED)
+def shard_aware(
+    dataset: ms.Dataset, repeat: int, window: int = mt.DEFAULT_WINDOW_SHARDS
+) -> Sampler[int]:
+    """memshard's sampler with ``window`` shards per window, epoch ``repeat``."""
+    sampler = mt.ShardAwareSampler(dataset, seed=SEED, window_shards=window)
     sampler.set_epoch(repeat)
     return sampler
 
 
-def shard_aware_window(window: int) -> Callable[[ms.Dataset, int], Sampler[int]]:
-    """A factory of memshard's sampler with ``window`` shards per window, epoch ``repeat``."""
-
-    def make(dataset: ms.Dataset, repeat: int) -> Sampler[int]:
-        sampler = mt.ShardAwareSampler(dataset, seed=SEED, window_shards=window)
-        sampler.set_epoch(repeat)
-        return sampler
-
-    return make
-
-
+PREFETCHING = partial(mt.MemshardDataset, prefetch=True)
 #: The first candidate is the baseline; ``GOAL_KEY`` is the configuration memshard recommends
 #: for cold data. Tried before and dropped for doing no better than the plain shard-aware
 #: loader: sorting each batch before the gather (0.97-1.25x of random), 8 threads gathering
@@ -864,64 +601,52 @@ def shard_aware_window(window: int) -> Callable[[ms.Dataset, int], Sampler[int]]
 COLD_CANDIDATES = (
     ColdCandidate("random", "RandomSampler", mt.MemshardDataset, random_sampler),
     ColdCandidate("shard_aware", "ShardAwareSampler", mt.MemshardDataset, shard_aware),
-    ColdCandidate("madvise", "ShardAwareSampler + `prefetch=True`", MadviseGather, shard_aware),
-    ColdCandidate(
-        "random_madvise", "RandomSampler + `prefetch=True`", MadviseGather, random_sampler
-    ),
+    ColdCandidate("madvise", "ShardAwareSampler + `prefetch=True`", PREFETCHING, shard_aware),
+    ColdCandidate("random_madvise", "RandomSampler + `prefetch=True`", PREFETCHING, random_sampler),
     *(
         ColdCandidate(
             f"window_{window}",
             f"ShardAwareSampler(window_shards={window}) + `prefetch=True`",
-            MadviseGather,
-            shard_aware_window(window),
+            PREFETCHING,
+            partial(shard_aware, window=window),
         )
         for window in (1, 2, 8)
     ),
 )
 GOAL_KEY = "madvise"
+COLD = {candidate.key: candidate for candidate in COLD_CANDIDATES}
 
 
 def cold_run(
     candidate: ColdCandidate, path: str, files: Sequence[str], repeat: int, batches: int | None
 ) -> dict[str, Any]:
-    """Evict every shard file, check with ``mincore``, then time ``batches`` batches of a
+    """Evict every shard file (checked with ``mincore``), then time ``batches`` batches of a
     fresh loader (workers started inside the timing, for every candidate alike)."""
     dataset = ms.open(path)
-    torch_dataset = candidate.dataset(dataset)
-    sampler = candidate.sampler(dataset, repeat)
-    evict(files)
-    resident, total = resident_bytes(files)
-    loader = mt.loader(
-        torch_dataset,
-        batch_size=BATCH_SIZE,
-        num_workers=NUM_WORKERS,
-        sampler=sampler,
-        persistent_workers=False,
-    )
+    torch_dataset, sampler = candidate.dataset(dataset), candidate.sampler(dataset, repeat)
+    resident = evict(files)
+    options: dict[str, Any] = dict(batch_size=BATCH_SIZE, num_workers=NUM_WORKERS)
+    loader = mt.loader(torch_dataset, sampler=sampler, persistent_workers=False, **options)
     before = disk_counters(files[0])
     gc.collect()
     times = os.times()
     start = time.perf_counter_ns()
-    iterator = iter(loader)
-    samples = 0
-    for batch in itertools.islice(iterator, batches):
-        samples += len(batch["x"])
+    iterator = iter(loader)  # held past the timing: stopping the workers early is not timed
+    samples = sum(len(batch["x"]) for batch in itertools.islice(iterator, batches))
     elapsed = time.perf_counter_ns() - start
-    after = disk_counters(files[0])
-    main_cpu = os.times()
-    del iterator, batch
+    after, main_cpu = disk_counters(files[0]), os.times()
+    del iterator
     gc.collect()
     ended = os.times()  # the workers' CPU time counts once they are joined
-    workers_cpu = (ended.children_user - times.children_user) + (
-        ended.children_system - times.children_system
-    )
+    workers_sys = ended.children_system - times.children_system
+    workers_cpu = ended.children_user - times.children_user + workers_sys
     main_cpu_s = (main_cpu.user - times.user) + (main_cpu.system - times.system)
     return {
         "ns": elapsed,
         "cpu": (main_cpu_s + workers_cpu) * 1e9 / elapsed / (os.cpu_count() or 1),
-        "workers_sys": (ended.children_system - times.children_system) / max(workers_cpu, 1e-9),
+        "workers_sys": workers_sys / max(workers_cpu, 1e-9),
         "samples": samples,
-        "resident_before": resident / total,
+        "resident_before": resident,
         "disk_reads": after["reads"] - before["reads"],
         "disk_bytes": (after["sectors"] - before["sectors"]) * 512,
         "disk_busy": (after["busy_ms"] - before["busy_ms"]) * 1e6 / elapsed,
@@ -930,15 +655,16 @@ def cold_run(
 
 def run_cold(config: Config, path: str) -> Section:
     """Measurement 4b: cold-page-cache speed of each :data:`COLD_CANDIDATES` entry."""
-    files = sorted(name for name in files_under(path) if name.endswith(".npy"))
-    runs: dict[str, list[dict[str, Any]]] = {c.key: [] for c in COLD_CANDIDATES}
-    batches = config.cold_batches
-    what = "an epoch" if batches is None else f"{batches} batches"
-    for repeat in range(config.cold_repeats):
-        progress(f"cold cache: repeat {repeat + 1} of {config.cold_repeats}, {what} per run")
-        start = repeat % len(COLD_CANDIDATES)
-        for candidate in [*COLD_CANDIDATES[start:], *COLD_CANDIDATES[:start]]:
-            runs[candidate.key].append(cold_run(candidate, path, files, repeat, batches))
+    files = [name for name in files_under(path) if name.endswith(".npy")]
+    runs: dict[str, list[dict[str, Any]]] = {key: [] for key in COLD}
+    what = "an epoch" if config.cold_batches is None else f"{config.cold_batches} batches"
+    progress(f"cold cache: {config.cold_repeats} repeats, {what} per run")
+
+    def run(key: str, repeat: int) -> float:
+        runs[key].append(cold_run(COLD[key], path, files, repeat, config.cold_batches))
+        return float(runs[key][-1]["ns"])
+
+    alternate(list(COLD), config.cold_repeats, run)
 
     def median(key: str, figure: str) -> float:
         return float(statistics.median(run[figure] for run in runs[key]))
@@ -953,45 +679,23 @@ def run_cold(config: Config, path: str) -> Section:
         f"({format_bytes(dataset.nbytes)}), {what} per run, default window "
         f"({mt.DEFAULT_WINDOW_SHARDS} shards)",
     )
-    baseline = speed("random")
-    for candidate in COLD_CANDIDATES[1:]:
-        section.results.append(
-            Comparison(
-                f"cold_{candidate.key}",
-                candidate.name,
-                "samples/s",
-                speed(candidate.key),
-                baseline,
-                "RandomSampler (plain memshard loader)",
-                Target(min_ratio=2.0) if candidate.key == GOAL_KEY else Target(),
-            )
+    baseline = "RandomSampler (plain memshard loader)"
+    for key, candidate in list(COLD.items())[1:]:
+        target = Target(min_ratio=2.0) if key == GOAL_KEY else Target()
+        comparison = Comparison(
+            f"cold_{key}", candidate.name, speed(key), speed("random"), baseline, target
         )
-    rows = [
-        [
-            candidate.name,
-            format_value(speed(candidate.key), "samples/s"),
-            format_bytes(median(candidate.key, "disk_bytes")),
-            f"{median(candidate.key, 'disk_reads'):,.0f}",
-            format_bytes(
-                median(candidate.key, "disk_bytes") / max(median(candidate.key, "disk_reads"), 1)
-            ),
-            f"{100 * median(candidate.key, 'disk_busy'):.0f}%",
-            f"{100 * median(candidate.key, 'cpu'):.0f}%",
-            f"{100 * median(candidate.key, 'workers_sys'):.0f}%",
-        ]
-        for candidate in COLD_CANDIDATES
-    ]
+        section.results.append(comparison)
+    rows = []
+    for key, candidate in COLD.items():
+        read, reads = median(key, "disk_bytes"), median(key, "disk_reads")
+        rows.append(
+            [candidate.name, format_value(speed(key), "samples/s"), format_bytes(read)]
+            + [f"{reads:,.0f}", format_bytes(read / max(reads, 1))]
+            + [f"{100 * median(key, name):.0f}%" for name in ("disk_busy", "cpu", "workers_sys")]
+        )
     worst = max(run["resident_before"] for key in runs for run in runs[key])
-    head = [
-        "candidate",
-        "speed",
-        "read from disk",
-        "disk reads",
-        "mean read",
-        "disk busy",
-        "CPU busy",
-        "workers' CPU in kernel",
-    ]
+    head = ["candidate", "speed", "read from disk", "disk reads", "mean read", "disk busy"]
     section.notes = [
         f"Before every run each shard file was synced and dropped with "
         f"`posix_fadvise(POSIX_FADV_DONTNEED)`; `mincore` then found at most "
@@ -1001,7 +705,7 @@ def run_cold(config: Config, path: str) -> Section:
         "the CPU time of the main process and the workers over the run's wall time on all "
         f"{os.cpu_count()} CPUs (workers' time includes their shutdown); medians:",
         "",
-        markdown(head, rows),
+        markdown([*head, "CPU busy", "workers' CPU in kernel"], rows),
     ]
     if worst > EVICTION_TOLERANCE:
         section.notes.append(
@@ -1018,8 +722,7 @@ def write_vectors(config: Config, scratch: str, rng: np.random.Generator) -> tup
     """The vectors workload as a memshard dataset and as one ``.npy`` file, both warm."""
     workload = config.vectors
     data = random_rows(workload, rng)
-    path = os.path.join(scratch, "vectors")
-    npy_path = os.path.join(scratch, "vectors.npy")
+    path, npy_path = os.path.join(scratch, "vectors"), os.path.join(scratch, "vectors.npy")
     progress(f"vectors: writing {format_bytes(workload.nbytes)} twice (memshard, .npy)")
     write_dataset(path, workload, batches_of(data, 65536))
     np.save(npy_path, data)
@@ -1033,102 +736,68 @@ def write_images(config: Config, scratch: str, rng: np.random.Generator) -> tupl
     rows as an in-RAM tensor."""
     workload = config.images
     data = random_rows(workload, rng)
-    path = os.path.join(scratch, "images")
+    path, labelled = os.path.join(scratch, "images"), os.path.join(scratch, "images-labelled")
     progress(f"images: writing {format_bytes(workload.nbytes)} twice")
-    write_dataset(path, workload, batches_of(data, 256))
-    labelled = os.path.join(scratch, "images-labelled")
+    write_dataset(path, workload, batches_of(data, BATCH_SIZE))
     labels = np.arange(workload.rows, dtype=np.int64) * CLASSES // workload.rows
-    row_bytes = workload.row_bytes + labels.itemsize
-    shard_bytes = -(-workload.rows // SHUFFLE_SHARDS) * row_bytes
     with ms.create(
         labelled,
         fields={**workload.fields, "y": ("int64", ())},
         labels={"y": [f"class{k}" for k in range(CLASSES)]},
-        shard_bytes=shard_bytes,
+        shard_bytes=-(-workload.rows // SHUFFLE_SHARDS) * (workload.row_bytes + labels.itemsize),
     ) as appender:
-        for start in range(0, workload.rows, 256):
-            appender.extend({"x": data[start : start + 256], "y": labels[start : start + 256]})
+        for start in range(0, workload.rows, BATCH_SIZE):
+            rows = slice(start, start + BATCH_SIZE)
+            appender.extend({"x": data[rows], "y": labels[rows]})
     warm_page_cache([path])
     return path, labelled, torch.from_numpy(data)
-
-
-def header(config: Config, machine: dict[str, str]) -> str:
-    """What ran where, and how to read the tables."""
-    lines = [f"# memshard PyTorch loader benchmark ({config.mode} mode)", ""]
-    lines += [f"- {name}: {value}" for name, value in machine.items()]
-    lines += [
-        f"- torch: {torch.__version__}; every loader: `num_workers={NUM_WORKERS}`, "
-        f"`batch_size={BATCH_SIZE}`, shuffled",
-        f"- speed figures: median of {config.repeats} repeats (cold cache: "
-        f"{config.cold_repeats}); the candidates alternate within every repeat",
-        "- ratio: how many times better memshard is than the baseline (memshard / baseline "
-        "speed; baseline / memshard memory growth); 1.00x = as good",
-    ]
-    return "\n".join(lines)
-
-
-def summary(sections: Sequence[Section]) -> str:
-    """Goals met, and which were missed."""
-    return goals_summary(
-        [(r.key, r.met) for section in sections for r in section.results if r.met is not None]
-    )
-
-
-def to_json(config: Config, machine: dict[str, str], sections: Sequence[Section]) -> dict:
-    """Everything the tables show, and the raw figures behind them."""
-    return {
-        "mode": config.mode,
-        "machine": machine,
-        "torch": torch.__version__,
-        "repeats": config.repeats,
-        "cold_repeats": config.cold_repeats,
-        "batch_size": BATCH_SIZE,
-        "num_workers": NUM_WORKERS,
-        "workloads": {
-            w.name: {"rows": w.rows, "shape": list(w.shape), "nbytes": w.nbytes}
-            for w in (config.vectors, config.images)
-        },
-        "sections": {
-            section.key: {
-                "title": section.title,
-                "results": [result.to_json() for result in section.results],
-                "details": section.details,
-            }
-            for section in sections
-        },
-    }
-
-
-def emit(sections: list[Section], section: Section) -> None:
-    """Keep ``section`` and print it."""
-    sections.append(section)
-    print(render(section), end="\n\n", flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run every measurement, print the report and optionally write it as JSON."""
     config = parse_args(argv)
+    method = [
+        f"torch: {torch.__version__}; every loader: `num_workers={NUM_WORKERS}`, "
+        f"`batch_size={BATCH_SIZE}`, shuffled",
+        f"speed figures: median of {config.repeats} repeats (cold cache: "
+        f"{config.cold_repeats}); the candidates alternate within every repeat",
+        "ratio: how many times better memshard is than the baseline (memshard / baseline "
+        "speed; baseline / memshard memory growth); 1.00x = as good",
+    ]
     rng = np.random.default_rng(SEED)
-    generator = torch.Generator().manual_seed(SEED)
-    sections: list[Section] = []
     with scratch_directory(config.dir) as scratch:
-        machine = machine_info(scratch)
-        print(header(config, machine), end="\n\n", flush=True)
+        out = Report("memshard PyTorch loader benchmark", config.mode, scratch, method)
         vectors, npy_path = write_vectors(config, scratch, rng)
-        emit(sections, run_vector_loaders(config, vectors, npy_path, generator))
+        sections = [run_vector_loaders(config, vectors, npy_path)]
+        out.add(sections[-1].render())
         images, labelled, tensor = write_images(config, scratch, rng)
-        emit(sections, run_image_loaders(config, images, tensor, generator))
+        sections.append(run_image_loaders(config, images, tensor))
+        out.add(sections[-1].render())
         del tensor
         gc.collect()
-        emit(sections, run_memory(config, {"vectors": vectors, "images": images}))
-        emit(sections, run_mixing(labelled))
-        emit(sections, run_cold(config, labelled))
-    print(summary(sections), flush=True)
-    if config.json:
-        with open(config.json, "w") as file:
-            json.dump(to_json(config, machine, sections), file, indent=2)
-            file.write("\n")
-    return 0
+        for measure in (
+            partial(run_memory, config, {"vectors": vectors, "images": images}),
+            partial(run_mixing, labelled),
+            partial(run_cold, config, labelled),
+        ):
+            sections.append(measure())
+            out.add(sections[-1].render())
+    for result in itertools.chain.from_iterable(section.results for section in sections):
+        if result.met is not None:
+            out.goal(result.key, result.met)
+    out.record.update(
+        torch=torch.__version__,
+        repeats=config.repeats,
+        cold_repeats=config.cold_repeats,
+        batch_size=BATCH_SIZE,
+        num_workers=NUM_WORKERS,
+        workloads={
+            w.name: {"rows": w.rows, "shape": list(w.shape), "nbytes": w.nbytes}
+            for w in (config.vectors, config.images)
+        },
+        sections={section.key: section.to_json() for section in sections},
+    )
+    return out.finish(config.json)
 
 
 if __name__ == "__main__":

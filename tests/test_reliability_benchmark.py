@@ -1,7 +1,9 @@
 """The checksum benchmark runs end to end in quick mode, so its code cannot rot.
 
-Its speed goal is judged from the benchmark's output, never by a timed test; what is checked
-here is that every figure is reported and every injected bit flip was detected.
+Checked here, on its JSON report: every injected bit flip was detected (a correctness check:
+the run exits with 1 otherwise), every speed figure is reported, and the run cleans up;
+besides, that the markdown report is printed. Its speed goal is judged by reading the output,
+never by a timed test.
 """
 
 from __future__ import annotations
@@ -18,24 +20,24 @@ from tests.helpers import run_from_repo
 pytestmark = pytest.mark.benchmark_smoke
 
 
-def test_quick_reliability_benchmark_reports_every_figure(tmp_path: Path) -> None:
-    report_path = tmp_path / "report.json"
+def test_quick_reliability_benchmark_detects_every_flip(tmp_path: Path) -> None:
+    scratch, report_path = tmp_path / "scratch", tmp_path / "report.json"
     command = [
         sys.executable, "-m", "benchmarks.reliability", "--quick", "--size-gib", "0.01",
-        "--flips", "60", "--repeats", "1", "--dir", str(tmp_path / "scratch"),
-        "--json", str(report_path),
+        "--flips", "60", "--repeats", "1", "--dir", str(scratch), "--json", str(report_path),
     ]  # fmt: skip
-    result = run_from_repo(command)
-    assert result.returncode in (0, 1), result.stderr  # 1: the speed goal was missed here
-    for row in ("`ds.verify()`", "`preadv`", "xxh3 over RAM"):
-        assert row in result.stdout
-    for region in ("manifest", "header", "data"):
-        assert f"single-byte flips in the {region} detected | 20 of 20 | all | yes" in (
-            result.stdout
-        )
+    completed = run_from_repo(command)
+
+    assert completed.returncode == 0, completed.stderr
+    assert list(scratch.iterdir()) == [], "the scratch directory was not cleaned up"
+    assert completed.stdout.startswith("# memshard checksum benchmark (quick mode)")
     report = json.loads(report_path.read_text())
+    assert report["mode"] == "quick"
     assert report["flips"] == {
         region: {"injected": 20, "detected": 20} for region in ("manifest", "header", "data")
     }
-    assert report["speed"]["verify_bytes_per_second"] > 0
-    assert list((tmp_path / "scratch").iterdir()) == []
+    speed = report["speed"]
+    assert speed["bytes"] == speed["rows"] * 3 * 64 * 64 * 4
+    assert (speed["repeats"], speed["shards"] >= 1) == (1, True)
+    for figure in ("verify", "read", "hash"):
+        assert speed[f"{figure}_bytes_per_second"] > 0

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import abc
 import importlib
-import os
 import shutil
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
-from ..core import DTYPE, Workload
-from ..system import PAGE
+from ..core import DTYPE, Workload, files_under
+from ..system import aligned_empty
 
 
 class Reader(abc.ABC):
@@ -55,8 +54,6 @@ class Format(abc.ABC):
     name: str = ""
     #: How it stores the rows, for the table's legend.
     description: str = ""
-    #: Whether its write returns only after the data reached the disk (``fsync``).
-    durable: bool = False
     #: Whether its data lives in files (and so has a cold page cache to measure).
     on_disk: bool = True
 
@@ -90,10 +87,7 @@ class Format(abc.ABC):
 
     def files(self) -> list[str]:
         """Every file holding the data (what a cold-cache measurement evicts)."""
-        found = []
-        for folder, _, names in os.walk(self.root):
-            found.extend(os.path.join(folder, name) for name in names)
-        return sorted(found)
+        return files_under(self.root)
 
     def remove(self) -> None:
         """Delete what :meth:`write` stored."""
@@ -109,23 +103,19 @@ class Format(abc.ABC):
     def stop(self) -> None:  # noqa: B027
         """Stop what :meth:`start` started."""
 
-    def details(self) -> dict[str, Any]:
-        """Settings worth printing next to the figures (chunking, sharding, ...)."""
-        return {}
 
-
-def aligned_empty(shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
-    """An uninitialised C-contiguous array starting at a page boundary."""
-    nbytes = int(np.prod(shape)) * dtype.itemsize
-    raw = np.empty(nbytes + PAGE, dtype=np.uint8)
-    start = -raw.ctypes.data % PAGE
-    return raw[start : start + nbytes].view(dtype).reshape(shape)
+def fill(array: Any, batches: Iterable[np.ndarray]) -> None:
+    """Copy ``batches`` into consecutive rows of ``array`` (an ndarray, memmap or zarr array)."""
+    start = 0
+    for batch in batches:
+        array[start : start + len(batch)] = batch
+        start += len(batch)
 
 
 def byte_view(out: np.ndarray) -> tuple[memoryview, int]:
     """``out`` (C-contiguous) as one flat writable byte view, and the bytes of one row: slice
     assignment into it is a plain ``memcpy`` from any bytes-like value."""
-    return memoryview(out).cast("B"), out[0].nbytes if len(out) else 0
+    return memoryview(out.data).cast("B"), out[0].nbytes if len(out) else 0
 
 
 class Unavailable(Exception):

@@ -43,7 +43,7 @@ class LmdbReader(Reader):
         return value
 
     def row(self, index: int) -> np.ndarray:
-        return np.frombuffer(self._value(index), dtype=np.float32).reshape(self.shape).copy()
+        return np.array(np.frombuffer(self._value(index), dtype=np.float32).reshape(self.shape))
 
     def gather(self, indices: np.ndarray, out: np.ndarray) -> None:
         flat, size = byte_view(out)
@@ -73,7 +73,6 @@ class LmdbFormat(Format):
 
     name = "LMDB"
     description = "LMDB, one key per row; one durable transaction per write batch"
-    durable = True
 
     def write(self, batches: Iterable[np.ndarray]) -> None:
         os.makedirs(self.root, exist_ok=True)

@@ -10,7 +10,7 @@ import numpy as np
 import memshard as ms
 from memshard import mappings
 
-from ..core import touch_mapping
+from ..core import touch_mapping, write_dataset
 from .base import Format, Reader
 
 
@@ -22,7 +22,7 @@ class MemshardReader(Reader):
         self.column = self.dataset["x"]
 
     def row(self, index: int) -> np.ndarray:
-        return self.column[index].copy()
+        return np.array(self.column[index])
 
     def gather(self, indices: np.ndarray, out: np.ndarray) -> None:
         self.dataset.take(indices, out={"x": out}, fields=["x"])
@@ -48,15 +48,9 @@ class MemshardFormat(Format):
 
     name = "memshard"
     description = "memshard dataset: `extend` per batch, `close()` commits with fsync"
-    durable = True
 
     def write(self, batches: Iterable[np.ndarray]) -> None:
-        appender = ms.create(
-            self.root, fields=self.workload.fields, shard_bytes=self.workload.shard_bytes
-        )
-        with appender:
-            for batch in batches:
-                appender.extend({"x": batch})
+        write_dataset(self.root, self.workload, batches)
 
     def drop_caches(self) -> None:
         # memshard keeps shard mappings in a per-process cache after a Dataset is dropped
@@ -66,6 +60,3 @@ class MemshardFormat(Format):
 
     def open(self) -> MemshardReader:
         return MemshardReader(self.root)
-
-    def details(self) -> dict[str, object]:
-        return {"shard_bytes": self.workload.shard_bytes}

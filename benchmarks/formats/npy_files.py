@@ -24,7 +24,7 @@ class FilesReader(Reader):
         self.root = root
 
     def row(self, index: int) -> np.ndarray:
-        return np.load(row_path(self.root, index))
+        return np.asarray(np.load(row_path(self.root, index)))
 
     def gather(self, indices: np.ndarray, out: np.ndarray) -> None:
         for slot, index in enumerate(indices.tolist()):

@@ -9,25 +9,15 @@ from collections.abc import Iterable
 import numpy as np
 
 from ..core import touch_mapping
-from .base import Format, Reader
+from .base import Format, fill
+from .ram import RamReader
 
 
-class MemmapReader(Reader):
-    """``np.load(mmap_mode="r")``; gathers with ``np.take(..., out=, mode="clip")``."""
+class MemmapReader(RamReader):
+    """``np.load(mmap_mode="r")``, read as an in-RAM array is."""
 
     def __init__(self, path: str) -> None:
-        self.array = np.load(path, mmap_mode="r")
-
-    def row(self, index: int) -> np.ndarray:
-        return np.array(self.array[index])
-
-    def gather(self, indices: np.ndarray, out: np.ndarray) -> None:
-        # mode="clip": with the default "raise", take() gathers into a temporary array and
-        # copies that into out; the indices are valid, so clipping changes nothing.
-        np.take(self.array, indices, axis=0, out=out, mode="clip")
-
-    def scan(self, start: int, out: np.ndarray) -> None:
-        np.copyto(out, self.array[start : start + len(out)])
+        super().__init__(np.load(path, mmap_mode="r"))
 
     def warm(self) -> None:
         touch_mapping(self.array, len(self.array))
@@ -52,10 +42,7 @@ class MemmapFormat(Format):
         os.makedirs(self.root, exist_ok=True)
         shape = (self.workload.rows, *self.workload.shape)
         array = np.lib.format.open_memmap(self.path, mode="w+", dtype=np.float32, shape=shape)
-        start = 0
-        for batch in batches:
-            array[start : start + len(batch)] = batch
-            start += len(batch)
+        fill(array, batches)
         array.flush()
         del array
 

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from .base import Format, Reader
+from .base import Format, Reader, fill
 
 
 class RamReader(Reader):
@@ -16,7 +16,7 @@ class RamReader(Reader):
         self.array = array
 
     def row(self, index: int) -> np.ndarray:
-        return self.array[index].copy()
+        return np.array(self.array[index])
 
     def gather(self, indices: np.ndarray, out: np.ndarray) -> None:
         # mode="clip": with the default "raise", take() gathers into a temporary array and
@@ -38,10 +38,7 @@ class RamFormat(Format):
 
     def write(self, batches: Iterable[np.ndarray]) -> None:
         array = self.empty(self.workload.rows)
-        start = 0
-        for batch in batches:
-            array[start : start + len(batch)] = batch
-            start += len(batch)
+        fill(array, batches)
         self.array = array
 
     def open(self) -> RamReader:

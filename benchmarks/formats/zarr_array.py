@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Format, Reader, require
+from .base import Format, Reader, fill, require
 
 #: Bytes a chunk aims at (at least one row).
 CHUNK_BYTES = 64 << 10
@@ -62,13 +62,7 @@ class ZarrFormat(Format):
             zarr_format=3,
             overwrite=True,
         )
-        start = 0
-        for batch in batches:
-            array[start : start + len(batch)] = batch
-            start += len(batch)
+        fill(array, batches)
 
     def open(self) -> ZarrReader:
         return ZarrReader(self.root)
-
-    def details(self) -> dict[str, Any]:
-        return {"chunk_rows": self.chunk_rows}
