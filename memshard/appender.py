@@ -69,6 +69,13 @@ def create(
     The directory appears atomically, already holding a valid empty manifest: it is built
     under a temporary name next to ``path`` and renamed into place.
 
+    Used as ``with create(...) as w:``, the block either leaves what it committed or nothing:
+    an exception raised in it before any commit removes the new dataset again (the rows
+    appended are lost, and running the block again does not meet ``DatasetExistsError``);
+    after an explicit :meth:`Appender.commit`, the dataset stays with the committed rows,
+    as :func:`append` leaves it. (An appender that failed on a write, and so released the
+    dataset, leaves it empty.)
+
     Parameters:
         fields: ``{name: (dtype, sample_shape)}``, e.g. ``{"x": ("float32", (3, 64, 64))}``.
         shard_bytes: a shard rolls over once its rows reach this many bytes (all fields).
@@ -124,7 +131,9 @@ def create(
                 exc.errno, f"{root}: cannot create the dataset ({exc.strerror or exc})"
             ) from exc
         raise
-    return Appender(root, manifest, lock)
+    appender = Appender(root, manifest, lock)
+    appender._created = True
+    return appender
 
 
 #: What a writer puts between a dataset's path and a suffix of its own to name the directory
@@ -375,6 +384,8 @@ class Appender:
         self._open: _OpenShard | None = None
         self._new_files = False
         self._failure: str | None = None
+        self._created = False  # by create(), which leaves nothing if nothing is committed
+        self._metadata: dict[str, Any] = {}  # labels/attrs for the next commit (memshard.edit)
         self._syncs = DeferredSync()
         self._budget = DescriptorBudget()
         self._rows = manifest.rows
@@ -504,8 +515,23 @@ class Appender:
     def __exit__(self, exc_type: Any, exc: Any, traceback: Any) -> None:
         if exc_type is None:
             self.close()
+        elif self._created and self._committed.generation == 0 and self._lock is not None:
+            self._remove_created()
         else:
             self.abort()
+
+    def _remove_created(self) -> None:
+        """Delete the dataset that :func:`create` made for this appender and that nothing was
+        ever committed to, under its lock, if the directory at :attr:`path` is still it."""
+        lock, self._lock = self._lock, None  # held until the directory is gone
+        try:
+            self._release()
+            ours = lock is not None and lock.is_at(os.path.join(self.path, LOCK_NAME))
+            if ours and os.getpid() == self._pid:
+                shutil.rmtree(self.path, ignore_errors=True)
+        finally:
+            if lock is not None:
+                lock.release()
 
     def __del__(self) -> None:
         if getattr(self, "_lock", None) is not None and os.getpid() == self._pid:
@@ -652,7 +678,12 @@ class Appender:
             shards.append(
                 Shard(row_offset=shard.row_offset, rows=shard.rows, sealed=False, files=files)
             )
-        if self._rows == previous.rows and len(shards) == len(previous.shards) and not self._sealed:
+        if (
+            self._rows == previous.rows
+            and len(shards) == len(previous.shards)
+            and not self._sealed
+            and not self._metadata
+        ):
             return
         manifest = previous.model_copy(
             update={
@@ -660,6 +691,7 @@ class Appender:
                 "generation": previous.generation + 1,
                 "rows": self._rows,
                 "shards": tuple(shards),
+                **self._metadata,
             }
         )
         manifest = Manifest.model_validate(manifest.model_dump())
@@ -684,6 +716,7 @@ class Appender:
         self._committed = manifest
         self._sealed = []
         self._new_files = False
+        self._metadata = {}
 
     def _guarded(self, operation: Any, *args: Any) -> Any:
         """Run a file operation; an OS error or a replaced directory makes the appender fail

@@ -20,11 +20,12 @@ import numpy as np
 import pytest
 
 import memshard as ms
+import memshard.appender as ms_appender
 import memshard.convert as ms_convert
 import memshard.hdf5 as ms_hdf5
 import memshard.sources as ms_sources
 import memshard.workers as ms_workers
-from memshard.convert import SOURCE_ATTR, convert
+from memshard.convert import SOURCE_ATTR, STAGING_SUFFIX, convert
 from memshard.errors import (
     ConversionFailedError,
     ConversionStateError,
@@ -1009,10 +1010,14 @@ def test_resume_after_the_last_shard_was_committed(
         handle["x"] = sample_values("<i4", (250, 3))
     dst = tmp_path / "out"
 
-    def interrupted(*args: Any) -> None:
+    rename = ms_appender.move_into_place
+
+    def interrupted(staging: str, root: str, overwrite: bool) -> None:
+        if root.endswith(STAGING_SUFFIX):  # create() putting the staging dataset in place
+            return rename(staging, root, overwrite)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ms_convert, "move_into_place", interrupted)
+    monkeypatch.setattr(ms_appender, "move_into_place", interrupted)
     with pytest.raises(KeyboardInterrupt):
         ms.from_hdf5(src, dst, shard_bytes=shard_bytes_for(100, 12))
     monkeypatch.undo()
@@ -1025,13 +1030,14 @@ def test_resume_after_the_last_shard_was_committed(
 #: ``memshard ARGS`` in a process that SIGKILLs itself right after the final rename.
 KILLED_AFTER_RENAME = """
 import os, signal, sys
-import memshard.convert
+import memshard.appender
 from memshard.cli import main
-rename = memshard.convert.move_into_place
-def rename_then_die(*args):
-    rename(*args)
-    os.kill(os.getpid(), signal.SIGKILL)
-memshard.convert.move_into_place = rename_then_die
+rename = memshard.appender.move_into_place
+def rename_then_die(staging, root, overwrite):
+    rename(staging, root, overwrite)
+    if not root.endswith(".memshard-partial"):  # not create() of the staging dataset
+        os.kill(os.getpid(), signal.SIGKILL)
+memshard.appender.move_into_place = rename_then_die
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -1073,8 +1079,9 @@ def test_resume_refuses_a_finished_dataset_of_another_conversion(tmp_path: Path)
     finished = (dst / "manifest.json").read_bytes()
     for options, says in [
         ({"src": other}, "another source location"),
-        ({"fields": {"x": "/x"}}, "another source fields"),
-        ({"labels": {"y": ["a", "b"]}}, "other label vocabularies"),
+        ({"fields": {"x": "/x"}}, r"has the fields \['x', 'y'\], this conversion \['x'\]"),
+        ({"fields": {"x": "/y", "y": "/x"}}, "took field 'x' with another origin"),
+        ({"labels": {"y": ["a", "b"]}}, "another label vocabulary for field 'y'"),
     ]:
         arguments = {"src": src, "dst": dst, "resume": True, **options}
         with pytest.raises(DatasetExistsError, match=f"not this conversion, finished: it .*{says}"):
