@@ -601,11 +601,12 @@ def _commit(
     repeated = {part_id for part_id, count in Counter(ids).items() if count > 1}
     if repeated:
         raise PartError(f"{root}: parts given more than once: {sorted(repeated)}")
+    committed = {file.path for shard in appender.manifest.shards for file in shard.files.values()}
+    _refuse_committed(root, ids, committed)  # their records are gone: say so, not "no record"
     records = [load_part(root, part_id) for part_id in ids]
     for part, record in zip(given, records, strict=False):
         if isinstance(part, Part) and part != record:
             raise PartError(f"{root}: part {record.id} differs from its record on disk")
-    committed = {file.path for shard in appender.manifest.shards for file in shard.files.values()}
     for record in records:
         _check_belongs(root, appender, record, committed)
         if verify:
@@ -622,6 +623,22 @@ def _commit(
         with contextlib.suppress(OSError):
             os.unlink(os.path.join(root, PARTS_DIR, f"{part_id}.json"))
     return ranges
+
+
+def _refuse_committed(root: str, ids: Sequence[str], committed: set[str]) -> None:
+    """Raise :class:`PartCommittedError` for the first part in ``ids`` whose shard files the
+    manifest names (a commit deletes the record of each part it adopts)."""
+    adopted = {
+        match.group(1)
+        for path in committed
+        if (match := _PART_SHARD_FILE.fullmatch(path.removeprefix(f"{SHARDS_DIR}/")))
+    }
+    for part_id in ids:
+        if part_id in adopted:
+            raise PartCommittedError(
+                f"{root}: part {part_id} is committed already; committing it again would "
+                "repeat its rows"
+            )
 
 
 def _part_id(part: Part | str) -> str:
