@@ -43,6 +43,14 @@ def install_hint(module: str, extra: str, python: tuple[int, ...] | None = None)
     return f"install it with: pip install 'memshard[{extra}]'"
 
 
+def missing(module: str, extra: str, exc: ImportError) -> MissingDependencyError:
+    """The error for the optional dependency ``module`` of the extra ``extra`` failing to
+    import with ``exc``: what failed, and how to install it."""
+    return MissingDependencyError(
+        f"{module} is needed for this ({exc}); {install_hint(module, extra)}"
+    )
+
+
 def require(module: str, extra: str) -> Any:
     """Import the optional dependency ``module`` of the extra ``extra``.
 
@@ -52,6 +60,4 @@ def require(module: str, extra: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise MissingDependencyError(
-            f"{module} is needed for this ({exc}); {install_hint(module, extra)}"
-        ) from None
+        raise missing(module, extra, exc) from None
