@@ -360,8 +360,9 @@ class Dataset:
         Mappings are cached per process and shared by every :class:`Dataset` of the same
         path, so this drops them all from the cache (another open one maps its shards again
         when it next reads). Views already handed out (``ds["x"][0:10]``) stay valid: each
-        keeps its mapping until it is garbage-collected, and until then the pages it maps
-        stay in the page cache and, where the system forbids it, the file cannot be deleted.
+        keeps the mapping it points into (the run of shards mapped back to back with its
+        own) until it is garbage-collected; until then those files' pages stay in the page
+        cache and, where the system forbids deleting a mapped file, the files stay.
         Once no view is left, nothing of the dataset is mapped: its files' pages can be
         evicted (``posix_fadvise(POSIX_FADV_DONTNEED)``) and the files deleted.
         """
@@ -492,7 +493,9 @@ class Dataset:
                     advise_will_need(mapped, local)
 
     def refresh(self) -> bool:
-        """Make rows committed since this view was taken visible; return whether any were.
+        """Make what was committed since this view was taken visible (rows, or an edit of
+        attributes or label vocabularies, :func:`memshard.edit`); return whether anything was.
+        Columns taken before keep their rows (see :class:`Column`).
 
         Raises:
             DatasetChangedError: the dataset was replaced or its manifest went back in time.
