@@ -12,8 +12,9 @@ Kinds of race (each child's operation, in its own forked process):
 - ``create-create``: two ``create(path)`` of the same new path. Exactly one succeeds; the
   other fails with ``DatasetExistsError`` and nothing else.
 - ``discard-write_part``: ``discard_parts(path)``, called repeatedly, against
-  ``write_part(path)`` writing and closing a part. Afterwards the part either commits with every row, or (discarded) is refused
-  with a typed ``PartError``; the dataset always opens and verifies.
+  ``write_part(path)`` writing and closing a part. Afterwards the part either commits with
+  every row, or (discarded) is refused with a typed ``PartError``; the dataset always opens
+  and verifies.
 
 Children start from a pipe (both block reading it until the parent writes), then spin for a
 random few microseconds so that the interleavings spread over the operations' whole length.
