@@ -63,14 +63,14 @@ class TerminalChild:
     """A command in a session of its own (its own process group), its stderr a
     pseudo-terminal 80 columns wide that a thread reads as it comes."""
 
-    def __init__(self, argv: list[str]) -> None:
+    def __init__(self, argv: list[str], *, stdout_too: bool = False) -> None:
         master, slave = pty.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
         self.process = subprocess.Popen(
             argv,
             cwd=REPO_ROOT,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
+            stdout=slave if stdout_too else subprocess.PIPE,
             stderr=slave,
             start_new_session=True,
             env={**os.environ, "PYTHONWARNINGS": "error", **DRAW_EVERY_BLOCK},
@@ -102,6 +102,14 @@ class TerminalChild:
                 assert self.process.poll() is None, self.terminal()
                 assert self._changed.wait(deadline - time.monotonic()), self.terminal()
 
+    def wait_for_text(self, text: bytes) -> None:
+        """Wait until the command has written ``text`` to its terminal."""
+        deadline = time.monotonic() + TIMEOUT
+        with self._changed:
+            while text not in self._terminal:
+                assert self.process.poll() is None, self.terminal()
+                assert self._changed.wait(deadline - time.monotonic()), self.terminal()
+
     def press_ctrl_c(self) -> None:
         """SIGINT to the command's process group, as a terminal sends it."""
         os.killpg(self.process.pid, signal.SIGINT)
@@ -111,7 +119,7 @@ class TerminalChild:
         stdout, _ = self.process.communicate(timeout=TIMEOUT)
         self._reader.join(TIMEOUT)
         os.close(self._master)
-        return self.process.returncode, stdout.decode()
+        return self.process.returncode, (stdout or b"").decode()
 
     def terminal(self) -> str:
         """What the command wrote to its terminal, carriage returns as new lines."""
@@ -289,6 +297,33 @@ def test_ctrl_c_stops_an_export_and_leaves_no_file(tmp_path: Path) -> None:
         status, stdout, terminal = interrupted_at_random(argv, rng)
         assert_stopped(status, stdout, terminal)
         assert sorted(os.listdir(tmp_path)) == ["ds"], "no export file, no temporary one"
+
+
+@pytest.mark.parametrize("stage", ["converting", "training"])
+def test_ctrl_c_stops_the_demo(tmp_path: Path, stage: str) -> None:
+    """The demo stops in its conversion (at a random block) or in its training loop, whose
+    DataLoader workers get the Ctrl-C too; the next run starts the conversion over."""
+    workdir = tmp_path / "demo"
+    argv = [sys.executable, "-m", "memshard", "demo", "--rows", "6000", "--steps", "100000",
+            "--workers", "2", "--dir", str(workdir)]  # fmt: skip
+    child = TerminalChild(argv, stdout_too=True)
+    try:
+        if stage == "converting":
+            child.wait_for_text(b"1/4 wrote")
+            child.wait_for_percent(random.Random(5).randint(0, LATEST_PERCENT))
+        else:
+            child.wait_for_text(b"3/4 verified")
+        child.press_ctrl_c()
+        status, _ = child.finish()
+    finally:
+        if child.process.poll() is None:
+            child.process.kill()
+            child.process.wait()
+    assert_stopped(status, "", child.terminal())
+    assert "4/4" not in child.terminal()
+    assert group_members(child.process.pid) == []
+    if stage == "converting":
+        assert (workdir / f"synthetic.memshard{STAGING_SUFFIX}").is_dir()
 
 
 @contextlib.contextmanager
