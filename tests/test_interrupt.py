@@ -26,6 +26,7 @@ import sys
 import termios
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -371,6 +372,31 @@ def test_a_press_waits_for_the_next_check() -> None:
         operation()
     assert checked == ["before"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.usefixtures("default_sigint")
+def test_a_press_that_lands_in_a_weakref_callback_is_not_lost() -> None:
+    """The way presses were lost: Python's own handler raises KeyboardInterrupt inside the
+    callback that is running (here a weakref callback, as when a mapping's last view goes),
+    where it is printed as "Exception ignored" and dropped, and the operation runs on."""
+    blocks = []
+
+    class Mapping:
+        pass
+
+    def operation() -> None:
+        with interrupt.deferred():
+            mapping = Mapping()
+            ref = weakref.ref(mapping, lambda _: press_ctrl_c())
+            del mapping  # the callback runs now, and the press lands in it
+            assert ref() is None
+            for block in range(3):
+                interrupt.check()
+                blocks.append(block)
+
+    with pytest.raises(KeyboardInterrupt):
+        operation()
+    assert blocks == [], "stopped at the first block after the press"
 
 
 @pytest.mark.usefixtures("default_sigint")
