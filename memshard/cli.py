@@ -20,6 +20,7 @@ import json
 import os
 import re
 import sys
+import textwrap
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -42,6 +43,8 @@ from .smallfile import open_regular
 OK, DAMAGED, USAGE, UNCHECKED, INTERRUPTED = 0, 1, 2, 3, 130
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*", re.IGNORECASE)
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+#: Width of the descriptions in ``--help``.
+HELP_WIDTH = 80
 #: The Python spellings in library messages, and the flags the command line says instead.
 PYTHON_TO_FLAGS = (
     (re.compile(r"\boverwrite=True\b"), "--overwrite"),
@@ -135,11 +138,11 @@ def _assignment(text: str) -> tuple[str, str]:
 def _command(
     commands: Any, name: str, summary: str, description: str, examples: Sequence[str]
 ) -> argparse.ArgumentParser:
-    """A subcommand whose ``--help`` ends with examples."""
+    """A subcommand whose ``--help`` ends with examples (kept as written, one per line)."""
     return commands.add_parser(  # type: ignore[no-any-return]
         name,
         help=summary,
-        description=description,
+        description=textwrap.fill(description, HELP_WIDTH),
         epilog="examples:\n" + "\n".join(f"  {example}" for example in examples),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -602,8 +602,7 @@ def _commit(
     if repeated:
         raise PartError(f"{root}: parts given more than once: {sorted(repeated)}")
     committed = {file.path for shard in appender.manifest.shards for file in shard.files.values()}
-    _refuse_committed(root, ids, committed)  # their records are gone: say so, not "no record"
-    records = [load_part(root, part_id) for part_id in ids]
+    records = [_load_uncommitted(root, part_id, committed) for part_id in ids]
     for part, record in zip(given, records, strict=False):
         if isinstance(part, Part) and part != record:
             raise PartError(f"{root}: part {record.id} differs from its record on disk")
@@ -625,20 +624,20 @@ def _commit(
     return ranges
 
 
-def _refuse_committed(root: str, ids: Sequence[str], committed: set[str]) -> None:
-    """Raise :class:`PartCommittedError` for the first part in ``ids`` whose shard files the
-    manifest names (a commit deletes the record of each part it adopts)."""
-    adopted = {
-        match.group(1)
-        for path in committed
-        if (match := _PART_SHARD_FILE.fullmatch(path.removeprefix(f"{SHARDS_DIR}/")))
-    }
-    for part_id in ids:
-        if part_id in adopted:
+def _load_uncommitted(root: str, part_id: str, committed: set[str]) -> Part:
+    """The record of part ``part_id``; a commit deletes the record of each part it adopts, so
+    a missing record of a part whose files the manifest names is :class:`PartCommittedError`,
+    not "never finished"."""
+    try:
+        return load_part(root, part_id)
+    except PartIncompleteError:
+        prefix = f"{SHARDS_DIR}/{part_id}-"
+        if any(path.startswith(prefix) for path in committed):
             raise PartCommittedError(
                 f"{root}: part {part_id} is committed already; committing it again would "
                 "repeat its rows"
-            )
+            ) from None
+        raise
 
 
 def _part_id(part: Part | str) -> str:
