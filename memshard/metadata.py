@@ -22,6 +22,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from . import interrupt
 from .appender import Appender, append
 from .errors import MetadataError
 from .manifest import Manifest
@@ -139,6 +140,7 @@ def _check_stored_values(appender: Appender, labels: dict[str, tuple[str, ...]])
 def _check_column(dataset: Any, name: str, size: int) -> None:
     column = dataset[name]
     for start in range(0, len(column), SCAN_ROWS):
+        interrupt.check()  # a long scan stops at Ctrl-C, changing nothing
         values = column[start : start + SCAN_ROWS]
         bad = (values < 0) | (values >= size)
         if bad.any():
