@@ -1,7 +1,8 @@
 """memshard: larger-than-RAM datasets of fixed-shape samples, as memory-mapped ``.npy`` shards.
 
-Write with :func:`create` (or resume with :func:`append`), read with :func:`open`; the
-format is specified in ``spec/FORMAT.md``.
+Write with :func:`create` (or resume with :func:`append`), read with :func:`open`, change
+attributes and label vocabularies with :func:`edit`; the format is specified in
+``spec/FORMAT.md``.
 
 This module re-exports the public API. Parallel writers write parts (:func:`write_part`) and
 one process commits them (:func:`commit_parts`). It never imports torch, h5py, zarr or dask: those
@@ -15,6 +16,7 @@ from .appender import Appender, append, create
 from .convert import from_hdf5, from_numpy, from_zarr, to_hdf5, to_zarr
 from .errors import MemshardError
 from .manifest import FORMAT_VERSION
+from .metadata import edit
 from .parts import Part, PartWriter, commit_parts, discard_parts, write_part
 from .reader import Column, Dataset, FieldInfo, open  # noqa: A004
 from .schema import DEFAULT_SHARD_BYTES
@@ -35,6 +37,7 @@ __all__ = [
     "commit_parts",
     "create",
     "discard_parts",
+    "edit",
     "errors",
     "from_hdf5",
     "from_numpy",

@@ -69,12 +69,12 @@ def create(
     The directory appears atomically, already holding a valid empty manifest: it is built
     under a temporary name next to ``path`` and renamed into place.
 
-    Leaving a ``with create(...) as w:`` block by an exception calls :meth:`Appender.abort`:
-    the dataset stays at ``path`` with the rows committed before the exception (none, so an
-    empty dataset, if :meth:`Appender.commit` was never called); rows appended since the last
-    commit are discarded, and the next :func:`append` removes their bytes. Creating ``path``
-    again then raises :class:`DatasetExistsError`: continue with :func:`append`, or pass
-    ``overwrite=True``.
+    Used as ``with create(...) as w:``, the block either leaves what it committed or nothing:
+    an exception raised in it before any commit removes the new dataset again (the rows
+    appended are lost, and running the block again does not meet ``DatasetExistsError``);
+    after an explicit :meth:`Appender.commit`, the dataset stays with the committed rows,
+    as :func:`append` leaves it. (An appender that failed on a write, and so released the
+    dataset, leaves it empty.)
 
     Parameters:
         fields: ``{name: (dtype, sample_shape)}``, e.g. ``{"x": ("float32", (3, 64, 64))}``.
@@ -131,7 +131,9 @@ def create(
                 exc.errno, f"{root}: cannot create the dataset ({exc.strerror or exc})"
             ) from exc
         raise
-    return Appender(root, manifest, lock)
+    appender = Appender(root, manifest, lock)
+    appender._created = True
+    return appender
 
 
 #: What a writer puts between a dataset's path and a suffix of its own to name the directory
@@ -382,6 +384,8 @@ class Appender(ClosedOnExit):
             first_row=manifest.rows,
             next_index=len(manifest.shards),
         )
+        self._created = False  # by create(), which leaves nothing if nothing is committed
+        self._metadata: dict[str, Any] = {}  # labels/attrs for the next commit (memshard.edit)
         if manifest.shards and not manifest.shards[-1].sealed:
             self._continue(manifest.shards[-1], len(manifest.shards) - 1)
 
@@ -436,6 +440,22 @@ class Appender(ClosedOnExit):
                 appender is unusable and :attr:`committed_rows` counts the new rows.
         """
         self._check_usable()
+        self._guarded(self._commit)
+
+    def commit_metadata(self, changes: Mapping[str, Any]) -> None:
+        """Commit a manifest whose top-level ``attrs`` and ``labels`` are replaced by those in
+        ``changes``, already validated (:func:`memshard.edit` checks them against the stored
+        rows), together with every row appended so far. No row is touched.
+
+        Raises:
+            ArgumentError: ``changes`` names a key other than ``attrs`` and ``labels``.
+            WriteFailedError: as for :meth:`commit`.
+        """
+        self._check_usable()
+        unknown = set(changes) - {"attrs", "labels"}
+        if unknown:
+            raise ArgumentError(f"{self.path}: only attrs and labels can be edited, not {unknown}")
+        self._metadata = dict(changes)
         self._guarded(self._commit)
 
     def adopt_shards(self, shards: Sequence[Shard]) -> None:
@@ -505,6 +525,26 @@ class Appender(ClosedOnExit):
         """Release the dataset, discarding rows appended since the last commit."""
         if self._lock is not None:
             self._release()
+
+    def __exit__(self, exc_type: Any, exc: Any, traceback: Any) -> None:
+        nothing_committed = self._created and self._committed.generation == 0
+        if exc_type is not None and nothing_committed and self._lock is not None:
+            self._remove_created()
+            return
+        super().__exit__(exc_type, exc, traceback)
+
+    def _remove_created(self) -> None:
+        """Delete the dataset that :func:`create` made for this appender and that nothing was
+        ever committed to, under its lock, if the directory at :attr:`path` is still it."""
+        lock, self._lock = self._lock, None  # held until the directory is gone
+        try:
+            self._release()
+            ours = lock is not None and lock.is_at(os.path.join(self.path, LOCK_NAME))
+            if ours and os.getpid() == self._pid:
+                shutil.rmtree(self.path, ignore_errors=True)
+        finally:
+            if lock is not None:
+                lock.release()
 
     def __del__(self) -> None:
         if getattr(self, "_lock", None) is not None and os.getpid() == self._pid:
@@ -589,7 +629,12 @@ class Appender(ClosedOnExit):
             shards.append(
                 Shard(row_offset=shard.row_offset, rows=shard.rows, sealed=False, files=open_files)
             )
-        if self.rows == previous.rows and len(shards) == len(previous.shards) and not self._pending:
+        if (
+            self.rows == previous.rows
+            and len(shards) == len(previous.shards)
+            and not self._pending
+            and not self._metadata
+        ):
             return
         manifest = previous.model_copy(
             update={
@@ -597,6 +642,7 @@ class Appender(ClosedOnExit):
                 "generation": previous.generation + 1,
                 "rows": self.rows,
                 "shards": tuple(shards),
+                **self._metadata,
             }
         )
         manifest = Manifest.model_validate(manifest.model_dump())
@@ -621,6 +667,7 @@ class Appender(ClosedOnExit):
         self._committed = manifest
         self._pending = []
         self._shards.created_files = self._adopted_files = False
+        self._metadata = {}
 
     def _guarded(self, operation: Any, *args: Any) -> Any:
         """Run a file operation; an OS error or a replaced directory makes the appender fail

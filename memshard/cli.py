@@ -1,25 +1,42 @@
-"""The ``memshard`` command (also ``python -m memshard``): convert, info, verify, head, demo.
+"""The ``memshard`` command (also ``python -m memshard``): convert, info, verify, head, ls,
+attrs, labels, demo.
 
 Exit status: 0 on success, 1 when ``verify`` finds a damaged file (or an unexpected failure),
 2 for a user error (bad arguments, a missing or invalid source or dataset), reported as one
 line without a traceback, 3 when ``verify`` finds no damage but could not check some rows
 (the unsealed shard of a format 1.0 dataset has no checksum), and 130 when interrupted.
+
+A Ctrl-C stops every command at the next block (:mod:`memshard.interrupt`), keeping what a
+``--resume`` can continue. Errors and warnings name the command-line flags, never the Python
+parameters behind them (:func:`for_command_line`). Sizes are in binary units (KiB, MiB, GiB)
+and counts have thousands separators (:mod:`memshard.progress`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import sys
+import textwrap
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import ArgumentError, MemshardError, SourceError
+from . import __version__, interrupt
+from .errors import (
+    ArgumentError,
+    DatasetNotFoundError,
+    MemshardError,
+    MemshardWarning,
+    SourceError,
+)
+from .progress import format_bytes, format_rate
 from .smallfile import open_regular
 
 if TYPE_CHECKING:
@@ -29,24 +46,62 @@ if TYPE_CHECKING:
 OK, DAMAGED, USAGE, UNCHECKED, INTERRUPTED = 0, 1, 2, 3, 130
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*", re.IGNORECASE)
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+#: Width of the descriptions in ``--help``.
+HELP_WIDTH = 80
+#: The Python spellings in library messages, and the flags the command line says instead.
+PYTHON_TO_FLAGS = (
+    (re.compile(r"\boverwrite=True\b"), "--overwrite"),
+    (re.compile(r"\bresume=True\b"), "--resume"),
+    (re.compile(r"\bshard_bytes=(\d+)"), r"--shard-size \1"),
+    (re.compile(r"\bshard_bytes\b"), "--shard-size"),
+    (re.compile(r"\bworkers=(\d+)"), r"--workers \1"),
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``) and return the exit status."""
     parser = _parser()
     args = parser.parse_args(argv)
-    try:
-        status: int = args.run(args)
-        return status
-    except KeyboardInterrupt:
-        print("memshard: interrupted", file=sys.stderr)
-        return INTERRUPTED
-    except MemshardError as exc:
-        print(f"memshard: error: {exc}", file=sys.stderr)
-        return USAGE
-    except OSError as exc:
-        print(f"memshard: error: {exc}", file=sys.stderr)
-        return USAGE
+    with warnings.catch_warnings():
+        # memshard's own warnings are notes for the user, one line each, never errors.
+        warnings.filterwarnings("always", category=MemshardWarning)
+        warnings.showwarning = _show_warning
+        try:
+            with interrupt.deferred():
+                status: int = args.run(args)
+            return status
+        except KeyboardInterrupt:
+            print("memshard: interrupted", file=sys.stderr)
+            return INTERRUPTED
+        except (MemshardError, OSError) as exc:
+            print(f"memshard: error: {for_command_line(str(exc))}", file=sys.stderr)
+            return USAGE
+
+
+def for_command_line(message: str) -> str:
+    """``message`` with the Python parameters it names replaced by the flags of the command.
+
+    Example:
+        >>> for_command_line("pass overwrite=True to replace it; shard_bytes=1024 asks for 2 rows")
+        'pass --overwrite to replace it; --shard-size 1024 asks for 2 rows'
+    """
+    for pattern, flag in PYTHON_TO_FLAGS:
+        message = pattern.sub(flag, message)
+    return message
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    if issubclass(category, MemshardWarning):
+        print(f"memshard: warning: {for_command_line(str(message))}", file=sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 def parse_size(text: str) -> int:
@@ -83,22 +138,157 @@ def _assignment(text: str) -> tuple[str, str]:
     return name, value
 
 
+def _command(
+    commands: Any, name: str, summary: str, description: str, examples: Sequence[str]
+) -> argparse.ArgumentParser:
+    """A subcommand whose ``--help`` ends with examples (kept as written, one per line)."""
+    return commands.add_parser(  # type: ignore[no-any-return]
+        name,
+        help=summary,
+        description=textwrap.fill(description, HELP_WIDTH),
+        epilog="examples:\n" + "\n".join(f"  {example}" for example in examples),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def _dataset_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", metavar="DATASET", help="the dataset directory")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="memshard",
-        description="Larger-than-RAM datasets as memory-mapped .npy shards.",
+        description="Larger-than-RAM datasets as memory-mapped .npy shards. "
+        "Run 'memshard COMMAND --help' for the options and examples of a command.",
     )
+    parser.add_argument("--version", action="version", version=f"memshard {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _convert_parser(commands)
 
-    convert = commands.add_parser(
-        "convert",
-        help="convert an HDF5 file, a zarr store or .npy files into a dataset",
-        description="Convert SRC (an HDF5 file, a zarr store, a .npy file or a directory of "
-        ".npy files) into a new memshard dataset DST. DST appears only once complete; an "
-        "interrupted conversion is completed by running the same command with --resume.",
+    info = _command(
+        commands, "info", "describe a dataset: fields, rows, shards, labels, attrs",
+        "Print a dataset's fields (dtype, sample shape, bytes per row, labels), its rows, "
+        "shards and attributes.",
+        ["memshard info frames", "memshard info frames --json | jq .rows"],
+    )  # fmt: skip
+    _dataset_argument(info)
+    info.add_argument("--json", action="store_true", help="print JSON instead of text")
+    info.set_defaults(run=_info)
+
+    verify = _command(
+        commands, "verify",
+        "check every shard's size, header and checksum (exit 1 if damaged, 3 if some rows "
+        "have no checksum to check)",
+        "Read every committed byte of DATASET and compare it with the checksums of its "
+        "manifest. Exit status 0: intact; 1: damaged (each bad file is listed); 3: no damage "
+        "found, but some rows have no checksum (the unsealed shard of a format 1.0 dataset).",
+        ["memshard verify frames", "memshard verify -q frames && echo intact"],
+    )  # fmt: skip
+    _dataset_argument(verify)
+    verify.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    verify.set_defaults(run=_verify)
+
+    head = _command(
+        commands, "head", "print the first rows",
+        "Print the first rows of DATASET, every field; large samples are summarised.",
+        ["memshard head frames", "memshard head frames -n 20"],
+    )  # fmt: skip
+    _dataset_argument(head)
+    head.add_argument("-n", type=int, default=5, metavar="ROWS", help="rows (default 5)")
+    head.set_defaults(run=_head)
+
+    ls = _command(
+        commands, "ls", "list the shard files in row order",
+        "List DATASET's shards in row order: the rows each holds and its file per field. "
+        "File names do not sort in row order; with --field, print only the paths of that "
+        "field's files, one per line, in row order (each sealed file loads with "
+        "np.load(path, mmap_mode='r')).",
+        ["memshard ls frames", "memshard ls frames --field x | head -3"],
+    )  # fmt: skip
+    _dataset_argument(ls)
+    ls.add_argument("--field", metavar="NAME", help="print only the paths of this field's files")
+    ls.set_defaults(run=_ls)
+
+    attrs = _command(
+        commands, "attrs", "show or change the attributes",
+        "Without KEY=VALUE, print DATASET's attributes as JSON. With them, set each KEY to "
+        "VALUE (parsed as JSON if it is JSON, else taken as text) and commit the new "
+        "attributes; no row is touched.",
+        ["memshard attrs frames", "memshard attrs frames source='camera 2' version=3",
+         "memshard attrs frames --delete draft"],
+    )  # fmt: skip
+    _dataset_argument(attrs)
+    attrs.add_argument(
+        "assignments", nargs="*", type=_assignment, metavar="KEY=VALUE",
+        help="an attribute to set (repeat)",
+    )  # fmt: skip
+    attrs.add_argument(
+        "--delete", action="append", default=[], metavar="KEY", help="remove KEY (repeat)"
     )
-    convert.add_argument("src", metavar="SRC")
-    convert.add_argument("dst", metavar="DST")
+    attrs.set_defaults(run=_attrs)
+
+    labels = _command(
+        commands, "labels", "show or change label vocabularies",
+        "Without FIELD=LABELS, print DATASET's label vocabularies. With them, give FIELD the "
+        "vocabulary LABELS (comma-separated, or a JSON list) and commit it; no row is "
+        "touched. Labels may be renamed or appended freely; a shorter vocabulary, or one "
+        "for a field that had none, is checked against every stored value.",
+        ["memshard labels frames", "memshard labels frames y=cat,dog,fox",
+         "memshard labels frames --remove y"],
+    )  # fmt: skip
+    _dataset_argument(labels)
+    labels.add_argument(
+        "assignments", nargs="*", type=_assignment, metavar="FIELD=LABELS",
+        help="a field's new vocabulary (repeat per field)",
+    )  # fmt: skip
+    labels.add_argument(
+        "--remove", action="append", default=[], metavar="FIELD",
+        help="remove FIELD's vocabulary (repeat)",
+    )  # fmt: skip
+    labels.set_defaults(run=_labels)
+
+    demo = _command(
+        commands, "demo", "HDF5 -> memshard -> PyTorch DataLoader, end to end on synthetic data",
+        "Write a synthetic HDF5 file, convert it, verify it and train a tiny model through a "
+        "DataLoader with worker processes; print the throughput of each stage.",
+        ["memshard demo", "memshard demo --rows 100000 --workers 4 --dir /tmp/demo"],
+    )  # fmt: skip
+    demo.add_argument(
+        "--rows", type=_positive_int, default=20_000, metavar="N",
+        help="images in the synthetic file (default 20,000)",
+    )  # fmt: skip
+    demo.add_argument(
+        "--steps", type=_positive_int, default=60, metavar="N",
+        help="training steps (default 60)",
+    )  # fmt: skip
+    demo.add_argument(
+        "--workers", type=_positive_int, default=2, metavar="N",
+        help="conversion processes and DataLoader workers (default 2)",
+    )  # fmt: skip
+    demo.add_argument(
+        "--dir", default=None, metavar="DIR", help="keep the files here (default: a temp dir)"
+    )
+    demo.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def _convert_parser(commands: Any) -> None:
+    convert = _command(
+        commands, "convert", "convert an HDF5 file, a zarr store or .npy files into a dataset",
+        "Convert SRC (an HDF5 file, a zarr store, a .npy file or a directory of .npy files) "
+        "into a new memshard dataset DST. DST appears only once complete; an interrupted "
+        "conversion is kept in DST.memshard-partial and completed by running the same "
+        "command with --resume. Sizes are binary: 256MB and 256MiB both mean 256 x 2^20 "
+        "bytes.",
+        ["memshard convert data.h5 frames",
+         "memshard convert data.h5 frames --field x=/train/images --field y=/train/labels",
+         "memshard convert data.h5 frames --shard-size 64MB --workers 4",
+         "memshard convert store.zarr frames --labels y=cat,dog",
+         "memshard convert data.h5 frames --resume"],
+    )  # fmt: skip
+    convert.add_argument("src", metavar="SRC", help="the HDF5 file, zarr store or .npy file(s)")
+    convert.add_argument("dst", metavar="DST", help="the dataset directory to create")
     convert.add_argument(
         "--field",
         dest="fields",
@@ -108,12 +298,19 @@ def _parser() -> argparse.ArgumentParser:
         help="take the array at PATH as field NAME (repeat; default: every numeric array "
         "with the common row count)",
     )
-    convert.add_argument("--format", choices=("auto", "hdf5", "zarr", "npy"), default="auto")
     convert.add_argument(
-        "--shard-size", type=parse_size, default=256 << 20, metavar="SIZE",
-        help="target shard size, e.g. 256MB (default)",
+        "--format", choices=("auto", "hdf5", "zarr", "npy"), default="auto",
+        help="the kind of SRC (default: judged by its content)",
     )  # fmt: skip
-    convert.add_argument("--workers", type=_positive_int, default=1, metavar="N")
+    convert.add_argument(
+        "--shard-size", type=parse_size, default=None, metavar="SIZE",
+        help="target shard size, e.g. 256MB (the default; on --resume, that of the first "
+        "run). Below 1MB a warning says why it is slow",
+    )  # fmt: skip
+    convert.add_argument(
+        "--workers", type=_positive_int, default=1, metavar="N",
+        help="processes reading the source in parallel (default 1)",
+    )  # fmt: skip
     convert.add_argument(
         "--labels", action="append", type=_assignment, metavar="FIELD=A,B,...",
         help="label vocabulary of an integer field (repeat per field)",
@@ -122,45 +319,18 @@ def _parser() -> argparse.ArgumentParser:
         "--label-attr", default="labels", metavar="NAME",
         help="attribute holding a field's label vocabulary (default: labels)",
     )  # fmt: skip
-    convert.add_argument("--resume", action="store_true", help="complete an interrupted run")
     convert.add_argument(
-        "--overwrite", action="store_true", help="replace an existing dataset at DST"
-    )
+        "--resume", action="store_true",
+        help="complete an interrupted run (DST.memshard-partial), or do nothing if DST is "
+        "this conversion, finished",
+    )  # fmt: skip
+    convert.add_argument(
+        "--overwrite", action="store_true",
+        help="replace an existing dataset at DST; without --resume, also delete an "
+        "interrupted run and start over",
+    )  # fmt: skip
     convert.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     convert.set_defaults(run=_convert)
-
-    info = commands.add_parser("info", help="describe a dataset")
-    info.add_argument("dst", metavar="DST")
-    info.add_argument("--json", action="store_true", help="print JSON")
-    info.set_defaults(run=_info)
-
-    verify = commands.add_parser(
-        "verify",
-        help="check every shard's size, header and checksum (exit 1 if damaged, 3 if some "
-        "rows have no checksum to check)",
-    )
-    verify.add_argument("dst", metavar="DST")
-    verify.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    verify.set_defaults(run=_verify)
-
-    head = commands.add_parser("head", help="print the first rows")
-    head.add_argument("dst", metavar="DST")
-    head.add_argument("-n", type=int, default=5, metavar="ROWS", help="rows (default 5)")
-    head.set_defaults(run=_head)
-
-    demo = commands.add_parser(
-        "demo",
-        help="HDF5 -> memshard -> PyTorch DataLoader, end to end on synthetic data",
-        description="Write a synthetic HDF5 file, convert it, verify it and train a tiny "
-        "model through a DataLoader with worker processes; print the throughput.",
-    )
-    demo.add_argument("--rows", type=_positive_int, default=20_000)
-    demo.add_argument("--steps", type=_positive_int, default=60)
-    demo.add_argument("--workers", type=_positive_int, default=2)
-    demo.add_argument("--dir", default=None, help="keep the files here (default: a temp dir)")
-    demo.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-    demo.set_defaults(run=_demo)
-    return parser
 
 
 def _progress(args: argparse.Namespace) -> bool | None:
@@ -202,8 +372,8 @@ def _convert(args: argparse.Namespace) -> int:
             print(f"memshard: {note}", file=sys.stderr)
     if not args.quiet:
         print(
-            f"{ds.path}: {len(ds)} rows, {len(ds.shards)} shards, {_human(ds.nbytes)} "
-            f"in {seconds:.1f} s ({_human(ds.nbytes / max(seconds, 1e-9))}/s)"
+            f"{ds.path}: {len(ds):,} rows, {len(ds.shards):,} shards, {format_bytes(ds.nbytes)} "
+            f"in {seconds:.1f} s ({format_rate(ds.nbytes, seconds)})"
         )
     return OK
 
@@ -279,14 +449,36 @@ def npy_inputs(src: str, fields: dict[str, str] | None) -> Any:
     return {field_name_for(name): os.path.join(src, name) for name in names}
 
 
-# -- info, verify, head --------------------------------------------------------------------------
+# -- info, verify, head, ls ----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _pointing_to_partial(path: str) -> Iterator[None]:
+    """A missing dataset at ``path`` whose conversion was interrupted: say where it is."""
+    try:
+        yield
+    except DatasetNotFoundError as exc:
+        from .convert import staging_path
+
+        staging = staging_path(path)
+        if not os.path.isdir(staging):
+            raise
+        raise DatasetNotFoundError(
+            f"{exc}; an interrupted conversion to it is kept in {staging}: complete it with "
+            f"memshard convert SRC {path} --resume, or look at it with memshard info {staging}"
+        ) from None
+
+
+def _open(path: str) -> Any:
+    from .reader import open as open_dataset
+
+    with _pointing_to_partial(path):
+        return open_dataset(path)
 
 
 def describe(path: str) -> dict[str, Any]:
     """Everything ``memshard info`` prints, as JSON-ready values."""
-    from .reader import open as open_dataset
-
-    ds = open_dataset(path)
+    ds = _open(path)
     manifest = ds.manifest
     return {
         "path": ds.path,
@@ -312,27 +504,27 @@ def describe(path: str) -> dict[str, Any]:
 
 
 def _info(args: argparse.Namespace) -> int:
-    summary = describe(args.dst)
+    summary = describe(args.dataset)
     if args.json:
         print(json.dumps(summary, indent=2))
         return OK
     print(summary["path"])
     print(
-        f"  rows      {summary['rows']:,} in {summary['shards']} shards "
-        f"({summary['sealed_shards']} sealed, up to {summary['shard_rows']:,} rows each)"
+        f"  rows      {summary['rows']:,} in {summary['shards']:,} shards "
+        f"({summary['sealed_shards']:,} sealed, up to {summary['shard_rows']:,} rows each)"
     )
-    print(f"  bytes     {_human(summary['bytes'])} ({summary['bytes']:,})")
-    print(f"  format    {summary['format_version']}, generation {summary['generation']}, "
+    print(f"  bytes     {format_bytes(summary['bytes'])} ({summary['bytes']:,})")
+    print(f"  format    {summary['format_version']}, generation {summary['generation']:,}, "
           f"uuid {summary['uuid']}")  # fmt: skip
     print("  fields")
     width = max(len(name) for name in summary["fields"])
     for name, field in summary["fields"].items():
         shape = str(tuple(field["shape"]))
-        size = _human(field["row_bytes"])
+        size = format_bytes(field["row_bytes"])
         line = f"    {name:<{width}}  {field['dtype']:<9} {shape:<16} {size}/row"
         if field["labels"] is not None:
             shown = ", ".join(field["labels"][:8]) + (", ..." if len(field["labels"]) > 8 else "")
-            line += f"  labels ({len(field['labels'])}): {shown}"
+            line += f"  labels ({len(field['labels']):,}): {shown}"
         print(line)
     if summary["attrs"]:
         print("  attrs")
@@ -344,42 +536,109 @@ def _info(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from .verify import verify_dataset
 
-    report = verify_dataset(os.path.abspath(args.dst), progress=_progress(args))
+    with _pointing_to_partial(args.dataset):
+        report = verify_dataset(os.path.abspath(args.dataset), progress=_progress(args))
     for problem in report.problems:
         print(f"{problem.path}: {problem.message}")
     for unchecked in report.unchecked:
         print(f"{unchecked.path}: {unchecked.describe()}")
-    rate = report.bytes_hashed / max(report.seconds, 1e-9)
     if report.problems:
-        verdict, status = f"DAMAGED: {len(report.problems)} bad files", DAMAGED
+        verdict, status = f"DAMAGED: {len(report.problems):,} bad files", DAMAGED
     elif report.unchecked:
         rows = {unchecked.rows for unchecked in report.unchecked}
         count = sum(len(span) for span in rows)
-        verdict = f"NOT FULLY CHECKED: no damage found, but {count} rows have no checksum"
+        verdict = f"NOT FULLY CHECKED: no damage found, but {count:,} rows have no checksum"
         status = UNCHECKED
     else:
         verdict, status = "ok", OK
     print(
-        f"{report.path}: {verdict} ({report.files} files, {_human(report.bytes_hashed)} hashed "
-        f"in {report.seconds:.2f} s, {_human(rate)}/s)"
+        f"{report.path}: {verdict} ({report.files:,} files, "
+        f"{format_bytes(report.bytes_hashed)} hashed in {report.seconds:.2f} s, "
+        f"{format_rate(report.bytes_hashed, report.seconds)})"
     )
     return status
 
 
 def _head(args: argparse.Namespace) -> int:
-    from .reader import open as open_dataset
-
     if args.n < 0:
         raise ArgumentError(f"-n must be at least 0, got {args.n}")
-    ds = open_dataset(args.dst)
+    ds = _open(args.dataset)
     count = min(args.n, len(ds))
     rows = ds[:count] if count else {}
     for row in range(count):
         print(f"[{row}]")
         for name in ds.fields:
             print(f"  {name}: {_format_value(rows[name][row], ds.labels.get(name))}")
-    print(f"({count} of {len(ds):,} rows)")
+    print(f"({count:,} of {len(ds):,} rows)")
     return OK
+
+
+def _ls(args: argparse.Namespace) -> int:
+    ds = _open(args.dataset)
+    if args.field is not None:
+        for path in ds.shard_files(args.field):
+            print(path)
+        return OK
+    print(f"{ds.path}: {len(ds):,} rows in {len(ds.shards):,} shards, in row order")
+    for shard in ds.shards:
+        last = shard.row_offset + shard.rows - 1
+        state = "sealed" if shard.sealed else "unsealed (being appended to)"
+        print(f"  rows {shard.row_offset:,} to {last:,} ({shard.rows:,} rows, {state})")
+        for name, file in shard.files.items():
+            print(f"    {name}: {os.path.join(ds.path, file.path)}")
+    return OK
+
+
+# -- attrs, labels -------------------------------------------------------------------------------
+
+
+def _attrs(args: argparse.Namespace) -> int:
+    if not args.assignments and not args.delete:
+        print(json.dumps(_open(args.dataset).attrs, indent=2, ensure_ascii=False))
+        return OK
+    from .appender import append
+    from .metadata import edit_appender
+
+    with _pointing_to_partial(args.dataset):
+        appender = append(args.dataset)
+    try:
+        attrs = dict(appender.manifest.attrs)
+        for key in args.delete:
+            if key not in attrs:
+                raise ArgumentError(f"{appender.path}: no attribute {key!r} to delete")
+            del attrs[key]
+        attrs.update({key: _json_or_text(value) for key, value in args.assignments})
+        manifest = edit_appender(appender, attrs=attrs)
+    finally:
+        appender.abort()
+    print(json.dumps(manifest.attrs, indent=2, ensure_ascii=False))
+    return OK
+
+
+def _labels(args: argparse.Namespace) -> int:
+    if not args.assignments and not args.remove:
+        for name, vocabulary in _open(args.dataset).labels.items():
+            print(f"{name}: {', '.join(vocabulary)}")
+        return OK
+    from .metadata import edit
+
+    changes: dict[str, Any] = {name: None for name in args.remove}
+    for name, value in args.assignments:
+        parsed = _json_or_text(value)
+        changes[name] = parsed if isinstance(parsed, list) else value.split(",")
+    with _pointing_to_partial(args.dataset):
+        manifest = edit(args.dataset, labels=changes)
+    for name, vocabulary in manifest.labels.items():
+        print(f"{name}: {', '.join(vocabulary)}")
+    return OK
+
+
+def _json_or_text(value: str) -> Any:
+    """``value`` parsed as JSON if it is JSON (``3``, ``true``, ``[1, 2]``), else the text."""
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
 
 
 def _format_value(value: np.ndarray, labels: tuple[str, ...] | None) -> str:
@@ -403,14 +662,6 @@ def _demo(args: argparse.Namespace) -> int:
     run(rows=args.rows, steps=args.steps, workers=args.workers, directory=args.dir,
         progress=_progress(args))  # fmt: skip
     return OK
-
-
-def _human(count: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(count) < 1024:
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    return f"{count:.1f} TiB"
 
 
 def _short(text: str, limit: int = 100) -> str:

@@ -17,9 +17,11 @@ from __future__ import annotations
 import concurrent.futures as futures
 import os
 import shutil
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from . import interrupt
 from . import manifest as manifest_io
 from .appender import Appender, append, create, is_memshard_dataset
 from .convertjob import CONVERT_GROUP, ShardJob, write_shard
@@ -30,14 +32,15 @@ from .errors import (
     DatasetExistsError,
     LabelError,
     MemshardError,
+    SmallShardWarning,
 )
 from .layout import MANIFEST_NAME
 from .manifest import Manifest
 from .parts import Part, PartTarget, commit_parts, discard_parts
-from .progress import progress_bar
+from .progress import format_bytes, progress_bar
 from .reader import Dataset
 from .reader import open as open_dataset
-from .schema import DEFAULT_SHARD_BYTES, json_attrs
+from .schema import DEFAULT_SHARD_BYTES, json_attrs, rows_per_shard
 from .sources import (
     SourcePlan,
 )
@@ -48,6 +51,17 @@ STAGING_SUFFIX = ".memshard-partial"
 SOURCE_ATTR = "memshard.source"
 #: Most worker processes or threads a conversion starts.
 MAX_WORKERS = 256
+#: A conversion into shards smaller than this (data of all fields, when there is more than
+#: one shard) warns (:class:`~memshard.errors.SmallShardWarning`): every shard costs a file
+#: per field with a 4 KiB header, and a commit, so tiny shards spend more on those than on
+#: data (``--shard-size 1k`` with 48 KiB rows: one row per shard, tens of thousands of files).
+MIN_SHARD_BYTES = 1 << 20
+#: Finished shards are committed once they hold this many bytes of data ...
+COMMIT_BYTES = 64 << 20
+#: ... or once they number at least 1/COMMIT_GROWTH of the shards committed so far. Every
+#: commit rewrites the whole manifest, so committing each of N tiny shards costs time
+#: quadratic in N; batches that grow with the dataset keep the total linear.
+COMMIT_GROWTH = 16
 
 PathLike = str | os.PathLike[str]
 
@@ -57,7 +71,7 @@ def from_hdf5(
     dst: PathLike,
     *,
     fields: Mapping[str, str] | None = None,
-    shard_bytes: int = DEFAULT_SHARD_BYTES,
+    shard_bytes: int | None = None,
     workers: int = 1,
     labels: Mapping[str, Sequence[str]] | None = None,
     label_attr: str | None = "labels",
@@ -73,7 +87,10 @@ def from_hdf5(
             Omitted: every numeric dataset (in any group) whose first axis has the file's row
             count, named after its path; the choice is printed when ``progress`` is on and
             recorded in ``ds.attrs["memshard.source"]``.
-        shard_bytes: target size of a shard (all fields), as for :func:`memshard.create`.
+        shard_bytes: target size of a shard (all fields), as for :func:`memshard.create`;
+            default :data:`~memshard.DEFAULT_SHARD_BYTES` (256 MiB), or on a resume the size
+            of the interrupted run. Shards below :data:`MIN_SHARD_BYTES` (1 MiB) warn
+            (:class:`~memshard.errors.SmallShardWarning`).
         workers: processes reading disjoint shards in parallel, each opening the file itself.
         labels: ``{field: vocabulary}`` for integer label fields.
         label_attr: an integer dataset with an attribute of this name holding a list of
@@ -83,7 +100,9 @@ def from_hdf5(
         resume: continue the interrupted conversion to ``dst``, or, if it finished already,
             return ``dst`` once it is found to be this conversion (see ``spec/CONVERSION.md``),
             so the same call can be repeated until it succeeds.
-        overwrite: replace an existing memshard dataset at ``dst`` once the conversion ends.
+        overwrite: replace an existing memshard dataset at ``dst`` once the conversion ends;
+            without ``resume``, also start over from scratch if an interrupted conversion
+            to ``dst`` is in the way (it is deleted).
         progress: show a progress bar on stderr; ``None`` means only when stderr is a terminal.
 
     Raises:
@@ -96,9 +115,14 @@ def from_hdf5(
         DatasetExistsError: ``dst`` exists (without ``overwrite``; with ``resume``, and it is
             not this conversion finished: another source, fields, vocabularies or row count).
         ConversionStateError: an interrupted conversion to ``dst`` exists (without
-            ``resume``), or it was started from another source or with other fields.
+            ``resume`` or ``overwrite``), or it was started from another source, with other
+            fields (the message names the field and what differs), or with another shard
+            size than an explicit ``shard_bytes``.
+        DatasetLockedError: the interrupted conversion is still running (its lock is held).
         LabelError: a label field holds a value outside its vocabulary.
         ConversionFailedError: a worker process died; committed rows are kept for a resume.
+        KeyboardInterrupt: Ctrl-C; it is taken between blocks (never lost, see
+            :mod:`memshard.interrupt`) and the committed shards are kept for a resume.
     """
     from . import hdf5
 
@@ -112,7 +136,7 @@ def from_zarr(
     dst: PathLike,
     *,
     fields: Mapping[str, str] | None = None,
-    shard_bytes: int = DEFAULT_SHARD_BYTES,
+    shard_bytes: int | None = None,
     workers: int = 1,
     labels: Mapping[str, Sequence[str]] | None = None,
     label_attr: str | None = "labels",
@@ -137,7 +161,7 @@ def from_numpy(
     src: Any,
     dst: PathLike,
     *,
-    shard_bytes: int = DEFAULT_SHARD_BYTES,
+    shard_bytes: int | None = None,
     workers: int = 1,
     labels: Mapping[str, Sequence[str]] | None = None,
     attrs: Mapping[str, Any] | None = None,
@@ -159,6 +183,7 @@ def from_numpy(
                    resume=resume, overwrite=overwrite, progress=progress)  # fmt: skip
 
 
+@interrupt.deferring
 def to_hdf5(
     dataset: Dataset | PathLike,
     dst: PathLike,
@@ -185,6 +210,7 @@ def to_hdf5(
                 overwrite=overwrite, progress=progress)  # fmt: skip
 
 
+@interrupt.deferring
 def to_zarr(
     dataset: Dataset | PathLike,
     dst: PathLike,
@@ -217,11 +243,12 @@ def staging_path(dst: PathLike) -> str:
     return os.path.abspath(os.fspath(dst)) + STAGING_SUFFIX
 
 
+@interrupt.deferring
 def convert(
     plan: SourcePlan,
     dst: PathLike,
     *,
-    shard_bytes: int = DEFAULT_SHARD_BYTES,
+    shard_bytes: int | None = None,
     workers: int = 1,
     attrs: Mapping[str, Any] | None = None,
     resume: bool = False,
@@ -236,7 +263,7 @@ def convert(
     root = os.path.abspath(os.fspath(dst))
     workers = _check_workers(workers)
     if resume and os.path.lexists(root) and not os.path.lexists(root + STAGING_SUFFIX):
-        finished = _finished_conversion(plan, root, overwrite)
+        finished = _finished_conversion(plan, root, overwrite, shard_bytes)
         if finished is not None:
             return finished
     if os.path.lexists(root) and not overwrite:
@@ -244,7 +271,7 @@ def convert(
     if os.path.lexists(root) and (os.path.islink(root) or not is_memshard_dataset(root)):
         raise DatasetExistsError(f"{root}: exists and is not a memshard dataset; not replacing it")
     _announce(plan, progress)
-    appender = _open_staging(plan, root, shard_bytes, attrs, resume)
+    appender = _open_staging(plan, root, shard_bytes, attrs, resume, overwrite)
     try:
         _write_rows(plan, appender, workers, progress)
         if appender.rows != plan.rows:
@@ -267,7 +294,9 @@ def convert(
     return open_dataset(root)
 
 
-def _finished_conversion(plan: SourcePlan, root: str, overwrite: bool) -> Dataset | None:
+def _finished_conversion(
+    plan: SourcePlan, root: str, overwrite: bool, shard_bytes: int | None
+) -> Dataset | None:
     """``root`` opened, if it is the dataset this conversion made in an earlier run (a resume
     repeated after the final rename, CONVERSION.md section 6); ``None`` if it is something else
     that ``overwrite`` lets this conversion replace.
@@ -276,7 +305,7 @@ def _finished_conversion(plan: SourcePlan, root: str, overwrite: bool) -> Datase
         DatasetExistsError: something else is at ``root`` and ``overwrite`` is false; the
             message says how it differs.
     """
-    problem = _not_finished_here(plan, root)
+    problem = _not_finished_here(plan, root, shard_bytes)
     if problem is None:
         return open_dataset(root)
     if overwrite:
@@ -287,9 +316,10 @@ def _finished_conversion(plan: SourcePlan, root: str, overwrite: bool) -> Datase
     )
 
 
-def _not_finished_here(plan: SourcePlan, root: str) -> str | None:
+def _not_finished_here(plan: SourcePlan, root: str, shard_bytes: int | None) -> str | None:
     """Why ``root`` is not the finished conversion of ``plan``, or ``None`` if it is: every
-    source row in sealed shards, from the source and with the fields and vocabularies recorded."""
+    source row in sealed shards, from the source and with the fields and vocabularies recorded
+    (and the shard size of ``shard_bytes``, if given)."""
     if os.path.islink(root):
         return "is a symbolic link"
     try:
@@ -303,7 +333,7 @@ def _not_finished_here(plan: SourcePlan, root: str) -> str | None:
         return f"holds {manifest.rows} rows, the source {plan.rows}"
     if not all(shard.sealed for shard in manifest.shards):
         return "holds an unsealed shard, which a conversion never leaves"
-    return None
+    return _shard_size_mismatch(manifest, shard_bytes)
 
 
 def _check_workers(workers: int) -> int:
@@ -350,25 +380,32 @@ def source_record(plan: SourcePlan) -> dict[str, Any]:
 def _open_staging(
     plan: SourcePlan,
     root: str,
-    shard_bytes: int,
+    shard_bytes: int | None,
     attrs: Mapping[str, Any] | None,
     resume: bool,
+    overwrite: bool,
 ) -> Appender:
+    """The appender of the staging dataset: a new one, or the interrupted one to resume."""
     staging = root + STAGING_SUFFIX
     record = source_record(plan)
-    if not os.path.lexists(staging):
+    if os.path.lexists(staging) and not resume and not overwrite:
+        raise ConversionStateError(
+            f"{staging}: an interrupted conversion to {root} is here; pass resume=True to "
+            "complete it, or overwrite=True to delete it and start over"
+        )
+    if not os.path.lexists(staging) or not resume:
         fields = {name: (source.dtype, source.shape) for name, source in plan.fields.items()}
         all_attrs = {**plan.attrs, **(attrs or {}), SOURCE_ATTR: record}
-        return create(staging, fields, shard_bytes=shard_bytes, labels=plan.labels,
-                      attrs=all_attrs)  # fmt: skip
-    if not resume:
-        raise ConversionStateError(
-            f"{staging}: an interrupted conversion to {root} is here; pass resume=True "
-            "(memshard convert --resume) to complete it, or delete it to start over"
-        )
+        # With overwrite, create() replaces an interrupted run, taking its lock first: one
+        # still running is reported (DatasetLockedError), never deleted under its writer.
+        appender = create(staging, fields, labels=plan.labels, attrs=all_attrs,
+                          shard_bytes=DEFAULT_SHARD_BYTES if shard_bytes is None else shard_bytes,
+                          overwrite=overwrite)  # fmt: skip
+        _warn_if_small_shards(appender.manifest, plan.rows, root)
+        return appender
     appender = append(staging)
     try:
-        _check_resumable(appender, record, plan.labels, staging)
+        _check_resumable(appender, record, plan.labels, staging, shard_bytes)
         discard_parts(appender)  # the shards that were being written when it stopped
     except BaseException:
         appender.abort()
@@ -376,17 +413,43 @@ def _open_staging(
     return appender
 
 
+def _warn_if_small_shards(manifest: Manifest, rows: int, root: str) -> None:
+    """Warn when the conversion to ``root`` would write more than one shard, each holding
+    less than :data:`MIN_SHARD_BYTES` of data."""
+    row_bytes = sum(spec.row_bytes for spec in manifest.fields.values())
+    shard_data = manifest.shard_rows * row_bytes
+    shards = -(-rows // manifest.shard_rows)
+    if shards > 1 and shard_data < MIN_SHARD_BYTES:
+        warnings.warn(
+            SmallShardWarning(
+                f"{root}: shard_bytes gives shards of {manifest.shard_rows:,} rows "
+                f"({format_bytes(shard_data)} of data), {shards:,} shards and "
+                f"{shards * len(manifest.fields):,} files; shards smaller than "
+                f"{format_bytes(MIN_SHARD_BYTES)} cost more in files, headers and commits "
+                f"than they hold. The default shard_bytes is {format_bytes(DEFAULT_SHARD_BYTES)}"
+            ),
+            stacklevel=2,
+        )
+
+
 def _check_resumable(
-    appender: Appender, record: dict[str, Any], labels: dict[str, list[str]], staging: str
+    appender: Appender,
+    record: dict[str, Any],
+    labels: dict[str, list[str]],
+    staging: str,
+    shard_bytes: int | None,
 ) -> None:
     """The staging dataset holds the first rows of this very conversion: whole shards, the
-    last one short only when it ends the source."""
+    last one short only when it ends the source, of the size asked for (if one is)."""
     manifest = appender.manifest
     rows = record["rows"]
-    mismatch = _source_mismatch(manifest, record, labels)
+    mismatch = _source_mismatch(manifest, record, labels) or _shard_size_mismatch(
+        manifest, shard_bytes
+    )
     if mismatch is not None:
         raise ConversionStateError(
-            f"{staging}: the interrupted conversion {mismatch}; delete it to start over"
+            f"{staging}: the interrupted conversion {mismatch}; pass overwrite=True to "
+            "delete it and start over"
         )
     last = len(manifest.shards) - 1
     if any(
@@ -396,8 +459,25 @@ def _check_resumable(
     ):
         raise ConversionStateError(
             f"{staging}: holds shards a conversion does not write (unsealed or short); "
-            "delete it to start over"
+            "pass overwrite=True to delete it and start over"
         )
+
+
+def _shard_size_mismatch(manifest: Manifest, shard_bytes: int | None) -> str | None:
+    """How the shards of ``manifest`` differ from those ``shard_bytes`` asks for, as a clause;
+    ``None`` if they do not, or if no size is asked for."""
+    if shard_bytes is None:
+        return None
+    asked = rows_per_shard(manifest.fields, shard_bytes)
+    if asked == manifest.shard_rows:
+        return None
+    row_bytes = sum(spec.row_bytes for spec in manifest.fields.values())
+    return (
+        f"writes shards of {manifest.shard_rows:,} rows "
+        f"({format_bytes(manifest.shard_rows * row_bytes)}), but shard_bytes={shard_bytes} "
+        f"asks for {asked:,} rows ({format_bytes(asked * row_bytes)}); leave shard_bytes out "
+        "to keep the size of the first run"
+    )
 
 
 def _source_mismatch(
@@ -415,28 +495,72 @@ def _source_mismatch(
                 f"was converted with another source {key} "
                 f"({recorded.get(key)!r:.200} there, {normalised[key]!r:.200} now)"
             )
-    if {name: list(vocab) for name, vocab in manifest.labels.items()} != labels:
-        return (
-            f"has other label vocabularies ({dict(manifest.labels)!r:.200} there, "
-            f"{labels!r:.200} now)"
-        )
+    fields = _fields_mismatch(recorded.get("fields"), normalised["fields"])
+    if fields is not None:
+        return fields
+    for name in sorted({*manifest.labels, *labels}):
+        there = list(manifest.labels[name]) if name in manifest.labels else None
+        if there != labels.get(name):
+            return (
+                f"has another label vocabulary for field {name!r} "
+                f"({there!r:.200} there, {labels.get(name)!r:.200} now)"
+            )
+    return None
+
+
+def _fields_mismatch(recorded: Any, now: dict[str, Any]) -> str | None:
+    """How the fields a conversion recorded differ from those asked for ``now``, naming the
+    field and the property that differs; ``None`` if they do not."""
+    if not isinstance(recorded, dict):
+        return f"records no fields in {SOURCE_ATTR}"
+    if set(recorded) != set(now):
+        return f"has the fields {sorted(recorded)!r:.200}, this conversion {sorted(now)!r:.200}"
+    for name, field in now.items():
+        there = recorded[name]
+        for key in field:
+            value = there.get(key) if isinstance(there, dict) else None
+            if value != field[key]:
+                return (
+                    f"took field {name!r} with another {key} "
+                    f"({value!r:.200} there, {field[key]!r:.200} now)"
+                )
+        if there != field:
+            return f"took field {name!r} as {there!r:.200}, this conversion as {field!r:.200}"
     return None
 
 
 class _OrderedCommit:
-    """Commits finished shards in row order, holding back those that finish early."""
+    """Commits finished shards in row order, holding back those that finish early.
 
-    def __init__(self, appender: Appender, first_index: int) -> None:
+    Shards that are ready are committed together once they hold :data:`COMMIT_BYTES` of data
+    or number a sixteenth (:data:`COMMIT_GROWTH`) of the shards committed so far, and by
+    :meth:`flush` at the end: a commit rewrites the whole manifest, so one per tiny shard
+    would make a conversion of many shards slow down as it goes.
+    """
+
+    def __init__(self, appender: Appender, first_index: int, shard_bytes: int) -> None:
         self._appender = appender
         self._next = first_index
+        self._shard_bytes = shard_bytes
         self._waiting: dict[int, Part] = {}
+        self._ready: list[Part] = []
 
     def finished(self, index: int, part: Part) -> None:
+        """Take the part of shard ``index``; commit the shards ready, if enough are."""
         self._waiting[index] = part
-        ready = []
         while self._next in self._waiting:
-            ready.append(self._waiting.pop(self._next))
+            self._ready.append(self._waiting.pop(self._next))
             self._next += 1
+        committed = len(self._appender.manifest.shards)
+        if (
+            len(self._ready) * self._shard_bytes >= COMMIT_BYTES
+            or len(self._ready) * COMMIT_GROWTH >= committed
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        """Commit every shard ready."""
+        ready, self._ready = self._ready, []
         if ready:
             commit_parts(self._appender, ready, order="given")
 
@@ -458,7 +582,7 @@ def _write_rows(plan: SourcePlan, appender: Appender, workers: int, progress: bo
     count = -(-plan.rows // manifest.shard_rows)
     indices = range(first, count)
     row_bytes = sum(spec.row_bytes for spec in job.specs.values())
-    committer = _OrderedCommit(appender, first)
+    committer = _OrderedCommit(appender, first, manifest.shard_rows * row_bytes)
     description = os.path.basename(plan.location) or plan.kind
     with progress_bar(plan.rows * row_bytes, desc=description, enabled=progress) as bar:
         bar.update(manifest.rows * row_bytes)
@@ -468,6 +592,7 @@ def _write_rows(plan: SourcePlan, appender: Appender, workers: int, progress: bo
             _write_with_threads(plan, job, indices, committer, workers, bar.update)
         else:
             _write_with_processes(plan, job, indices, committer, workers, bar)
+    committer.flush()
 
 
 def _write_in_process(

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import interrupt
 from .manifest import FieldSpec
 from .parts import Part, PartTarget, write_part
 from .sources import SourceField, SourceReader, block_ranges, block_rows_for, check_label_range
@@ -62,6 +63,7 @@ def write_shard(
     }
     with write_part(job.target, key=index, group=CONVERT_GROUP) as part:
         for begin, end in block_ranges(start, stop, block_rows):
+            interrupt.check()
             block = {name: buffer[: end - begin] for name, buffer in buffers.items()}
             for name, values in block.items():
                 reader.read(name, begin, end, values)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .appender import Appender, append, create
+from .dependencies import require
 from .errors import (
     ArgumentError,
     BatchError,
@@ -34,7 +35,6 @@ from .errors import (
 from .layout import PARTS_DIR
 from .manifest import FieldSpec
 from .mappings import SegmentFile, map_segment
-from .optional import require
 from .parts import Part, PartTarget, commit_parts, discard_parts, write_part
 from .reader import Dataset
 from .reader import open as open_dataset

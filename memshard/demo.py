@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from . import interrupt
 from .convert import from_hdf5
-from .optional import require
-from .progress import progress_bar
+from .dependencies import require
+from .progress import format_bytes, format_rate, progress_bar
 
 CLASSES = ("plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGE_SHAPE = (3, 32, 32)
@@ -53,6 +54,7 @@ class DemoResult:
     accuracy: float
 
 
+@interrupt.deferring
 def run(
     *,
     rows: int = 20_000,
@@ -62,7 +64,14 @@ def run(
     progress: bool | None = None,
 ) -> DemoResult:
     """Run the demo, printing one line per stage; files go to ``directory`` (kept) or to a
-    temporary directory (removed)."""
+    temporary directory (removed).
+
+    Raises:
+        MissingDependencyError: torch or h5py is not installed.
+        KeyboardInterrupt: Ctrl-C, taken at the next block or training step (see
+            :mod:`memshard.interrupt`); with ``directory``, a conversion it interrupted is
+            kept there, and the next run starts it over.
+    """
     torch = require("torch", "torch")
     require("h5py", "hdf5")
     workdir = directory or tempfile.mkdtemp(prefix="memshard-demo-")
@@ -74,7 +83,7 @@ def run(
         source_bytes = write_synthetic_hdf5(source, rows, progress)
         print(
             f"1/4 wrote {source}: {rows:,} images float32{list(IMAGE_SHAPE)} in /train/images "
-            f"(lzf-compressed chunks) and /train/labels, {_mib(source_bytes)} MiB on disk"
+            f"(lzf-compressed chunks) and /train/labels, {format_bytes(source_bytes)} on disk"
         )
         started = time.perf_counter()
         dataset = from_hdf5(
@@ -83,19 +92,20 @@ def run(
         )  # fmt: skip
         convert_seconds = time.perf_counter() - started
         print(
-            f"2/4 converted to {target}: {len(dataset.shards)} shards, {_mib(dataset.nbytes)} "
-            f"MiB in {convert_seconds:.2f} s ({_mib(dataset.nbytes / convert_seconds):.0f} MiB/s,"
-            f" {workers} worker processes)"
+            f"2/4 converted to {target}: {len(dataset.shards):,} shards, "
+            f"{format_bytes(dataset.nbytes)} in {convert_seconds:.2f} s "
+            f"({format_rate(dataset.nbytes, convert_seconds)}, {workers} worker processes)"
         )
         report = dataset.verify(progress=progress)
         print(
-            f"3/4 verified {report.files} shard files: {'ok' if report.ok else 'DAMAGED'}, "
-            f"{_mib(report.bytes_hashed)} MiB checksummed in {report.seconds:.2f} s"
+            f"3/4 verified {report.files:,} shard files: {'ok' if report.ok else 'DAMAGED'}, "
+            f"{format_bytes(report.bytes_hashed)} checksummed in {report.seconds:.2f} s"
         )
         trained = _train(torch, target, steps, workers)
         print(
             f"4/4 trained a linear classifier for {steps} steps of {BATCH_SIZE} through a "
-            f"DataLoader with {workers} workers: {trained['rate']:,.0f} samples/s; loss "
+            f"DataLoader with {workers} workers: {format_rate(trained['rate'], 1, 'samples')}; "
+            "loss "
             f"{trained['first']:.3f} -> {trained['last']:.3f}, accuracy on the last batches "
             f"{trained['accuracy']:.0%}"
         )
@@ -160,7 +170,7 @@ def _train(torch: Any, path: str, steps: int, workers: int) -> dict[str, float]:
     epoch = 0
     while len(losses) < steps:
         sampler.set_epoch(epoch)
-        for batch in data:
+        for batch in _batches(data):
             images, labels = batch["train_images"], batch["train_labels"]
             logits = model(images)
             loss = torch.nn.functional.cross_entropy(logits, labels)
@@ -184,5 +194,19 @@ def _train(torch: Any, path: str, steps: int, workers: int) -> dict[str, float]:
     }
 
 
-def _mib(count: float) -> float:
-    return round(count / (1 << 20), 1)
+def _batches(data: Any) -> Any:
+    """The batches of the DataLoader ``data``, stopping at the first Ctrl-C.
+
+    A Ctrl-C also reaches the loader's worker processes, which then exit; the loader reports
+    that as an error of its own, which is the interrupt."""
+    iterator = iter(data)
+    while True:
+        interrupt.check()
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except Exception:
+            interrupt.check()
+            raise
+        yield batch

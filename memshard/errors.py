@@ -205,3 +205,23 @@ class CommitNotDurableError(WriteFailedError):
     """A commit became visible (the manifest was renamed into place) but the ``fsync`` that
     makes the rename durable failed: readers see the new rows, a power cut may lose them. The
     appender stops; do not append those rows again."""
+
+
+class DatasetClosedError(MemshardError, ValueError):
+    """A :class:`~memshard.Dataset`, or a :class:`~memshard.Column` of it, read after
+    :meth:`~memshard.Dataset.close` (as a closed file refuses reads with ``ValueError``)."""
+
+
+class MetadataError(SchemaError):
+    """An edit of a dataset's attributes or label vocabularies that would make stored rows
+    invalid or break the format: a vocabulary that no longer covers a stored value, a
+    vocabulary for a field that is not an integer field, attributes that are not JSON."""
+
+
+class MemshardWarning(UserWarning):
+    """Base class of every warning memshard issues."""
+
+
+class SmallShardWarning(MemshardWarning):
+    """A conversion would write more than one shard, each holding less than
+    :data:`memshard.convert.MIN_SHARD_BYTES` of data: many files, slow to write and list."""

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from .dependencies import require
 from .errors import MemshardError, SourceError, UnsupportedSourceError
-from .optional import require
 from .progress import progress_bar
 from .reader import Dataset
 from .sources import (

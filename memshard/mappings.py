@@ -247,6 +247,16 @@ class MappingCache:
             del array  # unmapped now unless a view holds it
         return self._live + areas <= self.capacity
 
+    def evict(self, which: Callable[[Hashable], bool]) -> int:
+        """Drop the cached segments whose key satisfies ``which``, as if evicted: each is
+        unmapped now unless a view holds it (then when the last view is gone). Returns how
+        many were dropped."""
+        with self._lock:
+            keys = [key for key in self._arrays if which(key)]
+            for key in keys:
+                self._evicted[key] = self._arrays.pop(key)
+        return len(keys)
+
     def _unmapped(self, areas: int) -> None:
         with self._count_lock:
             self._live -= areas

@@ -28,6 +28,7 @@ from .errors import (
     ChecksumError,
     PartCommittedError,
     PartError,
+    PartIncompleteError,
     WriteFailedError,
 )
 from .handles import FileLock, OwnedFd
@@ -124,11 +125,11 @@ def _commit(
     repeated = {part_id for part_id, count in Counter(ids).items() if count > 1}
     if repeated:
         raise PartError(f"{root}: parts given more than once: {sorted(repeated)}")
-    records = [load_part(root, part_id) for part_id in ids]
+    committed = {file.path for shard in appender.manifest.shards for file in shard.files.values()}
+    records = [_load_uncommitted(root, part_id, committed) for part_id in ids]
     for part, record in zip(given, records, strict=False):
         if isinstance(part, Part) and part != record:
             raise PartError(f"{root}: part {record.id} differs from its record on disk")
-    committed = {file.path for shard in appender.manifest.shards for file in shard.files.values()}
     for record in records:
         _check_belongs(root, appender, record, committed)
         if verify:
@@ -145,6 +146,22 @@ def _commit(
         with contextlib.suppress(OSError):
             os.unlink(os.path.join(root, PARTS_DIR, f"{part_id}.json"))
     return ranges
+
+
+def _load_uncommitted(root: str, part_id: str, committed: set[str]) -> Part:
+    """The record of part ``part_id``; a commit deletes the record of each part it adopts, so
+    a missing record of a part whose files the manifest names is :class:`PartCommittedError`,
+    not "never finished"."""
+    try:
+        return load_part(root, part_id)
+    except PartIncompleteError:
+        prefix = f"{SHARDS_DIR}/{part_id}-"
+        if any(path.startswith(prefix) for path in committed):
+            raise PartCommittedError(
+                f"{root}: part {part_id} is committed already; committing it again would "
+                "repeat its rows"
+            ) from None
+        raise
 
 
 def _part_id(part: Part | str) -> str:

@@ -20,6 +20,7 @@ import numpy as np
 from . import manifest as manifest_io
 from .errors import (
     DatasetChangedError,
+    DatasetClosedError,
     DatasetNotFoundError,
     FieldNotFoundError,
     FieldTooLargeError,
@@ -230,10 +231,15 @@ class Dataset:
 
     ``len(ds)`` rows; ``ds["x"]`` is a :class:`Column`; ``ds[i]`` / ``ds[indices]`` /
     ``ds[a:b]`` give a dict of every field; :meth:`take` gathers a batch of every field.
+
+    Shard files are mapped on first read and the mappings are kept in a per-process cache
+    (:data:`memshard.mappings.CACHE`) that outlives the object; :meth:`close`, or leaving
+    ``with memshard.open(path) as ds:``, lets them go.
     """
 
     _snapshot: _Snapshot
     _change_token: tuple[object, ...] | None
+    _closed: bool
 
     def __init__(self) -> None:
         raise TypeError("use memshard.open(path) to open a dataset")
@@ -250,6 +256,7 @@ class Dataset:
             manifest.generation if generation is None else generation,
         )
         dataset._change_token = None
+        dataset._closed = False
         return dataset
 
     # -- description -------------------------------------------------------------------------
@@ -323,6 +330,60 @@ class Dataset:
         """The field names."""
         return list(self._snapshot.manifest.fields)
 
+    def shard_files(self, field: str) -> list[str]:
+        """The absolute paths of field ``field``'s shard files, in row order.
+
+        File names do not sort in row order (shards written in parallel are named after the
+        part that wrote them), so list them with this (or ``memshard ls``) to read them
+        without memshard: each sealed file loads with ``np.load(path, mmap_mode="r")``, and
+        their rows, concatenated in this order, are the column. The last file of a dataset
+        still being appended to may be unsealed: its header may count rows that are not
+        committed yet, so read it through memshard, or take only its first
+        ``ds.shards[-1].rows`` rows.
+
+        Raises:
+            FieldNotFoundError: no such field.
+        """
+        self._check_field(field)
+        return [os.path.join(self.path, shard.files[field].path) for shard in self._snapshot.shards]
+
+    def close(self) -> None:
+        """Release the shard mappings of this dataset; reading it afterwards raises
+        :class:`~memshard.errors.DatasetClosedError`. Idempotent.
+
+        Mappings are cached per process and shared by every :class:`Dataset` of the same
+        path, so this drops them all from the cache (another open one maps its shards again
+        when it next reads). Views already handed out (``ds["x"][0:10]``) stay valid: each
+        keeps the mapping it points into (the run of shards mapped back to back with its
+        own) until it is garbage-collected; until then those files' pages stay in the page
+        cache and, where the system forbids deleting a mapped file, the files stay.
+        Once no view is left, nothing of the dataset is mapped: its files' pages can be
+        evicted (``posix_fadvise(POSIX_FADV_DONTNEED)``) and the files deleted.
+        """
+        self._closed = True
+        root = self.path
+        CACHE.evict(lambda key: isinstance(key, tuple) and key[0] == root)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def __enter__(self) -> Dataset:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _closed_error(self) -> DatasetClosedError:
+        return DatasetClosedError(f"{self.path}: the dataset was closed; open it again to read")
+
+    def _check_field(self, name: str) -> None:
+        if name not in self._snapshot.manifest.fields:
+            raise FieldNotFoundError(
+                f"{self.path}: no field {name!r}; fields are {list(self._snapshot.manifest.fields)}"
+            )
+
     def __repr__(self) -> str:
         fields = ", ".join(
             f"{name}: {spec.numpy_dtype}{list(spec.shape)}"
@@ -356,11 +417,11 @@ class Dataset:
 
         Raises:
             FieldNotFoundError: no such field; the message lists the fields.
+            DatasetClosedError: the dataset was closed.
         """
-        if name not in self._snapshot.manifest.fields:
-            raise FieldNotFoundError(
-                f"{self.path}: no field {name!r}; fields are {list(self._snapshot.manifest.fields)}"
-            )
+        if self._closed:
+            raise self._closed_error()
+        self._check_field(name)
         return Column(self, name)
 
     def take(
@@ -426,11 +487,16 @@ class Dataset:
                     advise_will_need(mapped, local)
 
     def refresh(self) -> bool:
-        """Make rows committed since this view was taken visible; return whether any were.
+        """Make what was committed since this view was taken visible (rows, or an edit of
+        attributes or label vocabularies, :func:`memshard.edit`); return whether anything was.
+        Columns taken before keep their rows (see :class:`Column`).
 
         Raises:
             DatasetChangedError: the dataset was replaced or its manifest went back in time.
+            DatasetClosedError: the dataset was closed.
         """
+        if self._closed:
+            raise self._closed_error()
         token = manifest_io.change_token(os.path.join(self.path, MANIFEST_NAME))
         if token is not None and token == self._change_token:
             return False
@@ -458,6 +524,12 @@ class Dataset:
 class Column:
     """One field of a dataset as an array of shape ``(len(ds), *sample_shape)``.
 
+    A column is a snapshot: it holds the rows its dataset showed when it was taken
+    (``ds["x"]``), and keeps its length when :meth:`Dataset.refresh` later shows more rows
+    (take the column again to see them). So a loop over ``range(len(column))`` never meets
+    rows that were not there when it began. A column of a closed dataset refuses reads
+    (:class:`~memshard.errors.DatasetClosedError`).
+
     Indexing follows numpy exactly. An integer, or a slice within one mapped segment (a run of
     shards mapped back to back), gives a read-only view of the mapped files (zero copy);
     anything else gives a new array, gathered once per segment and returned in request order.
@@ -476,12 +548,13 @@ class Column:
     :class:`~memshard.errors.ShardSizeError`.
     """
 
-    __slots__ = ("_dataset", "_spec", "name")
+    __slots__ = ("_dataset", "_snapshot", "_spec", "name")
 
     def __init__(self, dataset: Dataset, name: str) -> None:
         self._dataset = dataset
+        self._snapshot = dataset._snapshot
         self.name = name
-        self._spec: FieldSpec = dataset._snapshot.manifest.fields[name]
+        self._spec: FieldSpec = self._snapshot.manifest.fields[name]
 
     @property
     def dtype(self) -> np.dtype[Any]:
@@ -491,7 +564,7 @@ class Column:
     @property
     def shape(self) -> tuple[int, ...]:
         """``(rows, *sample_shape)``."""
-        return (self._dataset._snapshot.rows, *self._spec.shape)
+        return (self._snapshot.rows, *self._spec.shape)
 
     @property
     def ndim(self) -> int:
@@ -501,15 +574,15 @@ class Column:
     @property
     def nbytes(self) -> int:
         """Bytes of the visible rows of this field."""
-        return self._dataset._snapshot.rows * self._spec.row_bytes
+        return self._snapshot.rows * self._spec.row_bytes
 
     @property
     def labels(self) -> tuple[str, ...] | None:
         """The label vocabulary of this field, if it has one."""
-        return self._dataset._snapshot.manifest.labels.get(self.name)
+        return self._snapshot.manifest.labels.get(self.name)
 
     def __len__(self) -> int:
-        return self._dataset._snapshot.rows
+        return self._snapshot.rows
 
     def __repr__(self) -> str:
         return f"<memshard.Column {self.name!r} shape={self.shape} dtype={self.dtype}>"
@@ -532,7 +605,9 @@ class Column:
                 numpy raises (see :func:`memshard.indexing.plan`), e.g. a slice with step 0
                 gives an :class:`~memshard.errors.IndexValueError`, which is a ``ValueError``.
         """
-        snapshot = self._dataset._snapshot
+        if self._dataset._closed:
+            raise self._dataset._closed_error()
+        snapshot = self._snapshot
         if type(key) is int or type(key) is slice:
             layout = snapshot.layouts[self.name]
             if len(layout.keys) == 1:
@@ -683,7 +758,9 @@ class Column:
             raise OutArrayError(f"{self._where()}: out must be C-contiguous and writeable")
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_restore_column, (self._dataset, self.name))
+        snapshot = self._snapshot
+        identity = (snapshot.root, snapshot.manifest.uuid, snapshot.generation, snapshot.rows)
+        return (_restore_column, (*identity, self.name))
 
 
 def page_aligned_empty(shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
@@ -699,5 +776,5 @@ def page_aligned_empty(shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarr
     return raw[start : start + nbytes].view(dtype).reshape(shape)
 
 
-def _restore_column(dataset: Dataset, name: str) -> Column:
-    return Column(dataset, name)
+def _restore_column(root: str, uuid: str, generation: int, rows: int, name: str) -> Column:
+    return Column(_restore(root, uuid, generation, rows), name)

@@ -25,10 +25,16 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import torch
-import torch.distributed as dist
-from torch.utils.data import DataLoader, Sampler, default_collate, get_worker_info
-from torch.utils.data import Dataset as TorchDataset
+
+from .dependencies import missing
+
+try:
+    import torch
+    import torch.distributed as dist
+    from torch.utils.data import DataLoader, Sampler, default_collate, get_worker_info
+    from torch.utils.data import Dataset as TorchDataset
+except ImportError as exc:  # as every extra: MissingDependencyError, saying what to install
+    raise missing("torch", "torch", exc) from None
 
 from . import reader
 from .errors import (

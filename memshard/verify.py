@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import interrupt
 from . import manifest as manifest_io
 from .checksum import READ_CHUNK, StreamingChecksum
 from .errors import (
@@ -92,12 +93,15 @@ class VerifyReport:
             raise first.error(f"{first.path}: {first.message}")
 
 
+@interrupt.deferring
 def verify_dataset(root: str, *, progress: bool | None = False) -> VerifyReport:
     """Check the dataset at ``root`` as it is on disk now: the manifest (strict parse and its
     own checksum, which must be present), then every file it names (see :func:`verify`).
 
     Raises:
         DatasetNotFoundError: ``root`` holds no ``manifest.json``.
+        KeyboardInterrupt: Ctrl-C, taken between two blocks read (see
+            :mod:`memshard.interrupt`).
     """
     from .progress import progress_bar
 
@@ -146,6 +150,7 @@ def verify(
     buffer = bytearray(READ_CHUNK)
     for shard in manifest.shards:
         for name, file in shard.files.items():
+            interrupt.check()
             spec = manifest.fields[name]
             result.files += 1
             problem = _check_file(root, spec, shard, file, buffer, result, report)
@@ -261,6 +266,7 @@ def _scan(
     view = memoryview(buffer)
     offset, end = start, start + nbytes
     while offset < end:
+        interrupt.check()
         got = os.preadv(fd, [view[: min(len(view), end - offset)]], offset)
         if got == 0:
             break

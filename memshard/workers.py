@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from . import interrupt
 from .convertjob import write_shard
 from .errors import ConversionFailedError
 
@@ -77,9 +78,17 @@ class WorkerProcesses:
 
         Raises:
             ConversionFailedError: a worker exited without reporting (killed, out of memory).
+            KeyboardInterrupt: Ctrl-C was pressed (the wait wakes up for it, see
+                :func:`memshard.interrupt.wakeup_fd`).
         """
+        wakeup = interrupt.wakeup_fd()
         while True:
-            for ready in wait(self.connections):
+            interrupt.check()
+            for ready in wait([*self.connections, *([wakeup] if wakeup is not None else [])]):
+                if ready is wakeup:
+                    _drain(wakeup)
+                    interrupt.check()
+                    continue
                 assert isinstance(ready, Connection)
                 try:
                     message = ready.recv()
@@ -124,6 +133,13 @@ class WorkerProcesses:
             self.close()
         else:
             self.terminate()
+
+
+def _drain(wakeup: socket.socket) -> None:
+    """Read every byte the signal handler wrote to the wake-up socket."""
+    with contextlib.suppress(BlockingIOError, InterruptedError):
+        while wakeup.recv(4096):
+            pass
 
 
 def _start_worker() -> tuple[subprocess.Popen[bytes], Connection]:

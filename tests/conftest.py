@@ -31,3 +31,10 @@ def make_dataset(tmp_path: Any) -> Callable[..., ms.Dataset]:
         return write_dataset(tmp_path / f"ds{next(counter)}", columns, sessions, **kw)
 
     return make
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Most conversion tests write small sources in several shards on purpose, which warns
+    (:class:`~memshard.errors.SmallShardWarning`); ``tests/test_small_shards.py`` checks the
+    warning itself with ``pytest.warns``, which sees it whatever the filters say."""
+    config.addinivalue_line("filterwarnings", "ignore::memshard.errors.SmallShardWarning")

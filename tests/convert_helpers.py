@@ -18,6 +18,7 @@ import dataclasses
 import os
 import signal
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -175,7 +176,9 @@ def main(src: str, dst: str, row: int, shard_bytes: int, workers: int, how: str 
     """
     from memshard import hdf5
     from memshard.convert import convert
+    from memshard.errors import SmallShardWarning
 
+    warnings.filterwarnings("ignore", category=SmallShardWarning)  # small shards on purpose
     plan = hdf5.plan(src, None)
     pressed = f"{dst}.ctrl-c"
     plan = dataclasses.replace(plan, opener=StopAt(plan.opener, row, how, pressed=pressed))

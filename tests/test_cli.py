@@ -47,8 +47,15 @@ MEMSHARD = [sys.executable, "-m", "memshard"]
 SCRIPT = os.path.join(os.path.dirname(sys.executable), "memshard")
 ROWS = 300
 SUMMARY = re.compile(
-    r"(?P<path>.+): (?P<rows>\d+) rows, (?P<shards>\d+) shards, [\d.]+ (B|KiB|MiB) "
+    r"(?P<path>.+): (?P<rows>[\d,]+) rows, (?P<shards>[\d,]+) shards, [\d.]+ (B|KiB|MiB) "
     r"in [\d.]+ s \([\d.]+ (B|KiB|MiB|GiB)/s\)"
+)
+#: The note ``convert`` prints for shards below 1 MiB, which most tests here ask for (small
+#: sources in several shards).
+SMALL_SHARDS = re.compile(
+    r"memshard: warning: .+: --shard-size gives shards of [\d,]+ rows \(.+ of data\), "
+    r"[\d,]+ shards and [\d,]+ files; shards smaller than 1.0 MiB cost more in files, "
+    r"headers and commits than they hold. The default --shard-size is 256.0 MiB"
 )
 
 
@@ -69,9 +76,11 @@ def run_cli(*args: Any, script: bool = False, **env: str) -> subprocess.Complete
 
 
 def assert_ok(result: subprocess.CompletedProcess[str]) -> None:
-    """Exit 0; on stderr no progress bar without a terminal, only the arrays left out."""
+    """Exit 0; on stderr no progress bar without a terminal: only the arrays left out, and the
+    warning about the small shards a test asked for."""
     assert result.returncode == 0, (result.stdout, result.stderr)
-    for line in result.stderr.splitlines():
+    others = [line for line in result.stderr.splitlines() if not SMALL_SHARDS.fullmatch(line)]
+    for line in others:
         assert re.fullmatch(r"memshard: .+: not taken \(.+\)", line), result.stderr
 
 
@@ -109,8 +118,8 @@ def assert_summary(result: subprocess.CompletedProcess[str], dst: Path, rows: in
     match = SUMMARY.fullmatch(lines[0])
     assert match is not None, lines[0]
     assert match["path"] == str(dst)
-    assert int(match["rows"]) == rows
-    return int(match["shards"])
+    assert int(match["rows"].replace(",", "")) == rows
+    return int(match["shards"].replace(",", ""))
 
 
 def assert_columns(ds: ms.Dataset, columns: dict[str, np.ndarray]) -> None:
@@ -518,7 +527,7 @@ def test_interrupted_conversion_resumes(tmp_path: Path) -> None:
     assert interrupted.returncode == 130, (interrupted.stdout, interrupted.stderr)
     assert interrupted.stdout == ""
     assert "Traceback" not in interrupted.stderr
-    lines = interrupted.stderr.splitlines()
+    lines = [line for line in interrupted.stderr.splitlines() if not SMALL_SHARDS.fullmatch(line)]
     assert len(lines) == 1, interrupted.stderr
     assert lines[0].startswith("memshard: interrupted")
     assert "--resume" in lines[0]
@@ -533,6 +542,7 @@ def test_interrupted_conversion_resumes(tmp_path: Path) -> None:
     assert all(shard.sealed and shard.rows == shard_rows for shard in partial.shards)
     assert_columns(partial, {name: array[: len(partial)] for name, array in expected.items()})
     assert partial.verify().ok
+    partial_rows = range(len(partial))
     del partial
 
     # Without --resume the staging dataset is in the way; it is left as it is.
@@ -540,8 +550,16 @@ def test_interrupted_conversion_resumes(tmp_path: Path) -> None:
     assert not os.path.lexists(dst)
     assert staging.is_dir()
 
-    # --resume completes it (the shard size asked for now is ignored: the staging one counts).
-    result = run_cli(*convert_args[:3], "--resume", "--shard-size", "64KB", script=True)
+    # Another shard size on --resume is an error that says so; nothing changes.
+    assert_user_error(
+        run_cli(*convert_args[:3], "--resume", "--shard-size", "64KB"),
+        str(staging), "shards of 45 rows", "--shard-size 65536 asks for 1,456 rows",
+        "leave --shard-size out", "--overwrite",
+    )  # fmt: skip
+    assert len(ms.open(staging)) == len(partial_rows)
+
+    # --resume completes it, with the shard size of the first run (given again, or not).
+    result = run_cli(*convert_args[:3], "--resume", script=True)
     assert_summary(result, dst, rows)
     assert not os.path.lexists(staging)
     ds = ms.open(dst)
@@ -952,3 +970,115 @@ def test_detect_format_refuses(sources: Sources, tmp_path: Path) -> None:
             cli.detect_format(str(tmp_path / name))
     with pytest.raises(SourceError, match=r"not an HDF5 file, a zarr store or a \.npy file"):
         cli.detect_format(str(sources.text))
+
+
+# -- first contact: the command speaks the command line -------------------------------------------
+
+
+def test_version() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"memshard {ms.__version__}\n"
+
+
+def test_every_option_has_help_and_every_command_examples() -> None:
+    parser = cli._parser()
+    (commands,) = [
+        action for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+    ]
+    assert set(commands.choices) == {
+        "convert", "info", "verify", "head", "ls", "attrs", "labels", "demo",
+    }  # fmt: skip
+    for name, command in commands.choices.items():
+        assert command.epilog is not None, name
+        assert command.epilog.startswith("examples:\n"), name
+        examples = command.epilog.splitlines()[1:]
+        assert examples, name
+        assert all(line.startswith(f"  memshard {name}") for line in examples), examples
+        for action in command._actions:
+            assert action.help, (name, action.option_strings or action.dest)
+
+
+@pytest.mark.parametrize("command", ["info", "verify", "head", "ls", "attrs", "labels"])
+def test_the_dataset_argument_is_named_dataset(command: str) -> None:
+    result = run_cli(command, "--help")
+    assert result.returncode == 0, result.stderr
+    usage = result.stdout.split("\n\n")[0]
+    assert "DATASET" in usage, usage
+    assert "DST" not in usage, usage
+
+
+def test_messages_name_flags_not_python_parameters(sources: Sources, tmp_path: Path) -> None:
+    dst = tmp_path / "out"
+    write_dataset(dst, {"v": np.arange(3)})
+    line = assert_user_error(run_cli("convert", sources.npy, dst), "pass --overwrite")
+    assert "=True" not in line
+    staging = Path(f"{tmp_path / 'other'}{STAGING_SUFFIX}")
+    write_dataset(staging, {"v": np.arange(3)})
+    line = assert_user_error(
+        run_cli("convert", sources.npy, tmp_path / "other"),
+        str(staging), "pass --resume to complete it, or --overwrite to delete it",
+    )  # fmt: skip
+    assert "=True" not in line
+    assert "resume=" not in line
+
+
+def test_for_command_line_translates_each_parameter() -> None:
+    message = "pass overwrite=True or resume=True; shard_bytes=4096 vs workers=2; no shard_bytes"
+    assert cli.for_command_line(message) == (
+        "pass --overwrite or --resume; --shard-size 4096 vs --workers 2; no --shard-size"
+    )
+
+
+@pytest.mark.parametrize("command", ["info", "verify", "head", "ls"])
+def test_a_command_on_an_interrupted_conversion_points_to_the_partial(
+    tmp_path: Path, command: str
+) -> None:
+    dst = tmp_path / "frames"
+    staging = Path(f"{dst}{STAGING_SUFFIX}")
+    write_dataset(staging, {"v": np.arange(3)})
+    assert_user_error(
+        run_cli(command, dst),
+        f"{dst}: does not exist; an interrupted conversion to it is kept in {staging}",
+        f"memshard convert SRC {dst} --resume", f"memshard info {staging}",
+    )  # fmt: skip
+
+
+def test_tiny_shards_warn_once_naming_the_flag(sources: Sources, tmp_path: Path) -> None:
+    result = run_cli("convert", sources.npy, tmp_path / "out", "--shard-size", "1k")
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert SMALL_SHARDS.fullmatch(line), line
+    assert "--shard-size gives shards of" in line
+    big = run_cli("convert", sources.npy, tmp_path / "big", "--shard-size", "1MiB")
+    assert big.returncode == 0, big.stderr
+    assert big.stderr == ""
+
+
+def test_summaries_use_binary_units_and_thousands_separators(tmp_path: Path) -> None:
+    src = tmp_path / "big.npy"
+    np.save(src, np.zeros((12_345, 64), np.float32))
+    result = run_cli("convert", src, tmp_path / "out", "--shard-size", "1MiB")
+    assert_ok(result)
+    assert re.fullmatch(
+        rf"{tmp_path / 'out'}: 12,345 rows, 4 shards, 3.0 MiB in [\d.]+ s "
+        r"\([\d.]+ (KiB|MiB|GiB)/s\)\n",
+        result.stdout,
+    ), result.stdout
+    verified = run_cli("verify", tmp_path / "out")
+    assert re.search(r": ok \(4 files, 3.0 MiB hashed in [\d.]+ s, [\d.]+ (MiB|GiB)/s\)",
+                     verified.stdout), verified.stdout  # fmt: skip
+
+
+def test_progress_bars_use_binary_units(capsys: pytest.CaptureFixture[str]) -> None:
+    from memshard.progress import progress_bar
+
+    with progress_bar(3 << 20, desc="bytes", enabled=True) as bar:
+        bar.update(3 << 20)
+    with progress_bar(20_000, desc="rows", enabled=True, unit="rows") as bar:
+        bar.update(20_000)
+    drawn = capsys.readouterr().err.replace("\r", "\n")
+    assert re.search(r"bytes: 100%\|.*\| 3.0 MiB/3.0 MiB \[.*, [\d.]+ (B|KiB|MiB|GiB)/s\]", drawn)
+    assert re.search(r"rows: 100%\|.*\| 20,000/20,000 rows \[.*, [\d,]+ rows/s\]", drawn)
+    assert "MB/s" not in drawn
+    assert "kB" not in drawn

@@ -1075,8 +1075,9 @@ def test_resume_refuses_a_finished_dataset_of_another_conversion(tmp_path: Path)
     finished = (dst / "manifest.json").read_bytes()
     for options, says in [
         ({"src": other}, "another source location"),
-        ({"fields": {"x": "/x"}}, "another source fields"),
-        ({"labels": {"y": ["a", "b"]}}, "other label vocabularies"),
+        ({"fields": {"x": "/x"}}, r"has the fields \['x', 'y'\], this conversion \['x'\]"),
+        ({"fields": {"x": "/y", "y": "/x"}}, "took field 'x' with another origin"),
+        ({"labels": {"y": ["a", "b"]}}, "another label vocabulary for field 'y'"),
     ]:
         arguments = {"src": src, "dst": dst, "resume": True, **options}
         with pytest.raises(DatasetExistsError, match=f"not this conversion, finished: it .*{says}"):

@@ -152,8 +152,14 @@ def test_committing_a_part_twice_is_refused(tmp_path):
     path = make(tmp_path / "ds")
     part = part_of(path, 0, 3, key=0)
     ms.commit_parts(path, [part])
-    with pytest.raises(errors.PartIncompleteError):  # its record is gone
-        ms.commit_parts(path, [part])
+    # Its record is gone (the commit deleted it), but the manifest names its files: the
+    # documented PartCommittedError, not "no record: never finished".
+    other = part_of(path, 3, 5, key=1)
+    for parts in ([part], [part.id], [other, part]):
+        with pytest.raises(errors.PartCommittedError, match=f"part {part.id} is committed already"):
+            ms.commit_parts(path, parts)
+    assert_rows(path, 3)
+    assert ms.discard_parts(path, [other]) == [other.id]
     (tmp_path / "ds" / "parts" / f"{part.id}.json").write_bytes(dumps_part(part))
     with pytest.raises(errors.PartCommittedError, match=part.id):
         ms.commit_parts(path, [part])

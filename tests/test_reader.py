@@ -221,6 +221,33 @@ def test_refresh_shows_new_commits_and_keeps_old_views(tmp_path: Any) -> None:
     assert all(shard.sealed for shard in ds.shards)
 
 
+def test_a_column_is_a_snapshot_of_its_rows(tmp_path: Any) -> None:
+    """A column taken before refresh() keeps its length and rows (take it again for the new
+    ones), also through pickling; the dataset itself moves on."""
+    path = tmp_path / "d"
+    writer = ms.create(path, fields={"x": ("int64", ())}, shard_bytes=8 * 4)
+    writer.extend({"x": np.arange(6)})
+    writer.commit()
+    ds = ms.open(path)
+    column = ds["x"]
+    writer.extend({"x": np.arange(6, 11)})
+    writer.close()
+    assert ds.refresh()
+    assert len(ds) == 11
+    assert ds["x"].shape == (11,)
+    assert len(column) == 6
+    assert column.shape == (6,)
+    assert column.nbytes == 6 * 8
+    np.testing.assert_array_equal(column[:], np.arange(6))
+    np.testing.assert_array_equal(list(column), np.arange(6))
+    with pytest.raises(InvalidIndexError, match="index 6 is out of bounds for axis 0 with size 6"):
+        column[6]
+    np.testing.assert_array_equal(column[[5, -1, 0]], [5, 5, 0])
+    restored = pickle.loads(pickle.dumps(column))
+    assert restored.shape == (6,)
+    np.testing.assert_array_equal(restored[:], np.arange(6))
+
+
 def test_refresh_detects_a_replaced_dataset(tmp_path: Any) -> None:
     path = tmp_path / "d"
     with ms.create(path, fields={"x": ("int64", ())}) as writer:

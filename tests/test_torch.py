@@ -849,3 +849,35 @@ def test_loader_can_leave_torchs_sharing_strategy_alone(
     )
     np.testing.assert_array_equal(torch.cat([b["i"] for b in batches]).numpy(), data["i"])
     assert {p.read_text() for p in tmp_path.glob("worker*")} == {"file_descriptor"}
+
+
+#: A Python without torch: ``None`` in ``sys.modules`` makes ``import torch`` fail as it does
+#: where torch is not installed.
+WITHOUT_TORCH = """
+import sys
+sys.modules["torch"] = None
+import memshard
+try:
+    import memshard.torch
+except memshard.MemshardError as exc:
+    print(type(exc).__name__, isinstance(exc, ImportError), exc)
+"""
+
+
+@pytest.mark.parametrize(
+    ("module", "extra"), [("memshard.torch", "torch"), ("memshard.hdf5", "hdf5")]
+)
+def test_import_without_the_extra_raises_missing_dependency(module: str, extra: str) -> None:
+    """``import memshard.torch`` without torch raises the same MissingDependencyError (an
+    ImportError) as the other extras, saying what to install."""
+    import subprocess
+    import sys
+
+    blocked = extra if extra == "torch" else "h5py"
+    code = WITHOUT_TORCH.replace('"torch"', f'"{blocked}"').replace("memshard.torch", module)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("MissingDependencyError True "), result.stdout
+    assert f"install it with: pip install 'memshard[{extra}]'" in result.stdout
