@@ -489,7 +489,7 @@ def _source_mismatch(
     if not isinstance(recorded, dict):
         return f"records no {SOURCE_ATTR}: it is not a conversion"
     normalised = json_attrs(record)
-    for key in ("format", "location", "rows", "identity", "fields"):
+    for key in ("format", "location", "rows", "identity"):
         if recorded.get(key) != normalised[key]:
             return (
                 f"was converted with another source {key} "

@@ -424,9 +424,11 @@ def environment_without(base: Path, *modules: str) -> dict[str, str]:
 #: Any other exception is a traceback and a failed exit.
 CONVERT_CHILD = textwrap.dedent(
     """
-    import importlib, json, sys
+    import importlib, json, sys, warnings
     from memshard.convert import convert
-    from memshard.errors import MemshardError
+    from memshard.errors import MemshardError, SmallShardWarning
+
+    warnings.simplefilter("ignore", SmallShardWarning)  # tiny shards, on purpose
 
     kind, src, dst, fields, workers = sys.argv[1:6]
     module = importlib.import_module(f"memshard.{kind}")
@@ -477,10 +479,12 @@ def convert_in(
 #: crash of the HDF5 library on a damaged file cannot take the test runner along.
 DAMAGED_CHILD = textwrap.dedent(
     """
-    import json, os, random, shutil, sys, traceback
+    import json, os, random, shutil, sys, traceback, warnings
     from pathlib import Path
     import memshard as ms
-    from memshard.errors import MemshardError
+    from memshard.errors import MemshardError, SmallShardWarning
+
+    warnings.simplefilter("ignore", SmallShardWarning)  # tiny shards, on purpose
 
     kind, source, trials, seed = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     rng = random.Random(seed)

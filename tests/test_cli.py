@@ -241,7 +241,8 @@ def test_convert_hdf5_auto_fields_with_the_console_script(sources: Sources, tmp_
     dst = tmp_path / "out"
     result = run_cli("convert", sources.h5, dst, "--shard-size", "2KB", script=True)
     shards = assert_summary(result, dst, ROWS)
-    assert result.stderr.splitlines() == [
+    notes = [line for line in result.stderr.splitlines() if not SMALL_SHARDS.fullmatch(line)]
+    assert notes == [
         "memshard: /bad/compound: not taken (compound dtype [('a', '<i4'), ('b', '<f8')])",
         "memshard: /bad/strings: not taken (string dtype |S3)",
         "memshard: /other: not taken (first axis has 7 rows, not 300)",

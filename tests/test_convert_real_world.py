@@ -246,11 +246,13 @@ def test_a_file_truncated_after_planning_fails_naming_the_file(
 #: truncating it to SIZE bytes once row ROW is read; print the memshard error as JSON. A child
 #: process, because a memory-mapped file that is truncated kills its reader with SIGBUS.
 TRUNCATING_CHILD = """
-import dataclasses, json, sys
+import dataclasses, json, sys, warnings
 from memshard import npysource
 from memshard.convert import convert
-from memshard.errors import MemshardError
+from memshard.errors import MemshardError, SmallShardWarning
 from tests.corpus import TruncateAt
+
+warnings.simplefilter("ignore", SmallShardWarning)  # tiny shards, on purpose
 
 src, dst, row, size, workers = sys.argv[1:6]
 plan = npysource.plan(src)
