@@ -13,19 +13,18 @@ naming the file, the dataset and what to install; no h5py exception reaches the 
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
 import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .dependencies import require
-from .errors import MemshardError, SourceError, UnsupportedSourceError
+from .errors import SourceError, UnsupportedSourceError
 from .progress import progress_bar
 from .reader import Dataset
 from .sources import (
@@ -39,6 +38,7 @@ from .sources import (
     export_plan,
     json_attrs_of,
     plan_source,
+    source_errors,
     stored_dtype,
 )
 
@@ -124,7 +124,7 @@ def plan(
     location = os.path.abspath(os.fspath(src))
     check_fields(fields, location)
     with _open_file(location) as handle:
-        with _source_errors(location, "cannot read the file's structure"):
+        with source_errors(location, "cannot read the file's structure"):
             arrays = _catalogue(handle, fields)
             root_attrs, left_out = _attributes(handle)
         catalogue = Catalogue(
@@ -146,17 +146,6 @@ def plan(
             ),
             probe=lambda origin: _probe(handle, origin),
         )
-
-
-@contextlib.contextmanager
-def _source_errors(location: str, doing: str) -> Iterator[None]:
-    """Turn what h5py raises for a damaged file into a :class:`SourceError` naming it."""
-    try:
-        yield
-    except MemshardError:
-        raise
-    except Exception as exc:  # h5py raises OSError, KeyError, ValueError, RuntimeError...
-        raise SourceError(f"{location}: {doing} ({type(exc).__name__}: {exc})") from exc
 
 
 def _cache_bytes(arrays: list[ArrayInfo], origins: dict[str, str]) -> int:
@@ -202,7 +191,7 @@ def _names(handle: Any) -> list[str]:
 
 def _dataset_paths(handle: Any, location: str) -> list[str]:
     """The path of every dataset, for a message; none is opened."""
-    with _source_errors(location, "cannot list the file's datasets"):
+    with source_errors(location, "cannot list the file's datasets"):
         return [
             "/" + name for name in _names(handle) if handle.get(name, getclass=True) is h5py.Dataset
         ]

@@ -13,6 +13,7 @@ opens the source itself (an HDF5 handle must never cross a ``fork``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -29,6 +30,7 @@ from .errors import (
     DatasetExistsError,
     FieldNotFoundError,
     LabelError,
+    MemshardError,
     SourceError,
     UnsupportedSourceError,
 )
@@ -544,3 +546,17 @@ def check_label_range(values: np.ndarray, vocabulary_size: int, *, where: str, s
             f"{where}: row {row} holds label {flat[bad[0]]}, outside the vocabulary "
             f"of {vocabulary_size} labels"
         )
+
+
+@contextlib.contextmanager
+def source_errors(location: str, doing: str) -> Iterator[None]:
+    """Turn whatever a format library raises while reading ``location`` (h5py and zarr raise
+    ``OSError``, ``KeyError``, ``ValueError``, ``RuntimeError``, ...) into a
+    :class:`SourceError` naming the source and what was being done; memshard's own errors
+    pass through."""
+    try:
+        yield
+    except MemshardError:
+        raise
+    except Exception as exc:
+        raise SourceError(f"{location}: {doing} ({type(exc).__name__}: {exc})") from exc

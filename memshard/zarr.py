@@ -28,7 +28,7 @@ import numpy as np
 
 from . import zarrstore
 from .dependencies import require
-from .errors import MemshardError, SourceError, UnsupportedSourceError
+from .errors import SourceError, UnsupportedSourceError
 from .progress import progress_bar
 from .reader import Dataset
 from .sources import (
@@ -41,6 +41,7 @@ from .sources import (
     export_plan,
     json_attrs_of,
     plan_source,
+    source_errors,
     stored_dtype,
 )
 
@@ -127,7 +128,7 @@ def _requested_paths(location: str, fields: Mapping[str, str] | None) -> dict[st
     """``{origin: path in the store}`` of every array of the group at ``location`` (found by
     walking its groups; none is opened), or of those ``fields`` requests that exist."""
     if fields is None:
-        with _source_errors(location, "cannot list the store's arrays"):
+        with source_errors(location, "cannot list the store's arrays"):
             found = zarrstore.array_paths(location)
         return {path: path for path in found}
     paths = {}
@@ -139,21 +140,10 @@ def _requested_paths(location: str, fields: Mapping[str, str] | None) -> dict[st
     return paths
 
 
-@contextlib.contextmanager
-def _source_errors(location: str, doing: str) -> Iterator[None]:
-    """Turn what zarr or the file system raises into a :class:`SourceError` naming the store."""
-    try:
-        yield
-    except MemshardError:
-        raise
-    except Exception as exc:  # zarr raises many types for a store it cannot read
-        raise SourceError(f"{location}: {doing} ({type(exc).__name__}: {exc})") from exc
-
-
 def _group_attrs(location: str) -> dict[str, Any]:
     """The attributes of the group at the store's root (its consolidated metadata, which
     describes every array and fails on any one zarr cannot read, is not used)."""
-    with _source_errors(location, "not a readable zarr store"), _quiet_zarr():
+    with source_errors(location, "not a readable zarr store"), _quiet_zarr():
         group = zarr.open_group(store=location, mode="r", use_consolidated=False)
         return dict(group.attrs)
 
