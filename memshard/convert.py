@@ -24,7 +24,7 @@ from typing import Any
 from . import interrupt
 from . import manifest as manifest_io
 from .appender import Appender, append, create, is_memshard_dataset
-from .convertjob import CONVERT_GROUP, ShardJob, write_shard
+from .convertjob import CONVERT_GROUP, Failed, Progress, ShardJob, write_shard
 from .errors import (
     ArgumentError,
     ConversionFailedError,
@@ -654,13 +654,13 @@ def _write_with_processes(
             give(pool, connection)
             give(pool, connection)
         for connection, message in pool.messages():
-            if message[0] == "progress":
-                bar.update(message[1])
+            if isinstance(message, Progress):
+                bar.update(message.nbytes)
                 continue
-            if message[0] == "failed":
-                raise message[2]
+            if isinstance(message, Failed):
+                raise message.error
             in_flight -= 1
-            committer.finished(message[1], message[2])
+            committer.finished(message.index, message.part)
             give(pool, connection)
             if in_flight == 0 and not unsent:
                 return

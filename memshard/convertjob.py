@@ -2,13 +2,15 @@
 
 A :class:`ShardJob` is everything a worker needs (picklable); :func:`write_shard` reads the
 source rows of one shard in bounded blocks and writes them as one part, which the converter
-commits in row order (``spec/CONVERSION.md``).
+commits in row order (``spec/CONVERSION.md``). A worker process reports back with the typed
+messages at the end of this module.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Union
 
 import numpy as np
 
@@ -74,3 +76,33 @@ def write_shard(
             if report is not None:
                 report(sum(values.nbytes for values in block.values()))
     return part.close()
+
+
+# -- what a worker process reports (memshard.workers) --------------------------------------
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A worker read and wrote ``nbytes`` more bytes of its shard."""
+
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class Done:
+    """A worker finished shard ``index`` as the part ``part`` (not yet committed)."""
+
+    index: int
+    part: Part
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A worker failed on shard ``index`` (-1: opening the source) with ``error``; it exits."""
+
+    index: int
+    error: Exception
+
+
+#: What a worker sends its parent.
+Message = Union[Progress, Done, Failed]  # noqa: UP007 - a runtime alias on Python 3.10

@@ -11,8 +11,10 @@ The parent and a worker exchange pickled messages over a socket pair
 
 - parent -> worker: ``(opener, job, with_progress)`` once, then ``(index, start, stop)`` per
   shard, then ``None`` to finish;
-- worker -> parent: ``("progress", nbytes)``, ``("done", index, shard_record)`` or
-  ``("failed", index, exception)`` after which the worker exits.
+- worker -> parent: :class:`~memshard.convertjob.Progress`, :class:`~memshard.convertjob.Done`
+  (a shard's part record) or :class:`~memshard.convertjob.Failed` (after which the worker
+  exits); they live in :mod:`memshard.convertjob`, not here, because a worker runs this module
+  as ``__main__``, whose classes the parent could not unpickle.
 
 A worker never outlives the converting process: a parent killed with SIGKILL cannot stop its
 workers, and one left running would go on writing parts into the staging dataset while a
@@ -35,10 +37,9 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from . import interrupt
-from .convertjob import write_shard
+from .convertjob import Done, Failed, Message, Progress, write_shard
 from .errors import ConversionFailedError
 
-Message = tuple[Any, ...]
 #: Seconds a worker told to finish may take to exit before it is killed.
 EXIT_TIMEOUT = 10
 #: ``prctl`` option (linux/prctl.h): the signal a process gets when its parent dies.
@@ -203,7 +204,7 @@ def serve(connection: Connection, parent: int) -> None:
     """The worker's loop: open the source, write shards until told to stop or until
     ``parent`` (the converter) has gone."""
     opener, job, progress = connection.recv()
-    report = (lambda nbytes: connection.send(("progress", nbytes))) if progress else None
+    report = (lambda nbytes: connection.send(Progress(nbytes))) if progress else None
     try:
         reader = opener()
     except Exception as exc:  # the source cannot be opened here: report it, not a bare exit
@@ -217,17 +218,17 @@ def serve(connection: Connection, parent: int) -> None:
             except Exception as exc:
                 _send_failure(connection, index, exc)
                 return
-            connection.send(("done", index, record))
+            connection.send(Done(index, record))
     finally:
         reader.close()
 
 
 def _send_failure(connection: Connection, index: int, exc: Exception) -> None:
     try:
-        connection.send(("failed", index, exc))
+        connection.send(Failed(index, exc))
     except Exception:  # an exception that does not pickle: send its text
         message = f"shard {index}: {type(exc).__name__}: {exc}"
-        connection.send(("failed", index, ConversionFailedError(message)))
+        connection.send(Failed(index, ConversionFailedError(message)))
 
 
 if __name__ == "__main__":
