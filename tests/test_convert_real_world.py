@@ -387,14 +387,23 @@ def test_without_pcodec_zarr_arrays_compressed_with_it_are_left_out(tmp_path: Pa
 def test_a_damaged_chunk_fails_the_conversion_naming_store_array_and_chunk(
     tmp_path: Path, zarr_format: int, workers: int
 ) -> None:
+    """Run in a fresh interpreter: inside the long-lived test process, after other tests had
+    decompressed damaged blosc data, blosc once failed on the intact chunk next to the damaged
+    one too (not reproduced in a fresh process; see the closing note of that round)."""
     store = tmp_path / "src.zarr"
     _, key = corpus.write_damaged_zarr(store, zarr_format)
     dst = tmp_path / "out"
-    with pytest.raises(SourceError) as info:
-        ms.from_zarr(store, dst, shard_bytes=16 << 10, workers=workers)
-    message = str(info.value)
+    report = corpus.convert_in(
+        corpus.environment_without(tmp_path), "zarr", store, dst, None, workers=workers
+    )
+    assert report["error"] == "SourceError", report
+    message = report["message"]
     assert re.match(rf"{re.escape(str(store))}: array 'x', block of rows \d+:\d+: ", message)
-    assert f"the chunk at row 700 (key {key!r}) cannot be read" in message
+    named = re.search(
+        rf"the chunk at row (\d+) \(key {re.escape(repr(key))}\) cannot be read", message
+    )
+    assert named is not None, message  # the damaged chunk (rows 700-749), from its first row read
+    assert 700 <= int(named.group(1)) < 750
     assert_nothing_openable(dst)
 
 
