@@ -23,7 +23,7 @@ def install(row: int) -> None:
     # A process started in the background may inherit SIGINT as ignored: restore Ctrl-C.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     original = hdf5.Hdf5Reader.read
-    sent = []
+    sent: list[bool] = []
 
     def read(self: Any, name: str, start: int, stop: int, out: Any) -> None:
         if stop > row and not sent:

@@ -23,13 +23,14 @@ import textwrap
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import h5py
 import hdf5plugin
 import numcodecs
 import numpy as np
 import zarr
+from zarr.core.common import ZarrFormat
 
 ROWS = 240
 #: The datasets of :func:`write_plugin_filtered` compressed with hdf5plugin filters.
@@ -238,7 +239,7 @@ def _zarr2_array(
     *,
     fill_value: Any,
     compressor: Any = None,
-    order: str = "C",
+    order: Literal["C", "F"] = "C",
     separator: str | None = None,
     skip_chunks: tuple[int, ...] = (),
     attrs: dict[str, Any] | None = None,
@@ -380,7 +381,7 @@ def _bfloat16(meta: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
-def write_damaged_zarr(root: Path, zarr_format: int) -> tuple[np.ndarray, str]:
+def write_damaged_zarr(root: Path, zarr_format: ZarrFormat) -> tuple[np.ndarray, str]:
     """``x``: 1,000 rows of 32 float32 in zstd chunks of 50 rows, written by zarr-python,
     whose chunk of rows 700-749 is then truncated to half its bytes (its first chunk is
     intact, so planning succeeds and the conversion fails mid-way). Returns the values

@@ -305,7 +305,8 @@ class Launcher:
         # The zygote reaps the child only at the next request, after EXIT has been read here,
         # so until then the pid is still this child's (a zombie at worst): safe to kill by pid.
         timer, hung = self._watchdog(lambda: os.kill(pid, signal.SIGKILL))
-        lines, errors = [], []
+        lines: list[str] = []
+        errors: list[str] = []
         while True:
             line = zygote.stdout.readline()
             if not line:

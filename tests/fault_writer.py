@@ -50,6 +50,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Sequence
+from types import FrameType
 from typing import Any, TextIO
 
 import numpy as np
@@ -270,12 +271,12 @@ class FaultInjector:
 
     @staticmethod
     def _step() -> str:
-        frame = sys._getframe(2)
+        frame: FrameType | None = sys._getframe(2)
         while frame is not None:
             code = frame.f_code
             if code.co_name in STEPS and "memshard" in code.co_filename:
                 return STEPS[code.co_name]
-            frame = frame.f_back  # type: ignore[assignment]
+            frame = frame.f_back
         return "other"
 
     def _target(self, name: str, args: Sequence[Any]) -> str:

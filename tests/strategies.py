@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as npst
 
 from memshard.dtypes import SUPPORTED_DESCRS
+
+#: The ``width`` in bits hypothesis draws floats of, by the byte size of one float.
+_FLOAT_BITS: dict[int, Literal[16, 32, 64]] = {2: 16, 4: 32, 8: 64}
 
 #: Every dtype a field may have.
 dtypes = st.sampled_from(sorted(SUPPORTED_DESCRS)).map(np.dtype)
@@ -31,9 +34,9 @@ def values_of(dtype: np.dtype[Any], shape: tuple[int, ...]) -> st.SearchStrategy
 
 def _elements(dtype: np.dtype[Any]) -> st.SearchStrategy[Any] | None:
     if dtype.kind == "f":
-        return st.floats(-1e4, 1e4, width=8 * dtype.itemsize)
+        return st.floats(-1e4, 1e4, width=_FLOAT_BITS[dtype.itemsize])
     if dtype.kind == "c":
-        part = st.floats(-1e4, 1e4, width=4 * dtype.itemsize)
+        part = st.floats(-1e4, 1e4, width=_FLOAT_BITS[dtype.itemsize // 2])
         return st.builds(complex, part, part)
     return None
 

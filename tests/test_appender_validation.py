@@ -265,7 +265,7 @@ def test_labels_from_an_iterator_are_not_lost(tmp_path: Path) -> None:
     """An iterator is not a Sequence: refuse it, or store every label, never store none."""
     try:
         vocabulary = iter(["cat", "dog"])
-        memshard.create(tmp_path / "ds", fields=FIELDS, labels={"y": vocabulary}).close()  # type: ignore[dict-item]
+        memshard.create(tmp_path / "ds", fields=FIELDS, labels={"y": vocabulary}).close()
     except SchemaError:
         assert not (tmp_path / "ds").exists()
         return

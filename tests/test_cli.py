@@ -497,7 +497,7 @@ def test_no_command_is_a_usage_error() -> None:
 
 def test_interrupted_conversion_resumes(tmp_path: Path) -> None:
     rows, stop_row = 1000, 500
-    columns = {
+    columns: dict[str, np.ndarray] = {
         "x": np.arange(rows * 4, dtype=np.float32).reshape(rows, 4),
         "y": (np.arange(rows) % 3).astype(np.int64),
         "z": np.zeros(rows, np.uint8),
@@ -688,7 +688,7 @@ def _damage(kind: str, path: str, data_offset: int) -> None:
 @pytest.fixture
 def sealed(tmp_path: Path) -> ms.Dataset:
     """12 rows in sealed shards of 4, 4, 1 (first session) and 3 (second session)."""
-    columns = {
+    columns: dict[str, np.ndarray] = {
         "x": np.arange(12 * 4, dtype=np.float32).reshape(12, 4),
         "y": np.arange(12, dtype=np.int16),
     }

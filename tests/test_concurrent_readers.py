@@ -16,6 +16,7 @@ Children run as ``python -m tests.test_concurrent_readers (writer|reader) PATH S
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import select
@@ -118,12 +119,23 @@ class Commands:
         return line.decode()
 
 
+@dataclasses.dataclass
+class ReaderStats:
+    """What a reader reports, as JSON, when it stops."""
+
+    lengths: list[int]
+    loops: int = 0
+    refreshes: int = 0
+    rows_checked: int = 0
+    final: int | None = None
+
+
 def reader_main(path: str, seed: int) -> None:
     os.nice(10)  # the writer's progress matters more than one more loop of a reader
     rng = np.random.default_rng(seed)
     dataset = ms.open(path)
     seen = len(dataset)
-    stats = {"loops": 0, "refreshes": 0, "rows_checked": 0, "lengths": [seen]}
+    stats = ReaderStats(lengths=[seen])
     waiting_for: int | None = None
     commands = Commands()
     print("READY", flush=True)
@@ -137,26 +149,26 @@ def reader_main(path: str, seed: int) -> None:
         if length < seen:
             raise AssertionError(f"len(dataset) went down from {seen} to {length}")
         if changed:
-            stats["refreshes"] += 1
+            stats.refreshes += 1
         if length > seen:
             new = np.arange(seen, length)
             check_rows(dataset, new, "slice")
             check_rows(dataset, new[::-1], "take")
-            stats["rows_checked"] += 2 * new.size
-            stats["lengths"].append(length)
+            stats.rows_checked += 2 * new.size
+            stats.lengths.append(length)
         if length:
             sample = rng.integers(0, length, SAMPLE)
-            check_rows(dataset, sample, "take" if stats["loops"] % 2 else "fancy")
-            stats["rows_checked"] += SAMPLE
+            check_rows(dataset, sample, "take" if stats.loops % 2 else "fancy")
+            stats.rows_checked += SAMPLE
         seen = length
-        stats["loops"] += 1
+        stats.loops += 1
         if waiting_for is not None and length >= waiting_for:
             print(f"SEEN {waiting_for} {length}", flush=True)
             waiting_for = None
         if stopping:
             check_rows(dataset, np.arange(length), "slice")  # everything, once more
-            stats["final"] = length
-            print(json.dumps(stats), flush=True)
+            stats.final = length
+            print(json.dumps(dataclasses.asdict(stats)), flush=True)
             return
 
 
@@ -195,7 +207,12 @@ def test_readers_see_only_whole_committed_rows_while_a_writer_commits(tmp_path: 
     assert ms.open(path).manifest.shard_rows == SHARD_ROWS
     errors = tmp_path / "stderr.txt"
     processes: list[subprocess.Popen[str]] = []
-    watchdog = threading.Timer(DEADLINE, lambda: [p.kill() for p in processes])
+
+    def kill_all() -> None:
+        for process in processes:
+            process.kill()
+
+    watchdog = threading.Timer(DEADLINE, kill_all)
     watchdog.start()
     with errors.open("w") as stderr:
         try:

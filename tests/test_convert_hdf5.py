@@ -56,7 +56,8 @@ def h5_read(src: Path, path: str) -> np.ndarray:
 
 
 def manifest_of(root: Path) -> dict[str, Any]:
-    return json.loads((root / "manifest.json").read_text())
+    manifest: dict[str, Any] = json.loads((root / "manifest.json").read_text())
+    return manifest
 
 
 def assert_matches(ds: ms.Dataset, src: Path, fields: dict[str, str]) -> None:
@@ -83,7 +84,7 @@ def assert_contiguous_shards(ds: ms.Dataset) -> None:
     assert offset == len(ds)
 
 
-def shard_records(ds: ms.Dataset) -> list[tuple[int, int, dict[str, str]]]:
+def shard_records(ds: ms.Dataset) -> list[tuple[int, int, dict[str, str | None]]]:
     return [
         (shard.row_offset, shard.rows, {name: f.checksum for name, f in shard.files.items()})
         for shard in ds.shards
@@ -1073,12 +1074,13 @@ def test_resume_refuses_a_finished_dataset_of_another_conversion(tmp_path: Path)
     dst = tmp_path / "out"
     ms.from_hdf5(src, dst, shard_bytes=shard_bytes)
     finished = (dst / "manifest.json").read_bytes()
-    for options, says in [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"src": other}, "another source location"),
         ({"fields": {"x": "/x"}}, r"has the fields \['x', 'y'\], this conversion \['x'\]"),
         ({"fields": {"x": "/y", "y": "/x"}}, "took field 'x' with another origin"),
         ({"labels": {"y": ["a", "b"]}}, "another label vocabulary for field 'y'"),
-    ]:
+    ]
+    for options, says in cases:
         arguments = {"src": src, "dst": dst, "resume": True, **options}
         with pytest.raises(DatasetExistsError, match=f"not this conversion, finished: it .*{says}"):
             ms.from_hdf5(**arguments)
@@ -1410,6 +1412,7 @@ def test_a_chunk_larger_than_a_read_block_is_read_in_bounded_parts(
         handle.create_dataset("x", data=values, chunks=(rows, width), compression=compression)
     plan = ms_hdf5.plan(src, None)
     assert plan.fields["x"].chunk_rows == rows
+    assert isinstance(plan.opener, ms_hdf5.Hdf5Opener)
     assert plan.opener.cache_bytes == rows * width * 4
     ds = ms.from_hdf5(src, tmp_path / "out", shard_bytes=16 << 20)
     assert len(ds.shards) > 1

@@ -37,7 +37,7 @@ def assert_nothing_left(dst: Path) -> None:
     assert [entry for entry in os.listdir(dst.parent) if entry.startswith(dst.name)] == []
 
 
-def checksums(ds: ms.Dataset) -> list[tuple[int, int, dict[str, str]]]:
+def checksums(ds: ms.Dataset) -> list[tuple[int, int, dict[str, str | None]]]:
     return [
         (shard.row_offset, shard.rows, {name: f.checksum for name, f in shard.files.items()})
         for shard in ds.shards
@@ -181,7 +181,7 @@ def test_npy_files_are_memory_mapped(tmp_path: Path, monkeypatch: pytest.MonkeyP
         loads.append((kwargs, result))
         return result
 
-    monkeypatch.setattr(npysource.np, "load", spy)
+    monkeypatch.setattr("memshard.npysource.np.load", spy)
     ds = ms.from_numpy(paths, tmp_path / "out", shard_bytes=40 * ROW_BYTES)
     monkeypatch.undo()
     assert len(loads) == 2 * len(paths)  # once to plan, once to read
@@ -358,7 +358,8 @@ def test_resume_refuses_a_rewritten_file(tmp_path: Path) -> None:
 
 
 def test_bad_worker_counts(tmp_path: Path) -> None:
-    for workers in (0, -1, True, 1.0, ms_convert.MAX_WORKERS + 1):
+    bad_counts: list[Any] = [0, -1, True, 1.0, ms_convert.MAX_WORKERS + 1]
+    for workers in bad_counts:
         with pytest.raises(ms.errors.ArgumentError, match="workers"):
             ms.from_numpy(np.arange(4), tmp_path / "out", workers=workers)
     assert_nothing_left(tmp_path / "out")

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from zarr.core.common import ZarrFormat
 
 import memshard as ms
 import memshard.hdf5 as ms_hdf5
@@ -385,7 +386,7 @@ def test_without_pcodec_zarr_arrays_compressed_with_it_are_left_out(tmp_path: Pa
 @pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("zarr_format", [2, 3])
 def test_a_damaged_chunk_fails_the_conversion_naming_store_array_and_chunk(
-    tmp_path: Path, zarr_format: int, workers: int
+    tmp_path: Path, zarr_format: ZarrFormat, workers: int
 ) -> None:
     """Run in a fresh interpreter: inside the long-lived test process, after other tests had
     decompressed damaged blosc data, blosc once failed on the intact chunk next to the damaged

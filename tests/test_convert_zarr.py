@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
+from zarr.core.common import ZarrFormat
 
 import memshard as ms
 import memshard.sources as ms_sources
@@ -26,12 +27,16 @@ from memshard.errors import (
 from memshard.sources import SUPPORTED_KINDS
 from tests.convert_helpers import assert_same_values, staging_of, with_stop
 
-FORMATS = [2, 3]
+FORMATS: list[ZarrFormat] = [2, 3]
 
 
 def zarr_read(store: Path, path: str | None = None) -> np.ndarray:
     node = zarr.open(store=str(store), mode="r")
-    return np.asarray(node[...] if path is None else node[path][...])
+    if path is not None:
+        assert isinstance(node, zarr.Group)
+        node = node[path]
+    assert isinstance(node, zarr.Array)
+    return np.asarray(node[...])
 
 
 def assert_matches(ds: ms.Dataset, store: Path, fields: dict[str, str | None]) -> None:
@@ -67,7 +72,7 @@ def values(dtype: str, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
     return data.astype(dtype)
 
 
-def write_group(store: Path, zarr_format: int, compressors: Any = "auto") -> dict[str, str]:
+def write_group(store: Path, zarr_format: ZarrFormat, compressors: Any = "auto") -> dict[str, str]:
     """A group of arrays in nested groups; returns ``{field name: array path}``."""
     group = zarr.open_group(str(store), mode="w", zarr_format=zarr_format)
     group.attrs.update({"title": "zarr source", "version": 3, "scale": 0.5, "tags": ["a", "b"]})
@@ -93,7 +98,7 @@ def write_group(store: Path, zarr_format: int, compressors: Any = "auto") -> dic
 
 @pytest.mark.parametrize("compressors", ["auto", None])
 @pytest.mark.parametrize("zarr_format", FORMATS)
-def test_group_of_nested_arrays(tmp_path: Path, zarr_format: int, compressors: Any) -> None:
+def test_group_of_nested_arrays(tmp_path: Path, zarr_format: ZarrFormat, compressors: Any) -> None:
     store = tmp_path / "src"
     fields = write_group(store, zarr_format, compressors)
     ds = ms.from_zarr(store, tmp_path / "out", shard_bytes=20 * (48 + 8 + 4 + 1 + 8 + 16))
@@ -118,7 +123,7 @@ def test_group_of_nested_arrays(tmp_path: Path, zarr_format: int, compressors: A
 
 
 @pytest.mark.parametrize("zarr_format", FORMATS)
-def test_explicit_fields(tmp_path: Path, zarr_format: int) -> None:
+def test_explicit_fields(tmp_path: Path, zarr_format: ZarrFormat) -> None:
     store = tmp_path / "src"
     write_group(store, zarr_format)
     ds = ms.from_zarr(
@@ -152,7 +157,7 @@ def test_sharded_v3_array_is_read_by_whole_shards(
 
 
 @pytest.mark.parametrize("zarr_format", FORMATS)
-def test_store_that_is_a_single_array(tmp_path: Path, zarr_format: int) -> None:
+def test_store_that_is_a_single_array(tmp_path: Path, zarr_format: ZarrFormat) -> None:
     store = tmp_path / "images"
     array = zarr.create_array(
         store=str(store), shape=(33, 2, 2), dtype=">f2", chunks=(4, 2, 1), zarr_format=zarr_format
@@ -169,7 +174,7 @@ def test_store_that_is_a_single_array(tmp_path: Path, zarr_format: int) -> None:
 
 
 @pytest.mark.parametrize("zarr_format", FORMATS)
-def test_unwritten_chunks_read_as_the_fill_value(tmp_path: Path, zarr_format: int) -> None:
+def test_unwritten_chunks_read_as_the_fill_value(tmp_path: Path, zarr_format: ZarrFormat) -> None:
     store = tmp_path / "src"
     group = zarr.open_group(str(store), mode="w", zarr_format=zarr_format)
     array = group.create_array("x", shape=(50, 3), dtype="<i2", chunks=(8, 3), fill_value=-7)
@@ -188,7 +193,7 @@ STRINGS = {
 
 @pytest.mark.parametrize("kind", list(STRINGS))
 @pytest.mark.parametrize("zarr_format", FORMATS)
-def test_string_arrays_are_refused(tmp_path: Path, zarr_format: int, kind: str) -> None:
+def test_string_arrays_are_refused(tmp_path: Path, zarr_format: ZarrFormat, kind: str) -> None:
     store = tmp_path / "src"
     group = zarr.open_group(str(store), mode="w", zarr_format=zarr_format)
     data = STRINGS[kind]
@@ -288,7 +293,7 @@ def test_ragged_list_attribute_of_an_array_does_not_stop_the_conversion(tmp_path
 
 
 @pytest.mark.parametrize("zarr_format", FORMATS)
-def test_labels_from_attribute_and_option(tmp_path: Path, zarr_format: int) -> None:
+def test_labels_from_attribute_and_option(tmp_path: Path, zarr_format: ZarrFormat) -> None:
     store = tmp_path / "src"
     group = zarr.open_group(str(store), mode="w", zarr_format=zarr_format)
     y = group.create_array("y", shape=(30,), dtype="<u1", chunks=(7,))
@@ -352,7 +357,7 @@ def test_resume_refuses_a_rewritten_store(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("zarr_format", FORMATS)
-def test_round_trip_through_zarr(tmp_path: Path, zarr_format: int) -> None:
+def test_round_trip_through_zarr(tmp_path: Path, zarr_format: ZarrFormat) -> None:
     rng = np.random.default_rng(9)
     columns = {
         "x": values(">f4", (41, 2, 3)).astype("<f4"),
@@ -376,9 +381,13 @@ def test_round_trip_through_zarr(tmp_path: Path, zarr_format: int) -> None:
     ms.to_zarr(original, exported, zarr_format=zarr_format)
     group = zarr.open_group(str(exported), mode="r")
     assert group.metadata.zarr_format == zarr_format
-    assert list(group["y"].attrs["labels"]) == ["r", "g", "b"]
+    labels = group["y"].attrs["labels"]
+    assert isinstance(labels, list)
+    assert list(labels) == ["r", "g", "b"]
     for name, array in columns.items():
-        np.testing.assert_array_equal(group[name][...], array)
+        stored = group[name]
+        assert isinstance(stored, zarr.Array)
+        np.testing.assert_array_equal(stored[...], array)
     back = ms.from_zarr(exported, tmp_path / "back")
     assert back.labels == {"y": ("r", "g", "b")}
     for name, array in columns.items():

@@ -40,9 +40,10 @@ def client():
 def images(rows: int, block: int) -> da.Array:
     """float32[2, 3] rows computed on the workers; row r holds r * 10 + (0..5)."""
     flat = da.arange(rows * 6, chunks=block * 6, dtype=np.float32)
-    return (flat.reshape(rows, 6) + (da.arange(rows, chunks=block)[:, None] * 4)).reshape(
+    grid: da.Array = (flat.reshape(rows, 6) + (da.arange(rows, chunks=block)[:, None] * 4)).reshape(
         rows, 2, 3
     )
+    return grid
 
 
 def expected_images(rows: int) -> np.ndarray:
@@ -200,7 +201,7 @@ def _kill_mid_write_once(marker: str, key: int) -> None:
 
     original = PartWriter.extend
 
-    def extend(self, batch):  # type: ignore[no-untyped-def]
+    def extend(self, batch):
         if self.key != key:
             return original(self, batch)
         try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import gc
 import json
 import os
@@ -268,8 +269,7 @@ def child_full_tmpfs(mountpoint: str) -> dict[str, Any]:
         report: dict[str, Any] = {"shard_rows": writer.manifest.shard_rows}
         failure = None
         for _ in range(1000):  # 2 MiB hold fewer than 500 rows
-            start = writer.rows
-            failure = outcome(lambda start=start: writer.extend(page_rows(start, 5)))
+            failure = outcome(functools.partial(writer.extend, page_rows(writer.rows, 5)))
             if failure["error"] is None:
                 failure = outcome(writer.commit)
             if failure["error"] is not None:
@@ -872,9 +872,10 @@ class MemoryAreaHog:
 
         self.libc = ctypes.CDLL(None, use_errno=True)
         self.libc.mmap.restype = ctypes.c_void_p
-        self.libc.mmap.argtypes = (
-            [ctypes.c_void_p, ctypes.c_size_t] + [ctypes.c_int] * 3 + [ctypes.c_long]
-        )
+        self.libc.mmap.argtypes = [
+            ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+            ctypes.c_long,
+        ]  # fmt: skip
         self.libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
         self.libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
         with open("/proc/sys/vm/max_map_count") as limit:
@@ -956,7 +957,7 @@ def child_no_free_descriptors(path: str) -> dict[str, Any]:
     with contextlib.suppress(OSError):
         while True:
             hog.append(os.open("/dev/null", os.O_RDONLY))
-    report = {
+    report: dict[str, Any] = {
         "unmapped_row": outcome(lambda: float(dataset["x"][last][0])),
         "unmapped_take": outcome(lambda: int(dataset.take([last])["y"][0])),
         "mapped_row": outcome(lambda: float(dataset["x"][0][0]) == first),
@@ -1038,7 +1039,7 @@ DAMAGE: dict[str, tuple[Callable[[str], None], type[MemshardError]]] = {
 
 def child_damage_under_reader(source: str, work: str) -> dict[str, Any]:
     """For each damage: copy ``source``, open it, map shard 0, damage shard 2, read."""
-    report = {}
+    report: dict[str, Any] = {}
     for number, (name, (damage, _)) in enumerate(DAMAGE.items()):
         path = os.path.join(work, str(number), "ds")
         shutil.copytree(source, path, symlinks=True)
@@ -1049,16 +1050,23 @@ def child_damage_under_reader(source: str, work: str) -> dict[str, Any]:
         verify = dataset.verify()
         report[name] = {
             "file": target,
-            "row": outcome(lambda dataset=dataset: dataset["x"][DAMAGED_ROW].tolist()),
-            "take": outcome(lambda dataset=dataset: dataset.take([DAMAGED_ROW, 0])["x"].tolist()),
-            "slice": outcome(lambda dataset=dataset: dataset["x"][5:9].tolist()),
-            "mapped": outcome(lambda d=dataset, f=first: bool((d["x"][0] == f).all())),
-            "other field": outcome(lambda dataset=dataset: int(dataset["y"][DAMAGED_ROW])),
-            "other shard": outcome(lambda dataset=dataset: dataset["x"][9].tolist()),
+            **_reads_after_damage(dataset, first),
             "verify": [(p.path, p.error.__name__) for p in verify.problems],
         }
     report["alive"] = True
     return report
+
+
+def _reads_after_damage(dataset: ms.Dataset, first: np.ndarray) -> dict[str, Any]:
+    """What each read of ``dataset`` gives, whose row 0 held ``first`` when it was mapped."""
+    return {
+        "row": outcome(lambda: dataset["x"][DAMAGED_ROW].tolist()),
+        "take": outcome(lambda: dataset.take([DAMAGED_ROW, 0])["x"].tolist()),
+        "slice": outcome(lambda: dataset["x"][5:9].tolist()),
+        "mapped": outcome(lambda: bool((dataset["x"][0] == first).all())),
+        "other field": outcome(lambda: int(dataset["y"][DAMAGED_ROW])),
+        "other shard": outcome(lambda: dataset["x"][9].tolist()),
+    }
 
 
 @pytest.fixture(scope="module")

@@ -168,7 +168,7 @@ def assert_stopped(status: int, stdout: str, terminal: str) -> None:
 def source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, np.ndarray]]:
     """An HDF5 file of two fields, chunked along rows."""
     rng = np.random.default_rng(7)
-    columns = {
+    columns: dict[str, np.ndarray] = {
         "x": rng.standard_normal((SOURCE_ROWS, ROW_FLOATS), dtype=np.float32),
         "y": rng.integers(0, 1 << 40, SOURCE_ROWS, dtype=np.int64),
     }

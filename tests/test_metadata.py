@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -107,7 +108,7 @@ def test_a_shorter_vocabulary_is_checked_against_the_stored_values(path: Path) -
         ({"y": "abc"}, "must be a sequence of strings"),
     ],
 )
-def test_vocabularies_the_format_forbids(path: Path, labels: dict, says: str) -> None:
+def test_vocabularies_the_format_forbids(path: Path, labels: dict[str, Any], says: str) -> None:
     with pytest.raises(SchemaError, match=says):
         ms.edit(path, labels=labels)
 

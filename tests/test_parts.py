@@ -131,6 +131,7 @@ def test_a_killed_writer_leaves_a_part_that_is_never_committed(tmp_path):
     process = context.Process(target=_write_then_wait, args=(path, child_end))
     process.start()
     victim = parent_end.recv()
+    assert process.pid is not None  # started
     os.kill(process.pid, signal.SIGKILL)
     process.join()
     assert process.exitcode == -signal.SIGKILL
@@ -171,12 +172,13 @@ def test_bad_part_lists_are_refused(tmp_path):
     path = make(tmp_path / "ds")
     keyed, unkeyed = part_of(path, 0, 2, key=0), part_of(path, 2, 2)
     text_key = part_of(path, 2, 2, key="z")
-    for listed, match in [
+    cases: list[tuple[list[ms.Part | str], str]] = [
         ([keyed, keyed], "more than once"),
         ([keyed, unkeyed], "needs every part to have a key"),
         ([keyed, text_key], "distinct and of one kind"),
         (["not-a-part"], "is not a part id"),
-    ]:
+    ]
+    for listed, match in cases:
         with pytest.raises(errors.PartError, match=match):
             ms.commit_parts(path, listed)
     with pytest.raises(errors.ArgumentError, match="order must be"):

@@ -66,10 +66,11 @@ def test_forked_child_remaps_instead_of_sharing_the_parents_cache(dataset: Any) 
 
 
 def _persistent_worker(tasks: Any, results: Any) -> None:
-    dataset = None
+    dataset: ms.Dataset | None = None
     while (task := tasks.get()) is not None:
         payload, indices = task
         dataset = pickle.loads(payload) if payload is not None else dataset
+        assert dataset is not None, "the first task carries the dataset"
         results.put(dataset.take(indices)["x"])
 
 
@@ -82,7 +83,11 @@ def test_persistent_workers_keep_serving_after_new_commits(method: str, tmp_path
     ds = ms.open(path)
     context = multiprocessing.get_context(method)
     tasks, results = context.Queue(), context.Queue()
-    worker = context.Process(target=_persistent_worker, args=(tasks, results))
+    # typeshed types get_context(str) as BaseContext, which has no Process; every real
+    # context (fork, spawn, forkserver) has one.
+    worker = context.Process(  # type: ignore[attr-defined]
+        target=_persistent_worker, args=(tasks, results)
+    )
     worker.start()
     try:
         tasks.put((pickle.dumps(ds), np.array([99, 0, 50])))

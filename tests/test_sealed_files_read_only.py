@@ -75,6 +75,7 @@ def test_parts_and_conversions_seal_files_read_only(tmp_path: Path, umask_022: N
     _create(tmp_path / "ds").close()
     with ms.write_part(tmp_path / "ds", key=0) as part:
         part.extend(_rows(0, 6))
+    assert part.part is not None
     records = sorted((tmp_path / "ds" / "shards").iterdir())
     assert [stat.S_IMODE(path.stat().st_mode) for path in records] == [0o444] * 4
     ms.commit_parts(tmp_path / "ds", [part.part])

@@ -27,6 +27,7 @@ def path(tmp_path: Path) -> Path:
     for block in range(4):
         with ms.write_part(root, key=block) as part:
             part.extend({"x": np.full((5, 2), block), "y": np.full(5, block)})
+        assert part.part is not None
         parts.append(part.part)
     parts.sort(key=lambda part: part.id, reverse=True)
     ms.commit_parts(root, parts, order="given")

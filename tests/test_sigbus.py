@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
@@ -124,7 +125,10 @@ def child_torch_dataloader_worker(directory: str) -> None:
 
     dataset = _dataset(directory, 1)
     assert float(dataset["x"][0][0]) == 0.0  # the parent installs memshard's handler
-    loader = torch.utils.data.DataLoader(_TruncatingDataset(directory), num_workers=1)
+    # Any object with __len__ and __getitem__ is a map-style dataset to torch; its stubs say
+    # Dataset, which this module cannot subclass without importing torch in every child.
+    mapped = cast("torch.utils.data.Dataset[float]", _TruncatingDataset(directory))
+    loader = torch.utils.data.DataLoader(mapped, num_workers=1)
     try:
         next(iter(loader))
     except RuntimeError as exc:

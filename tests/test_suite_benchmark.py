@@ -55,6 +55,9 @@ ROWS = {"images": 512, "vectors": 2048}
 FIGURE_KEYS = {"value", "samples", "work", "extra"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
+#: One quick run of the suite: its stdout, its JSON report and its output folder.
+QuickRun = tuple[str, dict[str, Any], Path]
+
 
 def redis_expected() -> bool:
     """The Redis peer runs where ``redis-server`` is installed; elsewhere it must be skipped
@@ -63,7 +66,7 @@ def redis_expected() -> bool:
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any], Path]:
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> QuickRun:
     """One quick run with small sizes: its stdout, its JSON report and its output folder."""
     root = tmp_path_factory.mktemp("suite")
     scratch, out = root / "scratch", root / "out"
@@ -80,7 +83,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, 
     return completed.stdout, report, out
 
 
-def test_quick_run_reports_the_run_and_the_limits(quick_run: tuple) -> None:
+def test_quick_run_reports_the_run_and_the_limits(quick_run: QuickRun) -> None:
     _, report, _ = quick_run
     assert report.keys() == {"mode", "machine", "effort", "limits", "workloads", "goals", "seconds"}
     assert report["mode"] == "quick"
@@ -94,7 +97,7 @@ def test_quick_run_reports_the_run_and_the_limits(quick_run: tuple) -> None:
         assert len(figure["samples"]) == 1
 
 
-def test_quick_run_measures_every_format_in_every_workload(quick_run: tuple) -> None:
+def test_quick_run_measures_every_format_in_every_workload(quick_run: QuickRun) -> None:
     _, report, _ = quick_run
     expected = [f for f in FORMATS if f != "Redis" or redis_expected()]
     on_disk = {f for f in expected if f not in ("in-RAM", "Redis")}
@@ -132,7 +135,7 @@ def test_quick_run_measures_every_format_in_every_workload(quick_run: tuple) -> 
             assert figure["value"] > 0
 
 
-def test_quick_run_judges_every_goal_from_the_figures(quick_run: tuple) -> None:
+def test_quick_run_judges_every_goal_from_the_figures(quick_run: QuickRun) -> None:
     _, report, _ = quick_run
     goals = report["goals"]
     per_workload = {w: sum(g[0] in (None, w) for g in GOALS) for w in ("images", "vectors")}
@@ -152,7 +155,7 @@ def test_quick_run_judges_every_goal_from_the_figures(quick_run: tuple) -> None:
 
 
 def test_quick_run_writes_the_markdown_report_and_one_chart_per_workload(
-    quick_run: tuple,
+    quick_run: QuickRun,
 ) -> None:
     stdout, _, out = quick_run
     markdown = (out / "results.md").read_text()

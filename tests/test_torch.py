@@ -20,6 +20,7 @@ import torch
 import torch.multiprocessing
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.multiprocessing.spawn import start_processes
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 import memshard as ms
@@ -756,7 +757,7 @@ def test_ddp_ranks_partition_every_epoch_through_loader(tmp_path: Path) -> None:
             tmp_path / f"rows{rows}", {"i": np.arange(rows), "x": np.ones((rows, 2))}, sessions
         )
         paths.append(str(tmp_path / f"rows{rows}"))
-    context = torch.multiprocessing.start_processes(
+    context = start_processes(
         ddp_worker.run_rank,
         args=(2, _free_port(), paths, 5, str(tmp_path)),
         nprocs=2,

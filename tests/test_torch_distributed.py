@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch.distributed as dist
-import torch.multiprocessing
+from torch.multiprocessing.spawn import start_processes
 from torch.utils.data import DataLoader
 
 import memshard as ms
@@ -45,7 +45,7 @@ DATASETS = {"aligned": (700, 308), "ragged": (997,)}
 #: What every rank reads, in this order: (dataset, how the rank opens it, DataLoader workers,
 #: the sampler's drop_last). "broadcast" is the recipe of docs/multinode.md for pinning every
 #: rank to one commit: rank 0 opens the dataset and sends the pickled Dataset to the others.
-CASES = (
+CASES: tuple[tuple[str, str, int, bool], ...] = (
     ("aligned", "loader", 0, False),
     ("aligned", "broadcast", 0, False),
     ("ragged", "dataset", 0, False),
@@ -106,7 +106,10 @@ def run_rank(rank: int, world_size: int, store: str, paths: dict[str, str], out_
         timeout=timedelta(seconds=60),
     )
     try:
-        report = [_read_case(paths[name], *how) for name, *how in CASES]
+        report = [
+            _read_case(paths[name], opener, workers, drop_last)
+            for name, opener, workers, drop_last in CASES
+        ]
         with open(os.path.join(out_dir, f"rank{rank}.pkl.tmp"), "wb") as handle:
             pickle.dump(report, handle)
         os.rename(
@@ -142,7 +145,9 @@ def _read_case(path: str, opener: str, workers: int, drop_last: bool) -> dict[st
         )
     else:
         # A spawned rank would spawn its workers too (each importing torch): fork them.
-        extra = {"multiprocessing_context": "fork", "timeout": 60} if workers else {}
+        extra: dict[str, Any] = (
+            {"multiprocessing_context": "fork", "timeout": 60} if workers else {}
+        )
         loader = mt.loader(
             source, batch_size=BATCH_SIZE, sampler=sampler, num_workers=workers, **extra
         )
@@ -175,7 +180,7 @@ def test_ranks_of_a_process_group_partition_the_shared_dataset(
     datasets: dict[str, Path], tmp_path: Path, world_size: int
 ) -> None:
     paths = {name: str(path) for name, path in datasets.items()}
-    context = torch.multiprocessing.start_processes(
+    context = start_processes(
         run_rank,
         args=(world_size, str(tmp_path / "store"), paths, str(tmp_path)),
         nprocs=world_size,

@@ -244,7 +244,9 @@ def test_a_multiprocessing_child_does_not_hold_the_lock(tmp_path: Path, method: 
     writer = ms.append(path)
     context = multiprocessing.get_context(method)
     keep, release = context.Pipe()
-    child = context.Process(target=_wait_for, args=(release,))
+    # typeshed types get_context(str) as BaseContext, which has no Process; every real
+    # context (fork, spawn, forkserver) has one.
+    child = context.Process(target=_wait_for, args=(release,))  # type: ignore[attr-defined]
     child.start()
     assert keep.recv() == "child runs"
     try:
