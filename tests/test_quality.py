@@ -33,6 +33,12 @@ def test_mypy_passes_on_the_package() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_mypy_passes_on_the_tests_and_benchmarks() -> None:
+    """benchmarks/ strict as the package; tests/ relaxed (pyproject's ``tests.*`` override)."""
+    result = _run("mypy", "tests", "benchmarks")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_public_api_never_imports_optional_integrations() -> None:
     code = (
         "import sys, memshard; "
