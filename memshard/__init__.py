@@ -12,7 +12,7 @@ integrations live in their own modules.
 from __future__ import annotations
 
 from . import errors
-from .appender import Appender, append, create
+from .appender import Appender, append, create, upgrade
 from .convert import from_hdf5, from_numpy, from_zarr, to_hdf5, to_zarr
 from .errors import MemshardError
 from .manifest import FORMAT_VERSION
@@ -45,5 +45,6 @@ __all__ = [
     "open",
     "to_hdf5",
     "to_zarr",
+    "upgrade",
     "write_part",
 ]

@@ -22,7 +22,7 @@ import numpy as np
 
 from . import manifest as manifest_io
 from .batch import validated_batch
-from .durable import fsync_directory
+from .durable import fsync_directory, write_file_durably
 from .errors import (
     AppenderClosedError,
     ArgumentError,
@@ -37,15 +37,17 @@ from .errors import (
     ShardMissingError,
     UnsafePathError,
     UnsupportedVersionError,
+    UpgradeError,
     WriteFailedError,
 )
 from .handles import FileLock
 from .layout import LOCK_NAME, MANIFEST_NAME, MANIFEST_TEMP_PREFIX, SHARDS_DIR, shard_file_name
-from .manifest import FORMAT_NAME, FORMAT_VERSION, FieldSpec, Manifest, Shard
+from .manifest import FORMAT_NAME, FORMAT_VERSION, FieldSpec, Manifest, Shard, TableRef
 from .mappings import SegmentFile, check_shard_file
 from .publish import publish_manifest
 from .schema import DEFAULT_SHARD_BYTES, field_specs, json_attrs, label_vocabularies, rows_per_shard
 from .shardsequence import ClosedOnExit, ShardSequence
+from .shardtable import TABLE_NAME, Shards, TableWriter, empty_table, stem_of
 from .shardwriter import ShardFileWriter
 from .smallfile import read_small_file
 
@@ -106,6 +108,7 @@ def create(
         fields=specs,
         labels=label_vocabularies(labels, specs),
         attrs=json_attrs(attrs),
+        table=TableRef(records=0, rows=0, chain=None),
         shards=(),
     )
     if os.path.lexists(root) and not overwrite:
@@ -119,6 +122,7 @@ def create(
     try:
         os.makedirs(os.path.join(staging, SHARDS_DIR))
         lock = _lock(staging)
+        write_file_durably(os.path.join(staging, TABLE_NAME), empty_table(len(specs)))
         publish_manifest(staging, manifest)
         fsync_directory(os.path.join(staging, SHARDS_DIR))
         move_into_place(staging, root, overwrite)
@@ -267,11 +271,40 @@ def append(path: str | os.PathLike[str]) -> Appender:
                 f"{FORMAT_VERSION} and must not rewrite a newer manifest"
             )
         _check_shards_directory(root)
-        _remove_leftovers(root, manifest)
-        return Appender(root, manifest, lock)
+        shards = Shards.of(root, manifest)
+        _check_upgradable(root, manifest)
+        _remove_leftovers(root, manifest, shards)
+        return Appender(root, manifest, lock, shards)
     except BaseException:
         lock.release()
         raise
+
+
+def upgrade(path: str | os.PathLike[str]) -> str | None:
+    """Upgrade the dataset at ``path`` to the format version this library writes, in place.
+
+    A dataset of format 1.x gets its shard table: one commit writes the records of every
+    sealed shard to ``shard_table.npy``, then publishes a format 2.0 manifest (a crash at any
+    point leaves the old manifest or the new one, both complete). No shard file is touched,
+    and an unsealed last shard stays unsealed. Appending to an old dataset upgrades it the
+    same way at its first commit.
+
+    Returns:
+        The version the dataset had, or None if it was already of this version.
+
+    Raises:
+        DatasetNotFoundError, DatasetLockedError, UnsupportedVersionError: as :func:`append`.
+        UpgradeError: a shard's files are not named so that a table can record them.
+    """
+    appender = append(path)
+    try:
+        version = appender.manifest.version
+        if version == FORMAT_VERSION:
+            return None
+        appender.commit()
+        return version
+    finally:
+        appender.abort()  # nothing was appended: the unsealed shard stays as it is
 
 
 def _lock_current(root: str) -> FileLock:
@@ -332,10 +365,27 @@ def _check_shards_directory(root: str) -> None:
     os.close(fd)
 
 
-def _remove_leftovers(root: str, manifest: Manifest) -> None:
-    named = {
-        file.path.split("/", 1)[1] for shard in manifest.shards for file in shard.files.values()
-    }
+def _check_upgradable(root: str, manifest: Manifest) -> None:
+    """A format 1 dataset is upgraded by the next commit, which moves its sealed shards into
+    the shard table; every one of them must fit a table record.
+
+    Raises:
+        UpgradeError: naming the first shard whose file names do not fit.
+    """
+    if manifest.table is not None:
+        return
+    for shard in manifest.shards:
+        if shard.sealed and stem_of(shard) is None:
+            paths = sorted(file.path for file in shard.files.values())
+            raise UpgradeError(
+                f"{root}: the shard at row {shard.row_offset} has files {paths}, not named "
+                f"shards/<stem>.<field>.npy with one stem, so this library cannot upgrade the "
+                f"dataset to format {FORMAT_VERSION} to append to it (it can still read it)"
+            )
+
+
+def _remove_leftovers(root: str, manifest: Manifest, shards: Shards) -> None:
+    named = {path.split("/", 1)[1] for path in shards.file_paths()}
     for entry in os.listdir(root):
         if entry.startswith(MANIFEST_TEMP_PREFIX):
             os.unlink(os.path.join(root, entry))
@@ -366,12 +416,23 @@ class Appender(ClosedOnExit):
     however many fields the dataset has, plus its lock.
     """
 
-    def __init__(self, root: str, manifest: Manifest, lock: FileLock) -> None:
+    def __init__(
+        self, root: str, manifest: Manifest, lock: FileLock, shards: Shards | None = None
+    ) -> None:
         self.path = root
         self._lock: FileLock | None = lock
         self._pid = os.getpid()
         self._committed = manifest
+        self._committed_shards = shards
         self._specs: dict[str, FieldSpec] = dict(manifest.fields)
+        self._table = TableWriter(root, manifest)
+        # A format 1 dataset's sealed shards, which the next commit moves into the table.
+        self._upgrade = (
+            []
+            if manifest.table is not None
+            else [shard for shard in manifest.shards if shard.sealed]
+        )
+        self._sealed_committed = self._table.records + len(self._upgrade)
         self._pending: list[Shard] = []  # sealed or adopted since the last commit
         self._adopted_files = False
         self._failure: str | None = None
@@ -382,12 +443,12 @@ class Appender(ClosedOnExit):
             manifest.shard_rows,
             lambda index, name: shard_file_name(token, index, name),
             first_row=manifest.rows,
-            next_index=len(manifest.shards),
+            next_index=self._sealed_committed + len(manifest.shards) - len(self._upgrade),
         )
         self._created = False  # by create(), which leaves nothing if nothing is committed
         self._metadata: dict[str, Any] = {}  # labels/attrs for the next commit (memshard.edit)
         if manifest.shards and not manifest.shards[-1].sealed:
-            self._continue(manifest.shards[-1], len(manifest.shards) - 1)
+            self._continue(manifest.shards[-1], self._sealed_committed)
 
     # -- public API --------------------------------------------------------------------------
     @property
@@ -404,6 +465,13 @@ class Appender(ClosedOnExit):
     def manifest(self) -> Manifest:
         """The manifest of the last commit."""
         return self._committed
+
+    @property
+    def shards(self) -> Shards:
+        """Every shard of the last commit, in row order."""
+        if self._committed_shards is None:
+            self._committed_shards = Shards.of(self.path, self._committed)
+        return self._committed_shards
 
     @property
     def fields(self) -> dict[str, FieldSpec]:
@@ -494,7 +562,7 @@ class Appender(ClosedOnExit):
             rows += record.rows
         self._pending.extend(shards)
         self._shards.rows = rows
-        self._shards.next_index = len(self._kept_shards()) + len(self._pending)
+        self._shards.next_index = self._sealed_committed + len(self._pending)
         self._adopted_files = True
         self._guarded(self._commit)
 
@@ -586,12 +654,6 @@ class Appender(ClosedOnExit):
     def _write(self, arrays: dict[str, np.ndarray]) -> None:
         self._guarded(self._shards.write, arrays)
 
-    def _kept_shards(self) -> tuple[Shard, ...]:
-        """The committed shards the next commit keeps as they are: all but an unsealed last
-        one, which is the shard this appender continues (still open, or sealed since)."""
-        shards = self._committed.shards
-        return shards[:-1] if shards and not shards[-1].sealed else shards
-
     def _continue(self, record: Shard, index: int) -> None:
         """Continue the unsealed last shard: cut it back to its committed rows."""
         for name, spec in self._specs.items():
@@ -623,30 +685,37 @@ class Appender(ClosedOnExit):
             fsync_directory(os.path.join(self.path, SHARDS_DIR))
         self._collect_sealed()
         previous = self._committed
-        shards = [*self._kept_shards(), *self._pending]
+        sealed = [*self._upgrade, *self._pending]
+        tail = []
         if open_files is not None and self._shards.open is not None:
             shard = self._shards.open
-            shards.append(
+            tail.append(
                 Shard(row_offset=shard.row_offset, rows=shard.rows, sealed=False, files=open_files)
             )
         if (
             self.rows == previous.rows
-            and len(shards) == len(previous.shards)
-            and not self._pending
+            and len(tail) == len(previous.shards)
+            and not sealed
             and not self._metadata
+            and previous.table is not None  # a format 1 dataset is upgraded by any commit
         ):
             return
+        records = self._table.prepare(sealed)
         manifest = previous.model_copy(
             update={
-                "version": FORMAT_VERSION,  # a dataset of an older minor version is upgraded
+                "version": FORMAT_VERSION,  # a dataset of an older version is upgraded
                 "generation": previous.generation + 1,
                 "rows": self.rows,
-                "shards": tuple(shards),
+                "table": records.ref,
+                "shards": tuple(tail),
                 **self._metadata,
             }
         )
         manifest = Manifest.model_validate(manifest.model_dump())
+        manifest_io.dumps_checked(manifest, where=self.path)  # refused before anything is written
         self._check_still_ours()
+        # The new records are durable before a manifest counts them (commit protocol).
+        self._table.append_records(records)
         try:
             publish_manifest(self.path, manifest)
         except CommitNotDurableError:
@@ -665,6 +734,9 @@ class Appender(ClosedOnExit):
 
     def _published(self, manifest: Manifest) -> None:
         self._committed = manifest
+        self._committed_shards = None
+        self._sealed_committed = self._table.records
+        self._upgrade = []
         self._pending = []
         self._shards.created_files = self._adopted_files = False
         self._metadata = {}

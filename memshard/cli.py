@@ -188,6 +188,16 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     verify.set_defaults(run=_verify)
 
+    upgrade = _command(
+        commands, "upgrade", "upgrade a dataset to the format version this memshard writes",
+        "Give a dataset of an older format version (1.x) its shard table, in place and "
+        "crash-safely: one commit, no shard file touched. A dataset of this version is left "
+        "as it is.",
+        ["memshard upgrade frames"],
+    )  # fmt: skip
+    _dataset_argument(upgrade)
+    upgrade.set_defaults(run=_upgrade)
+
     head = _command(
         commands, "head", "print the first rows",
         "Print the first rows of DATASET, every field; large samples are summarised.",
@@ -486,8 +496,8 @@ def describe(path: str) -> dict[str, Any]:
         "uuid": manifest.uuid,
         "generation": manifest.generation,
         "rows": len(ds),
-        "shards": len(manifest.shards),
-        "sealed_shards": sum(shard.sealed for shard in manifest.shards),
+        "shards": len(ds.shards),
+        "sealed_shards": ds.shards.sealed,
         "shard_rows": manifest.shard_rows,
         "bytes": ds.nbytes,
         "fields": {
@@ -530,6 +540,19 @@ def _info(args: argparse.Namespace) -> int:
         print("  attrs")
         for key, value in summary["attrs"].items():
             print(f"    {key}: {_short(json.dumps(value))}")
+    return OK
+
+
+def _upgrade(args: argparse.Namespace) -> int:
+    from .appender import upgrade
+    from .manifest import FORMAT_VERSION
+
+    root = os.path.abspath(args.dataset)
+    before = upgrade(root)
+    if before is None:
+        print(f"{root}: already format {FORMAT_VERSION}, nothing to do")
+    else:
+        print(f"{root}: upgraded from format {before} to {FORMAT_VERSION}")
     return OK
 
 

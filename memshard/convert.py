@@ -21,6 +21,8 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from . import interrupt
 from . import manifest as manifest_io
 from .appender import Appender, append, create, is_memshard_dataset
@@ -451,12 +453,10 @@ def _check_resumable(
             f"{staging}: the interrupted conversion {mismatch}; pass overwrite=True to "
             "delete it and start over"
         )
-    last = len(manifest.shards) - 1
-    if any(
-        not shard.sealed
-        or (shard.rows != manifest.shard_rows and not (index == last and manifest.rows == rows))
-        for index, shard in enumerate(manifest.shards)
-    ):
+    _, sizes = appender.shards.columns()
+    short = np.flatnonzero(sizes != manifest.shard_rows).tolist()
+    ends_source = manifest.rows == rows and short == [len(sizes) - 1]
+    if any(not shard.sealed for shard in manifest.shards) or (short and not ends_source):
         raise ConversionStateError(
             f"{staging}: holds shards a conversion does not write (unsealed or short); "
             "pass overwrite=True to delete it and start over"
@@ -551,7 +551,7 @@ class _OrderedCommit:
         while self._next in self._waiting:
             self._ready.append(self._waiting.pop(self._next))
             self._next += 1
-        committed = len(self._appender.manifest.shards)
+        committed = len(self._appender.shards)
         if (
             len(self._ready) * self._shard_bytes >= COMMIT_BYTES
             or len(self._ready) * COMMIT_GROWTH >= committed

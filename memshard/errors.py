@@ -154,6 +154,15 @@ class ChecksumError(InvalidDatasetError):
     """The data of a sealed shard does not match the checksum the manifest records."""
 
 
+class ShardTableError(InvalidDatasetError):
+    """The shard table (``shard_table.npy``, format 2) is missing, damaged, or disagrees with
+    the manifest."""
+
+
+class UpgradeError(MemshardError, ValueError):
+    """A dataset cannot be upgraded to the format version this library writes."""
+
+
 class SourceError(MemshardError, ValueError):
     """A conversion source is missing, unreadable, or holds nothing memshard can take."""
 

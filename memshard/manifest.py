@@ -32,12 +32,17 @@ from .layout import FIELD_NAME_PATTERN, SHARD_PATH_PATTERN, is_safe_shard_path
 from .smallfile import open_regular, read_small_file
 
 FORMAT_NAME: Literal["memshard"] = "memshard"
-#: The format version this library writes; it reads every ``1.x``. Version 1.1 added
-#: ``prefix_checksum`` to the files of the unsealed shard.
-FORMAT_VERSION = "1.1"
+#: The format version this library writes; it reads every ``1.x`` and ``2.x``. Version 1.1
+#: added ``prefix_checksum`` to the files of the unsealed shard; 2.0 moved the sealed shards
+#: from the manifest into the shard table (:mod:`memshard.shardtable`).
+FORMAT_VERSION = "2.0"
 FORMAT_MAJOR, FORMAT_MINOR = (int(part) for part in FORMAT_VERSION.split("."))
-#: The first minor version whose unsealed shard files carry ``prefix_checksum``.
-PREFIX_CHECKSUM_MINOR = 1
+#: The newest minor version this library implements of each major version it reads.
+KNOWN_MINORS = {1: 1, 2: 0}
+#: The first version whose unsealed shard files carry ``prefix_checksum``.
+PREFIX_CHECKSUM_VERSION = (1, 1)
+#: The first major version with a shard table.
+TABLE_MAJOR = 2
 VERSION_PATTERN = re.compile(r"[0-9]{1,4}\.[0-9]{1,4}", re.ASCII)
 #: A manifest larger than this is refused before it is parsed.
 MAX_MANIFEST_BYTES = 256 << 20
@@ -191,6 +196,45 @@ class Shard(StrictModel):
     files: dict[str, ShardFile]
 
 
+class TableRef(StrictModel):
+    """What a format 2 manifest states of the shard table: how many records are committed,
+    the rows they hold, and the chain value of the last one (null when there is none)."""
+
+    records: int = Count
+    rows: int = Count
+    chain: str | None = Field(
+        json_schema_extra={
+            "anyOf": [
+                {"type": "string", "pattern": f"^{CHECKSUM_PATTERN.pattern}$"},
+                {"type": "null"},
+            ]
+        }
+    )
+
+    @field_validator("chain")
+    @classmethod
+    def _chain_form(cls, value: str | None) -> str | None:
+        if value is not None and not CHECKSUM_PATTERN.fullmatch(value):
+            raise ValueError(f"chain {value!r} is not of the form 'xxh3_64:<16 hex digits>'")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TableRef:
+        if (self.records == 0) != (self.chain is None) or (self.records == 0) != (self.rows == 0):
+            raise ValueError(
+                "records, rows and chain must be 0, 0 and null together (an empty table)"
+            )
+        return self
+
+
+def _table_schema(schema: dict[str, Any]) -> None:
+    """An object when present; never null (absent instead, in format 1)."""
+    (reference,) = [option for option in schema.pop("anyOf") if "$ref" in option]
+    schema.pop("default", None)
+    schema.update(reference)
+    schema["description"] = "the shard table (format 2; spec section 6.6); absent in format 1"
+
+
 class Manifest(StrictModel):
     """The whole manifest. Construct through :func:`loads` or :func:`load` to get typed errors."""
 
@@ -206,6 +250,11 @@ class Manifest(StrictModel):
     )
     labels: dict[str, tuple[str, ...]]
     attrs: dict[str, Any]
+    #: Format 2: the sealed shards, in the shard table. Left out in format 1.
+    table: TableRef | None = Field(
+        default=None, exclude_if=_is_none, json_schema_extra=_table_schema
+    )
+    #: Format 1: every shard. Format 2: the shards after the table's (the unsealed last one).
     shards: tuple[Shard, ...]
 
     @field_validator("fields")
@@ -243,14 +292,34 @@ def version_numbers(version: str) -> tuple[int, int]:
 
 
 def is_newer_version(version: str) -> bool:
-    """Whether ``version`` is newer than the one this library writes, which it must then not
-    rewrite (spec section 3): an older minor is written back as :data:`FORMAT_VERSION`."""
-    return version_numbers(version) > (FORMAT_MAJOR, FORMAT_MINOR)
+    """Whether ``version`` is newer than this library knows of its major version (or of a
+    newer major), which it must then not rewrite (spec section 3); an older version is written
+    back as :data:`FORMAT_VERSION` (upgraded)."""
+    major, minor = version_numbers(version)
+    return major > FORMAT_MAJOR or minor > KNOWN_MINORS.get(major, FORMAT_MINOR)
+
+
+def _check_table(manifest: Manifest) -> int:
+    """The table must be present exactly in format 2; return the rows it holds."""
+    major = version_numbers(manifest.version)[0]
+    if major >= TABLE_MAJOR and manifest.table is None:
+        raise ValueError(f"table: required from format version {TABLE_MAJOR}.0")
+    if major < TABLE_MAJOR and manifest.table is not None:
+        raise ValueError(f"table: not a key of format version {major}.x")
+    if manifest.table is None:
+        return 0
+    for position, shard in enumerate(manifest.shards):
+        if shard.sealed:
+            raise ValueError(
+                f"shards[{position}].sealed is true; from format version {TABLE_MAJOR}.0 a "
+                "sealed shard belongs in the shard table"
+            )
+    return manifest.table.rows
 
 
 def _check_shards(manifest: Manifest) -> None:
-    expected_offset = 0
-    has_prefix_checksums = version_numbers(manifest.version)[1] >= PREFIX_CHECKSUM_MINOR
+    expected_offset = _check_table(manifest)
+    has_prefix_checksums = version_numbers(manifest.version) >= PREFIX_CHECKSUM_VERSION
     seen_paths: set[str] = set()
     last = len(manifest.shards) - 1
     for position, shard in enumerate(manifest.shards):
@@ -303,15 +372,14 @@ def _check_file(where: str, file: ShardFile, spec: FieldSpec, shard: Shard) -> N
 def _check_prefix_checksum(where: str, file: ShardFile, shard: Shard, expected: bool) -> None:
     if file.prefix_checksum is not None and not expected:
         raise ValueError(
-            f"{where}.prefix_checksum: not a key of format version 1.0 (it came in "
-            f"1.{PREFIX_CHECKSUM_MINOR})"
+            f"{where}.prefix_checksum: not a key of format version 1.0 (it came in 1.1)"
         )
     if shard.sealed and file.prefix_checksum is not None:
         raise ValueError(f"{where}.prefix_checksum must be left out on a sealed shard")
     if not shard.sealed and expected and file.prefix_checksum is None:
         raise ValueError(
             f"{where}.prefix_checksum is missing on an unsealed shard (required from format "
-            f"version 1.{PREFIX_CHECKSUM_MINOR})"
+            "version 1.1)"
         )
 
 
@@ -350,7 +418,7 @@ def loads(data: bytes, *, where: str) -> Manifest:
 
     Raises:
         ManifestError: naming ``where`` and the offending key.
-        UnsupportedVersionError: the major version is not ``1``.
+        UnsupportedVersionError: the major version is neither ``1`` nor ``2``.
     """
     if len(data) > MAX_MANIFEST_BYTES:
         raise ManifestTooLargeError(
@@ -446,12 +514,13 @@ def _check_version(raw: dict[str, Any], where: str) -> bool:
     if not isinstance(version, str) or not VERSION_PATTERN.fullmatch(version):
         raise ManifestError(f"{where}: version: expected 'MAJOR.MINOR', got {version!r}")
     major, minor = version_numbers(version)
-    if major != FORMAT_MAJOR:
+    if major not in KNOWN_MINORS:
+        readable = " and ".join(f"{known}.x" for known in KNOWN_MINORS)
         raise UnsupportedVersionError(
             f"{where}: version: format version {version} is not supported "
-            f"(this library reads {FORMAT_MAJOR}.x)"
+            f"(this library reads {readable})"
         )
-    return minor > FORMAT_MINOR
+    return minor > KNOWN_MINORS[major]
 
 
 def _known_keys_only(raw: dict[str, Any]) -> dict[str, Any]:
@@ -474,6 +543,8 @@ def _known_keys_only(raw: dict[str, Any]) -> dict[str, Any]:
         return value
 
     result: dict[str, Any] = known(Manifest, raw)
+    if "table" in result:
+        result["table"] = known(TableRef, result["table"])
     if "fields" in result:
         result["fields"] = each(FieldSpec, result["fields"])
     if isinstance(result.get("shards"), list):

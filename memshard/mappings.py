@@ -28,7 +28,6 @@ import ctypes
 import errno
 import mmap
 import os
-import sys
 import threading
 import weakref
 from collections import OrderedDict
@@ -47,6 +46,7 @@ from .errors import (
     ShardHeaderError,
     ShardSizeError,
 )
+from .filemap import FIXED_MAPPINGS, address_of, map_over
 from .layout import open_shard
 from .manifest import FieldSpec, ShardFile
 from .smallfile import read_small_file
@@ -59,11 +59,7 @@ MIN_MAPPED_AREAS = 64
 MAX_MAP_COUNT_PATH = "/proc/sys/vm/max_map_count"
 #: Whether shards can be mapped back to back here: the data offset must be a whole number of
 #: mapping pages, and the platform must offer ``MAP_FIXED``.
-BACK_TO_BACK = npyheader.DATA_ALIGN % mmap.ALLOCATIONGRANULARITY == 0 and sys.platform in (
-    "linux",
-    "darwin",
-)
-_MAP_FIXED = 0x10  # the same value on Linux and macOS
+BACK_TO_BACK = npyheader.DATA_ALIGN % mmap.ALLOCATIONGRANULARITY == 0 and FIXED_MAPPINGS
 
 
 @dataclass(frozen=True)
@@ -404,9 +400,10 @@ def _read_runs(fd: int, part: SegmentFile, rows: np.ndarray, out: np.ndarray, ro
                 done += count
 
 
-def segment_breaks_after(spec: FieldSpec, rows: int) -> bool:
-    """Whether a segment must end after a shard of ``rows`` rows of this field."""
-    return not BACK_TO_BACK or (rows * spec.row_bytes) % npyheader.DATA_ALIGN != 0
+def segment_breaks_after(spec: FieldSpec, rows: np.ndarray) -> np.ndarray:
+    """Whether a segment must end after each shard, of ``rows`` rows each, of this field."""
+    breaks: np.ndarray = ((rows * spec.row_bytes) % npyheader.DATA_ALIGN != 0) | (not BACK_TO_BACK)
+    return breaks
 
 
 def check_shard_file(root: str, spec: FieldSpec, part: SegmentFile) -> None:
@@ -449,24 +446,6 @@ def _check_size(fd: int, where: str, part: SegmentFile) -> None:
         raise ShardSizeError(
             f"{where}: sealed shard is {size} bytes, the manifest says {expected} (trailing bytes)"
         )
-
-
-def _libc_mmap() -> Any:
-    libc = ctypes.CDLL(None, use_errno=True)
-    function = libc.mmap
-    function.restype = ctypes.c_void_p
-    function.argtypes = [
-        ctypes.c_void_p,
-        ctypes.c_size_t,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_int64,
-    ]
-    return function
-
-
-_LIBC_MMAP: Any = _libc_mmap() if BACK_TO_BACK else None
 
 
 def advise_will_need(array: np.ndarray, rows: np.ndarray) -> int:
@@ -519,9 +498,7 @@ def _map_back_to_back(
     page = mmap.ALLOCATIONGRANULARITY
     reserved = -(-sum(lengths) // page) * page + npyheader.HUGE_PAGE
     region = mmap.mmap(-1, reserved, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
-    probe = np.frombuffer(region, dtype=np.uint8, count=1)
-    start = probe.ctypes.data
-    del probe
+    start = address_of(region)
     start_offset = (parts[0].file.data_offset - start) % npyheader.HUGE_PAGE
     base = start + start_offset
     offset = 0
@@ -530,7 +507,7 @@ def _map_back_to_back(
             fd = open_part(part)
             try:
                 if length:
-                    _map_fixed(part, base + offset, length, fd)
+                    map_over(base + offset, length, fd, part.file.data_offset, part.file.path)
             finally:
                 os.close(fd)
             offset += length
@@ -538,12 +515,3 @@ def _map_back_to_back(
         region.close()  # also unmaps the files already placed over it
         raise
     return region, start_offset
-
-
-def _map_fixed(part: SegmentFile, address: int, length: int, fd: int) -> None:
-    mapped = _LIBC_MMAP(
-        address, length, mmap.PROT_READ, mmap.MAP_SHARED | _MAP_FIXED, fd, part.file.data_offset
-    )
-    if mapped != address:
-        error = ctypes.get_errno()
-        raise OSError(error, f"mmap of {part.file.path} failed: {os.strerror(error)}")

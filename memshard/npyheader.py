@@ -44,7 +44,9 @@ MAX_HEADER_SIZE = 65535
 MAX_DATA_OFFSET = (PREAMBLE_SIZE + MAX_HEADER_SIZE) // DATA_ALIGN * DATA_ALIGN
 
 
-def _dictionary(descr: str, shape: tuple[int, ...]) -> str:
+def _dictionary(dtype: np.dtype[Any], shape: tuple[int, ...]) -> str:
+    # A structured dtype (the shard table's records) is spelled as numpy spells it: a list.
+    descr = dtype.str if dtype.names is None else np.lib.format.dtype_to_descr(dtype)
     return f"{{'descr': {descr!r}, 'fortran_order': False, 'shape': {shape!r}, }}"
 
 
@@ -55,7 +57,7 @@ def data_offset(dtype: np.dtype[Any], sample_shape: tuple[int, ...]) -> int:
         >>> data_offset(np.dtype("<f4"), (3, 64, 64))
         4096
     """
-    widest = _dictionary(dtype.str, (10**ROW_DIGITS_RESERVED - 1, *sample_shape))
+    widest = _dictionary(dtype, (10**ROW_DIGITS_RESERVED - 1, *sample_shape))
     unpadded = PREAMBLE_SIZE + len(widest) + 1
     return -(-unpadded // DATA_ALIGN) * DATA_ALIGN
 
@@ -65,7 +67,7 @@ def header_bytes(dtype: np.dtype[Any], sample_shape: tuple[int, ...], rows: int)
     if not 0 <= rows < 10**ROW_DIGITS_RESERVED:
         raise ValueError(f"row count {rows} does not fit the reserved header space")
     size = data_offset(dtype, sample_shape)
-    text = _dictionary(dtype.str, (rows, *sample_shape))
+    text = _dictionary(dtype, (rows, *sample_shape))
     body_size = size - PREAMBLE_SIZE
     if body_size > MAX_HEADER_SIZE:
         raise ValueError(f"a header of {body_size} bytes exceeds {MAX_HEADER_SIZE}")

@@ -125,7 +125,7 @@ def _commit(
     repeated = {part_id for part_id, count in Counter(ids).items() if count > 1}
     if repeated:
         raise PartError(f"{root}: parts given more than once: {sorted(repeated)}")
-    committed = {file.path for shard in appender.manifest.shards for file in shard.files.values()}
+    committed = appender.shards.file_paths()
     records = [_load_uncommitted(root, part_id, committed) for part_id in ids]
     for part, record in zip(given, records, strict=False):
         if isinstance(part, Part) and part != record:
@@ -257,7 +257,7 @@ def _discard(
     wanted = None if parts is None else {_part_id(part) for part in parts}
     if group is not None and not (isinstance(group, str) and GROUP_PATTERN.fullmatch(group)):
         raise PartError(f"group must be 1-32 characters from [a-z0-9], got {group!r}")
-    named = {file.path for shard in appender.manifest.shards for file in shard.files.values()}
+    named = appender.shards.file_paths()
     found = _files_of_parts(root)
     removed = []
     for part_id, files in sorted(found.items()):

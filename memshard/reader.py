@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import os
-from collections.abc import Hashable, Iterator, Mapping
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -41,7 +41,7 @@ from .indexing import (
     slice_rows,
 )
 from .layout import MANIFEST_NAME, not_found
-from .manifest import FieldSpec, Manifest, Shard
+from .manifest import FieldSpec, Manifest
 from .mappings import (
     CACHE,
     SegmentFile,
@@ -50,6 +50,7 @@ from .mappings import (
     segment_areas,
     segment_breaks_after,
 )
+from .shardtable import Shards
 from .verify import VerifyReport, verify_dataset
 
 #: Rows at least this large are scattered into a multi-segment gather one by one, which copies
@@ -70,18 +71,76 @@ class FieldInfo(NamedTuple):
     shape: tuple[int, ...]
 
 
+class _Segments(Sequence[Any]):
+    """The shard files (:meth:`parts`) or the mapping cache key (:meth:`key`) of each segment
+    of one field, built on first use and kept: a dataset of 100,000 shards opens without
+    building an object per shard. (No closures: a closure would reach the module's globals,
+    and a dataset must reach few objects, see ``tests/test_reader.py``.)"""
+
+    def __init__(
+        self,
+        root: str,
+        name: str,
+        shards: Shards,
+        lengths: np.ndarray,
+        bounds: np.ndarray,
+        keys: bool,
+    ) -> None:
+        self._root = root
+        self._name = name
+        self._shards = shards
+        self._lengths = lengths
+        self._bounds = bounds  # segment s holds shards bounds[s] to bounds[s + 1]
+        self._keys = keys
+        self._made: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self._bounds) - 1
+
+    def __getitem__(self, segment: Any) -> Any:
+        value = self._made.get(segment)
+        if value is None:
+            first, end = int(self._bounds[segment]), int(self._bounds[segment + 1])
+            value = self._key(first, end) if self._keys else self._parts(first, end)
+            self._made[segment] = value
+        return value
+
+    def _parts(self, first: int, end: int) -> tuple[SegmentFile, ...]:
+        return tuple(
+            SegmentFile(
+                file=self._shards[index].files[self._name],
+                manifest_rows=self._shards[index].rows,
+                sealed=self._shards[index].sealed,
+                rows=int(self._lengths[index]),
+            )
+            for index in range(first, end)
+        )
+
+    def _key(self, first: int, end: int) -> Hashable:
+        last = end - 1
+        return (
+            self._root,
+            self._shards[first].files[self._name].path,
+            self._shards[last].files[self._name].path,
+            int(self._lengths[last]),
+            end - first,
+        )
+
+
 @dataclass(frozen=True)
 class _FieldLayout:
     """How one field's rows are mapped: segments of shards mapped back to back (a shard whose
     data is not whole pages ends its segment), or one shard per segment.
 
-    ``table`` holds the segment offsets; ``keys[s]`` identifies segment ``s`` in the mapping
-    cache and ``parts[s]`` lists its shard files."""
+    ``table`` holds the segment offsets (``starts`` as a tuple); ``keys[s]`` identifies
+    segment ``s`` in the mapping cache and ``parts[s]`` lists its shard files (both built on
+    first use)."""
 
     table: SegmentTable
     starts: tuple[int, ...]
-    keys: tuple[Hashable, ...]
-    parts: tuple[tuple[SegmentFile, ...], ...]
+    keys: Sequence[Hashable]
+    parts: Sequence[tuple[SegmentFile, ...]]
+    memory_areas: int
 
     @classmethod
     def of(
@@ -89,39 +148,23 @@ class _FieldLayout:
         root: str,
         name: str,
         spec: FieldSpec,
-        shards: tuple[Shard, ...],
-        lengths: tuple[int, ...],
+        shards: Shards,
+        lengths: np.ndarray,
         shard_per_segment: bool,
     ) -> _FieldLayout:
-        segments: list[tuple[SegmentFile, ...]] = []
-        current: list[SegmentFile] = []
-        for shard, length in zip(shards, lengths, strict=True):
-            current.append(
-                SegmentFile(
-                    file=shard.files[name],
-                    manifest_rows=shard.rows,
-                    sealed=shard.sealed,
-                    rows=length,
-                )
-            )
-            if shard_per_segment or segment_breaks_after(spec, length):
-                segments.append(tuple(current))
-                current = []
-        if current:
-            segments.append(tuple(current))
-        starts = [0]
-        for segment in segments:
-            starts.append(starts[-1] + sum(part.rows for part in segment))
-        keys = tuple(
-            (root, seg[0].file.path, seg[-1].file.path, seg[-1].rows, len(seg)) for seg in segments
+        breaks = segment_breaks_after(spec, lengths) | shard_per_segment
+        breaks[-1:] = True
+        bounds = np.concatenate(([0], np.flatnonzero(breaks) + 1)).astype(np.int64)
+        row_ends = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
+        starts = row_ends[bounds]
+        segments = len(bounds) - 1
+        return cls(
+            SegmentTable.from_offsets(starts),
+            tuple(starts.tolist()),
+            _Segments(root, name, shards, lengths, bounds, keys=True),
+            _Segments(root, name, shards, lengths, bounds, keys=False),
+            len(lengths) + segments * segment_areas(0),  # an area per file, and per segment
         )
-        table = SegmentTable.from_offsets(np.array(starts, dtype=np.int64))
-        return cls(table, tuple(starts), keys, tuple(segments))
-
-    @property
-    def memory_areas(self) -> int:
-        """Kernel memory areas the field's segments take once all are mapped."""
-        return sum(segment_areas(len(parts)) for parts in self.parts)
 
 
 @dataclass(frozen=True)
@@ -133,7 +176,7 @@ class _Snapshot:
     manifest: Manifest
     generation: int
     rows: int
-    shards: tuple[Shard, ...]
+    shards: Shards
     layouts: dict[str, _FieldLayout]
 
     @classmethod
@@ -142,10 +185,12 @@ class _Snapshot:
 
         Raises:
             FieldTooLargeError: a field's sample is larger than a numpy array can hold.
+            ShardTableError: the shard table is missing or damaged.
         """
         _check_readable(root, manifest)
-        shards = tuple(shard for shard in manifest.shards if shard.row_offset < rows)
-        lengths = tuple(min(shard.rows, rows - shard.row_offset) for shard in shards)
+        shards = Shards.of(root, manifest).first_rows(rows)
+        offsets, sizes = shards.columns()
+        lengths = np.minimum(sizes, rows - offsets)
 
         def layouts_of(shard_per_segment: bool) -> dict[str, _FieldLayout]:
             return {
@@ -304,8 +349,9 @@ class Dataset:
         )
 
     @property
-    def shards(self) -> tuple[Shard, ...]:
-        """The manifest records of the shards holding the visible rows."""
+    def shards(self) -> Shards:
+        """The manifest records of the shards holding the visible rows, in row order (a
+        sequence of :class:`~memshard.manifest.Shard`, each built when first indexed)."""
         return self._snapshot.shards
 
     @property
@@ -361,6 +407,7 @@ class Dataset:
         evicted (``posix_fadvise(POSIX_FADV_DONTNEED)``) and the files deleted.
         """
         self._closed = True
+        self._snapshot.shards.table.release()
         root = self.path
         CACHE.evict(lambda key: isinstance(key, tuple) and key[0] == root)
 

@@ -310,12 +310,10 @@ class ShardAwareSampler(Sampler[int]):
         _check_count("seed", seed, minimum=0)
         if not _is_int(rank) or not 0 <= rank < num_replicas:
             raise SamplerError(f"rank must be an integer in [0, {num_replicas}), got {rank!r}")
-        self._shard_starts = np.array([s.row_offset for s in dataset.shards], dtype=np.int64)
+        self._shard_starts, shard_rows = dataset.shards.columns()
         # A dataset view may end inside its last shard (a pickled snapshot of a growing
         # dataset), so a shard's rows are cut at len(dataset).
-        self._shard_rows = np.array(
-            [min(s.rows, len(dataset) - s.row_offset) for s in dataset.shards], dtype=np.int64
-        )
+        self._shard_rows = np.minimum(shard_rows, len(dataset) - self._shard_starts)
         self._rows = len(dataset)
         self.window_shards = window_shards
         self.seed = seed

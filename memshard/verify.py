@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,10 +27,12 @@ from .errors import (
     ManifestError,
     MemshardError,
     ShardDataError,
+    ShardTableError,
 )
 from .layout import MANIFEST_NAME, not_found, open_shard
 from .manifest import FieldSpec, Manifest, Shard, ShardFile
 from .mappings import SegmentFile, check_shard_file
+from .shardtable import TABLE_NAME, Shards
 from .smallfile import read_small_file
 
 
@@ -110,14 +112,22 @@ def verify_dataset(root: str, *, progress: bool | None = False) -> VerifyReport:
     try:
         data = _read_manifest(root, where)
         manifest = manifest_io.loads(data, where=where)
+        where = os.path.join(root, TABLE_NAME)
+        shards = Shards.of(root, manifest)
     except MemshardError as exc:
         if isinstance(exc, DatasetNotFoundError):
             raise
         result = VerifyReport(path=root, seconds=time.perf_counter() - started)
         result.problems.append(Problem(where, _without_path(str(exc), where), type(exc)))
         return result
-    with progress_bar(total_bytes(manifest), desc="verify", enabled=progress) as bar:
-        result = verify(root, manifest, report=bar.update)
+    table_problems = [
+        Problem(where, _without_path(message, where), ShardTableError)
+        for message in shards.table.check_all()
+    ]
+    with progress_bar(total_bytes(manifest, shards), desc="verify", enabled=progress) as bar:
+        result = verify(root, manifest, shards, report=bar.update)
+    result.problems[:0] = table_problems
+    where = os.path.join(root, MANIFEST_NAME)
     if not manifest_io.has_own_checksum(data):
         message = "has no checksum of its own, so damage to it cannot be detected"
         result.problems.insert(0, Problem(where, message, ManifestError))
@@ -137,10 +147,15 @@ def _read_manifest(root: str, where: str) -> bytes:
 
 
 def verify(
-    root: str, manifest: Manifest, *, report: Callable[[int], object] | None = None
+    root: str,
+    manifest: Manifest,
+    shards: Shards,
+    *,
+    report: Callable[[int], object] | None = None,
 ) -> VerifyReport:
-    """Check every file ``manifest`` names under ``root``; ``report(nbytes)`` after each
-    block read (for a progress bar).
+    """Check every file of ``shards`` (the shards of ``manifest``) under ``root``;
+    ``report(nbytes)`` after each block read (for a progress bar). A damaged record of the
+    shard table is skipped (:meth:`ShardTable.check_all` reports it).
 
     Returns a report listing each damaged file in ``problems`` and, for a format 1.0 manifest
     with an unsealed shard, the rows no checksum covers in ``unchecked``.
@@ -148,7 +163,7 @@ def verify(
     result = VerifyReport(path=root)
     started = time.perf_counter()
     buffer = bytearray(READ_CHUNK)
-    for shard in manifest.shards:
+    for shard in _readable(shards):
         for name, file in shard.files.items():
             interrupt.check()
             spec = manifest.fields[name]
@@ -162,11 +177,25 @@ def verify(
     return result
 
 
-def total_bytes(manifest: Manifest) -> int:
-    """Data bytes :func:`verify` reads (see :func:`_is_read`)."""
-    return sum(
+def _readable(shards: Shards) -> Iterator[Shard]:
+    for position in range(len(shards)):
+        try:
+            yield shards[position]
+        except ShardTableError:
+            continue
+
+
+def total_bytes(manifest: Manifest, shards: Shards) -> int:
+    """Data bytes :func:`verify` reads (see :func:`_is_read`): every sealed file, and those
+    files of the unsealed shard that have a checksum or hold bools."""
+    try:
+        _, rows = shards.table.columns()
+    except ShardTableError:  # reported by ShardTable.check_all; the bar is only a guide
+        rows = np.zeros(0, dtype=np.int64)
+    sealed = int(rows.sum()) * sum(spec.row_bytes for spec in manifest.fields.values())
+    return sealed + sum(
         file.nbytes
-        for shard in manifest.shards
+        for shard in shards.tail
         for name, file in shard.files.items()
         if _is_read(manifest.fields[name], shard, file)
     )

@@ -29,9 +29,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from memshard import checksum, dtypes, durable, layout, manifest, npyheader, schema
+from memshard import checksum, dtypes, durable, layout, manifest, npyheader, schema, shardtable
 from memshard.checksum import StreamingChecksum
-from memshard.manifest import FieldSpec, Manifest, Shard, ShardFile
+from memshard.manifest import FieldSpec, Manifest, Shard, ShardFile, TableRef
 
 SPEC_DIR = Path(__file__).resolve().parent
 FORMAT_FILE = "FORMAT.md"
@@ -76,6 +76,9 @@ LIMITS: tuple[tuple[ModuleType, str, str], ...] = (
     (schema, "MAX_ATTRS_DEPTH", "deepest nesting of `attrs` a writer accepts"),
     (npyheader, "HUGE_PAGE", "full shards hold whole huge pages of the widest field (writer)"),
     (durable, "MAX_DEFERRED_FILES", "sealed files a writer keeps unsynced until the commit"),
+    (shardtable, "TABLE_NAME", "the shard table (format 2)"),
+    (shardtable, "STEM_BYTES", "bytes of a shard's file stem in a shard table record"),
+    (shardtable, "STEM_PATTERN", "a shard's file stem (whole string)"),
 )
 #: Order of dtype kinds in the dtype table: bool, signed, unsigned, float, complex.
 KIND_ORDER = "biufc"
@@ -86,9 +89,11 @@ class SpecError(Exception):
 
 
 class Example(NamedTuple):
-    """The worked example: its manifest and the content of each shard file, by manifest path."""
+    """The worked example: its manifest, its sealed shards (the records of its shard table)
+    and the content of each file, by path (the shard table's too)."""
 
     manifest: Manifest
+    shards: tuple[Shard, ...]
     files: dict[str, bytes]
 
 
@@ -145,6 +150,10 @@ def build_example() -> Example:
         shard, contents = example_shard(index, start, min(start + EXAMPLE_SHARD_ROWS, rows))
         shards.append(shard)
         files.update(contents)
+    records = example_records(shards)
+    files[shardtable.TABLE_NAME] = (
+        npyheader.header_bytes(records.dtype, (), len(records)) + records.tobytes()
+    )
     document = Manifest(
         format=manifest.FORMAT_NAME,
         version=manifest.FORMAT_VERSION,
@@ -155,9 +164,44 @@ def build_example() -> Example:
         fields=EXAMPLE_FIELDS,
         labels=EXAMPLE_LABELS,
         attrs=EXAMPLE_ATTRS,
-        shards=tuple(shards),
+        table=TableRef(
+            records=len(records),
+            rows=rows,
+            chain=shardtable.format_chain(int(records[-1]["chain"])),
+        ),
+        shards=(),
     )
-    return Example(document, files)
+    return Example(document, tuple(shards), files)
+
+
+def example_records(shards: Sequence[Shard]) -> np.ndarray:
+    """The shard table records of the example's sealed shards."""
+    seed = shardtable.chain_seed(EXAMPLE_UUID)
+    return shardtable.encode(shards, list(EXAMPLE_FIELDS), seed, where="example")
+
+
+def table_dictionary(example: Example) -> str:
+    """The header dictionary of the example's shard table, without its padding."""
+    content = example.files[shardtable.TABLE_NAME]
+    return content[npyheader.PREAMBLE_SIZE :].split(b"\n", 1)[0].rstrip().decode("ascii")
+
+
+def records_table(example: Example) -> str:
+    """The markdown table of the example's shard table records, one row per record."""
+    records = example_records(example.shards)
+    rows = [
+        (
+            index,
+            int(record["row_offset"]),
+            int(record["rows"]),
+            f"`{bytes(record['stem']).rstrip(bytes(1)).decode()}`",
+            ", ".join(f"`{int(value):016x}`" for value in record["checksums"]),
+            f"`{int(record['chain']):016x}`",
+        )
+        for index, record in enumerate(records)
+    ]
+    header = ("Record", "`row_offset`", "`rows`", "`stem`", "`checksums` (x, y)", "`chain`")
+    return table(header, ("---:", "---:", "---:", "---", "---", "---"), rows)
 
 
 def unsealed_last_shard() -> Shard:
@@ -272,7 +316,7 @@ def layout_table(spec: FieldSpec, content: bytes) -> str:
 def files_table(example: Example) -> str:
     """The markdown table of the example's shard files: path, size and values."""
     rows = []
-    for shard in example.manifest.shards:
+    for shard in example.shards:
         for name, record in shard.files.items():
             spec = example.manifest.fields[name]
             content = example.files[record.path]
@@ -334,7 +378,7 @@ def fenced(language: str, text: str) -> str:
 def generated_blocks() -> dict[str, str]:
     """Every generated block of ``FORMAT.md``, by name."""
     example = build_example()
-    first = example.manifest.shards[0].files["x"]
+    first = example.shards[0].files["x"]
     content = example.files[first.path]
     return {
         "dtypes": dtype_table(),
@@ -344,6 +388,8 @@ def generated_blocks() -> dict[str, str]:
         "shard-layout": layout_table(example.manifest.fields["x"], content),
         "manifest": fenced("json", manifest.dumps(example.manifest).decode("utf-8")),
         "unsealed-shard": fenced("json", shard_line(unsealed_last_shard())),
+        "table-header": fenced("text", table_dictionary(example) + "\n"),
+        "table-records": records_table(example),
     }
 
 

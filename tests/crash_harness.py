@@ -66,7 +66,9 @@ from typing import Any
 import numpy as np
 
 import memshard as ms
+from memshard import npyheader
 from memshard.layout import LOCK_NAME, MANIFEST_NAME, MANIFEST_TEMP_PREFIX, SHARDS_DIR
+from memshard.shardtable import TABLE_NAME, Shards, record_dtype
 from tests import race_harness
 from tests.crash_writer import FIELDS, SHARD_BYTES, rows
 from tests.fault_writer import make_plan
@@ -465,14 +467,19 @@ def stray_files(path: str) -> Counter[str]:
     from memshard import manifest as manifest_io
 
     manifest = manifest_io.load(os.path.join(path, MANIFEST_NAME))
-    named = {file.path.split("/", 1)[1] for s in manifest.shards for file in s.files.values()}
+    named = {name.split("/", 1)[1] for name in Shards.of(path, manifest).file_paths()}
     found: Counter[str] = Counter()
     for entry in os.listdir(path):
         if entry.startswith(MANIFEST_TEMP_PREFIX):
             found["temporary manifests"] += 1
-        elif entry not in (MANIFEST_NAME, LOCK_NAME, SHARDS_DIR):
+        elif entry not in (MANIFEST_NAME, LOCK_NAME, SHARDS_DIR, TABLE_NAME):
             found["other files"] += 1
     found["unnamed shard files"] += len(set(os.listdir(os.path.join(path, SHARDS_DIR))) - named)
+    table = os.path.join(path, TABLE_NAME)
+    committed = manifest.table.records if manifest.table else 0
+    record = record_dtype(len(manifest.fields))
+    if os.path.getsize(table) > npyheader.data_offset(record, ()) + committed * record.itemsize:
+        found["uncommitted shard table records"] += 1
     if manifest.shards and not manifest.shards[-1].sealed:
         last = manifest.shards[-1]
         for file in last.files.values():
@@ -489,7 +496,7 @@ def exact_layout_problems(path: str) -> list[str]:
     named = {os.path.basename(f.path) for s in ds.shards for f in s.files.values()}
     problems = []
     top = set(os.listdir(path))
-    if top != {MANIFEST_NAME, LOCK_NAME, SHARDS_DIR}:
+    if top != {MANIFEST_NAME, LOCK_NAME, SHARDS_DIR, TABLE_NAME}:
         problems.append(f"dataset directory holds {sorted(top)}")
     shards = set(os.listdir(os.path.join(path, SHARDS_DIR)))
     if shards != named:

@@ -57,6 +57,8 @@ import numpy as np
 
 import memshard as ms
 import memshard.durable
+from memshard import npyheader
+from memshard.shardtable import TABLE_NAME, record_dtype, shard_path
 from tests.crash_writer import rows
 
 #: The ``os`` functions counted as file operations.
@@ -158,14 +160,31 @@ class SyncAudit:
             self._violation(f"{os.path.basename(source)} renamed into place before its fsync")
         with open(source, "rb") as handle:
             manifest = json.loads(handle.read())
-        for shard in manifest["shards"]:
-            for file in shard["files"].values():
-                path = os.path.realpath(os.path.join(self.root, file["path"]))
-                directory, name = os.path.split(path)
-                if path in self.dirty:
-                    self._violation(f"published {file['path']} with unsynced writes")
-                if name in self.unsynced.get(directory, ()):
-                    self._violation(f"published {file['path']} before fsync of its directory")
+        for relative in self._named(manifest):
+            path = os.path.realpath(os.path.join(self.root, relative))
+            directory, name = os.path.split(path)
+            if path in self.dirty:
+                self._violation(f"published {relative} with unsynced writes")
+            if name in self.unsynced.get(directory, ()):
+                self._violation(f"published {relative} before fsync of its directory")
+
+    def _named(self, manifest: dict[str, Any]) -> list[str]:
+        """The files a manifest about to be published names: its shards' files, and the shard
+        table with its committed records' files (read with the builtin ``open``, which the
+        injector does not count)."""
+        named = [file["path"] for shard in manifest["shards"] for file in shard["files"].values()]
+        table = manifest.get("table")
+        if table and table["records"]:
+            dtype = record_dtype(len(manifest["fields"]))
+            with open(os.path.join(self.root, TABLE_NAME), "rb") as handle:
+                data = handle.read()
+            offset = npyheader.data_offset(dtype, ())
+            records = np.frombuffer(data, dtype=dtype, count=table["records"], offset=offset)
+            for record in records:
+                stem = bytes(record["stem"]).rstrip(bytes(1)).decode("ascii")
+                named += [shard_path(stem, field) for field in manifest["fields"]]
+            named.append(TABLE_NAME)
+        return named
 
     def committed(self) -> None:
         """A commit returned: its rename must be durable."""

@@ -77,3 +77,45 @@ def make_socket(path: str | os.PathLike[str]) -> None:
         os.rename(os.path.join(short, "s"), path)
     finally:
         shutil.rmtree(short)
+
+
+def as_format_1(root: str | os.PathLike[str], version: str = "1.1") -> None:
+    """Rewrite the dataset at ``root`` as format 1.x wrote it: every shard listed in the
+    manifest, no shard table. For tests of what format 1 datasets do (they stay readable)."""
+    from memshard import manifest as manifest_io
+    from memshard.layout import MANIFEST_NAME
+    from memshard.shardtable import TABLE_NAME, Shards
+
+    path = os.path.join(root, MANIFEST_NAME)
+    current = manifest_io.load(path)
+    shards = tuple(Shards.of(os.fspath(root), current))
+    if version == "1.0":
+        shards = tuple(
+            shard.model_copy(
+                update={
+                    "files": {
+                        name: file.model_copy(update={"prefix_checksum": None})
+                        for name, file in shard.files.items()
+                    }
+                }
+            )
+            for shard in shards
+        )
+    old = current.model_copy(update={"version": version, "table": None, "shards": shards})
+    data = manifest_io.dumps(manifest_io.Manifest.model_validate(old.model_dump()))
+    with open(path, "wb") as file:
+        file.write(data)
+    table = os.path.join(root, TABLE_NAME)
+    if os.path.exists(table):
+        os.unlink(table)
+
+
+def shard_records(root: str | os.PathLike[str]) -> list[ms.manifest.Shard]:
+    """Every committed shard of the dataset at ``root`` (the shard table's, then the
+    manifest's), as the reader sees them."""
+    from memshard import manifest as manifest_io
+    from memshard.layout import MANIFEST_NAME
+    from memshard.shardtable import Shards
+
+    manifest = manifest_io.load(os.path.join(root, MANIFEST_NAME))
+    return list(Shards.of(os.fspath(root), manifest))

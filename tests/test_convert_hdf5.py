@@ -282,7 +282,7 @@ def test_zero_rows(tmp_path: Path) -> None:
     ds = ms.from_hdf5(src, tmp_path / "out")
     assert len(ds) == 0
     assert ds["x"].shape == (0, 3)
-    assert ds.shards == ()
+    assert len(ds.shards) == 0
 
 
 # -- field selection ---------------------------------------------------------------------------

@@ -132,7 +132,7 @@ def test_census_is_deterministic_for_a_plan(tmp_path: Any, crashed: str, launche
     # Targets name temporary manifests after the writer's pid; operations and steps agree.
     assert [op[:2] for op in fresh[0]] == [op[:2] for op in fresh[1]]
     assert [op[:2] for op in resumed[0]] == [op[:2] for op in resumed[1]]
-    assert len(resumed[0]) == 48
+    assert len(resumed[0]) == 56  # 48 before format 2, and 4 per commit for the table
     assert {op[1] for op in resumed[0]} == {"resume", "seal", "roll", "commit"}
     assert {op[0] for op in resumed[0]} == {
         "unlink", "ftruncate", "pwrite", "write", "fsync", "fsync_directory", "replace"
@@ -192,13 +192,13 @@ def test_killed_at_every_operation_of_a_short_script(
     workspace: harness.Workspace, crashed: str, script: str, when: str
 ) -> None:
     if script == "short-from-crash":
-        start, plan, count = harness.Start(crashed), harness.SHORT_PLAN, 48
+        start, plan, count = harness.Start(crashed), harness.SHORT_PLAN, 56
         steps = {"resume", "seal", "roll", "commit"}
     else:
         start, plan, count = (
             harness.Start(shard_bytes=harness.BIG_SHARD_BYTES),
             harness.BIG_PLAN,
-            46,
+            54,
         )
         steps = {"resume", "seal", "roll", "commit", "append"}
     ops = workspace.ops(start, plan)
@@ -218,6 +218,7 @@ def test_killed_at_every_operation_of_a_short_script(
     assert summary["crashes_leaving"]["temporary manifests"] > 0
     assert summary["crashes_leaving"]["unnamed shard files"] > 0
     assert summary["crashes_leaving"]["unsealed shards with uncommitted bytes"] > 0
+    assert summary["crashes_leaving"]["uncommitted shard table records"] > 0
 
 
 def test_killed_at_random_operations_and_random_times(

@@ -46,6 +46,7 @@ from memshard.errors import (
     WriteFailedError,
 )
 from memshard.layout import LOCK_NAME, MANIFEST_NAME, MANIFEST_TEMP_PREFIX, SHARDS_DIR
+from memshard.shardtable import TABLE_NAME
 
 REPO = Path(__file__).resolve().parent.parent
 REAL_FSYNC = os.fsync
@@ -119,8 +120,7 @@ def outcome(action: Callable[[], Any]) -> dict[str, Any]:
 
 def leftovers(root: Path) -> set[str]:
     """Temporary manifests, and shard files the manifest does not name."""
-    manifest = ms.open(root).manifest
-    named = {os.path.basename(f.path) for s in manifest.shards for f in s.files.values()}
+    named = {os.path.basename(f.path) for s in ms.open(root).shards for f in s.files.values()}
     temporary = {name for name in os.listdir(root) if name.startswith(MANIFEST_TEMP_PREFIX)}
     return temporary | (set(os.listdir(root / SHARDS_DIR)) - named)
 
@@ -484,6 +484,7 @@ def _fsync_targets(root: str) -> dict[str, Callable[[str], bool]]:
         "sealed shard file (deferred)": lambda p: p.endswith("-00000000.x.npy"),
         "unsealed shard file": lambda p: p.endswith("-00000001.x.npy"),
         "shards/ directory": lambda p: p == shards,
+        "shard table": lambda p: p.endswith(TABLE_NAME),
         "temporary manifest": lambda p: os.path.basename(p).startswith(MANIFEST_TEMP_PREFIX),
         "dataset directory (after the rename)": lambda p: p == root,
     }

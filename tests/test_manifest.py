@@ -50,7 +50,7 @@ from memshard.manifest import (
     Shard,
     ShardFile,
 )
-from tests.helpers import make_socket
+from tests.helpers import as_format_1, make_socket
 from tests.strategies import mutations_of
 
 WHERE = "/data/ds/manifest.json"
@@ -60,6 +60,8 @@ SHARD_BYTES = 60
 
 
 def _write_dataset(root: Path) -> None:
+    """A format 1.1 dataset: the cases below mutate its list of shards, whose rules format 2
+    keeps for the shards after its table (the table's own cases are in test_shard_table.py)."""
     with memshard.create(
         root,
         fields={"x": ("float32", (3,)), "y": ("int64", ())},
@@ -73,6 +75,7 @@ def _write_dataset(root: Path) -> None:
                 "y": np.arange(ROWS) % 3,
             }
         )
+    as_format_1(root)
 
 
 @pytest.fixture(scope="module")
@@ -386,12 +389,19 @@ BAD: list[Bad] = [
     # -- format and version
     path_case("format", "memshard2"),
     path_case("format", "MEMSHARD"),
-    path_case("version", "2.0", error=UnsupportedVersionError),
+    path_case("version", "3.0", error=UnsupportedVersionError),
     path_case("version", "0.9", error=UnsupportedVersionError),
     path_case("version", "10.0", error=UnsupportedVersionError),
+    Bad("format 2 without a table", set_("version", "2.0"), ManifestError, "table"),
+    Bad(
+        "format 1 with a table",
+        set_("table", {"records": 0, "rows": 0, "chain": None}),
+        ManifestError,
+        "table",
+    ),
     Bad(
         "major version is checked before anything else",
-        edit(lambda d: d.update(version="2.0", shards="garbage", compression="zstd")),
+        edit(lambda d: d.update(version="3.0", shards="garbage", compression="zstd")),
         UnsupportedVersionError,
         "version",
     ),

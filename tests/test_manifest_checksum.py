@@ -14,6 +14,7 @@ import memshard as ms
 from memshard import manifest as manifest_io
 from memshard.errors import ManifestError, MemshardError
 from memshard.layout import MANIFEST_NAME
+from memshard.shardtable import TABLE_NAME
 from memshard.verify import verify_dataset
 
 WHERE = "/data/ds/manifest.json"
@@ -93,6 +94,7 @@ def test_manifest_without_checksum_opens_but_verify_reports_it(
     (copy / "shards").mkdir(parents=True)
     for shard in (root / "shards").iterdir():
         (copy / "shards" / shard.name).write_bytes(shard.read_bytes())
+    (copy / TABLE_NAME).write_bytes((root / TABLE_NAME).read_bytes())
     document = json.loads(data)
     del document["checksum"]
     (copy / MANIFEST_NAME).write_bytes(json.dumps(document).encode())

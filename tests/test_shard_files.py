@@ -37,8 +37,8 @@ from memshard.errors import (
     ShardSizeError,
     UnsafePathError,
 )
-from memshard.layout import MANIFEST_NAME, SHARDS_DIR
-from tests.helpers import make_socket
+from memshard.layout import SHARDS_DIR
+from tests.helpers import make_socket, shard_records
 from tests.strategies import dtypes, mutations_of, sample_shapes
 
 ROWS = 10
@@ -70,7 +70,7 @@ def _write_dataset(root: Path) -> None:
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("shards") / "ds"
     _write_dataset(root)
-    shards = memshard.manifest.load(str(root / MANIFEST_NAME)).shards
+    shards = shard_records(root)
     assert [(s.rows, s.sealed) for s in shards] == [(3, True)] * 3 + [(1, False)]
     return root
 
@@ -84,8 +84,7 @@ def dataset(pristine: Path, tmp_path: Path) -> Path:
 
 
 def _shard_path(root: Path, shard: int, field: str = "x") -> Path:
-    manifest = memshard.manifest.load(str(root / MANIFEST_NAME))
-    return root / manifest.shards[shard].files[field].path
+    return root / shard_records(root)[shard].files[field].path
 
 
 # -- the ways to read a row, each must report the damage ------------------------------------
@@ -457,7 +456,7 @@ PAGE_ROW = (1024,)  # one float32 row is 4096 bytes: every shard is a whole numb
 def _page_dataset(root: Path) -> Path:
     with memshard.create(root, fields={"x": ("float32", PAGE_ROW)}, shard_bytes=2 * 4096) as w:
         w.extend({"x": np.arange(7 * 1024, dtype=np.float32).reshape(7, 1024)})
-    shards = memshard.manifest.load(str(root / MANIFEST_NAME)).shards
+    shards = shard_records(root)
     assert [shard.rows for shard in shards] == [2, 2, 2, 1]
     return root / shards[1].files["x"].path
 

@@ -210,7 +210,9 @@ def test_overwrite_refuses_a_dataset_whose_manifest_is_special(
         ms.create(dataset, fields={"x": ("<i4", ())}, overwrite=True)
     assert_refused(caught, where, kind)
     assert sorted(os.listdir(dataset.parent)) == ["ds"]
-    assert sorted(os.listdir(dataset)) == sorted([MANIFEST_NAME, ".memshard.lock", "shards"])
+    assert sorted(os.listdir(dataset)) == sorted(
+        [MANIFEST_NAME, ".memshard.lock", "shards", "shard_table.npy"]
+    )
 
 
 def test_commit_refuses_a_special_part_record(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import doctest
 import importlib.util
+import io
 import json
 import shutil
 import sys
@@ -21,6 +22,7 @@ import xxhash
 
 import memshard
 from memshard import manifest as manifest_io
+from memshard.shardtable import TABLE_NAME
 
 SPEC_DIR = Path(__file__).resolve().parents[1] / "spec"
 
@@ -142,7 +144,7 @@ def test_example_shards_load_with_plain_numpy(tmp_path: Path) -> None:
     _write_example(tmp_path)
     example = generate.build_example()
 
-    for shard in example.manifest.shards:
+    for shard in example.shards:
         for name, record in shard.files.items():
             spec = example.manifest.fields[name]
             array = np.load(tmp_path / record.path, mmap_mode="r")
@@ -156,7 +158,7 @@ def test_example_shards_load_with_plain_numpy(tmp_path: Path) -> None:
 
 def test_example_checksums_cover_the_data_bytes() -> None:
     example = generate.build_example()
-    for shard in example.manifest.shards:
+    for shard in example.shards:
         for record in shard.files.values():
             content = example.files[record.path]
             assert len(content) == record.data_offset + record.nbytes
@@ -185,9 +187,16 @@ def test_library_writes_the_worked_example(tmp_path: Path) -> None:
 
     uuid = memshard.open(root).uuid
     written = (root / "manifest.json").read_bytes()
-    manifest_io.loads(written, where="written")  # its own checksum matches
+    table_ref = manifest_io.loads(written, where="written").table  # its checksum matches
+    assert table_ref is not None
+    assert table_ref.chain is not None
+    chain = table_ref.chain
     written = written.replace(uuid.encode(), generate.EXAMPLE_UUID.encode())
     written = written.replace(uuid[:12].encode(), generate.EXAMPLE_UUID[:12].encode())
+    # The chain is seeded with the uuid: the table written for the example's uuid has its.
+    assert example.manifest.table is not None
+    assert example.manifest.table.chain is not None
+    written = written.replace(chain.encode(), example.manifest.table.chain.encode())
     # The uuid is part of what the manifest checksum covers: compare up to the checksum.
     expected = manifest_io.dumps(example.manifest)
     assert _before_checksum(written) == _before_checksum(expected)
@@ -196,7 +205,27 @@ def test_library_writes_the_worked_example(tmp_path: Path) -> None:
         f"shards/{path.name.replace(uuid[:12], token)}": path.read_bytes()
         for path in (root / "shards").iterdir()
     }
-    assert files == example.files
+    table = files[TABLE_NAME] = (root / TABLE_NAME).read_bytes()
+    assert files.keys() == example.files.keys()
+    assert {path: files[path] for path in files if path != TABLE_NAME} == {
+        path: content for path, content in example.files.items() if path != TABLE_NAME
+    }
+    # The table: the same records but for the stems' token and the chains, which the uuid
+    # seeds; the written shards chained again with the example's uuid are the example's bytes.
+    records = np.load(io.BytesIO(table))
+    shards = [
+        shard.model_copy(update={"files": {
+            name: file.model_copy(update={"path": file.path.replace(uuid[:12], token)})
+            for name, file in shard.files.items()
+        }})
+        for shard in memshard.open(root).shards
+    ]  # fmt: skip
+    again = generate.example_records(shards)
+    for member in ("row_offset", "rows", "checksums"):
+        np.testing.assert_array_equal(records[member], again[member])
+    header = len(table) - records.nbytes
+    assert table[:header] == example.files[TABLE_NAME][:header]
+    assert again.tobytes() == example.files[TABLE_NAME][header:]
 
 
 def test_library_commits_the_unsealed_shard_of_the_worked_example(tmp_path: Path) -> None:
@@ -216,7 +245,7 @@ def test_library_commits_the_unsealed_shard_of_the_worked_example(tmp_path: Path
     appender.abort()
 
     written = manifest_io.loads((root / "manifest.json").read_bytes(), where="written")
-    assert written.version == manifest_io.FORMAT_VERSION == "1.1"
+    assert written.version == manifest_io.FORMAT_VERSION == "2.0"
     token = written.uuid[:12]
     line = generate.shard_line(written.shards[-1]).replace(token, generate.EXAMPLE_UUID[:12])
     assert generate.block_body(_format_text(), "unsealed-shard") == f"```json\n{line}```\n"

@@ -20,9 +20,8 @@ from memshard.errors import (
     UnsupportedVersionError,
 )
 from memshard.layout import MANIFEST_NAME
-from memshard.manifest import ShardFile
 from memshard.verify import VerifyReport
-from tests.helpers import run_from_repo, write_dataset
+from tests.helpers import as_format_1, run_from_repo, write_dataset
 
 
 def _flip_last_data_byte(path: str) -> None:
@@ -67,6 +66,7 @@ def test_an_empty_report_is_true() -> None:
 def _store_verbatim(root: str, shard_index: int, field: str, data_byte: int, value: int) -> str:
     """Put ``value`` at ``data_byte`` of a shard file and record the checksum of what is there
     now, as a writer that stores bool bytes verbatim would have; return the file's path."""
+    as_format_1(root)  # every shard in the manifest, where its checksum is easily replaced
     manifest = manifest_io.load(os.path.join(root, MANIFEST_NAME))
     shard = manifest.shards[shard_index]
     file = shard.files[field]
@@ -264,29 +264,11 @@ def test_a_refused_resume_closes_the_lock_once(tmp_path: Path, damage: str) -> N
 
 
 def _as_written_by_version_1_0(root: str) -> None:
-    """Rewrite the manifest as a writer of format 1.0 wrote it: that version, and no
-    ``prefix_checksum`` (the shard files are the same in both versions)."""
-    manifest = manifest_io.load(os.path.join(root, MANIFEST_NAME))
-    shards = tuple(
-        shard.model_copy(
-            update={
-                "files": {
-                    name: ShardFile(
-                        path=file.path,
-                        data_offset=file.data_offset,
-                        nbytes=file.nbytes,
-                        checksum=file.checksum,
-                    )
-                    for name, file in shard.files.items()
-                }
-            }
-        )
-        for shard in manifest.shards
-    )
-    old = manifest.model_copy(update={"version": "1.0", "shards": shards})
-    data = manifest_io.dumps(old)
+    """Rewrite the dataset as a writer of format 1.0 wrote it: that version, every shard in
+    the manifest, and no ``prefix_checksum`` (the shard files are the same in every version)."""
+    as_format_1(root, "1.0")
+    data = Path(root, MANIFEST_NAME).read_bytes()
     assert b"prefix_checksum" not in data
-    Path(root, MANIFEST_NAME).write_bytes(data)
     assert manifest_io.loads(data, where="1.0").version == "1.0"
 
 
@@ -354,7 +336,7 @@ def test_writing_to_a_version_1_0_dataset_upgrades_it(tmp_path: Path, how: str) 
         ms.commit_parts(ds.path, [part.close()])
         rows, sealed = ROWS + 2, True
     upgraded = ms.open(ds.path)
-    assert upgraded.manifest.version == manifest_io.FORMAT_VERSION == "1.1"
+    assert upgraded.manifest.version == manifest_io.FORMAT_VERSION == "2.0"
     assert len(upgraded) == rows
     assert upgraded.shards[-1].sealed is sealed
     np.testing.assert_array_equal(upgraded["y"][:], np.arange(rows))
@@ -365,11 +347,11 @@ def test_writing_to_a_version_1_0_dataset_upgrades_it(tmp_path: Path, how: str) 
 def test_a_newer_minor_version_is_read_and_verified_but_never_written(tmp_path: Path) -> None:
     ds = _committed_unsealed(tmp_path / "ds")
     path = Path(ds.path, MANIFEST_NAME)
-    newer = manifest_io.dumps(manifest_io.load(str(path)).model_copy(update={"version": "1.2"}))
+    newer = manifest_io.dumps(manifest_io.load(str(path)).model_copy(update={"version": "2.1"}))
     path.write_bytes(newer)
 
     reader = ms.open(ds.path)
-    assert reader.manifest.version == "1.2"
+    assert reader.manifest.version == "2.1"
     assert reader.verify().ok
     with pytest.raises(UnsupportedVersionError, match="must not rewrite a newer manifest"):
         ms.append(ds.path)

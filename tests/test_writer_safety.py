@@ -25,6 +25,7 @@ from memshard.errors import (
     ShardSizeError,
 )
 from memshard.manifest import MAX_MANIFEST_BYTES
+from memshard.shardtable import TABLE_NAME
 from tests.helpers import run_from_repo
 
 FIELDS = {"x": ("int64", ()), "y": ("int16", (3,))}
@@ -150,21 +151,29 @@ def test_create_refuses_attrs_that_make_the_manifest_too_large(tmp_path: Path) -
     assert list(tmp_path.iterdir()) == []  # nothing published, no staging left
 
 
-def test_a_commit_that_would_outgrow_the_manifest_limit_publishes_nothing(tmp_path: Path) -> None:
+def test_shards_never_grow_the_manifest_and_an_edit_past_its_limit_publishes_nothing(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "ds"
     small = ms.create(path, FIELDS, attrs={"blob": ""})
     small.close()
     overhead = len((path / "manifest.json").read_bytes())
-    blob = "a" * (MAX_MANIFEST_BYTES - overhead - 1000)  # a few shard records from the limit
+    blob = "a" * (MAX_MANIFEST_BYTES - overhead - 1000)  # 1000 bytes from the limit
     writer = ms.create(path, FIELDS, shard_bytes=ROW_BYTES, attrs={"blob": blob}, overwrite=True)
     writer.extend(rows(0, 2))
     writer.commit()
-    writer.extend(rows(2, 20))  # 20 more one-row shards: more than 1000 bytes of records
+    before = len((path / "manifest.json").read_bytes())
+    writer.extend(rows(2, 200))  # 200 more one-row shards: their records go to the table
+    writer.commit()
+    assert len((path / "manifest.json").read_bytes()) - before < 50  # a few more digits
+    table = (path / TABLE_NAME).read_bytes()
     with pytest.raises(ManifestTooLargeError, match=f"{path}: the manifest would be"):
-        writer.commit()
+        writer.commit_metadata({"attrs": {"blob": blob + "a" * 2000}})
+    assert (path / TABLE_NAME).read_bytes() == table  # refused before anything was written
     writer.abort()
     dataset = ms.open(path)
-    assert dataset["x"][:].tolist() == [0, 1]
+    assert dataset["x"][:].tolist() == list(range(202))
+    assert dataset.attrs == {"blob": blob}
     assert dataset.verify().ok
 
 
