@@ -327,12 +327,13 @@ def packed_forms(arrays: list[np.ndarray], dtype: Any, tail: tuple[int, ...]) ->
     lengths = [len(row) for row in arrays]
     forms: dict[str, Any] = {
         "list": list(arrays),
-        "nested lists": [row.tolist() for row in arrays],
         "tuple": tuple(arrays),
         "offsets": {"values": values, "offsets": np.cumsum([0, *lengths])},
         "lengths": {"values": values, "lengths": np.array(lengths, dtype=np.int32)},
         "ragged": Ragged.from_rows(arrays, dtype=dtype, tail=tail),
     }
+    if dtype != np.uint64:  # numpy reads a list holding 0 and 2**63 as float64
+        forms["nested lists"] = [row.tolist() for row in arrays]
     if len(arrays) == 1:
         forms["one row"] = arrays[0]
     if arrays and len(set(lengths)) == 1:
