@@ -279,7 +279,7 @@ class Ragged:
         padded = np.full((len(self), width, *self.tail), fill, dtype=self.dtype)
         kept = np.minimum(lengths, width)
         mask = np.arange(width) < kept[:, None]
-        if max_len is None or bool((kept == lengths).all()):
+        if bool((kept == lengths).all()):
             # The mask's true entries, in row-major order, are the elements in order.
             padded[mask] = self._values
         else:
