@@ -2,6 +2,8 @@
 
 A field's dtype is one of :data:`SUPPORTED_DESCRS`: booleans, integers, floats and complex
 numbers, stored little-endian. Its canonical spelling is numpy's ``descr`` (``"<f4"``).
+Values given to a writer become arrays through :func:`as_array` and are converted to the
+field dtype by :func:`stored_array`, under the rule of :func:`check_storable`.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CastError, UnsupportedDtypeError
+from .errors import ArrayConversionError, BatchError, CastError, UnsupportedDtypeError
 
 #: Every dtype a field may have, as numpy ``descr`` strings (little-endian or byte-order free).
 SUPPORTED_DESCRS: frozenset[str] = frozenset(
@@ -93,3 +95,53 @@ def check_storable(values: np.ndarray, dtype: np.dtype[Any], *, where: str) -> N
                 f"{where}: values in [{low}, {high}] do not fit in a {dtype} field "
                 f"(range [{info.min}, {info.max}])"
             )
+
+
+def as_array(value: Any, *, where: str) -> np.ndarray:
+    """``value`` as a numpy array (a view where numpy can give one).
+
+    Raises:
+        BatchError: ``value`` is not an array of numbers (a ragged nested list, ...).
+        ArrayConversionError: the value's own conversion to an array fails (a torch tensor
+            that requires grad); also a ``RuntimeError``.
+    """
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise BatchError(f"{where}: not an array of numbers ({exc})") from None
+    except RuntimeError as exc:
+        # The value's own __array__ failed: torch refuses a tensor that requires grad.
+        raise ArrayConversionError(
+            f"{where}: a {type(value).__name__} cannot be converted to an array ({exc})"
+        ) from None
+
+
+def stored_array(array: np.ndarray, dtype: np.dtype[Any], *, where: str) -> np.ndarray:
+    """``array`` as a C-contiguous array of ``dtype``, as a field stores it: checked by
+    :func:`check_storable`, with every true bool stored as the byte 01. No copy when ``array``
+    is already that.
+
+    Raises:
+        CastError: values ``dtype`` cannot hold (see :func:`check_storable`), or floats that
+            overflow a narrower float dtype.
+    """
+    check_storable(array, dtype, where=where)
+    try:
+        with np.errstate(over="raise", invalid="raise"):
+            converted = np.ascontiguousarray(array, dtype=dtype)
+    except FloatingPointError:
+        raise CastError(f"{where}: values overflow the field dtype {dtype}") from None
+    return _canonical_bools(converted) if dtype.kind == "b" else converted
+
+
+def _canonical_bools(array: np.ndarray) -> np.ndarray:
+    """``array`` with every true element stored as the byte 01, as the spec requires.
+
+    A numpy bool array viewed from other bytes (``np.frombuffer(b"\\x02", dtype=bool)``)
+    holds them verbatim and calls any nonzero byte true; copying it keeps the bytes.
+    """
+    as_bytes = array.view(np.uint8)
+    if as_bytes.size and int(as_bytes.max()) > 1:
+        canonical: np.ndarray = as_bytes != 0
+        return canonical
+    return array

@@ -87,6 +87,12 @@ class LabelError(BatchError):
     """A label value lies outside its field's vocabulary."""
 
 
+class RaggedArrayError(MemshardError, TypeError):
+    """A ragged batch (:class:`memshard.ragged.Ragged`) used where a rectangular array is
+    needed, e.g. ``np.asarray(ragged)``: its rows have different lengths. Use
+    ``ragged.to_padded()`` for a padded array or ``ragged.values`` for the packed elements."""
+
+
 class FieldNotFoundError(MemshardError, KeyError):
     """A field name that the dataset does not have."""
 

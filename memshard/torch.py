@@ -1,5 +1,6 @@
 """PyTorch integration: a batched, fork-safe ``Dataset``, its collate function, a DataLoader
-helper, and a shard-aware shuffling sampler with DDP support.
+helper, and a shard-aware shuffling sampler with DDP support; ragged batches as tensors (padded,
+packed or nested) and a batch sampler that groups rows of similar length.
 
 This is the only module of memshard that imports torch (install the ``torch`` extra).
 
@@ -21,8 +22,9 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -45,6 +47,7 @@ from .errors import (
     TransformError,
 )
 from .indexing import as_index_array
+from .ragged import Ragged
 from .reader import Dataset
 
 Sample = dict[str, torch.Tensor]
@@ -54,6 +57,11 @@ Transform = Callable[[Sample], Mapping[str, torch.Tensor]]
 WORKER_SHARING_STRATEGY = "file_system"
 #: Shards per shuffling window of :class:`ShardAwareSampler` by default.
 DEFAULT_WINDOW_SHARDS = 4
+#: Batches per length-sorted window of :class:`LengthGroupedSampler` by default.
+DEFAULT_WINDOW_BATCHES = 64
+#: The most elements a packed batch holds: its offsets are int32, as flash-attn's
+#: ``cu_seqlens`` are.
+MAX_PACKED_ELEMENTS = 2**31 - 1
 
 
 class Batch(Sequence[Sample]):
@@ -388,3 +396,250 @@ def _memshard_dataset(source: Any) -> Dataset:
     if isinstance(source, Dataset):
         return source
     return reader.open(source)
+
+
+# -- ragged batches as tensors ----------------------------------------------------------------
+
+
+class PaddedTensors(NamedTuple):
+    """A ragged batch padded to one length: ``values`` of shape ``(rows, max_len, *tail)`` and
+    int64 ``lengths`` of shape ``(rows,)``, each row's length in ``values``."""
+
+    values: torch.Tensor
+    lengths: torch.Tensor
+
+
+class PackedTensors(NamedTuple):
+    """A ragged batch packed: ``values`` of shape ``(total, *tail)``, the rows back to back;
+    int32 ``offsets`` of ``rows + 1`` entries from 0 to ``total`` (row ``i`` is
+    ``values[offsets[i]:offsets[i + 1]]``); ``max_len``, the longest row's length.
+
+    This is the layout of flash-attn's varlen kernels (``cu_seqlens=offsets``,
+    ``max_seqlen=max_len``) and of ``nn.EmbeddingBag`` (built with
+    ``include_last_offset=True``, called as ``bag(values, offsets)``; it wants ``offsets`` of
+    the ``values`` dtype, so int32 token ids, or ``offsets.long()`` for int64 ones).
+    """
+
+    values: torch.Tensor
+    offsets: torch.Tensor
+    max_len: int
+
+
+@dataclass(frozen=True)
+class Pad:
+    """The ``"pad"`` mode of :func:`ragged_tensors`, with its options (see :func:`padded`).
+
+    Raises:
+        ArgumentError: ``max_len`` is not None or an integer >= 0.
+    """
+
+    max_len: int | None = None
+    pad_value: Any = 0
+
+    def __post_init__(self) -> None:
+        if self.max_len is not None and (not _is_int(self.max_len) or self.max_len < 0):
+            raise ArgumentError(
+                f"Pad: max_len must be None or an integer >= 0, got {self.max_len!r}"
+            )
+
+
+#: How :func:`ragged_tensors` turns a ragged field into tensors: ``"pad"`` (or :class:`Pad`
+#: for options), ``"packed"`` or ``"nested"``.
+RaggedMode = Literal["pad", "packed", "nested"] | Pad
+
+
+def padded(ragged: Ragged, *, max_len: int | None = None, pad_value: Any = 0) -> PaddedTensors:
+    """The rows padded with ``pad_value`` to ``max_len`` (default: the longest row's length),
+    longer rows cut to it; see :meth:`memshard.ragged.Ragged.to_padded`.
+
+    Raises:
+        ArgumentError: ``max_len`` is not an integer >= 0.
+        CastError: ``pad_value`` is not a number the dtype holds.
+    """
+    array, lengths = ragged.to_padded(pad_value=pad_value, max_len=max_len)
+    return PaddedTensors(torch.from_numpy(array), torch.from_numpy(lengths))
+
+
+def packed(ragged: Ragged) -> PackedTensors:
+    """The rows back to back with int32 offsets (see :class:`PackedTensors`); ``values`` is a
+    copy (a batch's values are read-only, often a view of a mapped shard).
+
+    Raises:
+        ArgumentError: more than :data:`MAX_PACKED_ELEMENTS` elements (int32 offsets).
+    """
+    total = len(ragged.values)
+    if total > MAX_PACKED_ELEMENTS:
+        raise ArgumentError(
+            f"a packed batch holds at most {MAX_PACKED_ELEMENTS} elements (its offsets are "
+            f"int32), this one has {total}: use smaller batches, or the 'pad' or 'nested' mode"
+        )
+    return PackedTensors(
+        torch.from_numpy(np.array(ragged.values)),
+        torch.from_numpy(ragged.offsets.astype(np.int32)),
+        int(ragged.lengths.max(initial=0)),
+    )
+
+
+def nested(ragged: Ragged) -> torch.Tensor:
+    """The rows as one nested tensor of the jagged layout (``layout=torch.jagged``), of shape
+    ``(rows, j, *tail)``; ``unbind()`` gives the rows. Built from a copy of ``values`` and the
+    offsets as they are (``torch.nested.nested_tensor_from_jagged``), not row by row."""
+    values = torch.from_numpy(np.array(ragged.values))
+    offsets = torch.from_numpy(np.array(ragged.offsets))
+    return torch.nested.nested_tensor_from_jagged(values, offsets)
+
+
+def ragged_tensors(name: str, ragged: Ragged, mode: RaggedMode) -> dict[str, torch.Tensor]:
+    """The tensors of ragged field ``name`` in a batch, by ``mode``:
+
+    - ``"pad"`` or :class:`Pad`: ``{name: values, name + "_lengths": lengths}`` (see
+      :func:`padded`);
+    - ``"packed"``: ``{name: values, name + "_offsets": offsets}`` (see :func:`packed`; the
+      longest row's length is ``offsets.diff().max()``);
+    - ``"nested"``: ``{name: nested_tensor}`` (see :func:`nested`).
+
+    Raises:
+        ArgumentError: an unknown ``mode``, or see :func:`padded` and :func:`packed`.
+        CastError: see :func:`padded`.
+    """
+    if mode == "pad" or isinstance(mode, Pad):
+        options = mode if isinstance(mode, Pad) else Pad()
+        values, lengths = padded(ragged, max_len=options.max_len, pad_value=options.pad_value)
+        return {name: values, f"{name}_lengths": lengths}
+    if mode == "packed":
+        result = packed(ragged)
+        return {name: result.values, f"{name}_offsets": result.offsets}
+    if mode == "nested":
+        return {name: nested(ragged)}
+    raise ArgumentError(
+        f"field {name!r}: unknown ragged mode {mode!r}; use 'pad', Pad(max_len=..., "
+        "pad_value=...), 'packed' or 'nested'"
+    )
+
+
+# -- batches of rows of similar length --------------------------------------------------------
+
+
+class LengthGroupedSampler(Sampler[list[int]]):
+    """A batch sampler (``DataLoader(..., batch_sampler=...)``) whose batches hold rows of
+    similar length, so that padding each batch to its longest row wastes little.
+
+    Each epoch, the rows are shuffled and cut into windows of ``window`` batches
+    (``window * batch_size`` rows); each window is sorted by length (ties keep the shuffled
+    order) and cut into batches, and the batches of every window are shuffled together. A
+    larger window wastes less padding and makes batches less random. With ``shuffle=False``
+    nothing is shuffled: the windows follow the row order and the batches come window by
+    window, each window shortest first.
+
+    Every row is in exactly one batch per epoch; only one batch, the last cut, may have fewer
+    than ``batch_size`` rows, and ``drop_last`` leaves it out. The order depends only on
+    ``(seed, epoch)``: call :meth:`set_epoch` before each epoch.
+
+    Parameters:
+        lengths: each row's length (a 1-d array of integers >= 0, or a
+            :class:`~memshard.ragged.Ragged` batch, whose lengths are used).
+
+    Raises:
+        SamplerError: ``lengths`` not a 1-d array of integers >= 0; ``batch_size``, ``window``
+            < 1; ``seed`` < 0.
+    """
+
+    def __init__(
+        self,
+        lengths: Any,
+        batch_size: int,
+        *,
+        window: int = DEFAULT_WINDOW_BATCHES,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+    ) -> None:
+        _check_count("batch_size", batch_size, minimum=1)
+        _check_count("window", window, minimum=1)
+        _check_count("seed", seed, minimum=0)
+        self._lengths = _checked_lengths(lengths)
+        self.batch_size = batch_size
+        self.window = window
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the order of ``epoch`` for the next iteration.
+
+        Raises:
+            SamplerError: ``epoch`` is not an integer >= 0.
+        """
+        _check_count("epoch", epoch, minimum=0)
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        rows = self._lengths.size
+        return rows // self.batch_size if self.drop_last else math.ceil(rows / self.batch_size)
+
+    def batches(self) -> list[np.ndarray]:
+        """This epoch's batches, each an int64 array of row indices, in order."""
+        rows = self._lengths.size
+        if rows == 0:
+            return []
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(rows) if self.shuffle else np.arange(rows, dtype=np.int64)
+        windows = np.arange(rows) // (self.window * self.batch_size)
+        order = order[np.lexsort((self._lengths[order], windows))]  # stable: ties stay shuffled
+        batches = np.split(order, range(self.batch_size, rows, self.batch_size))
+        if self.drop_last and batches[-1].size < self.batch_size:
+            batches.pop()
+        if self.shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batches():
+            yield batch.tolist()
+
+
+def padding_waste(lengths: Any, batches: Iterable[Sequence[int] | np.ndarray]) -> float:
+    """The share of padding in ``batches`` padded each to its longest row: over all batches,
+    ``(rows * longest - elements) / (rows * longest)``; 0.0 when that is 0.
+
+    ``lengths`` is each row's length (as for :class:`LengthGroupedSampler`), ``batches`` the
+    row indices of each batch.
+
+    Raises:
+        SamplerError: ``lengths`` not a 1-d array of integers >= 0.
+
+    Example:
+        >>> padding_waste([1, 3, 2, 2], [[0, 1], [2, 3]])  # (2*3 - 4 + 2*2 - 4) / 10
+        0.2
+    """
+    checked = _checked_lengths(lengths)
+    padded_elements = elements = 0
+    for batch in batches:
+        selected = checked[np.asarray(batch, dtype=np.int64)]
+        if selected.size:
+            padded_elements += int(selected.max()) * selected.size
+            elements += int(selected.sum())
+    return (padded_elements - elements) / padded_elements if padded_elements else 0.0
+
+
+def _checked_lengths(lengths: Any) -> np.ndarray:
+    if isinstance(lengths, Ragged):
+        return lengths.lengths
+    try:
+        array = np.asarray(lengths)
+    except (ValueError, TypeError) as exc:
+        raise SamplerError(f"lengths must be a 1-d array of integers >= 0 ({exc})") from None
+    if array.size == 0 and array.dtype.kind == "f":
+        array = array.astype(np.int64)  # np.asarray([]) is float64
+    if array.ndim != 1 or array.dtype.kind not in "iu":
+        raise SamplerError(
+            f"lengths must be a 1-d array of integers >= 0, got shape {array.shape} "
+            f"dtype {array.dtype}"
+        )
+    if array.size and int(array.min()) < 0:
+        first = int(np.flatnonzero(array < 0)[0])
+        raise SamplerError(
+            f"lengths must be integers >= 0, got lengths[{first}] = {int(array[first])}"
+        )
+    return array.astype(np.int64, copy=False)

@@ -148,3 +148,23 @@ def mutations_of(draw: st.DrawFn, valid: bytes, tokens: Sequence[bytes], max_ins
         elif kind == "delete":
             del data[position : position + draw(st.integers(1, max_insert))]
     return bytes(data)
+
+
+#: Trailing shapes of ragged rows, including one with no elements per entry.
+ragged_tails = st.sampled_from([(), (3,), (2, 2), (0,)])
+
+
+@st.composite
+def ragged_rows(
+    draw: st.DrawFn,
+    dtype: np.dtype[Any] | None = None,
+    tail: tuple[int, ...] | None = None,
+    max_rows: int = 8,
+) -> tuple[list[np.ndarray], np.dtype[Any], tuple[int, ...]]:
+    """``(rows, dtype, tail)``: up to ``max_rows`` arrays of ``dtype`` and shapes
+    ``(n, *tail)``, ``n`` from 0 to 5 (empty rows included); ``dtype`` and ``tail`` are drawn
+    when None."""
+    dtype = draw(dtypes) if dtype is None else dtype
+    tail = draw(ragged_tails) if tail is None else tail
+    lengths = draw(st.lists(st.integers(0, 5), max_size=max_rows))
+    return [draw(values_of(dtype, (n, *tail))) for n in lengths], dtype, tail

@@ -1,5 +1,6 @@
 """The PyTorch integration: MemshardDataset, Batch and collate, loader(), ShardAwareSampler,
-DataLoader workers under fork/spawn/forkserver, and DDP ranks."""
+DataLoader workers under fork/spawn/forkserver, DDP ranks; ragged batches as padded, packed
+and nested tensors, and LengthGroupedSampler."""
 
 from __future__ import annotations
 
@@ -33,8 +34,10 @@ from memshard.errors import (
     SamplerError,
     TransformError,
 )
+from memshard.ragged import Ragged
 from tests import ddp_worker
 from tests.helpers import write_dataset
+from tests.strategies import ragged_rows
 
 START_METHODS = ["fork", "spawn", "forkserver"]
 
@@ -882,3 +885,242 @@ def test_import_without_the_extra_raises_missing_dependency(module: str, extra: 
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("MissingDependencyError True "), result.stdout
     assert f"install it with: pip install 'memshard[{extra}]'" in result.stdout
+
+
+# -- ragged batches as tensors ----------------------------------------------------------------
+
+RaggedRows = tuple[list[np.ndarray], np.dtype[Any], tuple[int, ...]]
+
+
+def _ragged(rows: RaggedRows) -> Ragged:
+    arrays, dtype, tail = rows
+    return Ragged.from_rows(arrays, dtype=dtype, tail=tail)
+
+
+@given(ragged_rows(), st.none() | st.integers(0, 6))
+def test_padded_tensors_are_the_padded_array_and_lengths(
+    rows: RaggedRows, max_len: int | None
+) -> None:
+    batch = _ragged(rows)
+    result = mt.padded(batch, max_len=max_len, pad_value=1)
+    array, lengths = batch.to_padded(pad_value=1, max_len=max_len)
+    assert result.values.numpy().dtype == array.dtype
+    np.testing.assert_array_equal(result.values.numpy(), array)
+    assert result.lengths.dtype == torch.int64
+    assert result.lengths.tolist() == lengths.tolist()
+
+
+token_rows = st.lists(st.lists(st.integers(0, 9), max_size=6), max_size=8)
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+@given(rows=token_rows)
+def test_an_embedding_bag_over_packed_tokens_equals_a_loop_over_rows(
+    mode: str, rows: list[list[int]]
+) -> None:
+    batch = Ragged.from_rows(rows, dtype="int32", tail=())
+    tokens, offsets, max_len = mt.packed(batch)
+    assert tokens.dtype == torch.int32
+    assert offsets.dtype == torch.int32
+    assert offsets.tolist() == batch.offsets.tolist()
+    assert max_len == max((len(row) for row in rows), default=0)
+    bag = torch.nn.EmbeddingBag(10, 4, mode=mode, include_last_offset=True)
+    embedding = torch.nn.Embedding.from_pretrained(bag.weight.detach())
+    with torch.no_grad():
+        got = bag(tokens, offsets)
+        reduce = {"sum": torch.sum, "mean": torch.mean, "max": torch.amax}[mode]
+        want = [
+            reduce(embedding(torch.tensor(row, dtype=torch.int64)), dim=0)
+            if row
+            else torch.zeros(4)
+            for row in rows
+        ]
+    assert got.shape == (len(rows), 4)
+    for bag_row, loop_row in zip(got, want, strict=True):
+        torch.testing.assert_close(bag_row, loop_row)
+
+
+@given(ragged_rows())
+def test_a_nested_tensor_unbinds_into_the_rows(rows: RaggedRows) -> None:
+    arrays, dtype, tail = rows
+    tensor = mt.nested(_ragged(rows))
+    assert tensor.is_nested
+    assert tensor.layout == torch.jagged
+    unbound = tensor.unbind()
+    assert len(unbound) == len(arrays)
+    for row, want in zip(unbound, arrays, strict=True):
+        assert row.numpy().dtype == dtype
+        assert tuple(row.shape) == want.shape == (len(want), *tail)
+        np.testing.assert_array_equal(row.numpy(), want)
+
+
+def test_ragged_tensors_names_its_outputs_after_the_field() -> None:
+    batch = Ragged.from_rows([[1, 2, 3], [], [4]], dtype="int32")
+    padded = mt.ragged_tensors("tokens", batch, "pad")
+    assert list(padded) == ["tokens", "tokens_lengths"]
+    assert padded["tokens"].tolist() == [[1, 2, 3], [0, 0, 0], [4, 0, 0]]
+    assert padded["tokens_lengths"].tolist() == [3, 0, 1]
+    cut = mt.ragged_tensors("tokens", batch, mt.Pad(max_len=2, pad_value=-1))
+    assert cut["tokens"].tolist() == [[1, 2], [-1, -1], [4, -1]]
+    assert cut["tokens_lengths"].tolist() == [2, 0, 1]
+    packed = mt.ragged_tensors("tokens", batch, "packed")
+    assert list(packed) == ["tokens", "tokens_offsets"]
+    assert packed["tokens"].tolist() == [1, 2, 3, 4]
+    assert packed["tokens_offsets"].tolist() == [0, 3, 3, 4]
+    nested = mt.ragged_tensors("tokens", batch, "nested")
+    assert list(nested) == ["tokens"]
+    assert [row.tolist() for row in nested["tokens"].unbind()] == [[1, 2, 3], [], [4]]
+
+
+def test_tensors_of_a_batch_are_writable_copies() -> None:
+    values = np.arange(4, dtype=np.float32)
+    batch = Ragged(values, [0, 1, 4])
+    for tensor in (mt.packed(batch).values, mt.nested(batch).values(), mt.padded(batch).values):
+        tensor.add_(1)  # a tensor of read-only memory would warn; warnings are errors here
+    assert values.tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("mode", ["padded", "PACKED", None, 3, ("pad",)])
+def test_an_unknown_ragged_mode_is_refused(mode: Any) -> None:
+    with pytest.raises(ArgumentError, match=r"field 'tokens': unknown ragged mode .* use 'pad'"):
+        mt.ragged_tensors("tokens", Ragged.from_rows([[1]]), mode)
+
+
+@pytest.mark.parametrize("max_len", [-1, 1.5, True])
+def test_pad_refuses_a_bad_max_len_when_built(max_len: Any) -> None:
+    with pytest.raises(ArgumentError, match="Pad: max_len must be None or an integer >= 0"):
+        mt.Pad(max_len=max_len)
+
+
+def test_a_packed_batch_is_refused_beyond_int32_offsets() -> None:
+    elements = mt.MAX_PACKED_ELEMENTS + 1
+    huge = Ragged(np.broadcast_to(np.int8(0), (elements,)), [0, elements])  # no memory
+    with pytest.raises(ArgumentError, match=f"at most 2147483647 elements .* has {elements}"):
+        mt.packed(huge)
+
+
+# -- LengthGroupedSampler ---------------------------------------------------------------------
+
+
+@settings(max_examples=80)
+@given(
+    lengths=st.lists(st.integers(0, 50), max_size=120),
+    batch_size=st.integers(1, 9),
+    window=st.integers(1, 5),
+    shuffle=st.booleans(),
+    drop_last=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+    epoch=st.integers(0, 1000),
+)
+def test_each_row_is_in_one_batch_per_epoch(
+    lengths: list[int],
+    batch_size: int,
+    window: int,
+    shuffle: bool,
+    drop_last: bool,
+    seed: int,
+    epoch: int,
+) -> None:
+    sampler = mt.LengthGroupedSampler(
+        lengths, batch_size, window=window, shuffle=shuffle, seed=seed, drop_last=drop_last
+    )
+    sampler.set_epoch(epoch)
+    batches = list(sampler)
+    assert len(batches) == len(sampler)
+    rows = [row for batch in batches for row in batch]
+    assert len(set(rows)) == len(rows)
+    short = [batch for batch in batches if len(batch) != batch_size]
+    if drop_last:
+        assert short == []
+        assert len(rows) == len(lengths) // batch_size * batch_size
+    else:
+        assert sorted(rows) == list(range(len(lengths)))
+        assert len(short) == (1 if len(lengths) % batch_size else 0)
+    assert [list(b) for b in sampler.batches()] == batches  # the same order again
+
+
+@given(
+    lengths=st.lists(st.integers(0, 50), max_size=120),
+    batch_size=st.integers(1, 9),
+    window=st.integers(1, 5),
+)
+def test_without_shuffle_each_window_is_sorted_by_length(
+    lengths: list[int], batch_size: int, window: int
+) -> None:
+    sampler = mt.LengthGroupedSampler(lengths, batch_size, window=window, shuffle=False)
+    order = [row for batch in sampler for row in batch]
+    span = window * batch_size
+    for start in range(0, len(lengths), span):
+        rows = order[start : start + span]
+        assert sorted(rows) == list(range(start, min(start + span, len(lengths))))
+        assert [lengths[row] for row in rows] == sorted(lengths[row] for row in rows)
+
+
+def test_the_batch_order_depends_only_on_seed_and_epoch() -> None:
+    lengths = np.random.default_rng(3).integers(1, 100, 500)
+
+    def epoch_batches(seed: int, epoch: int) -> list[list[int]]:
+        sampler = mt.LengthGroupedSampler(lengths, 8, window=4, seed=seed)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    assert epoch_batches(0, 1) == epoch_batches(0, 1)
+    assert epoch_batches(0, 1) != epoch_batches(0, 2)
+    assert epoch_batches(0, 1) != epoch_batches(1, 1)
+
+
+def _lognormal_lengths(rows: int, seed: int = 0) -> np.ndarray:
+    """A long tail of lengths: median 300, a few up to 8192."""
+    rng = np.random.default_rng(seed)
+    return np.clip(np.rint(rng.lognormal(np.log(300), 1.0, rows)), 1, 8192).astype(np.int64)
+
+
+def test_length_grouping_cuts_the_padding_of_long_tailed_lengths() -> None:
+    lengths = _lognormal_lengths(20_000)
+    random_order = np.random.default_rng(1).permutation(lengths.size)
+    random_batches = np.split(random_order, range(32, lengths.size, 32))
+    grouped = mt.LengthGroupedSampler(lengths, 32, seed=1)
+    random_waste = mt.padding_waste(lengths, random_batches)
+    grouped_waste = mt.padding_waste(lengths, grouped)
+    assert random_waste > 0.6
+    assert grouped_waste < random_waste / 5
+
+
+def test_padding_waste_counts_the_padding_of_each_batch() -> None:
+    assert mt.padding_waste([1, 3, 2, 2], [[0, 1], [2, 3]]) == pytest.approx(2 / 10)
+    assert mt.padding_waste([4, 4], [np.array([0, 1])]) == 0.0
+    assert mt.padding_waste([0, 0], [[0], [1]]) == 0.0
+    assert mt.padding_waste([], []) == 0.0
+    batch = Ragged.from_rows([[1], [1, 2, 3]])
+    assert mt.padding_waste(batch, [[0, 1]]) == pytest.approx(2 / 6)
+
+
+def test_a_dataloader_reads_the_length_grouped_batches(mixed: Any) -> None:
+    path, columns = mixed
+    lengths = np.random.default_rng(5).integers(0, 30, ROWS)
+    sampler = mt.LengthGroupedSampler(lengths, 4, window=2, seed=7, drop_last=True)
+    dataset = mt.MemshardDataset(path, fields=["i"])
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=mt.collate)
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        got = [batch["i"].tolist() for batch in loader]
+        assert got == [columns["i"][batch].tolist() for batch in sampler.batches()]
+
+
+@pytest.mark.parametrize(
+    ("lengths", "kwargs", "message"),
+    [
+        ([1, 2], {"batch_size": 0}, r"^batch_size must be an integer >= 1, got 0$"),
+        ([1, 2], {"batch_size": 2, "window": 0}, r"^window must be an integer >= 1, got 0$"),
+        ([1, 2], {"batch_size": 2, "seed": -1}, r"^seed must be an integer >= 0, got -1$"),
+        ([1, -2], {"batch_size": 2}, r"^lengths must be integers >= 0, got lengths\[1\] = -2$"),
+        ([1.5], {"batch_size": 2}, r"^lengths must be a 1-d .* dtype float64$"),
+        ([[1, 2]], {"batch_size": 2}, r"^lengths must be a 1-d .* shape \(1, 2\)"),
+        ([[1, 2], [3]], {"batch_size": 2}, r"^lengths must be a 1-d array of integers >= 0 \("),
+    ],
+)
+def test_bad_length_grouped_sampler_parameters_are_named(
+    lengths: Any, kwargs: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(SamplerError, match=message):
+        mt.LengthGroupedSampler(lengths, **kwargs)
