@@ -94,9 +94,10 @@ def measure_limits(
     return {name: Figure.of(values) for name, values in samples.items()}
 
 
-def disk_result(scratch: str, nbytes: int, repeats: int) -> Result:
-    """The disk's write rate with ``fsync`` (:data:`WRITE_FSYNC` over ``nbytes``), as the row
-    of a report whose writes it bounds."""
+def disk_result(scratch: str, quick: bool, repeats: int) -> Result:
+    """The disk's write rate with ``fsync`` (:data:`WRITE_FSYNC` over :data:`QUICK_BYTES` or
+    :data:`FULL_BYTES`), as the row of a report whose writes it bounds."""
+    nbytes = QUICK_BYTES if quick else FULL_BYTES
     figure = measure_limits(scratch, nbytes, repeats, [WRITE_FSYNC])[WRITE_FSYNC]
     block = format_bytes(min(BLOCK_BYTES, nbytes))
     return Result(
