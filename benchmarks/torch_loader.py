@@ -5,24 +5,13 @@ Run from the repository root::
     python -m benchmarks.torch_loader            # full: 1M vectors, ~1 GiB of images (minutes)
     python -m benchmarks.torch_loader --quick    # small sizes, well under a minute (CI runs this)
 
-Every loader has ``num_workers=2`` and ``batch_size=256`` and reads a shuffled order that all
-the candidates of a comparison share. Four measurements:
-
-* **loader speed**: :func:`memshard.torch.loader` (one batched gather per batch, into shared
-  memory in the worker, handed over by name) against, for float32[128] vectors, the same
-  dataset read one item at a time (``default_collate`` stacks) and one ``np.memmap`` file with
-  the same batched fetch, and, for float32[3, 64, 64] images, an in-RAM tensor (``t[idx]``);
-  also memshard's own options ``prefetch=True`` (its cost on a warm cache) and
-  ``sharing_strategy=None`` (torch's default, as the baselines use), and the fetch alone
-  against the loader's time per batch (where a worker's time goes).
-* **worker memory**: each worker's anonymous private memory (``Private_Dirty + Swap``) over the
-  epochs, against a dataset that keeps its index as a Python list of ``(file, row)`` tuples.
-* **shard-aware shuffling**: distinct shards and labels per batch for several window sizes, and
-  the speed of an epoch from a cold page cache with :class:`memshard.torch.ShardAwareSampler`
-  against torch's ``RandomSampler``, with and without ``prefetch=True``.
-
-Speed figures are medians of repeats in which the candidates alternate (warm page cache, except
-the cold-cache runs, which evict every shard file first and check it with ``mincore``).
+Every loader has ``num_workers=2`` and ``batch_size=256`` and reads a shuffled order shared by
+the candidates of a comparison. Measured: :func:`memshard.torch.loader` against the same
+vectors one item at a time, one ``np.memmap`` file and (images) an in-RAM tensor, with its
+``prefetch`` and ``sharing_strategy`` options, and where a worker's time goes; each worker's
+``Private_Dirty + Swap`` growth against a list-of-``(file, row)`` index; how well
+:class:`memshard.torch.ShardAwareSampler` mixes shards and labels, and its speed on a cold
+page cache (shards evicted, checked with ``mincore``) against torch's ``RandomSampler``.
 """
 
 from __future__ import annotations
