@@ -6,20 +6,16 @@ Run from the repository root::
     python -m benchmarks.convert --quick        # ~64 MiB files, well under a minute
     python -m benchmarks.convert --size-gib 8   # another size of the contiguous file
 
-Three HDF5 files of float32[3, 64, 64] images plus int64 ``labels`` (whose ``labels``
-attribute names 1,000 classes, which memshard takes as the vocabulary) are written block by
-block: ``contiguous`` (``--size-gib``), ``chunked`` (as large, chunks of 64 rows) and ``gzip``
-(chunks of 64 rows, gzip level 1 + shuffle, a quarter of the rows). For each, alternating
-within every repeat: plain h5py reading every dataset (the baseline, page cache warm), and
-``memshard.from_hdf5`` with 1 and 2 workers, each in a fresh child process started before the
-timing, its output and staging directory deleted and dirty pages flushed before. Throughput
-counts the datasets' bytes; a conversion's ratio is its throughput over the plain read's.
+Three HDF5 files of images and labels (:mod:`benchmarks.labelled`): ``contiguous``
+(``--size-gib``), ``chunked`` (chunks of 64 rows) and ``gzip`` (the same + gzip level 1 +
+shuffle, a quarter of the rows). For each, alternating within every repeat: plain h5py reading
+every dataset (the baseline, page cache warm), and ``memshard.from_hdf5`` with 1 and 2 workers,
+each in a fresh child process started before the timing.
 
 Peak RSS is ``VmHWM`` of ``/proc/PID/status``: the child's own, plus the peaks of the workers
 memshard starts, sampled by a thread (:class:`~benchmarks.system.TreeSampler`); their sum is
 an upper bound of the tree's peak. (``ru_maxrss``, kept in the JSON, is not used: a process
-started by ``vfork`` + ``exec`` inherits its parent's high-water mark.) The disk's write rate
-with fsync, which bounds any conversion, is measured in the same run.
+started by ``vfork`` + ``exec`` inherits its parent's high-water mark.)
 """
 
 from __future__ import annotations

@@ -6,22 +6,12 @@ Run from the repository root::
     python -m benchmarks.dask_write --quick              # ~256 MiB, well under a minute
     python -m benchmarks.dask_write --storage-gbps 25    # another storage cap for the estimate
 
-The dataset: float32[3, 64, 64] images plus int64 ``labels`` (1,000 class names), 49,160 bytes
-a row, generated on the workers from ``da.arange`` of the row indices in blocks of
-``--block-shards`` 64 MiB shards (so any row can be recomputed to check it). On
-``LocalCluster(n_workers=N, threads_per_worker=1, processes=True)`` for N = 1 and 2, both
-started and warmed up before anything is timed, every repeat times (in an order that flips
-every repeat): ``from_dask`` end to end (a part per block written on the workers, one ordered
-commit, the move into place, the reopen); generation alone (the same ``to_delayed`` blocks,
-thrown away: the difference is what writing costs); and, for context, one process's
-``create().extend()`` of the same rows from RAM. Before every timed write the earlier output is
-deleted, dirty pages flushed and memory of the output's size touched and freed. The first
-``from_dask`` output of each N is checked (rows, every label, the images of block edges and
-random rows). The goal of the issue: a ``from_dask`` speedup of at least 1.6x from N = 1 to 2.
-
-Finally, the time to build 50,000,000 such rows is estimated from the measured per-worker rate
-(``rows / (N * rate)``, capped by ``--storage-gbps`` of aggregate storage bandwidth), plus the
-commit, whose cost per part is measured by committing many one-row parts as ``from_dask`` does.
+Images and labels generated on the workers (any row can be recomputed to check it) are written
+by ``from_dask`` on LocalClusters of N = 1 and 2 single-threaded worker processes, against
+generation alone and one process's ``create().extend()`` from RAM; the first output of each N
+is checked. The goal of the issue: a ``from_dask`` speedup of at least 1.6x from N = 1 to 2.
+Then the time to build 50,000,000 such rows is estimated from the per-worker rate, capped by
+``--storage-gbps``, plus the commit, whose cost per part is measured (see docs/scaling.md).
 """
 
 from __future__ import annotations
