@@ -263,6 +263,15 @@ def alternate(
     return samples
 
 
+def alternate_warm(
+    names: Sequence[Candidate], repeats: int, run: Callable[[Candidate, int], float]
+) -> dict[Candidate, list[float]]:
+    """:func:`alternate`, after an untimed warm-up: ``run(name, -1)`` once for every name."""
+    for name in names:
+        run(name, -1)
+    return alternate(names, repeats, run)
+
+
 @dataclass
 class Figure:
     """One measured figure: the median and every repeat's value."""

@@ -13,16 +13,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .core import (
-    Figure,
-    Figures,
-    Result,
-    alternate,
-    clean_slate,
-    format_bytes,
-    timed,
-    warm_page_cache,
-)
+from . import core
+from .core import Figure, Figures, Result, format_bytes
 
 BLOCK_BYTES = 8 << 20
 #: Bytes each limit moves: a full run, and a quick one.
@@ -81,15 +73,13 @@ def measure_limits(
 
     def run(name: str, repeat: int) -> float:
         if name in (WRITE, WRITE_FSYNC):
-            clean_slate([], nbytes)
+            core.clean_slate([], nbytes)
         elif name == PAGE_CACHE_READ:
-            warm_page_cache([path])
-        return nbytes / (timed(runs[name]) / 1e9)
+            core.warm_page_cache([path])
+        return nbytes / (core.timed(runs[name]) / 1e9)
 
     write_file(path, block, nbytes, sync=True)
-    for name in names:
-        run(name, -1)
-    samples = alternate(list(names), repeats, run)
+    samples = core.alternate_warm(names, repeats, run)
     os.unlink(path)
     return {name: Figure.of(values) for name, values in samples.items()}
 

@@ -243,11 +243,8 @@ class NaiveIndex(TorchDataset[dict[str, torch.Tensor]]):
 
 # -- 1 and 2: loader speed -------------------------------------------------------------------
 def warm_medians(count: int, repeats: int, run: Callable[[int, int], float]) -> list[float]:
-    """``run(candidate, -1)`` for each of ``count`` candidates (untimed warm-up), then the
-    median of each over ``repeats`` of :func:`~benchmarks.core.alternate`."""
-    for candidate in range(count):
-        run(candidate, -1)
-    samples = core.alternate(range(count), repeats, run)
+    """The median of each of ``count`` candidates' :func:`~benchmarks.core.alternate_warm`."""
+    samples = core.alternate_warm(range(count), repeats, run)
     return [float(statistics.median(values)) for values in samples.values()]
 
 
