@@ -6,20 +6,16 @@ Run from the repository root::
     python -m benchmarks.convert --quick        # ~64 MiB files, well under a minute
     python -m benchmarks.convert --size-gib 8   # another size of the contiguous file
 
-Three HDF5 files of float32[3, 64, 64] images plus int64 ``labels`` (whose ``labels``
-attribute names 1,000 classes, which memshard takes as the vocabulary) are written block by
-block: ``contiguous`` (``--size-gib``), ``chunked`` (as large, chunks of 64 rows) and ``gzip``
-(chunks of 64 rows, gzip level 1 + shuffle, a quarter of the rows). For each, alternating
-within every repeat: plain h5py reading every dataset (the baseline, page cache warm), and
-``memshard.from_hdf5`` with 1 and 2 workers, each in a fresh child process started before the
-timing, its output and staging directory deleted and dirty pages flushed before. Throughput
-counts the datasets' bytes; a conversion's ratio is its throughput over the plain read's.
+Three HDF5 files of images and labels (:mod:`benchmarks.labelled`): ``contiguous``
+(``--size-gib``), ``chunked`` (chunks of 64 rows) and ``gzip`` (the same + gzip level 1 +
+shuffle, a quarter of the rows). For each, alternating within every repeat: plain h5py reading
+every dataset (the baseline, page cache warm), and ``memshard.from_hdf5`` with 1 and 2 workers,
+each in a fresh child process started before the timing.
 
 Peak RSS is ``VmHWM`` of ``/proc/PID/status``: the child's own, plus the peaks of the workers
 memshard starts, sampled by a thread (:class:`~benchmarks.system.TreeSampler`); their sum is
 an upper bound of the tree's peak. (``ru_maxrss``, kept in the JSON, is not used: a process
-started by ``vfork`` + ``exec`` inherits its parent's high-water mark.) The disk's write rate
-with fsync, which bounds any conversion, is measured in the same run.
+started by ``vfork`` + ``exec`` inherits its parent's high-water mark.)
 """
 
 from __future__ import annotations
@@ -43,41 +39,18 @@ import numpy as np
 import memshard as ms
 from memshard.convert import STAGING_SUFFIX
 
-from .core import (
-    DTYPE,
-    IMAGE_BYTES,
-    IMAGE_SHAPE,
-    RESULT_HEAD,
-    SEED,
-    Report,
-    Result,
-    Target,
-    alternate,
-    clean_slate,
-    format_bytes,
-    format_rate,
-    markdown,
-    parser,
-    progress,
-    rows_for_gib,
-    scratch_directory,
-    shard_bytes_for,
-    timed,
-    timed_call,
-    warm_page_cache,
-)
+from . import core
+from .core import DTYPE, IMAGE_BYTES, IMAGE_SHAPE, Option, Result, Target, format_bytes, progress
 from .formats.hdf5_file import PlainRead, block_rows
 from .labelled import CLASS_NAMES, IMAGES, LABEL_DTYPE, LABELS, ROW_BYTES
-from .limits import FULL_BYTES, QUICK_BYTES, disk_result
+from .limits import disk_result
 from .system import TreeSampler, status_bytes
 
 FULL_SIZE_GIB = 4.0
-QUICK_SIZE_GIB = 1 / 16
 #: Rows per chunk of the chunked files (3 MiB of images).
 CHUNK_ROWS = 64
 GZIP_LEVEL = 1
 WORKER_COUNTS = (1, 2)
-BASELINE = "h5py read"
 MIN_RATIO = 0.8
 MAX_RSS_BYTES = 512 << 20
 #: What a conversion child runs: ``python -c CHILD_CODE src dst workers shard_bytes``.
@@ -110,14 +83,16 @@ LAYOUTS = (
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(core.Run):
     """What to run, resolved from the command line."""
 
-    mode: str
-    rows: int
-    repeats: int
-    dir: str | None
-    json: str | None
+    size_gib: float
+    rows_images: int | None
+
+    @property
+    def rows(self) -> int:
+        """Rows of the contiguous file."""
+        return self.rows_images or core.rows_for_gib(self.size_gib)
 
     def rows_of(self, layout: Layout) -> int:
         """Rows of the file of ``layout``."""
@@ -127,28 +102,19 @@ class Config:
     def shard_bytes(self) -> int:
         """:func:`~benchmarks.core.shard_bytes_for` the full size, so that ``workers=2`` has
         shards to share in quick mode too."""
-        return shard_bytes_for(self.rows, rows_for_gib(FULL_SIZE_GIB), self.mode == "quick")
+        return core.shard_bytes_for(self.rows, core.rows_for_gib(FULL_SIZE_GIB), self.quick)
 
 
 def parse_args(argv: Sequence[str] | None) -> Config:
     """The command line; the size defaults to the mode's."""
-    options = parser(
+    options = core.CommandLine(
         "python -m benchmarks.convert",
         __doc__,
-        ("--rows-images", int, "rows of the contiguous file (instead of --size-gib)"),
-        ("--size-gib", float, f"GiB of the contiguous file (full {FULL_SIZE_GIB:g}, quick 1/16)"),
+        Option("--size-gib", float, "GiB of the contiguous file", FULL_SIZE_GIB, 1 / 16),
+        Option("--rows-images", int, "rows of the contiguous file, over --size-gib", None, None),
+        repeats=(3, 1),
     )
-    args = options.parse_args(argv)
-    if args.size_gib is not None and args.rows_images is not None:
-        options.error("give --size-gib or --rows-images, not both")
-    size_gib = args.size_gib or (QUICK_SIZE_GIB if args.quick else FULL_SIZE_GIB)
-    return Config(
-        mode="quick" if args.quick else "full",
-        rows=args.rows_images or rows_for_gib(size_gib),
-        repeats=args.repeats or (1 if args.quick else 3),
-        dir=args.dir,
-        json=args.json,
-    )
+    return Config(**options.parse(argv))
 
 
 @dataclass
@@ -306,32 +272,30 @@ def measure_source(
     progress(f"{layout.key}: writing {format_bytes(report.data_bytes)} ({layout.description})")
     build_source(src, layout, report.rows, rng)
     report.file_bytes = os.path.getsize(src)
-    warm_page_cache([src])
-    candidates = {BASELINE: 0, **{f"from_hdf5(workers={n})": n for n in WORKER_COUNTS}}
+    core.warm_page_cache([src])
     children: dict[int, list[dict[str, Any]]] = {n: [] for n in WORKER_COUNTS}
 
-    def run(name: str, repeat: int) -> float:
-        workers = candidates[name]
-        if not workers:
+    def run(workers: int, repeat: int) -> float:
+        if not workers:  # the baseline
             read = PlainRead(src)
             gc.collect()
-            return timed(read)
-        clean_slate(outputs, report.data_bytes)
+            return core.timed(read)
+        core.clean_slate(outputs, report.data_bytes)
         conversion = ConversionChild(src, dst, workers, config.shard_bytes)
         gc.collect()
-        ns, result = timed_call(conversion.run)
+        ns, result = core.timed_call(conversion.run)
         children[workers].append(result)
         return ns
 
     progress(f"{layout.key}: timing h5py read and from_hdf5 x {config.repeats} repeats")
     try:
-        samples = alternate(list(candidates), config.repeats, run)
+        samples = core.alternate([0, *WORKER_COUNTS], config.repeats, run)
         verify_conversion(src, dst)
     finally:
-        clean_slate([*outputs, src], 0)
+        core.clean_slate([*outputs, src], 0)
     last = children[WORKER_COUNTS[-1]][-1]
     report.shards, report.shard_rows = last["shards"], last["shard_rows"]
-    medians = {candidates[name]: float(statistics.median(ns)) for name, ns in samples.items()}
+    medians = {workers: float(statistics.median(ns)) for workers, ns in samples.items()}
     add_results(report, medians, children)
     return report
 
@@ -409,10 +373,10 @@ def render(reports: Sequence[SourceReport], disk: Result) -> str:
         serial = 1 / (1 / read + 1 / disk.value)
         notes.append(
             f"- {report.layout.key}: reading at the h5py speed then writing at the disk's, one "
-            f"after the other, would reach {format_rate(serial)} ({serial / read:.3f}x of the "
+            f"after the other, would reach {core.format_rate(serial)} ({serial / read:.3f}x of the "
             "read)"
         )
-    table = markdown(RESULT_HEAD, [result.cells() for result in results])
+    table = core.markdown(core.RESULT_HEAD, [result.cells() for result in results])
     return "\n\n".join(["## HDF5 -> memshard", table, "\n".join(notes)])
 
 
@@ -429,12 +393,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "and freed: on a VM that hands free memory back to the host (virtio-balloon free page "
         "reporting), page-cache writes into reclaimed memory run several times slower",
     ]
-    rng = np.random.default_rng(SEED)
-    with scratch_directory(config.dir) as scratch:
-        out = Report("memshard conversion benchmark", config.mode, scratch, method)
+    rng = np.random.default_rng(core.SEED)
+    with core.scratch_directory(config.dir) as scratch:
+        out = core.Report("memshard conversion benchmark", config.mode, scratch, method)
         progress("disk: timing write + fsync")
-        probe_bytes = QUICK_BYTES if config.mode == "quick" else FULL_BYTES
-        disk = disk_result(scratch, probe_bytes, config.repeats)
+        disk = disk_result(scratch, config.quick, config.repeats)
         reports = [measure_source(config, layout, scratch, rng) for layout in LAYOUTS]
     out.add(render(reports, disk))
     for report in reports:

@@ -27,9 +27,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -50,6 +50,7 @@ SCAN_BLOCK_ROWS = 1024
 
 Number = TypeVar("Number", int, float)
 Returned = TypeVar("Returned")
+Candidate = TypeVar("Candidate", bound=Hashable)
 
 
 # -- workloads -------------------------------------------------------------------------------
@@ -71,6 +72,10 @@ class Workload:
     def nbytes(self) -> int:
         """Bytes of the whole workload."""
         return self.rows * self.row_bytes
+
+    def describe(self) -> str:
+        """``N rows of float32[shape] (size)``."""
+        return f"{self.rows:,} rows of float32{list(self.shape)} ({format_bytes(self.nbytes)})"
 
     @property
     def fields(self) -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -115,40 +120,103 @@ def positive(kind: Callable[[str], Number]) -> Callable[[str], Number]:
     return parse
 
 
-#: A number option: its name, ``int`` or ``float``, and its help.
-Option = tuple[str, Callable[[str], Any], str]
-WORKLOAD_OPTIONS: tuple[Option, ...] = (
-    ("--rows-images", int, "rows of float32[3,64,64] images"),
-    ("--rows-vectors", int, "rows of float32[128] vectors"),
-)
+class Option(NamedTuple):
+    """A number option (above zero) and its value when not given, in full and in quick mode."""
+
+    name: str
+    kind: Callable[[str], Any]
+    help: str
+    full: Any
+    quick: Any
+
+    def described(self) -> str:
+        """The help text, with the defaults if there are any (``None``: all).
+
+        Example:
+            >>> Option("--rows", int, "rows", 1_000_000, None).described()
+            'rows (full 1,000,000, quick all)'
+        """
+        if self.full is None and self.quick is None:
+            return self.help
+        full, quick = ("all" if n is None else f"{n:,}" for n in (self.full, self.quick))
+        defaults = f"default {full}" if full == quick else f"full {full}, quick {quick}"
+        return f"{self.help} ({defaults})"
 
 
-def parser(prog: str, doc: str | None, *options: Option) -> argparse.ArgumentParser:
-    """A command line with the options every benchmark takes (``--quick``, ``--repeats``,
-    ``--dir``, ``--json``) and ``options``, numbers above zero; ``doc`` (the module's
-    docstring) gives its first paragraph."""
-    description = (doc or "").strip().split("\n\n")[0].replace("\n", " ")
-    result = argparse.ArgumentParser(prog=prog, description=description)
-    result.add_argument("--quick", action="store_true", help="small sizes (CI smoke run)")
-    result.add_argument("--dir", help="scratch directory (a temporary folder inside is removed)")
-    result.add_argument("--json", metavar="PATH", help="also write every figure to PATH")
-    repeats: Option = ("--repeats", int, "repeats per measurement (median)")
-    for name, kind, text in (repeats, *options):
-        result.add_argument(name, type=positive(kind), help=text)
-    return result
+def workload_options(quick_images: int, quick_vectors: int) -> tuple[Option, Option]:
+    """``--rows-images`` and ``--rows-vectors``: full sizes, or ``quick_*`` rows in quick mode."""
+    images = Option(
+        "--rows-images", int, "rows of float32[3,64,64] images", FULL_IMAGE_ROWS, quick_images
+    )
+    return images, Option(
+        "--rows-vectors", int, "rows of float32[128] vectors", FULL_VECTOR_ROWS, quick_vectors
+    )
 
 
-def workloads(args: argparse.Namespace, quick_images: int, quick_vectors: int) -> list[Workload]:
-    """The images and vectors workloads of :data:`WORKLOAD_OPTIONS` as parsed into ``args``,
-    by default of the mode's size (``quick_*`` rows in quick mode)."""
-    result = []
-    for name, shape, full, quick in (
-        ("images", IMAGE_SHAPE, FULL_IMAGE_ROWS, quick_images),
-        ("vectors", VECTOR_SHAPE, FULL_VECTOR_ROWS, quick_vectors),
-    ):
-        rows = getattr(args, f"rows_{name}") or (quick if args.quick else full)
-        result.append(Workload(name, shape, rows, shard_bytes_for(rows, full, args.quick)))
-    return result
+class CommandLine(argparse.ArgumentParser):
+    """The options every benchmark takes (``--quick``, ``--dir``, ``--json``, ``--repeats``,
+    whose defaults are ``repeats``: full, quick) and its own; ``doc`` (the module's docstring)
+    gives the description."""
+
+    def __init__(
+        self, prog: str, doc: str | None, *options: Option, repeats: tuple[int, int]
+    ) -> None:
+        super().__init__(prog=prog, description=(doc or "").strip().split("\n\n")[0])
+        self.add_argument("--quick", action="store_true", help="small sizes (CI smoke run)")
+        self.add_argument("--dir", help="scratch directory (a temporary folder inside is removed)")
+        self.add_argument("--json", metavar="PATH", help="also write every figure to PATH")
+        self.options = (Option("--repeats", int, "repeats per measurement", *repeats), *options)
+        for option in self.options:
+            self.add_argument(option.name, type=positive(option.kind), help=option.described())
+
+    def parse(self, argv: Sequence[str] | None) -> dict[str, Any]:
+        """The arguments by name, ``mode`` (``"quick"`` or ``"full"``) in place of ``quick``,
+        every option not given at its value in that mode."""
+        args = vars(self.parse_args(argv))
+        quick = args.pop("quick")
+        for option in self.options:
+            dest = option.name.removeprefix("--").replace("-", "_")
+            if args[dest] is None:
+                args[dest] = option.quick if quick else option.full
+        return {"mode": "quick" if quick else "full", **args}
+
+
+@dataclass(frozen=True)
+class Run:
+    """What every benchmark's command line asks for (see :class:`CommandLine`)."""
+
+    mode: str
+    dir: str | None
+    json: str | None
+    repeats: int
+
+    @property
+    def quick(self) -> bool:
+        """Whether this is a quick run."""
+        return self.mode == "quick"
+
+
+@dataclass(frozen=True)
+class WorkloadRun(Run):
+    """A run over the images and vectors workloads of :func:`workload_options`."""
+
+    rows_images: int
+    rows_vectors: int
+
+    @property
+    def images(self) -> Workload:
+        """The images workload."""
+        return self.workload("images", IMAGE_SHAPE, FULL_IMAGE_ROWS)
+
+    @property
+    def vectors(self) -> Workload:
+        """The vectors workload."""
+        return self.workload("vectors", VECTOR_SHAPE, FULL_VECTOR_ROWS)
+
+    def workload(self, name: str, shape: tuple[int, ...], full_rows: int) -> Workload:
+        """The workload ``name`` of the rows asked for, a full run having ``full_rows``."""
+        rows = getattr(self, f"rows_{name}")
+        return Workload(name, shape, rows, shard_bytes_for(rows, full_rows, self.quick))
 
 
 # -- timing ----------------------------------------------------------------------------------
@@ -169,7 +237,7 @@ def timed_call(run: Callable[[], Returned]) -> tuple[int, Returned]:
         gc.enable()
 
 
-def rotated(names: Sequence[str], repeat: int) -> list[str]:
+def rotated(names: Sequence[Candidate], repeat: int) -> list[Candidate]:
     """The order of repeat ``repeat``: a different candidate first each time.
 
     Example:
@@ -181,18 +249,27 @@ def rotated(names: Sequence[str], repeat: int) -> list[str]:
 
 
 def alternate(
-    names: Sequence[str],
+    names: Sequence[Candidate],
     repeats: int,
-    run: Callable[[str, int], float],
-    order: Callable[[Sequence[str], int], list[str]] = rotated,
-) -> dict[str, list[float]]:
+    run: Callable[[Candidate, int], float],
+    order: Callable[[Sequence[Candidate], int], list[Candidate]] = rotated,
+) -> dict[Candidate, list[float]]:
     """``run(name, repeat)`` for every name in every repeat, in ``order(names, repeat)``, so
     that a slow spell of the machine hits the candidates alike; every value, by name."""
-    samples: dict[str, list[float]] = {name: [] for name in names}
+    samples: dict[Candidate, list[float]] = {name: [] for name in names}
     for repeat in range(repeats):
         for name in order(names, repeat):
             samples[name].append(run(name, repeat))
     return samples
+
+
+def alternate_warm(
+    names: Sequence[Candidate], repeats: int, run: Callable[[Candidate, int], float]
+) -> dict[Candidate, list[float]]:
+    """:func:`alternate`, after an untimed warm-up: ``run(name, -1)`` once for every name."""
+    for name in names:
+        run(name, -1)
+    return alternate(names, repeats, run)
 
 
 @dataclass

@@ -6,22 +6,12 @@ Run from the repository root::
     python -m benchmarks.dask_write --quick              # ~256 MiB, well under a minute
     python -m benchmarks.dask_write --storage-gbps 25    # another storage cap for the estimate
 
-The dataset: float32[3, 64, 64] images plus int64 ``labels`` (1,000 class names), 49,160 bytes
-a row, generated on the workers from ``da.arange`` of the row indices in blocks of
-``--block-shards`` 64 MiB shards (so any row can be recomputed to check it). On
-``LocalCluster(n_workers=N, threads_per_worker=1, processes=True)`` for N = 1 and 2, both
-started and warmed up before anything is timed, every repeat times (in an order that flips
-every repeat): ``from_dask`` end to end (a part per block written on the workers, one ordered
-commit, the move into place, the reopen); generation alone (the same ``to_delayed`` blocks,
-thrown away: the difference is what writing costs); and, for context, one process's
-``create().extend()`` of the same rows from RAM. Before every timed write the earlier output is
-deleted, dirty pages flushed and memory of the output's size touched and freed. The first
-``from_dask`` output of each N is checked (rows, every label, the images of block edges and
-random rows). The goal of the issue: a ``from_dask`` speedup of at least 1.6x from N = 1 to 2.
-
-Finally, the time to build 50,000,000 such rows is estimated from the measured per-worker rate
-(``rows / (N * rate)``, capped by ``--storage-gbps`` of aggregate storage bandwidth), plus the
-commit, whose cost per part is measured by committing many one-row parts as ``from_dask`` does.
+Images and labels generated on the workers (any row can be recomputed to check it) are written
+by ``from_dask`` on LocalClusters of N = 1 and 2 single-threaded worker processes, against
+generation alone and one process's ``create().extend()`` from RAM; the first output of each N
+is checked. The goal of the issue: a ``from_dask`` speedup of at least 1.6x from N = 1 to 2.
+Then the time to build 50,000,000 such rows is estimated from the per-worker rate, capped by
+``--storage-gbps``, plus the commit, whose cost per part is measured (see docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -52,33 +42,11 @@ from memshard.parts import PartTarget
 from memshard.schema import field_specs
 from memshard.schema import rows_per_shard as memshard_rows_per_shard
 
-from .core import (
-    DTYPE,
-    IMAGE_BYTES,
-    IMAGE_SHAPE,
-    SEED,
-    Report,
-    Result,
-    alternate,
-    clean_slate,
-    format_bytes,
-    format_duration,
-    format_ns,
-    format_rate,
-    markdown,
-    parser,
-    progress,
-    remove,
-    rows_for_gib,
-    scratch_directory,
-    three_digits,
-    timed_call,
-)
+from . import core
+from .core import DTYPE, IMAGE_BYTES, IMAGE_SHAPE, Option, format_bytes, format_duration, progress
 from .labelled import CLASS_NAMES, FIELDS, IMAGES, LABEL_DTYPE, LABELS, ROW_BYTES
-from .limits import FULL_BYTES, QUICK_BYTES, disk_result
+from .limits import disk_result
 
-FULL_SIZE_GIB = 4.0
-QUICK_SIZE_GIB = 0.25
 #: 64 MiB shards: 1,024 rows (48 MiB of images) once rounded down to whole huge pages.
 SHARD_MIB = 64
 #: Shards per dask block (and so per part): 4 (192 MiB blocks) wrote fastest of 1, 2, 4 and 8
@@ -86,12 +54,8 @@ SHARD_MIB = 64
 #: a scheduler round trip in which a single-threaded worker idles), which one worker alone
 #: pays in full. Quick mode keeps one shard per block, so that its 256 MiB still make 6 blocks.
 FULL_BLOCK_SHARDS = 4
-QUICK_BLOCK_SHARDS = 1
 WORKER_COUNTS = (1, 2)
 GOAL_SPEEDUP = 1.6
-#: One-row parts committed to measure the commit's cost per part.
-FULL_COMMIT_PARTS = 1000
-QUICK_COMMIT_PARTS = 200
 #: Threads that write the one-row parts (untimed; each part close is a handful of fsyncs).
 PART_WRITER_THREADS = 8
 #: Rows of the output whose images are compared with the generator's (besides block edges).
@@ -99,7 +63,6 @@ SAMPLE_ROWS = 512
 #: The estimate: a dataset of this many rows, built by this many workers.
 TARGET_ROWS = 50_000_000
 TARGET_WORKERS = (1, 2, 8, 32, 100, 500)
-DEFAULT_STORAGE_GBPS = 10.0
 #: distributed's log level: its INFO chatter on every cluster start would drown the report.
 CLUSTER_LOG_LEVEL = logging.ERROR
 #: The fixed part of every image: one value per pixel, the same for every row.
@@ -114,18 +77,20 @@ CANDIDATES = (
 
 # -- configuration ---------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Config:
+class Config(core.Run):
     """What to run, resolved from the command line."""
 
-    mode: str
     rows: int
-    repeats: int
-    shard_bytes: int
-    block_shards: int
-    commit_parts: int
     storage_gbps: float
-    dir: str | None
-    json: str | None
+    shard_mib: int
+    block_shards: int
+    #: One-row parts committed to measure the commit's cost per part.
+    commit_parts: int
+
+    @property
+    def shard_bytes(self) -> int:
+        """The ``shard_bytes`` of every dataset written."""
+        return self.shard_mib << 20
 
     @property
     def shard_rows(self) -> int:
@@ -149,7 +114,7 @@ class Config:
 
     def to_json(self) -> dict[str, Any]:
         """The configuration and what follows from it."""
-        derived = ("shard_rows", "block_rows", "blocks", "data_bytes")
+        derived = ("shard_bytes", "shard_rows", "block_rows", "blocks", "data_bytes")
         return {
             **asdict(self),
             **{name: getattr(self, name) for name in derived},
@@ -169,34 +134,20 @@ def rows_per_shard(shard_bytes: int) -> int:
 
 def parse_args(argv: Sequence[str] | None) -> Config:
     """The command line; sizes default to the mode's."""
-    options = parser(
+    options = core.CommandLine(
         "python -m benchmarks.dask_write",
         __doc__,
-        ("--rows", int, f"rows (full {FULL_SIZE_GIB:g} GiB of images, quick {QUICK_SIZE_GIB:g})"),
-        (
-            "--storage-gbps",
-            float,
-            f"storage GB/s of the estimate (default {DEFAULT_STORAGE_GBPS:g})",
-        ),
-        ("--shard-mib", int, f"shard_bytes in MiB (default {SHARD_MIB})"),
-        ("--block-shards", int, f"shards per block (full {FULL_BLOCK_SHARDS}, quick 1)"),
-        ("--commit-parts", int, f"one-row parts of the commit (full {FULL_COMMIT_PARTS}, >= 2)"),
+        Option("--rows", int, "rows of images and labels", *map(core.rows_for_gib, (4, 0.25))),
+        Option("--storage-gbps", float, "storage GB/s of the estimate", 10.0, 10.0),
+        Option("--shard-mib", int, "shard_bytes in MiB", SHARD_MIB, SHARD_MIB),
+        Option("--block-shards", int, "shards per block", FULL_BLOCK_SHARDS, 1),
+        Option("--commit-parts", int, "one-row parts of the commit (>= 2)", 1000, 200),
+        repeats=(3, 2),
     )
-    args = options.parse_args(argv)
-    if args.commit_parts == 1:
+    config = Config(**options.parse(argv))
+    if config.commit_parts == 1:
         options.error("--commit-parts must be >= 2 (one commit of 1 part is the fixed cost)")
-    quick = bool(args.quick)
-    return Config(
-        mode="quick" if quick else "full",
-        rows=args.rows or rows_for_gib(QUICK_SIZE_GIB if quick else FULL_SIZE_GIB),
-        repeats=args.repeats or (2 if quick else 3),
-        shard_bytes=(args.shard_mib or SHARD_MIB) << 20,
-        block_shards=args.block_shards or (QUICK_BLOCK_SHARDS if quick else FULL_BLOCK_SHARDS),
-        commit_parts=args.commit_parts or (QUICK_COMMIT_PARTS if quick else FULL_COMMIT_PARTS),
-        storage_gbps=args.storage_gbps or DEFAULT_STORAGE_GBPS,
-        dir=args.dir,
-        json=args.json,
-    )
+    return config
 
 
 # -- the data (computed on the workers) ------------------------------------------------------
@@ -212,7 +163,7 @@ def image_rows(index: np.ndarray) -> np.ndarray:
 
 
 def label_rows(index: np.ndarray) -> np.ndarray:
-    """The labels of rows ``index``: indices of :data:`~benchmarks.core.CLASS_NAMES`.
+    """The labels of rows ``index``: indices of :data:`~benchmarks.labelled.CLASS_NAMES`.
 
     Example:
         >>> label_rows(np.array([0, 1, 2])).tolist()
@@ -252,9 +203,8 @@ def generate_only(arrays: dict[str, Any]) -> int:
 
 def write_in_process(path: str, config: Config, rows: tuple[np.ndarray, np.ndarray]) -> None:
     """One ``extend`` of every row from RAM in this process, then ``close``."""
-    with ms.create(
-        path, FIELDS, shard_bytes=config.shard_bytes, labels={LABELS: CLASS_NAMES}
-    ) as appender:
+    labels = {LABELS: CLASS_NAMES}
+    with ms.create(path, FIELDS, shard_bytes=config.shard_bytes, labels=labels) as appender:
         appender.extend({IMAGES: rows[0], LABELS: rows[1]})
 
 
@@ -366,13 +316,8 @@ class Check:
     @property
     def passed(self) -> bool:
         """Whether the output is the generated data, in full."""
-        return (
-            self.rows == self.expected_rows
-            and self.shards == self.expected_shards
-            and self.images_equal
-            and self.labels_equal
-            and self.workers_of_cluster
-        )
+        counts = (self.rows, self.shards) == (self.expected_rows, self.expected_shards)
+        return counts and self.images_equal and self.labels_equal and self.workers_of_cluster
 
     def to_json(self) -> dict[str, Any]:
         """The check, for ``--json``."""
@@ -387,7 +332,7 @@ def check_output(
     the blocks each worker wrote (``stream``: the task stream of the run)."""
     starts = np.arange(0, config.rows, config.block_rows, dtype=np.int64)
     ends = np.minimum(starts + config.block_rows, config.rows) - 1
-    random_rows = np.random.default_rng(SEED).integers(0, config.rows, size=SAMPLE_ROWS)
+    random_rows = np.random.default_rng(core.SEED).integers(0, config.rows, size=SAMPLE_ROWS)
     sample = np.unique(np.concatenate([starts, ends, random_rows]))
     images_equal = labels_equal = False
     if len(dataset) == config.rows:
@@ -443,17 +388,15 @@ def measure(
     ``from_dask`` output of each N is checked (untimed)."""
     dst = os.path.join(scratch, "dataset.memshard")
     arrays = source_arrays(config.rows, config.block_rows)
+    labels = {
+        "from_dask": "`from_dask` end to end",
+        "generate": "generation only (same graph, blocks thrown away)",
+    }
     results = {
-        f"from_dask_workers_{n}": Measurement(
-            f"from_dask_workers_{n}", "`from_dask` end to end", n, config.rows
-        )
+        f"{kind}_workers_{n}": Measurement(f"{kind}_workers_{n}", label, n, config.rows)
+        for kind, label in labels.items()
         for n in WORKER_COUNTS
     }
-    for n in WORKER_COUNTS:
-        label = "generation only (same graph, blocks thrown away)"
-        results[f"generate_workers_{n}"] = Measurement(
-            f"generate_workers_{n}", label, n, config.rows
-        )
     label = "in one process: `create().extend()` + `close()` from RAM"
     results[EXTEND] = Measurement(EXTEND, label, None, config.rows)
     checks: dict[int, Check] = {}
@@ -464,32 +407,30 @@ def measure(
         if name == EXTEND and not in_ram:
             progress(f"building the {format_bytes(config.data_bytes)} in-RAM copy (untimed)")
             in_ram.append(in_ram_rows(config))
-        clean_slate([dst], config.data_bytes)
+        core.clean_slate([dst], config.data_bytes)
         gc.collect()
         if name == EXTEND:
-            ns, _ = timed_call(lambda: write_in_process(dst, config, in_ram[0]))
+            ns, _ = core.timed_call(lambda: write_in_process(dst, config, in_ram[0]))
         elif name.startswith("generate"):
             cluster = clusters[int(name.rsplit("_", 1)[1])]
-            ns, seen = timed_call(cluster.run(lambda: generate_only(arrays)))
+            ns, seen = core.timed_call(cluster.run(lambda: generate_only(arrays)))
             if seen != config.rows:
                 raise AssertionError(f"{name}: generation saw {seen} rows, not {config.rows}")
         else:
-            cluster = clusters[int(name.rsplit("_", 1)[1])]
+            cluster, labels = clusters[int(name.rsplit("_", 1)[1])], {LABELS: CLASS_NAMES}
             write = cluster.run(
-                lambda: from_dask(
-                    arrays, dst, shard_bytes=config.shard_bytes, labels={LABELS: CLASS_NAMES}
-                )
+                lambda: from_dask(arrays, dst, shard_bytes=config.shard_bytes, labels=labels)
             )
             with get_task_stream(cluster.client) as stream:
-                ns, dataset = timed_call(write)
+                ns, dataset = core.timed_call(write)
             if cluster.workers not in checks:
                 checks[cluster.workers] = check_output(config, dataset, cluster, stream.data)
             del dataset
         results[name].samples_ns.append(ns)
         return ns
 
-    alternate(CANDIDATES, config.repeats, run, order=flipped)
-    clean_slate([dst], 0)
+    core.alternate(CANDIDATES, config.repeats, run, order=flipped)
+    core.clean_slate([dst], 0)
     return results, checks
 
 
@@ -502,7 +443,7 @@ def warm_up(config: Config, clusters: dict[int, Cluster], scratch: str) -> None:
     for cluster in clusters.values():
         cluster.run(lambda: generate_only(arrays))()
         cluster.run(lambda: from_dask(arrays, dst, shard_bytes=config.shard_bytes))()
-        remove(dst)
+        core.remove(dst)
     os.sync()
 
 
@@ -539,7 +480,7 @@ def time_commit(config: Config, scratch: str, parts: int) -> int:
     """Write ``parts`` one-row parts of a new dataset (untimed, on threads), then time their
     commit as ``from_dask`` does it."""
     path = os.path.join(scratch, "commit.memshard")
-    remove(path)
+    core.remove(path)
     labels = {LABELS: CLASS_NAMES}
     ms.create(path, FIELDS, shard_bytes=config.shard_bytes, labels=labels).close()
     target, group = PartTarget.of(path), f"c{secrets.token_hex(4)}"
@@ -554,9 +495,9 @@ def time_commit(config: Config, scratch: str, parts: int) -> int:
         return ms.open(path)
 
     gc.collect()
-    ns, dataset = timed_call(commit)
+    ns, dataset = core.timed_call(commit)
     rows = len(dataset)
-    remove(path)
+    core.remove(path)
     if rows != parts:
         raise AssertionError(f"the commit of {parts} one-row parts left {rows} rows")
     return ns
@@ -644,7 +585,7 @@ def speedups(results: dict[str, Measurement]) -> dict[str, float]:
 def render_writes(
     results: dict[str, Measurement],
     checks: dict[int, Check],
-    disk: Result,
+    disk: core.Result,
     figures: dict[str, float],
 ) -> str:
     """The throughput table, the ratios and the checks."""
@@ -656,16 +597,15 @@ def render_writes(
             [
                 result.label,
                 "-" if result.workers is None else str(result.workers),
-                format_ns(result.median_ns),
+                core.format_ns(result.median_ns),
                 f"{result.rows_per_s:,.0f}",
-                three_digits(result.rows_per_s * ROW_BYTES / 1e6),
+                core.three_digits(result.rows_per_s * ROW_BYTES / 1e6),
                 "-" if first is None else f"{first.median_ns / result.median_ns:.2f}x",
             ]
         )
-    disk_ns = format_ns(disk.details["median_ns"])
-    rows.append(
-        [f"{disk.measurement} (context)", "-", disk_ns, "-", three_digits(disk.value / 1e6), "-"]
-    )
+    disk_ns = core.format_ns(disk.details["median_ns"])
+    disk_mbs = core.three_digits(disk.value / 1e6)
+    rows.append([f"{disk.measurement} (context)", "-", disk_ns, "-", disk_mbs, "-"])
     speedup = figures["from_dask_2_over_1"]
     notes = [
         f"- `from_dask` N=2 / N=1: {speedup:.2f}x (goal >= {GOAL_SPEEDUP}x: "
@@ -675,8 +615,8 @@ def render_writes(
         + ", ".join(f"N={n} {figures[f'from_dask_over_generate_{n}']:.2f}" for n in WORKER_COUNTS),
         f"- `from_dask` N=2 / in-process extend: {figures['from_dask_2_over_extend']:.2f}x",
     ]
+    equal = {True: "equal", False: "DIFFER"}
     for n, check in checks.items():
-        equal = {True: "equal", False: "DIFFER"}
         notes.append(
             f"- check N={n}: {'passed' if check.passed else 'FAILED'} ({check.rows:,} rows of "
             f"{check.expected_rows:,}, {check.shards} shards of {check.expected_shards}, all "
@@ -690,43 +630,39 @@ def render_writes(
             f"- task time on the workers, checked `from_dask` run with N={n} ({wall:.2f} s wall "
             f"x {n} worker(s) = {wall * n:.2f} s): {busy}; transfers {check.transfer_seconds:.2f} s"
         )
-    return "\n\n".join(["## Writing the dataset", markdown(head, rows), "\n".join(notes)])
+    return "\n\n".join(["## Writing the dataset", core.markdown(head, rows), "\n".join(notes)])
 
 
 def render_commit(config: Config, commit: CommitCost) -> str:
     """The commit's cost and its extrapolations."""
     head = ["commit (as `from_dask`: commit_parts + discard_parts + close + open)", "time"]
     rows = [
-        ["1 one-row part", format_ns(commit.one_part_ns)],
-        [f"{commit.parts:,} one-row parts", format_ns(commit.many_parts_ns)],
-        ["per part (slope)", format_ns(commit.per_part_ns)],
+        ["1 one-row part", core.format_ns(commit.one_part_ns)],
+        [f"{commit.parts:,} one-row parts", core.format_ns(commit.many_parts_ns)],
+        ["per part (slope)", core.format_ns(commit.per_part_ns)],
     ]
-    rows += [
-        [
-            f"extrapolated to {TARGET_ROWS:,} rows: {parts:,} parts, {how}",
-            format_duration(commit.seconds_for(parts)),
-        ]
-        for how, parts in commit_extrapolations(config).items()
-    ]
-    return "\n\n".join(["## The commit", markdown(head, rows)])
+    for how, parts in commit_extrapolations(config).items():
+        what = f"extrapolated to {TARGET_ROWS:,} rows: {parts:,} parts, {how}"
+        rows.append([what, format_duration(commit.seconds_for(parts))])
+    return "\n\n".join(["## The commit", core.markdown(head, rows)])
 
 
 def render_estimates(config: Config, tables: dict[str, list[dict[str, Any]]]) -> str:
     """The 50M-row build tables and their assumptions."""
-    cap = config.storage_gbps * 1e9
+    cap = core.format_rate(config.storage_gbps * 1e9)
     total_tb = TARGET_ROWS * ROW_BYTES / 1e12
+    floor = format_duration(TARGET_ROWS * ROW_BYTES / (config.storage_gbps * 1e9))
+    commit = format_duration(next(iter(tables.values()))[0]["commit_s"])
     lines = [
         f"## Estimate: building {TARGET_ROWS:,} rows of float32{list(IMAGE_SHAPE)} + int64 "
         f"labels ({TARGET_ROWS * IMAGE_BYTES / 1e12:.2f} TB of images, {total_tb:.2f} TB in all)",
         "",
         "- assumption: every worker writes at the measured per-worker rate, independently of "
         "the others: write time = rows / (N * per-worker rate); the aggregate is capped by the "
-        f"storage's write bandwidth, --storage-gbps = {format_rate(cap)}: write time = "
-        f"max(that, {total_tb:.2f} TB / {format_rate(cap)} = "
-        f"{format_duration(TARGET_ROWS * ROW_BYTES / cap)})",
+        f"storage's write bandwidth, --storage-gbps = {cap}: write time = "
+        f"max(that, {total_tb:.2f} TB / {cap} = {floor})",
         f"- then one commit of {target_parts(config):,} parts in one process, extrapolated "
-        "linearly from the measured commit: "
-        f"{format_duration(next(iter(tables.values()))[0]['commit_s'])}; not included: "
+        f"linearly from the measured commit: {commit}; not included: "
         "cluster start-up, generating the data (here it is a cheap function; real "
         "decoding or augmenting costs more than writing), the scheduler's overhead per task at "
         "that scale",
@@ -738,23 +674,19 @@ def render_estimates(config: Config, tables: dict[str, list[dict[str, Any]]]) ->
     }
     for basis, table in tables.items():
         rate = table[0]["per_worker_rows_s"]
-        per_worker = f"{rate:,.0f} rows/s = {format_rate(rate * ROW_BYTES)} per worker"
+        per_worker = f"{rate:,.0f} rows/s = {core.format_rate(rate * ROW_BYTES)} per worker"
         rows = [
             [
                 str(row["workers"]),
-                format_rate(row["uncapped_bps"]),
+                core.format_rate(row["uncapped_bps"]),
                 format_duration(row["uncapped_s"]),
-                format_rate(row["bps"]) + (" (capped)" if row["capped"] else ""),
+                core.format_rate(row["bps"]) + (" (capped)" if row["capped"] else ""),
                 *(format_duration(row[key]) for key in ("write_s", "commit_s", "total_s")),
             ]
             for row in table
         ]
-        lines += [
-            "",
-            f"### {titles[basis]}: {per_worker}",
-            "",
-            markdown([*head, "commit", "total"], rows),
-        ]
+        table_text = core.markdown([*head, "commit", "total"], rows)
+        lines += ["", f"### {titles[basis]}: {per_worker}", "", table_text]
     return "\n".join(lines)
 
 
@@ -793,12 +725,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run the previous output is deleted, dirty pages flushed, and memory of the data's "
         "size touched and freed",
     ]
-    with scratch_directory(config.dir) as scratch:
+    with core.scratch_directory(config.dir) as scratch:
         check_room(config, scratch)
-        out = Report("memshard from_dask benchmark", config.mode, scratch, method)
+        out = core.Report("memshard from_dask benchmark", config.mode, scratch, method)
         progress("disk: timing os.write + fsync")
-        probe_bytes = QUICK_BYTES if config.mode == "quick" else FULL_BYTES
-        disk = disk_result(scratch, probe_bytes, config.repeats)
+        disk = disk_result(scratch, config.quick, config.repeats)
         progress(f"commit: writing and committing 1 and {config.commit_parts} one-row parts")
         one, many = (time_commit(config, scratch, n) for n in (1, config.commit_parts))
         commit = CommitCost(config.commit_parts, one, many)

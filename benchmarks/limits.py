@@ -13,16 +13,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .core import (
-    Figure,
-    Figures,
-    Result,
-    alternate,
-    clean_slate,
-    format_bytes,
-    timed,
-    warm_page_cache,
-)
+from . import core
+from .core import Figure, Figures, Result, format_bytes
 
 BLOCK_BYTES = 8 << 20
 #: Bytes each limit moves: a full run, and a quick one.
@@ -81,22 +73,21 @@ def measure_limits(
 
     def run(name: str, repeat: int) -> float:
         if name in (WRITE, WRITE_FSYNC):
-            clean_slate([], nbytes)
+            core.clean_slate([], nbytes)
         elif name == PAGE_CACHE_READ:
-            warm_page_cache([path])
-        return nbytes / (timed(runs[name]) / 1e9)
+            core.warm_page_cache([path])
+        return nbytes / (core.timed(runs[name]) / 1e9)
 
     write_file(path, block, nbytes, sync=True)
-    for name in names:
-        run(name, -1)
-    samples = alternate(list(names), repeats, run)
+    samples = core.alternate_warm(names, repeats, run)
     os.unlink(path)
     return {name: Figure.of(values) for name, values in samples.items()}
 
 
-def disk_result(scratch: str, nbytes: int, repeats: int) -> Result:
-    """The disk's write rate with ``fsync`` (:data:`WRITE_FSYNC` over ``nbytes``), as the row
-    of a report whose writes it bounds."""
+def disk_result(scratch: str, quick: bool, repeats: int) -> Result:
+    """The disk's write rate with ``fsync`` (:data:`WRITE_FSYNC` over :data:`QUICK_BYTES` or
+    :data:`FULL_BYTES`), as the row of a report whose writes it bounds."""
+    nbytes = QUICK_BYTES if quick else FULL_BYTES
     figure = measure_limits(scratch, nbytes, repeats, [WRITE_FSYNC])[WRITE_FSYNC]
     block = format_bytes(min(BLOCK_BYTES, nbytes))
     return Result(

@@ -157,9 +157,9 @@ def measure_loaders(
     rng = np.random.default_rng(seed)
     orders = [rng.permutation(rows)[:epoch_rows] for _ in range(effort.slow_repeats)]
     by_name = {fmt.name: fmt for fmt in formats}
+    seconds = effort.run_seconds * 10
     samples = {
-        name: samples_for(gathers[name], gather_rows, epoch_rows, effort.run_seconds * 10)
-        for name in by_name
+        name: samples_for(gathers[name], gather_rows, epoch_rows, seconds) for name in by_name
     }
     results: dict[str, Figures] = {}
     workers_seen: dict[str, list[dict[str, Any]]] = {name: [] for name in by_name}
@@ -179,14 +179,7 @@ def measure_loaders(
 
 
 def growth(workers: list[dict[str, Any]]) -> Figure:
-    """The largest ``Private_Dirty`` growth of any worker of any epoch, with the RSS and USS
-    that worker ended with."""
+    """The largest ``Private_Dirty`` growth of any worker of any epoch, with the memory
+    (``rss``, ``uss``, ``private``) that worker ended with."""
     grown = [w["end"]["private"] - w["start"]["private"] for w in workers]
-    worst = workers[int(np.argmax(grown))]["end"]
-    return Figure.of(
-        [float(max(grown))],
-        len(workers),
-        rss=worst["rss"],
-        uss=worst["uss"],
-        private=worst["private"],
-    )
+    return Figure.of([float(max(grown))], len(workers), **workers[int(np.argmax(grown))]["end"])

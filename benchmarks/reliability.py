@@ -19,6 +19,7 @@ import os
 import statistics
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,40 +29,34 @@ import memshard as ms
 from memshard.layout import MANIFEST_NAME
 from memshard.verify import verify_dataset
 
-from .core import (
-    IMAGE_BYTES,
-    IMAGE_SHAPE,
-    Report,
-    alternate,
-    clean_slate,
-    format_rate,
-    markdown,
-    parser,
-    rows_for_gib,
-    scratch_directory,
-    timed,
-    yes_no,
-)
+from . import core
+from .core import IMAGE_BYTES, IMAGE_SHAPE, Option, format_rate, yes_no
 from .limits import BLOCK_BYTES, read_range
 
 GOAL_BYTES_PER_SECOND = 1e9
 REGIONS = ("manifest", "header", "data")
 
 
-def parse_args(argv: Sequence[str] | None) -> Any:
+@dataclass(frozen=True)
+class Config(core.Run):
+    """What to run, resolved from the command line."""
+
+    size_gib: float
+    flips: int
+    seed: int
+
+
+def parse_args(argv: Sequence[str] | None) -> Config:
     """The command line; sizes left unset default to the mode's."""
-    options = parser(
+    options = core.CommandLine(
         "python -m benchmarks.reliability",
         __doc__,
-        ("--size-gib", float, "size of the speed dataset (full 2, quick 1/16)"),
-        ("--flips", int, "bit flips to inject (full 3000, quick 300)"),
+        Option("--size-gib", float, "size of the speed dataset", 2.0, 1 / 16),
+        Option("--flips", int, "bit flips to inject", 3000, 300),
+        repeats=(7, 3),
     )
     options.add_argument("--seed", type=int, default=0, help="seed of the flips")
-    args = options.parse_args(argv)
-    args.size_gib = args.size_gib or (1 / 16 if args.quick else 2.0)
-    args.flips = args.flips or (300 if args.quick else 3000)
-    args.repeats = args.repeats or (3 if args.quick else 7)
-    return args
+    return Config(**options.parse(argv))
 
 
 def shard_files(ds: ms.Dataset) -> list[tuple[str, int, int]]:
@@ -75,8 +70,8 @@ def shard_files(ds: ms.Dataset) -> list[tuple[str, int, int]]:
 
 def measure_speed(scratch: str, size_gib: float, repeats: int) -> dict[str, Any]:
     """Bytes per second of ``verify``, of reading the same data and of hashing it in RAM."""
-    rows = rows_for_gib(size_gib)
-    clean_slate([], rows * IMAGE_BYTES)
+    rows = core.rows_for_gib(size_gib)
+    core.clean_slate([], rows * IMAGE_BYTES)
     batch = np.random.default_rng(0).standard_normal((256, *IMAGE_SHAPE), dtype=np.float32)
     with ms.create(os.path.join(scratch, "speed"), {"x": ("float32", IMAGE_SHAPE)}) as writer:
         for start in range(0, rows, len(batch)):
@@ -101,7 +96,7 @@ def measure_speed(scratch: str, size_gib: float, repeats: int) -> dict[str, Any]
 
     runs = {"verify": verify, "read": read, "hash": hash_in_ram}
     read()  # warm the page cache
-    samples = alternate(list(runs), repeats, lambda name, _: timed(runs[name]) / 1e9)
+    samples = core.alternate(list(runs), repeats, lambda name, _: core.timed(runs[name]) / 1e9)
     rates = {
         f"{name}_bytes_per_second": ds.nbytes / statistics.median(samples[name]) for name in runs
     }
@@ -154,10 +149,9 @@ def measure_flips(scratch: str, flips: int, seed: int) -> dict[str, dict[str, in
 def main(argv: Sequence[str] | None = None) -> int:
     """Measure the speed and the flips, print the report and optionally write JSON."""
     args = parse_args(argv)
-    with scratch_directory(args.dir) as scratch:
+    with core.scratch_directory(args.dir) as scratch:
         method = [f"medians of {args.repeats} runs, the three measurements alternating"]
-        mode = "quick" if args.quick else "full"
-        out = Report("memshard checksum benchmark", mode, scratch, method)
+        out = core.Report("memshard checksum benchmark", args.mode, scratch, method)
         speed = measure_speed(scratch, args.size_gib, args.repeats)
         flips = measure_flips(scratch, args.flips, args.seed)
     rate = speed["verify_bytes_per_second"]
@@ -179,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.add(
         f"speed dataset: {speed['rows']:,} rows of float32{list(IMAGE_SHAPE)}, "
         f"{speed['bytes'] / (1 << 30):.2f} GiB in {speed['shards']} shards, page cache warm",
-        markdown(["measurement", "result", "goal", "met"], rows),
+        core.markdown(["measurement", "result", "goal", "met"], rows),
     )
     out.record.update(speed=speed, flips=flips)
     return out.finish(args.json)

@@ -25,28 +25,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from . import compare, limits, loaders, report
+from . import compare, core, limits, loaders, report
 from .compare import EXTEND, EXTEND_CLOSE, PLAIN_WRITE, PLAIN_WRITE_FSYNC, PREAD, Effort
-from .core import (
-    BATCH_SIZE,
-    SEED,
-    WORKLOAD_OPTIONS,
-    Figures,
-    Report,
-    Workload,
-    batches_of,
-    format_bytes,
-    parser,
-    progress,
-    random_rows,
-    scratch_directory,
-    workloads,
-)
+from .core import BATCH_SIZE, Figures, Option, Workload, format_bytes, progress
 from .formats import BASELINE, MEMSHARD, Format, Unavailable, peers
 from .report import GoalResult, Measurement, WorkloadResults
 
-QUICK_IMAGE_ROWS = 1024
-QUICK_VECTOR_ROWS = 4_096
 #: Rows per write batch: 12 MiB of images, 4 MiB of vectors.
 WRITE_BATCH_BYTES = {"images": 12 << 20, "vectors": 4 << 20}
 GATHER_ROWS = {"images": 256, "vectors": 1024}
@@ -90,52 +74,39 @@ GOALS = (
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(core.WorkloadRun):
     """What to run and how much."""
 
-    quick: bool
-    images: Workload
-    vectors: Workload
-    effort: Effort
-    loader_seconds: float
-    limit_bytes: int
-    dir: str | None
+    slow_repeats: int
     out: str
-    json: str | None
 
     @property
-    def mode(self) -> str:
-        """``quick`` or ``full``."""
-        return "quick" if self.quick else "full"
+    def effort(self) -> Effort:
+        """How much each measurement does."""
+        return Effort(self.repeats, self.slow_repeats, run_seconds=0.01 if self.quick else 0.1)
+
+    @property
+    def loader_seconds(self) -> float:
+        """Seconds a DataLoader epoch aims at."""
+        return 0.2 if self.quick else 3.0
+
+    @property
+    def limit_bytes(self) -> int:
+        """Bytes each physical limit moves."""
+        return limits.QUICK_BYTES if self.quick else limits.FULL_BYTES
 
 
 def parse_args(argv: Sequence[str] | None) -> Config:
     """The command line; sizes and repeats left unset default to the mode's."""
-    options = parser(
+    options = core.CommandLine(
         "python -m benchmarks",
         __doc__,
-        *WORKLOAD_OPTIONS,
-        ("--slow-repeats", int, "repeats of writes, DataLoader epochs, cold gathers, conversions"),
+        *core.workload_options(quick_images=1024, quick_vectors=4096),
+        Option("--slow-repeats", int, "repeats of writes, epochs, cold gathers, conversions", 3, 1),
+        repeats=(7, 3),
     )
     options.add_argument("--out", default="benchmark-results", help="folder for the report")
-    args = options.parse_args(argv)
-    quick = bool(args.quick)
-    images, vectors = workloads(args, QUICK_IMAGE_ROWS, QUICK_VECTOR_ROWS)
-    return Config(
-        quick=quick,
-        images=images,
-        vectors=vectors,
-        effort=Effort(
-            repeats=args.repeats or (3 if quick else 7),
-            slow_repeats=args.slow_repeats or (1 if quick else 3),
-            run_seconds=0.01 if quick else 0.1,
-        ),
-        loader_seconds=0.2 if quick else 3.0,
-        limit_bytes=limits.QUICK_BYTES if quick else limits.FULL_BYTES,
-        dir=args.dir,
-        out=args.out,
-        json=args.json,
-    )
+    return Config(**options.parse(argv))
 
 
 # -- running ---------------------------------------------------------------------------------
@@ -172,8 +143,8 @@ def run_workload(
     description = f"{workload.rows:,} rows of float32{list(workload.shape)} ({size})"
     results = WorkloadResults(name, description, workload.nbytes, figures)
     progress(f"{name}: generating {size} of random rows")
-    data = random_rows(workload, rng)
-    batches = batches_of(data, max(1, WRITE_BATCH_BYTES[name] // workload.row_bytes))
+    data = core.random_rows(workload, rng)
+    batches = core.batches_of(data, max(1, WRITE_BATCH_BYTES[name] // workload.row_bytes))
     seed = int(rng.integers(1 << 31))
     gather_rows = min(GATHER_ROWS[name], workload.rows)
     with usable(peers(scratch, workload), results) as formats:
@@ -277,9 +248,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "each repeat, a different one first each time",
         "in brackets: speed relative to np.memmap in this run (higher is better)",
     ]
-    rng = np.random.default_rng(SEED)
-    with scratch_directory(config.dir) as scratch:
-        out = Report("memshard comparison benchmark", config.mode, scratch, method)
+    rng = np.random.default_rng(core.SEED)
+    with core.scratch_directory(config.dir) as scratch:
+        out = core.Report("memshard comparison benchmark", config.mode, scratch, method)
         progress("physical limits")
         limit_figures = limits.measure_limits(scratch, config.limit_bytes, effort.repeats)
         all_results = []

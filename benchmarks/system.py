@@ -5,6 +5,7 @@ Shared by every benchmark here, so each measures memory and cold reads the same 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import mmap
 import os
@@ -76,40 +77,28 @@ def evict(paths: Sequence[str]) -> float:
     fraction of their bytes still cached, checked with ``mincore``."""
     os.sync()
     for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
+        with open(path, "rb") as file:
+            os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
     resident, total = resident_bytes(paths)
     return resident / max(total, 1)
 
 
 def status_bytes(pid: int | str, key: str) -> int | None:
     """A ``kB`` figure of ``/proc/PID/status`` in bytes (``None`` if the process is gone)."""
-    try:
-        with open(f"/proc/{pid}/status") as file:
-            for line in file:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) << 10
-    except (OSError, ValueError, IndexError):
-        return None
+    with contextlib.suppress(OSError, ValueError, IndexError), open(f"/proc/{pid}/status") as file:
+        for line in file:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) << 10
     return None
 
 
 def children(pid: int) -> list[int]:
-    """The child processes of ``pid`` (started by any of its threads)."""
+    """The child processes of ``pid`` (started by any of its threads; none once it is gone)."""
     found: list[int] = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return found
-    for task in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{task}/children") as file:
-                found += [int(child) for child in file.read().split()]
-        except (OSError, ValueError):
-            continue
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as file:
+                found += map(int, file.read().split())
     return found
 
 

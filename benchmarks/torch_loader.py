@@ -5,24 +5,13 @@ Run from the repository root::
     python -m benchmarks.torch_loader            # full: 1M vectors, ~1 GiB of images (minutes)
     python -m benchmarks.torch_loader --quick    # small sizes, well under a minute (CI runs this)
 
-Every loader has ``num_workers=2`` and ``batch_size=256`` and reads a shuffled order that all
-the candidates of a comparison share. Four measurements:
-
-* **loader speed**: :func:`memshard.torch.loader` (one batched gather per batch, into shared
-  memory in the worker, handed over by name) against, for float32[128] vectors, the same
-  dataset read one item at a time (``default_collate`` stacks) and one ``np.memmap`` file with
-  the same batched fetch, and, for float32[3, 64, 64] images, an in-RAM tensor (``t[idx]``);
-  also memshard's own options ``prefetch=True`` (its cost on a warm cache) and
-  ``sharing_strategy=None`` (torch's default, as the baselines use), and the fetch alone
-  against the loader's time per batch (where a worker's time goes).
-* **worker memory**: each worker's anonymous private memory (``Private_Dirty + Swap``) over the
-  epochs, against a dataset that keeps its index as a Python list of ``(file, row)`` tuples.
-* **shard-aware shuffling**: distinct shards and labels per batch for several window sizes, and
-  the speed of an epoch from a cold page cache with :class:`memshard.torch.ShardAwareSampler`
-  against torch's ``RandomSampler``, with and without ``prefetch=True``.
-
-Speed figures are medians of repeats in which the candidates alternate (warm page cache, except
-the cold-cache runs, which evict every shard file first and check it with ``mincore``).
+Every loader has ``num_workers=2`` and ``batch_size=256`` and reads a shuffled order shared by
+the candidates of a comparison. Measured: :func:`memshard.torch.loader` against the same
+vectors one item at a time, one ``np.memmap`` file and (images) an in-RAM tensor, with its
+``prefetch`` and ``sharing_strategy`` options, and where a worker's time goes; each worker's
+``Private_Dirty + Swap`` growth against a list-of-``(file, row)`` index; how well
+:class:`memshard.torch.ShardAwareSampler` mixes shards and labels, and its speed on a cold
+page cache (shards evicted, checked with ``mincore``) against torch's ``RandomSampler``.
 """
 
 from __future__ import annotations
@@ -46,38 +35,12 @@ from torch.utils.data import Dataset as TorchDataset
 import memshard as ms
 import memshard.torch as mt
 
-from .core import (
-    BATCH_SIZE,
-    SEED,
-    WORKLOAD_OPTIONS,
-    Report,
-    Target,
-    Workload,
-    alternate,
-    batches_of,
-    files_under,
-    format_bytes,
-    format_count,
-    markdown,
-    parser,
-    progress,
-    random_rows,
-    scratch_directory,
-    timed,
-    warm_page_cache,
-    workloads,
-    write_dataset,
-    yes_no,
-)
+from . import core
+from .core import BATCH_SIZE, SEED, Option, Target, format_bytes, markdown, progress
 from .loaders import Order, WorkerProbe, drain
 from .system import EVICTION_TOLERANCE, PAGE, disk_counters, evict, memory_of
 
 NUM_WORKERS = 2
-QUICK_IMAGE_ROWS = 2_000
-QUICK_VECTOR_ROWS = 100_000
-#: Samples per timed run of the vectors loaders (the one-item-at-a-time loader is slow).
-FULL_VECTOR_SAMPLES = 1000 * BATCH_SIZE
-QUICK_VECTOR_SAMPLES = 100 * BATCH_SIZE
 #: Batches fetched per timed run of :func:`fetch_profile`.
 PROFILE_BATCHES = 50
 #: Epochs of the worker-memory measurement.
@@ -89,50 +52,36 @@ MAX_WORKER_GROWTH = 16 << 20
 SHUFFLE_SHARDS = 64
 CLASSES = 10
 WINDOWS = (1, 2, 4, 8)
-#: Batches per cold-cache run in full mode (about half an epoch; quick mode runs the epoch).
-FULL_COLD_BATCHES = 40
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(core.WorkloadRun):
     """What to run, resolved from the command line."""
 
-    mode: str
-    vectors: Workload
-    images: Workload
-    repeats: int
-    vector_samples: int
+    #: Samples per timed run of the vectors loaders (the one-item-at-a-time loader is slow).
+    samples: int
     cold_repeats: int
+    #: Batches per cold-cache run (``None``: an epoch).
     cold_batches: int | None
-    dir: str | None
-    json: str | None
+
+    @property
+    def vector_samples(self) -> int:
+        """Samples per timed run of the vectors loaders: at most every row."""
+        return min(self.samples, self.rows_vectors)
 
 
 def parse_args(argv: Sequence[str] | None) -> Config:
     """The command line; sizes left unset default to the mode's."""
-    options = parser(
+    options = core.CommandLine(
         "python -m benchmarks.torch_loader",
         __doc__,
-        *WORKLOAD_OPTIONS,
-        ("--samples", int, "samples per timed run of the vector loaders"),
-        ("--cold-repeats", int, "repeats of each cold-cache run"),
-        ("--cold-batches", int, "batches per cold-cache run (default: full 40, quick all)"),
+        *core.workload_options(quick_images=2_000, quick_vectors=100_000),
+        Option("--samples", int, "samples per timed run of the vector loaders", 1000 * 256, 25600),
+        Option("--cold-repeats", int, "repeats of each cold-cache run", 3, 1),
+        Option("--cold-batches", int, "batches per cold-cache run", 40, None),
+        repeats=(5, 2),
     )
-    args = options.parse_args(argv)
-    quick = bool(args.quick)
-    images, vectors = workloads(args, QUICK_IMAGE_ROWS, QUICK_VECTOR_ROWS)
-    samples = args.samples or (QUICK_VECTOR_SAMPLES if quick else FULL_VECTOR_SAMPLES)
-    return Config(
-        mode="quick" if quick else "full",
-        vectors=vectors,
-        images=images,
-        repeats=args.repeats or (2 if quick else 5),
-        vector_samples=min(samples, vectors.rows),
-        cold_repeats=args.cold_repeats or (1 if quick else 3),
-        cold_batches=args.cold_batches or (None if quick else FULL_COLD_BATCHES),
-        dir=args.dir,
-        json=args.json,
-    )
+    return Config(**options.parse(argv))
 
 
 # -- results ---------------------------------------------------------------------------------
@@ -143,7 +92,7 @@ def format_value(value: float, unit: str) -> str:
         >>> format_value(123456.0, "samples/s"), format_value(3 << 20, "bytes")
         ('123k samples/s', '3.00 MiB')
     """
-    return format_bytes(value) if unit == "bytes" else f"{format_count(value)} {unit}"
+    return format_bytes(value) if unit == "bytes" else f"{core.format_count(value)} {unit}"
 
 
 @dataclass(frozen=True)
@@ -181,8 +130,15 @@ class Comparison:
     def cells(self) -> list[str]:
         """The table row."""
         shown = [format_value(value, self.unit) for value in (self.memshard, self.baseline)]
-        ratio = f"{self.ratio:.3f}x"
-        return [self.measurement, *shown, self.baseline_name, ratio, self.goal(), yes_no(self.met)]
+        met = core.yes_no(self.met)
+        return [
+            self.measurement,
+            *shown,
+            self.baseline_name,
+            f"{self.ratio:.3f}x",
+            self.goal(),
+            met,
+        ]
 
     def to_json(self) -> dict[str, Any]:
         """Every figure, for ``--json``."""
@@ -286,59 +242,64 @@ class NaiveIndex(TorchDataset[dict[str, torch.Tensor]]):
 
 
 # -- 1 and 2: loader speed -------------------------------------------------------------------
-def medians(samples: dict[str, list[float]]) -> list[float]:
-    """The median of each candidate's samples, in order."""
+def warm_medians(count: int, repeats: int, run: Callable[[int, int], float]) -> list[float]:
+    """The median of each of ``count`` candidates' :func:`~benchmarks.core.alternate_warm`."""
+    samples = core.alternate_warm(range(count), repeats, run)
     return [float(statistics.median(values)) for values in samples.values()]
 
 
 def fetch_profile(
-    fetches: Sequence[Callable[[list[int]], object]], rows: int, repeats: int, seed: int
+    fetches: Sequence[Callable[[list[int]], object]], rows: int, repeats: int
 ) -> list[float]:
     """Nanoseconds per batch of each fetch (``__getitems__`` or ``__getitem__`` per sample,
     then the collate) in this process, without workers: the part of a worker's time that is the
     dataset's own; the rest is the DataLoader's transfer of the batch to the main process."""
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(SEED)
     orders = [rng.permutation(rows)[: PROFILE_BATCHES * BATCH_SIZE] for _ in range(repeats + 1)]
-    batches = [[chunk.tolist() for chunk in batches_of(order, BATCH_SIZE)] for order in orders]
+    batches = [[chunk.tolist() for chunk in core.batches_of(order, BATCH_SIZE)] for order in orders]
 
-    def run(name: str, repeat: int) -> float:
-        fetch = fetches[int(name)]
+    def run(candidate: int, repeat: int) -> float:
+        fetch = fetches[candidate]
         gc.collect()
-        return timed(lambda: [fetch(batch) for batch in batches[repeat + 1]]) / PROFILE_BATCHES
+        return core.timed(lambda: [fetch(batch) for batch in batches[repeat + 1]]) / PROFILE_BATCHES
 
-    names = [str(index) for index in range(len(fetches))]
-    for name in names:  # untimed warm-up
-        run(name, -1)
-    return medians(alternate(names, repeats, run))
+    return warm_medians(len(fetches), repeats, run)
 
 
 def loader_speeds(
-    loaders: Sequence[DataLoader[Any]], sampler: Order, rows: int, samples: int, config: Config
+    loaders: Sequence[DataLoader[Any]], sampler: Order, rows: int, samples: int, repeats: int
 ) -> list[float]:
     """Samples per second of each loader (persistent workers, warmed up by an untimed pass),
-    all reading the same fresh random order each repeat; medians of ``config.repeats``."""
+    all reading the same fresh random order each repeat; medians of ``repeats``."""
     rng = np.random.default_rng(SEED)
     sampler.rows = rng.permutation(rows)[:BATCH_SIZE]
     firsts = [next(iter(loader))["x"] for loader in loaders]
     if not all(torch.equal(firsts[0], other) for other in firsts[1:]):
         raise AssertionError("the loaders returned different rows for the same indices")
-    orders = [rng.permutation(rows)[:samples] for _ in range(config.repeats)]
+    orders = [rng.permutation(rows)[:samples] for _ in range(repeats)]
 
-    def run(name: str, repeat: int) -> float:
+    def run(candidate: int, repeat: int) -> float:
         sampler.rows = orders[max(repeat, 0)]
         gc.collect()
-        return samples / (timed(partial(drain, loaders[int(name)])) / 1e9)
+        return samples / (core.timed(partial(drain, loaders[candidate])) / 1e9)
 
-    names = [str(index) for index in range(len(loaders))]
-    for name in names:
-        run(name, -1)
-    return medians(alternate(names, config.repeats, run))
+    return warm_medians(len(loaders), repeats, run)
+
+
+PREFETCH = "`prefetch=True` (`MADV_WILLNEED` per run of rows), then the gather"
+AS_IS = "`mt.loader` as is (the cost of advising, warm cache)"
+TORCH_STRATEGY = "`sharing_strategy=None`: torch's default strategy, as the baseline's"
+
+
+def loader_title(workload: core.Workload, path: str) -> str:
+    """The title of a loader-speed section."""
+    shards = len(ms.open(path).shards)
+    return f"loader speed, {workload.name}: {workload.describe()}, {shards} shards"
 
 
 def run_vector_loaders(config: Config, path: str, npy_path: str) -> Section:
     """Measurement 1: memshard's batched loader against one-by-one and np.memmap loaders."""
-    workload, sampler = config.vectors, Order()
-    dataset = mt.MemshardDataset(path)
+    sampler, dataset = Order(), mt.MemshardDataset(path)
     common: dict[str, Any] = dict(
         batch_size=BATCH_SIZE, sampler=sampler, num_workers=NUM_WORKERS, persistent_workers=True
     )
@@ -349,23 +310,22 @@ def run_vector_loaders(config: Config, path: str, npy_path: str) -> Section:
         mt.loader(path, prefetch=True, **common),
         mt.loader(dataset, sharing_strategy=None, **common),
     ]
-    progress(f"vectors: timing 5 loaders, {config.vector_samples:,} samples x {config.repeats}")
-    batched, one_by_one, memmap, advised, torch_strategy = loader_speeds(
-        loaders, sampler, workload.rows, config.vector_samples, config
-    )
+    samples, rows = config.vector_samples, config.rows_vectors
+    progress(f"vectors: timing 5 loaders, {samples:,} samples x {config.repeats}")
+    speeds = loader_speeds(loaders, sampler, rows, samples, config.repeats)
+    batched, one_by_one, memmap, advised, torch_strategy = speeds
     del loaders
     one_by_one_dataset, memmap_dataset = OneByOne(dataset), MemmapBatched(npy_path)
-    fetches: list[Callable[[list[int]], object]] = [
-        lambda batch: mt.collate(dataset.__getitems__(batch)),
-        lambda batch: default_collate([one_by_one_dataset[i] for i in batch]),
-        lambda batch: passthrough(memmap_dataset.__getitems__(batch)),
-    ]
-    profile = fetch_profile(fetches, workload.rows, config.repeats, SEED)
-    title = (
-        f"loader speed, vectors: {workload.rows:,} rows of float32{list(workload.shape)} "
-        f"({format_bytes(workload.nbytes)}), {len(ms.open(path).shards)} shards"
+    profile = fetch_profile(
+        [
+            lambda batch: mt.collate(dataset.__getitems__(batch)),
+            lambda batch: default_collate([one_by_one_dataset[i] for i in batch]),
+            lambda batch: passthrough(memmap_dataset.__getitems__(batch)),
+        ],
+        rows,
+        config.repeats,
     )
-    section = Section("loader_vectors", title)
+    section = Section("loader_vectors", loader_title(config.vectors, path))
     items = "same dataset, `__getitem__` per sample + `default_collate`"
     npy = "one np.memmap `.npy`, batched `mm[idx]`, same collate"
     mine = "`mt.loader`, batched `__getitems__`"
@@ -377,19 +337,16 @@ def run_vector_loaders(config: Config, path: str, npy_path: str) -> Section:
             "loader_vectors_torch_strategy_vs_memmap", TORCH_STRATEGY, torch_strategy, memmap, npy
         ),
     ]
-    per_batch = [NUM_WORKERS * BATCH_SIZE / speed for speed in (batched, one_by_one, memmap)]
     names = ["memshard batched", "memshard one item at a time", "np.memmap batched"]
-    profile_rows = [
-        [
-            name,
-            f"{ns / 1e3:.0f} us/batch",
-            f"{seconds * 1e6:.0f} us/batch",
-            f"{ns / 1e7 / seconds:.0f}%",
-        ]
-        for name, ns, seconds in zip(names, profile, per_batch, strict=True)
-    ]
+    profile_rows = []
+    for name, ns, speed in zip(names, profile, speeds, strict=False):
+        seconds = NUM_WORKERS * BATCH_SIZE / speed  # the loader's time per batch per worker
+        share = f"{ns / 1e7 / seconds:.0f}%"
+        profile_rows.append(
+            [name, f"{ns / 1e3:.0f} us/batch", f"{seconds * 1e6:.0f} us/batch", share]
+        )
     section.notes = [
-        f"{config.vector_samples:,} samples per timed run, `num_workers={NUM_WORKERS}`, "
+        f"{samples:,} samples per timed run, `num_workers={NUM_WORKERS}`, "
         f"`batch_size={BATCH_SIZE}`, persistent workers, one shared random order per repeat; "
         "page cache warm.",
         "",
@@ -409,14 +366,9 @@ def run_vector_loaders(config: Config, path: str, npy_path: str) -> Section:
     return section
 
 
-PREFETCH = "`prefetch=True` (`MADV_WILLNEED` per run of rows), then the gather"
-AS_IS = "`mt.loader` as is (the cost of advising, warm cache)"
-TORCH_STRATEGY = "`sharing_strategy=None`: torch's default strategy, as the baseline's"
-
-
 def run_image_loaders(config: Config, path: str, tensor: torch.Tensor) -> Section:
     """Measurement 2: memshard's batched loader against an in-RAM tensor, full epochs."""
-    workload, sampler = config.images, Order()
+    rows, sampler = config.rows_images, Order()
     common: dict[str, Any] = dict(batch_size=BATCH_SIZE, num_workers=NUM_WORKERS, sampler=sampler)
     loaders = [
         mt.loader(path, **common),
@@ -426,18 +378,14 @@ def run_image_loaders(config: Config, path: str, tensor: torch.Tensor) -> Sectio
         mt.loader(path, prefetch=True, **common),
         mt.loader(path, sharing_strategy=None, **common),
     ]
-    progress(f"images: timing 4 loaders, epochs of {workload.rows:,} samples x {config.repeats}")
+    progress(f"images: timing 4 loaders, epochs of {rows:,} samples x {config.repeats}")
     memshard, in_ram, advised, torch_strategy = loader_speeds(
-        loaders, sampler, workload.rows, workload.rows, config
+        loaders, sampler, rows, rows, config.repeats
     )
     del loaders
-    title = (
-        f"loader speed, images: {workload.rows:,} rows of float32{list(workload.shape)} "
-        f"({format_bytes(workload.nbytes)}), {len(ms.open(path).shards)} shards"
-    )
     ram = "in-RAM tensor, batched `t[idx]`, same sampler"
     mine = "`mt.loader`, batched `__getitems__`, one epoch"
-    section = Section("loader_images", title)
+    section = Section("loader_images", loader_title(config.images, path))
     section.results = [
         Comparison("loader_images_vs_ram", mine, memshard, in_ram, ram, Target(0.95)),
         Comparison("loader_images_madvise", PREFETCH, advised, memshard, AS_IS),
@@ -458,13 +406,8 @@ def worker_memory(dataset: TorchDataset[Any], collate: Callable[[Any], Any]) -> 
     worker's memory at its start and after every epoch, and its growth."""
     probe = WorkerProbe()
     order = RandomSampler(range(len(dataset)), generator=torch.Generator().manual_seed(SEED))  # type: ignore[arg-type]
-    loader = DataLoader(
-        dataset,
-        batch_size=BATCH_SIZE,
-        sampler=order,
-        collate_fn=collate,
-        **probe.options(NUM_WORKERS),
-    )
+    options = probe.options(NUM_WORKERS)
+    loader = DataLoader(dataset, BATCH_SIZE, sampler=order, collate_fn=collate, **options)
     workers: list[dict[str, Any]] = []
     for epoch in range(MEMORY_EPOCHS):
         drain(loader)
@@ -543,11 +486,8 @@ def run_mixing(path: str) -> Section:
     dataset = ms.open(path)
     starts = np.array([shard.row_offset for shard in dataset.shards], dtype=np.int64)
     labels = np.asarray(dataset["y"][:])
-    orders = {
-        "random": torch.randperm(
-            len(dataset), generator=torch.Generator().manual_seed(SEED)
-        ).numpy()
-    }
+    generator = torch.Generator().manual_seed(SEED)
+    orders = {"random": torch.randperm(len(dataset), generator=generator).numpy()}
     for window in WINDOWS:
         sampler = mt.ShardAwareSampler(dataset, window_shards=window, seed=SEED)
         orders[f"window_{window}"] = sampler.indices()
@@ -655,7 +595,7 @@ def cold_run(
 
 def run_cold(config: Config, path: str) -> Section:
     """Measurement 4b: cold-page-cache speed of each :data:`COLD_CANDIDATES` entry."""
-    files = [name for name in files_under(path) if name.endswith(".npy")]
+    files = [name for name in core.files_under(path) if name.endswith(".npy")]
     runs: dict[str, list[dict[str, Any]]] = {key: [] for key in COLD}
     what = "an epoch" if config.cold_batches is None else f"{config.cold_batches} batches"
     progress(f"cold cache: {config.cold_repeats} repeats, {what} per run")
@@ -664,7 +604,7 @@ def run_cold(config: Config, path: str) -> Section:
         runs[key].append(cold_run(COLD[key], path, files, repeat, config.cold_batches))
         return float(runs[key][-1]["ns"])
 
-    alternate(list(COLD), config.cold_repeats, run)
+    core.alternate(list(COLD), config.cold_repeats, run)
 
     def median(key: str, figure: str) -> float:
         return float(statistics.median(run[figure] for run in runs[key]))
@@ -721,12 +661,12 @@ def run_cold(config: Config, path: str) -> Section:
 def write_vectors(config: Config, scratch: str, rng: np.random.Generator) -> tuple[str, str]:
     """The vectors workload as a memshard dataset and as one ``.npy`` file, both warm."""
     workload = config.vectors
-    data = random_rows(workload, rng)
+    data = core.random_rows(workload, rng)
     path, npy_path = os.path.join(scratch, "vectors"), os.path.join(scratch, "vectors.npy")
     progress(f"vectors: writing {format_bytes(workload.nbytes)} twice (memshard, .npy)")
-    write_dataset(path, workload, batches_of(data, 65536))
+    core.write_dataset(path, workload, core.batches_of(data, 65536))
     np.save(npy_path, data)
-    warm_page_cache([path, npy_path])
+    core.warm_page_cache([path, npy_path])
     return path, npy_path
 
 
@@ -735,10 +675,10 @@ def write_images(config: Config, scratch: str, rng: np.random.Generator) -> tupl
     label field ``y`` of :data:`CLASSES` classes written in order. Returns the paths and the
     rows as an in-RAM tensor."""
     workload = config.images
-    data = random_rows(workload, rng)
+    data = core.random_rows(workload, rng)
     path, labelled = os.path.join(scratch, "images"), os.path.join(scratch, "images-labelled")
     progress(f"images: writing {format_bytes(workload.nbytes)} twice")
-    write_dataset(path, workload, batches_of(data, BATCH_SIZE))
+    core.write_dataset(path, workload, core.batches_of(data, BATCH_SIZE))
     labels = np.arange(workload.rows, dtype=np.int64) * CLASSES // workload.rows
     with ms.create(
         labelled,
@@ -749,7 +689,7 @@ def write_images(config: Config, scratch: str, rng: np.random.Generator) -> tupl
         for start in range(0, workload.rows, BATCH_SIZE):
             rows = slice(start, start + BATCH_SIZE)
             appender.extend({"x": data[rows], "y": labels[rows]})
-    warm_page_cache([path])
+    core.warm_page_cache([path])
     return path, labelled, torch.from_numpy(data)
 
 
@@ -765,8 +705,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "speed; baseline / memshard memory growth); 1.00x = as good",
     ]
     rng = np.random.default_rng(SEED)
-    with scratch_directory(config.dir) as scratch:
-        out = Report("memshard PyTorch loader benchmark", config.mode, scratch, method)
+    with core.scratch_directory(config.dir) as scratch:
+        out = core.Report("memshard PyTorch loader benchmark", config.mode, scratch, method)
         vectors, npy_path = write_vectors(config, scratch, rng)
         sections = [run_vector_loaders(config, vectors, npy_path)]
         out.add(sections[-1].render())

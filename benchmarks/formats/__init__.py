@@ -9,9 +9,7 @@ from .base import Format, Reader, Unavailable, byte_view
 from .hdf5_file import Hdf5Format
 from .lmdb_rows import LmdbFormat
 from .memshard_dataset import MemshardFormat
-from .npy_files import FilesFormat
-from .npy_memmap import MemmapFormat
-from .ram import RamFormat
+from .numpy_peers import FilesFormat, MemmapFormat, RamFormat
 from .redis_rows import RedisFormat
 from .zarr_array import ZarrFormat
 

@@ -19,6 +19,9 @@ import numpy as np
 from ..core import DTYPE, Workload, files_under
 from ..system import aligned_empty
 
+#: Bytes a chunk of the chunked peers aims at.
+CHUNK_BYTES = 64 << 10
+
 
 class Reader(abc.ABC):
     """An open view of a written format, used by one process."""
@@ -61,11 +64,6 @@ class Format(abc.ABC):
         self.root = root
         self.workload = workload
 
-    @property
-    def row_bytes(self) -> int:
-        """Bytes of one row."""
-        return self.workload.row_bytes
-
     def empty(self, rows: int) -> np.ndarray:
         """An uninitialised, page-aligned array of ``rows`` rows of the workload.
 
@@ -102,6 +100,18 @@ class Format(abc.ABC):
 
     def stop(self) -> None:  # noqa: B027
         """Stop what :meth:`start` started."""
+
+
+def chunks_of(workload: Workload) -> tuple[int, str]:
+    """Rows of a chunk of the chunked peers (h5py chunked, zarr): about :data:`CHUNK_BYTES`,
+    at least one row; and how the table's legend says it.
+
+    Example:
+        >>> chunks_of(Workload("images", (3, 64, 64), 1000, 0))
+        (1, 'chunks of 1 row')
+    """
+    rows = max(1, min(workload.rows, CHUNK_BYTES // workload.row_bytes))
+    return rows, f"chunks of {rows} row{'s' if rows > 1 else ''}"
 
 
 def fill(array: Any, batches: Iterable[np.ndarray]) -> None:

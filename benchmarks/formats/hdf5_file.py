@@ -16,10 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from .base import Format, Reader, require
+from .base import Format, Reader, chunks_of, require
 
-#: Bytes a chunk of the chunked layout aims at (at least one row).
-CHUNK_BYTES = 64 << 10
 #: Rows at least this large are gathered one ``data[i]`` at a time: for 48 KiB images that
 #: was 2x (contiguous) to 30x (chunked) faster here than one fancy selection, which in turn
 #: was 4-6x faster for 512-byte vectors.
@@ -58,35 +56,19 @@ class Hdf5Reader(Reader):
 
 
 class Hdf5Format(Format):
-    """One HDF5 dataset ``x``; ``chunked`` picks chunks of about :data:`CHUNK_BYTES`."""
+    """One HDF5 dataset ``x``; ``chunked``: chunks of about 64 KiB (see :func:`chunks_of`)."""
 
     def __init__(self, root: str, workload: Any, *, chunked: bool) -> None:
         super().__init__(root, workload)
-        self.chunked = chunked
+        self.chunk_rows, layout = chunks_of(workload) if chunked else (0, "contiguous")
         self.name = "h5py chunked" if chunked else "h5py contiguous"
-        self.description = f"HDF5 through h5py, {self.layout}, no compression"
-
-    @property
-    def path(self) -> str:
-        """The HDF5 file."""
-        return os.path.join(self.root, "data.h5")
-
-    @property
-    def chunk_rows(self) -> int:
-        """Rows per chunk of the chunked layout."""
-        return max(1, min(self.workload.rows, CHUNK_BYTES // self.row_bytes))
-
-    @property
-    def layout(self) -> str:
-        """The storage layout, as the table's legend shows it."""
-        if not self.chunked:
-            return "contiguous"
-        return f"chunks of {self.chunk_rows} row{'s' if self.chunk_rows > 1 else ''}"
+        self.description = f"HDF5 through h5py, {layout}, no compression"
+        self.path = os.path.join(root, "data.h5")
 
     def write(self, batches: Iterable[np.ndarray]) -> None:
         os.makedirs(self.root, exist_ok=True)
         shape = (self.workload.rows, *self.workload.shape)
-        chunks = (self.chunk_rows, *self.workload.shape) if self.chunked else None
+        chunks = (self.chunk_rows, *self.workload.shape) if self.chunk_rows else None
         with _h5py().File(self.path, "w") as file:
             data = file.create_dataset("x", shape=shape, dtype=np.float32, chunks=chunks)
             start = 0

@@ -13,10 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Format, Reader, fill, require
-
-#: Bytes a chunk aims at (at least one row).
-CHUNK_BYTES = 64 << 10
+from .base import Format, Reader, chunks_of, fill, require
 
 
 def _zarr() -> Any:
@@ -46,10 +43,9 @@ class ZarrFormat(Format):
 
     def __init__(self, root: str, workload: Any) -> None:
         super().__init__(root, workload)
-        self.chunk_rows = max(1, min(workload.rows, CHUNK_BYTES // workload.row_bytes))
+        self.chunk_rows, chunks = chunks_of(workload)
         self.description = (
-            f"zarr v3 array, chunks of {self.chunk_rows} row{'s' if self.chunk_rows > 1 else ''}"
-            ", no sharding, no compressor, gathers by `oindex`"
+            f"zarr v3 array, {chunks}, no sharding, no compressor, gathers by `oindex`"
         )
 
     def write(self, batches: Iterable[np.ndarray]) -> None:
