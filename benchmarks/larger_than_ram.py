@@ -52,6 +52,8 @@ from .core import (
     IMAGE_BYTES,
     IMAGE_SHAPE,
     SEED,
+    CommandLine,
+    Option,
     Report,
     alternate,
     format_bytes,
@@ -60,7 +62,6 @@ from .core import (
     format_ns,
     format_rate,
     markdown,
-    parser,
     progress,
     scratch_directory,
 )
@@ -112,26 +113,29 @@ def total_ram() -> int:
 def parse_args(argv: Sequence[str] | None) -> Config:
     """The command line; the size defaults to :data:`SIZE_OVER_RAM` times the RAM (quick
     mode: :data:`QUICK_SIZE_GB`)."""
-    options = parser(
+    options = CommandLine(
         "python -m benchmarks.larger_than_ram",
         __doc__,
-        ("--size-gb", float, f"dataset size in GB (default: {SIZE_OVER_RAM}x the RAM)"),
-        ("--limit-seconds", float, "seconds of each disk-limit measurement (default 5)"),
-        ("--max-seconds", float, "stop an epoch after this many seconds (default: never)"),
-    )
-    args = options.parse_args(argv)
+        Option("--size-gb", float, f"dataset size in GB (default: {SIZE_OVER_RAM}x the RAM)",
+               None, None),
+        Option("--limit-seconds", float, "seconds of each disk-limit measurement", 5.0, 0.25),
+        Option("--max-seconds", float, "stop an epoch after this many seconds (default: never)",
+               None, None),
+        repeats=(3, 1),
+    )  # fmt: skip
+    args = options.parse(argv)
     ram = total_ram()
-    quick = bool(args.quick)
+    quick = args["mode"] == "quick"
     default_gb = QUICK_SIZE_GB if quick else SIZE_OVER_RAM * ram / 1e9
     return Config(
-        mode="quick" if quick else "full",
-        size_bytes=int((args.size_gb or default_gb) * 1e9),
+        mode=args["mode"],
+        size_bytes=int((args["size_gb"] or default_gb) * 1e9),
         ram_bytes=ram,
-        repeats=args.repeats or (1 if quick else 3),
-        limit_seconds=args.limit_seconds or (0.25 if quick else 5.0),
-        max_seconds=args.max_seconds,
-        dir=os.path.abspath(args.dir or os.curdir),
-        json=args.json,
+        repeats=args["repeats"],
+        limit_seconds=args["limit_seconds"],
+        max_seconds=args["max_seconds"],
+        dir=os.path.abspath(args["dir"] or os.curdir),
+        json=args["json"],
     )
 
 

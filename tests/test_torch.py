@@ -928,7 +928,10 @@ def test_an_embedding_bag_over_packed_tokens_equals_a_loop_over_rows(
     embedding = torch.nn.Embedding.from_pretrained(bag.weight.detach())
     with torch.no_grad():
         got = bag(tokens, offsets)
-        reduce = {"sum": torch.sum, "mean": torch.mean, "max": torch.amax}[mode]
+        reductions: dict[str, Callable[..., torch.Tensor]] = {
+            "sum": torch.sum, "mean": torch.mean, "max": torch.amax
+        }  # fmt: skip
+        reduce = reductions[mode]
         want = [
             reduce(embedding(torch.tensor(row, dtype=torch.int64)), dim=0)
             if row
