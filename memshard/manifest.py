@@ -70,6 +70,33 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+def _is_none(value: Any) -> bool:
+    return value is None
+
+
+def _kind_schema(schema: dict[str, Any]) -> None:
+    schema.clear()
+    schema.update(
+        {
+            "description": "how the field's rows are stored; format 2.0 knows only 'fixed', "
+            "the default (spec section 6.3.7)",
+            "enum": ["fixed"],
+            "type": "string",
+        }
+    )
+
+
+def _codec_schema(schema: dict[str, Any]) -> None:
+    schema.clear()
+    schema.update(
+        {
+            "description": "how the field's data is compressed; format 2.0 knows none, the "
+            "default (spec section 6.3.7)",
+            "type": "null",
+        }
+    )
+
+
 class FieldSpec(StrictModel):
     """A field: the dtype (numpy descr) and the shape of one sample."""
 
@@ -77,6 +104,34 @@ class FieldSpec(StrictModel):
     shape: tuple[int, ...] = Field(
         max_length=MAX_SAMPLE_NDIM, json_schema_extra={"items": {"type": "integer", "minimum": 1}}
     )
+
+    # Keys every format 2 reader knows, so that a later minor version can give a field another
+    # layout and be refused clearly by readers that cannot read it, never misread (spec
+    # section 6.3.7). Left out when they hold the only value this version knows.
+    kind: Literal["fixed"] = Field(
+        default="fixed", exclude_if=lambda value: value == "fixed", json_schema_extra=_kind_schema
+    )
+    codec: None = Field(default=None, exclude_if=_is_none, json_schema_extra=_codec_schema)
+
+    @field_validator("kind", mode="before")
+    @classmethod
+    def _known_kind(cls, value: Any) -> Any:
+        if value != "fixed":
+            raise ValueError(
+                f"field kind {value!r:.40} is not one this reader knows ('fixed'); it needs a "
+                "newer memshard"
+            )
+        return value
+
+    @field_validator("codec", mode="before")
+    @classmethod
+    def _known_codec(cls, value: Any) -> Any:
+        if value is not None:
+            raise ValueError(
+                f"codec {value!r:.60} is not one this reader knows (none); it needs a newer "
+                "memshard"
+            )
+        return value
 
     @field_validator("dtype")
     @classmethod
@@ -122,10 +177,6 @@ def _numpy_dtype(descr: str) -> np.dtype[Any]:
 @lru_cache(maxsize=256)
 def _data_offset(descr: str, shape: tuple[int, ...]) -> int:
     return npyheader.data_offset(np.dtype(descr), shape)
-
-
-def _is_none(value: Any) -> bool:
-    return value is None
 
 
 def _prefix_checksum_schema(schema: dict[str, Any]) -> None:
@@ -268,6 +319,7 @@ class Manifest(StrictModel):
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
         _check_labels(self)
+        _check_field_keys(self)
         _check_shards(self)
         return self
 
@@ -297,6 +349,15 @@ def is_newer_version(version: str) -> bool:
     back as :data:`FORMAT_VERSION` (upgraded)."""
     major, minor = version_numbers(version)
     return major > FORMAT_MAJOR or minor > KNOWN_MINORS.get(major, FORMAT_MINOR)
+
+
+def _check_field_keys(manifest: Manifest) -> None:
+    """``kind`` and ``codec`` came in format 2.0: a 1.x manifest must not have them."""
+    if version_numbers(manifest.version)[0] >= TABLE_MAJOR:
+        return
+    for name, spec in manifest.fields.items():
+        for key in sorted({"kind", "codec"} & spec.model_fields_set):
+            raise ValueError(f"fields.{name}.{key}: not a key of format version 1.x")
 
 
 def _check_table(manifest: Manifest) -> int:

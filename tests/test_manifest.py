@@ -393,6 +393,8 @@ BAD: list[Bad] = [
     path_case("version", "0.9", error=UnsupportedVersionError),
     path_case("version", "10.0", error=UnsupportedVersionError),
     Bad("format 2 without a table", set_("version", "2.0"), ManifestError, "table"),
+    Bad("a field kind in format 1", set_("fields.x.kind", "fixed"), ManifestError, "fields.x.kind"),
+    Bad("a codec in format 1", set_("fields.y.codec", None), ManifestError, "fields.y.codec"),
     Bad(
         "format 1 with a table",
         set_("table", {"records": 0, "rows": 0, "chain": None}),

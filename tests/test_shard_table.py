@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -18,6 +19,7 @@ import memshard as ms
 from memshard import manifest as manifest_io
 from memshard import npyheader, shardtable
 from memshard.errors import (
+    ManifestError,
     ShardTableError,
     UnsafePathError,
     UnsupportedVersionError,
@@ -376,4 +378,27 @@ def test_a_newer_major_version_is_refused_by_this_reader(tmp_path: Path) -> None
     del document["checksum"]
     (path / MANIFEST_NAME).write_text(json.dumps(document))
     with pytest.raises(UnsupportedVersionError, match=r"reads 1\.x and 2\.x"):
+        ms.open(path)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("kind", "ragged", "field kind 'ragged' is not one this reader knows"),
+        ("codec", {"id": "zstd", "level": 3}, "codec {'id': 'zstd', 'level': 3} is not one"),
+    ],
+)
+@pytest.mark.parametrize("version", ["2.0", "2.9"])
+def test_a_field_stored_in_a_way_this_reader_does_not_know_is_refused(
+    tmp_path: Path, key: str, value: Any, message: str, version: str
+) -> None:
+    """A later minor version stores a field another way; this reader refuses it, naming the
+    field, even though it ignores the other keys a newer minor version adds."""
+    path = make(tmp_path / "ds")
+    document = json.loads((path / MANIFEST_NAME).read_text())
+    document["version"] = version
+    document["fields"]["y"][key] = value
+    del document["checksum"]
+    (path / MANIFEST_NAME).write_text(json.dumps(document))
+    with pytest.raises(ManifestError, match=rf"fields\.y\.{key}: {re.escape(message)}"):
         ms.open(path)
