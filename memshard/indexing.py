@@ -168,7 +168,16 @@ def plan(key: Any, shape: tuple[int, ...]) -> Plan:
         >>> p = plan((slice(5, 1, -2), 0), (10, 3))
         >>> p.rows, p.key
         (SliceRows(start=5, stop=1, step=-2, count=2), (slice(None, None, None), 0))
+        >>> plan(np.array([2, -1]), (10, 3))
+        Plan(rows=IndexRows(indices=array([2, 9])), key=())
     """
+    # The keys of most reads, planned without the shape oracle; the empty key they get back
+    # tells the reader that the rows read are the result.
+    kind = type(key)
+    if kind is np.ndarray and key.ndim == 1 and key.dtype.kind in "iu":
+        return Plan(IndexRows(check_indices(key, shape[0])), ())
+    if kind is slice:
+        return Plan(slice_rows(key, shape[0]), ())
     items = normalize_key(key)
     try:
         _shape_oracle(shape)[items]

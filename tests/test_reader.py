@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gc
 import mmap
 import os
@@ -25,6 +26,7 @@ from memshard.errors import (
     FieldTooLargeError,
     InvalidIndexError,
     OutArrayError,
+    ReadFailedError,
 )
 from memshard.layout import MANIFEST_NAME
 from memshard.manifest import FieldSpec
@@ -127,6 +129,34 @@ def test_take_refuses_bad_out_arrays(images: Any, out: dict[str, Any], message: 
     ds, _, _ = images
     with pytest.raises(OutArrayError, match=message):
         ds.take([0, 1, 2, 3], out=out)
+
+
+def test_an_io_error_reading_a_shard_is_a_read_failed_error(
+    images: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EIO cannot be asked of the kernel: ``os.pread`` (the header check before a shard is
+    mapped) raises it instead. Every read names the dataset and the field, keeps the errno,
+    and is still an ``OSError``."""
+    ds, _, _ = images
+
+    def failing(fd: int, length: int, offset: int) -> bytes:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "pread", failing)
+    reads = [
+        lambda: ds["x"][3],
+        lambda: ds["x"][2:5],
+        lambda: ds["x"][[4, 0]],
+        lambda: ds["x"][..., 0],
+        lambda: ds.take([1, 2]),
+        lambda: ds.prefetch([1, 2]),
+    ]
+    for read in reads:
+        with pytest.raises(ReadFailedError, match=r"field 'x': reading rows failed") as caught:
+            read()
+        assert caught.value.errno == errno.EIO
+        assert ds.path in str(caught.value)
+        assert isinstance(caught.value.__cause__, OSError)
 
 
 def test_bad_keys_name_the_dataset_and_field(images: Any) -> None:
