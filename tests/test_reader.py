@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 import memshard as ms
 from memshard import manifest as manifest_io
-from memshard import mappings
+from memshard import mappings, pagecache
 from memshard.errors import (
     DatasetChangedError,
     DatasetNotFoundError,
@@ -631,9 +631,9 @@ def test_prefetch_advises_runs_of_adjacent_rows(tmp_path: Any) -> None:
     ds = ms.open(tmp_path / "d")
     segment = ds["x"]._mapped(ds._snapshot, ds._snapshot.layouts["x"], 0)
     assert segment is not None
-    assert mappings.advise_will_need(segment, np.array([5, 3, 4, 4])) == 1
-    assert mappings.advise_will_need(segment, np.array([0, 10, 20])) == 3
-    assert mappings.advise_will_need(segment, np.array([], dtype=np.int64)) == 0
+    assert pagecache.advise_will_need(segment, np.array([5, 3, 4, 4])) == 1
+    assert pagecache.advise_will_need(segment, np.array([0, 10, 20])) == 3
+    assert pagecache.advise_will_need(segment, np.array([], dtype=np.int64)) == 0
     ds.prefetch([63, 0, -1, 7])
     ds.prefetch(np.array([1, 2]), fields=["x"])
     np.testing.assert_array_equal(ds.take([63, 0, 7])["x"], x[[63, 0, 7]])
