@@ -14,6 +14,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 
@@ -40,6 +41,11 @@ SLOW_WRITE_SECONDS = 30.0
 SCAN_BLOCK_BYTES = 4 << 20
 #: The single-thread ``pread`` baseline of a cold gather, in the tables.
 PREAD = "pread, 1 thread"
+#: Reads in flight in the parallel ``pread`` baseline (as many threads).
+PREAD_THREADS = 32
+#: The parallel ``pread`` baseline of a cold gather: the disk's random-read rate with
+#: :data:`PREAD_THREADS` reads in flight, in the tables.
+PREAD_PARALLEL = f"pread, {PREAD_THREADS} threads"
 #: memshard's gather without ``prefetch`` on a cold page cache, in the tables.
 MEMSHARD_PLAIN = "memshard, no prefetch"
 #: The figures of :func:`measure_extend`.
@@ -227,24 +233,38 @@ def close_all(readers: dict[str, Reader]) -> None:
 
 # -- cold reads ------------------------------------------------------------------------------
 class PreadReader(Reader):
-    """The physical baseline: one ``os.preadv`` per row from one thread, in request order."""
+    """The physical baseline: one ``os.preadv`` per row, in request order from one thread, or
+    from ``threads`` threads (a pool made when the reader opens) each reading every
+    ``threads``-th row."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, threads: int = 1) -> None:
         self.offset = int(np.load(path, mmap_mode="r").offset)  # where the array data starts
         self.fd = os.open(path, os.O_RDONLY)
+        self.threads = threads
+        self.pool = ThreadPoolExecutor(threads) if threads > 1 else None
 
     def row(self, index: int) -> np.ndarray:
         raise NotImplementedError
 
     def gather(self, indices: np.ndarray, out: np.ndarray) -> None:
         flat, size = byte_view(out)
-        for slot, index in enumerate(indices.tolist()):
-            os.preadv(self.fd, [flat[slot * size : (slot + 1) * size]], self.offset + index * size)
+
+        def read(first: int) -> None:
+            for slot in range(first, len(indices), self.threads):
+                offset = self.offset + int(indices[slot]) * size
+                os.preadv(self.fd, [flat[slot * size : (slot + 1) * size]], offset)
+
+        if self.pool is None:
+            read(0)
+        else:
+            list(self.pool.map(read, range(self.threads)))
 
     def scan(self, start: int, out: np.ndarray) -> None:
         raise NotImplementedError
 
     def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
         os.close(self.fd)
 
 
@@ -259,7 +279,8 @@ class ColdCandidate:
 
 
 def cold_candidates(formats: Sequence[Format]) -> list[ColdCandidate]:
-    """Every on-disk format (memshard with ``prefetch``), memshard without it, and ``pread``."""
+    """Every on-disk format (memshard with ``prefetch``), memshard without it, and ``pread``
+    from one thread and from :data:`PREAD_THREADS`."""
     candidates = [ColdCandidate(fmt.name, fmt.files, fmt.open) for fmt in formats if fmt.on_disk]
     by_name = {fmt.name: fmt for fmt in formats}
     memshard = by_name.get("memshard")
@@ -269,6 +290,9 @@ def cold_candidates(formats: Sequence[Format]) -> list[ColdCandidate]:
     if memmap is not None:
         path = memmap.files()[0]
         candidates.append(ColdCandidate(PREAD, lambda: [path], lambda: PreadReader(path)))
+        candidates.append(
+            ColdCandidate(PREAD_PARALLEL, lambda: [path], lambda: PreadReader(path, PREAD_THREADS))
+        )
     return candidates
 
 

@@ -168,7 +168,16 @@ def plan(key: Any, shape: tuple[int, ...]) -> Plan:
         >>> p = plan((slice(5, 1, -2), 0), (10, 3))
         >>> p.rows, p.key
         (SliceRows(start=5, stop=1, step=-2, count=2), (slice(None, None, None), 0))
+        >>> plan(np.array([2, -1]), (10, 3))
+        Plan(rows=IndexRows(indices=array([2, 9])), key=())
     """
+    # The keys of most reads, planned without the shape oracle; the empty key they get back
+    # tells the reader that the rows read are the result.
+    kind = type(key)
+    if kind is np.ndarray and key.ndim == 1 and key.dtype.kind in "iu":
+        return Plan(IndexRows(check_indices(key, shape[0])), ())
+    if kind is slice:
+        return Plan(slice_rows(key, shape[0]), ())
     items = normalize_key(key)
     try:
         _shape_oracle(shape)[items]
@@ -384,3 +393,28 @@ def project_indices(indices: np.ndarray, table: SegmentTable) -> list[Piece]:
         Piece(int(grouped[a]), indices[order[a:b]] - offsets[grouped[a]], order[a:b])
         for a, b in zip(starts.tolist(), ends.tolist(), strict=True)
     ]
+
+
+def split_pieces(pieces: list[Piece], rows: int) -> list[Piece]:
+    """The :class:`Piece` s of :func:`project_indices`, each cut into pieces of at most
+    ``rows`` rows (``rows >= 1``), in the same order: together they read the same rows into
+    the same positions.
+
+    Example:
+        >>> t = SegmentTable.from_offsets(np.array([0, 4, 8]))
+        >>> [(s, a.tolist(), p if isinstance(p, slice) else p.tolist())
+        ...  for s, a, p in split_pieces(project_indices(np.array([5, 1, 6, 7]), t), 2)]
+        [(0, [1], [1]), (1, [1, 2], [0, 2]), (1, [3], [3])]
+        >>> [p.positions for p in split_pieces(project_indices(np.array([3, 1, 2]), t), 2)]
+        [slice(0, 2, None), slice(2, 3, None)]
+    """
+    result: list[Piece] = []
+    for segment, local, positions in pieces:
+        for start in range(0, local.size, rows):
+            stop = min(start + rows, local.size)
+            if isinstance(positions, slice):
+                part: Any = slice(positions.start + start, positions.start + stop)
+            else:
+                part = positions[start:stop]
+            result.append(Piece(segment, local[start:stop], part))
+    return result

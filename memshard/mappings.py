@@ -24,7 +24,6 @@ from a file truncated while mapped names that file (:mod:`memshard.sigbus`).
 from __future__ import annotations
 
 import bisect
-import ctypes
 import errno
 import mmap
 import os
@@ -446,38 +445,6 @@ def _check_size(fd: int, where: str, part: SegmentFile) -> None:
         raise ShardSizeError(
             f"{where}: sealed shard is {size} bytes, the manifest says {expected} (trailing bytes)"
         )
-
-
-def advise_will_need(array: np.ndarray, rows: np.ndarray) -> int:
-    """Ask the kernel to start reading ``rows`` of a mapped segment now (``MADV_WILLNEED``).
-
-    The reads run asynchronously and in parallel, so a gather of cold rows that follows waits
-    for one batch of I/O instead of one read per row in turn. Adjacent rows are advised
-    together. Returns the number of ``madvise`` calls made.
-    """
-    if rows.size == 0 or not array.size:
-        return 0
-    page = mmap.PAGESIZE
-    row_bytes = array.strides[0]
-    base = array.ctypes.data
-    starts = (base + np.unique(rows) * row_bytes) // page
-    ends = (base + (np.unique(rows) + 1) * row_bytes + page - 1) // page
-    gaps = np.flatnonzero(starts[1:] > ends[:-1]) + 1
-    run_starts = starts[np.concatenate(([0], gaps))]
-    run_ends = ends[np.concatenate((gaps - 1, [ends.size - 1]))]
-    for first, last in zip(run_starts.tolist(), run_ends.tolist(), strict=True):
-        _LIBC_MADVISE(first * page, (last - first) * page, mmap.MADV_WILLNEED)
-    return int(run_starts.size)
-
-
-def _libc_madvise() -> Any:
-    function = ctypes.CDLL(None, use_errno=True).madvise
-    function.restype = ctypes.c_int
-    function.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    return function
-
-
-_LIBC_MADVISE: Any = _libc_madvise()
 
 
 def _map_back_to_back(

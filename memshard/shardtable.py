@@ -175,9 +175,9 @@ class ShardTable:
         return len(self._array)
 
     def release(self) -> None:
-        """Drop this object's mapping of the table (the records already read stay); used
-        when its dataset is closed."""
-        self._array = self._array[:0].copy()
+        """Unmap the table, keeping a copy of its committed records in memory; used when its
+        dataset is closed, after which none of its files may stay mapped."""
+        self._array = self._array.copy()
 
     @property
     def path(self) -> str:

@@ -28,6 +28,7 @@ from memshard.indexing import (
     project_indices,
     project_slice,
     slice_rows,
+    split_pieces,
 )
 from tests.helpers import write_dataset
 from tests.strategies import (
@@ -125,6 +126,31 @@ def test_project_indices_groups_by_shard(sizes: list[int], data: Any) -> None:
         shards_seen.append(shard)
     assert seen.tolist() == indices.tolist()
     assert len(set(shards_seen)) == len(shards_seen)
+
+
+@given(
+    sizes=st.lists(st.integers(1, 7), min_size=1, max_size=20),
+    rows=st.integers(1, 5),
+    data=st.data(),
+)
+def test_split_pieces_read_the_same_rows_into_the_same_positions(
+    sizes: list[int], rows: int, data: Any
+) -> None:
+    total = sum(sizes)
+    indices = np.array(data.draw(st.lists(st.integers(0, total - 1), max_size=60)), dtype=np.int64)
+    table = SegmentTable.from_offsets(np.concatenate(([0], np.cumsum(sizes))))
+    pieces = project_indices(indices, table)
+    split = split_pieces(pieces, rows)
+    seen = np.full(indices.size, -1)
+    for shard, local, positions in split:
+        assert 1 <= local.size <= rows
+        assert (seen[positions] == -1).all()
+        seen[positions] = local + table.offsets[shard]
+    assert seen.tolist() == indices.tolist()
+    assert sorted({piece.segment for piece in split}) == sorted(p.segment for p in pieces)
+    assert [piece.segment for piece in split] == sorted(
+        (piece.segment for piece in split), key=[p.segment for p in pieces].index
+    )
 
 
 def test_uniform_table_divides_instead_of_searching() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gc
 import mmap
 import os
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 
 import memshard as ms
 from memshard import manifest as manifest_io
-from memshard import mappings
+from memshard import mappings, pagecache
 from memshard.errors import (
     DatasetChangedError,
     DatasetNotFoundError,
@@ -25,6 +26,7 @@ from memshard.errors import (
     FieldTooLargeError,
     InvalidIndexError,
     OutArrayError,
+    ReadFailedError,
 )
 from memshard.layout import MANIFEST_NAME
 from memshard.manifest import FieldSpec
@@ -127,6 +129,34 @@ def test_take_refuses_bad_out_arrays(images: Any, out: dict[str, Any], message: 
     ds, _, _ = images
     with pytest.raises(OutArrayError, match=message):
         ds.take([0, 1, 2, 3], out=out)
+
+
+def test_an_io_error_reading_a_shard_is_a_read_failed_error(
+    images: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EIO cannot be asked of the kernel: ``os.pread`` (the header check before a shard is
+    mapped) raises it instead. Every read names the dataset and the field, keeps the errno,
+    and is still an ``OSError``."""
+    ds, _, _ = images
+
+    def failing(fd: int, length: int, offset: int) -> bytes:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "pread", failing)
+    reads = [
+        lambda: ds["x"][3],
+        lambda: ds["x"][2:5],
+        lambda: ds["x"][[4, 0]],
+        lambda: ds["x"][..., 0],
+        lambda: ds.take([1, 2]),
+        lambda: ds.prefetch([1, 2]),
+    ]
+    for read in reads:
+        with pytest.raises(ReadFailedError, match=r"field 'x': reading rows failed") as caught:
+            read()
+        assert caught.value.errno == errno.EIO
+        assert ds.path in str(caught.value)
+        assert isinstance(caught.value.__cause__, OSError)
 
 
 def test_bad_keys_name_the_dataset_and_field(images: Any) -> None:
@@ -603,9 +633,9 @@ def test_prefetch_advises_runs_of_adjacent_rows(tmp_path: Any) -> None:
     ds = ms.open(tmp_path / "d")
     segment = ds["x"]._mapped(ds._snapshot, ds._snapshot.layouts["x"], 0)
     assert segment is not None
-    assert mappings.advise_will_need(segment, np.array([5, 3, 4, 4])) == 1
-    assert mappings.advise_will_need(segment, np.array([0, 10, 20])) == 3
-    assert mappings.advise_will_need(segment, np.array([], dtype=np.int64)) == 0
+    assert pagecache.advise_will_need(segment, np.array([5, 3, 4, 4])) == 1
+    assert pagecache.advise_will_need(segment, np.array([0, 10, 20])) == 3
+    assert pagecache.advise_will_need(segment, np.array([], dtype=np.int64)) == 0
     ds.prefetch([63, 0, -1, 7])
     ds.prefetch(np.array([1, 2]), fields=["x"])
     np.testing.assert_array_equal(ds.take([63, 0, 7])["x"], x[[63, 0, 7]])

@@ -402,3 +402,18 @@ def test_a_field_stored_in_a_way_this_reader_does_not_know_is_refused(
     (path / MANIFEST_NAME).write_text(json.dumps(document))
     with pytest.raises(ManifestError, match=rf"fields\.y\.{key}: {re.escape(message)}"):
         ms.open(path)
+
+
+def test_closing_a_dataset_unmaps_its_table_and_keeps_its_shard_list(tmp_path: Path) -> None:
+    path = make(tmp_path / "ds")
+
+    def table_mappings() -> int:
+        with open("/proc/self/maps") as maps:
+            return sum(str(path / TABLE_NAME) in line for line in maps)
+
+    ds = ms.open(path)
+    assert table_mappings() == 1
+    before = list(ds.shards)
+    ds.close()
+    assert table_mappings() == 0
+    assert list(ds.shards) == before

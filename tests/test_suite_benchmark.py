@@ -26,6 +26,7 @@ from benchmarks.compare import (
     PLAIN_WRITE,
     PLAIN_WRITE_FSYNC,
     PREAD,
+    PREAD_PARALLEL,
     WrongAnswer,
     check_readers,
 )
@@ -119,7 +120,7 @@ def test_quick_run_measures_every_format_in_every_workload(quick_run: QuickRun) 
             assert figure["extra"].keys() == {"rss", "uss", "private"}, fmt
             assert figure["work"] == 2, "two workers per epoch were read"
         cold = figures["cold"]
-        assert set(cold) == on_disk | {PREAD, MEMSHARD_PLAIN}, name
+        assert set(cold) == on_disk | {PREAD, PREAD_PARALLEL, MEMSHARD_PLAIN}, name
         for figure in cold.values():
             assert figure["value"] > 0
             assert figure["extra"]["resident_after_eviction"] <= EVICTION_TOLERANCE
@@ -139,7 +140,7 @@ def test_quick_run_judges_every_goal_from_the_figures(quick_run: QuickRun) -> No
     _, report, _ = quick_run
     goals = report["goals"]
     per_workload = {w: sum(g[0] in (None, w) for g in GOALS) for w in ("images", "vectors")}
-    assert len(goals) == sum(per_workload.values()) == 18
+    assert len(goals) == sum(per_workload.values()) == 20
     for goal in goals:
         workload = report["workloads"][goal["workload"]]
         key = next(g[1] for g in GOALS if g[5] == goal["goal"] and g[0] in (None, goal["workload"]))
