@@ -33,6 +33,7 @@ from .errors import (
     BatchError,
     CastError,
     InvalidIndexError,
+    MemshardError,
     RaggedArrayError,
     UnsupportedDtypeError,
 )
@@ -462,21 +463,30 @@ def _checked_offsets(offsets: Any, total: int, where: str) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def _offsets_from_lengths(lengths: Any, total: int, where: str) -> np.ndarray:
-    """The offsets of rows of ``lengths``, if they are non-negative and sum to ``total``."""
-    array = as_array(lengths, where=f"{where}: lengths")
+def checked_lengths(
+    array: np.ndarray, *, error: type[MemshardError] = BatchError, prefix: str = ""
+) -> np.ndarray:
+    """``array`` (row lengths, already an array) if it is 1-d and of integers >= 0.
+
+    Raises:
+        error: naming the shape and dtype, or the first negative length, after ``prefix``.
+    """
     if array.size == 0 and array.dtype.kind == "f":
         array = array.astype(np.int64)  # np.asarray([]) is float64
     if array.ndim != 1 or array.dtype.kind not in "iu":
-        raise BatchError(
-            f"{where}: lengths must be a 1-d array of integers, got shape {array.shape} "
+        raise error(
+            f"{prefix}lengths must be a 1-d array of integers >= 0, got shape {array.shape} "
             f"dtype {array.dtype}"
         )
     if array.size and int(array.min()) < 0:
         first = int(np.flatnonzero(array < 0)[0])
-        raise BatchError(
-            f"{where}: lengths must not be negative: lengths[{first}] = {int(array[first])}"
-        )
+        raise error(f"{prefix}lengths must not be negative: lengths[{first}] = {int(array[first])}")
+    return array
+
+
+def _offsets_from_lengths(lengths: Any, total: int, where: str) -> np.ndarray:
+    """The offsets of rows of ``lengths``, if they are non-negative and sum to ``total``."""
+    array = checked_lengths(as_array(lengths, where=f"{where}: lengths"), prefix=f"{where}: ")
     # Each length is below 2**64, so a sum that wraps around uint64 decreases at that step.
     sums = np.cumsum(array, dtype=np.uint64)
     if sums.size and (bool((sums[1:] < sums[:-1]).any()) or int(sums[-1]) > MAX_ELEMENTS):

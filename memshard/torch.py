@@ -47,7 +47,7 @@ from .errors import (
     TransformError,
 )
 from .indexing import as_index_array
-from .ragged import Ragged
+from .ragged import Ragged, checked_lengths
 from .reader import Dataset
 
 Sample = dict[str, torch.Tensor]
@@ -278,7 +278,22 @@ class _WorkerInit:
             self.then(worker_id)
 
 
-class ShardAwareSampler(Sampler[int]):
+class _Epochs:
+    """A sampler whose order depends on ``(seed, epoch)``, like ``DistributedSampler``."""
+
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the order of ``epoch`` for the next iteration.
+
+        Raises:
+            SamplerError: ``epoch`` is not an integer >= 0.
+        """
+        _check_count("epoch", epoch, minimum=0)
+        self.epoch = epoch
+
+
+class ShardAwareSampler(_Epochs, Sampler[int]):
     """Shuffles shard by shard, so that reads stay local, with ``DistributedSampler`` semantics.
 
     Each epoch, the shards are put in a random order and grouped into windows of
@@ -335,15 +350,6 @@ class ShardAwareSampler(Sampler[int]):
         else:
             self.num_samples = math.ceil(self._rows / num_replicas)
         self.total_size = self.num_samples * num_replicas
-
-    def set_epoch(self, epoch: int) -> None:
-        """Use the order of ``epoch`` for the next iteration.
-
-        Raises:
-            SamplerError: ``epoch`` is not an integer >= 0.
-        """
-        _check_count("epoch", epoch, minimum=0)
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return self.num_samples
@@ -520,7 +526,7 @@ def ragged_tensors(name: str, ragged: Ragged, mode: RaggedMode) -> dict[str, tor
 # -- batches of rows of similar length --------------------------------------------------------
 
 
-class LengthGroupedSampler(Sampler[list[int]]):
+class LengthGroupedSampler(_Epochs, Sampler[list[int]]):
     """A batch sampler (``DataLoader(..., batch_sampler=...)``) whose batches hold rows of
     similar length, so that padding each batch to its longest row wastes little.
 
@@ -564,15 +570,6 @@ class LengthGroupedSampler(Sampler[list[int]]):
         self.seed = seed
         self.drop_last = drop_last
         self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Use the order of ``epoch`` for the next iteration.
-
-        Raises:
-            SamplerError: ``epoch`` is not an integer >= 0.
-        """
-        _check_count("epoch", epoch, minimum=0)
-        self.epoch = epoch
 
     def __len__(self) -> int:
         rows = self._lengths.size
@@ -630,16 +627,4 @@ def _checked_lengths(lengths: Any) -> np.ndarray:
         array = np.asarray(lengths)
     except (ValueError, TypeError) as exc:
         raise SamplerError(f"lengths must be a 1-d array of integers >= 0 ({exc})") from None
-    if array.size == 0 and array.dtype.kind == "f":
-        array = array.astype(np.int64)  # np.asarray([]) is float64
-    if array.ndim != 1 or array.dtype.kind not in "iu":
-        raise SamplerError(
-            f"lengths must be a 1-d array of integers >= 0, got shape {array.shape} "
-            f"dtype {array.dtype}"
-        )
-    if array.size and int(array.min()) < 0:
-        first = int(np.flatnonzero(array < 0)[0])
-        raise SamplerError(
-            f"lengths must be integers >= 0, got lengths[{first}] = {int(array[first])}"
-        )
-    return array.astype(np.int64, copy=False)
+    return checked_lengths(array, error=SamplerError).astype(np.int64, copy=False)

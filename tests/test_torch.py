@@ -1116,7 +1116,7 @@ def test_a_dataloader_reads_the_length_grouped_batches(mixed: Any) -> None:
         ([1, 2], {"batch_size": 0}, r"^batch_size must be an integer >= 1, got 0$"),
         ([1, 2], {"batch_size": 2, "window": 0}, r"^window must be an integer >= 1, got 0$"),
         ([1, 2], {"batch_size": 2, "seed": -1}, r"^seed must be an integer >= 0, got -1$"),
-        ([1, -2], {"batch_size": 2}, r"^lengths must be integers >= 0, got lengths\[1\] = -2$"),
+        ([1, -2], {"batch_size": 2}, r"^lengths must not be negative: lengths\[1\] = -2$"),
         ([1.5], {"batch_size": 2}, r"^lengths must be a 1-d .* dtype float64$"),
         ([[1, 2]], {"batch_size": 2}, r"^lengths must be a 1-d .* shape \(1, 2\)"),
         ([[1, 2], [3]], {"batch_size": 2}, r"^lengths must be a 1-d array of integers >= 0 \("),
