@@ -1,9 +1,24 @@
 """Appending rows to one field's file of the shard being written.
 
 Rows go to the file with plain ``pwrite`` calls, never through a writable mapping (on a full
-disk a mapping turns the error into SIGBUS). Small appends collect in a private buffer first;
-it is a plain ``bytearray``, so a forked child that exits never flushes its parent's rows
-into the shared file, as an inherited ``io.BufferedWriter`` would.
+disk a mapping turns the error into SIGBUS). Appended bytes collect in a private buffer; it is
+a plain ``bytearray``, so a forked child that exits never flushes its parent's rows into the
+shared file, as an inherited ``io.BufferedWriter`` would.
+
+Bytes reach the file in pieces that end on a multiple of :data:`~memshard.npyheader.HUGE_PAGE`
+(2 MiB) of the file offset; only a commit or a seal writes a piece that ends elsewhere. The
+page cache of ext4 and xfs (Linux 6.x) gives each write folios as large as the write's bytes
+within one aligned 2 MiB of the file allow, so a 2 MiB stretch written by one call is one
+2 MiB folio, which a mapping can map with one TLB entry, while a stretch written by two calls
+is split into smaller folios for good (half of every shard, when rows came in unaligned 4 MiB
+batches, and gathers of small rows ran at half the speed). Between pieces the buffer holds
+less than one huge page per file, and never more than the shard's data.
+
+Holding bytes back must not hide a full disk or a file size limit until the commit: once more
+than :data:`WRITE_BUFFER_BYTES` are waiting, their file space is reserved with ``fallocate``
+(which fails at once with ``ENOSPC`` or ``EFBIG`` and writes no page-cache pages); where that
+fails or is not supported, the waiting bytes are written at once instead, and that write
+raises the error if there is one.
 
 A writer does not own a descriptor for its whole life: it borrows one from the
 :class:`DescriptorBudget` of its appender or part writer, which keeps at most
@@ -17,18 +32,21 @@ writeback error that no descriptor has seen yet).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import stat
+import sys
 from collections import OrderedDict
+from typing import Any
 
 from .checksum import StreamingChecksum, checksum_of_file
 from .durable import start_writeback
 from .errors import ShardSizeError
 from .handles import OwnedFd
 from .manifest import FieldSpec, ShardFile
-from .npyheader import header_bytes
+from .npyheader import HUGE_PAGE, header_bytes
 
-#: Appends smaller than this collect in memory before a ``write`` call.
+#: Most bytes a writer holds in its buffer without reserving their space in the file.
 WRITE_BUFFER_BYTES = 1 << 20
 #: Most shard files one appender or part writer keeps open at once.
 MAX_OPEN_SHARD_FILES = 64
@@ -94,6 +112,7 @@ class ShardFileWriter:
         self._budget = budget
         self._handle: OwnedFd | None = handle
         self._pending = bytearray()
+        self._reserved_to = end
         self._writeback_from = end
         budget.use(self)
 
@@ -150,17 +169,34 @@ class ShardFileWriter:
             raise
         return cls(root, file.path, spec, checksum, budget, handle, end)
 
+    @property
+    def buffered(self) -> int:
+        """Bytes appended that are not in the file yet."""
+        return len(self._pending)
+
     def write(self, data: memoryview) -> None:
-        """Append bytes of whole rows."""
+        """Append bytes of whole rows: every piece that now ends on a multiple of
+        :data:`~memshard.npyheader.HUGE_PAGE` goes to the file in one call, the rest waits.
+
+        Raises:
+            OSError: writing, or reserving space for the waiting bytes, failed.
+        """
         self.checksum.update(data)
-        if len(self._pending) + len(data) <= WRITE_BUFFER_BYTES:
+        stop = self.end + len(self._pending) + len(data)
+        boundary = stop - stop % HUGE_PAGE
+        if boundary <= self.end:
             self._pending += data
-            return
-        self.flush()
-        self._write_all(data)
+        else:  # the buffer never reaches a boundary, so the piece takes some of data
+            cut = boundary - self.end - len(self._pending)
+            with data[:cut] as head, data[cut:] as tail:
+                self._write_all(self._pending, head)
+                self._pending.clear()
+                self._pending += tail
+        self._reserve_waiting()
 
     def flush(self) -> None:
-        """Write out what the buffer holds."""
+        """Write out what the buffer holds, wherever it ends (a commit or a seal needs every
+        byte in the file)."""
         if self._pending:
             self._write_all(self._pending)
             self._pending.clear()
@@ -179,9 +215,8 @@ class ShardFileWriter:
         self.close()
 
     def start_writeback(self) -> None:
-        """Flush, and start writing to disk what was written since the last call (see
-        :func:`memshard.durable.start_writeback`)."""
-        self.flush()
+        """Start writing to disk what reached the file since the last call (see
+        :func:`memshard.durable.start_writeback`); the buffer waits for its piece."""
         start_writeback(self._fd(), self._writeback_from, self.end - self._writeback_from)
         self._writeback_from = self.end
 
@@ -207,17 +242,67 @@ class ShardFileWriter:
         self._budget.use(self)
         return self._handle.fileno()
 
-    def _write_all(self, data: bytes | bytearray | memoryview) -> None:
+    def _reserve_waiting(self) -> None:
+        """Reserve the file space of the buffered bytes once more than
+        :data:`WRITE_BUFFER_BYTES` of them have none; write them out if that fails."""
+        waiting_end = self.end + len(self._pending)
+        unreserved_from = max(self.end, self._reserved_to)
+        if waiting_end - unreserved_from <= WRITE_BUFFER_BYTES:
+            return
+        if reserve_space(self._fd(), unreserved_from, waiting_end - unreserved_from):
+            self._reserved_to = waiting_end
+        else:  # the write reports ENOSPC or EFBIG itself, or succeeds where fallocate cannot
+            self.flush()
+
+    def _write_all(self, *parts: bytes | bytearray | memoryview) -> None:
+        """Write ``parts`` one after another at :attr:`end`, in one ``pwrite`` or ``pwritev``
+        call unless the kernel writes fewer bytes than asked (then the rest follows)."""
         # The views are released explicitly, not left to reference counting: a sampling
         # profiler (dask's workers run one) may hold this frame, and a live view of the buffer
         # would make flush()'s clear() fail with BufferError.
         fd = self._fd()
-        with memoryview(data) as whole:
-            written = 0
-            while written < len(whole):
-                with whole[written:] as rest:
-                    written += os.pwrite(fd, rest, self.end + written)
-        self.end += written
+        with contextlib.ExitStack() as views:
+            rest = [views.enter_context(memoryview(part)) for part in parts if len(part)]
+            while rest:
+                if len(rest) == 1:
+                    written = os.pwrite(fd, rest[0], self.end)
+                else:
+                    written = os.pwritev(fd, rest, self.end)
+                self.end += written
+                while rest and written >= len(rest[0]):
+                    written -= len(rest.pop(0))
+                if written:
+                    rest[0] = views.enter_context(rest[0][written:])
+
+
+def reserve_space(fd: int, offset: int, nbytes: int) -> bool:
+    """Allocate ``nbytes`` bytes of file ``fd`` from ``offset`` (Linux ``fallocate``, growing
+    the file if it ends before), so that writing them later cannot fail for want of space.
+
+    Returns:
+        ``True`` if the space is reserved; ``False`` if not, for whatever reason (no space,
+        over the file size limit, not supported by the file system or the platform): a write
+        of the bytes then gives the real outcome.
+    """
+    if _FALLOCATE is None or nbytes <= 0:
+        return False
+    result: int = _FALLOCATE(fd, 0, offset, nbytes)
+    return result == 0
+
+
+def _fallocate() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).fallocate64
+    except (AttributeError, OSError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    function.restype = ctypes.c_int
+    return function
+
+
+_FALLOCATE: Any = _fallocate()
 
 
 def _make_writable(path: str) -> None:
