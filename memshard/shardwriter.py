@@ -14,6 +14,11 @@ is split into smaller folios for good (half of every shard, when rows came in un
 batches, and gathers of small rows ran at half the speed). Between pieces the buffer holds
 less than one huge page per file, and never more than the shard's data.
 
+On tmpfs the size of page-cache pages never depends on the writes (4 KiB, or huge pages by
+mount option), so holding bytes back would only cost copies: there a writer writes through,
+as everywhere before: appends collect in the buffer up to :data:`WRITE_BUFFER_BYTES`, and a
+batch that would overflow it goes out at once with what the buffer holds.
+
 Holding bytes back must not hide a full disk or a file size limit until the commit: once more
 than :data:`WRITE_BUFFER_BYTES` are waiting, their file space is reserved with ``fallocate``
 (which fails at once with ``ENOSPC`` or ``EFBIG`` and writes no page-cache pages); where that
@@ -48,6 +53,8 @@ from .npyheader import HUGE_PAGE, header_bytes
 
 #: Most bytes a writer holds in its buffer without reserving their space in the file.
 WRITE_BUFFER_BYTES = 1 << 20
+#: ``statfs.f_type`` of tmpfs, whose files are written through (see the module docstring).
+TMPFS_MAGIC = 0x01021994
 #: Most shard files one appender or part writer keeps open at once.
 MAX_OPEN_SHARD_FILES = 64
 #: The mode a shard file is created with (less the umask).
@@ -111,9 +118,11 @@ class ShardFileWriter:
         self.end = end
         self._budget = budget
         self._handle: OwnedFd | None = handle
-        self._pending = bytearray()
+        self._buffer = bytearray()  # reused: it grows to what one piece needs, never shrinks
+        self._buffered = 0
         self._reserved_to = end
         self._writeback_from = end
+        self._aligned = file_system_type(handle.fileno()) != TMPFS_MAGIC
         budget.use(self)
 
     @property
@@ -172,34 +181,39 @@ class ShardFileWriter:
     @property
     def buffered(self) -> int:
         """Bytes appended that are not in the file yet."""
-        return len(self._pending)
+        return self._buffered
 
     def write(self, data: memoryview) -> None:
-        """Append bytes of whole rows: every piece that now ends on a multiple of
-        :data:`~memshard.npyheader.HUGE_PAGE` goes to the file in one call, the rest waits.
+        """Append bytes of whole rows: the piece that can go to the file now (see
+        :meth:`_piece_end`) goes in one call, the rest waits in the buffer.
 
         Raises:
             OSError: writing, or reserving space for the waiting bytes, failed.
         """
         self.checksum.update(data)
-        stop = self.end + len(self._pending) + len(data)
-        boundary = stop - stop % HUGE_PAGE
+        boundary = self._piece_end(self.end + self._buffered + len(data))
         if boundary <= self.end:
-            self._pending += data
+            self._hold(data)
         else:  # the buffer never reaches a boundary, so the piece takes some of data
-            cut = boundary - self.end - len(self._pending)
-            with data[:cut] as head, data[cut:] as tail:
-                self._write_all(self._pending, head)
-                self._pending.clear()
-                self._pending += tail
+            cut = boundary - self.end - self._buffered
+            with (
+                memoryview(self._buffer) as whole,
+                whole[: self._buffered] as held,
+                data[:cut] as head,
+            ):
+                self._write_all(held, head)
+            self._buffered = 0
+            with data[cut:] as tail:
+                self._hold(tail)
         self._reserve_waiting()
 
     def flush(self) -> None:
         """Write out what the buffer holds, wherever it ends (a commit or a seal needs every
         byte in the file)."""
-        if self._pending:
-            self._write_all(self._pending)
-            self._pending.clear()
+        if self._buffered:
+            with memoryview(self._buffer) as whole, whole[: self._buffered] as held:
+                self._write_all(held)
+            self._buffered = 0
 
     def write_header(self, rows: int) -> None:
         """Flush, then state ``rows`` rows in the header (rewritten in place)."""
@@ -233,7 +247,7 @@ class ShardFileWriter:
 
     def close(self) -> None:
         """Close the descriptor for good; buffered bytes not flushed are dropped."""
-        self._pending.clear()
+        self._buffer, self._buffered = bytearray(), 0
         self.release_descriptor()
 
     def _fd(self) -> int:
@@ -242,10 +256,30 @@ class ShardFileWriter:
         self._budget.use(self)
         return self._handle.fileno()
 
+    def _piece_end(self, stop: int) -> int:
+        """Where the piece to write now ends, when the appended bytes end at file offset
+        ``stop``: the last multiple of :data:`~memshard.npyheader.HUGE_PAGE` up to ``stop``;
+        written through, ``stop`` once more than :data:`WRITE_BUFFER_BYTES` would wait. No
+        piece is due when that is not past :attr:`end`."""
+        if self._aligned:
+            return stop - stop % HUGE_PAGE
+        return stop if stop - self.end > WRITE_BUFFER_BYTES else self.end
+
+    def _hold(self, data: memoryview) -> None:
+        """Copy ``data`` after the buffered bytes, growing the buffer (by doubling, to at most
+        what a piece holds) only when it is too small: a buffer allocated anew for every
+        batch would cost fresh pages each time."""
+        stop = self._buffered + len(data)
+        if stop > len(self._buffer):
+            grown = min(max(stop, 2 * len(self._buffer)), max(stop, HUGE_PAGE))
+            self._buffer += bytes(grown - len(self._buffer))
+        self._buffer[self._buffered : stop] = data
+        self._buffered = stop
+
     def _reserve_waiting(self) -> None:
         """Reserve the file space of the buffered bytes once more than
         :data:`WRITE_BUFFER_BYTES` of them have none; write them out if that fails."""
-        waiting_end = self.end + len(self._pending)
+        waiting_end = self.end + self._buffered
         unreserved_from = max(self.end, self._reserved_to)
         if waiting_end - unreserved_from <= WRITE_BUFFER_BYTES:
             return
@@ -259,7 +293,7 @@ class ShardFileWriter:
         call unless the kernel writes fewer bytes than asked (then the rest follows)."""
         # The views are released explicitly, not left to reference counting: a sampling
         # profiler (dask's workers run one) may hold this frame, and a live view of the buffer
-        # would make flush()'s clear() fail with BufferError.
+        # would make growing it (_hold) fail with BufferError.
         fd = self._fd()
         with contextlib.ExitStack() as views:
             rest = [views.enter_context(memoryview(part)) for part in parts if len(part)]
@@ -290,19 +324,33 @@ def reserve_space(fd: int, offset: int, nbytes: int) -> bool:
     return result == 0
 
 
-def _fallocate() -> Any:
+def file_system_type(fd: int) -> int | None:
+    """The ``f_type`` of the file system of ``fd`` (Linux ``fstatfs``), or ``None`` if it
+    cannot be told."""
+    if _FSTATFS is None:
+        return None
+    result = ctypes.create_string_buffer(256)  # a struct statfs: 120 bytes on 64-bit Linux
+    if _FSTATFS(fd, result) != 0:
+        return None
+    return ctypes.c_long.from_buffer(result).value  # f_type comes first, a long
+
+
+def _libc_function(name: str, *argtypes: Any) -> Any:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        function = ctypes.CDLL(None, use_errno=True).fallocate64
+        function = getattr(ctypes.CDLL(None, use_errno=True), name)
     except (AttributeError, OSError):
         return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    function.argtypes = list(argtypes)
     function.restype = ctypes.c_int
     return function
 
 
-_FALLOCATE: Any = _fallocate()
+_FALLOCATE: Any = _libc_function(
+    "fallocate64", ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64
+)
+_FSTATFS: Any = _libc_function("fstatfs", ctypes.c_int, ctypes.c_void_p)
 
 
 def _make_writable(path: str) -> None:

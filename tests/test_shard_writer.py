@@ -11,6 +11,8 @@ an append waits in its buffer. What the tests pin, on real files:
   gets the waiting bytes written at once instead;
 - a commit, a seal or a part's close writes everything, and another process reads every
   committed row.
+- on tmpfs, whose page sizes do not depend on the writes, a writer writes through instead:
+  appends wait in the buffer up to ``WRITE_BUFFER_BYTES``, larger batches go out at once.
 
 Children that need a file size limit or a mounted file system run as
 ``python -m tests.test_shard_writer CHILD ARGS...`` and print one JSON line.
@@ -26,6 +28,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +39,12 @@ import pytest
 
 import memshard as ms
 from memshard.npyheader import HUGE_PAGE
-from memshard.shardwriter import WRITE_BUFFER_BYTES, reserve_space
+from memshard.shardwriter import (
+    TMPFS_MAGIC,
+    WRITE_BUFFER_BYTES,
+    file_system_type,
+    reserve_space,
+)
 from tests.helpers import REPO_ROOT
 
 #: One uint8 field of 4000-byte rows: a row count rarely ends a 2 MiB piece by chance.
@@ -75,21 +83,37 @@ def fallocate_works(directory: Path) -> bool:
         probe.unlink()
 
 
+def on_tmpfs(directory: Path) -> bool:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        return file_system_type(fd) == TMPFS_MAGIC
+    finally:
+        os.close(fd)
+
+
 @dataclass
 class Model:
-    """What a writer of :data:`FIELDS` has written and reserved, step by step."""
+    """What a writer of :data:`FIELDS` has written and reserved, step by step: in pieces
+    ending on 2 MiB offsets (``aligned``), or written through (on tmpfs)."""
 
+    aligned: bool
     reserves: bool
     rows: int = 0
     written: int = HEADER
     reserved: int = HEADER
 
+    @classmethod
+    def of(cls, directory: Path) -> Model:
+        """The model of a writer in ``directory``."""
+        return cls(aligned=not on_tmpfs(directory), reserves=fallocate_works(directory))
+
     def extend(self, count: int) -> None:
         self.rows += count
         stop = HEADER + self.rows * ROW_BYTES
-        self.written = max(self.written, stop - stop % HUGE_PAGE)
+        if self.aligned:
+            self.written = max(self.written, stop - stop % HUGE_PAGE)
         if stop - max(self.written, self.reserved) > WRITE_BUFFER_BYTES:
-            if self.reserves:
+            if self.aligned and self.reserves:
                 self.reserved = stop
             else:
                 self.written = stop
@@ -141,9 +165,10 @@ def read_elsewhere(path: Path) -> tuple[int, bool]:
     return int(count), correct == "True"
 
 
-def test_an_appender_writes_pieces_that_end_on_huge_page_offsets(tmp_path: Path) -> None:
-    path = tmp_path / "ds"
-    model = Model(reserves=fallocate_works(tmp_path))
+def appender_steps(path: Path) -> None:
+    """Run :data:`STEPS` through an appender of a new dataset at ``path``, checking its file
+    against the :class:`Model` after each, and what another process reads after each commit."""
+    model = Model.of(path.parent)
     writer = ms.create(path, FIELDS)
     for step in STEPS:
         if step is None:
@@ -160,12 +185,23 @@ def test_an_appender_writes_pieces_that_end_on_huge_page_offsets(tmp_path: Path)
     assert read_elsewhere(path) == (model.rows, True)
 
 
+def test_an_appender_writes_pieces_that_end_on_huge_page_offsets(tmp_path: Path) -> None:
+    assert Model.of(tmp_path).aligned, "the test directory must not be on tmpfs"
+    appender_steps(tmp_path / "ds")
+
+
+def test_an_appender_writes_through_on_tmpfs(tmp_path: Path) -> None:
+    """tmpfs gains nothing from aligned pieces: a writer there buffers up to 1 MiB, as all
+    did before."""
+    assert run_mounted("tmpfs-steps", tmp_path / "mnt") == {"failure": None}
+
+
 def test_a_part_writer_writes_pieces_that_end_on_huge_page_offsets(tmp_path: Path) -> None:
     """A part writer starts writeback after each large batch; that must not write the
     buffer out early."""
     path = tmp_path / "ds"
     ms.create(path, FIELDS).close()
-    model = Model(reserves=fallocate_works(tmp_path))
+    model = Model.of(tmp_path)
     with ms.write_part(path) as part:
         for step in STEPS:
             if step is not None:
@@ -255,11 +291,17 @@ def child_file_size_limit(path: str) -> dict[str, Any]:
 
 
 def child_mounted(kind: str, mountpoint: str) -> dict[str, Any]:
-    """Mount a 3 MiB tmpfs or a ramfs (which has no ``fallocate``) at ``mountpoint``."""
+    """Mount a file system at ``mountpoint`` and write there: ``tmpfs`` (3 MiB, filled until
+    a write fails), ``tmpfs-steps`` (64 MiB, :func:`appender_steps`) or ``ramfs`` (which has
+    no ``fallocate``)."""
     os.makedirs(mountpoint, exist_ok=True)
-    options = ["-o", "size=3m"] if kind == "tmpfs" else []
+    file_system, options = {
+        "tmpfs": ("tmpfs", ["-o", "size=3m"]),
+        "tmpfs-steps": ("tmpfs", ["-o", "size=64m"]),
+        "ramfs": ("ramfs", []),
+    }[kind]
     done = subprocess.run(
-        ["mount", "-t", kind, *options, f"memshard-{kind}", mountpoint],
+        ["mount", "-t", file_system, *options, f"memshard-{kind}", mountpoint],
         capture_output=True,
         text=True,
         check=False,
@@ -270,6 +312,12 @@ def child_mounted(kind: str, mountpoint: str) -> dict[str, Any]:
         path = os.path.join(mountpoint, "ds")
         if kind == "tmpfs":
             return fill_until_failure(path, 1000)
+        if kind == "tmpfs-steps":
+            try:
+                appender_steps(Path(path))
+            except AssertionError:
+                return {"failure": traceback.format_exc()}
+            return {"failure": None}
         writer = ms.create(path, FIELDS)
         writer.extend(rows(0, 450))  # 1.8 MB waiting: no reservation, so written at once
         size = os.path.getsize(only_shard_file(Path(path)))
