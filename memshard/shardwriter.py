@@ -11,8 +11,8 @@ page cache of ext4 and xfs (Linux 6.x) gives each write folios as large as the w
 within one aligned 2 MiB of the file allow, so a 2 MiB stretch written by one call is one
 2 MiB folio, which a mapping can map with one TLB entry, while a stretch written by two calls
 is split into smaller folios for good (half of every shard, when rows came in unaligned 4 MiB
-batches, and gathers of small rows ran at half the speed). Between pieces the buffer holds
-less than one huge page per file, and never more than the shard's data.
+batches: every other row read cost a TLB miss). Between pieces the buffer holds less than one
+huge page per file, and never more than the shard's data.
 
 On tmpfs the size of page-cache pages never depends on the writes (4 KiB, or huge pages by
 mount option), so holding bytes back would only cost copies: there a writer writes through,
@@ -177,11 +177,6 @@ class ShardFileWriter:
             handle.close()
             raise
         return cls(root, file.path, spec, checksum, budget, handle, end)
-
-    @property
-    def buffered(self) -> int:
-        """Bytes appended that are not in the file yet."""
-        return self._buffered
 
     def write(self, data: memoryview) -> None:
         """Append bytes of whole rows: the piece that can go to the file now (see
