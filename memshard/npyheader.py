@@ -33,8 +33,9 @@ PREAMBLE_SIZE = len(MAGIC) + len(VERSION) + 2
 #: The data of every shard starts at a multiple of this: a memory page on common platforms.
 DATA_ALIGN = 4096
 #: A huge page (a PMD mapping on x86-64 and arm64 with 4 KiB pages): the placement unit of
-#: mapped rows (:mod:`memshard.mappings` maps a segment at this alignment) and of full shards'
-#: sizes (:func:`memshard.schema.rows_per_shard`).
+#: mapped rows (:mod:`memshard.mappings` maps a segment at this alignment), of full shards'
+#: sizes (:func:`memshard.schema.rows_per_shard`) and of the pieces shard files are written in
+#: (:mod:`memshard.shardwriter`), so that the page cache holds them in 2 MiB folios.
 HUGE_PAGE = 2 << 20
 #: Digits of row count the header leaves room for: enough for any int64 row count.
 ROW_DIGITS_RESERVED = 19

@@ -30,9 +30,10 @@ when it died:
 - ``AUDITED <n>``, then ``DONE <ops>``: the script finished after ``n`` manifest renames,
   each checked by the audit, and ``ops`` file operations.
 
-The counted file operations are ``os.write``, ``os.pwrite``, ``os.fsync``, ``os.replace``,
-``os.rename``, ``os.ftruncate``, ``os.unlink`` and ``memshard.durable.fsync_directory`` (one
-operation; the ``fsync`` inside it is not counted again). ``<step>`` names the appender
+The counted file operations are ``os.write``, ``os.pwrite``, ``os.pwritev``, ``os.fsync``,
+``os.replace``, ``os.rename``, ``os.ftruncate``, ``os.unlink`` and
+``memshard.durable.fsync_directory`` (one operation; the ``fsync`` inside it is not counted
+again). ``<step>`` names the appender
 method the operation belongs to (resume, roll, seal, commit, append), found on the stack.
 
 Run as ``python -m tests.fault_writer PATH (--plan PLAN | --seed S [--rounds R])
@@ -62,7 +63,7 @@ from memshard.shardtable import TABLE_NAME, record_dtype, shard_path
 from tests.crash_writer import rows
 
 #: The ``os`` functions counted as file operations.
-OS_OPERATIONS = ("write", "pwrite", "fsync", "replace", "rename", "ftruncate", "unlink")
+OS_OPERATIONS = ("write", "pwrite", "pwritev", "fsync", "replace", "rename", "ftruncate", "unlink")
 #: The directory fsync, counted as one operation.
 DIRECTORY_SYNC = "fsync_directory"
 #: Writer functions (of the appender and its shard sequence) that name the step an operation
@@ -133,7 +134,7 @@ class SyncAudit:
 
     def performed(self, name: str, args: Sequence[Any]) -> None:
         """Note operation ``name`` (it has returned)."""
-        if name in ("write", "pwrite", "ftruncate"):
+        if name in ("write", "pwrite", "pwritev", "ftruncate"):
             self.dirty.add(_path_of(args[0]))
         elif name == "fsync":
             self.dirty.discard(_path_of(args[0]))
