@@ -38,6 +38,7 @@ import numpy as np
 import pytest
 
 import memshard as ms
+from memshard.layout import SHARDS_DIR
 from memshard.npyheader import HUGE_PAGE
 from memshard.shardwriter import (
     TMPFS_MAGIC,
@@ -68,7 +69,7 @@ def expected_bytes(count: int) -> bytes:
 
 def only_shard_file(root: Path) -> Path:
     """The one ``.npy`` shard file under ``root``."""
-    (found,) = [path for path in root.rglob("*.npy") if path.is_file()]
+    (found,) = [path for path in (root / SHARDS_DIR).rglob("*.npy") if path.is_file()]
     return found
 
 
