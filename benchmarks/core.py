@@ -4,8 +4,9 @@ formatting, and the :class:`Report` each one prints and writes as JSON.
 The benchmarks: ``python -m benchmarks`` (memshard against every peer format,
 :mod:`benchmarks.suite`), ``benchmarks.torch_loader`` (DataLoader paths in depth),
 ``benchmarks.convert`` (HDF5 conversion), ``benchmarks.dask_write`` (parallel writes),
-``benchmarks.reliability`` (checksums) and ``benchmarks.larger_than_ram`` (one epoch of a
-dataset larger than RAM against the disk's limits).
+``benchmarks.reliability`` (checksums), ``benchmarks.larger_than_ram`` (one epoch of a
+dataset larger than RAM against the disk's limits) and ``benchmarks.manifest_scale`` (open,
+refresh, commit and verify against the number of shards).
 
 The machine they run on is shared and its speed swings 1.5-2x between runs, so no figure is
 reported alone: each is compared with a baseline measured in the same run, alternating within

@@ -1,4 +1,4 @@
-"""The comparison's output: markdown tables, JSON and PNG bar charts.
+"""The comparison's output: markdown tables, JSON and PNG charts (bars; log-log lines).
 
 Every figure is shown with its ratio to the ``np.memmap`` figure of the same run, as a speed
 (higher is better: for a time, np.memmap's time over the format's; for a rate, the format's
@@ -207,6 +207,49 @@ def memory_panel(axis: Any, measurement: Measurement, figures: Figures) -> None:
     axis.tick_params(labelsize=7)
     for y, value in enumerate(growth[::-1]):
         axis.text(max(value, 0), y, f" {value:.1f}", va="center", fontsize=6)
+
+
+@dataclass(frozen=True)
+class Line:
+    """One line of a :func:`loglog_chart`: a label, its points, and how it is drawn."""
+
+    label: str
+    x: Sequence[float]
+    y: Sequence[float]
+    #: A matplotlib colour; lines of one measurement share it.
+    colour: str
+    #: ``"-"`` (solid), ``"--"`` (dashed) or ``":"`` (dotted, without markers: for a limit).
+    style: str = "-"
+
+
+def loglog_chart(
+    panels: Sequence[tuple[str, Sequence[Line]]], path: str, title: str, x_label: str
+) -> None:
+    """Lines on log-log axes, one panel per ``(y axis label, lines)``, legends below the
+    panels, written as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 6.4), squeeze=False)
+    for axis, (y_label, lines) in zip(axes.flat, panels, strict=True):
+        for line in lines:
+            marker = "" if line.style == ":" else "o"
+            axis.plot(
+                line.x, line.y, line.style, marker=marker, color=line.colour, label=line.label
+            )
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel(x_label)
+        axis.set_ylabel(y_label)
+        axis.grid(True, which="major", linewidth=0.4)
+        axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
+    figure.suptitle(title)
+    figure.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 # -- JSON ------------------------------------------------------------------------------------
