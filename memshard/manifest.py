@@ -109,9 +109,14 @@ class FieldSpec(StrictModel):
     # layout and be refused clearly by readers that cannot read it, never misread (spec
     # section 6.3.7). Left out when they hold the only value this version knows.
     kind: Literal["fixed"] = Field(
-        default="fixed", exclude_if=lambda value: value == "fixed", json_schema_extra=_kind_schema
+        default="fixed",
+        exclude_if=lambda value: value == "fixed",
+        json_schema_extra=_kind_schema,
+        repr=False,
     )
-    codec: None = Field(default=None, exclude_if=_is_none, json_schema_extra=_codec_schema)
+    codec: None = Field(
+        default=None, exclude_if=_is_none, json_schema_extra=_codec_schema, repr=False
+    )
 
     @field_validator("kind", mode="before")
     @classmethod

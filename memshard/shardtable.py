@@ -8,7 +8,7 @@ value: the xxh3-64 of the record's other bytes, seeded with the previous record'
 first record's seed comes from the dataset's uuid). The manifest states how many records are
 committed and the chain of the last one, so checking that one value checks that the table is
 this dataset's and holds every committed record; each record's own chain is checked when it is
-first read, and :meth:`ShardTable.check_all` checks them all (``verify``).
+first read (``verify`` checks them all).
 
 A commit appends records after the committed ones and publishes a manifest counting them; a
 crash in between leaves records that no manifest counts, which readers never look at and the
@@ -258,15 +258,15 @@ class ShardTable:
             bytes(stem).rstrip(b"\0").decode("ascii", "replace") for stem in self._array["stem"]
         ]
 
-    def check_all(self) -> list[str]:
-        """Check every record; return the problems found (empty when intact)."""
-        problems = []
-        for index in range(len(self)):
-            try:
-                self._decode(index)
-            except ShardTableError as exc:
-                problems.append(str(exc))
-        return problems
+    def checked_copy(self, index: int) -> Shard:
+        """Record ``index`` checked as :meth:`shard` checks it, decoded anew and not kept (for
+        one pass over every record, as ``verify`` makes).
+
+        Raises:
+            ShardTableError: see :meth:`shard`.
+        """
+        cached = self._checked.get(index)
+        return cached if cached is not None else self._decode(index)
 
 
 def _sealed_file(stem: str, name: str, spec: FieldSpec, rows: int, checksum: int) -> ShardFile:

@@ -120,13 +120,8 @@ def verify_dataset(root: str, *, progress: bool | None = False) -> VerifyReport:
         result = VerifyReport(path=root, seconds=time.perf_counter() - started)
         result.problems.append(Problem(where, _without_path(str(exc), where), type(exc)))
         return result
-    table_problems = [
-        Problem(where, _without_path(message, where), ShardTableError)
-        for message in shards.table.check_all()
-    ]
     with progress_bar(total_bytes(manifest, shards), desc="verify", enabled=progress) as bar:
         result = verify(root, manifest, shards, report=bar.update)
-    result.problems[:0] = table_problems
     where = os.path.join(root, MANIFEST_NAME)
     if not manifest_io.has_own_checksum(data):
         message = "has no checksum of its own, so damage to it cannot be detected"
@@ -155,7 +150,7 @@ def verify(
 ) -> VerifyReport:
     """Check every file of ``shards`` (the shards of ``manifest``) under ``root``;
     ``report(nbytes)`` after each block read (for a progress bar). A damaged record of the
-    shard table is skipped (:meth:`ShardTable.check_all` reports it).
+    shard table is reported and its files skipped.
 
     Returns a report listing each damaged file in ``problems`` and, for a format 1.0 manifest
     with an unsealed shard, the rows no checksum covers in ``unchecked``.
@@ -163,7 +158,7 @@ def verify(
     result = VerifyReport(path=root)
     started = time.perf_counter()
     buffer = bytearray(READ_CHUNK)
-    for shard in _readable(shards):
+    for shard in _readable(shards, result):
         for name, file in shard.files.items():
             interrupt.check()
             spec = manifest.fields[name]
@@ -177,12 +172,18 @@ def verify(
     return result
 
 
-def _readable(shards: Shards) -> Iterator[Shard]:
+def _readable(shards: Shards, result: VerifyReport) -> Iterator[Shard]:
+    """Every shard, each table record decoded once; a damaged record goes into ``result``."""
+    tabled = len(shards.table)
     for position in range(len(shards)):
-        try:
+        if position >= tabled:
             yield shards[position]
-        except ShardTableError:
             continue
+        try:
+            yield shards.table.checked_copy(position)
+        except ShardTableError as exc:
+            where = shards.table.path
+            result.problems.append(Problem(where, _without_path(str(exc), where), ShardTableError))
 
 
 def total_bytes(manifest: Manifest, shards: Shards) -> int:
@@ -190,7 +191,7 @@ def total_bytes(manifest: Manifest, shards: Shards) -> int:
     files of the unsealed shard that have a checksum or hold bools."""
     try:
         _, rows = shards.table.columns()
-    except ShardTableError:  # reported by ShardTable.check_all; the bar is only a guide
+    except ShardTableError:  # verify reports it; the bar is only a guide
         rows = np.zeros(0, dtype=np.int64)
     sealed = int(rows.sum()) * sum(spec.row_bytes for spec in manifest.fields.values())
     return sealed + sum(
