@@ -61,9 +61,10 @@ from .verify import VerifyReport, verify_dataset
 ROW_BY_ROW_MIN_BYTES = 16 << 10
 #: A gather of at least this many rows, or of this many bytes, checks whether its first row
 #: is in the page cache and, if it is not, asks the kernel for all its rows at once (see
-#: :meth:`Column._gather`). The check is one ``mincore`` call (2-4 us on a VM), a few percent
-#: of a gather from the page cache of that many rows, or bytes, at the least.
-COLD_CHECK_MIN_ROWS = 1024
+#: :meth:`Column._gather`). The check (one ``mincore`` call and finding the first row) cost
+#: about 10 us on this VM, 10% of a warm gather of 1024 rows of 512 bytes, hence 4096 rows
+#: (a few percent); a batch of fewer, smaller rows needs ``prefetch`` when it is cold.
+COLD_CHECK_MIN_ROWS = 4096
 COLD_CHECK_MIN_BYTES = 1 << 20
 #: A cold gather advises and copies its rows in pieces of about this many bytes (one row at
 #: least): copying a piece overlaps the advice of the next, which helps large rows (measured
