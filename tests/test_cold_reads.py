@@ -190,6 +190,21 @@ def test_a_cold_gather_of_many_small_rows_advises_them(tmp_path: Path, advised: 
     assert advised.count == indices.size
 
 
+def test_a_cold_gather_whose_first_row_is_cached_is_still_advised(
+    tmp_path: Path, advised: _Advised
+) -> None:
+    """Part of the data cached (a dataset larger than memory): the first row's page is in
+    the page cache, the others are not; the batch is advised all the same."""
+    x = _rows(1200)
+    ds = write_dataset(tmp_path / "d", {"x": x}, [700, 500], shard_rows=50)
+    indices = _batch(1200, 300, 50, seed=3)  # 1.2 MB
+    _evict(ds)
+    warm = ms.open(tmp_path / "d")
+    np.testing.assert_array_equal(warm["x"][int(indices[0])], x[indices[0]])  # now cached
+    np.testing.assert_array_equal(warm.take(indices)["x"], x[indices])
+    assert advised.count == indices.size
+
+
 def test_a_small_cold_gather_is_not_checked(tmp_path: Path, advised: _Advised) -> None:
     x = _rows(300)
     ds = write_dataset(tmp_path / "d", {"x": x}, shard_rows=50)
