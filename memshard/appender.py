@@ -432,7 +432,6 @@ class Appender(ClosedOnExit):
             if manifest.table is not None
             else [shard for shard in manifest.shards if shard.sealed]
         )
-        self._sealed_committed = self._table.records + len(self._upgrade)
         self._pending: list[Shard] = []  # sealed or adopted since the last commit
         self._adopted_files = False
         self._failure: str | None = None
@@ -443,12 +442,18 @@ class Appender(ClosedOnExit):
             manifest.shard_rows,
             lambda index, name: shard_file_name(token, index, name),
             first_row=manifest.rows,
-            next_index=self._sealed_committed + len(manifest.shards) - len(self._upgrade),
+            next_index=self._sealed_committed_count + len(manifest.shards) - len(self._upgrade),
         )
         self._created = False  # by create(), which leaves nothing if nothing is committed
         self._metadata: dict[str, Any] = {}  # labels/attrs for the next commit (memshard.edit)
         if manifest.shards and not manifest.shards[-1].sealed:
-            self._continue(manifest.shards[-1], self._sealed_committed)
+            self._continue(manifest.shards[-1], self._sealed_committed_count)
+
+    @property
+    def _sealed_committed_count(self) -> int:
+        """Sealed shards of the last commit: the table's records, and for a format 1 dataset
+        not yet upgraded, the sealed shards its manifest lists."""
+        return self._table.records + len(self._upgrade)
 
     # -- public API --------------------------------------------------------------------------
     @property
@@ -562,7 +567,7 @@ class Appender(ClosedOnExit):
             rows += record.rows
         self._pending.extend(shards)
         self._shards.rows = rows
-        self._shards.next_index = self._sealed_committed + len(self._pending)
+        self._shards.next_index = self._sealed_committed_count + len(self._pending)
         self._adopted_files = True
         self._guarded(self._commit)
 
@@ -735,7 +740,6 @@ class Appender(ClosedOnExit):
     def _published(self, manifest: Manifest) -> None:
         self._committed = manifest
         self._committed_shards = None
-        self._sealed_committed = self._table.records
         self._upgrade = []
         self._pending = []
         self._shards.created_files = self._adopted_files = False
