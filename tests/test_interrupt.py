@@ -146,13 +146,17 @@ def interrupted_at_random(argv: list[str], rng: random.Random) -> tuple[int, str
 
 
 def group_members(group: int) -> list[str]:
-    """``pid state command`` of every process in process group ``group``."""
+    """``pid state command`` of every live process in process group ``group``.
+
+    Zombies are left out: they run nothing and hold no file. A worker stopped while a library
+    it imports runs a short command (h5py runs ``uname -p``) leaves that command to be reaped
+    by whichever process adopts orphans, which in a container may take its time."""
     members = []
     for entry in os.listdir("/proc"):
         with contextlib.suppress(OSError):
             stat = Path(f"/proc/{entry}/stat").read_text()
             fields = stat[stat.rindex(")") + 2 :].split()
-            if entry.isdigit() and int(fields[2]) == group:
+            if entry.isdigit() and int(fields[2]) == group and fields[0] != "Z":
                 members.append(f"{entry} {fields[0]} {stat[: stat.rindex(')') + 1]}")
     return members
 
