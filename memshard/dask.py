@@ -230,7 +230,7 @@ def _write_parts(target: PartTarget, job: str, blocks: dict[str, list[Any]]) -> 
         for index in range(count)
     ]
     try:
-        return list(dask.compute(*tasks))
+        return _compute_all(tasks)
     except MemshardError:
         raise
     except Exception as exc:
@@ -238,6 +238,43 @@ def _write_parts(target: PartTarget, job: str, blocks: dict[str, list[Any]]) -> 
             f"{target.root}: writing the blocks failed, nothing was committed "
             f"({type(exc).__name__}: {exc})"
         ) from exc
+
+
+def _compute_all(tasks: list[Any]) -> list[Part]:
+    """Compute ``tasks``; when one fails, return (raise) only after the others have ended.
+
+    A scheduler reports the first failure while other blocks still run; cleaning up the job
+    then would race their writes. On a ``dask.distributed`` cluster the futures are waited
+    for; the local schedulers run the blocks in this process's pools, whose running tasks end
+    soon after the job's marker is gone (see :func:`write_block`).
+    """
+    client = _distributed_client()
+    if client is None:
+        return list(dask.compute(*tasks))
+    futures = client.compute(tasks)
+    try:
+        return list(client.gather(futures))
+    except Exception:
+        require("distributed", "dask").wait(futures)
+        # The error's traceback keeps this frame: futures held there would keep the failed
+        # keys (shared by the same computation run again) failed on the scheduler.
+        client.cancel(futures)
+        futures.clear()
+        raise
+
+
+def _distributed_client() -> Any:
+    """The ``dask.distributed`` client that ``dask.compute`` would use, or None."""
+    if dask.config.get("scheduler", None) != "dask.distributed":
+        return None
+    try:
+        distributed = require("distributed", "dask")
+    except MemshardError:
+        return None
+    try:
+        return distributed.get_client()
+    except ValueError:  # no client: dask's default scheduler runs the tasks
+        return None
 
 
 def write_block(target: PartTarget, job: str, index: int, names: list[str], *arrays: Any) -> Part:

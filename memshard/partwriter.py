@@ -146,7 +146,10 @@ class PartWriter(ClosedOnExit):
     def _start(cls, target: PartTarget, key: PartKey, part_id: str) -> PartWriter:
         parts = os.path.join(target.root, PARTS_DIR)
         try:
-            os.makedirs(parts, exist_ok=True)
+            # mkdir, not makedirs: a part never recreates a dataset directory removed meanwhile
+            # (the staging dataset of a failed from_dask, while its blocks still run).
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(parts)
             lock = _create_lock(parts, part_id)
         except OSError as exc:
             raise WriteFailedError(

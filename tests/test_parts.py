@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -330,6 +331,16 @@ def test_an_aborted_part_leaves_nothing(tmp_path):
         fail_while_writing()
     assert part_files(path) == []
     assert os.listdir(os.path.join(path, "parts")) == []
+
+
+def test_a_part_for_a_removed_dataset_fails_and_recreates_nothing(tmp_path):
+    # The blocks of a failed from_dask may start after its staging dataset is removed.
+    path = make(tmp_path / "ds")
+    target = PartTarget.of(path)
+    shutil.rmtree(path)
+    with pytest.raises(errors.WriteFailedError, match="cannot start part"):
+        ms.write_part(target, key=0)
+    assert os.listdir(tmp_path) == []
 
 
 def _write_part_in_process(path: str, start: int, count: int, key: int) -> ms.Part:
