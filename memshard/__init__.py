@@ -5,15 +5,23 @@ attributes and label vocabularies with :func:`edit`; the format is specified in
 ``spec/FORMAT.md``.
 
 This module re-exports the public API. Parallel writers write parts (:func:`write_part`) and
-one process commits them (:func:`commit_parts`). It never imports torch, h5py, zarr or dask: those
-integrations live in their own modules.
+one process commits them (:func:`commit_parts`). It never imports torch, h5py, zarr, pyarrow or
+dask: those integrations live in their own modules.
 """
 
 from __future__ import annotations
 
 from . import errors
 from .appender import Appender, append, create, upgrade
-from .convert import from_hdf5, from_numpy, from_zarr, to_hdf5, to_zarr
+from .convert import (
+    from_arrow,
+    from_hdf5,
+    from_numpy,
+    from_parquet,
+    from_zarr,
+    to_hdf5,
+    to_zarr,
+)
 from .errors import MemshardError
 from .manifest import FORMAT_VERSION
 from .metadata import edit
@@ -39,8 +47,10 @@ __all__ = [
     "discard_parts",
     "edit",
     "errors",
+    "from_arrow",
     "from_hdf5",
     "from_numpy",
+    "from_parquet",
     "from_zarr",
     "open",
     "to_hdf5",

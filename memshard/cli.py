@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 OK, DAMAGED, USAGE, UNCHECKED, INTERRUPTED = 0, 1, 2, 3, 130
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*", re.IGNORECASE)
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+#: What a Parquet file starts with.
+_PARQUET_MAGIC = b"PAR1"
 #: Width of the descriptions in ``--help``.
 HELP_WIDTH = 80
 #: The Python spellings in library messages, and the flags the command line says instead.
@@ -285,8 +287,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _convert_parser(commands: Any) -> None:
     convert = _command(
-        commands, "convert", "convert an HDF5 file, a zarr store or .npy files into a dataset",
-        "Convert SRC (an HDF5 file, a zarr store, a .npy file or a directory of .npy files) "
+        commands, "convert",
+        "convert an HDF5 file, a zarr store, .npy or Parquet files into a dataset",
+        "Convert SRC (an HDF5 file, a zarr store, a .npy file or a directory of .npy files, a "
+        "Parquet file or a directory of .parquet files) "
         "into a new memshard dataset DST. DST appears only once complete; an interrupted "
         "conversion is kept in DST.memshard-partial and completed by running the same "
         "command with --resume. Sizes are binary: 256MB and 256MiB both mean 256 x 2^20 "
@@ -295,9 +299,12 @@ def _convert_parser(commands: Any) -> None:
          "memshard convert data.h5 frames --field x=/train/images --field y=/train/labels",
          "memshard convert data.h5 frames --shard-size 64MB --workers 4",
          "memshard convert store.zarr frames --labels y=cat,dog",
+         "memshard convert table.parquet frames --field x=pixels --field y=label",
          "memshard convert data.h5 frames --resume"],
     )  # fmt: skip
-    convert.add_argument("src", metavar="SRC", help="the HDF5 file, zarr store or .npy file(s)")
+    convert.add_argument(
+        "src", metavar="SRC", help="the HDF5 file, zarr store, .npy or Parquet file(s)"
+    )
     convert.add_argument("dst", metavar="DST", help="the dataset directory to create")
     convert.add_argument(
         "--field",
@@ -305,11 +312,11 @@ def _convert_parser(commands: Any) -> None:
         action="append",
         type=_assignment,
         metavar="NAME=PATH",
-        help="take the array at PATH as field NAME (repeat; default: every numeric array "
-        "with the common row count)",
+        help="take the array (Parquet: the column) at PATH as field NAME (repeat; default: "
+        "every numeric array with the common row count)",
     )
     convert.add_argument(
-        "--format", choices=("auto", "hdf5", "zarr", "npy"), default="auto",
+        "--format", choices=("auto", "hdf5", "zarr", "npy", "parquet"), default="auto",
         help="the kind of SRC (default: judged by its content)",
     )  # fmt: skip
     convert.add_argument(
@@ -401,13 +408,18 @@ def _plan(args: argparse.Namespace) -> SourcePlan:
         from . import zarr
 
         return zarr.plan(args.src, fields, labels=labels, label_attr=args.label_attr)
+    if source_format == "parquet":
+        from . import arrow
+
+        return arrow.plan_parquet(args.src, fields, labels=labels)
     from . import npysource
 
     return npysource.plan(npy_inputs(args.src, fields), labels=labels)
 
 
 def detect_format(src: str) -> str:
-    """``"hdf5"``, ``"zarr"`` or ``"npy"`` for the source at ``src``, judged by its content.
+    """``"hdf5"``, ``"zarr"``, ``"npy"`` or ``"parquet"`` for the source at ``src``, judged by
+    its content (a directory: by the names of its files).
 
     Raises:
         SourceError: ``src`` does not exist, is none of them, or is a FIFO, a socket or a
@@ -416,9 +428,7 @@ def detect_format(src: str) -> str:
     if os.path.isdir(src):
         if any(os.path.exists(os.path.join(src, n)) for n in ("zarr.json", ".zgroup", ".zarray")):
             return "zarr"
-        if any(name.endswith(".npy") for name in os.listdir(src)):
-            return "npy"
-        raise SourceError(f"{src}: a directory that is neither a zarr store nor holds .npy files")
+        return _directory_format(src)
     try:
         fd = open_regular(src, what="the source", error=SourceError, follow_symlinks=True)
     except (FileNotFoundError, NotADirectoryError):
@@ -429,7 +439,32 @@ def detect_format(src: str) -> str:
             return "hdf5"
     if head.startswith(b"\x93NUMPY"):
         return "npy"
-    raise SourceError(f"{src}: not an HDF5 file, a zarr store or a .npy file")
+    if head.startswith(_PARQUET_MAGIC):
+        return "parquet"
+    raise SourceError(f"{src}: not an HDF5 file, a zarr store, a .npy or a Parquet file")
+
+
+def _directory_format(src: str) -> str:
+    """``"npy"`` or ``"parquet"``: the kind of files the directory ``src`` holds.
+
+    Raises:
+        SourceError: it holds neither, or both (``--format`` says which to take).
+    """
+    names = os.listdir(src)
+    kinds = [
+        kind
+        for kind, suffix in (("npy", ".npy"), ("parquet", ".parquet"))
+        if any(name.endswith(suffix) for name in names)
+    ]
+    if len(kinds) == 1:
+        return kinds[0]
+    if kinds:
+        raise SourceError(
+            f"{src}: holds both .npy and .parquet files; pass --format npy or --format parquet"
+        )
+    raise SourceError(
+        f"{src}: a directory that is neither a zarr store nor holds .npy or .parquet files"
+    )
 
 
 def _has_hdf5_user_block(handle: Any) -> bool:

@@ -1,4 +1,4 @@
-"""Converting from HDF5, zarr and NumPy into memshard, and back.
+"""Converting from HDF5, zarr, NumPy, Arrow and Parquet into memshard, and back.
 
 A conversion builds the dataset under a staging name, ``DST.memshard-partial``, and renames
 it to ``DST`` once every row is committed, so ``DST`` appears whole or not at all
@@ -181,6 +181,86 @@ def from_numpy(
     from . import npysource
 
     plan = npysource.plan(src, labels=labels)
+    return convert(plan, dst, shard_bytes=shard_bytes, workers=workers, attrs=attrs,
+                   resume=resume, overwrite=overwrite, progress=progress)  # fmt: skip
+
+
+def from_arrow(
+    src: Any,
+    dst: PathLike,
+    *,
+    fields: Mapping[str, str] | None = None,
+    shard_bytes: int | None = None,
+    workers: int = 1,
+    labels: Mapping[str, Sequence[str]] | None = None,
+    attrs: Mapping[str, Any] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> Dataset:
+    """Convert in-memory Apache Arrow data into memshard (needs the ``arrow`` extra).
+
+    ``src`` is a ``pyarrow.Table``, a ``RecordBatch``, a ``RecordBatchReader`` (read whole
+    first) or a list of record batches of one schema. ``fields`` maps field names to column
+    names; omitted, every column of a supported type is taken, named after the column, and
+    the others are listed in the plan as left out. Supported: ``bool``, integer and floating
+    point columns (one value per row), ``fixed_size_list`` of them (nested for more axes) and
+    the ``arrow.fixed_shape_tensor`` extension type (its logical shape). With ``workers > 1``
+    the table is read by threads. See :func:`from_hdf5` for the other parameters.
+
+    Raises:
+        SourceError: ``src`` is not Arrow data, a requested column is missing, or no column
+            can be taken; nothing is written.
+        UnsupportedSourceError: a requested column is of a type memshard cannot store
+            (strings, binary, structs, dictionaries, lists, ...), or a column taken holds a
+            null; the message names the column (and the first row with a null).
+        MissingDependencyError: pyarrow is not installed.
+        DatasetExistsError, ConversionStateError, LabelError: as for :func:`from_hdf5`.
+    """
+    from . import arrow
+
+    plan = arrow.plan_table(src, fields, labels=labels)
+    return convert(plan, dst, shard_bytes=shard_bytes, workers=workers, attrs=attrs,
+                   resume=resume, overwrite=overwrite, progress=progress)  # fmt: skip
+
+
+def from_parquet(
+    src: PathLike | Sequence[PathLike],
+    dst: PathLike,
+    *,
+    fields: Mapping[str, str] | None = None,
+    shard_bytes: int | None = None,
+    workers: int = 1,
+    labels: Mapping[str, Sequence[str]] | None = None,
+    attrs: Mapping[str, Any] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> Dataset:
+    """Convert Parquet files into memshard (needs the ``arrow`` extra).
+
+    ``src`` is a Parquet file, a directory (its ``.parquet`` files, in name order, as one
+    table) or a list of files sharing one schema. Columns are taken as by :func:`from_arrow`.
+    The files are read row group by row group, in batches, so memory stays bounded; with
+    ``workers > 1`` each worker process opens the files itself. A resume checks that the
+    files (their names, sizes and modification times) are those of the first run. See
+    :func:`from_hdf5` for the other parameters.
+
+    Raises:
+        SourceError: a file is missing, not Parquet, or its schema differs from the first
+            file's; a requested column is missing, or no column can be taken. A read that
+            fails while copying raises it too, naming the file and the rows; the rows
+            committed so far are kept for a resume.
+        UnsupportedSourceError: a requested column is of a type memshard cannot store, or a
+            column taken holds a null: before anything is written when the files' statistics
+            count one, else when its row is read; the message names the column and the row.
+        MissingDependencyError: pyarrow is not installed.
+        DatasetExistsError, ConversionStateError, DatasetLockedError: as for :func:`from_hdf5`.
+        LabelError, ConversionFailedError, KeyboardInterrupt: as for :func:`from_hdf5`.
+    """
+    from . import arrow
+
+    plan = arrow.plan_parquet(src, fields, labels=labels)
     return convert(plan, dst, shard_bytes=shard_bytes, workers=workers, attrs=attrs,
                    resume=resume, overwrite=overwrite, progress=progress)  # fmt: skip
 

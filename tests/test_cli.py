@@ -969,7 +969,9 @@ def test_detect_format_refuses(sources: Sources, tmp_path: Path) -> None:
     for name in ["nope", "empty_dir", "other_dir", "short", "empty", "late.bin"]:
         with pytest.raises(SourceError, match=re.escape(str(tmp_path / name))):
             cli.detect_format(str(tmp_path / name))
-    with pytest.raises(SourceError, match=r"not an HDF5 file, a zarr store or a \.npy file"):
+    with pytest.raises(
+        SourceError, match=r"not an HDF5 file, a zarr store, a \.npy or a Parquet file"
+    ):
         cli.detect_format(str(sources.text))
 
 
