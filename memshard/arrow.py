@@ -54,8 +54,9 @@ pq = require("pyarrow.parquet", "arrow")
 MEMORY = "<memory>"
 #: The file name suffix of the Parquet files taken from a directory.
 PARQUET_SUFFIX = ".parquet"
-#: What a Parquet file starts (and ends) with.
-PARQUET_MAGIC = b"PAR1"
+#: Bytes of a Parquet file read at once: pages are decoded as they stream in, so a column
+#: chunk of a large row group is never held whole.
+PARQUET_BUFFER_BYTES = 1 << 20
 #: The Arrow types a column may have, for error messages.
 SUPPORTED_TYPES = (
     "bool, int8-64, uint8-64, float16/32/64, fixed_size_list of those (nested for more "
@@ -441,7 +442,9 @@ def _open_parquet(path: str) -> Any:
         SourceError: it cannot be opened or is not a Parquet file.
     """
     try:
-        return pq.ParquetFile(path)
+        # pyarrow pre-buffers every row group asked for by default: the whole file, for a
+        # conversion that reads all of them.
+        return pq.ParquetFile(path, pre_buffer=False, buffer_size=PARQUET_BUFFER_BYTES)
     except (pa.ArrowException, OSError) as exc:
         raise SourceError(f"{path}: not a readable Parquet file ({_one_line(exc)})") from exc
 
@@ -575,11 +578,21 @@ def _refuse_counted_nulls(
                     statistics = metadata.column(leaves[layout.column]).statistics
                     counted = statistics is not None and statistics.has_null_count
                     if counted and statistics.null_count > 0:
-                        values = handle.read_row_group(group, columns=[layout.column])
-                        row = null_row(values.column(0))
+                        row = _null_row_in_group(handle, group, layout.column)
                         if row is not None:
                             raise _refuse_found_null(path, name, layout.column, before + row)
                 before += size
+
+
+def _null_row_in_group(handle: Any, group: int, column: str) -> int | None:
+    """The first row of row group ``group`` whose ``column`` holds a null, read in batches."""
+    start = 0
+    for batch in handle.iter_batches(row_groups=[group], columns=[column]):
+        row = null_row(batch.column(0))
+        if row is not None:
+            return start + row
+        start += batch.num_rows
+    return None
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 import memshard as ms
 from memshard import arrow as ms_arrow
 from memshard import cli
+from memshard import sources as ms_sources
 from memshard.convert import STAGING_SUFFIX, convert
 from memshard.errors import (
     ConversionStateError,
@@ -468,6 +469,34 @@ def test_a_file_damaged_after_planning_names_the_file_and_rows(tmp_path: Path) -
     with pytest.raises(SourceError, match=message):
         convert(plan, tmp_path / "out", shard_bytes=100 * (8 + 65536))
     assert len(ms.open(staging_of(tmp_path / "out"))) == 200
+
+
+@pytest.mark.parametrize("row_group_rows", [256, 4096], ids=["16-row-groups", "one-row-group"])
+def test_memory_holds_a_read_block_not_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, row_group_rows: int
+) -> None:
+    """pyarrow pre-buffers every row group a reader asks for, and reads a column chunk whole,
+    unless told otherwise: either would hold the whole 16 MiB file here, in blocks of 1 MiB."""
+    monkeypatch.setattr(ms_sources, "READ_BLOCK_BYTES", 256 << 10)
+    monkeypatch.setattr(ms_sources, "MAX_BLOCK_BYTES", 1 << 20)
+    rows = np.arange(4096 * 1024, dtype=np.float32).reshape(4096, 1024)  # 4 KiB a row
+    path = write_parquet(
+        tmp_path / "t.parquet", pa.table({"x": nested_list(rows)}), row_group_rows,
+        compression="none",
+    )  # fmt: skip
+    held: list[int] = []
+    read = ms_arrow.ParquetReader.read
+
+    def measured(self: Any, name: str, start: int, stop: int, out: np.ndarray) -> None:
+        read(self, name, start, stop, out)
+        held.append(pa.total_allocated_bytes() - before)
+
+    monkeypatch.setattr(ms_arrow.ParquetReader, "read", measured)
+    before = pa.total_allocated_bytes()
+    ds = ms.from_parquet(path, tmp_path / "out")
+    assert len(held) >= 16
+    assert max(held) < 8 << 20, held
+    assert_same_values(ds["x"][:], rows)
 
 
 def test_the_opener_travels_to_workers_and_the_table_opener_does_not(tmp_path: Path) -> None:
