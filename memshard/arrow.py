@@ -59,8 +59,8 @@ PARQUET_SUFFIX = ".parquet"
 PARQUET_BUFFER_BYTES = 1 << 20
 #: The Arrow types a column may have, for error messages.
 SUPPORTED_TYPES = (
-    "bool, int8-64, uint8-64, float16/32/64, fixed_size_list of those (nested for more "
-    "axes) and the arrow.fixed_shape_tensor extension type"
+    "columns of bool, int8-64, uint8-64, float16/32/64, fixed_size_list of those (nested for "
+    "more axes) and the arrow.fixed_shape_tensor extension type"
 )
 #: What to do about nulls, for error messages.
 NULL_ADVICE = (
@@ -95,22 +95,16 @@ class _Refused(Exception):
     """A column type memshard cannot store, and why (internal to this module)."""
 
 
-def column_layout(column: str, arrow_type: Any) -> ColumnLayout:
-    """The layout of a column of ``arrow_type``.
-
-    Raises:
-        UnsupportedSourceError: memshard cannot store the type (the message names the column
-            and the type).
-    """
-    try:
-        return _layout(column, arrow_type)
-    except _Refused as exc:
-        raise UnsupportedSourceError(
-            f"column {column!r} is {exc}; memshard takes {SUPPORTED_TYPES}"
-        ) from None
-
-
 def _layout(column: str, arrow_type: Any) -> ColumnLayout:
+    """The layout of a column of ``arrow_type``; raises :class:`_Refused` saying what the
+    column holds if memshard cannot store it."""
+    layout = _typed_layout(column, arrow_type)
+    if 0 in layout.shape:
+        raise _Refused(f"samples of shape {layout.shape}, which hold no elements")
+    return layout
+
+
+def _typed_layout(column: str, arrow_type: Any) -> ColumnLayout:
     if isinstance(arrow_type, pa.FixedShapeTensorType):
         dtype = _value_dtype(arrow_type.value_type, arrow_type)
         permutation = arrow_type.permutation
@@ -119,7 +113,7 @@ def _layout(column: str, arrow_type: Any) -> ColumnLayout:
             axes = tuple(int(axis) for axis in permutation)
         return ColumnLayout(column, dtype, tuple(int(n) for n in arrow_type.shape), axes)
     if isinstance(arrow_type, pa.BaseExtensionType):
-        raise _Refused(f"of the extension type {arrow_type.extension_name} ({arrow_type})")
+        raise _Refused(f"values of the extension type {arrow_type.extension_name}")
     sizes: list[int] = []
     inner = arrow_type
     while pa.types.is_fixed_size_list(inner):
@@ -137,28 +131,27 @@ def _value_dtype(value_type: Any, whole: Any) -> np.dtype[Any]:
         dtype = stored_dtype(np.dtype(value_type.to_pandas_dtype()))
         if dtype is not None:
             return dtype
-    raise _Refused(_type_problem(value_type, whole))
+    raise _Refused(_type_problem(value_type))
 
 
-def _type_problem(value_type: Any, whole: Any) -> str:
-    """What a type memshard refuses holds, in words."""
-    described = whole if value_type == whole else f"{whole}, of {value_type} values"
+def _type_problem(value_type: Any) -> str:
+    """What values of a type memshard refuses are, in words."""
     types = pa.types
     if types.is_string(value_type) or types.is_large_string(value_type):
         kind = "text"
     elif types.is_binary(value_type) or types.is_large_binary(value_type):
         kind = "binary data"
     elif types.is_dictionary(value_type):
-        kind = "dictionary-encoded (categorical) data"
+        kind = "dictionary-encoded (categorical) values"
     elif types.is_struct(value_type):
-        kind = "a struct; select its children as columns of their own (Table.flatten)"
+        kind = "structs (take their children as columns of their own: Table.flatten)"
     elif types.is_list(value_type) or types.is_large_list(value_type):
         kind = "variable-length lists, which memshard does not store yet"
     elif types.is_null(value_type):
         kind = "nulls only"
     else:
-        kind = "not a number memshard stores"
-    return f"of type {described}: {kind}"
+        kind = "values that are not numbers memshard stores"
+    return kind
 
 
 # -- values ------------------------------------------------------------------------------------
@@ -244,22 +237,12 @@ def _describe(column: str, arrow_type: Any, rows: int, chunk_rows: int) -> Array
     try:
         layout = _layout(column, arrow_type)
     except _Refused as exc:
-        return ArrayInfo(column, (rows,), None, problem=f"column {column!r} is {exc}")
+        problem = f"column {column!r} holds {exc} (type {arrow_type})"
+        return ArrayInfo(column, (rows,), None, problem=problem)
     attrs: dict[str, Any] = {"arrow_type": str(arrow_type)}
     if isinstance(arrow_type, pa.FixedShapeTensorType) and arrow_type.dim_names:
         attrs["dim_names"] = [str(name) for name in arrow_type.dim_names]
-    shape = (rows, *layout.shape)
-    problem = None
-    if any(size == 0 for size in layout.shape):
-        problem = f"column {column!r} has samples of shape {layout.shape}, holding no elements"
-    return ArrayInfo(
-        origin=column,
-        shape=shape,
-        dtype=layout.dtype if problem is None else None,
-        chunk_rows=chunk_rows,
-        attrs=attrs,
-        problem=problem,
-    )
+    return ArrayInfo(column, (rows, *layout.shape), layout.dtype, chunk_rows, attrs=attrs)
 
 
 def _choose(
@@ -280,12 +263,39 @@ def _choose(
         repeated = sorted({name for name in names if names.count(name) > 1})
         raise SourceError(f"{location}: the columns {repeated} appear more than once")
     arrays = [_describe(field.name, field.type, rows, chunk_rows) for field in schema]
+    _refuse_unsupported(arrays, fields, location)
     chosen, _, skipped = select_fields(arrays, fields, location=location, available=lambda: names)
     layouts = {
         name: _layout(source.origin, schema.field(source.origin).type)
         for name, source in chosen.items()
     }
     return chosen, layouts, skipped
+
+
+def _refuse_unsupported(
+    arrays: list[ArrayInfo], fields: Mapping[str, str] | None, location: str
+) -> None:
+    """Refuse a requested column memshard cannot store, or, without ``fields``, a source
+    without any column it can (in words of Arrow types, where :func:`select_fields` would
+    speak of NumPy's).
+
+    Raises:
+        UnsupportedSourceError: a requested column cannot be stored.
+        SourceError: no column can be stored.
+    """
+    problems = {info.origin: info.problem for info in arrays if info.problem is not None}
+    if fields is not None:
+        for name, column in fields.items():
+            if problems.get(column) is not None:
+                raise UnsupportedSourceError(
+                    f"{location}: field {name!r}: {problems[column]}; memshard takes "
+                    f"{SUPPORTED_TYPES}"
+                )
+    elif len(problems) == len(arrays):
+        found = "; ".join(problems.values()) or "no columns"
+        raise SourceError(
+            f"{location}: nothing to convert ({found}); memshard takes {SUPPORTED_TYPES}"
+        )
 
 
 def _refuse_found_null(location: str, name: str, column: str, row: int) -> UnsupportedSourceError:

@@ -293,13 +293,16 @@ UNSUPPORTED = {
     "text": (pa.array(["a", "b", "c"]), "text"),
     "blob": (pa.array([b"a", b"b", b"c"]), "binary data"),
     "category": (pa.array(["a", "b", "a"]).dictionary_encode(), "dictionary-encoded"),
-    "record": (pa.array([{"p": 1}, {"p": 2}, {"p": 3}]), "a struct"),
+    "record": (pa.array([{"p": 1}, {"p": 2}, {"p": 3}]), "structs"),
     "tokens": (pa.array([[1], [2, 3], []]), "variable-length lists"),
-    "when": (pa.array(np.arange(3).astype("datetime64[s]")), "not a number"),
-    "money": (pa.array([1, 2, 3], pa.decimal128(5, 2)), "not a number"),
+    "when": (pa.array(np.arange(3).astype("datetime64[s]")), "values that are not numbers"),
+    "money": (pa.array([1, 2, 3], pa.decimal128(5, 2)), "values that are not numbers"),
     "nothing": (pa.nulls(3), "nulls only"),
-    "words": (pa.FixedSizeListArray.from_arrays(pa.array(list("abcdef")), 2), "of string values"),
-    "empty": (pa.array([[], [], []], pa.list_(pa.int8(), 0)), "holding no elements"),
+    "words": (
+        pa.FixedSizeListArray.from_arrays(pa.array(list("abcdef")), 2),
+        r"text \(type fixed_size_list",
+    ),
+    "empty": (pa.array([[], [], []], pa.list_(pa.int8(), 0)), "which hold no elements"),
 }
 
 
@@ -307,7 +310,10 @@ UNSUPPORTED = {
 def test_an_unsupported_column_is_refused_by_name(tmp_path: Path, column: str) -> None:
     values, why = UNSUPPORTED[column]
     table = pa.table({"ok": pa.array([1, 2, 3]), column: values})
-    with pytest.raises(UnsupportedSourceError, match=f"field 'f' .*column {column!r} .*{why}"):
+    with pytest.raises(
+        UnsupportedSourceError,
+        match=f"field 'f': column {column!r} .*{why}.*; memshard takes columns of bool",
+    ):
         ms.from_arrow(table, tmp_path / "out", fields={"f": column})
     assert not os.path.lexists(tmp_path / "out")
     assert not os.path.lexists(staging_of(tmp_path / "out"))
@@ -319,13 +325,16 @@ def test_unsupported_columns_are_left_out_of_an_automatic_selection(tmp_path: Pa
     plan = ms_arrow.plan_table(table)
     assert list(plan.fields) == ["ok"]
     assert set(plan.skipped) == set(columns)
-    assert "text" in plan.skipped["text"]
+    assert plan.skipped["text"] == "column 'text' holds text (type string)"
     path = write_parquet(tmp_path / "t.parquet", table, 2)
     assert list(ms.from_parquet(path, tmp_path / "out").fields) == ["ok"]
 
 
 def test_a_table_without_any_column_memshard_takes(tmp_path: Path) -> None:
-    with pytest.raises(SourceError, match=r"nothing to convert .*'text'"):
+    message = (
+        r"nothing to convert \(column 'text' holds text \(type string\)\); memshard takes columns"
+    )
+    with pytest.raises(SourceError, match=message):
         ms.from_arrow(pa.table({"text": ["a"]}), tmp_path / "out")
 
 
