@@ -18,8 +18,6 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
 from . import manifest as manifest_io
 from .batch import validated_batch
 from .durable import fsync_directory, write_file_durably
@@ -42,13 +40,20 @@ from .errors import (
 )
 from .handles import FileLock
 from .layout import LOCK_NAME, MANIFEST_NAME, MANIFEST_TEMP_PREFIX, SHARDS_DIR, shard_file_name
-from .manifest import FORMAT_NAME, FORMAT_VERSION, FieldSpec, Manifest, Shard, TableRef
+from .manifest import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    FieldSpec,
+    Manifest,
+    Shard,
+    TableRef,
+    shard_files,
+)
 from .mappings import SegmentFile, check_shard_file
 from .publish import publish_manifest
 from .schema import DEFAULT_SHARD_BYTES, field_specs, json_attrs, label_vocabularies, rows_per_shard
-from .shardsequence import ClosedOnExit, ShardSequence
+from .shardsequence import ClosedOnExit, OpenShard, Rows, ShardSequence
 from .shardtable import TABLE_NAME, Shards, TableWriter, empty_table, stem_of
-from .shardwriter import ShardFileWriter
 from .smallfile import read_small_file
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -108,6 +113,7 @@ def create(
         fields=specs,
         labels=label_vocabularies(labels, specs),
         attrs=json_attrs(attrs),
+        shard_bytes=shard_bytes if any(spec.ragged for spec in specs.values()) else None,
         table=TableRef(records=0, rows=0, chain=None),
         shards=(),
     )
@@ -122,7 +128,7 @@ def create(
     try:
         os.makedirs(os.path.join(staging, SHARDS_DIR))
         lock = _lock(staging)
-        write_file_durably(os.path.join(staging, TABLE_NAME), empty_table(len(specs)))
+        write_file_durably(os.path.join(staging, TABLE_NAME), empty_table(specs))
         publish_manifest(staging, manifest)
         fsync_directory(os.path.join(staging, SHARDS_DIR))
         move_into_place(staging, root, overwrite)
@@ -443,6 +449,7 @@ class Appender(ClosedOnExit):
             lambda index, name: shard_file_name(token, index, name),
             first_row=manifest.rows,
             next_index=self._sealed_committed_count + len(manifest.shards) - len(self._upgrade),
+            shard_bytes=manifest.shard_bytes,
         )
         self._created = False  # by create(), which leaves nothing if nothing is committed
         self._metadata: dict[str, Any] = {}  # labels/attrs for the next commit (memshard.edit)
@@ -559,11 +566,11 @@ class Appender(ClosedOnExit):
                     f"{self.path}: shard record at row {record.row_offset} does not follow row "
                     f"{rows}, is unsealed, or has other fields than {sorted(self._specs)}"
                 )
-            for name, file in record.files.items():
-                part = SegmentFile(
-                    file=file, manifest_rows=record.rows, sealed=True, rows=record.rows
-                )
-                check_shard_file(self.path, self._specs[name], part)
+            for name, field_file in record.files.items():
+                files = shard_files(self._specs[name], field_file, record.rows, sealed=True)
+                for stored, file, count in files:
+                    part = SegmentFile(file=file, manifest_rows=count, sealed=True, rows=count)
+                    check_shard_file(self.path, stored, part)
             rows += record.rows
         self._pending.extend(shards)
         self._shards.rows = rows
@@ -650,25 +657,26 @@ class Appender(ClosedOnExit):
         if self._lock is None:
             raise AppenderClosedError(f"{self.path}: the appender is closed")
 
-    def _validated(self, values: Any, *, single_row: bool) -> dict[str, np.ndarray]:
+    def _validated(self, values: Any, *, single_row: bool) -> dict[str, Rows]:
         return validated_batch(
             values, self._specs, self._committed.labels, where=self.path, single_row=single_row
         )
 
     # -- writing -----------------------------------------------------------------------------
-    def _write(self, arrays: dict[str, np.ndarray]) -> None:
+    def _write(self, arrays: dict[str, Rows]) -> None:
         self._guarded(self._shards.write, arrays)
 
     def _continue(self, record: Shard, index: int) -> None:
         """Continue the unsealed last shard: cut it back to its committed rows."""
         for name, spec in self._specs.items():
-            part = SegmentFile(
-                file=record.files[name], manifest_rows=record.rows, sealed=False, rows=record.rows
-            )
-            check_shard_file(self.path, spec, part)
+            for stored, file, count in shard_files(
+                spec, record.files[name], record.rows, sealed=False
+            ):
+                part = SegmentFile(file=file, manifest_rows=count, sealed=False, rows=count)
+                check_shard_file(self.path, stored, part)
         opened = self._shards.continue_shard(index, record.row_offset, dict(record.files))
         try:
-            _check_prefix_checksums(self.path, record, opened.files)
+            _check_prefix_checksums(self.path, record, opened)
         except BaseException:
             self._shards.release()
             raise
@@ -769,9 +777,7 @@ class Appender(ClosedOnExit):
             self._lock = None
 
 
-def _check_prefix_checksums(
-    root: str, record: Shard, writers: Mapping[str, ShardFileWriter]
-) -> None:
+def _check_prefix_checksums(root: str, record: Shard, opened: OpenShard) -> None:
     """The committed rows of a reopened shard must match the ``prefix_checksum`` recorded:
     sealing would otherwise record a checksum of damaged rows as if they were good.
 
@@ -780,8 +786,13 @@ def _check_prefix_checksums(
     """
     bad = [
         name
-        for name, writer in writers.items()
+        for name, writer in opened.files.items()
         if record.files[name].prefix_checksum not in (None, writer.checksum.digest())
+    ]
+    bad += [
+        f"{name} (offsets)"
+        for name, writer in opened.offsets.items()
+        if record.files[name].offsets_prefix_checksum != writer.checksum.digest()
     ]
     if bad:
         raise ChecksumError(

@@ -15,6 +15,7 @@ import numpy as np
 from .dtypes import as_array, stored_array
 from .errors import BatchError, LabelError
 from .manifest import FieldSpec
+from .ragged import Ragged, pack_rows
 
 
 def validated_batch(
@@ -24,7 +25,7 @@ def validated_batch(
     *,
     where: str,
     single_row: bool,
-) -> dict[str, np.ndarray]:
+) -> dict[str, Any]:
     """Check and convert one row (``single_row``) or a batch stacked along axis 0.
 
     Raises:
@@ -37,18 +38,40 @@ def validated_batch(
         LabelError: label values outside the field's vocabulary.
     """
     _check_keys(values, specs, where)
-    arrays = {}
+    arrays: dict[str, np.ndarray] = {}
+    packed: dict[str, Ragged] = {}
     for name, spec in specs.items():
+        if spec.ragged:
+            packed[name] = _ragged_rows(values[name], spec, f"{where}: field {name!r}", single_row)
+            continue
         array = as_array(values[name], where=f"{where}: field {name!r}")
         arrays[name] = array.reshape((1, *array.shape)) if single_row else array
         _check_shape(arrays[name], spec, f"{where}: field {name!r}", single_row)
     lengths = {name: array.shape[0] for name, array in arrays.items()}
+    lengths.update({name: len(rows) for name, rows in packed.items()})
     if len(set(lengths.values())) > 1:
         raise BatchError(f"{where}: fields have different row counts: {lengths}")
     return {
-        name: _converted(arrays[name], spec, labels.get(name), f"{where}: field {name!r}")
+        name: packed[name]
+        if spec.ragged
+        else _converted(arrays[name], spec, labels.get(name), f"{where}: field {name!r}")
         for name, spec in specs.items()
     }
+
+
+def _ragged_rows(value: Any, spec: FieldSpec, where: str, single_row: bool) -> Ragged:
+    """A ragged field's rows as a packed batch (see :func:`memshard.ragged.pack_rows`); one
+    row is an array of shape ``(n, *tail)``."""
+    if single_row:
+        row = as_array(value, where=where)
+        if row.ndim != len(spec.shape) + 1 and row.shape != (0,):
+            raise BatchError(
+                f"{where}: got shape {row.shape} for one row, expected "
+                f"({', '.join(['n', *map(str, spec.shape)])})"
+            )
+        value = [row]
+    values, offsets = pack_rows(value, dtype=spec.numpy_dtype, tail=spec.shape, where=where)
+    return Ragged._of(np.ascontiguousarray(values), offsets)
 
 
 def _check_keys(values: Any, specs: Mapping[str, FieldSpec], where: str) -> None:

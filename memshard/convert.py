@@ -654,6 +654,7 @@ def _write_rows(plan: SourcePlan, appender: Appender, workers: int, progress: bo
             fields=dict(manifest.fields),
             labels=dict(manifest.labels),
             shard_rows=manifest.shard_rows,
+            shard_bytes=manifest.shard_bytes,
         ),
         sources=plan.fields,
         vocabulary_sizes={name: len(vocab) for name, vocab in manifest.labels.items()},

@@ -64,6 +64,11 @@ def to_dask(dataset: Dataset | str | os.PathLike[str], field: str) -> Any:
             f"{dataset.path}: no field {field!r}; fields are {sorted(dataset.fields)}"
         )
     spec = dataset.manifest.fields[field]
+    if spec.ragged:
+        raise SchemaError(
+            f"{dataset.path}: field {field!r} is ragged; a dask array needs rows of one shape "
+            "(read it with memshard.open, or pad it first)"
+        )
     rows, dtype = len(dataset), spec.numpy_dtype
     name = f"memshard-{field}-{dataset.uuid}-{dataset.generation}-{rows}"
     tail = (0,) * len(spec.shape)

@@ -34,15 +34,22 @@ from .smallfile import open_regular, read_small_file
 FORMAT_NAME: Literal["memshard"] = "memshard"
 #: The format version this library writes; it reads every ``1.x`` and ``2.x``. Version 1.1
 #: added ``prefix_checksum`` to the files of the unsealed shard; 2.0 moved the sealed shards
-#: from the manifest into the shard table (:mod:`memshard.shardtable`).
-FORMAT_VERSION = "2.0"
+#: from the manifest into the shard table (:mod:`memshard.shardtable`); 2.1 added ragged
+#: (variable-length) fields.
+FORMAT_VERSION = "2.1"
 FORMAT_MAJOR, FORMAT_MINOR = (int(part) for part in FORMAT_VERSION.split("."))
 #: The newest minor version this library implements of each major version it reads.
-KNOWN_MINORS = {1: 1, 2: 0}
+KNOWN_MINORS = {1: 1, 2: 1}
 #: The first version whose unsealed shard files carry ``prefix_checksum``.
 PREFIX_CHECKSUM_VERSION = (1, 1)
 #: The first major version with a shard table.
 TABLE_MAJOR = 2
+#: The first version with ragged fields (``kind: "ragged"``, ``shard_bytes``).
+RAGGED_VERSION = (2, 1)
+#: What a ragged field's offsets file of a shard holds: one int64 per row, and one more.
+OFFSETS_DTYPE = "<i8"
+#: The suffix that turns a ragged field's values file name into its offsets file name.
+OFFSETS_SUFFIX = ".offsets.npy"
 VERSION_PATTERN = re.compile(r"[0-9]{1,4}\.[0-9]{1,4}", re.ASCII)
 #: A manifest larger than this is refused before it is parsed.
 MAX_MANIFEST_BYTES = 256 << 20
@@ -78,9 +85,9 @@ def _kind_schema(schema: dict[str, Any]) -> None:
     schema.clear()
     schema.update(
         {
-            "description": "how the field's rows are stored; format 2.0 knows only 'fixed', "
-            "the default (spec section 6.3.7)",
-            "enum": ["fixed"],
+            "description": "how the field's rows are stored: 'fixed' (the default) or, from "
+            "format 2.1, 'ragged' (spec section 6.3.7)",
+            "enum": ["fixed", "ragged"],
             "type": "string",
         }
     )
@@ -98,7 +105,12 @@ def _codec_schema(schema: dict[str, Any]) -> None:
 
 
 class FieldSpec(StrictModel):
-    """A field: the dtype (numpy descr) and the shape of one sample."""
+    """A field: the dtype (numpy descr) and the shape of one sample.
+
+    A ragged field (``kind == "ragged"``) has rows of varying length along their first axis;
+    ``shape`` is then the fixed *tail* after it (``()`` for rows of shape ``(n,)``), and
+    :attr:`row_bytes` the bytes of one element, one step along the varying axis.
+    """
 
     dtype: str = Field(json_schema_extra={"enum": cast(Any, sorted(SUPPORTED_DESCRS))})
     shape: tuple[int, ...] = Field(
@@ -108,7 +120,7 @@ class FieldSpec(StrictModel):
     # Keys every format 2 reader knows, so that a later minor version can give a field another
     # layout and be refused clearly by readers that cannot read it, never misread (spec
     # section 6.3.7). Left out when they hold the only value this version knows.
-    kind: Literal["fixed"] = Field(
+    kind: Literal["fixed", "ragged"] = Field(
         default="fixed",
         exclude_if=lambda value: value == "fixed",
         json_schema_extra=_kind_schema,
@@ -121,10 +133,10 @@ class FieldSpec(StrictModel):
     @field_validator("kind", mode="before")
     @classmethod
     def _known_kind(cls, value: Any) -> Any:
-        if value != "fixed":
+        if value not in ("fixed", "ragged"):
             raise ValueError(
-                f"field kind {value!r:.40} is not one this reader knows ('fixed'); it needs a "
-                "newer memshard"
+                f"field kind {value!r:.40} is not one this reader knows ('fixed', 'ragged'); it "
+                "needs a newer memshard"
             )
         return value
 
@@ -164,9 +176,20 @@ class FieldSpec(StrictModel):
         return _numpy_dtype(self.dtype)
 
     @property
+    def ragged(self) -> bool:
+        """Whether the field's rows vary in length (``kind == "ragged"``)."""
+        return self.kind == "ragged"
+
+    @property
     def row_bytes(self) -> int:
-        """Bytes one sample occupies."""
+        """Bytes one sample occupies; of a ragged field, bytes of one element of a row."""
         return _numpy_dtype(self.dtype).itemsize * math.prod(self.shape)
+
+    @property
+    def values(self) -> FieldSpec:
+        """The field as its files store it: a ragged field's values file holds rows of one
+        element each (this spec, ``kind`` fixed); a fixed field is its own."""
+        return self if not self.ragged else _values_spec(self.dtype, self.shape)
 
     @property
     def data_offset(self) -> int:
@@ -177,6 +200,11 @@ class FieldSpec(StrictModel):
 @lru_cache(maxsize=256)
 def _numpy_dtype(descr: str) -> np.dtype[Any]:
     return np.dtype(descr)
+
+
+@lru_cache(maxsize=256)
+def _values_spec(dtype: str, shape: tuple[int, ...]) -> FieldSpec:
+    return FieldSpec(dtype=dtype, shape=shape)
 
 
 @lru_cache(maxsize=256)
@@ -195,6 +223,61 @@ def _prefix_checksum_schema(schema: dict[str, Any]) -> None:
             "type": "string",
         }
     )
+
+
+def _offsets_checksum_schema(schema: dict[str, Any]) -> None:
+    """A string when present; never null (absent instead)."""
+    schema.clear()
+    schema.update(
+        {
+            "description": "xxh3-64 of a ragged field's offsets file: of all its data in a "
+            "sealed shard (offsets_checksum), of its committed bytes in the unsealed one "
+            "(offsets_prefix_checksum); format 2.1, spec section 6.3.10",
+            "pattern": f"^{CHECKSUM_PATTERN.pattern}$",
+            "type": "string",
+        }
+    )
+
+
+def offsets_path(values_path: str) -> str:
+    """The offsets file of the ragged field whose values file is ``values_path``.
+
+    Example:
+        >>> offsets_path("shards/5f0c-00000003.tokens.npy")
+        'shards/5f0c-00000003.tokens.offsets.npy'
+    """
+    return values_path.removesuffix(".npy") + OFFSETS_SUFFIX
+
+
+def offsets_record(file: ShardFile, rows: int, *, sealed: bool) -> ShardFile:
+    """The record of the offsets file beside ``file``, a ragged field's values file in a
+    shard of ``rows`` rows, as of any shard file (its checksum, or its prefix checksum)."""
+    prefix = None if sealed else file.offsets_prefix_checksum
+    return ShardFile(
+        path=file.offsets_path,
+        data_offset=offsets_spec().data_offset,
+        nbytes=(rows + 1) * offsets_spec().row_bytes,
+        checksum=file.offsets_checksum if sealed else None,
+        **({} if prefix is None else {"prefix_checksum": prefix}),
+    )
+
+
+def shard_files(
+    spec: FieldSpec, file: ShardFile, rows: int, *, sealed: bool
+) -> list[tuple[FieldSpec, ShardFile, int]]:
+    """Each file a field has in a shard of ``rows`` rows: ``(what it holds, its record, its
+    leading dimension)``; a ragged field's values file, then its offsets file."""
+    if not spec.ragged:
+        return [(spec, file, rows)]
+    return [
+        (spec.values, file, file.nbytes // spec.row_bytes),
+        (offsets_spec(), offsets_record(file, rows, sealed=sealed), rows + 1),
+    ]
+
+
+def offsets_spec() -> FieldSpec:
+    """What a ragged field's offsets file holds: one int64 per row, plus one."""
+    return _values_spec(OFFSETS_DTYPE, ())
 
 
 class ShardFile(StrictModel):
@@ -228,14 +311,30 @@ class ShardFile(StrictModel):
         default=None, exclude_if=_is_none, json_schema_extra=_prefix_checksum_schema
     )
 
-    @field_validator("checksum", "prefix_checksum")
+    # A ragged field's offsets file (the values file's path, ``.npy`` replaced by
+    # ``.offsets.npy``) has checksums of its own; left out for a fixed field's file.
+    offsets_checksum: str | None = Field(
+        default=None, exclude_if=_is_none, json_schema_extra=_offsets_checksum_schema
+    )
+    offsets_prefix_checksum: str | None = Field(
+        default=None, exclude_if=_is_none, json_schema_extra=_offsets_checksum_schema
+    )
+
+    @property
+    def offsets_path(self) -> str:
+        """The path of a ragged field's offsets file beside this values file."""
+        return offsets_path(self.path)
+
+    @field_validator("checksum", "prefix_checksum", "offsets_checksum", "offsets_prefix_checksum")
     @classmethod
     def _checksum_form(cls, value: str | None) -> str | None:
         if value is not None and not CHECKSUM_PATTERN.fullmatch(value):
             raise ValueError(f"checksum {value!r} is not of the form 'xxh3_64:<16 hex digits>'")
         return value
 
-    @field_validator("prefix_checksum", mode="before")
+    @field_validator(
+        "prefix_checksum", "offsets_checksum", "offsets_prefix_checksum", mode="before"
+    )
     @classmethod
     def _present_means_a_string(cls, value: Any) -> Any:
         if value is None:
@@ -291,6 +390,20 @@ def _table_schema(schema: dict[str, Any]) -> None:
     schema["description"] = "the shard table (format 2; spec section 6.6); absent in format 1"
 
 
+def _shard_bytes_schema(schema: dict[str, Any]) -> None:
+    """An integer when present; never null (absent instead)."""
+    schema.clear()
+    schema.update(
+        {
+            "description": "bytes of data at which a shard rolls over; present exactly when a "
+            "field is ragged (format 2.1; spec section 6.3.13)",
+            "maximum": MAX_COUNT,
+            "minimum": 1,
+            "type": "integer",
+        }
+    )
+
+
 class Manifest(StrictModel):
     """The whole manifest. Construct through :func:`loads` or :func:`load` to get typed errors."""
 
@@ -306,6 +419,11 @@ class Manifest(StrictModel):
     )
     labels: dict[str, tuple[str, ...]]
     attrs: dict[str, Any]
+    #: Format 2.1, with ragged fields only: the bytes of data at which a shard rolls over,
+    #: which their writers need since a shard's rows vary in size. Left out otherwise.
+    shard_bytes: int | None = Field(
+        default=None, ge=1, le=MAX_COUNT, exclude_if=_is_none, json_schema_extra=_shard_bytes_schema
+    )
     #: Format 2: the sealed shards, in the shard table. Left out in format 1.
     table: TableRef | None = Field(
         default=None, exclude_if=_is_none, json_schema_extra=_table_schema
@@ -357,12 +475,24 @@ def is_newer_version(version: str) -> bool:
 
 
 def _check_field_keys(manifest: Manifest) -> None:
-    """``kind`` and ``codec`` came in format 2.0: a 1.x manifest must not have them."""
-    if version_numbers(manifest.version)[0] >= TABLE_MAJOR:
-        return
-    for name, spec in manifest.fields.items():
-        for key in sorted({"kind", "codec"} & spec.model_fields_set):
-            raise ValueError(f"fields.{name}.{key}: not a key of format version 1.x")
+    """``kind`` and ``codec`` came in format 2.0 (a 1.x manifest must not have them), ragged
+    fields and ``shard_bytes`` in 2.1; ``shard_bytes`` is there exactly when a field is
+    ragged."""
+    version = version_numbers(manifest.version)
+    ragged = [name for name, spec in manifest.fields.items() if spec.ragged]
+    if version[0] < TABLE_MAJOR:
+        for name, spec in manifest.fields.items():
+            for key in sorted({"kind", "codec"} & spec.model_fields_set):
+                raise ValueError(f"fields.{name}.{key}: not a key of format version 1.x")
+    if ragged and version < RAGGED_VERSION:
+        raise ValueError(
+            f"fields.{ragged[0]}.kind: 'ragged' came in format version 2.1, the manifest "
+            f"states {manifest.version}"
+        )
+    if ragged and manifest.shard_bytes is None:
+        raise ValueError(f"shard_bytes: required when a field is ragged ({ragged[0]!r} is)")
+    if not ragged and manifest.shard_bytes is not None:
+        raise ValueError("shard_bytes: only a dataset with a ragged field has it")
 
 
 def _check_table(manifest: Manifest) -> int:
@@ -409,7 +539,7 @@ def _check_shards(manifest: Manifest) -> None:
                 f"expected {sorted(manifest.fields)}"
             )
         for name, file in shard.files.items():
-            _check_file(f"{where}.files.{name}", file, manifest.fields[name], shard)
+            check_file_record(f"{where}.files.{name}", file, manifest.fields[name], shard)
             _check_prefix_checksum(f"{where}.files.{name}", file, shard, has_prefix_checksums)
             if file.path in seen_paths:
                 raise ValueError(f"{where}.files.{name}.path {file.path!r} is used twice")
@@ -418,13 +548,22 @@ def _check_shards(manifest: Manifest) -> None:
         raise ValueError(f"rows is {manifest.rows}, but the shards hold {expected_offset} rows")
 
 
-def _check_file(where: str, file: ShardFile, spec: FieldSpec, shard: Shard) -> None:
+def check_file_record(where: str, file: ShardFile, spec: FieldSpec, shard: Shard) -> None:
+    """Check one file record of ``shard`` against its field (raise ``ValueError``); only the
+    shard's ``rows`` and ``sealed`` are used."""
     if file.data_offset != spec.data_offset:
         raise ValueError(
             f"{where}.data_offset is {file.data_offset}, expected {spec.data_offset} "
             f"for dtype {spec.dtype!r} and shape {list(spec.shape)}"
         )
-    if file.nbytes != shard.rows * spec.row_bytes:
+    _check_offsets_keys(where, file, spec, shard)
+    if spec.ragged:
+        if file.nbytes % spec.row_bytes:
+            raise ValueError(
+                f"{where}.nbytes is {file.nbytes}, not a whole number of elements of "
+                f"{spec.row_bytes} bytes"
+            )
+    elif file.nbytes != shard.rows * spec.row_bytes:
         raise ValueError(
             f"{where}.nbytes is {file.nbytes}, expected {shard.rows * spec.row_bytes} "
             f"({shard.rows} rows of {spec.row_bytes} bytes)"
@@ -433,6 +572,19 @@ def _check_file(where: str, file: ShardFile, spec: FieldSpec, shard: Shard) -> N
         raise ValueError(f"{where}.checksum is missing on a sealed shard")
     if not shard.sealed and file.checksum is not None:
         raise ValueError(f"{where}.checksum must be null on an unsealed shard")
+
+
+def _check_offsets_keys(where: str, file: ShardFile, spec: FieldSpec, shard: Shard) -> None:
+    """A ragged field's file states its offsets file's checksum (sealed) or prefix checksum
+    (unsealed); a fixed field's states neither."""
+    wanted = "offsets_checksum" if shard.sealed else "offsets_prefix_checksum"
+    for key in ("offsets_checksum", "offsets_prefix_checksum"):
+        present = getattr(file, key) is not None
+        if present and (not spec.ragged or key != wanted):
+            what = "a fixed field's file" if not spec.ragged else "this shard's file"
+            raise ValueError(f"{where}.{key}: not a key of {what}")
+        if not present and spec.ragged and key == wanted:
+            raise ValueError(f"{where}.{key} is missing (the field is ragged)")
 
 
 def _check_prefix_checksum(where: str, file: ShardFile, shard: Shard, expected: bool) -> None:

@@ -59,12 +59,24 @@ def advise_will_need(array: np.ndarray, rows: np.ndarray) -> int:
     """
     if rows.size == 0 or not array.size:
         return 0
+    wanted = np.unique(rows)
+    return advise_ranges(array, wanted, wanted + 1)
+
+
+def advise_ranges(array: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> int:
+    """Ask the kernel to start reading rows ``starts[i]:stops[i]`` of a mapped array now
+    (``MADV_WILLNEED``), for every ``i``; ``starts`` sorted, ranges non-empty and in range.
+    Ranges whose pages touch are advised together. Returns the number of ``madvise`` calls.
+    """
+    if starts.size == 0 or not array.size:
+        return 0
     page = mmap.PAGESIZE
     row_bytes = array.strides[0]
     base = _address(array)
-    wanted = np.unique(rows)
-    starts = (base + wanted * row_bytes) // page
-    ends = (base + (wanted + 1) * row_bytes + page - 1) // page
+    first_pages = (base + starts * row_bytes) // page
+    ends = (base + stops * row_bytes + page - 1) // page
+    ends = np.maximum.accumulate(ends)
+    starts = first_pages
     gaps = np.flatnonzero(starts[1:] > ends[:-1]) + 1
     run_starts = starts[np.concatenate(([0], gaps))]
     run_ends = ends[np.concatenate((gaps - 1, [ends.size - 1]))]

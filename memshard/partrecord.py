@@ -31,8 +31,10 @@ from .manifest import (
     MAX_COUNT,
     MAX_MANIFEST_BYTES,
     FieldSpec,
+    Shard,
     ShardFile,
     StrictModel,
+    check_file_record,
 )
 from .smallfile import read_small_file
 
@@ -86,11 +88,8 @@ class Part(StrictModel):
                 where = f"shards[{index}].files.{name}"
                 if file.path != shard_file_name(self.id, index, name):
                     raise ValueError(f"{where}.path {file.path!r} is not this part's file")
-                if (
-                    file.data_offset != spec.data_offset
-                    or file.nbytes != shard.rows * spec.row_bytes
-                ):
-                    raise ValueError(f"{where}: data_offset or nbytes does not match the field")
+                sealed = Shard(row_offset=0, rows=shard.rows, sealed=True, files=shard.files)
+                check_file_record(where, file, spec, sealed)
                 if file.checksum is None or file.prefix_checksum is not None:
                     raise ValueError(f"{where}: a sealed file needs a checksum, no prefix_checksum")
         return self

@@ -43,7 +43,7 @@ from .partrecord import (
     dumps_part,
     new_part_id,
 )
-from .shardsequence import ClosedOnExit, ShardSequence
+from .shardsequence import ClosedOnExit, Rows, ShardSequence
 from .shardwriter import WRITE_BUFFER_BYTES
 
 
@@ -60,6 +60,7 @@ class PartTarget:
     fields: dict[str, FieldSpec]
     labels: dict[str, tuple[str, ...]]
     shard_rows: int
+    shard_bytes: int | None = None
 
     @classmethod
     def of(cls, path: str | os.PathLike[str]) -> PartTarget:
@@ -86,6 +87,7 @@ class PartTarget:
             fields=dict(manifest.fields),
             labels=dict(manifest.labels),
             shard_rows=manifest.shard_rows,
+            shard_bytes=manifest.shard_bytes,
         )
 
     def start(self, *, key: PartKey = None, group: str = DEFAULT_GROUP) -> PartWriter:
@@ -138,6 +140,7 @@ class PartWriter(ClosedOnExit):
             target.fields,
             target.shard_rows,
             lambda index, name: shard_file_name(part_id, index, name),
+            shard_bytes=target.shard_bytes,
         )
         self._failure: str | None = None
         self._part: Part | None = None
@@ -238,15 +241,15 @@ class PartWriter(ClosedOnExit):
         if self._lock is None:
             raise AppenderClosedError(f"part {self.id} is closed")
 
-    def _validated(self, values: Any, *, single_row: bool) -> dict[str, np.ndarray]:
+    def _validated(self, values: Any, *, single_row: bool) -> dict[str, Rows]:
         where = f"{self.target.root} (part {self.id})"
         return validated_batch(
             values, self.target.fields, self.target.labels, where=where, single_row=single_row
         )
 
-    def _write(self, arrays: dict[str, np.ndarray]) -> None:
+    def _write(self, arrays: dict[str, Rows]) -> None:
         self._guarded(self._shards.write, arrays)
-        if sum(array.nbytes for array in arrays.values()) >= WRITE_BUFFER_BYTES:
+        if sum(_nbytes(rows) for rows in arrays.values()) >= WRITE_BUFFER_BYTES:
             # Bulk writes: start writeback now, so that close() does not wait for all of it.
             self._guarded(self._shards.start_writeback)
 
@@ -315,3 +318,8 @@ def _create_lock(parts: str, part_id: str) -> FileLock:
             raise
         return FileLock(handle, os.path.join(parts, f"{part_id}.lock"))
     raise OSError(errno.EAGAIN, f"the lock of part {part_id} was removed {LOCK_ATTEMPTS} times")
+
+
+def _nbytes(rows: Rows) -> int:
+    """Bytes of data in a validated field's rows (a ragged field's values)."""
+    return rows.nbytes if isinstance(rows, np.ndarray) else rows.values.nbytes

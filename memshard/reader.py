@@ -24,13 +24,16 @@ from .errors import (
     DatasetNotFoundError,
     FieldNotFoundError,
     FieldTooLargeError,
+    IndexTypeError,
     InvalidIndexError,
     MemshardError,
     OutArrayError,
+    RaggedArrayError,
     ReadFailedError,
 )
 from .indexing import (
     NUMPY_REFUSALS,
+    IndexRows,
     Piece,
     SegmentTable,
     SliceRows,
@@ -40,6 +43,7 @@ from .indexing import (
     plan,
     project_indices,
     project_slice,
+    slice_rows,
     split_pieces,
 )
 from .layout import MANIFEST_NAME, not_found
@@ -52,6 +56,8 @@ from .mappings import (
     segment_breaks_after,
 )
 from .pagecache import advise_will_need, advised_ahead, is_resident
+from .ragged import Ragged
+from .raggedread import RaggedLayout
 from .shardtable import Shards
 from .verify import VerifyReport, verify_dataset
 
@@ -83,10 +89,11 @@ MAX_READ_ROW_BYTES = 2**63 - 1
 
 
 class FieldInfo(NamedTuple):
-    """A field's dtype and the shape of one sample; accepted back by :func:`memshard.create`."""
+    """A field's dtype and the shape of one sample (of a ragged field, ``(None, *tail)``);
+    accepted back by :func:`memshard.create`."""
 
     dtype: np.dtype[Any]
-    shape: tuple[int, ...]
+    shape: tuple[int | None, ...]
 
 
 class _Segments(Sequence[Any]):
@@ -196,6 +203,7 @@ class _Snapshot:
     rows: int
     shards: Shards
     layouts: dict[str, _FieldLayout]
+    ragged: dict[str, RaggedLayout]
 
     @classmethod
     def of(cls, root: str, manifest: Manifest, rows: int, generation: int) -> _Snapshot:
@@ -214,15 +222,22 @@ class _Snapshot:
             return {
                 name: _FieldLayout.of(root, name, spec, shards, lengths, shard_per_segment)
                 for name, spec in manifest.fields.items()
+                if not spec.ragged
             }
 
+        ragged = {
+            name: RaggedLayout(root, name, spec, shards, lengths)
+            for name, spec in manifest.fields.items()
+            if spec.ragged
+        }
+        areas = sum(layout.memory_areas for layout in ragged.values())
         # Whole runs of shards (slices across them are views) while every field's segments
         # fit in the mapping cache together. If they cannot, reads map and unmap as they go,
         # and a miss should map only the shard it needs, not the run around it.
         layouts = layouts_of(False)
-        if sum(layout.memory_areas for layout in layouts.values()) > CACHE.capacity:
+        if areas + sum(layout.memory_areas for layout in layouts.values()) > CACHE.capacity:
             layouts = layouts_of(True)
-        return cls(root, manifest, generation, rows, shards, layouts)
+        return cls(root, manifest, generation, rows, shards, layouts, ragged)
 
 
 def _check_readable(root: str, manifest: Manifest) -> None:
@@ -343,9 +358,10 @@ class Dataset:
 
     @property
     def fields(self) -> dict[str, FieldInfo]:
-        """Field name -> (dtype, sample shape), in definition order."""
+        """Field name -> (dtype, sample shape), in definition order; a ragged field's shape
+        starts with ``None``, the axis whose length varies."""
         return {
-            name: FieldInfo(spec.numpy_dtype, spec.shape)
+            name: FieldInfo(spec.numpy_dtype, (None, *spec.shape) if spec.ragged else spec.shape)
             for name, spec in self._snapshot.manifest.fields.items()
         }
 
@@ -361,10 +377,8 @@ class Dataset:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of data in the visible rows, all fields."""
-        return self._snapshot.rows * sum(
-            spec.row_bytes for spec in self._snapshot.manifest.fields.values()
-        )
+        """Bytes of data in the visible rows, all fields (of a ragged field, its values)."""
+        return sum(self.column(name).nbytes for name in self._snapshot.manifest.fields)
 
     @property
     def shards(self) -> Shards:
@@ -451,8 +465,7 @@ class Dataset:
 
     def __repr__(self) -> str:
         fields = ", ".join(
-            f"{name}: {spec.numpy_dtype}{list(spec.shape)}"
-            for name, spec in self._snapshot.manifest.fields.items()
+            f"{name}: {info.dtype}{list(info.shape)}" for name, info in self.fields.items()
         )
         return (
             f"<memshard.Dataset {self.path!r} rows={len(self)} shards={len(self.shards)} "
@@ -487,6 +500,8 @@ class Dataset:
         if self._closed:
             raise self._closed_error()
         self._check_field(name)
+        if name in self._snapshot.ragged:
+            return RaggedColumn(self, name)
         return Column(self, name)
 
     def take(
@@ -495,17 +510,18 @@ class Dataset:
         out: Mapping[str, np.ndarray] | None = None,
         *,
         fields: list[str] | None = None,
-    ) -> dict[str, np.ndarray]:
+    ) -> dict[str, Any]:
         """Gather rows ``indices`` (any order, repeats and negatives allowed) of every field.
 
         The rows are projected onto shards once and copied once per field, grouped by shard,
-        and returned in request order.
+        and returned in request order: an array per fixed field, a
+        :class:`~memshard.ragged.Ragged` batch (its values in one new buffer) per ragged field.
 
         Parameters:
             indices: a 1-d sequence or array of integers.
             out: optional field -> array to fill, each C-contiguous, writeable, of the field's
                 dtype and shape ``(len(indices), *sample_shape)``. Fields without one get a
-                new array.
+                new array. Not for ragged fields.
             fields: the fields to read (default: all).
 
         Raises:
@@ -518,9 +534,18 @@ class Dataset:
         for name in [*names, *(out or {})]:
             self.column(name)
         array = check_indices(as_index_array(indices, where=self.path), snapshot.rows)
-        result = {}
+        result: dict[str, Any] = {}
         projections: dict[int, list[Piece]] = {}
         for name in names:
+            if name in snapshot.ragged:
+                column = self.column(name)
+                if out is not None and name in out:
+                    raise OutArrayError(f"{column._where()}: a ragged field takes no out array")
+                try:
+                    result[name] = snapshot.ragged[name].gather(array)
+                except Exception as exc:
+                    column._raise_typed(exc, array)
+                continue
             layout = snapshot.layouts[name]
             pieces = projections.get(id(layout.table))
             if pieces is None:
@@ -552,9 +577,12 @@ class Dataset:
         array = check_indices(as_index_array(indices, where=self.path), snapshot.rows)
         for name in names:
             column = self.column(name)
-            layout = snapshot.layouts[name]
             try:
-                column._advise(snapshot, layout, project_indices(array, layout.table))
+                if name in snapshot.ragged:
+                    snapshot.ragged[name].advise(array)
+                else:
+                    layout = snapshot.layouts[name]
+                    column._advise(snapshot, layout, project_indices(array, layout.table))
             except Exception as exc:
                 column._raise_typed(exc, array)
 
@@ -897,6 +925,105 @@ class Column:
         return (_restore_column, (*identity, self.name))
 
 
+class RaggedColumn(Column):
+    """A ragged field: rows of varying length along their first axis (see
+    :mod:`memshard.ragged`). A snapshot, as a :class:`Column` is.
+
+    ``column[i]`` is row ``i``: a read-only view of the mapped values, of shape
+    ``(n, *tail)``. A slice, a 1-d integer array or list, or a boolean mask gives a
+    :class:`~memshard.ragged.Ragged` batch of those rows: a step-1 slice within one shard
+    shares its values with the mapping (a view), anything else packs them into one new buffer.
+    ``np.asarray(column)`` refuses (rows differ in length); use ``column[:].to_padded()`` or
+    ``column[:].values``.
+    """
+
+    __slots__ = ("_layout",)
+
+    def __init__(self, dataset: Dataset, name: str) -> None:
+        super().__init__(dataset, name)
+        self._layout: RaggedLayout = self._snapshot.ragged[name]
+
+    @property
+    def shape(self) -> tuple[Any, ...]:
+        """``(rows, None, *tail)``: ``None`` is the axis whose length varies."""
+        return (self._snapshot.rows, None, *self._spec.shape)
+
+    @property
+    def ndim(self) -> int:
+        """``2 + len(tail)``."""
+        return 2 + len(self._spec.shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the visible rows' values."""
+        return self._layout.elements() * self._spec.row_bytes
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """The length of every visible row (int64), in row order."""
+        if self._dataset._closed:
+            raise self._dataset._closed_error()
+        try:
+            return self._layout.lengths()
+        except Exception as exc:
+            self._raise_typed(exc, slice(None))
+
+    def __repr__(self) -> str:
+        return f"<memshard.RaggedColumn {self.name!r} shape={self.shape} dtype={self.dtype}>"
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> NoReturn:
+        raise RaggedArrayError(
+            f"{self._where()}: a ragged field's rows differ in length, so it is no array; "
+            "use column[:].to_padded() for a padded array or column[:].values for the packed "
+            "elements"
+        )
+
+    def _read(self, key: Any) -> Any:
+        layout = self._layout
+        rows = layout.rows
+        if type(key) is int:
+            return layout.row(_in_range(checked_int(key), rows))
+        if type(key) is slice:
+            return self._rows(slice_rows(key, rows))
+        selection = plan(key, (rows,))
+        after = selection.key
+        if not after or (len(after) == 1 and _is_everything(after[0])):
+            return self._rows(selection.rows)
+        if len(after) == 1 and type(after[0]) is int and isinstance(selection.rows, SliceRows):
+            return layout.row(selection.rows.start)
+        if len(after) == 1 and isinstance(after[0], np.ndarray) and after[0].ndim == 1:
+            return layout.gather(_row_indices(selection.rows)[after[0]])
+        raise IndexTypeError(
+            f"{key!r:.80} selects within rows; a ragged field takes an integer, a slice, or a "
+            "1-d integer array, list or boolean mask of rows"
+        )
+
+    def _rows(self, rows: SliceRows | IndexRows) -> Ragged:
+        layout = self._layout
+        if isinstance(rows, IndexRows):
+            return layout.gather(rows.indices)
+        if rows.step == 1:
+            return layout.run(rows.start, rows.start + rows.count)
+        return layout.gather(_row_indices(rows))
+
+    def _refusal(self, key: Any) -> InvalidIndexError | None:
+        try:
+            plan(key, (self._snapshot.rows,))
+        except InvalidIndexError as error:
+            return error
+        return None
+
+
+def _row_indices(rows: SliceRows | IndexRows) -> np.ndarray:
+    if isinstance(rows, IndexRows):
+        return rows.indices
+    return np.arange(rows.start, rows.stop, rows.step, dtype=np.int64)[: rows.count]
+
+
+def _is_everything(item: Any) -> bool:
+    return isinstance(item, slice) and item == slice(None)
+
+
 def _in_range(row: int, rows: int) -> int:
     """Row ``row`` of ``rows`` (a negative one counts from the end).
 
@@ -929,4 +1056,4 @@ def page_aligned_empty(shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarr
 
 
 def _restore_column(root: str, uuid: str, generation: int, rows: int, name: str) -> Column:
-    return Column(_restore(root, uuid, generation, rows), name)
+    return _restore(root, uuid, generation, rows).column(name)

@@ -15,13 +15,16 @@ from typing import Any
 import numpy as np
 
 from .dtypes import canonical_dtype
-from .errors import SchemaError
+from .errors import SchemaError, UnsupportedDtypeError
 from .layout import check_field_name
 from .manifest import MAX_COUNT, MAX_LABELS, MAX_SAMPLE_NDIM, FieldSpec
 from .npyheader import DATA_ALIGN, HUGE_PAGE
+from .ragged import NUMBER_KINDS
 
 #: A shard rolls over once its rows reach this many bytes (all fields together).
 DEFAULT_SHARD_BYTES = 256 << 20
+#: Bytes of one entry of a ragged field's offsets file (int64).
+OFFSET_BYTES = 8
 #: Largest sample, in bytes, one field may have.
 MAX_ROW_BYTES = 1 << 40
 #: Deepest nesting of user attributes.
@@ -32,10 +35,15 @@ def field_specs(fields: Mapping[str, Any]) -> dict[str, FieldSpec]:
     """Validate ``{name: (dtype, sample_shape)}`` and return manifest field specs.
 
     ``sample_shape`` is a tuple of positive ints (``()`` for scalars); an int means ``(int,)``.
+    A shape whose first dimension is ``None``, ``(None, *tail)``, declares a ragged field: rows
+    of any length along that axis, of fixed shape ``tail`` after it (numbers only: booleans,
+    integers, floats, complex).
 
     Example:
         >>> field_specs({"x": ("float32", (3, 4)), "y": ("int64", ())})["x"]
         FieldSpec(dtype='<f4', shape=(3, 4))
+        >>> field_specs({"tokens": ("int32", (None,))})["tokens"].ragged
+        True
     """
     if not isinstance(fields, Mapping) or not fields:
         raise SchemaError(
@@ -53,19 +61,41 @@ def field_specs(fields: Mapping[str, Any]) -> dict[str, FieldSpec]:
         if dtype_spec is None:  # np.dtype(None) would silently mean float64
             raise SchemaError(f"field {name!r}: the dtype is missing (None)")
         dtype = canonical_dtype(dtype_spec, where=f"field {name!r}")
-        shape = _sample_shape(name, shape_spec)
+        ragged = _declares_ragged(shape_spec)
+        shape = _sample_shape(name, shape_spec[1:] if ragged else shape_spec)
         if dtype.itemsize * math.prod(shape) > MAX_ROW_BYTES:
             raise SchemaError(
                 f"field {name!r}: a sample of shape {shape} and dtype {dtype} exceeds "
                 f"{MAX_ROW_BYTES} bytes"
             )
-        specs[name] = FieldSpec(dtype=dtype.str, shape=shape)
+        if ragged and dtype.kind not in NUMBER_KINDS:
+            raise UnsupportedDtypeError(
+                f"field {name!r}: a ragged field holds numbers (booleans, integers, floats, "
+                f"complex), not dtype {dtype}"
+            )
+        specs[name] = FieldSpec(dtype=dtype.str, shape=shape, kind="ragged" if ragged else "fixed")
     return specs
+
+
+def _declares_ragged(shape: Any) -> bool:
+    """Whether ``shape`` is ``(None, *tail)``; a ``None`` elsewhere is refused by
+    :func:`_sample_shape`."""
+    return (
+        isinstance(shape, Sequence)
+        and not isinstance(shape, (str, bytes))
+        and len(shape) > 0
+        and shape[0] is None
+    )
 
 
 def _sample_shape(name: str, shape: Any) -> tuple[int, ...]:
     if not isinstance(shape, Sequence) or isinstance(shape, (str, bytes)):
         shape = (shape,)
+    if any(dim is None for dim in shape):
+        raise SchemaError(
+            f"field {name!r}: sample shape {tuple(shape)!r}: only the first axis may vary "
+            "(None); the others must be fixed"
+        )
     if any(isinstance(dim, (bool, np.bool_)) for dim in shape):
         raise SchemaError(f"field {name!r}: sample shape {shape!r} must hold integers, not bools")
     try:
@@ -94,6 +124,8 @@ def label_vocabularies(
     for name, vocabulary in labels.items():
         if name not in specs:
             raise SchemaError(f"labels: no field named {name!r}; fields are {list(specs)}")
+        if specs[name].ragged:
+            raise SchemaError(f"labels: field {name!r} is ragged; labels need a fixed field")
         if specs[name].numpy_dtype.kind not in "iu":
             raise SchemaError(
                 f"labels: field {name!r} has dtype {specs[name].dtype!r}; labels need an "
@@ -195,18 +227,25 @@ def rows_per_shard(specs: Mapping[str, FieldSpec], shard_bytes: int) -> int:
         raise SchemaError(
             f"shard_bytes must be an integer from 1 to {MAX_COUNT}, got {shard_bytes!r:.80}"
         )
-    rows = max(1, shard_bytes // sum(spec.row_bytes for spec in specs.values()))
+    rows = max(1, shard_bytes // sum(_bytes_per_row(spec) for spec in specs.values()))
     for unit in (aligned_rows(specs, HUGE_PAGE), aligned_rows(specs, 0)):
         if rows >= unit:
             return rows // unit * unit
     return rows
 
 
+def _bytes_per_row(spec: FieldSpec) -> int:
+    """A fixed field's row, or a ragged field's entry in its offsets file (its values are
+    counted as they come: see :class:`memshard.shardsequence.ShardSequence`)."""
+    return OFFSET_BYTES if spec.ragged else spec.row_bytes
+
+
 def aligned_rows(specs: Mapping[str, FieldSpec], huge_page: int) -> int:
     """The fewest rows that fill whole pages in every field and, if ``huge_page``, whole
     huge pages in the widest field."""
-    units = [DATA_ALIGN // math.gcd(spec.row_bytes, DATA_ALIGN) for spec in specs.values()]
+    sizes = [_bytes_per_row(spec) for spec in specs.values()]
+    units = [DATA_ALIGN // math.gcd(size, DATA_ALIGN) for size in sizes]
     if huge_page:
-        widest = max(spec.row_bytes for spec in specs.values())
+        widest = max(sizes)
         units.append(huge_page // math.gcd(widest, huge_page))
     return math.lcm(*units)

@@ -1,11 +1,13 @@
 """Writing rows into a sequence of shards: the one mechanism the appender and part writers share.
 
 A :class:`ShardSequence` appends validated rows to the files of its open shard (one per
-field), rolls to a new shard when the open one holds ``shard_rows`` rows, and seals the full
-one: final header, checksum, read-only mode, and an ``fsync`` deferred to the next
-:meth:`ShardSequence.sync_sealed` (see :class:`~memshard.durable.DeferredSync`). It keeps at
-most :data:`~memshard.shardwriter.MAX_OPEN_SHARD_FILES` descriptors open, whatever the number
-of fields.
+field, and a ragged field's offsets file), rolls to a new shard when the open one holds
+``shard_rows`` rows or, in a dataset with ragged fields, when the next row would take its data
+past ``shard_bytes``, and seals the full one: final header, checksum, read-only mode, and an
+``fsync`` deferred to the next :meth:`ShardSequence.sync_sealed` (see
+:class:`~memshard.durable.DeferredSync`). It keeps at most
+:data:`~memshard.shardwriter.MAX_OPEN_SHARD_FILES` descriptors open, whatever the number of
+fields.
 
 It never publishes anything: its owner (:class:`~memshard.appender.Appender`,
 :class:`~memshard.partwriter.PartWriter`) takes the sealed shards' records and the open
@@ -24,8 +26,14 @@ from typing import Any, TypeVar
 import numpy as np
 
 from .durable import DeferredSync
-from .manifest import FieldSpec, ShardFile
+from .manifest import FieldSpec, ShardFile, offsets_path, offsets_record, offsets_spec
+from .ragged import Ragged
 from .shardwriter import DescriptorBudget, ShardFileWriter
+
+#: What a writer is given for one field, validated: rows of a fixed field, or a ragged
+#: field's :class:`~memshard.ragged.Ragged` batch (C-contiguous values, offsets from 0).
+Rows = np.ndarray | Ragged
+_OFFSET_BYTES = 8
 
 
 @dataclass(frozen=True)
@@ -40,12 +48,29 @@ class SealedShard:
 
 @dataclass
 class OpenShard:
-    """The shard rows are being appended to: its position ``index``, first row, rows so far."""
+    """The shard rows are being appended to: its position ``index``, first row, rows so far;
+    each field's (values) file, and each ragged field's offsets file and elements so far."""
 
     index: int
     row_offset: int
     rows: int
     files: dict[str, ShardFileWriter] = field(default_factory=dict)
+    offsets: dict[str, ShardFileWriter] = field(default_factory=dict)
+    elements: dict[str, int] = field(default_factory=dict)
+
+    def writers(self) -> list[ShardFileWriter]:
+        """Every file of the shard."""
+        return [*self.files.values(), *self.offsets.values()]
+
+    def data_bytes(self, specs: dict[str, FieldSpec]) -> int:
+        """Bytes of data in the shard's files so far."""
+        total = 0
+        for name, spec in specs.items():
+            if spec.ragged:
+                total += self.elements[name] * spec.row_bytes + (self.rows + 1) * _OFFSET_BYTES
+            else:
+                total += self.rows * spec.row_bytes
+        return total
 
 
 class ShardSequence:
@@ -57,6 +82,8 @@ class ShardSequence:
         specs: the fields, in the order their files are written.
         shard_rows: rows a shard holds before the sequence rolls to the next.
         file_name: ``(index, field) -> path`` of a new shard file, relative to ``root``.
+        shard_bytes: with ragged fields, the bytes of data (every file of the shard) a shard
+            holds at most, unless its one row is larger.
     """
 
     def __init__(
@@ -68,6 +95,7 @@ class ShardSequence:
         *,
         first_row: int = 0,
         next_index: int = 0,
+        shard_bytes: int | None = None,
     ) -> None:
         self.root = root
         self.rows = first_row
@@ -76,6 +104,11 @@ class ShardSequence:
         self.created_files = False
         self._specs = specs
         self._shard_rows = shard_rows
+        self._ragged = [name for name, spec in specs.items() if spec.ragged]
+        if self._ragged and shard_bytes is None:
+            raise ValueError("a sequence of shards with ragged fields needs shard_bytes")
+        self._shard_bytes = shard_bytes or 0
+        self._fixed_row_bytes = sum(s.row_bytes for s in specs.values() if not s.ragged)
         self._file_name = file_name
         self._sealed: list[SealedShard] = []
         self._syncs = DeferredSync()
@@ -96,9 +129,17 @@ class ShardSequence:
         shard = OpenShard(index=index, row_offset=row_offset, rows=rows)
         try:
             for name, spec in self._specs.items():
+                file = files[name]
+                count = file.nbytes // spec.row_bytes if spec.ragged else rows
                 shard.files[name] = ShardFileWriter.reopen(
-                    self.root, files[name], spec, rows, self._budget
+                    self.root, file, spec.values, count, self._budget
                 )
+                if spec.ragged:
+                    shard.elements[name] = count
+                    shard.offsets[name] = ShardFileWriter.reopen(
+                        self.root, offsets_record(file, rows, sealed=False), offsets_spec(),
+                        rows + 1, self._budget,
+                    )  # fmt: skip
         except BaseException:
             _close_all(shard)
             raise
@@ -106,20 +147,60 @@ class ShardSequence:
         self.next_index = max(self.next_index, index + 1)
         return shard
 
-    def write(self, arrays: dict[str, np.ndarray]) -> None:
+    def write(self, arrays: dict[str, Rows]) -> None:
         """Append ``arrays`` (validated: every field, equal lengths), rolling and sealing."""
-        count = next(iter(arrays.values())).shape[0]
+        count = len(next(iter(arrays.values())))
         done = 0
         while done < count:
             shard = self.open if self.open is not None else self._start()
             take = min(self._shard_rows - shard.rows, count - done)
-            for name, array in arrays.items():
-                shard.files[name].write(memoryview(array[done : done + take].data).cast("B"))
+            full = take < count - done or shard.rows + take == self._shard_rows
+            if self._ragged:
+                fitting = self._rows_that_fit(shard, arrays, done, take)
+                full = full or fitting < take
+                take = fitting
+            for name, rows in arrays.items():
+                if not take:
+                    break
+                if isinstance(rows, Ragged):
+                    self._write_ragged(shard, name, rows, done, take)
+                else:
+                    shard.files[name].write(memoryview(rows[done : done + take].data).cast("B"))
             shard.rows += take
             self.rows += take
             done += take
-            if shard.rows == self._shard_rows:
+            if full:
                 self.seal_open()
+
+    def _rows_that_fit(
+        self, shard: OpenShard, arrays: dict[str, Rows], done: int, most: int
+    ) -> int:
+        """How many of the ``most`` rows from ``done`` on fit in the open shard's
+        ``shard_bytes`` (one at least, if the shard is empty)."""
+        steps = np.arange(1, most + 1, dtype=np.int64)
+        added = steps * (self._fixed_row_bytes + _OFFSET_BYTES * len(self._ragged))
+        for name in self._ragged:
+            rows = arrays[name]
+            assert isinstance(rows, Ragged)
+            offsets = rows.offsets[done : done + most + 1]
+            added += (offsets[1:] - offsets[0]) * self._specs[name].row_bytes
+        room = self._shard_bytes - shard.data_bytes(self._specs)
+        fitting = int(np.searchsorted(added, room, side="right"))
+        return max(fitting, 1) if shard.rows == 0 else fitting
+
+    def _write_ragged(
+        self, shard: OpenShard, name: str, rows: Ragged, done: int, take: int
+    ) -> None:
+        """Append ``take`` rows of a ragged batch from row ``done``: their values, and their
+        ends (counted from the shard's first element) to the offsets file."""
+        offsets = rows.offsets[done : done + take + 1]
+        first, end = int(offsets[0]), int(offsets[-1])
+        values = rows.values[first:end]
+        if values.size:
+            shard.files[name].write(memoryview(values.data).cast("B"))
+        ends = (offsets[1:] - first + shard.elements[name]).astype("<i8", copy=False)
+        shard.offsets[name].write(memoryview(ends.data).cast("B"))
+        shard.elements[name] += end - first
 
     def seal_open(self) -> None:
         """Seal the open shard, if any; one without rows is deleted instead."""
@@ -127,15 +208,20 @@ class ShardSequence:
         if shard is None:
             return
         if shard.rows == 0:
-            for file in shard.files.values():
+            for file in shard.writers():
                 file.close()
                 os.unlink(file.full_path)
             return
         records = {}
         for name, file in shard.files.items():
-            file.seal(shard.rows)
-            records[name] = self._record(name, file, shard.rows, checksum=file.checksum.digest())
-        self._syncs.add([file.full_path for file in shard.files.values()])
+            file.seal(shard.elements.get(name, shard.rows))
+            offsets = shard.offsets.get(name)
+            extra = {}
+            if offsets is not None:
+                offsets.seal(shard.rows + 1)
+                extra["offsets_checksum"] = offsets.checksum.digest()
+            records[name] = self._record(name, shard, checksum=file.checksum.digest(), **extra)
+        self._syncs.add([file.full_path for file in shard.writers()])
         self._sealed.append(SealedShard(shard.row_offset, shard.rows, records))
 
     def take_sealed(self) -> list[SealedShard]:
@@ -157,31 +243,43 @@ class ShardSequence:
         shard = self.open
         if shard is None:
             return None
-        for file in shard.files.values():
-            file.write_header(shard.rows)
+        for name, file in shard.files.items():
+            file.write_header(shard.elements.get(name, shard.rows))
+            file.sync()
+        for file in shard.offsets.values():
+            file.write_header(shard.rows + 1)
             file.sync()
         if shard.rows == 0:
             return None
-        return {
-            name: self._record(
-                name, file, shard.rows, checksum=None, prefix_checksum=file.checksum.digest()
+        records = {}
+        for name, file in shard.files.items():
+            offsets = shard.offsets.get(name)
+            extra = {}
+            if offsets is not None:
+                extra["offsets_prefix_checksum"] = offsets.checksum.digest()
+            records[name] = self._record(
+                name, shard, checksum=None, prefix_checksum=file.checksum.digest(), **extra
             )
-            for name, file in shard.files.items()
-        }
+        return records
 
     def start_writeback(self) -> None:
         """Start writing the open shard's data to disk now (see
         :meth:`ShardFileWriter.start_writeback`)."""
         if self.open is not None:
-            for file in self.open.files.values():
+            for file in self.open.writers():
                 file.start_writeback()
 
     def written_paths(self) -> list[str]:
         """Paths (relative to the root) of every file the sequence holds open or sealed since
         the last :meth:`take_sealed`."""
-        paths = [file.path for shard in self._sealed for file in shard.files.values()]
+        paths = []
+        for sealed in self._sealed:
+            for file in sealed.files.values():
+                paths.append(file.path)
+                if file.offsets_checksum is not None:
+                    paths.append(file.offsets_path)
         if self.open is not None:
-            paths += [file.path for file in self.open.files.values()]
+            paths += [file.path for file in self.open.writers()]
         return paths
 
     def release(self) -> None:
@@ -196,10 +294,18 @@ class ShardSequence:
         try:
             for name, spec in self._specs.items():
                 relpath = self._file_name(shard.index, name)
-                shard.files[name] = ShardFileWriter.create(self.root, relpath, spec, self._budget)
+                shard.files[name] = ShardFileWriter.create(
+                    self.root, relpath, spec.values, self._budget
+                )
                 self.created_files = True
+                if spec.ragged:
+                    shard.elements[name] = 0
+                    shard.offsets[name] = ShardFileWriter.create(
+                        self.root, offsets_path(relpath), offsets_spec(), self._budget
+                    )
+                    shard.offsets[name].write(memoryview(np.zeros(1, "<i8").data).cast("B"))
         except BaseException:
-            for file in shard.files.values():
+            for file in shard.writers():
                 file.close()
                 with contextlib.suppress(OSError):
                     os.unlink(file.full_path)
@@ -208,10 +314,14 @@ class ShardSequence:
         self.open = shard
         return shard
 
-    def _record(self, name: str, file: ShardFileWriter, rows: int, **checksums: Any) -> ShardFile:
+    def _record(self, name: str, shard: OpenShard, **checksums: Any) -> ShardFile:
         spec = self._specs[name]
+        count = shard.elements.get(name, shard.rows)
         return ShardFile(
-            path=file.path, data_offset=spec.data_offset, nbytes=rows * spec.row_bytes, **checksums
+            path=shard.files[name].path,
+            data_offset=spec.data_offset,
+            nbytes=count * spec.row_bytes,
+            **checksums,
         )
 
 
@@ -241,6 +351,6 @@ class ClosedOnExit:
 
 
 def _close_all(shard: OpenShard) -> None:
-    for file in shard.files.values():
+    for file in shard.writers():
         with contextlib.suppress(OSError):
             file.close()

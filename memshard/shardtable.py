@@ -3,7 +3,9 @@ append-only ``.npy`` file (``shard_table.npy``), so that opening, refreshing and
 the same whatever the number of shards (``spec/FORMAT.md``, section "Shard table").
 
 A record holds the shard's first row, its row count, the stem of its file names (field ``f``
-of the shard is ``shards/<stem>.<f>.npy``), the xxh3-64 of each field's data, and a *chain*
+of the shard is ``shards/<stem>.<f>.npy``), the xxh3-64 of each field's data, for each ragged
+field (format 2.1) its element count and the xxh3-64 of its offsets file
+(``shards/<stem>.<f>.offsets.npy``), and a *chain*
 value: the xxh3-64 of the record's other bytes, seeded with the previous record's chain (the
 first record's seed comes from the dataset's uuid). The manifest states how many records are
 committed and the chain of the last one, so checking that one value checks that the table is
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, overload
 
 import numpy as np
@@ -31,7 +33,8 @@ from .durable import fsync_directory
 from .errors import MemshardError, ShardTableError, UpgradeError
 from .filemap import map_readonly
 from .layout import SHARDS_DIR
-from .manifest import FieldSpec, Manifest, Shard, ShardFile, TableRef
+from .manifest import FieldSpec, Manifest, Shard, ShardFile, TableRef, offsets_path
+from .ragged import MAX_ELEMENTS
 from .smallfile import open_regular
 
 #: The shard table's file, beside ``manifest.json``.
@@ -45,17 +48,28 @@ _CHAIN_BYTES = 8
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
-def record_dtype(fields: int) -> np.dtype[Any]:
-    """The dtype of a record of a dataset with ``fields`` fields (packed, little-endian)."""
-    return np.dtype(
-        [
-            ("row_offset", "<i8"),
-            ("rows", "<i8"),
-            ("stem", f"S{STEM_BYTES}"),
-            ("checksums", "<u8", (fields,)),
-            ("chain", "<u8"),
-        ]
-    )
+def record_dtype(fields: int, ragged: int = 0) -> np.dtype[Any]:
+    """The dtype of a record of a dataset with ``fields`` fields of which ``ragged`` are
+    ragged (packed, little-endian); without ragged fields, a format 2.0 record."""
+    members: list[tuple[Any, ...]] = [
+        ("row_offset", "<i8"),
+        ("rows", "<i8"),
+        ("stem", f"S{STEM_BYTES}"),
+        ("checksums", "<u8", (fields,)),
+    ]
+    if ragged:
+        members += [("elements", "<i8", (ragged,)), ("offsets_checksums", "<u8", (ragged,))]
+    return np.dtype([*members, ("chain", "<u8")])
+
+
+def table_dtype(specs: Mapping[str, FieldSpec]) -> np.dtype[Any]:
+    """The record dtype of a dataset with fields ``specs``."""
+    return record_dtype(len(specs), len(ragged_fields(specs)))
+
+
+def ragged_fields(specs: Mapping[str, FieldSpec]) -> list[str]:
+    """The names of the ragged fields, in field order (the order of a record's columns)."""
+    return [name for name, spec in specs.items() if spec.ragged]
 
 
 def chain_seed(uuid: str) -> int:
@@ -97,14 +111,16 @@ def _checksum_value(checksum: str | None) -> int:
 
 
 def encode(
-    shards: Sequence[Shard], fields: Sequence[str], previous: int, *, where: str
+    shards: Sequence[Shard], specs: Mapping[str, FieldSpec], previous: int, *, where: str
 ) -> np.ndarray:
     """The records of sealed ``shards``, chained after a record whose chain is ``previous``.
 
     Raises:
         UpgradeError: a shard's file names do not follow ``shards/<stem>.<field>.npy``.
     """
-    records = np.zeros(len(shards), dtype=record_dtype(len(fields)))
+    fields = list(specs)
+    ragged = ragged_fields(specs)
+    records = np.zeros(len(shards), dtype=table_dtype(specs))
     for position, shard in enumerate(shards):
         stem = stem_of(shard)
         if stem is None or not shard.sealed:
@@ -118,6 +134,13 @@ def encode(
         record["rows"] = shard.rows
         record["stem"] = stem.encode("ascii")
         record["checksums"] = [_checksum_value(shard.files[name].checksum) for name in fields]
+        if ragged:
+            record["elements"] = [
+                shard.files[name].nbytes // specs[name].row_bytes for name in ragged
+            ]
+            record["offsets_checksums"] = [
+                _checksum_value(shard.files[name].offsets_checksum) for name in ragged
+            ]
     if not len(shards):
         return records
     raw = records.view(np.uint8).reshape(len(shards), -1)
@@ -140,13 +163,14 @@ class ShardTable:
         self._manifest = manifest
         self._array = array
         self._fields = tuple(manifest.fields)
+        self._ragged = {name: i for i, name in enumerate(ragged_fields(manifest.fields))}
         self._checked: dict[int, Shard] = {}
         self._columns: tuple[np.ndarray, np.ndarray] | None = None
 
     @classmethod
     def empty(cls, root: str, manifest: Manifest) -> ShardTable:
         """The table of a manifest without one (format 1) or with no records."""
-        return cls(root, manifest, np.zeros(0, dtype=record_dtype(len(manifest.fields))))
+        return cls(root, manifest, np.zeros(0, dtype=table_dtype(manifest.fields)))
 
     @classmethod
     def open(cls, root: str, manifest: Manifest) -> ShardTable:
@@ -160,7 +184,7 @@ class ShardTable:
         if ref is None or ref.records == 0:
             return cls.empty(root, manifest)
         path = os.path.join(root, TABLE_NAME)
-        dtype = record_dtype(len(manifest.fields))
+        dtype = table_dtype(manifest.fields)
         array = _map_records(path, dtype, ref.records)
         table = cls(root, manifest, array)
         last = int(array[ref.records - 1]["chain"])
@@ -216,10 +240,33 @@ class ShardTable:
         if not STEM_PATTERN.fullmatch(stem) or len(raw_stem) > STEM_BYTES:
             raise ShardTableError(f"{where}: stem {raw_stem!r} is not a valid file stem")
         files = {
-            name: _sealed_file(stem, name, spec, rows, int(record["checksums"][position]))
+            name: self._sealed_file(record, stem, name, spec, position, where)
             for position, (name, spec) in enumerate(self._manifest.fields.items())
         }
         return Shard(row_offset=row_offset, rows=rows, sealed=True, files=files)
+
+    def _sealed_file(
+        self, record: Any, stem: str, name: str, spec: FieldSpec, position: int, where: str
+    ) -> ShardFile:
+        path = shard_path(stem, name)
+        checksum = _format_checksum(int(record["checksums"][position]))
+        rows = int(record["rows"])
+        ragged = self._ragged.get(name)
+        if ragged is None:
+            return ShardFile(
+                path=path, data_offset=spec.data_offset, nbytes=rows * spec.row_bytes,
+                checksum=checksum,
+            )  # fmt: skip
+        elements = int(record["elements"][ragged])
+        if not 0 <= elements <= MAX_ELEMENTS:
+            raise ShardTableError(f"{where}: field {name!r} has {elements} elements")
+        return ShardFile(
+            path=path,
+            data_offset=spec.data_offset,
+            nbytes=elements * spec.row_bytes,
+            checksum=checksum,
+            offsets_checksum=_format_checksum(int(record["offsets_checksums"][ragged])),
+        )
 
     def _expected_chain_before(self, index: int) -> int:
         if index == 0:
@@ -252,6 +299,11 @@ class ShardTable:
             self._columns = offsets, rows
         return self._columns
 
+    def elements(self, name: str) -> np.ndarray:
+        """The element count of ragged field ``name`` in every record (unchecked: for sizes
+        and progress, not for reading)."""
+        return np.ascontiguousarray(self._array["elements"][:, self._ragged[name]], np.int64)
+
     def stems(self) -> list[str]:
         """The stem of every record (unchecked: for listing file names to keep)."""
         return [
@@ -269,13 +321,8 @@ class ShardTable:
         return cached if cached is not None else self._decode(index)
 
 
-def _sealed_file(stem: str, name: str, spec: FieldSpec, rows: int, checksum: int) -> ShardFile:
-    return ShardFile(
-        path=shard_path(stem, name),
-        data_offset=spec.data_offset,
-        nbytes=rows * spec.row_bytes,
-        checksum=f"{ALGORITHM}:{checksum:016x}",
-    )
+def _format_checksum(value: int) -> str:
+    return f"{ALGORITHM}:{value:016x}"
 
 
 def _map_records(path: str, dtype: np.dtype[Any], records: int) -> np.ndarray:
@@ -371,14 +418,22 @@ class Shards(Sequence[Shard]):
     def file_paths(self) -> set[str]:
         """The manifest path of every file of every shard."""
         fields = list(self.table._fields)
+        ragged = list(self.table._ragged)
         paths = {shard_path(stem, name) for stem in self.table.stems() for name in fields}
-        paths.update(file.path for shard in self.tail for file in shard.files.values())
+        paths.update(
+            offsets_path(shard_path(stem, name)) for stem in self.table.stems() for name in ragged
+        )
+        for shard in self.tail:
+            for file in shard.files.values():
+                paths.add(file.path)
+                if file.offsets_prefix_checksum is not None or file.offsets_checksum is not None:
+                    paths.add(file.offsets_path)
         return paths
 
 
-def empty_table(fields: int) -> bytes:
-    """The bytes of a shard table with no record, for a dataset of ``fields`` fields."""
-    return npyheader.header_bytes(record_dtype(fields), (), 0)
+def empty_table(specs: Mapping[str, FieldSpec]) -> bytes:
+    """The bytes of a shard table with no record, for a dataset of fields ``specs``."""
+    return npyheader.header_bytes(table_dtype(specs), (), 0)
 
 
 class TableWriter:
@@ -387,8 +442,8 @@ class TableWriter:
 
     def __init__(self, root: str, manifest: Manifest) -> None:
         self._root = root
-        self._fields = tuple(manifest.fields)
-        self._dtype = record_dtype(len(self._fields))
+        self._specs = dict(manifest.fields)
+        self._dtype = table_dtype(self._specs)
         ref = manifest.table
         self.records = 0 if ref is None else ref.records
         self.rows = 0 if ref is None else ref.rows
@@ -414,7 +469,7 @@ class TableWriter:
         Raises:
             UpgradeError: see :func:`encode`.
         """
-        records = encode(shards, self._fields, self._chain, where=self._root)
+        records = encode(shards, self._specs, self._chain, where=self._root)
         if not len(records):
             return PendingRecords(records, self.ref())
         last = records[-1]

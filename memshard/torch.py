@@ -44,6 +44,7 @@ from .errors import (
     FieldNotFoundError,
     InvalidIndexError,
     SamplerError,
+    SchemaError,
     TransformError,
 )
 from .indexing import as_index_array
@@ -132,9 +133,15 @@ class MemshardDataset(TorchDataset[Sample]):
         self.transform = transform
         self.batch_transform = batch_transform
         described = self.dataset.fields
+        ragged = [name for name in self.fields if None in described[name].shape]
+        if ragged:
+            raise SchemaError(
+                f"{self.dataset.path}: field {ragged[0]!r} is ragged; the torch Dataset does not "
+                "batch ragged fields yet"
+            )
         # (torch dtype, sample shape) of each selected field, worked out once, not per batch.
         self._sample_types = {
-            name: (_torch_dtype(described[name].dtype), described[name].shape)
+            name: (_torch_dtype(described[name].dtype), _fixed(described[name].shape))
             for name in self.fields
         }
         self.prefetch = prefetch
@@ -182,6 +189,10 @@ class MemshardDataset(TorchDataset[Sample]):
             tensor = torch.empty((size, *shape), dtype=dtype)
             tensors[name] = tensor.share_memory_() if in_worker else tensor  # type: ignore[no-untyped-call]
         return tensors
+
+
+def _fixed(shape: tuple[int | None, ...]) -> tuple[int, ...]:
+    return tuple(dim for dim in shape if dim is not None)
 
 
 def _torch_dtype(dtype: np.dtype[Any]) -> torch.dtype:

@@ -30,7 +30,7 @@ from .errors import (
     ShardTableError,
 )
 from .layout import MANIFEST_NAME, not_found, open_shard
-from .manifest import FieldSpec, Manifest, Shard, ShardFile
+from .manifest import FieldSpec, Manifest, Shard, ShardFile, shard_files
 from .mappings import SegmentFile, check_shard_file
 from .shardtable import TABLE_NAME, Shards
 from .smallfile import read_small_file
@@ -159,15 +159,19 @@ def verify(
     started = time.perf_counter()
     buffer = bytearray(READ_CHUNK)
     for shard in _readable(shards, result):
-        for name, file in shard.files.items():
-            interrupt.check()
-            spec = manifest.fields[name]
-            result.files += 1
-            problem = _check_file(root, spec, shard, file, buffer, result, report)
-            if problem is not None:
-                result.problems.append(problem)
-            elif _expected_checksum(shard, file) is None:
-                result.unchecked.append(_unchecked(root, shard, file))
+        for name, field_file in shard.files.items():
+            declared = manifest.fields[name]
+            files = shard_files(declared, field_file, shard.rows, sealed=shard.sealed)
+            for spec, file, count in files:
+                interrupt.check()
+                result.files += 1
+                problem = _check_file(root, spec, shard, file, count, buffer, result, report)
+                if problem is None and declared.ragged and file.path != field_file.path:
+                    problem = _check_offsets(root, shard, file, field_file, declared)
+                if problem is not None:
+                    result.problems.append(problem)
+                elif _expected_checksum(shard, file) is None:
+                    result.unchecked.append(_unchecked(root, shard, file))
     result.seconds = time.perf_counter() - started
     return result
 
@@ -193,12 +197,21 @@ def total_bytes(manifest: Manifest, shards: Shards) -> int:
         _, rows = shards.table.columns()
     except ShardTableError:  # verify reports it; the bar is only a guide
         rows = np.zeros(0, dtype=np.int64)
-    sealed = int(rows.sum()) * sum(spec.row_bytes for spec in manifest.fields.values())
+    sealed = 0
+    for name, spec in manifest.fields.items():
+        if spec.ragged:
+            elements = shards.table.elements(name)[: len(rows)]
+            sealed += int(elements.sum()) * spec.row_bytes + (int(rows.sum()) + len(rows)) * 8
+        else:
+            sealed += int(rows.sum()) * spec.row_bytes
     return sealed + sum(
         file.nbytes
         for shard in shards.tail
-        for name, file in shard.files.items()
-        if _is_read(manifest.fields[name], shard, file)
+        for name, field_file in shard.files.items()
+        for spec, file, _ in shard_files(
+            manifest.fields[name], field_file, shard.rows, sealed=shard.sealed
+        )
+        if _is_read(spec, shard, file)
     )
 
 
@@ -237,16 +250,18 @@ def _check_file(
     spec: FieldSpec,
     shard: Shard,
     file: ShardFile,
+    count: int,
     buffer: bytearray,
     result: VerifyReport,
     report: Callable[[int], object] | None,
 ) -> Problem | None:
+    """Check one file of ``count`` rows (elements, for a ragged field's values file)."""
     where = os.path.join(root, file.path)
     try:
         check_shard_file(
             root,
             spec,
-            SegmentFile(file=file, manifest_rows=shard.rows, sealed=shard.sealed, rows=shard.rows),
+            SegmentFile(file=file, manifest_rows=count, sealed=shard.sealed, rows=count),
         )
     except MemshardError as exc:
         return Problem(where, _without_path(str(exc), where), type(exc))
@@ -269,6 +284,36 @@ def _check_file(
         )
     if scan.bad_bool is not None:
         return _bad_bool(where, spec, shard, *scan.bad_bool)
+    return None
+
+
+def _check_offsets(
+    root: str, shard: Shard, file: ShardFile, values: ShardFile, declared: FieldSpec
+) -> Problem | None:
+    """A ragged field's offsets, whose checksum matched, must also make sense: from 0, never
+    decreasing, ending at the values' elements (a writer's bug, not a damaged byte)."""
+    where = os.path.join(root, file.path)
+    fd = open_shard(root, file.path)
+    try:
+        data = os.pread(fd, file.nbytes, file.data_offset)
+    except OSError as exc:
+        return Problem(where, f"cannot read ({exc.strerror})", ChecksumError)
+    finally:
+        os.close(fd)
+    offsets = np.frombuffer(data, dtype="<i8")
+    elements = values.nbytes // declared.row_bytes
+    if (
+        offsets.size != shard.rows + 1
+        or int(offsets[0]) != 0
+        or bool((offsets[1:] < offsets[:-1]).any())
+        or int(offsets[-1]) != elements
+    ):
+        return Problem(
+            where,
+            f"the offsets must start at 0, never decrease and end at the {elements} elements "
+            "of the values file",
+            ShardDataError,
+        )
     return None
 
 

@@ -177,7 +177,7 @@ def build_example() -> Example:
 def example_records(shards: Sequence[Shard]) -> np.ndarray:
     """The shard table records of the example's sealed shards."""
     seed = shardtable.chain_seed(EXAMPLE_UUID)
-    return shardtable.encode(shards, list(EXAMPLE_FIELDS), seed, where="example")
+    return shardtable.encode(shards, EXAMPLE_FIELDS, seed, where="example")
 
 
 def table_dictionary(example: Example) -> str:

@@ -76,7 +76,7 @@ def test_sealed_shards_are_table_records_and_the_manifest_keeps_only_the_open_on
 ) -> None:
     path = make(tmp_path / "ds")
     document = json.loads((path / MANIFEST_NAME).read_text())
-    assert document["version"] == "2.0"
+    assert document["version"] == ms.FORMAT_VERSION == "2.1"
     assert document["table"]["records"] == 13
     assert document["table"]["rows"] == 39
     assert [(shard["row_offset"], shard["sealed"]) for shard in document["shards"]] == [(39, False)]
@@ -217,7 +217,7 @@ def test_records_with_valid_chains_but_lying_rows_are_refused(tmp_path: Path) ->
     lying = [shard.model_copy(update={"row_offset": 0}) if i == 2 else shard
              for i, shard in enumerate(shards)]  # fmt: skip
     seed = shardtable.chain_seed(manifest.uuid)
-    records = shardtable.encode(lying, list(manifest.fields), seed, where="test")
+    records = shardtable.encode(lying, manifest.fields, seed, where="test")
     (path / TABLE_NAME).write_bytes(
         npyheader.header_bytes(records.dtype, (), len(records)) + records.tobytes()
     )
@@ -274,7 +274,8 @@ def test_a_reader_of_format_1_refuses_format_2(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(old)}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "format version 2.0 is not supported (this library reads 1.x)" in done.stdout
+    refusal = f"format version {ms.FORMAT_VERSION} is not supported (this library reads 1.x)"
+    assert refusal in done.stdout
 
 
 # -- format 1 datasets ------------------------------------------------------------------------
@@ -300,7 +301,7 @@ def test_appending_to_a_format_1_dataset_upgrades_it(tmp_path: Path) -> None:
     with ms.append(path) as writer:
         writer.extend(rows(40, 5))
     ds = ms.open(path)
-    assert ds.manifest.version == "2.0"
+    assert ds.manifest.version == ms.FORMAT_VERSION
     assert ds.manifest.table is not None
     assert ds.manifest.table.records == 15
     assert_rows(path, 45)
@@ -314,7 +315,7 @@ def test_upgrade_in_place_keeps_every_row_and_the_unsealed_shard(tmp_path: Path)
     assert ms.upgrade(path) == "1.0"
     assert ms.upgrade(path) is None
     ds = ms.open(path)
-    assert ds.manifest.version == "2.0"
+    assert ds.manifest.version == ms.FORMAT_VERSION
     assert [shard.sealed for shard in ds.shards][-2:] == [True, False]
     assert sorted(os.listdir(path / "shards")) == files  # no shard file touched or added
     assert_rows(path, 40)
@@ -326,9 +327,9 @@ def test_the_upgrade_command(tmp_path: Path) -> None:
     as_format_1(path)
     first = run_from_repo([sys.executable, "-m", "memshard", "upgrade", str(path)])
     assert first.returncode == 0, first.stderr
-    assert first.stdout == f"{path}: upgraded from format 1.1 to 2.0\n"
+    assert first.stdout == f"{path}: upgraded from format 1.1 to {ms.FORMAT_VERSION}\n"
     again = run_from_repo([sys.executable, "-m", "memshard", "upgrade", str(path)])
-    assert again.stdout == f"{path}: already format 2.0, nothing to do\n"
+    assert again.stdout == f"{path}: already format {ms.FORMAT_VERSION}, nothing to do\n"
     assert_rows(path, 40)
 
 
@@ -384,11 +385,11 @@ def test_a_newer_major_version_is_refused_by_this_reader(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("kind", "ragged", "field kind 'ragged' is not one this reader knows"),
+        ("kind", "sparse", "field kind 'sparse' is not one this reader knows"),
         ("codec", {"id": "zstd", "level": 3}, "codec {'id': 'zstd', 'level': 3} is not one"),
     ],
 )
-@pytest.mark.parametrize("version", ["2.0", "2.9"])
+@pytest.mark.parametrize("version", ["2.1", "2.9"])
 def test_a_field_stored_in_a_way_this_reader_does_not_know_is_refused(
     tmp_path: Path, key: str, value: Any, message: str, version: str
 ) -> None:
