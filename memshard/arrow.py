@@ -9,15 +9,22 @@ Each column becomes a field; a column's Arrow type gives the field's dtype and s
   per row, sample shape ``()``;
 - ``fixed_size_list<T>[n]``: shape ``(n,)``, nested fixed-size lists add axes
   (``fixed_size_list<fixed_size_list<T>[3]>[2]`` is ``(2, 3)``);
-- the canonical ``arrow.fixed_shape_tensor`` extension type: its logical shape (``shape``
-  permuted by ``permutation``, as ``FixedShapeTensorArray.to_numpy_ndarray`` returns it).
+- the canonical ``arrow.fixed_shape_tensor`` extension type: its logical shape, axis ``i``
+  being axis ``permutation[i]`` of the stored ``shape``, as the Arrow specification defines
+  it (pyarrow 26's ``FixedShapeTensorArray.to_numpy_ndarray`` departs from it for
+  permutations that are not their own inverse);
+- ``list<E>`` and ``large_list<E>`` of any of those element types ``E``: a ragged field,
+  ``(None, *shape of E)`` (``list<fixed_size_list<int16>[3]>`` is ``(None, 3)``), read as
+  packed values and offsets.
 
 Any other type (strings, binary, structs, maps, dictionaries, temporal and decimal types,
-variable-length lists, other extension types) is refused when requested and left out
-otherwise, with an :class:`~memshard.errors.UnsupportedSourceError` naming the column. memshard
-stores no missing values: a column taken that holds a null is refused, naming the column and
-the first row with a null, before anything is written when the source tells (an in-memory
-table; a Parquet file whose statistics count nulls), else when that row is read.
+lists of lists, list views, other extension types) is refused when requested and left out
+otherwise, with an :class:`~memshard.errors.UnsupportedSourceError` naming the column.
+memshard stores no missing values: a column taken that holds a null (a null row, or a null
+element of a row) is refused, naming the column and the first row with a null, before
+anything is written when the source tells (an in-memory table; a Parquet file whose
+statistics count nulls in a fixed column: those of a list column count empty lists too, so
+they are not used), else when that row is read.
 
 A Parquet source is one file, a directory of ``.parquet`` files, or a list of files, taken
 one after the other as one table (their schemas must agree). It is read in batches of rows,
@@ -28,7 +35,7 @@ size; conversion workers each open the files themselves.
 from __future__ import annotations
 
 import os
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,7 +67,8 @@ PARQUET_BUFFER_BYTES = 1 << 20
 #: The Arrow types a column may have, for error messages.
 SUPPORTED_TYPES = (
     "columns of bool, int8-64, uint8-64, float16/32/64, fixed_size_list of those (nested for "
-    "more axes) and the arrow.fixed_shape_tensor extension type"
+    "more axes), the arrow.fixed_shape_tensor extension type, and list or large_list of any "
+    "of those (ragged fields)"
 )
 #: What to do about nulls, for error messages.
 NULL_ADVICE = (
@@ -75,17 +83,19 @@ class ColumnLayout:
 
     ``physical`` is the shape of a row's values as stored (the fixed-size list sizes, or a
     tensor's ``shape``); ``axes`` reorders it into the field's sample shape (a tensor's
-    ``permutation``), ``None`` when it needs no reordering.
+    ``permutation``), ``None`` when it needs no reordering. A ``ragged`` column's rows are
+    lists whose elements have that layout.
     """
 
     column: str
     dtype: np.dtype[Any]
     physical: tuple[int, ...]
     axes: tuple[int, ...] | None = None
+    ragged: bool = False
 
     @property
     def shape(self) -> tuple[int, ...]:
-        """The field's sample shape."""
+        """The field's sample shape (of a ragged field, the shape of an element: its tail)."""
         if self.axes is None:
             return self.physical
         return tuple(self.physical[axis] for axis in self.axes)
@@ -98,7 +108,11 @@ class _Refused(Exception):
 def _layout(column: str, arrow_type: Any) -> ColumnLayout:
     """The layout of a column of ``arrow_type``; raises :class:`_Refused` saying what the
     column holds if memshard cannot store it."""
-    layout = _typed_layout(column, arrow_type)
+    if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
+        element = _typed_layout(column, arrow_type.value_type)
+        layout = ColumnLayout(column, element.dtype, element.physical, element.axes, True)
+    else:
+        layout = _typed_layout(column, arrow_type)
     if 0 in layout.shape:
         raise _Refused(f"samples of shape {layout.shape}, which hold no elements")
     return layout
@@ -146,7 +160,7 @@ def _type_problem(value_type: Any) -> str:
     elif types.is_struct(value_type):
         kind = "structs (take their children as columns of their own: Table.flatten)"
     elif types.is_list(value_type) or types.is_large_list(value_type):
-        kind = "variable-length lists, which memshard does not store yet"
+        kind = "lists of lists (only a row's first axis may vary)"
     elif types.is_null(value_type):
         kind = "nulls only"
     else:
@@ -221,18 +235,82 @@ def null_row(array: Any) -> int | None:
                 return start + row
             start += len(chunk)
         return None
+    if pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
+        return _list_null_row(array)
     rows = []
     for level, per_row in _levels(array):
         if level.null_count:
-            first = int(np.argmax(level.is_null().to_numpy(zero_copy_only=False)))
-            rows.append(first // per_row)
+            rows.append(_first_null(level) // per_row)
     return min(rows, default=None)
+
+
+def _first_null(array: Any) -> int:
+    return int(np.argmax(array.is_null().to_numpy(zero_copy_only=False)))
+
+
+def _list_null_row(array: Any) -> int | None:
+    """:func:`null_row` of a list array: a null row, or a row with a null element."""
+    rows = [_first_null(array)] if array.null_count else []
+    offsets, elements = _list_parts(array)
+    element = null_row(elements)
+    if element is not None:
+        rows.append(int(np.searchsorted(offsets, element, side="right")) - 1)
+    return min(rows, default=None)
+
+
+def _list_parts(array: Any) -> tuple[np.ndarray, Any]:
+    """The offsets (int64, from 0) and the elements of the rows of the list ``array``.
+
+    ``array.values`` is the whole child array, before a slice's start and after its end too;
+    ``array.offsets`` are the slice's, counted in that child."""
+    offsets = np.asarray(array.offsets.to_numpy(zero_copy_only=False), dtype=np.int64)
+    first, last = int(offsets[0]), int(offsets[-1])
+    return offsets - first, array.values.slice(first, last - first)
+
+
+def packed(
+    values: Any, layout: ColumnLayout, *, first_row: int, where: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of the list column piece ``values`` (a ``ChunkedArray`` or ``Array``, the
+    first row being source row ``first_row``) packed: ``(values, offsets)`` as
+    :meth:`memshard.sources.RaggedSourceReader.read_ragged` returns them (the values a view
+    of the Arrow buffers where possible, when the piece is one chunk).
+
+    Raises:
+        UnsupportedSourceError: a row or an element is null.
+    """
+    chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
+    row = null_row(values)
+    if row is not None:
+        raise UnsupportedSourceError(
+            f"{where}: column {layout.column!r} holds a null at row {first_row + row}; "
+            f"{NULL_ADVICE}"
+        )
+    element = ColumnLayout(layout.column, layout.dtype, layout.physical, layout.axes)
+    parts = [_list_parts(chunk) for chunk in chunks if len(chunk)]
+    arrays = [row_values(items, element, first_row=0, where=where) for _, items in parts]
+    if len(parts) == 1:
+        return arrays[0], parts[0][0]
+    ends = [offsets[1:] for offsets, _ in parts]
+    bases = np.cumsum([0] + [len(a) for a in arrays[:-1]], dtype=np.int64)
+    offsets = np.concatenate(
+        [np.zeros(1, np.int64)] + [e + b for e, b in zip(ends, bases, strict=True)]
+    )
+    if not arrays:
+        return np.empty((0, *layout.shape), layout.dtype), offsets
+    return np.concatenate(arrays), offsets
 
 
 # -- choosing the columns ----------------------------------------------------------------------
 
 
-def _describe(column: str, arrow_type: Any, rows: int, chunk_rows: int) -> ArrayInfo:
+#: ``(layout) -> mean elements of a row`` of a list column (an estimate, to size reads).
+MeanLength = Callable[[ColumnLayout], float]
+
+
+def _describe(
+    column: str, arrow_type: Any, rows: int, chunk_rows: int, mean_length: MeanLength
+) -> ArrayInfo:
     """The column as an :class:`ArrayInfo` (with a problem if memshard cannot store it)."""
     try:
         layout = _layout(column, arrow_type)
@@ -242,7 +320,15 @@ def _describe(column: str, arrow_type: Any, rows: int, chunk_rows: int) -> Array
     attrs: dict[str, Any] = {"arrow_type": str(arrow_type)}
     if isinstance(arrow_type, pa.FixedShapeTensorType) and arrow_type.dim_names:
         attrs["dim_names"] = [str(name) for name in arrow_type.dim_names]
-    return ArrayInfo(column, (rows, *layout.shape), layout.dtype, chunk_rows, attrs=attrs)
+    return ArrayInfo(
+        column,
+        (rows, *layout.shape),
+        layout.dtype,
+        chunk_rows,
+        attrs=attrs,
+        ragged=layout.ragged,
+        elements_per_row=mean_length(layout) if layout.ragged else 1.0,
+    )
 
 
 def _choose(
@@ -251,6 +337,7 @@ def _choose(
     chunk_rows: int,
     fields: Mapping[str, str] | None,
     location: str,
+    mean_length: MeanLength,
 ) -> tuple[dict[str, SourceField], dict[str, ColumnLayout], dict[str, str]]:
     """The fields taken from the columns of ``schema``: ``(fields, layouts, skipped)``.
 
@@ -262,7 +349,7 @@ def _choose(
     if len(set(names)) != len(names):
         repeated = sorted({name for name in names if names.count(name) > 1})
         raise SourceError(f"{location}: the columns {repeated} appear more than once")
-    arrays = [_describe(field.name, field.type, rows, chunk_rows) for field in schema]
+    arrays = [_describe(f.name, f.type, rows, chunk_rows, mean_length) for f in schema]
     _refuse_unsupported(arrays, fields, location)
     chosen, _, skipped = select_fields(arrays, fields, location=location, available=lambda: names)
     layouts = {
@@ -346,7 +433,9 @@ def plan_table(
             holds a null (the message names the column and the first row with one).
     """
     table = as_table(src)
-    chosen, layouts, skipped = _choose(table.schema, table.num_rows, 1, fields, MEMORY)
+    chosen, layouts, skipped = _choose(
+        table.schema, table.num_rows, 1, fields, MEMORY, lambda layout: _mean_length(table, layout)
+    )
     for name, layout in layouts.items():
         row = null_row(table.column(layout.column))
         if row is not None:
@@ -363,6 +452,16 @@ def plan_table(
         in_memory=True,
         skipped=skipped,
     )
+
+
+def _mean_length(table: Any, layout: ColumnLayout) -> float:
+    """Mean elements of a row of the list column of ``table`` that ``layout`` describes."""
+    elements = 0
+    for chunk in table.column(layout.column).chunks:
+        if len(chunk):
+            elements += int(chunk.offsets[-1].as_py()) - int(chunk.offsets[0].as_py())
+    rows: int = table.num_rows
+    return elements / max(1, rows)
 
 
 @dataclass(frozen=True)
@@ -396,6 +495,16 @@ class TableReader:
         layout = self._layouts[name]
         piece = self._table.column(layout.column).slice(start, stop - start)
         fill(out, piece, layout, first_row=start, where=f"{MEMORY}: rows {start}:{stop}")
+
+    def read_ragged(self, name: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows ``start:stop`` of the ragged field ``name``, packed (see :func:`packed`).
+
+        Raises:
+            UnsupportedSourceError: a row or an element is null.
+        """
+        layout = self._layouts[name]
+        piece = self._table.column(layout.column).slice(start, stop - start)
+        return packed(piece, layout, first_row=start, where=f"{MEMORY}: rows {start}:{stop}")
 
     def close(self) -> None:
         """Nothing to release."""
@@ -483,7 +592,10 @@ def plan_parquet(
     schema, groups = _footers(files)
     rows = sum(sum(sizes) for sizes in groups)
     chunk_rows = max((size for sizes in groups for size in sizes), default=1)
-    chosen, layouts, skipped = _choose(schema, rows, max(1, chunk_rows), fields, location)
+    chosen, layouts, skipped = _choose(
+        schema, rows, max(1, chunk_rows), fields, location,
+        lambda layout: _mean_parquet_length(files, schema, layout, rows),
+    )  # fmt: skip
     _refuse_counted_nulls(files, schema, groups, layouts)
     batch_rows = min(
         (block_rows_for(source.chunk_rows, source.row_bytes) for source in chosen.values()),
@@ -571,20 +683,22 @@ def _leaves(arrow_type: Any) -> int:
 def _refuse_counted_nulls(
     files: list[str], schema: Any, groups: list[tuple[int, ...]], layouts: dict[str, ColumnLayout]
 ) -> None:
-    """Refuse a column taken whose statistics count a null in some row group; that row group
-    is read to find the first row (a null in a group without statistics is found by the
-    reader, when its row is read).
+    """Refuse a fixed column taken whose statistics count a null in some row group; that row
+    group is read to find the first row. A null in a group without statistics, or in a list
+    column (whose statistics count empty lists as nulls too), is found by the reader, when
+    its row is read.
 
     Raises:
         UnsupportedSourceError: a null was found.
     """
     leaves = _leaf_counts(schema)
+    fixed = {name: layout for name, layout in layouts.items() if not layout.ragged}
     before = 0
     for path, sizes in zip(files, groups, strict=True):
         with _open_parquet(path) as handle:
             for group, size in enumerate(sizes):
                 metadata = handle.metadata.row_group(group)
-                for name, layout in layouts.items():
+                for name, layout in fixed.items():
                     statistics = metadata.column(leaves[layout.column]).statistics
                     counted = statistics is not None and statistics.has_null_count
                     if counted and statistics.null_count > 0:
@@ -592,6 +706,19 @@ def _refuse_counted_nulls(
                         if row is not None:
                             raise _refuse_found_null(path, name, layout.column, before + row)
                 before += size
+
+
+def _mean_parquet_length(files: list[str], schema: Any, layout: ColumnLayout, rows: int) -> float:
+    """Mean elements of a row of the list column ``layout`` describes, from the files' footers
+    (the values of its leaf column, one per empty list too, over the elements' size)."""
+    leaf = _leaf_counts(schema)[layout.column]
+    values = 0
+    for path in files:
+        with _open_parquet(path) as handle:
+            metadata = handle.metadata
+            for group in range(metadata.num_row_groups):
+                values += metadata.row_group(group).column(leaf).num_values
+    return values / max(1, int(np.prod(layout.physical))) / max(1, rows)
 
 
 def _null_row_in_group(handle: Any, group: int, column: str) -> int | None:
@@ -655,10 +782,29 @@ class ParquetReader:
         if stop <= start:
             return
         layout = self._opener.layouts[name]
+        piece = self._piece(layout, start, stop)
+        fill(out, piece, layout, first_row=start, where=f"{self._path}: rows {start}:{stop}")
+
+    def read_ragged(self, name: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows ``start:stop`` of the ragged field ``name``, packed (see :func:`packed`).
+
+        Raises:
+            SourceError, UnsupportedSourceError: as :meth:`read`.
+        """
+        layout = self._opener.layouts[name]
+        piece = self._piece(layout, start, stop)
+        return packed(piece, layout, first_row=start, where=f"{self._path}: rows {start}:{stop}")
+
+    def _piece(self, layout: ColumnLayout, start: int, stop: int) -> Any:
+        """Rows ``start:stop`` of the column ``layout`` describes (a ``ChunkedArray``).
+
+        Raises:
+            SourceError: the rows cannot be read.
+        """
         try:
             self._hold(start, stop)
             table = pa.Table.from_batches(self._held)
-            piece = table.column(layout.column).slice(start - self._held_start, stop - start)
+            return table.column(layout.column).slice(start - self._held_start, stop - start)
         except MemshardError:
             raise
         except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for a bad file
@@ -668,7 +814,6 @@ class ParquetReader:
                 f"{self._path}: rows {start}:{stop} of the columns {columns} cannot be read "
                 f"({type(exc).__name__}: {_one_line(exc)}); the file may be damaged"
             ) from exc
-        fill(out, piece, layout, first_row=start, where=f"{self._path}: rows {start}:{stop}")
 
     def _hold(self, start: int, stop: int) -> None:
         """Make the held batches cover rows ``start:stop`` (and nothing before ``start``)."""

@@ -204,16 +204,18 @@ def from_arrow(
     first) or a list of record batches of one schema. ``fields`` maps field names to column
     names; omitted, every column of a supported type is taken, named after the column, and
     the others are listed in the plan as left out. Supported: ``bool``, integer and floating
-    point columns (one value per row), ``fixed_size_list`` of them (nested for more axes) and
-    the ``arrow.fixed_shape_tensor`` extension type (its logical shape). With ``workers > 1``
-    the table is read by threads. See :func:`from_hdf5` for the other parameters.
+    point columns (one value per row), ``fixed_size_list`` of them (nested for more axes), the
+    ``arrow.fixed_shape_tensor`` extension type (its logical shape), and ``list`` or
+    ``large_list`` columns of any of those, which become ragged fields (``(None, *shape)``).
+    With ``workers > 1`` the table is read by threads. See :func:`from_hdf5` for the other
+    parameters.
 
     Raises:
         SourceError: ``src`` is not Arrow data, a requested column is missing, or no column
             can be taken; nothing is written.
         UnsupportedSourceError: a requested column is of a type memshard cannot store
-            (strings, binary, structs, dictionaries, lists, ...), or a column taken holds a
-            null; the message names the column (and the first row with a null).
+            (strings, binary, structs, dictionaries, lists of lists, ...), or a column taken
+            holds a null; the message names the column (and the first row with a null).
         MissingDependencyError: pyarrow is not installed.
         DatasetExistsError, ConversionStateError, LabelError: as for :func:`from_hdf5`.
     """
@@ -430,7 +432,8 @@ def _announce(plan: SourcePlan, progress: bool | None) -> None:
     if not is_enabled(progress):
         return
     for name, source in plan.fields.items():
-        say(f"{source.origin} -> field {name!r}: {source.dtype}, sample shape {source.shape}")
+        shape = source.declared_shape
+        say(f"{source.origin} -> field {name!r}: {source.dtype}, sample shape {shape}")
     for note in skipped_notes(plan):
         say(note)
 
@@ -453,6 +456,7 @@ def source_record(plan: SourcePlan) -> dict[str, Any]:
                 "dtype": source.dtype.str,
                 "shape": list(source.shape),
                 "attrs": source.attrs,
+                **({"kind": "ragged"} if source.ragged else {}),
             }
             for name, source in plan.fields.items()
         },
@@ -476,14 +480,14 @@ def _open_staging(
             "complete it, or overwrite=True to delete it and start over"
         )
     if not os.path.lexists(staging) or not resume:
-        fields = {name: (source.dtype, source.shape) for name, source in plan.fields.items()}
+        fields = {name: (s.dtype, s.declared_shape) for name, s in plan.fields.items()}
         all_attrs = {**plan.attrs, **(attrs or {}), SOURCE_ATTR: record}
         # With overwrite, create() replaces an interrupted run, taking its lock first: one
         # still running is reported (DatasetLockedError), never deleted under its writer.
         appender = create(staging, fields, labels=plan.labels, attrs=all_attrs,
                           shard_bytes=DEFAULT_SHARD_BYTES if shard_bytes is None else shard_bytes,
                           overwrite=overwrite)  # fmt: skip
-        _warn_if_small_shards(appender.manifest, plan.rows, root)
+        _warn_if_small_shards(appender.manifest, plan, root)
         return appender
     appender = append(staging)
     try:
@@ -495,16 +499,19 @@ def _open_staging(
     return appender
 
 
-def _warn_if_small_shards(manifest: Manifest, rows: int, root: str) -> None:
+def _warn_if_small_shards(manifest: Manifest, plan: SourcePlan, root: str) -> None:
     """Warn when the conversion to ``root`` would write more than one shard, each holding
-    less than :data:`MIN_SHARD_BYTES` of data."""
-    row_bytes = sum(spec.row_bytes for spec in manifest.fields.values())
+    less than :data:`MIN_SHARD_BYTES` of data (with ragged fields: about as many, rows of the
+    mean length counted)."""
+    row_bytes = max(1, sum(source.row_bytes for source in plan.fields.values()))
     shard_data = manifest.shard_rows * row_bytes
-    shards = -(-rows // manifest.shard_rows)
+    if manifest.shard_bytes is not None:  # ragged fields: shards roll on their data size
+        shard_data = min(shard_data, manifest.shard_bytes)
+    shards = -(-plan.rows * row_bytes // shard_data)
     if shards > 1 and shard_data < MIN_SHARD_BYTES:
         warnings.warn(
             SmallShardWarning(
-                f"{root}: shard_bytes gives shards of {manifest.shard_rows:,} rows "
+                f"{root}: shard_bytes gives shards of {shard_data // row_bytes:,} rows "
                 f"({format_bytes(shard_data)} of data), {shards:,} shards and "
                 f"{shards * len(manifest.fields):,} files; shards smaller than "
                 f"{format_bytes(MIN_SHARD_BYTES)} cost more in files, headers and commits "
@@ -533,14 +540,24 @@ def _check_resumable(
             f"{staging}: the interrupted conversion {mismatch}; pass overwrite=True to "
             "delete it and start over"
         )
-    _, sizes = appender.shards.columns()
-    short = np.flatnonzero(sizes != manifest.shard_rows).tolist()
-    ends_source = manifest.rows == rows and short == [len(sizes) - 1]
-    if any(not shard.sealed for shard in manifest.shards) or (short and not ends_source):
+    if any(not shard.sealed for shard in manifest.shards) or not _whole_parts(appender, rows):
         raise ConversionStateError(
             f"{staging}: holds shards a conversion does not write (unsealed or short); "
             "pass overwrite=True to delete it and start over"
         )
+
+
+def _whole_parts(appender: Appender, rows: int) -> bool:
+    """Whether the dataset holds the rows of whole parts of a conversion of ``rows`` rows:
+    shards of ``shard_rows`` rows, the last one short only when it ends the source. With
+    ragged fields a part's rows may fill several shards, rolled on their data size: then the
+    rows are whole parts' (a multiple of ``shard_rows``, or every row)."""
+    manifest = appender.manifest
+    if manifest.shard_bytes is not None:
+        return manifest.rows % manifest.shard_rows == 0 or manifest.rows == rows
+    _, sizes = appender.shards.columns()
+    short = np.flatnonzero(sizes != manifest.shard_rows).tolist()
+    return not short or (manifest.rows == rows and short == [len(sizes) - 1])
 
 
 def _shard_size_mismatch(manifest: Manifest, shard_bytes: int | None) -> str | None:
@@ -548,6 +565,14 @@ def _shard_size_mismatch(manifest: Manifest, shard_bytes: int | None) -> str | N
     ``None`` if they do not, or if no size is asked for."""
     if shard_bytes is None:
         return None
+    if manifest.shard_bytes is not None:  # ragged fields: shards roll on their data size
+        if manifest.shard_bytes == shard_bytes:
+            return None
+        return (
+            f"writes shards of up to {format_bytes(manifest.shard_bytes)}, but "
+            f"shard_bytes={shard_bytes} asks for {format_bytes(shard_bytes)}; leave "
+            "shard_bytes out to keep the size of the first run"
+        )
     asked = rows_per_shard(manifest.fields, shard_bytes)
     if asked == manifest.shard_rows:
         return None
@@ -662,7 +687,7 @@ def _write_rows(plan: SourcePlan, appender: Appender, workers: int, progress: bo
     first = -(-manifest.rows // manifest.shard_rows)
     count = -(-plan.rows // manifest.shard_rows)
     indices = range(first, count)
-    row_bytes = sum(spec.row_bytes for spec in job.specs.values())
+    row_bytes = sum(source.row_bytes for source in plan.fields.values())
     committer = _OrderedCommit(appender, first, manifest.shard_rows * row_bytes)
     description = os.path.basename(plan.location) or plan.kind
     with progress_bar(plan.rows * row_bytes, desc=description, enabled=progress) as bar:

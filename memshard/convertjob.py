@@ -15,9 +15,18 @@ from typing import Union
 import numpy as np
 
 from . import interrupt
+from .errors import BatchError, SourceError
 from .manifest import FieldSpec
 from .parts import Part, PartTarget, write_part
-from .sources import SourceField, SourceReader, block_ranges, block_rows_for, check_label_range
+from .ragged import Ragged
+from .sources import (
+    RaggedSourceReader,
+    SourceField,
+    SourceReader,
+    block_ranges,
+    block_rows_for,
+    check_label_range,
+)
 
 #: The group of the parts a conversion writes (their ids are ``p-convert-NONCE``).
 CONVERT_GROUP = "convert"
@@ -50,32 +59,68 @@ def write_shard(
     stop: int,
     report: Callable[[int], None] | None = None,
 ) -> Part:
-    """Write source rows ``start:stop`` as part ``index`` of the conversion: one sealed,
-    ``fsync``-ed shard and the part's record; return the record (not yet committed).
+    """Write source rows ``start:stop`` as part ``index`` of the conversion: sealed,
+    ``fsync``-ed shards (one, unless ragged fields fill more) and the part's record; return
+    the record (not yet committed).
 
-    Every field is read in the same blocks of rows, whole source chunks of the widest field,
-    so that memory stays bounded (see :func:`memshard.sources.block_rows_for`)."""
+    Every field is read in the same blocks of rows, whole source chunks of the widest field
+    (a ragged field's rows counted at their mean length), so that memory stays bounded (see
+    :func:`memshard.sources.block_rows_for`).
+
+    Raises:
+        SourceError: the source cannot read a field's rows (or a ragged field's at all).
+        LabelError: a label field holds a value outside its vocabulary.
+    """
     block_rows = min(
-        block_rows_for(job.sources[name].chunk_rows, spec.row_bytes)
-        for name, spec in job.specs.items()
+        block_rows_for(source.chunk_rows, source.row_bytes) for source in job.sources.values()
     )
     buffers = {
         name: np.empty((min(block_rows, stop - start), *spec.shape), dtype=spec.numpy_dtype)
         for name, spec in job.specs.items()
+        if not spec.ragged
     }
+    ragged = [name for name, spec in job.specs.items() if spec.ragged]
     with write_part(job.target, key=index, group=CONVERT_GROUP) as part:
         for begin, end in block_ranges(start, stop, block_rows):
             interrupt.check()
-            block = {name: buffer[: end - begin] for name, buffer in buffers.items()}
-            for name, values in block.items():
+            block: dict[str, np.ndarray | Ragged] = {}
+            for name, buffer in buffers.items():
+                values = block[name] = buffer[: end - begin]
                 reader.read(name, begin, end, values)
                 vocabulary = job.vocabulary_sizes.get(name)
                 if vocabulary is not None:
                     check_label_range(values, vocabulary, where=f"field {name!r}", start=begin)
+            for name in ragged:
+                block[name] = _read_ragged(reader, name, begin, end)
             part.extend(block)
             if report is not None:
-                report(sum(values.nbytes for values in block.values()))
+                report(sum(_nbytes(rows) for rows in block.values()))
     return part.close()
+
+
+def _read_ragged(reader: SourceReader, name: str, start: int, stop: int) -> Ragged:
+    """Rows ``start:stop`` of the ragged field ``name`` as a batch (its offsets checked).
+
+    Raises:
+        SourceError: the source reads no ragged rows.
+        BatchError: the source's offsets are not those of ``stop - start`` rows.
+    """
+    if not isinstance(reader, RaggedSourceReader):
+        raise SourceError(f"field {name!r} is ragged, and this source reads no ragged rows")
+    values, offsets = reader.read_ragged(name, start, stop)
+    batch = Ragged(values, offsets)
+    if len(batch) != stop - start:
+        raise BatchError(
+            f"field {name!r}: the source gave {len(batch)} rows for rows {start}:{stop}"
+        )
+    return batch
+
+
+def _nbytes(rows: np.ndarray | Ragged) -> int:
+    """Bytes of a block of one field: its rows, or a ragged field's values and offsets."""
+    if isinstance(rows, Ragged):
+        return int(rows.values.nbytes + rows.offsets.nbytes)
+    return int(rows.nbytes)
 
 
 # -- what a worker process reports (memshard.workers) --------------------------------------

@@ -21,7 +21,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -44,6 +44,8 @@ MAX_BLOCK_BYTES = 64 << 20
 MAX_ATTR_ELEMENTS = 4096
 #: Attributes nested deeper than this are not copied (the manifest allows a little more).
 MAX_ATTR_DEPTH = 32
+#: Bytes of one entry of a ragged field's offsets file.
+OFFSET_BYTES = 8
 #: What a conversion accepts, for error messages.
 SUPPORTED_KINDS = (
     "numeric arrays of at least one dimension: bool, int8-64, uint8-64, float16/32/64, "
@@ -58,6 +60,10 @@ class ArrayInfo:
     ``problem`` says why memshard cannot store it (its type or shape), ``unreadable`` why it
     cannot be opened or read here (a filter or codec that is not installed, damaged metadata
     or chunks); both are ``None`` for an array that can be converted.
+
+    A ``ragged`` array's rows vary in length along their first axis: ``shape`` is
+    ``(rows, *tail)`` and ``elements_per_row`` the mean length of a row (an estimate, which
+    sizes the blocks read).
     """
 
     origin: str
@@ -68,6 +74,8 @@ class ArrayInfo:
     attrs: dict[str, Any] = field(default_factory=dict)
     problem: str | None = None
     unreadable: str | None = None
+    ragged: bool = False
+    elements_per_row: float = 1.0
 
     @property
     def refusal(self) -> str | None:
@@ -77,18 +85,34 @@ class ArrayInfo:
 
 @dataclass(frozen=True)
 class SourceField:
-    """A source array taken as a memshard field."""
+    """A source array taken as a memshard field.
+
+    A ``ragged`` field's rows vary in length along their first axis; ``shape`` is then the
+    shape of one element, ``tail``, and ``elements_per_row`` the mean length of a row.
+    """
 
     origin: str
     dtype: np.dtype[Any]
     shape: tuple[int, ...]
     chunk_rows: int
     attrs: dict[str, Any]
+    ragged: bool = False
+    elements_per_row: float = 1.0
 
     @property
     def row_bytes(self) -> int:
-        """Bytes of one stored row."""
-        return self.dtype.itemsize * math.prod(self.shape)
+        """Bytes of one stored row; of a ragged field, of a row of the mean length, with its
+        entry in the offsets file (an estimate)."""
+        element = self.dtype.itemsize * math.prod(self.shape)
+        if not self.ragged:
+            return element
+        return math.ceil(element * self.elements_per_row) + OFFSET_BYTES
+
+    @property
+    def declared_shape(self) -> tuple[int | None, ...]:
+        """The sample shape as :func:`memshard.create` takes it (``(None, *tail)`` if
+        ragged)."""
+        return (None, *self.shape) if self.ragged else self.shape
 
 
 class SourceReader(Protocol):
@@ -100,6 +124,16 @@ class SourceReader(Protocol):
 
     def close(self) -> None:
         """Release the source."""
+
+
+@runtime_checkable
+class RaggedSourceReader(SourceReader, Protocol):
+    """An open source with ragged fields: also hands out their rows as packed batches."""
+
+    def read_ragged(self, name: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows ``start:stop`` of the ragged field ``name``, packed: ``(values, offsets)``,
+        the values of shape ``(elements, *tail)`` in the field's stored dtype, the offsets
+        int64, ``stop - start + 1`` of them from 0 (see :mod:`memshard.ragged`)."""
 
 
 Opener = Callable[[], SourceReader]
@@ -362,6 +396,8 @@ def _source_field(info: ArrayInfo) -> SourceField:
         shape=info.shape[1:],
         chunk_rows=max(1, info.chunk_rows),
         attrs=info.attrs,
+        ragged=info.ragged,
+        elements_per_row=info.elements_per_row,
     )
 
 

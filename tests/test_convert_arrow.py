@@ -294,7 +294,7 @@ UNSUPPORTED = {
     "blob": (pa.array([b"a", b"b", b"c"]), "binary data"),
     "category": (pa.array(["a", "b", "a"]).dictionary_encode(), "dictionary-encoded"),
     "record": (pa.array([{"p": 1}, {"p": 2}, {"p": 3}]), "structs"),
-    "tokens": (pa.array([[1], [2, 3], []]), "variable-length lists"),
+    "nested": (pa.array([[[1]], [[2, 3]], []]), "lists of lists"),
     "when": (pa.array(np.arange(3).astype("datetime64[s]")), "values that are not numbers"),
     "money": (pa.array([1, 2, 3], pa.decimal128(5, 2)), "values that are not numbers"),
     "nothing": (pa.nulls(3), "nulls only"),
@@ -560,7 +560,7 @@ KINDS = st.sampled_from(["scalar", "list", "tensor"])
     sample=st.lists(st.integers(1, 4), min_size=1, max_size=3),
     rows=st.integers(0, 200),
     row_group_size=st.integers(1, 64),
-    shard_rows=st.integers(1, 90),
+    shard_rows=st.integers(10, 90),
     seed=st.integers(0, 2**16),
 )
 def test_any_column_converts_through_parquet(
@@ -582,6 +582,185 @@ def test_any_column_converts_through_parquet(
         path = write_parquet(Path(folder) / "t.parquet", table, row_group_size)
         ds = ms.from_parquet(path, Path(folder) / "out", shard_bytes=shard_rows * row_bytes)
         assert_matches(ds, table)
+        ds.close()
+
+
+# -- list columns: ragged fields -----------------------------------------------------------------
+
+
+def random_rows(
+    rng: np.random.Generator, rows: int, dtype: str, tail: tuple[int, ...], longest: int = 12
+) -> list[np.ndarray]:
+    """``rows`` arrays of ``dtype`` and shape ``(n, *tail)``, ``n`` from 0 to ``longest``."""
+    return [random_values(rng, dtype, (int(n), *tail)) for n in rng.integers(0, longest + 1, rows)]
+
+
+def list_column(
+    rows: list[np.ndarray], tail: tuple[int, ...], dtype: str, large: bool = False
+) -> pa.Array:
+    """``rows`` as a ``list`` (or ``large_list``) column of ``fixed_size_list`` elements."""
+    element: pa.DataType = pa.from_numpy_dtype(np.dtype(dtype))
+    for size in reversed(tail):
+        element = pa.list_(element, size)
+    kind = pa.large_list(element) if large else pa.list_(element)
+    return pa.array([row.tolist() for row in rows], kind)
+
+
+def expected_rows(
+    column: pa.ChunkedArray | pa.Array, dtype: str, tail: tuple[int, ...]
+) -> list[np.ndarray]:
+    """What pyarrow makes of a list column: each row's elements as a NumPy array."""
+    return [np.array(row, dtype=dtype).reshape(-1, *tail) for row in column.to_pylist()]
+
+
+def assert_same_rows(got: Any, rows: list[np.ndarray]) -> None:
+    """A ragged field's batch holds exactly ``rows``: lengths, dtype, trailing shape, values."""
+    assert got.lengths.tolist() == [len(row) for row in rows]
+    assert got.tail == rows[0].shape[1:] if rows else True
+    for mine, theirs in zip(got, rows, strict=True):
+        assert_same_values(mine, theirs)
+
+
+def ragged_table(rows: int, seed: int = 0) -> tuple[pa.Table, dict[str, list[np.ndarray]]]:
+    """A table with a ``list<int32>`` and a ``list<fixed_size_list<int16>[3]>`` column (each
+    holding empty rows), and the rows each holds."""
+    rng = np.random.default_rng(seed)
+    tokens = random_rows(rng, rows, "int32", (), longest=40)
+    strokes = random_rows(rng, rows, "int16", (3,))
+    table = pa.table(
+        {
+            "tokens": list_column(tokens, (), "int32"),
+            "strokes": list_column(strokes, (3,), "int16"),
+            "label": pa.array(np.arange(rows) % 7, pa.int8()),
+        }
+    )
+    return table, {"tokens": tokens, "strokes": strokes}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_list_columns_round_trip_through_parquet(tmp_path: Path, workers: int) -> None:
+    table, rows = ragged_table(3000)
+    path = write_parquet(tmp_path / "t.parquet", table, 250)
+    assert pq.ParquetFile(path).metadata.num_row_groups == 12
+    ds = ms.from_parquet(path, tmp_path / "out", shard_bytes=16 << 10, workers=workers)
+    assert ds.fields["tokens"].shape == (None,)
+    assert ds.fields["strokes"].shape == (None, 3)
+    assert len(ds.shards) > 6
+    assert_same_rows(ds["tokens"][:], expected_rows(table.column("tokens"), "int32", ()))
+    assert_same_rows(ds["strokes"][:], expected_rows(table.column("strokes"), "int16", (3,)))
+    assert_same_rows(ds["tokens"][:], rows["tokens"])  # the arrays the table was built from
+    assert_same_rows(ds["strokes"][:], rows["strokes"])
+    assert_same_values(ds["label"][:], (np.arange(3000) % 7).astype(np.int8))
+    assert ds.verify().ok
+    reference = ms.from_arrow(table, tmp_path / "ref", shard_bytes=16 << 10)
+    assert checksums(ds) == checksums(reference)
+
+
+def test_list_columns_of_every_element_kind(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    built = {
+        "bools": (random_rows(rng, 60, "bool", ()), (), "bool", False),
+        "halves": (random_rows(rng, 60, "float16", (2,)), (2,), "float16", True),
+        "grids": (random_rows(rng, 60, "uint64", (2, 3)), (2, 3), "uint64", False),
+    }
+    columns = {
+        name: list_column(r, tail, dtype, large) for name, (r, tail, dtype, large) in built.items()
+    }
+    images = random_values(rng, "float32", (100, 2, 3))
+    ends = np.sort(rng.integers(0, 100, 59))
+    offsets = np.concatenate([[0], ends, [100]]).astype(np.int32)
+    columns["tensors"] = pa.ListArray.from_arrays(pa.array(offsets), tensor(images, [1, 0]))
+    table = pa.table(columns)
+    for source in (table, write_parquet(tmp_path / "t.parquet", table, 16)):
+        dst = tmp_path / f"out-{type(source).__name__}"
+        ds = (
+            ms.from_arrow(source, dst)
+            if isinstance(source, pa.Table)
+            else ms.from_parquet(source, dst)
+        )
+        for name, (expected, tail, _, _) in built.items():
+            assert ds.fields[name].shape == (None, *tail)
+            assert_same_rows(ds[name][:], expected)
+        assert ds.fields["tensors"].shape == (None, 2, 3)  # the logical shape, stored (3, 2)
+        assert_same_rows(ds["tensors"][:], [images[a:b] for a, b in itertools.pairwise(offsets)])
+
+
+def test_sliced_and_chunked_list_columns(tmp_path: Path) -> None:
+    """A slice of a list array keeps the offsets into its whole child array."""
+    whole, _ = ragged_table(400, seed=3)
+    table = pa.concat_tables([whole.slice(13, 100), whole.slice(200, 1), whole.slice(250, 150)])
+    assert table.column("strokes").chunk(0).offset == 13
+    ds = ms.from_arrow(table, tmp_path / "out", shard_bytes=4 << 10, workers=2)
+    assert_same_rows(ds["strokes"][:], expected_rows(table.column("strokes"), "int16", (3,)))
+    assert_same_rows(ds["tokens"][:], expected_rows(table.column("tokens"), "int32", ()))
+
+
+def test_a_list_column_of_empty_rows_only_and_zero_rows(tmp_path: Path) -> None:
+    table = pa.table({"t": pa.array([[], [], []], pa.list_(pa.int32()))})
+    ds = ms.from_arrow(table, tmp_path / "empty-rows")
+    assert ds["t"][:].lengths.tolist() == [0, 0, 0]
+    path = write_parquet(tmp_path / "t.parquet", table.slice(0, 0), 10)
+    assert len(ms.from_parquet(path, tmp_path / "no-rows")) == 0
+
+
+@pytest.mark.parametrize("where", ["row", "element"])
+def test_nulls_in_list_columns_are_refused_by_row(tmp_path: Path, where: str) -> None:
+    rows: list[Any] = [[1, 2], [3], [], [4, 5, 6]] * 100
+    if where == "row":
+        rows[345] = None
+    else:
+        rows[345] = [7, None]
+    table = pa.table({"t": pa.array(rows, pa.list_(pa.int32())), "n": np.arange(400)})
+    message = "column 't' holds a null at row 345"
+    with pytest.raises(UnsupportedSourceError, match=message):
+        ms.from_arrow(table, tmp_path / "arrow")
+    assert not os.path.lexists(tmp_path / "arrow")
+    path = write_parquet(tmp_path / "t.parquet", table, 50)
+    with pytest.raises(UnsupportedSourceError, match=rf"t\.parquet: rows \d+:\d+: {message}"):
+        ms.from_parquet(path, tmp_path / "parquet", shard_bytes=2 << 10)  # found when read
+    assert len(ms.open(staging_of(tmp_path / "parquet"))) <= 345
+
+
+def test_an_interrupted_list_conversion_resumes(tmp_path: Path) -> None:
+    table, rows = ragged_table(2000, seed=5)
+    path = write_parquet(tmp_path / "t.parquet", table, 128)
+    dst = tmp_path / "out"
+    plan = with_stop(ms_arrow.plan_parquet(path), 1100, "interrupt")
+    with pytest.raises(KeyboardInterrupt):
+        convert(plan, dst, shard_bytes=8 << 10)
+    staged = ms.open(staging_of(dst))
+    assert 0 < len(staged) <= 1100
+    assert_same_rows(staged["tokens"][:], rows["tokens"][: len(staged)])
+    staged.close()
+    with pytest.raises(ConversionStateError, match=r"up to 8\.0 KiB, but shard_bytes=4096"):
+        ms.from_parquet(path, dst, shard_bytes=4 << 10, resume=True)
+    ds = ms.from_parquet(path, dst, resume=True, workers=2)
+    assert_same_rows(ds["tokens"][:], rows["tokens"])
+    assert_same_rows(ds["strokes"][:], rows["strokes"])
+
+
+@settings(max_examples=25)
+@given(
+    dtype=st.sampled_from(NUMERIC),
+    tail=st.lists(st.integers(1, 3), max_size=2).map(tuple),
+    rows=st.integers(0, 150),
+    longest=st.integers(0, 30),
+    row_group_size=st.integers(1, 50),
+    shard_bytes=st.integers(256, 4096),
+    seed=st.integers(0, 2**16),
+)
+def test_any_list_column_converts_through_parquet(
+    dtype: str, tail: tuple[int, ...], rows: int, longest: int, row_group_size: int,
+    shard_bytes: int, seed: int,
+) -> None:  # fmt: skip
+    rng = np.random.default_rng(seed)
+    made = random_rows(rng, rows, dtype, tail, longest)
+    table = pa.table({"r": list_column(made, tail, dtype, large=bool(seed % 2))})
+    with tempfile.TemporaryDirectory() as folder:
+        path = write_parquet(Path(folder) / "t.parquet", table, row_group_size)
+        ds = ms.from_parquet(path, Path(folder) / "out", shard_bytes=shard_bytes)
+        assert ds.fields["r"].shape == (None, *tail)
+        assert_same_rows(ds["r"][:], made)
         ds.close()
 
 
