@@ -25,6 +25,7 @@ from memshard.convert import STAGING_SUFFIX, convert
 from memshard.errors import (
     ConversionStateError,
     LabelError,
+    SmallShardWarning,
     SourceError,
     UnsupportedSourceError,
 )
@@ -737,6 +738,24 @@ def test_an_interrupted_list_conversion_resumes(tmp_path: Path) -> None:
     ds = ms.from_parquet(path, dst, resume=True, workers=2)
     assert_same_rows(ds["tokens"][:], rows["tokens"])
     assert_same_rows(ds["strokes"][:], rows["strokes"])
+
+
+def test_the_mean_row_length_sizes_the_reads_and_the_shard_warning(tmp_path: Path) -> None:
+    table, rows = ragged_table(1000, seed=11)
+    mean = {name: np.mean([len(row) for row in made]) for name, made in rows.items()}
+    empty = {name: np.mean([len(row) == 0 for row in made]) for name, made in rows.items()}
+    in_memory = ms_arrow.plan_table(table).fields
+    parquet = ms_arrow.plan_parquet(write_parquet(tmp_path / "t.parquet", table, 100)).fields
+    for name, element_size in (("tokens", 1), ("strokes", 3)):
+        assert in_memory[name].ragged
+        assert parquet[name].ragged
+        assert in_memory[name].elements_per_row == pytest.approx(mean[name])
+        # A Parquet leaf column holds one value for each empty list too.
+        estimate = mean[name] + empty[name] / element_size
+        assert parquet[name].elements_per_row == pytest.approx(estimate)
+    assert in_memory["strokes"].row_bytes == int(np.ceil(6 * mean["strokes"])) + 8
+    with pytest.warns(SmallShardWarning, match="shards smaller than 1.0 MiB"):
+        ms.from_arrow(table, tmp_path / "small", shard_bytes=64 << 10)
 
 
 @settings(max_examples=25)
