@@ -120,7 +120,7 @@ def _layout(column: str, arrow_type: Any) -> ColumnLayout:
 
 def _typed_layout(column: str, arrow_type: Any) -> ColumnLayout:
     if isinstance(arrow_type, pa.FixedShapeTensorType):
-        dtype = _value_dtype(arrow_type.value_type, arrow_type)
+        dtype = _value_dtype(arrow_type.value_type)
         permutation = arrow_type.permutation
         axes = None
         if permutation is not None and list(permutation) != sorted(permutation):
@@ -133,12 +133,12 @@ def _typed_layout(column: str, arrow_type: Any) -> ColumnLayout:
     while pa.types.is_fixed_size_list(inner):
         sizes.append(inner.list_size)
         inner = inner.value_type
-    return ColumnLayout(column, _value_dtype(inner, arrow_type), tuple(sizes))
+    return ColumnLayout(column, _value_dtype(inner), tuple(sizes))
 
 
-def _value_dtype(value_type: Any, whole: Any) -> np.dtype[Any]:
-    """The NumPy dtype of the values of a column of type ``whole``, whose innermost values
-    are of ``value_type``; raises :class:`_Refused` if there is none memshard stores."""
+def _value_dtype(value_type: Any) -> np.dtype[Any]:
+    """The NumPy dtype of a column's innermost values, of ``value_type``; raises
+    :class:`_Refused` if there is none memshard stores."""
     if pa.types.is_boolean(value_type):
         return np.dtype(bool)
     if pa.types.is_integer(value_type) or pa.types.is_floating(value_type):
@@ -152,20 +152,18 @@ def _type_problem(value_type: Any) -> str:
     """What values of a type memshard refuses are, in words."""
     types = pa.types
     if types.is_string(value_type) or types.is_large_string(value_type):
-        kind = "text"
-    elif types.is_binary(value_type) or types.is_large_binary(value_type):
-        kind = "binary data"
-    elif types.is_dictionary(value_type):
-        kind = "dictionary-encoded (categorical) values"
-    elif types.is_struct(value_type):
-        kind = "structs (take their children as columns of their own: Table.flatten)"
-    elif types.is_list(value_type) or types.is_large_list(value_type):
-        kind = "lists of lists (only a row's first axis may vary)"
-    elif types.is_null(value_type):
-        kind = "nulls only"
-    else:
-        kind = "values that are not numbers memshard stores"
-    return kind
+        return "text"
+    if types.is_binary(value_type) or types.is_large_binary(value_type):
+        return "binary data"
+    if types.is_dictionary(value_type):
+        return "dictionary-encoded (categorical) values"
+    if types.is_struct(value_type):
+        return "structs (take their children as columns of their own: Table.flatten)"
+    if types.is_list(value_type) or types.is_large_list(value_type):
+        return "lists of lists (only a row's first axis may vary)"
+    if types.is_null(value_type):
+        return "nulls only"
+    return "values that are not numbers memshard stores"
 
 
 # -- values ------------------------------------------------------------------------------------
@@ -289,16 +287,13 @@ def packed(
     element = ColumnLayout(layout.column, layout.dtype, layout.physical, layout.axes)
     parts = [_list_parts(chunk) for chunk in chunks if len(chunk)]
     arrays = [row_values(items, element, first_row=0, where=where) for _, items in parts]
+    if not parts:
+        return np.empty((0, *layout.shape), layout.dtype), np.zeros(1, np.int64)
     if len(parts) == 1:
         return arrays[0], parts[0][0]
-    ends = [offsets[1:] for offsets, _ in parts]
-    bases = np.cumsum([0] + [len(a) for a in arrays[:-1]], dtype=np.int64)
-    offsets = np.concatenate(
-        [np.zeros(1, np.int64)] + [e + b for e, b in zip(ends, bases, strict=True)]
-    )
-    if not arrays:
-        return np.empty((0, *layout.shape), layout.dtype), offsets
-    return np.concatenate(arrays), offsets
+    bases = np.cumsum([0] + [len(array) for array in arrays[:-1]], dtype=np.int64)
+    ends = [offsets[1:] + base for (offsets, _), base in zip(parts, bases, strict=True)]
+    return np.concatenate(arrays), np.concatenate([np.zeros(1, np.int64), *ends])
 
 
 # -- choosing the columns ----------------------------------------------------------------------

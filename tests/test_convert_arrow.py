@@ -29,6 +29,7 @@ from memshard.errors import (
     SourceError,
     UnsupportedSourceError,
 )
+from memshard.ragged import Ragged
 from tests.convert_helpers import assert_same_values, staging_of, with_stop
 
 NUMERIC = [
@@ -694,6 +695,19 @@ def test_sliced_and_chunked_list_columns(tmp_path: Path) -> None:
     ds = ms.from_arrow(table, tmp_path / "out", shard_bytes=4 << 10, workers=2)
     assert_same_rows(ds["strokes"][:], expected_rows(table.column("strokes"), "int16", (3,)))
     assert_same_rows(ds["tokens"][:], expected_rows(table.column("tokens"), "int32", ()))
+    opener = ms_arrow.plan_table(table).opener
+    assert isinstance(opener, ms_arrow.TableOpener)
+    reader = opener()
+    values, offsets = reader.read_ragged("strokes", 90, 130)  # across the three chunks
+    assert offsets[0] == 0
+    assert offsets[-1] == len(values)
+    assert_same_rows(
+        Ragged(values, offsets),
+        expected_rows(table.column("strokes").slice(90, 40), "int16", (3,)),
+    )
+    values, offsets = reader.read_ragged("strokes", 5, 5)
+    assert values.shape == (0, 3)
+    assert offsets.tolist() == [0]
 
 
 def test_a_list_column_of_empty_rows_only_and_zero_rows(tmp_path: Path) -> None:
