@@ -358,6 +358,23 @@ def test_discarding_a_part_removes_its_offsets_files(tmp_path: Path) -> None:
     assert os.listdir(path / "shards") == []
 
 
+def test_a_commit_that_verifies_parts_checks_their_offsets_files(tmp_path: Path) -> None:
+    path = tmp_path / "ds"
+    ms.create(path, FIELDS, shard_bytes=1 << 20).close()
+    with ms.write_part(path) as part:
+        part.extend({**sample_rows(30), "label": np.arange(30)})
+    (offsets,) = (path / "shards").glob("*.tokens.offsets.npy")
+    os.chmod(offsets, 0o644)
+    with open(offsets, "r+b") as handle:  # a valid offset, of a row one element shorter
+        handle.seek(4096 + 8)
+        ends = np.frombuffer(handle.read(16), dtype="<i8")
+        handle.seek(4096 + 8)
+        handle.write(np.int64(ends[0] - (ends[0] > 0)).tobytes())
+    with pytest.raises(errors.ChecksumError, match=r"tokens\.offsets\.npy: data"):
+        ms.commit_parts(path, [part.close()], verify=True)
+    assert len(ms.open(path)) == 0
+
+
 # -- damaged files -----------------------------------------------------------------------------
 def _unsealed_dataset(path: Path) -> ms.Dataset:
     rows = sample_rows(10)
