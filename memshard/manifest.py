@@ -454,6 +454,9 @@ def _check_labels(manifest: Manifest) -> None:
             raise ValueError(f"labels.{name}: no field named {name!r}")
         if spec.numpy_dtype.kind not in "iu":
             raise ValueError(f"labels.{name}: field dtype {spec.dtype!r} is not an integer dtype")
+        if spec.ragged:
+            # Writers check appended values against a vocabulary only in fixed fields.
+            raise ValueError(f"labels.{name}: the field is ragged; labels need a fixed field")
         if len(vocabulary) > MAX_LABELS:
             raise ValueError(f"labels.{name}: {len(vocabulary)} labels, at most {MAX_LABELS}")
         if len(set(vocabulary)) != len(vocabulary):
@@ -539,11 +542,16 @@ def _check_shards(manifest: Manifest) -> None:
                 f"expected {sorted(manifest.fields)}"
             )
         for name, file in shard.files.items():
-            check_file_record(f"{where}.files.{name}", file, manifest.fields[name], shard)
+            spec = manifest.fields[name]
+            check_file_record(f"{where}.files.{name}", file, spec, shard)
             _check_prefix_checksum(f"{where}.files.{name}", file, shard, has_prefix_checksums)
-            if file.path in seen_paths:
-                raise ValueError(f"{where}.files.{name}.path {file.path!r} is used twice")
-            seen_paths.add(file.path)
+            paths = {f"{where}.files.{name}.path": file.path}
+            if spec.ragged:  # its offsets file's path is used too, and must be no other's
+                paths[f"{where}.files.{name}.path (its offsets file)"] = file.offsets_path
+            for key, path in paths.items():
+                if path in seen_paths:
+                    raise ValueError(f"{key} {path!r} is used twice")
+                seen_paths.add(path)
     if expected_offset != manifest.rows:
         raise ValueError(f"rows is {manifest.rows}, but the shards hold {expected_offset} rows")
 
@@ -558,6 +566,11 @@ def check_file_record(where: str, file: ShardFile, spec: FieldSpec, shard: Shard
         )
     _check_offsets_keys(where, file, spec, shard)
     if spec.ragged:
+        if not is_safe_shard_path(file.offsets_path):
+            raise ValueError(
+                f"{where}.path {file.path!r}: the path of its offsets file, "
+                f"{file.offsets_path!r}, is not a valid shard path (too long)"
+            )
         if file.nbytes % spec.row_bytes:
             raise ValueError(
                 f"{where}.nbytes is {file.nbytes}, not a whole number of elements of "

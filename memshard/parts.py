@@ -33,9 +33,7 @@ from .errors import (
 )
 from .handles import FileLock, OwnedFd
 from .layout import PARTS_DIR, SHARDS_DIR
-from .manifest import (
-    Shard,
-)
+from .manifest import Shard, shard_files
 from .partrecord import (
     DEFAULT_GROUP,
     GROUP_PATTERN,
@@ -186,18 +184,24 @@ def _check_belongs(root: str, appender: Appender, record: Part, committed: set[s
 
 
 def _verify_files(root: str, record: Part) -> None:
-    for shard in record.shards:
-        for file in shard.files.values():
-            where = os.path.join(root, file.path)
-            try:
-                handle = OwnedFd.open(where, os.O_RDONLY | os.O_NOFOLLOW)
-                with contextlib.closing(handle):
-                    state = checksum_of_file(handle.fileno(), file.data_offset, file.nbytes)
-                actual = state.digest()
-            except (OSError, EOFError):
-                actual = "unreadable"
-            if actual != file.checksum:
-                raise ChecksumError(f"{where}: data {actual}, part record {file.checksum}")
+    """Every file of the part (a ragged field's offsets file too) against its checksum."""
+    files = [
+        file
+        for shard in record.shards
+        for name, field_file in shard.files.items()
+        for _, file, _ in shard_files(record.fields[name], field_file, shard.rows, sealed=True)
+    ]
+    for file in files:
+        where = os.path.join(root, file.path)
+        try:
+            handle = OwnedFd.open(where, os.O_RDONLY | os.O_NOFOLLOW)
+            with contextlib.closing(handle):
+                state = checksum_of_file(handle.fileno(), file.data_offset, file.nbytes)
+            actual = state.digest()
+        except (OSError, EOFError):
+            actual = "unreadable"
+        if actual != file.checksum:
+            raise ChecksumError(f"{where}: data {actual}, part record {file.checksum}")
 
 
 def _ordered(root: str, records: list[Part], order: Order) -> list[Part]:

@@ -33,8 +33,15 @@ from .durable import fsync_directory
 from .errors import MemshardError, ShardTableError, UpgradeError
 from .filemap import map_readonly
 from .layout import SHARDS_DIR
-from .manifest import FieldSpec, Manifest, Shard, ShardFile, TableRef, offsets_path
-from .ragged import MAX_ELEMENTS
+from .manifest import (
+    MAX_COUNT,
+    FieldSpec,
+    Manifest,
+    Shard,
+    ShardFile,
+    TableRef,
+    offsets_path,
+)
 from .smallfile import open_regular
 
 #: The shard table's file, beside ``manifest.json``.
@@ -250,20 +257,23 @@ class ShardTable:
     ) -> ShardFile:
         path = shard_path(stem, name)
         checksum = _format_checksum(int(record["checksums"][position]))
-        rows = int(record["rows"])
         ragged = self._ragged.get(name)
+        count = int(record["rows"] if ragged is None else record["elements"][ragged])
+        if not 0 <= count * spec.row_bytes <= MAX_COUNT:
+            what = "rows" if ragged is None else "elements"
+            raise ShardTableError(
+                f"{where}: field {name!r}: {count} {what} of {spec.row_bytes} bytes, not from 0 "
+                f"to {MAX_COUNT} bytes (damaged)"
+            )
         if ragged is None:
             return ShardFile(
-                path=path, data_offset=spec.data_offset, nbytes=rows * spec.row_bytes,
+                path=path, data_offset=spec.data_offset, nbytes=count * spec.row_bytes,
                 checksum=checksum,
             )  # fmt: skip
-        elements = int(record["elements"][ragged])
-        if not 0 <= elements <= MAX_ELEMENTS:
-            raise ShardTableError(f"{where}: field {name!r} has {elements} elements")
         return ShardFile(
             path=path,
             data_offset=spec.data_offset,
-            nbytes=elements * spec.row_bytes,
+            nbytes=count * spec.row_bytes,
             checksum=checksum,
             offsets_checksum=_format_checksum(int(record["offsets_checksums"][ragged])),
         )

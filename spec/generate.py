@@ -2,22 +2,26 @@
 
 ``spec/manifest.schema.json`` is the JSON Schema of the manifest model, and the blocks of
 ``spec/FORMAT.md`` between ``<!-- BEGIN GENERATED: NAME -->`` and ``<!-- END GENERATED: NAME -->``
-(the dtype table, the limits table and the worked example) are rendered from the library's own
-pieces, so the specification cannot drift from the code without a test noticing.
+(the dtype table, the limits table and the two worked examples) are rendered from the library's
+own pieces, so the specification cannot drift from the code without a test noticing.
 
 Usage::
 
     python spec/generate.py          rewrite whatever is stale
     python spec/generate.py --check  say what is stale, write nothing, exit 1 if anything is
 
-The worked example is built in memory from ``npyheader.header_bytes``,
-``checksum.StreamingChecksum``, the ``Manifest`` model and ``manifest.dumps``; nothing is written
-to disk except the two spec files.
+The worked examples are built in memory from ``npyheader.header_bytes``,
+``checksum.StreamingChecksum``, ``shardtable.encode``, the ``Manifest`` model and
+``manifest.dumps``; nothing is written to disk except the two spec files. The one with a ragged
+field (section 11.2) splits its rows into shards by the rule of section 5.6, computed here
+independently of the writer, whose output ``tests/test_spec.py`` compares with it.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import itertools
 import json
 import os
 import re
@@ -31,14 +35,22 @@ import numpy as np
 
 from memshard import checksum, dtypes, durable, layout, manifest, npyheader, schema, shardtable
 from memshard.checksum import StreamingChecksum
-from memshard.manifest import FieldSpec, Manifest, Shard, ShardFile, TableRef
+from memshard.manifest import (
+    FieldSpec,
+    Manifest,
+    Shard,
+    ShardFile,
+    TableRef,
+    offsets_path,
+    offsets_spec,
+)
 
 SPEC_DIR = Path(__file__).resolve().parent
 FORMAT_FILE = "FORMAT.md"
 SCHEMA_FILE = "manifest.schema.json"
 BLOCK_PATTERN = re.compile(r"<!-- BEGIN GENERATED: ([a-z0-9-]+) -->\n")
 
-#: The worked example: fixed, so that its bytes (and checksums) never change.
+#: The worked example of section 11.1: fixed, so that its bytes (and checksums) never change.
 EXAMPLE_UUID = "0123456789abcdef0123456789abcdef"
 EXAMPLE_GENERATION = 1
 EXAMPLE_SHARD_ROWS = 2
@@ -53,12 +65,29 @@ EXAMPLE_VALUES: dict[str, tuple[Any, ...]] = {
     "y": (1, 0, 1),
 }
 
+#: The worked example of section 11.2: a ragged field beside a fixed one, in shards that roll
+#: on their size (``shard_bytes``), committed once before the writer closes, so that its last
+#: shard is unsealed. Row 1 is empty.
+RAGGED_UUID = "00112233445566778899aabbccddeeff"
+RAGGED_GENERATION = 1
+RAGGED_SHARD_BYTES = 64
+RAGGED_FIELDS = {
+    "tokens": FieldSpec(dtype="<i4", shape=(), kind="ragged"),
+    "y": FieldSpec(dtype="<i8", shape=()),
+}
+RAGGED_ATTRS: dict[str, Any] = {"source": "ragged example"}
+RAGGED_VALUES: dict[str, tuple[Any, ...]] = {
+    "tokens": ((5, 6, 7, 8), (), (9, 10)),
+    "y": (1, 0, 1),
+}
+
 #: The named constants the specification refers to: (module, name, meaning).
 LIMITS: tuple[tuple[ModuleType, str, str], ...] = (
     (manifest, "MAX_MANIFEST_BYTES", "largest `manifest.json`, in bytes"),
     (manifest, "MAX_COUNT", "largest row count, row offset, generation, byte size or dimension"),
     (manifest, "MAX_SAMPLE_NDIM", "most dimensions of one sample"),
     (manifest, "MAX_LABELS", "most labels in one vocabulary"),
+    (manifest, "OFFSETS_SUFFIX", "replaces `.npy` in the offsets file of a ragged field (2.1)"),
     (layout, "MAX_FIELD_NAME", "longest field name, in characters"),
     (layout, "FIELD_NAME_PATTERN", "a field name (whole string)"),
     (layout, "SHARD_PATH_PATTERN", "a shard path in the manifest (whole string)"),
@@ -89,7 +118,7 @@ class SpecError(Exception):
 
 
 class Example(NamedTuple):
-    """The worked example: its manifest, its sealed shards (the records of its shard table)
+    """A worked example: its manifest, its sealed shards (the records of its shard table)
     and the content of each file, by path (the shard table's too)."""
 
     manifest: Manifest
@@ -151,9 +180,7 @@ def build_example() -> Example:
         shards.append(shard)
         files.update(contents)
     records = example_records(shards)
-    files[shardtable.TABLE_NAME] = (
-        npyheader.header_bytes(records.dtype, (), len(records)) + records.tobytes()
-    )
+    files[shardtable.TABLE_NAME] = table_file(records)
     document = Manifest(
         format=manifest.FORMAT_NAME,
         version=manifest.FORMAT_VERSION,
@@ -180,6 +207,17 @@ def example_records(shards: Sequence[Shard]) -> np.ndarray:
     return shardtable.encode(shards, EXAMPLE_FIELDS, seed, where="example")
 
 
+def table_records(example: Example) -> np.ndarray:
+    """The shard table records of ``example``'s sealed shards, chained from its uuid."""
+    seed = shardtable.chain_seed(example.manifest.uuid)
+    return shardtable.encode(example.shards, example.manifest.fields, seed, where="example")
+
+
+def table_file(records: np.ndarray) -> bytes:
+    """The bytes of a shard table holding ``records``."""
+    return npyheader.header_bytes(records.dtype, (), len(records)) + records.tobytes()
+
+
 def table_dictionary(example: Example) -> str:
     """The header dictionary of the example's shard table, without its padding."""
     content = example.files[shardtable.TABLE_NAME]
@@ -187,21 +225,37 @@ def table_dictionary(example: Example) -> str:
 
 
 def records_table(example: Example) -> str:
-    """The markdown table of the example's shard table records, one row per record."""
-    records = example_records(example.shards)
-    rows = [
-        (
+    """The markdown table of the example's shard table records, one row per record; the
+    members of ragged fields (format 2.1) only when it has some."""
+    records = table_records(example)
+    fields = example.manifest.fields
+    ragged = shardtable.ragged_fields(fields)
+
+    def hexes(values: Any) -> str:
+        return ", ".join(f"`{int(value):016x}`" for value in values)
+
+    rows = []
+    for index, record in enumerate(records):
+        cells: list[Any] = [
             index,
             int(record["row_offset"]),
             int(record["rows"]),
             f"`{bytes(record['stem']).rstrip(bytes(1)).decode()}`",
-            ", ".join(f"`{int(value):016x}`" for value in record["checksums"]),
-            f"`{int(record['chain']):016x}`",
-        )
-        for index, record in enumerate(records)
-    ]
-    header = ("Record", "`row_offset`", "`rows`", "`stem`", "`checksums` (x, y)", "`chain`")
-    return table(header, ("---:", "---:", "---:", "---", "---", "---"), rows)
+            hexes(record["checksums"]),
+        ]
+        if ragged:
+            cells += [", ".join(str(int(v)) for v in record["elements"])]
+            cells += [hexes(record["offsets_checksums"])]
+        rows.append((*cells, f"`{int(record['chain']):016x}`"))
+    header = ["Record", "`row_offset`", "`rows`", "`stem`", f"`checksums` ({', '.join(fields)})"]
+    align = ["---:", "---:", "---:", "---", "---"]
+    if ragged:
+        header += [
+            f"`elements` ({', '.join(ragged)})",
+            f"`offsets_checksums` ({', '.join(ragged)})",
+        ]
+        align += ["---:", "---"]
+    return table([*header, "`chain`"], [*align, "---"], rows)
 
 
 def unsealed_last_shard() -> Shard:
@@ -221,6 +275,114 @@ def unsealed_last_shard() -> Shard:
         for name, file in sealed.files.items()
     }
     return Shard(row_offset=sealed.row_offset, rows=sealed.rows, sealed=False, files=files)
+
+
+def ragged_data_bytes(start: int, stop: int) -> int:
+    """Bytes of data of a shard of the ragged example holding rows ``start:stop``, as section
+    5.6 counts them: each fixed field's rows, each ragged field's elements and its
+    ``rows + 1`` offsets."""
+    total = 0
+    for name, spec in RAGGED_FIELDS.items():
+        if spec.ragged:
+            elements = sum(len(row) for row in RAGGED_VALUES[name][start:stop])
+            total += elements * spec.row_bytes + (stop - start + 1) * offsets_spec().row_bytes
+        else:
+            total += (stop - start) * spec.row_bytes
+    return total
+
+
+def ragged_shard_rows() -> int:
+    """The ragged example's ``shard_rows``, as ``memshard.create`` derives it from
+    ``shard_bytes``."""
+    return schema.rows_per_shard(RAGGED_FIELDS, RAGGED_SHARD_BYTES)
+
+
+def ragged_bounds() -> list[tuple[int, int]]:
+    """``(start, stop)`` of each shard of the ragged example: a shard takes rows until it
+    holds ``shard_rows`` or the next row would take its data past ``shard_bytes``, and holds
+    at least one (section 5.6)."""
+    rows, most = len(RAGGED_VALUES["y"]), ragged_shard_rows()
+    bounds, start = [], 0
+    while start < rows:
+        stop = start + 1
+        while (
+            stop < rows
+            and stop - start < most
+            and ragged_data_bytes(start, stop + 1) <= RAGGED_SHARD_BYTES
+        ):
+            stop += 1
+        bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
+def file_checksums(digest: str, *, sealed: bool, offsets: str | None = None) -> dict[str, Any]:
+    """The checksum members of a file record: ``checksum`` (and ``offsets_checksum``) in a
+    sealed shard, ``prefix_checksum`` (and ``offsets_prefix_checksum``) in the unsealed one."""
+    if sealed:
+        members = {"checksum": digest, "offsets_checksum": offsets}
+    else:
+        members = {"checksum": None, "prefix_checksum": digest, "offsets_prefix_checksum": offsets}
+    return {key: value for key, value in members.items() if value is not None or key == "checksum"}
+
+
+def ragged_shard(
+    index: int, start: int, stop: int, *, sealed: bool
+) -> tuple[Shard, dict[str, bytes]]:
+    """Shard ``index`` of the ragged example (rows ``start:stop``) and its files' bytes: a
+    values file and an offsets file for ``tokens``, one file for ``y``."""
+    records = {}
+    files = {}
+    for name, spec in RAGGED_FIELDS.items():
+        path = layout.shard_file_name(RAGGED_UUID[:12], index, name)
+        rows = RAGGED_VALUES[name][start:stop]
+        if not spec.ragged:
+            files[path], digest = shard_file(spec, rows)
+            nbytes, extra = len(rows) * spec.row_bytes, file_checksums(digest, sealed=sealed)
+        else:
+            arrays = [np.asarray(row, spec.numpy_dtype).reshape((-1, *spec.shape)) for row in rows]
+            ends = np.cumsum([0, *(len(array) for array in arrays)])
+            files[path], digest = shard_file(spec.values, np.concatenate(arrays))
+            files[offsets_path(path)], offsets = shard_file(offsets_spec(), ends)
+            nbytes = int(ends[-1]) * spec.row_bytes
+            extra = file_checksums(digest, sealed=sealed, offsets=offsets)
+        records[name] = ShardFile(path=path, data_offset=spec.data_offset, nbytes=nbytes, **extra)
+    return Shard(row_offset=start, rows=stop - start, sealed=sealed, files=records), files
+
+
+def build_ragged_example() -> Example:
+    """The ragged example: every row written, committed once; every shard but the last
+    sealed (a record of the table), the last one unsealed (in the manifest's ``shards``)."""
+    bounds = ragged_bounds()
+    shards = []
+    files: dict[str, bytes] = {}
+    for index, (start, stop) in enumerate(bounds):
+        shard, contents = ragged_shard(index, start, stop, sealed=index < len(bounds) - 1)
+        shards.append(shard)
+        files.update(contents)
+    sealed, unsealed = tuple(shards[:-1]), shards[-1]
+    seed = shardtable.chain_seed(RAGGED_UUID)
+    records = shardtable.encode(sealed, RAGGED_FIELDS, seed, where="example")
+    files[shardtable.TABLE_NAME] = table_file(records)
+    document = Manifest(
+        format=manifest.FORMAT_NAME,
+        version=manifest.FORMAT_VERSION,
+        uuid=RAGGED_UUID,
+        generation=RAGGED_GENERATION,
+        rows=unsealed.row_offset + unsealed.rows,
+        shard_rows=ragged_shard_rows(),
+        fields=RAGGED_FIELDS,
+        labels={},
+        attrs=RAGGED_ATTRS,
+        shard_bytes=RAGGED_SHARD_BYTES,
+        table=TableRef(
+            records=len(records),
+            rows=unsealed.row_offset,
+            chain=shardtable.format_chain(int(records[-1]["chain"])) if len(records) else None,
+        ),
+        shards=(unsealed,),
+    )
+    return Example(document, sealed, files)
 
 
 def shard_line(shard: Shard) -> str:
@@ -268,6 +430,17 @@ def spaced_hex(data: bytes) -> str:
 
 def layout_rows(spec: FieldSpec, content: bytes) -> list[tuple[int, int, str, str]]:
     """``(offset, size, bytes, meaning)`` for each part of one shard file."""
+    rows = header_rows(spec, content)
+    for row in range((len(content) - spec.data_offset) // spec.row_bytes):
+        start = spec.data_offset + row * spec.row_bytes
+        data = content[start : start + spec.row_bytes]
+        values = np.frombuffer(data, dtype=spec.numpy_dtype).tolist()
+        rows.append((start, spec.row_bytes, spaced_hex(data), f"row {row}: `{values}`"))
+    return rows
+
+
+def header_rows(spec: FieldSpec, content: bytes) -> list[tuple[int, int, str, str]]:
+    """``(offset, size, bytes, meaning)`` for each part of one shard file's header."""
     preamble = npyheader.PREAMBLE_SIZE
     body = content[preamble : spec.data_offset].decode("ascii")
     dictionary = body.rstrip(" \n")
@@ -286,11 +459,50 @@ def layout_rows(spec: FieldSpec, content: bytes) -> list[tuple[int, int, str, st
         (preamble + len(dictionary), padding, "20 ... 20", f"{padding} spaces"),
         (spec.data_offset - 1, 1, "0a", "newline: the header ends here"),
     ]
-    for row in range((len(content) - spec.data_offset) // spec.row_bytes):
-        start = spec.data_offset + row * spec.row_bytes
+    return rows
+
+
+def ragged_layout_tables(example: Example, name: str) -> tuple[str, str]:
+    """The layout tables of the values file and of the offsets file of ragged field ``name``
+    in the example's first shard."""
+    file = example.shards[0].files[name]
+    offsets = example.files[file.offsets_path]
+    ends = np.frombuffer(offsets[offsets_spec().data_offset :], dtype=offsets_spec().numpy_dtype)
+    spec = example.manifest.fields[name]
+    values = values_rows(spec, example.files[file.path], ends.tolist())
+    return layout_markdown(values), layout_markdown(offsets_rows(offsets, ends.tolist()))
+
+
+def values_rows(
+    spec: FieldSpec, content: bytes, ends: list[int]
+) -> list[tuple[int, int, str, str]]:
+    """``(offset, size, bytes, meaning)`` for the header of a ragged field's values file,
+    then for the elements of each row (``ends``: the shard's offsets)."""
+    rows = header_rows(spec.values, content)
+    for row, (first, last) in enumerate(itertools.pairwise(ends)):
+        start = spec.data_offset + first * spec.row_bytes
+        data = content[start : spec.data_offset + last * spec.row_bytes]
+        shown = np.frombuffer(data, dtype=spec.numpy_dtype).reshape((-1, *spec.shape)).tolist()
+        where = f"elements {first} to {last - 1}" if last > first else "no element"
+        rows.append((start, len(data), spaced_hex(data) or "—", f"row {row}, {where}: `{shown}`"))
+    return rows
+
+
+def offsets_rows(content: bytes, ends: list[int]) -> list[tuple[int, int, str, str]]:
+    """``(offset, size, bytes, meaning)`` for the header of a ragged field's offsets file,
+    then for each offset (``ends``): where it starts or ends a row."""
+    spec = offsets_spec()
+    rows = header_rows(spec, content)
+    last = len(ends) - 1
+    for entry, end in enumerate(ends):
+        start = spec.data_offset + entry * spec.row_bytes
         data = content[start : start + spec.row_bytes]
-        values = np.frombuffer(data, dtype=spec.numpy_dtype).tolist()
-        rows.append((start, spec.row_bytes, spaced_hex(data), f"row {row}: `{values}`"))
+        marks = [f"row {entry - 1} ends"] if entry else []
+        marks += [f"row {entry} starts"] if entry < last else []
+        meaning = f"`offsets[{entry}]` = {end}: {' and '.join(marks)} at element {end}"
+        if entry == last:
+            meaning += f", the end of the shard's {end} elements"
+        rows.append((start, len(data), spaced_hex(data), meaning))
     return rows
 
 
@@ -309,8 +521,12 @@ def table(header: Sequence[str], align: Sequence[str], rows: list[tuple[Any, ...
 
 def layout_table(spec: FieldSpec, content: bytes) -> str:
     """The markdown table explaining every byte range of one shard file."""
-    header = ("Offset", "Size", "Bytes", "Meaning")
-    return table(header, ("---:", "---:", "---", "---"), layout_rows(spec, content))
+    return layout_markdown(layout_rows(spec, content))
+
+
+def layout_markdown(rows: list[tuple[int, int, str, str]]) -> str:
+    """A layout table: ``(offset, size, bytes, meaning)`` rows as markdown."""
+    return table(("Offset", "Size", "Bytes", "Meaning"), ("---:", "---:", "---", "---"), rows)
 
 
 def files_table(example: Example) -> str:
@@ -324,6 +540,17 @@ def files_table(example: Example) -> str:
             shown = values.reshape((shard.rows, *spec.shape)).tolist()
             rows.append((f"`{record.path}`", len(content), f"`{shown}`"))
     return table(("Path", "Size", "Rows (values)"), ("---", "---:", "---"), rows)
+
+
+def ragged_files_table(example: Example) -> str:
+    """The markdown table of every file of the ragged example: path, size, the shape its
+    header states and its data, as ``numpy.load`` reads them."""
+    rows = []
+    for path, content in example.files.items():
+        array = np.load(io.BytesIO(content))
+        data = f"`{array.tolist()}`" if path != shardtable.TABLE_NAME else "the records below"
+        rows.append((f"`{path}`", len(content), f"`{array.shape}`", data))
+    return table(("Path", "Size", "Shape", "Data"), ("---", "---:", "---", "---"), rows)
 
 
 def dtype_table() -> str:
@@ -380,6 +607,8 @@ def generated_blocks() -> dict[str, str]:
     example = build_example()
     first = example.shards[0].files["x"]
     content = example.files[first.path]
+    ragged = build_ragged_example()
+    values_layout, offsets_layout = ragged_layout_tables(ragged, "tokens")
     return {
         "dtypes": dtype_table(),
         "limits": limits_table(),
@@ -390,6 +619,12 @@ def generated_blocks() -> dict[str, str]:
         "unsealed-shard": fenced("json", shard_line(unsealed_last_shard())),
         "table-header": fenced("text", table_dictionary(example) + "\n"),
         "table-records": records_table(example),
+        "ragged-files": ragged_files_table(ragged),
+        "ragged-values-layout": values_layout,
+        "ragged-offsets-layout": offsets_layout,
+        "ragged-table-header": fenced("text", table_dictionary(ragged) + "\n"),
+        "ragged-table-records": records_table(ragged),
+        "ragged-manifest": fenced("json", manifest.dumps(ragged.manifest).decode("utf-8")),
     }
 
 

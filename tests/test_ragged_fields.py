@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import os
@@ -16,9 +17,11 @@ from hypothesis import strategies as st
 
 import memshard as ms
 from memshard import errors
+from memshard import manifest as manifest_io
 from memshard.layout import MANIFEST_NAME
 from memshard.manifest import offsets_path
 from memshard.ragged import Ragged
+from memshard.shardtable import TABLE_NAME, chain_of, chain_seed, format_chain
 
 FIELDS = {"tokens": ("int32", (None,)), "strokes": ("int16", (None, 3)), "label": ("int64", ())}
 
@@ -345,6 +348,33 @@ def test_parts_write_ragged_fields_and_commit_in_order(tmp_path: Path) -> None:
     assert ds.verify().ok
 
 
+def test_discarding_a_part_removes_its_offsets_files(tmp_path: Path) -> None:
+    path = tmp_path / "ds"
+    ms.create(path, FIELDS, shard_bytes=1024).close()
+    with ms.write_part(path) as part:
+        part.extend({**sample_rows(30), "label": np.arange(30)})
+    assert any(name.endswith(".offsets.npy") for name in os.listdir(path / "shards"))
+    assert ms.discard_parts(path) == [part.id]
+    assert os.listdir(path / "shards") == []
+
+
+def test_a_commit_that_verifies_parts_checks_their_offsets_files(tmp_path: Path) -> None:
+    path = tmp_path / "ds"
+    ms.create(path, FIELDS, shard_bytes=1 << 20).close()
+    with ms.write_part(path) as part:
+        part.extend({**sample_rows(30), "label": np.arange(30)})
+    (offsets,) = (path / "shards").glob("*.tokens.offsets.npy")
+    os.chmod(offsets, 0o644)
+    with open(offsets, "r+b") as handle:  # a valid offset, of a row one element shorter
+        handle.seek(4096 + 8)
+        ends = np.frombuffer(handle.read(16), dtype="<i8")
+        handle.seek(4096 + 8)
+        handle.write(np.int64(ends[0] - (ends[0] > 0)).tobytes())
+    with pytest.raises(errors.ChecksumError, match=r"tokens\.offsets\.npy: data"):
+        ms.commit_parts(path, [part.close()], verify=True)
+    assert len(ms.open(path)) == 0
+
+
 # -- damaged files -----------------------------------------------------------------------------
 def _unsealed_dataset(path: Path) -> ms.Dataset:
     rows = sample_rows(10)
@@ -392,6 +422,33 @@ def test_truncated_values_are_refused_before_mapping(tmp_path: Path) -> None:
     assert [problem.path for problem in fresh.verify().problems] == [values]
 
 
+@pytest.mark.parametrize("elements", [-1, 2**61])
+def test_a_table_record_of_impossible_elements_is_a_typed_error(
+    tmp_path: Path, elements: int
+) -> None:
+    write(tmp_path / "ds", sample_rows(100))
+    table = tmp_path / "ds" / TABLE_NAME
+    data = table.read_bytes()
+    records = np.load(io.BytesIO(data)).copy()
+    records[0]["elements"][0] = elements  # 2**61 int32 elements are 2**63 bytes
+    previous = chain_seed(ms.open(tmp_path / "ds").uuid)  # chained again: the record is valid
+    body = records.dtype.itemsize - 8
+    for record in records:
+        record["chain"] = previous = chain_of(record.tobytes()[:body], previous)
+    os.chmod(table, 0o644)
+    table.write_bytes(data[: len(data) - records.nbytes] + records.tobytes())
+    manifest = manifest_io.load(str(tmp_path / "ds" / MANIFEST_NAME))
+    assert manifest.table is not None
+    ref = manifest.table.model_copy(update={"chain": format_chain(previous)})
+    (tmp_path / "ds" / MANIFEST_NAME).write_bytes(
+        manifest_io.dumps(manifest.model_copy(update={"table": ref}))
+    )
+    ds = ms.open(tmp_path / "ds")
+    with pytest.raises(errors.ShardTableError, match=rf"record 0: field 'tokens': {elements} el"):
+        ds["tokens"][0]
+    assert [problem.error for problem in ds.verify().problems] == [errors.ShardTableError]
+
+
 def test_an_appender_refuses_an_unsealed_shard_whose_offsets_changed(tmp_path: Path) -> None:
     ds = _unsealed_dataset(tmp_path / "ds")
     offsets = offsets_path(ds.shard_files("tokens")[0])
@@ -427,6 +484,12 @@ def _rewritten(path: Path, document: dict[str, Any]) -> None:
             offsets_prefix_checksum="xxh3_64:0000000000000000"), "not a key of a fixed field"),
         (lambda d: d["shards"][0]["files"]["tokens"].update(nbytes=6),
          "not a whole number of elements"),
+        (lambda d: d.update(labels={"tokens": ["a", "b"]}), "labels need a fixed field"),
+        (lambda d: d["shards"][0]["files"]["label"].update(
+            path=offsets_path(d["shards"][0]["files"]["tokens"]["path"])),
+         r"label\.path .*tokens\.offsets\.npy' is used twice"),
+        (lambda d: d["shards"][0]["files"]["tokens"].update(path=f"shards/{'a' * 251}.npy"),
+         "the path of its offsets file.*is not a valid shard path"),
     ],
 )  # fmt: skip
 def test_manifests_breaking_the_ragged_rules_are_refused(

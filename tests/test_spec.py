@@ -13,14 +13,17 @@ import io
 import json
 import shutil
 import sys
+import uuid as uuid_module
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
 import xxhash
 
 import memshard
+from memshard import appender as appender_module
 from memshard import manifest as manifest_io
 from memshard.shardtable import TABLE_NAME
 
@@ -47,9 +50,9 @@ def _format_text() -> str:
         return handle.read()
 
 
-def _write_example(root: Path) -> None:
-    """Write the worked example's manifest and shard files under ``root``."""
-    example = generate.build_example()
+def _write_example(root: Path, example: Any = None) -> None:
+    """Write a worked example's manifest and files under ``root`` (default: section 11.1's)."""
+    example = example or generate.build_example()
     (root / "shards").mkdir(parents=True)
     for path, content in example.files.items():
         (root / path).write_bytes(content)
@@ -91,7 +94,8 @@ def test_check_names_each_stale_part(tmp_path: Path) -> None:
     shutil.copy(SPEC_DIR / "FORMAT.md", tmp_path / "FORMAT.md")
     (tmp_path / "manifest.schema.json").write_text("{}\n", encoding="utf-8")
     text = (tmp_path / "FORMAT.md").read_text(encoding="utf-8")
-    (tmp_path / "FORMAT.md").write_text(text.replace('"rows": 3,', '"rows": 4,'), "utf-8")
+    # The first '"rows": 3,' is the manifest's of section 11.1.
+    (tmp_path / "FORMAT.md").write_text(text.replace('"rows": 3,', '"rows": 4,', 1), "utf-8")
 
     updates = generate.stale_files(tmp_path)
 
@@ -251,3 +255,117 @@ def test_library_commits_the_unsealed_shard_of_the_worked_example(tmp_path: Path
     assert generate.block_body(_format_text(), "unsealed-shard") == f"```json\n{line}```\n"
     assert line in manifest_io.dumps(written).decode().replace(token, generate.EXAMPLE_UUID[:12])
     assert memshard.open(root).verify().ok
+
+
+# -- the worked example with a ragged field (section 11.2) ----------------------------------
+RAGGED_ROWS: dict[str, Any] = {
+    "tokens": [np.asarray(row, dtype=np.int32) for row in generate.RAGGED_VALUES["tokens"]],
+    "y": np.asarray(generate.RAGGED_VALUES["y"], dtype=np.int64),
+}
+
+
+def test_ragged_example_reads_back_through_memshard(tmp_path: Path) -> None:
+    example = generate.build_ragged_example()
+    _write_example(tmp_path, example)
+
+    dataset = memshard.open(tmp_path)
+
+    assert len(dataset) == 3
+    assert dataset.fields["tokens"] == (np.dtype("int32"), (None,))
+    assert [(shard.rows, shard.sealed) for shard in dataset.shards] == [(2, True), (1, False)]
+    rows = dataset["tokens"][:]
+    assert rows.lengths.tolist() == [4, 0, 2]
+    for got, want in zip(rows, RAGGED_ROWS["tokens"], strict=True):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(dataset["y"][:], RAGGED_ROWS["y"])
+    report = dataset.verify()
+    assert report.ok
+    assert report.files == 6
+
+
+def test_ragged_example_files_load_with_plain_numpy(tmp_path: Path) -> None:
+    example = generate.build_ragged_example()
+    _write_example(tmp_path, example)
+
+    for shard in [*example.shards, *example.manifest.shards]:
+        file = shard.files["tokens"]
+        values = np.load(tmp_path / file.path, mmap_mode="r")
+        offsets = np.load(tmp_path / file.offsets_path, mmap_mode="r")
+        assert values.dtype == np.int32
+        assert offsets.dtype == np.int64
+        assert offsets.shape == (shard.rows + 1,)
+        assert values.nbytes == file.nbytes
+        expected = RAGGED_ROWS["tokens"][shard.row_offset : shard.row_offset + shard.rows]
+        for row, want in enumerate(expected):
+            np.testing.assert_array_equal(values[offsets[row] : offsets[row + 1]], want)
+        del values, offsets
+
+
+def test_ragged_example_checksums_cover_the_data_bytes() -> None:
+    example = generate.build_ragged_example()
+
+    def digest(path: str, data_offset: int) -> str:
+        return "xxh3_64:" + xxhash.xxh3_64(example.files[path][data_offset:]).hexdigest()
+
+    (sealed,) = example.shards
+    (unsealed,) = example.manifest.shards
+    for shard, values_key, offsets_key in (
+        (sealed, "checksum", "offsets_checksum"),
+        (unsealed, "prefix_checksum", "offsets_prefix_checksum"),
+    ):
+        file = shard.files["tokens"]
+        assert getattr(file, values_key) == digest(file.path, file.data_offset)
+        assert getattr(file, offsets_key) == digest(file.offsets_path, 4096)
+        assert len(example.files[file.offsets_path]) == 4096 + (shard.rows + 1) * 8
+
+
+def test_ragged_example_prose_states_the_generated_numbers() -> None:
+    text = _format_text()
+    example = generate.build_ragged_example()
+    records = np.load(io.BytesIO(example.files[TABLE_NAME]))
+
+    # Section 11.2: shard 0 holds 56 bytes of data, 80 with row 2, shard 1 holds 32.
+    assert [generate.ragged_data_bytes(*rows) for rows in ((0, 2), (0, 3), (2, 3))] == [56, 80, 32]
+    assert generate.ragged_bounds() == [(0, 2), (2, 3)]
+    assert generate.ragged_shard_rows() == 4
+    assert records.dtype.itemsize == 120
+    # Section 6.3.10 quotes the example's offsets_prefix_checksum.
+    value = example.manifest.shards[0].files["tokens"].offsets_prefix_checksum
+    section = text[text.index("##### `shards[].files.<name>.offsets_checksum`") :]
+    assert f'"offsets_prefix_checksum": "{value}"' in section[: section.index("#### 6.3.11")]
+
+
+def test_library_writes_the_ragged_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    example = generate.build_ragged_example()
+    fixed = uuid_module.UUID(generate.RAGGED_UUID)
+    monkeypatch.setattr(appender_module, "uuid_module", SimpleNamespace(uuid4=lambda: fixed))
+    root = tmp_path / "dataset"
+    appender = memshard.create(
+        root,
+        fields={"tokens": ("int32", (None,)), "y": ("int64", ())},
+        shard_bytes=generate.RAGGED_SHARD_BYTES,
+        attrs=generate.RAGGED_ATTRS,
+    )
+    appender.extend(RAGGED_ROWS)
+    appender.commit()
+
+    # Byte for byte: the manifest (its own checksum included), every shard file and the table.
+    assert (root / "manifest.json").read_bytes() == manifest_io.dumps(example.manifest)
+    written = {
+        f"shards/{path.name}": path.read_bytes() for path in sorted((root / "shards").iterdir())
+    }
+    written[TABLE_NAME] = (root / TABLE_NAME).read_bytes()
+    assert written == example.files
+
+    # Closing seals shard 1 with the checksums its unsealed record stated: the table's second
+    # record, 2 elements, generation 2 (the last paragraph of section 11.2).
+    appender.close()
+    closed = manifest_io.loads((root / "manifest.json").read_bytes(), where="closed")
+    assert closed.table is not None
+    assert (closed.generation, closed.shards, closed.table.records) == (2, (), 2)
+    unsealed = example.manifest.shards[0].files
+    last = memshard.open(root).shards[1].files
+    assert last["tokens"].checksum == unsealed["tokens"].prefix_checksum
+    assert last["tokens"].offsets_checksum == unsealed["tokens"].offsets_prefix_checksum
+    assert last["tokens"].nbytes == 8
+    assert last["y"].checksum == unsealed["y"].prefix_checksum
