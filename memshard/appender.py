@@ -290,7 +290,7 @@ def upgrade(path: str | os.PathLike[str]) -> str | None:
     """Upgrade the dataset at ``path`` to the format version this library writes, in place.
 
     A dataset of format 1.x gets its shard table: one commit writes the records of every
-    sealed shard to ``shard_table.npy``, then publishes a format 2.0 manifest (a crash at any
+    sealed shard to ``shard_table.npy``, then publishes a format 2.1 manifest (a crash at any
     point leaves the old manifest or the new one, both complete). No shard file is touched,
     and an unsealed last shard stays unsealed. Appending to an old dataset upgrades it the
     same way at its first commit.
