@@ -35,12 +35,12 @@ DOCS_UUID = "b1946ac92492"
 def columns() -> dict[str, Any]:
     """Three rows whose ``head`` lines are known, then rows of random lengths."""
     rng = np.random.default_rng(7)
-    tokens = [
-        np.arange(312, dtype=np.int32) * 3,
-        np.zeros(0, np.int32),
-        np.array([7, -8], np.int32),
+    tokens: list[np.ndarray] = [np.arange(312) * 3, np.zeros(0, int), np.array([7, -8])]
+    strokes: list[np.ndarray] = [
+        np.arange(6).reshape(2, 3),
+        np.arange(21).reshape(7, 3),
+        np.zeros((0, 3), int),
     ]
-    strokes = [np.arange(6).reshape(2, 3), np.arange(21).reshape(7, 3), np.zeros((0, 3), int)]
     for _ in range(ROWS - 3):
         tokens.append(rng.integers(0, 999, rng.integers(0, 90)))
         strokes.append(np.ones((int(rng.integers(0, 5)), 3), np.int16))
