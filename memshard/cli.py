@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import re
 import sys
@@ -40,6 +41,7 @@ from .progress import format_bytes, format_rate
 from .smallfile import open_regular
 
 if TYPE_CHECKING:
+    from .reader import Dataset
     from .sources import SourcePlan
 
 #: Exit statuses.
@@ -50,6 +52,10 @@ _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _PARQUET_MAGIC = b"PAR1"
 #: Width of the descriptions in ``--help``.
 HELP_WIDTH = 80
+#: ``head`` shows at most this many elements of a ragged row, and fewer when they hold more
+#: than :data:`HEAD_NUMBERS` numbers (one element at least; numpy summarises a large one).
+HEAD_ELEMENTS = 6
+HEAD_NUMBERS = 16
 #: The Python spellings in library messages, and the flags the command line says instead.
 PYTHON_TO_FLAGS = (
     (re.compile(r"\boverwrite=True\b"), "--overwrite"),
@@ -170,7 +176,9 @@ def _parser() -> argparse.ArgumentParser:
     info = _command(
         commands, "info", "describe a dataset: fields, rows, shards, labels, attrs",
         "Print a dataset's fields (dtype, sample shape, bytes per row, labels), its rows, "
-        "shards and attributes.",
+        "shards and attributes. A ragged field (sample shape (None, ...): rows of varying "
+        "length) shows its bytes per element, its elements and bytes in all, and the "
+        "shortest, median, longest and mean row, read from its offsets files.",
         ["memshard info frames", "memshard info frames --json | jq .rows"],
     )  # fmt: skip
     _dataset_argument(info)
@@ -202,7 +210,8 @@ def _parser() -> argparse.ArgumentParser:
 
     head = _command(
         commands, "head", "print the first rows",
-        "Print the first rows of DATASET, every field; large samples are summarised.",
+        "Print the first rows of DATASET, every field; large samples are summarised, and a "
+        "row of a ragged field is shown as its length and first elements.",
         ["memshard head frames", "memshard head frames -n 20"],
     )  # fmt: skip
     _dataset_argument(head)
@@ -211,10 +220,11 @@ def _parser() -> argparse.ArgumentParser:
 
     ls = _command(
         commands, "ls", "list the shard files in row order",
-        "List DATASET's shards in row order: the rows each holds and its file per field. "
-        "File names do not sort in row order; with --field, print only the paths of that "
-        "field's files, one per line, in row order (each sealed file loads with "
-        "np.load(path, mmap_mode='r')).",
+        "List DATASET's shards in row order: the rows each holds and its file per field "
+        "(two for a ragged field: its values and its offsets). File names do not sort in "
+        "row order; with --field, print only the paths of that field's files, one shard per "
+        "line, in row order (each sealed file loads with np.load(path, mmap_mode='r')); for "
+        "a ragged field, each line is the values file, a tab, and the offsets file.",
         ["memshard ls frames", "memshard ls frames --field x | head -3"],
     )  # fmt: skip
     _dataset_argument(ls)
@@ -396,7 +406,13 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> SourcePlan:
-    """The conversion ``memshard convert`` asks for, planned (nothing written yet)."""
+    """The conversion ``memshard convert`` asks for, planned (nothing written yet).
+
+    Raises:
+        SourceError: SRC is a memshard dataset (whose ``shard_table.npy`` would otherwise be
+            taken for a ``.npy`` source), or see :func:`detect_format`.
+    """
+    _refuse_a_dataset(args.src)
     source_format = args.format if args.format != "auto" else detect_format(args.src)
     fields = dict(args.fields) if args.fields else None
     labels = {name: value.split(",") for name, value in args.labels or []} or None
@@ -415,6 +431,18 @@ def _plan(args: argparse.Namespace) -> SourcePlan:
     from . import npysource
 
     return npysource.plan(npy_inputs(args.src, fields), labels=labels)
+
+
+def _refuse_a_dataset(src: str) -> None:
+    from .layout import MANIFEST_NAME, SHARDS_DIR
+
+    if os.path.isfile(os.path.join(src, MANIFEST_NAME)) and os.path.isdir(
+        os.path.join(src, SHARDS_DIR)
+    ):
+        raise SourceError(
+            f"{src}: is a memshard dataset already; memshard convert reads an HDF5 file, a "
+            "zarr store or .npy files into a new one"
+        )
 
 
 def detect_format(src: str) -> str:
@@ -525,6 +553,8 @@ def describe(path: str) -> dict[str, Any]:
     """Everything ``memshard info`` prints, as JSON-ready values."""
     ds = _open(path)
     manifest = ds.manifest
+    # A dataset with a ragged field also rolls its shards over on their bytes of data.
+    shard_bytes = {} if manifest.shard_bytes is None else {"shard_bytes": manifest.shard_bytes}
     return {
         "path": ds.path,
         "format_version": manifest.version,
@@ -534,18 +564,36 @@ def describe(path: str) -> dict[str, Any]:
         "shards": len(ds.shards),
         "sealed_shards": ds.shards.sealed,
         "shard_rows": manifest.shard_rows,
+        **shard_bytes,
         "bytes": ds.nbytes,
-        "fields": {
-            name: {
-                "dtype": str(info.dtype),
-                "shape": list(info.shape),
-                "row_bytes": manifest.fields[name].row_bytes,
-                "labels": list(ds.labels[name]) if name in ds.labels else None,
-            }
-            for name, info in ds.fields.items()
-        },
+        "fields": {name: _describe_field(ds, name) for name in ds.fields},
         "attrs": ds.attrs,
     }
+
+
+def _describe_field(ds: Dataset, name: str) -> dict[str, Any]:
+    """What ``memshard info`` says of field ``name``. A ragged field has no bytes per row
+    (``row_bytes`` is None): it gives its bytes per element, its elements and bytes, and
+    the statistics of its row lengths (None when it has no rows)."""
+    info, spec = ds.fields[name], ds.manifest.fields[name]
+    described: dict[str, Any] = {
+        "dtype": str(info.dtype),
+        "shape": list(info.shape),
+        "row_bytes": None if spec.ragged else spec.row_bytes,
+        "labels": list(ds.labels[name]) if name in ds.labels else None,
+    }
+    if spec.ragged:
+        stats = ds[name].length_stats()
+        elements = 0 if stats is None else stats.elements
+        described |= {
+            "element_bytes": spec.row_bytes,
+            "elements": elements,
+            "bytes": elements * spec.row_bytes,
+            "lengths": None
+            if stats is None
+            else {"min": stats.min, "median": stats.median, "max": stats.max, "mean": stats.mean},
+        }
+    return described
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -554,9 +602,12 @@ def _info(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
         return OK
     print(summary["path"])
+    limit = f"{summary['shard_rows']:,} rows"
+    if "shard_bytes" in summary:
+        limit += f" or {format_bytes(summary['shard_bytes'])}"
     print(
         f"  rows      {summary['rows']:,} in {summary['shards']:,} shards "
-        f"({summary['sealed_shards']:,} sealed, up to {summary['shard_rows']:,} rows each)"
+        f"({summary['sealed_shards']:,} sealed, up to {limit} each)"
     )
     print(f"  bytes     {format_bytes(summary['bytes'])} ({summary['bytes']:,})")
     print(f"  format    {summary['format_version']}, generation {summary['generation']:,}, "
@@ -565,8 +616,15 @@ def _info(args: argparse.Namespace) -> int:
     width = max(len(name) for name in summary["fields"])
     for name, field in summary["fields"].items():
         shape = str(tuple(field["shape"]))
-        size = format_bytes(field["row_bytes"])
-        line = f"    {name:<{width}}  {field['dtype']:<9} {shape:<16} {size}/row"
+        line = f"    {name:<{width}}  {field['dtype']:<9} {shape:<16} "
+        if field["row_bytes"] is None:  # ragged
+            print(
+                f"{line}{format_bytes(field['element_bytes'])}/element, "
+                f"{field['elements']:,} elements ({format_bytes(field['bytes'])})"
+            )
+            print(f"    {'':<{width}}  lengths {_lengths_text(field['lengths'])}")
+            continue
+        line += f"{format_bytes(field['row_bytes'])}/row"
         if field["labels"] is not None:
             shown = ", ".join(field["labels"][:8]) + (", ..." if len(field["labels"]) > 8 else "")
             line += f"  labels ({len(field['labels']):,}): {shown}"
@@ -576,6 +634,18 @@ def _info(args: argparse.Namespace) -> int:
         for key, value in summary["attrs"].items():
             print(f"    {key}: {_short(json.dumps(value))}")
     return OK
+
+
+def _lengths_text(lengths: dict[str, Any] | None) -> str:
+    """``min 0, median 180.5, max 399, mean 190.2``; ``none (no rows)``."""
+    if lengths is None:
+        return "none (no rows)"
+    median = lengths["median"]
+    median_text = f"{int(median):,}" if float(median).is_integer() else f"{median:,.1f}"
+    return (
+        f"min {lengths['min']:,}, median {median_text}, max {lengths['max']:,}, "
+        f"mean {lengths['mean']:,.1f}"
+    )
 
 
 def _upgrade(args: argparse.Namespace) -> int:
@@ -622,20 +692,31 @@ def _head(args: argparse.Namespace) -> int:
         raise ArgumentError(f"-n must be at least 0, got {args.n}")
     ds = _open(args.dataset)
     count = min(args.n, len(ds))
-    rows = ds[:count] if count else {}
+    columns = {name: ds[name] for name in ds.fields}
+    ragged = {name for name, spec in ds.manifest.fields.items() if spec.ragged}
+    # A ragged row is read as a view, one at a time: only its first elements are printed.
+    rows = {name: column[:count] for name, column in columns.items() if name not in ragged}
+    lines = []  # all read before any is printed: a damaged file leaves one error line
     for row in range(count):
-        print(f"[{row}]")
-        for name in ds.fields:
-            print(f"  {name}: {_format_value(rows[name][row], ds.labels.get(name))}")
-    print(f"({count:,} of {len(ds):,} rows)")
+        lines.append(f"[{row}]")
+        for name, column in columns.items():
+            if name in ragged:
+                text = format_ragged_row(column[row])
+            else:
+                text = _format_value(rows[name][row], ds.labels.get(name))
+            lines.append(f"  {name}: {text}")
+    print("\n".join([*lines, f"({count:,} of {len(ds):,} rows)"]))
     return OK
 
 
 def _ls(args: argparse.Namespace) -> int:
+    from .manifest import offsets_path
+
     ds = _open(args.dataset)
+    fields = ds.manifest.fields
     if args.field is not None:
         for path in ds.shard_files(args.field):
-            print(path)
+            print(f"{path}\t{offsets_path(path)}" if fields[args.field].ragged else path)
         return OK
     print(f"{ds.path}: {len(ds):,} rows in {len(ds.shards):,} shards, in row order")
     for shard in ds.shards:
@@ -644,6 +725,8 @@ def _ls(args: argparse.Namespace) -> int:
         print(f"  rows {shard.row_offset:,} to {last:,} ({shard.rows:,} rows, {state})")
         for name, file in shard.files.items():
             print(f"    {name}: {os.path.join(ds.path, file.path)}")
+            if fields[name].ragged:
+                print(f"    {name} (offsets): {os.path.join(ds.path, file.offsets_path)}")
     return OK
 
 
@@ -712,6 +795,36 @@ def _format_value(value: np.ndarray, labels: tuple[str, ...] | None) -> str:
         f"{value.dtype}{list(value.shape)} {start}, ...] "
         f"mean {numbers.mean():.4g}, std {numbers.std():.4g}"
     )
+
+
+def format_ragged_row(row: np.ndarray) -> str:
+    """A row of a ragged field as ``head`` shows it: its length and first elements.
+
+    Example:
+        >>> format_ragged_row(np.arange(312))
+        'len=312 [0, 1, 2, 3, 4, 5, ...]'
+        >>> format_ragged_row(np.arange(6).reshape(2, 3))
+        'len=2 [[0, 1, 2], [3, 4, 5]]'
+        >>> format_ragged_row(np.zeros(0, dtype=np.int32))
+        'len=0 []'
+    """
+    numbers = max(math.prod(row.shape[1:]), 1)
+    shown = row[: max(1, min(HEAD_ELEMENTS, HEAD_NUMBERS // numbers))]
+    text = np.array2string(
+        np.asarray(shown), separator=", ", threshold=HEAD_NUMBERS, edgeitems=3,
+        max_line_width=sys.maxsize, formatter={"all": _number_text},
+    )  # fmt: skip
+    text = re.sub(r"\s*\n\s*", " ", text)
+    if len(shown) < len(row):
+        text = text[:-1] + ", ...]"
+    return f"len={len(row):,} {text}"
+
+
+def _number_text(number: Any) -> str:
+    """A number of a ragged row, unpadded; a float or complex one to 4 significant digits."""
+    if isinstance(number, (float, complex, np.inexact)):
+        return format(number, ".4g")
+    return str(number)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ themselves are not checked when read, as for fixed fields: ``verify`` does that.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -204,8 +204,16 @@ class RaggedLayout:
 
     def lengths(self) -> np.ndarray:
         """Every visible row's length, in row order (int64)."""
-        parts = [np.diff(self.offsets(shard)) for shard in range(len(self._lengths))]
+        parts = list(self.length_blocks(max(self.rows, 1)))
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def length_blocks(self, block_rows: int) -> Iterator[np.ndarray]:
+        """Every visible row's length, in row order, in new int64 arrays of at most
+        ``block_rows`` (>= 1) rows each, one shard's offsets read at a time."""
+        for shard in range(len(self._lengths)):
+            offsets = self.offsets(shard)
+            for start in range(0, len(offsets) - 1, block_rows):
+                yield np.diff(offsets[start : start + block_rows + 1])
 
     def elements(self) -> int:
         """Elements of the visible rows."""

@@ -47,6 +47,7 @@ from .indexing import (
     split_pieces,
 )
 from .layout import MANIFEST_NAME, not_found
+from .lengthstats import LengthStats, length_stats
 from .manifest import FieldSpec, Manifest
 from .mappings import (
     CACHE,
@@ -86,6 +87,8 @@ PAGE_SIZE = 4096
 #: Largest sample a field may have to be read: numpy refuses any array, even an empty one,
 #: whose non-zero dimensions multiply to more bytes than this.
 MAX_READ_ROW_BYTES = 2**63 - 1
+#: Rows whose lengths :meth:`RaggedColumn.length_stats` holds at once (8 bytes each).
+LENGTH_BLOCK_ROWS = 1 << 20
 
 
 class FieldInfo(NamedTuple):
@@ -965,6 +968,27 @@ class RaggedColumn(Column):
             raise self._dataset._closed_error()
         try:
             return self._layout.lengths()
+        except Exception as exc:
+            self._raise_typed(exc, slice(None))
+
+    def length_stats(self) -> LengthStats | None:
+        """The number, total (elements), shortest, median, longest and mean length of the
+        visible rows, exact; None when there are no rows.
+
+        Reads the offsets files only, :data:`LENGTH_BLOCK_ROWS` rows at a time (never the
+        values, never every length at once: see :mod:`memshard.lengthstats`), so memory stays
+        bounded for any number of rows.
+
+        Raises:
+            ShardDataError: an offsets file that does not start at 0, decreases, or ends past
+                its values (a damaged file, named).
+            DatasetClosedError: the dataset was closed.
+        """
+        if self._dataset._closed:
+            raise self._dataset._closed_error()
+        layout = self._layout
+        try:
+            return length_stats(lambda: layout.length_blocks(LENGTH_BLOCK_ROWS))
         except Exception as exc:
             self._raise_typed(exc, slice(None))
 
