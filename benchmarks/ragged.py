@@ -73,6 +73,7 @@ from .ragged_formats import (
     ViewReader,
 )
 from .ragged_loaders import MODES, NUM_WORKERS, measure_loaders, memshard_path
+from .system import EVICTION_TOLERANCE, resident_bytes
 
 FLAT, MEMSHARD, HF, LMDB, HDF5 = (fmt.name for fmt in FORMATS)
 #: Reads of a timed single-row run at most, and gathers of a timed gather run.
@@ -192,6 +193,12 @@ def open_warm(formats: Sequence[RaggedFormat]) -> dict[str, RaggedReader]:
                 reader.gather(np.arange(start, stop)).values.sum()
         readers[fmt.name] = reader
     return readers
+
+
+def cached_fraction(fmt: RaggedFormat) -> float:
+    """The fraction of ``fmt``'s file bytes in the page cache (``mincore``)."""
+    resident, total = resident_bytes(fmt.files())
+    return resident / total if total else 1.0
 
 
 def check_readers(
@@ -359,12 +366,14 @@ def run_workload(
     try:
         built = build(formats, batches)
         readers = open_warm(formats)
+        cached = {fmt.name: cached_fraction(fmt) for fmt in formats}
         check_readers(readers, data, out, workload.name)
         effort = config.effort
         progress(f"{workload.name}: single rows and gathers, {effort.repeats} repeats")
         rows = measure_rows(readers, workload.rows, effort, views=False)
         views = measure_rows(readers, workload.rows, effort, views=True)
         gathers = measure_gathers(readers, workload.rows, effort)
+        cached = {fmt.name: min(cached[fmt.name], cached_fraction(fmt)) for fmt in formats}
         for reader in readers.values():
             reader.close()
         readers.clear()
@@ -385,6 +394,7 @@ def run_workload(
         "elements": len(data.values),
         "value_bytes": int(data.values.nbytes),
         "built": built,
+        "cached": cached,
         "row": rows,
         "view": views,
         "gather": gathers,
@@ -438,6 +448,20 @@ def reads_table(record: dict[str, Any]) -> str:
         "memshard gather speed vs this",
     ]  # fmt: skip
     return markdown(head, rows)
+
+
+def cache_warning(record: dict[str, Any]) -> str:
+    """A warning if some format's files were not all in the page cache before and after its
+    reads were measured (a dataset larger than the free memory), else nothing."""
+    short = {name: f for name, f in record["cached"].items() if f < 1 - EVICTION_TOLERANCE}
+    if not short:
+        return ""
+    listed = ", ".join(f"{name} {fraction:.0%}" for name, fraction in short.items())
+    return (
+        f"WARNING: NOT WARM: only part of these formats' files was in the page cache around "
+        f"their reads ({listed}); their figures include reads from disk. Run with a smaller "
+        "--scale on this machine."
+    )
 
 
 def loaders_table(record: dict[str, Any]) -> str:
@@ -560,6 +584,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             out.add(
                 f"## {workload.name}: {record['workload']['description']}",
                 reads_table(record),
+                cache_warning(record),
                 f"DataLoader, {NUM_WORKERS} workers, elements ({workload.element}s) per second:",
                 loaders_table(record),
                 "Append (page cache; and to close / fsync):",

@@ -35,8 +35,8 @@ RECORD_KEYS = {
     "loader_batches", "page_cache", "workloads", "goals",
 }  # fmt: skip
 WORKLOAD_KEYS = {
-    "workload", "elements", "value_bytes", "built", "row", "view", "gather", "gather_elements",
-    "loaders", "append",
+    "workload", "elements", "value_bytes", "built", "cached", "row", "view", "gather",
+    "gather_elements", "loaders", "append",
 }  # fmt: skip
 APPEND_KEYS = {
     "memshard extend", "f.write", "memshard extend + close", "f.write + fsync", "bytes",
@@ -73,6 +73,7 @@ def test_quick_run_records_both_workloads(quick_run: QuickRun) -> None:
         assert record["elements"] > WORKLOADS[name], "every row holds at least one element"
         for fmt in NAMES:
             assert record["built"][fmt]["bytes"] >= record["value_bytes"], (name, fmt)
+            assert 0 <= record["cached"][fmt] <= 1, (name, fmt)
 
 
 def test_every_format_has_its_read_figures(quick_run: QuickRun) -> None:
