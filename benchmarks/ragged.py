@@ -149,7 +149,7 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         Option("--rows-strokes", int, f"stroke arrays (full {FULL_STROKE_ROWS:,}, quick "
                f"{QUICK_STROKE_ROWS:,})", None, None),
         Option("--run-seconds", float, "seconds each timed run aims at", 0.5, 0.02),
-        Option("--loader-batches", int, "batches per timed DataLoader run", 200, 4),
+        Option("--loader-batches", int, "batches per timed DataLoader run", 1000, 4),
         repeats=(5, 2),
     )  # fmt: skip
     options.add_argument("--out", default="benchmark-results", help="folder for the report")
