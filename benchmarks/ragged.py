@@ -72,7 +72,7 @@ from .ragged_formats import (
     RaggedReader,
     ViewReader,
 )
-from .ragged_loaders import MODES, NUM_WORKERS, measure_loaders, memshard_path
+from .ragged_loaders import MODES, NUM_WORKERS, WARM_BATCHES, measure_loaders, memshard_path
 from .system import EVICTION_TOLERANCE, resident_bytes
 
 FLAT, MEMSHARD, HF, LMDB, HDF5 = (fmt.name for fmt in FORMATS)
@@ -531,8 +531,9 @@ def notes(config: Config) -> str:
             "`Ragged`). Elements/s: the mean row length times 256 over the median time.",
             f"- DataLoader: {NUM_WORKERS} forked persistent workers, batches of {BATCH_SIZE}, "
             f"{config.loader_batches} batches per run of a fresh random order shared by all "
-            "loaders, after an untimed first batch that checks that both loaders of a mode "
-            f"return the same tensors. memshard: {memshard_path()}. Flat: a batched `Dataset` "
+            f"loaders, after an untimed pass of {WARM_BATCHES} batches (every worker starts and "
+            "builds a batch) that checks that both loaders of a mode return the same tensors. "
+            f"memshard: {memshard_path()}. Flat: a batched `Dataset` "
             "over the flat pair with the same `mt.ragged_tensors` collate and sharing "
             "strategy. Elements/s: the elements of the rows of the run over its time.",
             f"- Append: the whole workload in `extend` calls of {WRITE_ROWS:,} rows (packed "
