@@ -117,6 +117,8 @@ class Config(core.Run):
 
     rows_tokens: int
     rows_strokes: int
+    #: The command line's ``--scale`` (``None``: not given).
+    scale: float | None
     run_seconds: float
     loader_batches: int
     out: str
@@ -154,7 +156,7 @@ def parse_args(argv: Sequence[str] | None) -> Config:
     )  # fmt: skip
     options.add_argument("--out", default="benchmark-results", help="folder for the report")
     args = options.parse(argv)
-    scale = args.pop("scale")
+    scale = args["scale"]
     quick = args["mode"] == "quick"
     for key, full, small in (
         ("rows_tokens", FULL_TOKEN_ROWS, QUICK_TOKEN_ROWS),
@@ -548,12 +550,32 @@ def notes(config: Config) -> str:
     )
 
 
+def command(config: Config) -> str:
+    """The command line that runs this configuration again (the defaults of its mode aside).
+
+    Example:
+        >>> command(parse_args(["--scale", "0.25", "--repeats", "3"]))
+        'python -m benchmarks.ragged --scale 0.25 --repeats 3'
+    """
+    default = parse_args(["--quick"] if config.quick else [])
+    words = ["python -m benchmarks.ragged", "--quick" if config.quick else ""]
+    if config.scale is not None:
+        words.append(f"--scale {config.scale:g}")
+    for option in ("rows_tokens", "rows_strokes", "repeats", "run_seconds", "loader_batches"):
+        value = getattr(config, option)
+        implied = option.startswith("rows_") and config.scale is not None
+        if value != getattr(default, option) and not implied:
+            words.append(f"--{option.replace('_', '-')} {value:g}")
+    return " ".join(word for word in words if word)
+
+
 def method(config: Config) -> list[str]:
     """The header lines of the report."""
-    options = f" --rows-tokens {config.rows_tokens} --rows-strokes {config.rows_strokes}"
-    command = "--quick" if config.quick else options.strip()
+    rows = f"{config.rows_tokens:,} token sequences, {config.rows_strokes:,} stroke arrays"
+    full = f"{FULL_TOKEN_ROWS:,} and {FULL_STROKE_ROWS:,}"
     return [
-        f"command: `python -m benchmarks.ragged {command}`",
+        f"command: `{command(config)}`",
+        f"rows: {rows} (a full run has {full})",
         "formats: " + "; ".join(f"{fmt.name}: {fmt.description}" for fmt in FORMATS),
         "page cache: WARM for every read (see the notes)",
         "ratios: memshard's speed over the other's (above 1: memshard is faster)",
@@ -595,6 +617,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.add("## Goals", goals_table(results))
     out.add("## How each figure is measured", notes(config))
     out.record.update(
+        command=command(config),
         rows={"tokens": config.rows_tokens, "strokes": config.rows_strokes},
         repeats=config.repeats,
         batch_size=BATCH_SIZE,

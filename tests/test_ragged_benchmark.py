@@ -31,8 +31,8 @@ REPEATS = 2
 NAMES = [fmt.name for fmt in FORMATS]
 WORKLOADS = {"tokens": QUICK_TOKEN_ROWS, "strokes": QUICK_STROKE_ROWS}
 RECORD_KEYS = {
-    "mode", "machine", "seconds", "rows", "repeats", "batch_size", "write_rows", "num_workers",
-    "loader_batches", "page_cache", "workloads", "goals",
+    "mode", "machine", "seconds", "command", "rows", "repeats", "batch_size", "write_rows",
+    "num_workers", "loader_batches", "page_cache", "workloads", "goals",
 }  # fmt: skip
 WORKLOAD_KEYS = {
     "workload", "elements", "value_bytes", "built", "cached", "row", "view", "gather",
@@ -65,6 +65,7 @@ def test_quick_run_records_both_workloads(quick_run: QuickRun) -> None:
     _, report, _ = quick_run
     assert set(report) == RECORD_KEYS
     assert (report["mode"], report["rows"], report["repeats"]) == ("quick", WORKLOADS, REPEATS)
+    assert report["command"] == "python -m benchmarks.ragged --quick"
     assert (report["batch_size"], report["num_workers"], report["page_cache"]) == (256, 2, "warm")
     assert list(report["workloads"]) == list(WORKLOADS)
     for name, record in report["workloads"].items():
