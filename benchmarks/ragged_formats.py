@@ -169,8 +169,8 @@ class FlatFormat(RaggedFormat):
 
     name = "flat"
     description = (
-        "flat memmap: one raw values file + one int64 offsets file (hand-rolled, Megatron "
-        "style), `mmap` + `np.frombuffer`"
+        "one raw values file + one int64 offsets file (hand-rolled, Megatron style), "
+        "mapped with `mmap` + `np.frombuffer`"
     )
 
     def write(self, batches: Sequence[Packed]) -> None:
@@ -215,8 +215,7 @@ class MemshardFormat(RaggedFormat):
 
     name = "memshard"
     description = (
-        "memshard: one ragged field, `extend` of packed (values, offsets) pairs; `col[i]`, "
-        "`col[indices]`"
+        "one ragged field, `extend` of packed (values, offsets) pairs; `col[i]`, `col[indices]`"
     )
 
     def write(self, batches: Sequence[Packed]) -> None:
@@ -269,7 +268,7 @@ class HfFormat(RaggedFormat):
 
     name = "HF datasets"
     description = (
-        "Hugging Face `datasets`: Arrow list<int32> (strokes: list<int16> flattened), "
+        "Arrow `list<int32>` (strokes: `list<int16>`, flattened), "
         '`save_to_disk` / `load_from_disk` (memory-mapped), `with_format("numpy")`'
     )
 
@@ -365,7 +364,7 @@ class LmdbFormat(RaggedFormat):
     """One environment, one transaction per write batch, keys appended in order."""
 
     name = "LMDB"
-    description = "LMDB, one key per row (the row's raw bytes), one read transaction"
+    description = "one key per row (the row's raw bytes), one read transaction"
 
     def write(self, batches: Sequence[Packed]) -> None:
         os.makedirs(self.root, exist_ok=True)
@@ -420,7 +419,7 @@ class Hdf5Format(RaggedFormat):
     """One dataset of ``vlen_dtype(dtype)`` (rows flattened), written a batch at a time."""
 
     name = "HDF5 vlen"
-    description = "HDF5 variable-length (`h5py.vlen_dtype`), strokes flattened"
+    description = "`h5py.vlen_dtype`, strokes flattened"
 
     def write(self, batches: Sequence[Packed]) -> None:
         h5py = _h5py()
