@@ -51,6 +51,15 @@ class RaggedLayout:
         self.memory_areas = 2 * segment_areas(1) * len(lengths)
         self._checked: set[int] = set()
         self._files: dict[int, _ShardFiles] = {}
+        # The shard the last row came from: (first row, end row, offsets, values). It keeps
+        # those two mappings alive (one shard per ragged field) until another shard is read
+        # or the dataset is closed (:meth:`release`); reading on in one shard then costs what
+        # slicing a flat array does.
+        self._hot: tuple[int, int, np.ndarray, np.ndarray] | None = None
+
+    def release(self) -> None:
+        """Let go of the mappings this layout keeps (see ``_hot``)."""
+        self._hot = None
 
     @property
     def rows(self) -> int:
@@ -139,8 +148,15 @@ class RaggedLayout:
     def row(self, row: int) -> np.ndarray:
         """Row ``row`` (``0 <= row < rows``): a read-only view, or a read-only copy when
         its shard cannot be mapped now."""
+        hot = self._hot
+        if hot is not None and hot[0] <= row < hot[1]:
+            offsets = hot[2]
+            local = row - hot[0]
+            view: np.ndarray = hot[3][offsets[local] : offsets[local + 1]]
+            return view
         shard = self.table.segment_of(row)
-        local = row - self.starts[shard]
+        first = self.starts[shard]
+        local = row - first
         offsets = self.offsets(shard)
         start, stop = int(offsets[local]), int(offsets[local + 1])
         values = self.values(shard)
@@ -148,7 +164,8 @@ class RaggedLayout:
             copy = self.read_values(shard, start, stop)
             copy.flags.writeable = False
             return copy
-        view: np.ndarray = values[start:stop]
+        self._hot = (first, self.starts[shard + 1], offsets, values)
+        view = values[start:stop]
         return view
 
     def run(self, start: int, stop: int) -> Ragged:
@@ -193,14 +210,23 @@ class RaggedLayout:
         out_offsets: np.ndarray,
     ) -> None:
         values = self.values(shard)
-        targets = out_offsets[positions].tolist()
-        for target, start, stop in zip(targets, starts.tolist(), stops.tolist(), strict=True):
-            if stop == start:
-                continue
-            rows = values[start:stop] if values is not None else None
-            if rows is None:
-                rows = self.read_values(shard, start, stop)
-            out[target : target + stop - start] = rows
+        if values is None:
+            targets = out_offsets[positions].tolist()
+            for target, start, stop in zip(targets, starts.tolist(), stops.tolist(), strict=True):
+                if stop > start:
+                    out[target : target + stop - start] = self.read_values(shard, start, stop)
+            return
+        # Byte slices of memoryviews: a third of the cost of numpy slicing per row.
+        size = self.spec.row_bytes
+        source = values.reshape(-1).view(np.uint8).data
+        target = out.reshape(-1).view(np.uint8).data
+        ends = (out_offsets[positions] + (stops - starts)) * size
+        rows = zip(
+            (out_offsets[positions] * size).tolist(), ends.tolist(),
+            (starts * size).tolist(), (stops * size).tolist(), strict=True,
+        )  # fmt: skip
+        for begin, end, start, stop in rows:
+            target[begin:end] = source[start:stop]
 
     def lengths(self) -> np.ndarray:
         """Every visible row's length, in row order (int64)."""

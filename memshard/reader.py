@@ -443,6 +443,8 @@ class Dataset:
         """
         self._closed = True
         self._snapshot.shards.table.release()
+        for layout in self._snapshot.ragged.values():
+            layout.release()
         root = self.path
         CACHE.evict(lambda key: isinstance(key, tuple) and key[0] == root)
 
@@ -1001,6 +1003,14 @@ class RaggedColumn(Column):
             "use column[:].to_padded() for a padded array or column[:].values for the packed "
             "elements"
         )
+
+    def __getitem__(self, key: Any) -> Any:
+        if type(key) is int and 0 <= key < self._layout.rows and not self._dataset._closed:
+            try:  # the one-row fast path; every other key goes through Column.__getitem__
+                return self._layout.row(key)
+            except Exception as exc:
+                self._raise_typed(exc, key)
+        return super().__getitem__(key)
 
     def _read(self, key: Any) -> Any:
         layout = self._layout

@@ -575,3 +575,17 @@ def test_indexing_matches_a_list_of_arrays(
         else:
             with pytest.raises(errors.InvalidIndexError):
                 column[key]
+
+
+def test_closing_the_dataset_unmaps_the_shard_its_last_row_came_from(tmp_path: Path) -> None:
+    ds = write(tmp_path / "ds", sample_rows(40))
+    shards = str(tmp_path / "ds" / "shards")
+
+    def mapped() -> int:
+        with open("/proc/self/maps") as maps:
+            return sum(shards in line for line in maps)
+
+    assert ds["tokens"][3].size >= 0  # the row's view is dropped at once
+    assert mapped() == 2  # the values and offsets of its shard, kept for the next row
+    ds.close()
+    assert mapped() == 0
