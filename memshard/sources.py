@@ -9,6 +9,13 @@ they agree on the row count; :func:`plan_source` has the module read the first c
 chosen array (a missing filter or codec is found before anything is written) and returns a
 :class:`SourcePlan`. The plan carries a picklable *opener*, so that each conversion worker
 opens the source itself (an HDF5 handle must never cross a ``fork``).
+
+A source may hold *ragged* arrays, whose rows vary in length along their first axis (HDF5
+variable-length datasets, lists of arrays): the format module marks them ``ragged`` with an
+estimate of their mean row length (:func:`sample_ranges` picks the rows to measure), and its
+reader is a :class:`RaggedSourceReader`, which returns their rows packed instead of filling a
+buffer. That is the whole extension a format needs for ragged fields: block sizes, parts and
+progress are derived from the estimate (:attr:`SourceField.row_bytes`).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -44,10 +51,13 @@ MAX_BLOCK_BYTES = 64 << 20
 MAX_ATTR_ELEMENTS = 4096
 #: Attributes nested deeper than this are not copied (the manifest allows a little more).
 MAX_ATTR_DEPTH = 32
+#: Bytes of one entry of a ragged field's offsets file.
+OFFSET_BYTES = 8
 #: What a conversion accepts, for error messages.
 SUPPORTED_KINDS = (
     "numeric arrays of at least one dimension: bool, int8-64, uint8-64, float16/32/64, "
-    "complex64/128, either byte order"
+    "complex64/128, either byte order; and 1-d arrays of variable-length rows of those "
+    "(ragged fields)"
 )
 
 
@@ -58,6 +68,10 @@ class ArrayInfo:
     ``problem`` says why memshard cannot store it (its type or shape), ``unreadable`` why it
     cannot be opened or read here (a filter or codec that is not installed, damaged metadata
     or chunks); both are ``None`` for an array that can be converted.
+
+    A ``ragged`` array's rows vary in length along their first axis: ``shape`` is
+    ``(rows, *tail)`` and ``elements_per_row`` the mean length of a row (an estimate, which
+    sizes the blocks read and the parts written).
     """
 
     origin: str
@@ -68,6 +82,8 @@ class ArrayInfo:
     attrs: dict[str, Any] = field(default_factory=dict)
     problem: str | None = None
     unreadable: str | None = None
+    ragged: bool = False
+    elements_per_row: float = 1.0
 
     @property
     def refusal(self) -> str | None:
@@ -77,22 +93,43 @@ class ArrayInfo:
 
 @dataclass(frozen=True)
 class SourceField:
-    """A source array taken as a memshard field."""
+    """A source array taken as a memshard field.
+
+    A ``ragged`` field's rows vary in length along their first axis; ``shape`` is then the
+    shape of one element, the *tail*, and ``elements_per_row`` the mean length of a row (an
+    estimate: the source may only have sampled it).
+    """
 
     origin: str
     dtype: np.dtype[Any]
     shape: tuple[int, ...]
     chunk_rows: int
     attrs: dict[str, Any]
+    ragged: bool = False
+    elements_per_row: float = 1.0
 
     @property
     def row_bytes(self) -> int:
-        """Bytes of one stored row."""
-        return self.dtype.itemsize * math.prod(self.shape)
+        """Bytes of one stored row; of a ragged field, of a row of the mean length with its
+        entry in the offsets file (an estimate)."""
+        element = self.dtype.itemsize * math.prod(self.shape)
+        if not self.ragged:
+            return element
+        return math.ceil(element * self.elements_per_row) + OFFSET_BYTES
+
+    @property
+    def declared_shape(self) -> tuple[int | None, ...]:
+        """The sample shape as :func:`memshard.create` takes it (``(None, *tail)`` if
+        ragged)."""
+        return (None, *self.shape) if self.ragged else self.shape
 
 
 class SourceReader(Protocol):
-    """An open source: fills caller buffers with rows of one field."""
+    """An open source: fills caller buffers with rows of one field.
+
+    A source with ragged fields is also a :class:`RaggedSourceReader`; ``read`` is never
+    called for a ragged field.
+    """
 
     def read(self, name: str, start: int, stop: int, out: np.ndarray) -> None:
         """Copy rows ``start:stop`` of field ``name`` into ``out`` (``stop - start`` rows, the
@@ -100,6 +137,26 @@ class SourceReader(Protocol):
 
     def close(self) -> None:
         """Release the source."""
+
+
+@runtime_checkable
+class RaggedSourceReader(SourceReader, Protocol):
+    """An open source with ragged fields: it also hands out their rows, packed.
+
+    A ragged field's rows cannot be read into a buffer the caller sizes (their lengths are
+    only known once read), so the source returns them: ``(values, offsets)`` as
+    :mod:`memshard.ragged` packs rows. The caller checks them (:class:`memshard.ragged.Ragged`
+    and the row count) before writing anything.
+    """
+
+    def read_ragged(self, name: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows ``start:stop`` of the ragged field ``name``, packed: ``(values, offsets)``,
+        the values of shape ``(elements, *tail)`` in the field's stored dtype, the offsets
+        int64, ``stop - start + 1`` of them from 0 to ``elements``.
+
+        Raises:
+            SourceError: the rows cannot be read (naming the source, the array, the rows).
+        """
 
 
 Opener = Callable[[], SourceReader]
@@ -362,6 +419,8 @@ def _source_field(info: ArrayInfo) -> SourceField:
         shape=info.shape[1:],
         chunk_rows=max(1, info.chunk_rows),
         attrs=info.attrs,
+        ragged=info.ragged,
+        elements_per_row=info.elements_per_row,
     )
 
 
@@ -466,12 +525,12 @@ def plan_labels(
     labels: Mapping[str, Sequence[str]] | None,
     label_attr: str | None,
 ) -> dict[str, list[str]]:
-    """Label vocabularies: those given explicitly, then, for integer fields without one, a
-    vocabulary stored in the array attribute ``label_attr``."""
+    """Label vocabularies: those given explicitly, then, for fixed integer fields without one,
+    a vocabulary stored in the array attribute ``label_attr``."""
     chosen = {name: list(vocab) for name, vocab in (labels or {}).items()}
     if label_attr:
         for name, spec in fields.items():
-            if name in chosen or spec.dtype.kind not in "iu":
+            if name in chosen or spec.ragged or spec.dtype.kind not in "iu":
                 continue
             vocab = vocabulary_from_attr(spec.attrs.get(label_attr))
             if vocab is not None:
@@ -496,6 +555,23 @@ def block_rows_for(chunk_rows: int, row_bytes: int) -> int:
     if chunk_bytes >= READ_BLOCK_BYTES:
         return chunk_rows
     return chunk_rows * max(1, READ_BLOCK_BYTES // chunk_bytes)
+
+
+def sample_ranges(rows: int, runs: int, run_rows: int) -> list[tuple[int, int]]:
+    """Up to ``runs`` runs of ``run_rows`` consecutive rows spread evenly over ``rows`` rows
+    (all of them, if that is fewer), in order and disjoint: the rows a source reads to
+    estimate a ragged array's mean row length.
+
+    Example:
+        >>> sample_ranges(1000, runs=4, run_rows=10)
+        [(0, 10), (250, 260), (500, 510), (750, 760)]
+        >>> sample_ranges(25, runs=4, run_rows=10)
+        [(0, 25)]
+    """
+    if rows <= runs * run_rows:
+        return [(0, rows)] if rows else []
+    step = rows // runs
+    return [(index * step, index * step + run_rows) for index in range(runs)]
 
 
 def block_ranges(start: int, stop: int, block_rows: int) -> Iterator[tuple[int, int]]:
