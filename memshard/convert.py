@@ -26,7 +26,7 @@ import numpy as np
 from . import interrupt
 from . import manifest as manifest_io
 from .appender import Appender, append, create, is_memshard_dataset
-from .convertjob import CONVERT_GROUP, Failed, Progress, ShardJob, write_shard
+from .convertjob import CONVERT_GROUP, Failed, Progress, ShardJob, part_rows_for, write_shard
 from .errors import (
     ArgumentError,
     ConversionFailedError,
@@ -84,6 +84,12 @@ def from_hdf5(
 ) -> Dataset:
     """Convert an HDF5 file into a memshard dataset at ``dst`` and open it.
 
+    A one-dimensional variable-length dataset of numbers (``h5py.vlen_dtype(np.int32)``,
+    PyTables' ``VLArray``) becomes a ragged field of rows ``(n,)``; of rows ``(n, *tail)``
+    when its elements are HDF5 arrays of shape ``tail`` or when it carries the attribute
+    ``memshard_tail`` that :func:`to_hdf5` writes. Its rows are read in blocks sized by
+    their mean length, estimated from a few runs of rows while planning.
+
     Parameters:
         fields: ``{field name: dataset path}``, e.g. ``{"x": "/images", "y": "/labels"}``.
             Omitted: every numeric dataset (in any group) whose first axis has the file's row
@@ -92,7 +98,9 @@ def from_hdf5(
         shard_bytes: target size of a shard (all fields), as for :func:`memshard.create`;
             default :data:`~memshard.DEFAULT_SHARD_BYTES` (256 MiB), or on a resume the size
             of the interrupted run. Shards below :data:`MIN_SHARD_BYTES` (1 MiB) warn
-            (:class:`~memshard.errors.SmallShardWarning`).
+            (:class:`~memshard.errors.SmallShardWarning`). With ragged fields each worker
+            writes the rows estimated to fill nine tenths of a shard at a time, and a shard
+            holds at most ``shard_bytes`` of data (unless one row is larger).
         workers: processes reading disjoint shards in parallel, each opening the file itself.
         labels: ``{field: vocabulary}`` for integer label fields.
         label_attr: an integer dataset with an attribute of this name holding a list of
@@ -109,8 +117,9 @@ def from_hdf5(
 
     Raises:
         SourceError, UnsupportedSourceError: the file cannot be read, a requested dataset is
-            missing, is compound, string, variable-length, object, reference or scalar data,
-            or cannot be read here (a filter that is not installed, a damaged first chunk);
+            missing, is compound, string, object, reference or scalar data, variable-length
+            data of something other than numbers or of more than one dimension, or cannot be
+            read here (a filter that is not installed, a damaged first chunk);
             nothing is written. Without ``fields`` such datasets are left out instead (the
             plan lists them). A read that fails while copying raises them too, naming the
             file, the dataset and the rows; the rows committed so far are kept for a resume.
@@ -150,7 +159,9 @@ def from_zarr(
     """Convert a zarr store (format 2 or 3; a group or a single array) into memshard.
 
     Behaves as :func:`from_hdf5`; ``fields`` maps field names to array paths in the store.
-    Reads follow the store's chunks (its shards, for a sharded array).
+    Reads follow the store's chunks (its shards, for a sharded array). Variable-length arrays
+    (zarr-python 2's object arrays with the ``vlen-array`` codec) are refused by name:
+    zarr-python 3 cannot read them.
     """
     from . import zarr
 
@@ -173,10 +184,15 @@ def from_numpy(
 ) -> Dataset:
     """Convert NumPy arrays or ``.npy`` files into memshard.
 
-    ``src`` is an array, a ``.npy`` path, or ``{field: array or .npy path}``; a lone array is
-    field ``x``, a lone file is named after its stem. Files are read in blocks, never loaded;
-    with ``workers > 1`` files are read by worker processes and in-memory arrays by threads.
-    See :func:`from_hdf5` for the other parameters and errors.
+    ``src`` is an array, a ``.npy`` path, a list of arrays, or ``{field: any of those}``; a
+    lone array or list is field ``x``, a lone file is named after its stem. A list (or tuple,
+    or one-dimensional object array) of arrays is a ragged field, one row per array: the rows
+    must have at least one dimension, one shape after the first axis and one dtype of numbers
+    (a row with no elements may differ), or the plan fails with a :class:`SourceError`
+    (:class:`UnsupportedSourceError` for rows that are not numbers) naming the field and the
+    row. Files are read in blocks, never loaded; with ``workers > 1`` files are read by
+    worker processes and in-memory data by threads. See :func:`from_hdf5` for the other
+    parameters and errors.
     """
     from . import npysource
 
@@ -281,8 +297,13 @@ def to_hdf5(
 
     Label vocabularies become a ``labels`` attribute of their dataset and the manifest
     attributes a JSON string in the root attribute ``memshard_attrs``, both of which
-    :func:`from_hdf5` reads back. The file appears atomically (written under a temporary
-    name and renamed). ``compression`` is any h5py filter name (``"gzip"``, ``"lzf"``).
+    :func:`from_hdf5` reads back. A ragged field becomes a one-dimensional variable-length
+    dataset of its dtype (``h5py.vlen_dtype``); h5py cannot write rows of HDF5 array
+    elements, so the rows of a field ``(None, *tail)`` are written flattened and ``tail`` is
+    stored in the dataset's attribute ``memshard_tail``, from which :func:`from_hdf5` gives
+    them their shape again. The file appears atomically (written under a temporary name and
+    renamed). ``compression`` is any h5py filter name (``"gzip"``, ``"lzf"``; of a ragged
+    field it compresses the chunks, which hold references to the rows, not the rows).
 
     Raises:
         DatasetExistsError: ``dst`` exists (without ``overwrite``).
@@ -307,7 +328,13 @@ def to_zarr(
     """Write a memshard dataset to a zarr directory store (a group with one array per field).
 
     Labels become each array's ``labels`` attribute and the manifest attributes the group's
-    attributes. The store appears atomically. See :func:`to_hdf5` for errors.
+    attributes. The store appears atomically.
+
+    Raises:
+        DatasetExistsError: ``dst`` exists (without ``overwrite``).
+        FieldNotFoundError: a requested field does not exist.
+        SchemaError: a field to export is ragged: zarr-python 3 writes no variable-length
+            arrays (pass ``fields`` without it, or use :func:`to_hdf5`).
     """
     from . import zarr
 
@@ -501,8 +528,8 @@ def _open_staging(
 
 def _warn_if_small_shards(manifest: Manifest, plan: SourcePlan, root: str) -> None:
     """Warn when the conversion to ``root`` would write more than one shard, each holding
-    less than :data:`MIN_SHARD_BYTES` of data (with ragged fields: about as many, rows of the
-    mean length counted)."""
+    less than :data:`MIN_SHARD_BYTES` of data (with ragged fields, rows counted at their
+    mean length: about as many)."""
     row_bytes = max(1, sum(source.row_bytes for source in plan.fields.values()))
     shard_data = manifest.shard_rows * row_bytes
     if manifest.shard_bytes is not None:  # ragged fields: shards roll on their data size
@@ -511,7 +538,7 @@ def _warn_if_small_shards(manifest: Manifest, plan: SourcePlan, root: str) -> No
     if shards > 1 and shard_data < MIN_SHARD_BYTES:
         warnings.warn(
             SmallShardWarning(
-                f"{root}: shard_bytes gives shards of {shard_data // row_bytes:,} rows "
+                f"{root}: shard_bytes gives shards of {max(1, shard_data // row_bytes):,} rows "
                 f"({format_bytes(shard_data)} of data), {shards:,} shards and "
                 f"{shards * len(manifest.fields):,} files; shards smaller than "
                 f"{format_bytes(MIN_SHARD_BYTES)} cost more in files, headers and commits "
@@ -528,8 +555,10 @@ def _check_resumable(
     staging: str,
     shard_bytes: int | None,
 ) -> None:
-    """The staging dataset holds the first rows of this very conversion: whole shards, the
-    last one short only when it ends the source, of the size asked for (if one is)."""
+    """The staging dataset holds the first rows of this very conversion in sealed shards of
+    the size asked for (if one is): whole shards, the last one short only when it ends the
+    source; with ragged fields, shards rolled on their data size, which any number of rows
+    may fill."""
     manifest = appender.manifest
     rows = record["rows"]
     mismatch = _source_mismatch(manifest, record, labels) or _shard_size_mismatch(
@@ -548,13 +577,12 @@ def _check_resumable(
 
 
 def _whole_parts(appender: Appender, rows: int) -> bool:
-    """Whether the dataset holds the rows of whole parts of a conversion of ``rows`` rows:
-    shards of ``shard_rows`` rows, the last one short only when it ends the source. With
-    ragged fields a part's rows may fill several shards, rolled on their data size: then the
-    rows are whole parts' (a multiple of ``shard_rows``, or every row)."""
+    """Whether the dataset's shards are those a conversion of ``rows`` rows commits: each
+    ``shard_rows`` rows, the last one short only when it ends the source; with ragged fields
+    (shards rolled on their data size, parts of estimated size) any rows up to ``rows``."""
     manifest = appender.manifest
     if manifest.shard_bytes is not None:
-        return manifest.rows % manifest.shard_rows == 0 or manifest.rows == rows
+        return manifest.rows <= rows
     _, sizes = appender.shards.columns()
     short = np.flatnonzero(sizes != manifest.shard_rows).tolist()
     return not short or (manifest.rows == rows and short == [len(sizes) - 1])
@@ -569,9 +597,10 @@ def _shard_size_mismatch(manifest: Manifest, shard_bytes: int | None) -> str | N
         if manifest.shard_bytes == shard_bytes:
             return None
         return (
-            f"writes shards of up to {format_bytes(manifest.shard_bytes)}, but "
-            f"shard_bytes={shard_bytes} asks for {format_bytes(shard_bytes)}; leave "
-            "shard_bytes out to keep the size of the first run"
+            f"writes shards of up to {format_bytes(manifest.shard_bytes)} "
+            f"(shard_bytes={manifest.shard_bytes}), but shard_bytes={shard_bytes} asks for "
+            f"{format_bytes(shard_bytes)}; leave shard_bytes out to keep the size of the "
+            "first run"
         )
     asked = rows_per_shard(manifest.fields, shard_bytes)
     if asked == manifest.shard_rows:
@@ -635,36 +664,37 @@ def _fields_mismatch(recorded: Any, now: dict[str, Any]) -> str | None:
 
 
 class _OrderedCommit:
-    """Commits finished shards in row order, holding back those that finish early.
+    """Commits finished parts in row order, holding back those that finish early.
 
-    Shards that are ready are committed together once they hold :data:`COMMIT_BYTES` of data
-    or number a sixteenth (:data:`COMMIT_GROWTH`) of the shards committed so far, and by
-    :meth:`flush` at the end: a commit rewrites the whole manifest, so one per tiny shard
-    would make a conversion of many shards slow down as it goes.
+    Parts that are ready are committed together once they hold :data:`COMMIT_BYTES` of data
+    (``part_bytes`` each, an estimate with ragged fields) or number a sixteenth
+    (:data:`COMMIT_GROWTH`) of the shards committed so far, and by :meth:`flush` at the end:
+    a commit rewrites the whole manifest, so one per tiny shard would make a conversion of
+    many shards slow down as it goes.
     """
 
-    def __init__(self, appender: Appender, first_index: int, shard_bytes: int) -> None:
+    def __init__(self, appender: Appender, first_index: int, part_bytes: int) -> None:
         self._appender = appender
         self._next = first_index
-        self._shard_bytes = shard_bytes
+        self._part_bytes = part_bytes
         self._waiting: dict[int, Part] = {}
         self._ready: list[Part] = []
 
     def finished(self, index: int, part: Part) -> None:
-        """Take the part of shard ``index``; commit the shards ready, if enough are."""
+        """Take part ``index``; commit the parts ready, if enough are."""
         self._waiting[index] = part
         while self._next in self._waiting:
             self._ready.append(self._waiting.pop(self._next))
             self._next += 1
         committed = len(self._appender.shards)
         if (
-            len(self._ready) * self._shard_bytes >= COMMIT_BYTES
+            len(self._ready) * self._part_bytes >= COMMIT_BYTES
             or len(self._ready) * COMMIT_GROWTH >= committed
         ):
             self.flush()
 
     def flush(self) -> None:
-        """Commit every shard ready."""
+        """Commit every part ready."""
         ready, self._ready = self._ready, []
         if ready:
             commit_parts(self._appender, ready, order="given")
@@ -672,46 +702,51 @@ class _OrderedCommit:
 
 def _write_rows(plan: SourcePlan, appender: Appender, workers: int, progress: bool | None) -> None:
     manifest = appender.manifest
+    target = PartTarget(
+        root=appender.path,
+        uuid=manifest.uuid,
+        fields=dict(manifest.fields),
+        labels=dict(manifest.labels),
+        shard_rows=manifest.shard_rows,
+        shard_bytes=manifest.shard_bytes,
+    )
     job = ShardJob(
-        target=PartTarget(
-            root=appender.path,
-            uuid=manifest.uuid,
-            fields=dict(manifest.fields),
-            labels=dict(manifest.labels),
-            shard_rows=manifest.shard_rows,
-            shard_bytes=manifest.shard_bytes,
-        ),
+        target=target,
         sources=plan.fields,
         vocabulary_sizes={name: len(vocab) for name, vocab in manifest.labels.items()},
+        part_rows=part_rows_for(target, plan.fields),
     )
-    first = -(-manifest.rows // manifest.shard_rows)
-    count = -(-plan.rows // manifest.shard_rows)
-    indices = range(first, count)
+    # Parts start at the committed rows: without ragged fields, a multiple of shard_rows
+    # (_check_resumable), so that part k is shard k.
+    parts = job.parts(manifest.rows, plan.rows)
     row_bytes = sum(source.row_bytes for source in plan.fields.values())
-    committer = _OrderedCommit(appender, first, manifest.shard_rows * row_bytes)
+    committer = _OrderedCommit(appender, parts[0][0] if parts else 0, job.part_rows * row_bytes)
     description = os.path.basename(plan.location) or plan.kind
     with progress_bar(plan.rows * row_bytes, desc=description, enabled=progress) as bar:
         bar.update(manifest.rows * row_bytes)
-        if workers == 1 or len(indices) <= 1:
-            _write_in_process(plan, job, indices, committer, bar.update)
+        if workers == 1 or len(parts) <= 1:
+            _write_in_process(plan, job, parts, committer, bar.update)
         elif plan.in_memory:
-            _write_with_threads(plan, job, indices, committer, workers, bar.update)
+            _write_with_threads(plan, job, parts, committer, workers, bar.update)
         else:
-            _write_with_processes(plan, job, indices, committer, workers, bar)
+            _write_with_processes(plan, job, parts, committer, workers, bar)
     committer.flush()
+
+
+#: A part of a conversion: ``(index, start, stop)``, see :meth:`ShardJob.parts`.
+PartRange = tuple[int, int, int]
 
 
 def _write_in_process(
     plan: SourcePlan,
     job: ShardJob,
-    indices: range,
+    parts: list[PartRange],
     committer: _OrderedCommit,
     report: Callable[[int], Any],
 ) -> None:
     reader = plan.opener()
     try:
-        for index in indices:
-            start, stop = job.shard_range(index, plan.rows)
+        for index, start, stop in parts:
             committer.finished(index, write_shard(job, reader, index, start, stop, report))
     finally:
         reader.close()
@@ -720,7 +755,7 @@ def _write_in_process(
 def _write_with_threads(
     plan: SourcePlan,
     job: ShardJob,
-    indices: range,
+    parts: list[PartRange],
     committer: _OrderedCommit,
     workers: int,
     report: Callable[[int], Any],
@@ -729,33 +764,32 @@ def _write_with_threads(
     try:
         with futures.ThreadPoolExecutor(workers, thread_name_prefix="memshard-convert") as pool:
 
-            def submit(index: int) -> futures.Future[Part]:
-                start, stop = job.shard_range(index, plan.rows)
-                return pool.submit(write_shard, job, reader, index, start, stop, report)
+            def submit(part: PartRange) -> futures.Future[Part]:
+                return pool.submit(write_shard, job, reader, *part, report)
 
-            _run_ordered(indices, submit, committer, workers)
+            _run_ordered(parts, submit, committer, workers)
     finally:
         reader.close()
 
 
 def _write_with_processes(
-    plan: SourcePlan, job: ShardJob, indices: range, committer: _OrderedCommit, workers: int,
-    bar: Any,
+    plan: SourcePlan, job: ShardJob, parts: list[PartRange], committer: _OrderedCommit,
+    workers: int, bar: Any,
 ) -> None:  # fmt: skip
-    """Two shards in flight per worker process; results are committed in row order."""
+    """Two parts in flight per worker process; results are committed in row order."""
     from .workers import WorkerProcesses
 
-    unsent = list(indices)
+    unsent = list(parts)
     unsent.reverse()
     in_flight = 0
 
     def give(pool: WorkerProcesses, connection: Any) -> None:
         nonlocal in_flight
-        if unsent and pool.send(connection, (unsent[-1], *job.shard_range(unsent[-1], plan.rows))):
+        if unsent and pool.send(connection, unsent[-1]):
             unsent.pop()
             in_flight += 1
 
-    with WorkerProcesses(min(workers, len(indices)), plan.opener, job, not bar.disable) as pool:
+    with WorkerProcesses(min(workers, len(parts)), plan.opener, job, not bar.disable) as pool:
         for connection in pool.connections:
             give(pool, connection)
             give(pool, connection)
@@ -773,17 +807,17 @@ def _write_with_processes(
 
 
 def _run_ordered(
-    indices: Iterable[int],
-    submit: Callable[[int], futures.Future[Part]],
+    parts: Iterable[PartRange],
+    submit: Callable[[PartRange], futures.Future[Part]],
     committer: _OrderedCommit,
     workers: int,
 ) -> None:
-    """Keep ``2 * workers`` shards in flight and commit them in order as they finish."""
-    pending = iter(indices)
+    """Keep ``2 * workers`` parts in flight and commit them in order as they finish."""
+    pending = iter(parts)
     running: dict[futures.Future[Part], int] = {}
     try:
-        for index in pending:
-            running[submit(index)] = index
+        for part in pending:
+            running[submit(part)] = part[0]
             if len(running) >= 2 * workers:
                 break
         while running:
@@ -793,7 +827,7 @@ def _run_ordered(
                 committer.finished(index, future.result())
                 following = next(pending, None)
                 if following is not None:
-                    running[submit(following)] = following
+                    running[submit(following)] = following[0]
     finally:
         for future in running:
             future.cancel()

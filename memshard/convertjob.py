@@ -1,9 +1,12 @@
 """Writing one shard of a conversion as a part, in whichever process runs it.
 
 A :class:`ShardJob` is everything a worker needs (picklable); :func:`write_shard` reads the
-source rows of one shard in bounded blocks and writes them as one part, which the converter
-commits in row order (``spec/CONVERSION.md``). A worker process reports back with the typed
-messages at the end of this module.
+source rows of one part in bounded blocks and writes them as one part, which the converter
+commits in row order (``spec/CONVERSION.md``). A part is one shard of ``shard_rows`` rows; in
+a dataset with ragged fields, whose shards roll on their data size, it is the rows whose data
+is estimated to fill most of one shard (:func:`part_rows_for`), and the part writer rolls to
+another shard if they hold more. A worker process reports back with the typed messages at the
+end of this module.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Union
 import numpy as np
 
 from . import interrupt
-from .errors import BatchError, SourceError
+from .errors import MemshardError, SourceError
 from .manifest import FieldSpec
 from .parts import Part, PartTarget, write_part
 from .ragged import Ragged
@@ -30,25 +33,56 @@ from .sources import (
 
 #: The group of the parts a conversion writes (their ids are ``p-convert-NONCE``).
 CONVERT_GROUP = "convert"
+#: With ragged fields, a part holds the rows whose data is estimated at this fraction of
+#: ``shard_bytes``: an estimate a little high would otherwise roll most parts into a full
+#: shard and a tiny one, while one a little low only leaves each shard a little short.
+RAGGED_PART_FILL = 0.9
 
 
 @dataclass(frozen=True)
 class ShardJob:
-    """Everything a worker needs to write shards of one conversion (picklable)."""
+    """Everything a worker needs to write the parts of one conversion (picklable).
+
+    ``part_rows`` is the number of source rows each part holds (see :func:`part_rows_for`).
+    """
 
     target: PartTarget
     sources: dict[str, SourceField]
     vocabulary_sizes: dict[str, int]
+    part_rows: int
 
     @property
     def specs(self) -> dict[str, FieldSpec]:
         """The staging dataset's fields."""
         return self.target.fields
 
-    def shard_range(self, index: int, rows: int) -> tuple[int, int]:
-        """Rows ``start, stop`` of shard ``index`` in a source of ``rows`` rows."""
-        start = index * self.target.shard_rows
-        return start, min(rows, start + self.target.shard_rows)
+    def parts(self, first_row: int, rows: int) -> list[tuple[int, int, int]]:
+        """``(index, start, stop)`` of each part that writes source rows ``first_row:rows``,
+        ``part_rows`` rows each (the last one shorter), indexed in row order from
+        ``first_row // part_rows``.
+
+        Example:
+            >>> job = ShardJob(target=None, sources={}, vocabulary_sizes={}, part_rows=10)
+            >>> job.parts(20, 45)
+            [(2, 20, 30), (3, 30, 40), (4, 40, 45)]
+        """
+        step = self.part_rows
+        first = first_row // step
+        return [
+            (first + number, start, min(rows, start + step))
+            for number, start in enumerate(range(first_row, rows, step))
+        ]
+
+
+def part_rows_for(target: PartTarget, sources: dict[str, SourceField]) -> int:
+    """Source rows per part: ``shard_rows`` (one shard) without ragged fields; with them, the
+    rows whose data (estimated from the sources' mean row lengths) fills
+    :data:`RAGGED_PART_FILL` of ``shard_bytes``, at least one and at most ``shard_rows``."""
+    if target.shard_bytes is None or not any(spec.ragged for spec in target.fields.values()):
+        return target.shard_rows
+    row_bytes = max(1, sum(source.row_bytes for source in sources.values()))
+    fitting = int(target.shard_bytes * RAGGED_PART_FILL) // row_bytes
+    return max(1, min(target.shard_rows, fitting))
 
 
 def write_shard(
@@ -60,15 +94,16 @@ def write_shard(
     report: Callable[[int], None] | None = None,
 ) -> Part:
     """Write source rows ``start:stop`` as part ``index`` of the conversion: sealed,
-    ``fsync``-ed shards (one, unless ragged fields fill more) and the part's record; return
-    the record (not yet committed).
+    ``fsync``-ed shards (one, unless ragged fields hold more than ``shard_bytes``) and the
+    part's record; return the record (not yet committed).
 
     Every field is read in the same blocks of rows, whole source chunks of the widest field
     (a ragged field's rows counted at their mean length), so that memory stays bounded (see
     :func:`memshard.sources.block_rows_for`).
 
     Raises:
-        SourceError: the source cannot read a field's rows (or a ragged field's at all).
+        SourceError: the source cannot read a field's rows, or gives a ragged field's rows
+            that are not ``stop - start`` valid packed rows.
         LabelError: a label field holds a value outside its vocabulary.
     """
     block_rows = min(
@@ -99,18 +134,23 @@ def write_shard(
 
 
 def _read_ragged(reader: SourceReader, name: str, start: int, stop: int) -> Ragged:
-    """Rows ``start:stop`` of the ragged field ``name`` as a batch (its offsets checked).
+    """Rows ``start:stop`` of the ragged field ``name`` as a checked batch.
 
     Raises:
-        SourceError: the source reads no ragged rows.
-        BatchError: the source's offsets are not those of ``stop - start`` rows.
+        SourceError: the reader reads no ragged rows, or gave something other than
+            ``stop - start`` packed rows (a bug of the source module, said plainly).
     """
     if not isinstance(reader, RaggedSourceReader):
         raise SourceError(f"field {name!r} is ragged, and this source reads no ragged rows")
     values, offsets = reader.read_ragged(name, start, stop)
-    batch = Ragged(values, offsets)
+    try:
+        batch = Ragged(values, offsets)
+    except MemshardError as exc:
+        raise SourceError(
+            f"field {name!r}, rows {start}:{stop}: the source's packed rows are invalid ({exc})"
+        ) from exc
     if len(batch) != stop - start:
-        raise BatchError(
+        raise SourceError(
             f"field {name!r}: the source gave {len(batch)} rows for rows {start}:{stop}"
         )
     return batch

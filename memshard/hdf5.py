@@ -9,14 +9,24 @@ is installed (the ``hdf5`` extra), or from ``HDF5_PLUGIN_PATH``. A dataset whose
 missing, whose HDF5 type NumPy cannot hold, or which cannot be read is left out of an
 automatic selection, or refused when requested, with a :class:`~memshard.errors.SourceError`
 naming the file, the dataset and what to install; no h5py exception reaches the caller.
+
+A variable-length dataset of numbers (``h5py.vlen_dtype(np.int32)``, PyTables' ``VLArray``)
+with one dimension becomes a ragged field: rows of shape ``(n,)``, or ``(n, *tail)`` when its
+elements are HDF5 arrays of shape ``tail`` (a ``VLArray`` of a shaped atom) or when it carries
+the attribute :data:`TAIL_ATTRIBUTE` that :func:`export` writes (h5py cannot write variable-
+length rows of arrays, so an export stores a row of shape ``(n, *tail)`` flattened). Its mean
+row length is estimated from :data:`SAMPLE_RUNS` runs of rows read while planning.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
+import io
 import json
 import math
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +36,7 @@ import numpy as np
 from .dependencies import require
 from .errors import SourceError, UnsupportedSourceError
 from .progress import progress_bar
+from .ragged import NUMBER_KINDS, Ragged
 from .reader import Dataset
 from .sources import (
     MAX_BLOCK_BYTES,
@@ -35,12 +46,15 @@ from .sources import (
     array_problem,
     block_ranges,
     check_fields,
+    describe_dtype_problem,
     export_plan,
     json_attrs_of,
     plan_source,
+    sample_ranges,
     source_errors,
     stored_dtype,
 )
+from .vlenrows import TAIL_ATTRIBUTE, VlenLayout, declared_tail, object_rows, packed_rows
 
 h5py = require("h5py", "hdf5")
 
@@ -54,6 +68,16 @@ LABELS_ATTRIBUTE = "labels"
 MAX_CHUNK_CACHE_BYTES = 256 << 20
 #: Target size of a chunk written by :func:`export`.
 EXPORT_CHUNK_BYTES = 1 << 20
+#: Rows are exported in blocks of about this size.
+EXPORT_BLOCK_BYTES = 8 << 20
+#: Bytes a variable-length dataset's chunk stores per row (a global heap reference: the rows'
+#: elements live in the file's global heap, not in the chunks).
+VLEN_REFERENCE_BYTES = 16
+#: The mean row length of a variable-length dataset is measured on this many runs of rows,
+#: spread evenly over it ...
+SAMPLE_RUNS = 16
+#: ... of this many rows each.
+SAMPLE_RUN_ROWS = 64
 #: The filters ``hdf5plugin`` provides, by their registered HDF5 filter id.
 HDF5PLUGIN_FILTERS = {
     32001: "blosc",
@@ -223,6 +247,9 @@ def _describe(dataset: Any, origin: str) -> ArrayInfo:
         dtype = dataset.dtype
     except (TypeError, ValueError) as exc:  # an HDF5 type with no NumPy equivalent
         return ArrayInfo(origin, tuple(shape), None, problem=_type_problem(dataset, exc))
+    element = h5py.check_vlen_dtype(dtype)
+    if isinstance(element, np.dtype):  # not a string: str or bytes
+        return _describe_vlen(dataset, origin, attrs)
     problem = array_problem(shape, dtype)
     if problem is None and h5py.check_dtype(ref=dtype) is not None:
         problem = "reference data"
@@ -236,6 +263,99 @@ def _describe(dataset: Any, origin: str) -> ArrayInfo:
         attrs=attrs,
         problem=problem,
     )
+
+
+def vlen_layout(dataset: Any) -> VlenLayout | str:
+    """The layout of the variable-length ``dataset``, or why it cannot be a ragged field."""
+    element = h5py.check_vlen_dtype(dataset.dtype)
+    tail: tuple[int, ...] = ()
+    if element.subdtype is not None:
+        element, tail = element.subdtype
+    if dataset.ndim != 1:
+        return (
+            f"a variable-length dataset of shape {dataset.shape}: only one-dimensional ones "
+            "become ragged fields"
+        )
+    if stored_dtype(element) is None or element.kind not in NUMBER_KINDS:
+        return f"variable-length rows of {describe_dtype_problem(element)}"
+    if any(size == 0 for size in tail):
+        return f"variable-length rows of elements of shape {tail}, which hold no elements"
+    order = vlen_byte_order() if element.byteorder == _FOREIGN else "converted"
+    if order == "unknown":
+        return (
+            f"variable-length rows of {element.str}: h5py {h5py.__version__} reads elements "
+            "stored in the other byte order in a way memshard cannot tell"
+        )
+    layout = VlenLayout(element, tuple(tail), raw=order == "raw")
+    declared = dataset.attrs.get(TAIL_ATTRIBUTE)
+    if declared is None or tail:
+        return layout
+    flat = declared_tail(declared)
+    if flat is None:
+        return f"its attribute {TAIL_ATTRIBUTE} ({declared!r:.60}) is not a list of integers >= 1"
+    return VlenLayout(element, flat, flattened=True, raw=layout.raw)
+
+
+#: The byte order a dtype other than this machine's is marked with.
+_FOREIGN = ">" if sys.byteorder == "little" else "<"
+
+
+@functools.cache
+def vlen_byte_order() -> str:
+    """How this h5py reads a variable-length dataset whose elements are stored in the
+    non-native byte order: ``"converted"`` (their values), ``"raw"`` (their stored bytes
+    under the native dtype: h5py 3.16 does this, so PyTables' big-endian ``VLArray`` reads as
+    garbage) or ``"unknown"``. Found once per process on a file in memory, whose bytes are
+    checked to hold the elements in the order the file declares."""
+    values = np.array([0x01020304, 0x05060708], dtype=np.int32)
+    foreign = values.dtype.newbyteorder("S")
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as handle:
+        dataset = handle.create_dataset("v", shape=(1,), dtype=h5py.vlen_dtype(foreign))
+        dataset[0] = values
+        handle.flush()
+        row = np.asarray(dataset[0])
+    if buffer.getvalue().find(values.astype(foreign).tobytes()) < 0 or row.shape != (2,):
+        return "unknown"
+    if np.array_equal(row, values):
+        return "converted"
+    if np.array_equal(row.view(row.dtype.newbyteorder("S")), values):
+        return "raw"
+    return "unknown"
+
+
+def _describe_vlen(dataset: Any, origin: str, attrs: dict[str, Any]) -> ArrayInfo:
+    """A variable-length dataset described as a ragged array (or refused with the reason)."""
+    layout = vlen_layout(dataset)
+    if isinstance(layout, str):
+        return ArrayInfo(origin, tuple(dataset.shape), None, attrs=attrs, problem=layout)
+    chunks = dataset.chunks
+    return ArrayInfo(
+        origin=origin,
+        shape=(dataset.shape[0], *layout.tail),
+        dtype=layout.stored,
+        chunk_rows=chunks[0] if chunks else 1,
+        chunk_bytes=chunks[0] * VLEN_REFERENCE_BYTES if chunks else 0,
+        attrs=attrs,
+        ragged=True,
+        elements_per_row=_mean_length(dataset, layout),
+    )
+
+
+def _mean_length(dataset: Any, layout: VlenLayout) -> float:
+    """The mean row length of a variable-length dataset, measured on runs of rows spread over
+    it; 1 if they cannot be read (the probe of the plan then says why)."""
+    try:
+        if _missing_filters(dataset):
+            return 1.0
+        rows = elements = 0
+        for start, stop in sample_ranges(dataset.shape[0], SAMPLE_RUNS, SAMPLE_RUN_ROWS):
+            lengths = [len(row) for row in dataset[start:stop]]
+            rows, elements = rows + len(lengths), elements + sum(lengths)
+    except Exception:  # h5py raises many types for a damaged file
+        return 1.0
+    per_element = math.prod(layout.tail) if layout.flattened else 1
+    return elements / per_element / rows if rows else 0.0
 
 
 def _type_problem(dataset: Any, exc: Exception) -> str:
@@ -372,6 +492,11 @@ class Hdf5Opener:
             raise SourceError(f"{self.location}: cannot open as HDF5 ({exc})") from exc
         try:
             datasets = {name: handle[path] for name, path in self.origins.items()}
+            found = {
+                name: vlen_layout(dataset)
+                for name, dataset in datasets.items()
+                if isinstance(h5py.check_vlen_dtype(dataset.dtype), np.dtype)
+            }
         except Exception as exc:
             handle.close()
             paths = ", ".join(self.origins.values())
@@ -379,19 +504,36 @@ class Hdf5Opener:
                 f"{self.location}: a dataset of the conversion ({paths}) cannot be opened any "
                 f"more ({exc}); the file changed since the conversion was planned"
             ) from exc
-        return Hdf5Reader(handle, datasets, self)
+        layouts = {name: layout for name, layout in found.items() if not isinstance(layout, str)}
+        for name, layout in found.items():
+            if isinstance(layout, str):
+                handle.close()
+                raise SourceError(
+                    f"{self.location}: dataset {self.origins[name]!r}: {layout}; the file "
+                    "changed since the conversion was planned"
+                )
+        return Hdf5Reader(handle, datasets, self, layouts)
 
 
 class Hdf5Reader:
     """Reads blocks of rows straight into the caller's buffer; HDF5 converts the byte order.
+    Reads the rows of a variable-length dataset as h5py returns them (one array each) and
+    packs them (:meth:`read_ragged`).
 
     Every failure is a :class:`SourceError` naming the file, the dataset and the rows.
     """
 
-    def __init__(self, handle: Any, datasets: dict[str, Any], opener: Hdf5Opener) -> None:
+    def __init__(
+        self,
+        handle: Any,
+        datasets: dict[str, Any],
+        opener: Hdf5Opener,
+        layouts: dict[str, VlenLayout] | None = None,
+    ) -> None:
         self._handle = handle
         self._datasets = datasets
         self._opener = opener
+        self._layouts = layouts or {}
         self._fd: int = handle.id.get_vfd_handle()
 
     def read(self, name: str, start: int, stop: int, out: np.ndarray) -> None:
@@ -411,6 +553,25 @@ class Hdf5Reader:
         truncated = self._truncation()
         if truncated is not None:
             raise SourceError(f"{self._where(name, start, stop)}: {truncated}")
+
+    def read_ragged(self, name: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows ``start:stop`` of the variable-length field ``name``, packed as
+        ``(values, offsets)`` (see :class:`memshard.sources.RaggedSourceReader`).
+
+        Raises:
+            SourceError: as :meth:`read`; or a row of a dataset stored flattened does not
+                hold whole elements of its tail.
+            UnsupportedSourceError: a filter of the dataset is not available here.
+        """
+        try:
+            rows = self._datasets[name][start:stop]
+        except Exception as exc:  # h5py and the filters raise OSError, ValueError, ...
+            raise self._failure(name, start, stop, exc) from exc
+        truncated = self._truncation()
+        if truncated is not None:
+            raise SourceError(f"{self._where(name, start, stop)}: {truncated}")
+        where = self._where(name, start, stop)
+        return packed_rows(rows, self._layouts[name], where=where, first_row=start)
 
     def _where(self, name: str, start: int, stop: int) -> str:
         origin = self._opener.origins[name]
@@ -454,7 +615,8 @@ def export(
     overwrite: bool = False,
     progress: bool | None = None,
 ) -> None:
-    """Write ``dataset`` to the HDF5 file ``dst`` (see :func:`memshard.to_hdf5`)."""
+    """Write ``dataset`` to the HDF5 file ``dst`` (see :func:`memshard.to_hdf5`): a dataset
+    per field, a variable-length one for a ragged field (:func:`_export_ragged`)."""
     target, temporary, names = export_plan(dataset, dst, fields, overwrite)
     total = sum(dataset[name].nbytes for name in names)
     try:
@@ -475,6 +637,9 @@ def export(
 def _export_field(
     dataset: Dataset, name: str, handle: Any, compression: str | None, report: Any
 ) -> None:
+    if dataset.manifest.fields[name].ragged:
+        _export_ragged(dataset, name, handle, compression, report)
+        return
     column = dataset[name]
     rows = len(column)
     row_bytes = max(1, column.dtype.itemsize * int(np.prod(column.shape[1:])))
@@ -488,7 +653,38 @@ def _export_field(
     )
     if column.labels is not None:
         target.attrs[LABELS_ATTRIBUTE] = np.array(column.labels, dtype=h5py.string_dtype())
-    block = chunk_rows * max(1, (8 << 20) // (chunk_rows * row_bytes))
+    block = chunk_rows * max(1, EXPORT_BLOCK_BYTES // (chunk_rows * row_bytes))
     for start, stop in block_ranges(0, rows, block):
         target[start:stop] = column[start:stop]
         report((stop - start) * row_bytes)
+
+
+def _export_ragged(
+    dataset: Dataset, name: str, handle: Any, compression: str | None, report: Any
+) -> None:
+    """Write the ragged field ``name`` as a one-dimensional variable-length dataset of its
+    dtype. h5py cannot write rows of HDF5 array elements, so rows of a field with a tail are
+    written flattened (``n * prod(tail)`` elements) and the tail recorded in the attribute
+    :data:`TAIL_ATTRIBUTE`, which :func:`plan` reads back."""
+    spec = dataset.manifest.fields[name]
+    column = dataset[name]
+    rows = len(column)
+    chunk_rows = max(1, min(rows, EXPORT_CHUNK_BYTES // VLEN_REFERENCE_BYTES))
+    target = handle.create_dataset(
+        name,
+        shape=(rows,),
+        dtype=h5py.vlen_dtype(spec.numpy_dtype),
+        chunks=(chunk_rows,) if rows else None,
+        compression=compression if rows else None,
+    )
+    if spec.shape:
+        target.attrs[TAIL_ATTRIBUTE] = np.array(spec.shape, dtype=np.int64)
+    row_bytes = max(1, column.nbytes // max(1, rows))  # a row of the mean length
+    block = max(1, EXPORT_BLOCK_BYTES // row_bytes)
+    for start, stop in block_ranges(0, rows, block):
+        batch: Ragged = column[start:stop]
+        # Not target[start:stop] = ...: h5py takes an object array of rows of one length
+        # for a 2-d array and refuses it.
+        objects = object_rows(batch, flatten=bool(spec.shape))
+        target.write_direct(objects, dest_sel=np.s_[start:stop])
+        report(batch.values.nbytes)

@@ -44,8 +44,8 @@ PART_FORMAT: Literal["memshard-part"] = "memshard-part"
 PART_ID_PATTERN = re.compile(r"p-[a-z0-9]{1,32}-[0-9a-f]{16}")
 GROUP_PATTERN = re.compile(r"[a-z0-9]{1,32}")
 DEFAULT_GROUP = "part"
-#: Names a part's files: its shard files in ``shards/`` (a ragged field's offsets files too)
-#: and its entries in ``parts/``.
+#: Names a part's files: its shard files in ``shards/`` (a ragged field's offsets files
+#: ``...FIELD.offsets.npy`` too) and its entries in ``parts/``.
 PART_SHARD_FILE = re.compile(
     rf"({PART_ID_PATTERN.pattern})-[0-9]{{8}}\.[A-Za-z0-9_\-]+(?:\.offsets)?\.npy"
 )

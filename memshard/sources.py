@@ -9,6 +9,13 @@ they agree on the row count; :func:`plan_source` has the module read the first c
 chosen array (a missing filter or codec is found before anything is written) and returns a
 :class:`SourcePlan`. The plan carries a picklable *opener*, so that each conversion worker
 opens the source itself (an HDF5 handle must never cross a ``fork``).
+
+A source may hold *ragged* arrays, whose rows vary in length along their first axis (HDF5
+variable-length datasets, lists of arrays): the format module marks them ``ragged`` with an
+estimate of their mean row length (:func:`sample_ranges` picks the rows to measure), and its
+reader is a :class:`RaggedSourceReader`, which returns their rows packed instead of filling a
+buffer. That is the whole extension a format needs for ragged fields: block sizes, parts and
+progress are derived from the estimate (:attr:`SourceField.row_bytes`).
 """
 
 from __future__ import annotations
@@ -49,7 +56,8 @@ OFFSET_BYTES = 8
 #: What a conversion accepts, for error messages.
 SUPPORTED_KINDS = (
     "numeric arrays of at least one dimension: bool, int8-64, uint8-64, float16/32/64, "
-    "complex64/128, either byte order"
+    "complex64/128, either byte order; and 1-d arrays of variable-length rows of those "
+    "(ragged fields)"
 )
 
 
@@ -63,7 +71,7 @@ class ArrayInfo:
 
     A ``ragged`` array's rows vary in length along their first axis: ``shape`` is
     ``(rows, *tail)`` and ``elements_per_row`` the mean length of a row (an estimate, which
-    sizes the blocks read).
+    sizes the blocks read and the parts written).
     """
 
     origin: str
@@ -88,7 +96,8 @@ class SourceField:
     """A source array taken as a memshard field.
 
     A ``ragged`` field's rows vary in length along their first axis; ``shape`` is then the
-    shape of one element, ``tail``, and ``elements_per_row`` the mean length of a row.
+    shape of one element, the *tail*, and ``elements_per_row`` the mean length of a row (an
+    estimate: the source may only have sampled it).
     """
 
     origin: str
@@ -101,7 +110,7 @@ class SourceField:
 
     @property
     def row_bytes(self) -> int:
-        """Bytes of one stored row; of a ragged field, of a row of the mean length, with its
+        """Bytes of one stored row; of a ragged field, of a row of the mean length with its
         entry in the offsets file (an estimate)."""
         element = self.dtype.itemsize * math.prod(self.shape)
         if not self.ragged:
@@ -116,7 +125,11 @@ class SourceField:
 
 
 class SourceReader(Protocol):
-    """An open source: fills caller buffers with rows of one field."""
+    """An open source: fills caller buffers with rows of one field.
+
+    A source with ragged fields is also a :class:`RaggedSourceReader`; ``read`` is never
+    called for a ragged field.
+    """
 
     def read(self, name: str, start: int, stop: int, out: np.ndarray) -> None:
         """Copy rows ``start:stop`` of field ``name`` into ``out`` (``stop - start`` rows, the
@@ -128,12 +141,22 @@ class SourceReader(Protocol):
 
 @runtime_checkable
 class RaggedSourceReader(SourceReader, Protocol):
-    """An open source with ragged fields: also hands out their rows as packed batches."""
+    """An open source with ragged fields: it also hands out their rows, packed.
+
+    A ragged field's rows cannot be read into a buffer the caller sizes (their lengths are
+    only known once read), so the source returns them: ``(values, offsets)`` as
+    :mod:`memshard.ragged` packs rows. The caller checks them (:class:`memshard.ragged.Ragged`
+    and the row count) before writing anything.
+    """
 
     def read_ragged(self, name: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """Rows ``start:stop`` of the ragged field ``name``, packed: ``(values, offsets)``,
         the values of shape ``(elements, *tail)`` in the field's stored dtype, the offsets
-        int64, ``stop - start + 1`` of them from 0 (see :mod:`memshard.ragged`)."""
+        int64, ``stop - start + 1`` of them from 0 to ``elements``.
+
+        Raises:
+            SourceError: the rows cannot be read (naming the source, the array, the rows).
+        """
 
 
 Opener = Callable[[], SourceReader]
@@ -502,12 +525,12 @@ def plan_labels(
     labels: Mapping[str, Sequence[str]] | None,
     label_attr: str | None,
 ) -> dict[str, list[str]]:
-    """Label vocabularies: those given explicitly, then, for integer fields without one, a
-    vocabulary stored in the array attribute ``label_attr``."""
+    """Label vocabularies: those given explicitly, then, for fixed integer fields without one,
+    a vocabulary stored in the array attribute ``label_attr``."""
     chosen = {name: list(vocab) for name, vocab in (labels or {}).items()}
     if label_attr:
         for name, spec in fields.items():
-            if name in chosen or spec.dtype.kind not in "iu":
+            if name in chosen or spec.ragged or spec.dtype.kind not in "iu":
                 continue
             vocab = vocabulary_from_attr(spec.attrs.get(label_attr))
             if vocab is not None:
@@ -532,6 +555,23 @@ def block_rows_for(chunk_rows: int, row_bytes: int) -> int:
     if chunk_bytes >= READ_BLOCK_BYTES:
         return chunk_rows
     return chunk_rows * max(1, READ_BLOCK_BYTES // chunk_bytes)
+
+
+def sample_ranges(rows: int, runs: int, run_rows: int) -> list[tuple[int, int]]:
+    """Up to ``runs`` runs of ``run_rows`` consecutive rows spread evenly over ``rows`` rows
+    (all of them, if that is fewer), in order and disjoint: the rows a source reads to
+    estimate a ragged array's mean row length.
+
+    Example:
+        >>> sample_ranges(1000, runs=4, run_rows=10)
+        [(0, 10), (250, 260), (500, 510), (750, 760)]
+        >>> sample_ranges(25, runs=4, run_rows=10)
+        [(0, 25)]
+    """
+    if rows <= runs * run_rows:
+        return [(0, rows)] if rows else []
+    step = rows // runs
+    return [(index * step, index * step + run_rows) for index in range(runs)]
 
 
 def block_ranges(start: int, stop: int, block_rows: int) -> Iterator[tuple[int, int]]:

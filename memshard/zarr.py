@@ -10,6 +10,11 @@ whose package is not installed, a damaged chunk). The group is walked node by no
 array is left out of an automatic selection, or refused when requested, with a
 :class:`~memshard.errors.SourceError` naming the store, the array, the chunk and what to
 install; no zarr exception reaches the caller.
+
+Variable-length arrays are not converted: zarr-python 3 has no data type for the object
+arrays that zarr-python 2 stored them as (numcodecs codec ``vlen-array``), and the zarr v3
+specification none for variable-length numbers, so such an array is refused by name
+(:func:`vlen_array_refusal`) and a ragged field is never exported (:func:`export`).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import numpy as np
 
 from . import zarrstore
 from .dependencies import require
-from .errors import SourceError, UnsupportedSourceError
+from .errors import SchemaError, SourceError, UnsupportedSourceError
 from .progress import progress_bar
 from .reader import Dataset
 from .sources import (
@@ -208,8 +213,11 @@ class _Store:
 
 
 def _unopenable(origin: str, metadata: dict[str, Any], exc: Exception) -> ArrayInfo:
-    """The array (of raw ``metadata``) that zarr cannot open, and why: a data type memshard
-    refuses anyway, a codec that is not installed, or zarr's own reason."""
+    """The array (of raw ``metadata``) that zarr cannot open, and why: variable-length rows, a
+    data type memshard refuses anyway, a codec that is not installed, or zarr's own reason."""
+    vlen = vlen_array_refusal(metadata)
+    if vlen is not None:
+        return ArrayInfo(origin, (), None, unreadable=vlen)
     refused = zarrstore.refused_type(metadata)
     if refused is not None:
         return ArrayInfo(origin, (), None, problem=refused)
@@ -218,6 +226,25 @@ def _unopenable(origin: str, metadata: dict[str, Any], exc: Exception) -> ArrayI
         return ArrayInfo(origin, (), None, unreadable=missing)
     reason = f"zarr {zarr.__version__} cannot open it ({type(exc).__name__}: {exc})"
     return ArrayInfo(origin, (), None, unreadable=reason)
+
+
+def vlen_array_refusal(metadata: dict[str, Any]) -> str | None:
+    """Why an array whose codecs include numcodecs' ``vlen-array`` (variable-length rows,
+    stored by zarr-python 2 as an object array) is not converted; ``None`` for another."""
+    if "vlen-array" not in zarrstore.codec_ids(metadata):
+        return None
+    configs = [metadata.get("compressor"), *(metadata.get("filters") or [])]
+    element = next(
+        (c.get("dtype") for c in configs if isinstance(c, dict) and c.get("id") == "vlen-array"),
+        None,
+    )
+    rows = f"rows of {element}" if isinstance(element, str) else "rows"
+    return (
+        f"variable-length {rows} (numcodecs codec 'vlen-array'), which zarr-python "
+        f"{zarr.__version__} cannot read: it has no data type for object arrays. Read the "
+        "rows with zarr-python 2 and pass them to memshard.from_numpy as a list of arrays "
+        "(a ragged field)"
+    )
 
 
 def _missing_codec(exc: BaseException) -> str | None:
@@ -390,8 +417,21 @@ def export(
     overwrite: bool = False,
     progress: bool | None = None,
 ) -> None:
-    """Write ``dataset`` to the zarr directory store ``dst`` (see :func:`memshard.to_zarr`)."""
+    """Write ``dataset`` to the zarr directory store ``dst`` (see :func:`memshard.to_zarr`).
+
+    Raises:
+        SchemaError: a field to export is ragged (nothing is written).
+    """
     target, temporary, names = export_plan(dataset, dst, fields, overwrite)
+    ragged = [name for name in names if dataset.manifest.fields[name].ragged]
+    if ragged:
+        others = [name for name in names if name not in ragged]
+        raise SchemaError(
+            f"{dataset.path}: field {ragged[0]!r} is ragged, and zarr-python "
+            f"{zarr.__version__} writes no variable-length arrays (zarr format 3 has no such "
+            f"data type); export the other fields with fields={others!r}, or the ragged "
+            "ones with memshard.to_hdf5 (variable-length datasets)"
+        )
     total = sum(dataset[name].nbytes for name in names)
     try:
         group = zarr.open_group(temporary, mode="w-", zarr_format=zarr_format)

@@ -81,8 +81,8 @@ class StoppingReader:
 
     def read_ragged(self, name: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         self._check(start, stop)
-        values, offsets = self._inner.read_ragged(name, start, stop)
-        return values, offsets
+        packed: tuple[np.ndarray, np.ndarray] = self._inner.read_ragged(name, start, stop)
+        return packed
 
     def _check(self, start: int, stop: int) -> None:
         rule = self._rule
@@ -138,6 +138,15 @@ class PausingReader:
         self._first: int | None = None
 
     def read(self, name: str, start: int, stop: int, out: np.ndarray) -> None:
+        self._check(start)
+        self._inner.read(name, start, stop, out)
+
+    def read_ragged(self, name: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        self._check(start)
+        packed: tuple[np.ndarray, np.ndarray] = self._inner.read_ragged(name, start, stop)
+        return packed
+
+    def _check(self, start: int) -> None:
         shard = start // self._rule.shard_rows
         if self._first is None:
             self._first = shard
@@ -147,7 +156,6 @@ class PausingReader:
             os.close(fd)
             while True:
                 signal.pause()
-        self._inner.read(name, start, stop, out)
 
     def close(self) -> None:
         self._inner.close()

@@ -122,17 +122,23 @@ with tables.open_file(sys.argv[1], "w", title="written by PyTables") as handle:
         row.append()
     table.flush()
     ragged = handle.create_vlarray(group, "ragged", tables.Int32Atom())
+    strokes = handle.create_vlarray(group, "strokes", tables.Int16Atom(shape=(3,)))
+    big = handle.create_vlarray(group, "big_endian", tables.Float32Atom(), byteorder="big")
     for index in range(rows):
         ragged.append(np.arange(index % 4, dtype=np.int32))
+        strokes.append(np.arange(index % 3 * 3, dtype=np.int16).reshape(-1, 3))
+        big.append(np.arange(index % 5, dtype=np.float32) / 4)
 """
 
 
-def write_pytables(path: Path) -> dict[str, np.ndarray]:
+def write_pytables(path: Path) -> dict[str, Any]:
     """A file written by PyTables (in a child process, which loads PyTables' own HDF5):
     ``/data/blosc`` (blosc, registered by PyTables as HDF5 filter 32001: hdf5plugin reads
     it), ``/data/blosc2`` (blosc2 with zstd, filter 32026), ``/data/zlib`` and
-    ``/data/plain``; ``/data/table`` (compound rows) and ``/data/ragged`` (variable-length)
-    must be left out."""
+    ``/data/plain``; variable-length arrays (``VLArray``, ragged fields, whose expected rows
+    are lists of arrays): ``/data/ragged`` of int32, ``/data/strokes`` of rows ``(n, 3)``
+    (an atom of shape ``(3,)``) and ``/data/big_endian`` of big-endian float32;
+    ``/data/table`` (compound rows) must be left out."""
     subprocess.run(
         [sys.executable, "-c", PYTABLES_WRITER, str(path), str(ROWS)],
         check=True,
@@ -144,6 +150,11 @@ def write_pytables(path: Path) -> dict[str, np.ndarray]:
         "/data/zlib": np.arange(ROWS, dtype=">i8"),
         "/data/plain": np.arange(ROWS, dtype="<i2"),
         "/data/blosc2": np.linspace(0, 1, ROWS * 2).reshape(ROWS, 2),
+        "/data/ragged": [np.arange(index % 4, dtype=np.int32) for index in range(ROWS)],
+        "/data/strokes": [
+            np.arange(index % 3 * 3, dtype=np.int16).reshape(-1, 3) for index in range(ROWS)
+        ],
+        "/data/big_endian": [np.arange(index % 5, dtype=">f4") / 4 for index in range(ROWS)],
     }
 
 

@@ -747,7 +747,8 @@ def test_an_interrupted_list_conversion_resumes(tmp_path: Path) -> None:
     assert 0 < len(staged) <= 1100
     assert_same_rows(staged["tokens"][:], rows["tokens"][: len(staged)])
     staged.close()
-    with pytest.raises(ConversionStateError, match=r"up to 8\.0 KiB, but shard_bytes=4096"):
+    refusal = r"up to 8\.0 KiB \(shard_bytes=8192\), but shard_bytes=4096"
+    with pytest.raises(ConversionStateError, match=refusal):
         ms.from_parquet(path, dst, shard_bytes=4 << 10, resume=True)
     ds = ms.from_parquet(path, dst, resume=True, workers=2)
     assert_same_rows(ds["tokens"][:], rows["tokens"])

@@ -397,9 +397,14 @@ def _vlen_string(handle: Any) -> None:
     handle.create_dataset("bad", data=["text"] * 10, dtype=h5py.string_dtype())
 
 
-def _vlen_int(handle: Any) -> None:
-    bad = handle.create_dataset("bad", shape=(10,), dtype=h5py.vlen_dtype(np.int32))
-    bad[0] = np.arange(3, dtype=np.int32)
+def _vlen_int_2d(handle: Any) -> None:
+    """Variable-length rows in two dimensions: a ragged field has one."""
+    bad = handle.create_dataset("bad", shape=(10, 2), dtype=h5py.vlen_dtype(np.int32))
+    bad[0, 0] = np.arange(3, dtype=np.int32)
+
+
+def _vlen_compound(handle: Any) -> None:
+    handle.create_dataset("bad", shape=(10,), dtype=h5py.vlen_dtype(np.dtype("i4,f8")))
 
 
 def _object_refs(handle: Any) -> None:
@@ -436,7 +441,8 @@ REFUSED: dict[str, Callable[[Any], None]] = {
     "compound": _compound,
     "fixed-length-string": _fixed_string,
     "variable-length-string": _vlen_string,
-    "vlen-int": _vlen_int,
+    "vlen-int-2d": _vlen_int_2d,
+    "vlen-compound": _vlen_compound,
     "object-references": _object_refs,
     "region-references": _region_refs,
     "scalar": _scalar,
