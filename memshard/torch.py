@@ -113,20 +113,16 @@ class Batch(Sequence[Sample]):
                 f"index {position} is out of range for a batch of {self._size} rows"
             )
         position %= self._size
-        offsets = {
-            name + OFFSETS_SUFFIX: self.tensors[name + OFFSETS_SUFFIX]
-            for name in self._packed
-            if name in self.tensors and name + OFFSETS_SUFFIX in self.tensors
-        }
+        tensors = self.tensors
+        packed = {name for name in self._packed if name + OFFSETS_SUFFIX in tensors}
+        offsets = {name + OFFSETS_SUFFIX for name in packed}
         sample = {}
-        for name, tensor in self.tensors.items():
-            if name in offsets:
-                continue
-            bounds = offsets.get(name + OFFSETS_SUFFIX)
-            if bounds is None:
-                sample[name] = tensor[position]
-            else:
+        for name, tensor in tensors.items():
+            if name in packed:
+                bounds = tensors[name + OFFSETS_SUFFIX]
                 sample[name] = tensor[int(bounds[position]) : int(bounds[position + 1])]
+            elif name not in offsets:
+                sample[name] = tensor[position]
         return sample
 
 
