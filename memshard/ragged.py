@@ -17,11 +17,16 @@ is. A batch of ``r`` rows taken from another by a step-1 slice (or any run of co
 rows) shares its ``values`` (a view); its ``offsets`` are a new array of ``r + 1`` entries.
 
 A ragged field holds at most :data:`MAX_ELEMENTS` elements per batch.
+
+Where a batch's arrays are made can be chosen: a reader's gather and :meth:`Ragged.to_padded`
+take an :data:`Allocator`, called once with the shape only they know (a batch's total
+elements are known once its offsets are read), so that, say, a DataLoader worker gathers
+straight into shared memory.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from itertools import pairwise
 from typing import Any, NoReturn
 
@@ -34,6 +39,7 @@ from .errors import (
     CastError,
     InvalidIndexError,
     MemshardError,
+    OutArrayError,
     RaggedArrayError,
     UnsupportedDtypeError,
 )
@@ -45,6 +51,10 @@ from .indexing import check_indices, normalize_item, slice_rows
 MAX_ELEMENTS = 2**62
 #: The dtype kinds a ragged batch may hold: booleans, integers, floats and complex numbers.
 NUMBER_KINDS = "biufc"
+
+#: ``empty(shape, dtype)``: a new, uninitialised, writeable C-contiguous array of that shape
+#: and dtype (as ``np.empty``), into which a batch's arrays are written (see :func:`allocate`).
+Allocator = Callable[[tuple[int, ...], np.dtype[Any]], np.ndarray]
 
 _VALID_KEYS = (
     "a Ragged batch is indexed by an integer (one row), a slice, or a 1-d array or list of "
@@ -256,7 +266,7 @@ class Ragged:
         return Ragged._of(self._values[positions], offsets)
 
     def to_padded(
-        self, pad_value: Any = 0, max_len: int | None = None
+        self, pad_value: Any = 0, max_len: int | None = None, *, empty: Allocator | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """The rows in one array, each padded with ``pad_value`` to a common length.
 
@@ -265,6 +275,7 @@ class Ragged:
                 as numpy rounds for float dtypes; never a complex number for a real dtype).
             max_len: the padded length; longer rows are cut to it. ``None``: the longest
                 row's length (0 for a batch of no rows).
+            empty: makes the padded array (see :data:`Allocator`); default ``np.empty``.
 
         Returns:
             ``(padded, lengths)``: a new array of shape ``(len(self), max_len, *tail)`` and
@@ -273,11 +284,14 @@ class Ragged:
         Raises:
             ArgumentError: ``max_len`` is not an integer >= 0.
             CastError: ``pad_value`` is not a number the dtype holds.
+            OutArrayError: ``empty`` returned something else than the array asked for.
         """
         lengths = self.lengths
         width = int(lengths.max(initial=0)) if max_len is None else _checked_max_len(max_len)
         fill = _pad_element(pad_value, self.dtype)
-        padded = np.full((len(self), width, *self.tail), fill, dtype=self.dtype)
+        shape = (len(self), width, *self.tail)
+        padded = allocate(empty or _empty, shape, self.dtype, where="to_padded")
+        padded[...] = fill
         kept = np.minimum(lengths, width)
         mask = np.arange(width) < kept[:, None]
         if bool((kept == lengths).all()):
@@ -305,6 +319,36 @@ class Ragged:
             f"Ragged(rows={len(self)}, elements={len(self._values)}, dtype={self.dtype}, "
             f"tail={self.tail})"
         )
+
+
+def allocate(
+    empty: Allocator, shape: tuple[int, ...], dtype: np.dtype[Any], *, where: str
+) -> np.ndarray:
+    """``empty(shape, dtype)``, checked to be what was asked for.
+
+    Raises:
+        OutArrayError: not a numpy array of that shape and dtype, C-contiguous and writeable
+            (the message starts with ``where``).
+    """
+    array = empty(shape, dtype)
+    if not isinstance(array, np.ndarray):
+        raise OutArrayError(
+            f"{where}: the allocator returned {type(array).__name__}, not a numpy array"
+        )
+    if array.shape != shape or array.dtype != dtype:
+        raise OutArrayError(
+            f"{where}: the allocator returned shape {array.shape} dtype {array.dtype}, "
+            f"asked for shape {shape} dtype {dtype}"
+        )
+    if not (array.flags.c_contiguous and array.flags.writeable):
+        raise OutArrayError(
+            f"{where}: the allocator returned an array that is not C-contiguous and writeable"
+        )
+    return array
+
+
+def _empty(shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
+    return np.empty(shape, dtype)
 
 
 def pack_rows(

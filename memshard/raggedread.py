@@ -22,7 +22,7 @@ from .indexing import SegmentTable, project_indices
 from .manifest import FieldSpec, Shard, offsets_record, offsets_spec
 from .mappings import CACHE, SegmentFile, read_rows, segment_areas
 from .pagecache import advise_ranges
-from .ragged import Ragged
+from .ragged import Allocator, Ragged, allocate
 from .shardtable import Shards
 
 #: Alignment of the arrays gathers allocate (rows copied to a page-aligned buffer avoid a slow
@@ -182,9 +182,17 @@ class RaggedLayout:
                     return Ragged._of(values[first : int(offsets[-1])], offsets - first)
         return self.gather(np.arange(start, stop, dtype=np.int64))
 
-    def gather(self, indices: np.ndarray) -> Ragged:
+    def gather(self, indices: np.ndarray, empty: Allocator | None = None) -> Ragged:
         """Rows ``indices`` (1-d, non-negative, in range) packed into one new buffer, in
-        request order, read shard by shard."""
+        request order, read shard by shard.
+
+        ``empty`` makes that buffer (see :data:`~memshard.ragged.Allocator`): it is called
+        once, with shape ``(elements, *tail)``, once the offsets are read; by default a
+        page-aligned array.
+
+        Raises:
+            OutArrayError: ``empty`` returned something else than the array asked for.
+        """
         count = indices.size
         lengths = np.zeros(count, dtype=np.int64)
         pieces = []
@@ -195,7 +203,12 @@ class RaggedLayout:
             pieces.append((shard, starts, stops, positions))
         out_offsets = np.zeros(count + 1, dtype=np.int64)
         np.cumsum(lengths, out=out_offsets[1:])
-        out = _page_aligned_empty((int(out_offsets[-1]), *self.spec.shape), self.spec.numpy_dtype)
+        out = allocate(
+            empty or _page_aligned_empty,
+            (int(out_offsets[-1]), *self.spec.shape),
+            self.spec.numpy_dtype,
+            where=f"{self.root}: field {self.name!r}",
+        )
         for shard, starts, stops, positions in pieces:
             self._copy(shard, starts, stops, _positions(positions, count), out, out_offsets)
         return Ragged._of(out, out_offsets)

@@ -57,7 +57,7 @@ from .mappings import (
     segment_breaks_after,
 )
 from .pagecache import advise_will_need, advised_ahead, is_resident
-from .ragged import Ragged
+from .ragged import Allocator, Ragged
 from .raggedread import RaggedLayout
 from .shardtable import Shards
 from .verify import VerifyReport, verify_dataset
@@ -512,7 +512,7 @@ class Dataset:
     def take(
         self,
         indices: Any,
-        out: Mapping[str, np.ndarray] | None = None,
+        out: Mapping[str, np.ndarray | Allocator] | None = None,
         *,
         fields: list[str] | None = None,
     ) -> dict[str, Any]:
@@ -524,14 +524,19 @@ class Dataset:
 
         Parameters:
             indices: a 1-d sequence or array of integers.
-            out: optional field -> array to fill, each C-contiguous, writeable, of the field's
-                dtype and shape ``(len(indices), *sample_shape)``. Fields without one get a
-                new array. Not for ragged fields.
+            out: optional field -> where its rows go. For a fixed field, an array to fill,
+                C-contiguous, writeable, of the field's dtype and shape
+                ``(len(indices), *sample_shape)``. For a ragged field, whose size is known
+                only once its offsets are read, an :data:`~memshard.ragged.Allocator`:
+                ``out[name](shape, dtype)`` is called once, with ``shape`` ``(elements,
+                *tail)``, and must return such an array, which becomes the batch's
+                ``values``. Fields without one get a new array.
             fields: the fields to read (default: all).
 
         Raises:
             InvalidIndexError: an index out of range, or ``indices`` not 1-d integers.
-            OutArrayError: an ``out`` array of the wrong shape, dtype or layout.
+            OutArrayError: an ``out`` array of the wrong shape, dtype or layout, an array
+                given for a ragged field, or an allocator's array not the one asked for.
             FieldNotFoundError: an unknown name in ``fields`` or ``out``.
         """
         snapshot = self._snapshot
@@ -544,10 +549,15 @@ class Dataset:
         for name in names:
             if name in snapshot.ragged:
                 column = self.column(name)
-                if out is not None and name in out:
-                    raise OutArrayError(f"{column._where()}: a ragged field takes no out array")
+                empty = None if out is None else out.get(name)
+                if empty is not None and not callable(empty):
+                    raise OutArrayError(
+                        f"{column._where()}: a ragged field takes no out array, its size is "
+                        "known only once its offsets are read; give a function "
+                        f"(shape, dtype) -> array instead, got {type(empty).__name__}"
+                    )
                 try:
-                    result[name] = snapshot.ragged[name].gather(array)
+                    result[name] = snapshot.ragged[name].gather(array, empty)
                 except Exception as exc:
                     column._raise_typed(exc, array)
                 continue
@@ -557,6 +567,11 @@ class Dataset:
                 pieces = projections[id(layout.table)] = project_indices(array, layout.table)
             target = None if out is None else out.get(name)
             column = Column(self, name)
+            if callable(target):
+                raise OutArrayError(
+                    f"{column._where()}: out must be a numpy array for a fixed field, got "
+                    f"{type(target).__name__}"
+                )
             try:
                 result[name] = column._gather(snapshot, layout, pieces, array.size, target)
             except Exception as exc:

@@ -16,13 +16,17 @@ Example::
     sampler = mt.ShardAwareSampler("data/frames", seed=0)
     for batch in mt.loader("data/frames", batch_size=256, num_workers=8, sampler=sampler):
         x, y = batch["x"], batch["y"]
+
+In a DataLoader worker, every tensor of a batch is made in shared memory and the rows are
+gathered straight into it, so handing the batch to the main process copies nothing (torch
+would otherwise copy each tensor to shared memory when it sends it).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
@@ -41,21 +45,24 @@ except ImportError as exc:  # as every extra: MissingDependencyError, saying wha
 from . import reader
 from .errors import (
     ArgumentError,
+    CastError,
     FieldNotFoundError,
     InvalidIndexError,
+    MemshardError,
     SamplerError,
-    SchemaError,
     TransformError,
 )
 from .indexing import as_index_array
 from .ragged import Ragged, checked_lengths
-from .reader import Dataset
+from .reader import Dataset, RaggedColumn
 
 Sample = dict[str, torch.Tensor]
 Transform = Callable[[Sample], Mapping[str, torch.Tensor]]
 
 #: How :func:`loader`'s workers hand batches to the main process (see :func:`loader`).
 WORKER_SHARING_STRATEGY = "file_system"
+#: Rows per batch of :func:`loader` by default.
+DEFAULT_BATCH_SIZE = 256
 #: Shards per shuffling window of :class:`ShardAwareSampler` by default.
 DEFAULT_WINDOW_SHARDS = 4
 #: Batches per length-sorted window of :class:`LengthGroupedSampler` by default.
@@ -63,21 +70,36 @@ DEFAULT_WINDOW_BATCHES = 64
 #: The most elements a packed batch holds: its offsets are int32, as flash-attn's
 #: ``cu_seqlens`` are.
 MAX_PACKED_ELEMENTS = 2**31 - 1
+#: The key of a padded field's row lengths is the field's name and this suffix.
+LENGTHS_SUFFIX = "_lengths"
+#: The key of a packed field's offsets is the field's name and this suffix.
+OFFSETS_SUFFIX = "_offsets"
 
 
 class Batch(Sequence[Sample]):
-    """A gathered batch: ``tensors`` maps each field to a tensor of ``len(batch)`` rows.
+    """A gathered batch: ``tensors`` maps each field to its tensors (see
+    :class:`MemshardDataset`), ``len(batch)`` rows.
 
-    As a sequence it yields one sample dict per row (views of the batch tensors), so code that
-    expects a list of samples, such as torch's ``default_collate``, still works (by stacking
-    them again); :func:`collate` returns ``tensors`` directly instead.
+    As a sequence, ``batch[i]`` is row ``i`` as one sample dict (views of the batch tensors),
+    so code that expects a list of samples still works; :func:`collate` returns ``tensors``
+    directly instead. A fixed field gives its row; a padded ragged field its padded row and
+    its length (``name + "_lengths"``), so torch's ``default_collate`` stacks the samples
+    back into the batch; a packed field (``packed`` names them; its offsets are
+    ``name + "_offsets"``) or a nested one gives the row, shape ``(n, *tail)``, and no
+    offsets (rows of different lengths do not stack: use :func:`collate`).
+
+    Raises:
+        InvalidIndexError: ``batch[i]`` with ``i`` not an integer, or out of range.
     """
 
-    __slots__ = ("_size", "tensors")
+    __slots__ = ("_packed", "_size", "tensors")
 
-    def __init__(self, tensors: dict[str, torch.Tensor], size: int) -> None:
+    def __init__(
+        self, tensors: dict[str, torch.Tensor], size: int, packed: Collection[str] = ()
+    ) -> None:
         self.tensors = tensors
         self._size = size
+        self._packed = frozenset(packed)
 
     def __len__(self) -> int:
         return self._size
@@ -85,7 +107,23 @@ class Batch(Sequence[Sample]):
     def __getitem__(self, index: Any) -> Any:
         if isinstance(index, slice):
             return [self[position] for position in range(self._size)[index]]
-        return {name: tensor[index] for name, tensor in self.tensors.items()}
+        position = _row_index(index)
+        if not -self._size <= position < self._size:
+            raise InvalidIndexError(
+                f"index {position} is out of range for a batch of {self._size} rows"
+            )
+        position %= self._size
+        tensors = self.tensors
+        packed = {name for name in self._packed if name + OFFSETS_SUFFIX in tensors}
+        offsets = {name + OFFSETS_SUFFIX for name in packed}
+        sample = {}
+        for name, tensor in tensors.items():
+            if name in packed:
+                bounds = tensors[name + OFFSETS_SUFFIX]
+                sample[name] = tensor[int(bounds[position]) : int(bounds[position + 1])]
+            elif name not in offsets:
+                sample[name] = tensor[position]
+        return sample
 
 
 def collate(batch: Any) -> Any:
@@ -99,20 +137,46 @@ def collate(batch: Any) -> Any:
 class MemshardDataset(TorchDataset[Sample]):
     """A map-style torch ``Dataset`` over a memshard dataset.
 
+    A batch (:meth:`__getitems__`) is a dict of tensors. A fixed field ``name`` gives one
+    tensor of shape ``(rows, *sample_shape)`` under ``name``. A ragged field (rows of
+    varying length, see :mod:`memshard.ragged`) gives what its mode in ``ragged`` says (see
+    :func:`ragged_tensors`):
+
+    - ``"pad"`` (the default) or :class:`Pad`: ``name``, the rows padded to the longest
+      (or to ``Pad.max_len``, longer rows cut), shape ``(rows, width, *tail)``, and
+      ``name + "_lengths"``, int64, each row's length in it;
+    - ``"packed"``: ``name``, the rows back to back, shape ``(elements, *tail)``, and
+      ``name + "_offsets"``, int32, ``rows + 1`` entries (flash-attn's ``cu_seqlens``, an
+      ``EmbeddingBag``'s offsets);
+    - ``"nested"``: ``name``, a nested tensor of the jagged layout (``torch.jagged``).
+
+    ``"pad"`` is the default because every model takes it; ``"packed"`` moves and computes
+    no padding, for models that take variable-length batches.
+
+    One sample (:meth:`__getitem__`) holds each field's row as it is stored: a ragged row is
+    a tensor of shape ``(n, *tail)``, neither padded nor cut.
+
     Parameters:
         source: a dataset path, or a :class:`memshard.Dataset` opened already (even in the
             parent of forked workers: it holds no descriptor and pickles by path).
         fields: the fields to read (default: all), in this order.
-        transform: applied to each sample dict; must return a mapping of field -> tensor.
-            A per-sample transform makes batched reads split the batch, so prefer
-            ``batch_transform`` where you can.
-        batch_transform: applied to each gathered batch dict (field -> tensor of rows).
+        ragged: ragged field name -> mode (``"pad"``, :class:`Pad`, ``"packed"`` or
+            ``"nested"``); a selected ragged field not named is padded.
+        transform: applied to each sample dict (as :meth:`__getitem__` gives it); must return
+            a mapping of field -> tensor, a ragged field's value a row of shape
+            ``(n, *tail)``. The samples of a batch are then batched again, each ragged field
+            by its mode. A per-sample transform makes batched reads split the batch, so
+            prefer ``batch_transform`` where you can.
+        batch_transform: applied to each batch dict (the tensors above).
         prefetch: before each batch's gather, ask the kernel to read all its rows at once
             (:meth:`memshard.Dataset.prefetch`). Several times faster when the data is not in
             the page cache (a first epoch, a dataset larger than RAM); a small cost otherwise.
 
     Raises:
-        FieldNotFoundError: an unknown name in ``fields``.
+        FieldNotFoundError: an unknown name in ``fields`` or ``ragged``.
+        ArgumentError: a name in ``ragged`` that is not a selected ragged field, an unknown
+            mode, or a key a mode adds (``tokens_lengths``) that is also a selected field.
+        CastError: a :class:`Pad` ``pad_value`` that the field's dtype cannot hold.
     """
 
     def __init__(
@@ -120,6 +184,7 @@ class MemshardDataset(TorchDataset[Sample]):
         source: str | os.PathLike[str] | Dataset,
         fields: Sequence[str] | None = None,
         *,
+        ragged: Mapping[str, RaggedMode] | None = None,
         transform: Transform | None = None,
         batch_transform: Transform | None = None,
         prefetch: bool = False,
@@ -132,19 +197,45 @@ class MemshardDataset(TorchDataset[Sample]):
             raise FieldNotFoundError(f"{self.dataset.path}: no fields selected")
         self.transform = transform
         self.batch_transform = batch_transform
+        #: The mode of every selected ragged field.
+        self.ragged: dict[str, RaggedMode] = self._ragged_modes(ragged or {})
         described = self.dataset.fields
-        ragged = [name for name in self.fields if None in described[name].shape]
-        if ragged:
-            raise SchemaError(
-                f"{self.dataset.path}: field {ragged[0]!r} is ragged; the torch Dataset does not "
-                "batch ragged fields yet"
-            )
-        # (torch dtype, sample shape) of each selected field, worked out once, not per batch.
+        # (torch dtype, sample shape) of each selected fixed field, worked out once.
         self._sample_types = {
             name: (_torch_dtype(described[name].dtype), _fixed(described[name].shape))
             for name in self.fields
+            if name not in self.ragged
         }
+        self._packed = [name for name, mode in self.ragged.items() if mode == "packed"]
         self.prefetch = prefetch
+
+    def _ragged_modes(self, given: Mapping[str, RaggedMode]) -> dict[str, RaggedMode]:
+        where = self.dataset.path
+        described = self.dataset.fields
+        for name in given:
+            self.dataset.column(name)
+            if name not in self.fields or None not in described[name].shape:
+                raise ArgumentError(
+                    f"{where}: ragged= names field {name!r}, which is not a selected ragged "
+                    f"field (selected: {self.fields}, of shapes "
+                    f"{[described[field].shape for field in self.fields]})"
+                )
+        modes: dict[str, RaggedMode] = {
+            name: given.get(name, "pad") for name in self.fields if None in described[name].shape
+        }
+        for name, mode in modes.items():
+            _check_mode(name, mode)
+            added = set(_keys_of(name, mode)) - {name}
+            clash = sorted(added & set(self.fields))
+            if clash:
+                raise ArgumentError(
+                    f"{where}: field {name!r} in mode {mode!r} adds the key {clash[0]!r}, "
+                    "which is also a selected field; leave one of them out, or choose "
+                    "another mode"
+                )
+            if isinstance(mode, Pad):
+                _check_pad_value(where, name, mode, described[name].dtype)
+        return modes
 
     @property
     def labels(self) -> dict[str, tuple[str, ...]]:
@@ -155,7 +246,8 @@ class MemshardDataset(TorchDataset[Sample]):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> Sample:
-        """One sample as a dict of tensors (copied out of the read-only mapping)."""
+        """One sample as a dict of tensors (copied out of the read-only mapping); a ragged
+        field's row has shape ``(n, *tail)``."""
         sample = {
             name: torch.from_numpy(np.array(self.dataset.column(name)[_row_index(index)]))
             for name in self.fields
@@ -168,27 +260,111 @@ class MemshardDataset(TorchDataset[Sample]):
         rows = as_index_array(indices, where=self.dataset.path)
         if self.prefetch:
             self.dataset.prefetch(rows, fields=self.fields)
-        tensors = self._empty_batch(rows.size)
-        self.dataset.take(rows, out={name: t.numpy() for name, t in tensors.items()})
-        if self.transform is not None:
-            samples = [
-                _apply(self.transform, {k: t[row] for k, t in tensors.items()}, "transform")
-                for row in range(len(indices))
-            ]
-            tensors = default_collate(samples) if samples else tensors
+        memory = _Memory(shared=get_worker_info() is not None)
+        if self.transform is None or rows.size == 0:
+            tensors = self._batch(rows, memory)
+        else:
+            tensors = self._transformed(rows, memory)
         tensors = _apply(self.batch_transform, tensors, "batch_transform")
-        return Batch(tensors, len(indices))
+        return Batch(tensors, rows.size, self._packed)
 
-    def _empty_batch(self, size: int) -> dict[str, torch.Tensor]:
-        """Tensors to gather a batch into. In a DataLoader worker they are allocated in shared
-        memory, as torch's own collate does, so that handing the batch to the main process
-        does not copy it again."""
-        in_worker = get_worker_info() is not None
-        tensors = {}
-        for name, (dtype, shape) in self._sample_types.items():
-            tensor = torch.empty((size, *shape), dtype=dtype)
-            tensors[name] = tensor.share_memory_() if in_worker else tensor  # type: ignore[no-untyped-call]
+    def _gather(
+        self, rows: np.ndarray, memory: _Memory, direct: Collection[str]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, _Gathered]]:
+        """Rows ``rows`` of each field: fixed fields as tensors made by ``memory``; ragged
+        fields as batches whose values are gathered into a tensor, made by ``memory`` for
+        the fields in ``direct`` (their values are handed on as they are) and in private
+        memory for the others."""
+        fixed = {
+            name: memory.empty((rows.size, *shape), dtype)
+            for name, (dtype, shape) in self._sample_types.items()
+        }
+        values = {name: _Into(memory if name in direct else _PRIVATE) for name in self.ragged}
+        out: dict[str, Any] = {name: tensor.numpy() for name, tensor in fixed.items()}
+        arrays = self.dataset.take(rows, out={**out, **values}, fields=self.fields)
+        ragged = {name: _Gathered(arrays[name], into.tensor()) for name, into in values.items()}
+        return fixed, ragged
+
+    def _batch(self, rows: np.ndarray, memory: _Memory) -> dict[str, torch.Tensor]:
+        """The batch of ``rows``, gathered into tensors made by ``memory``."""
+        # A packed or nested field's values are gathered into the tensor handed on; a padded
+        # field's are copied once more, into the padded tensor.
+        direct = {name for name, mode in self.ragged.items() if mode in ("packed", "nested")}
+        fixed, ragged = self._gather(rows, memory, direct)
+        tensors: dict[str, torch.Tensor] = {}
+        for name in self.fields:
+            if name in ragged:
+                batch, values = ragged[name]
+                owned = values if name in direct else None
+                tensors.update(_tensors(name, batch, self.ragged[name], memory, owned))
+            else:
+                tensors[name] = fixed[name]
         return tensors
+
+    def _transformed(self, rows: np.ndarray, memory: _Memory) -> dict[str, torch.Tensor]:
+        """The batch of ``rows`` split into samples, each transformed, batched again."""
+        fixed, ragged = self._gather(rows, _PRIVATE, ())
+        bounds = {name: gathered.batch.offsets.tolist() for name, gathered in ragged.items()}
+        samples = []
+        for row in range(rows.size):
+            sample = {}
+            for name in self.fields:
+                if name in ragged:
+                    start, stop = bounds[name][row], bounds[name][row + 1]
+                    sample[name] = ragged[name].values[start:stop]
+                else:
+                    sample[name] = fixed[name][row]
+            samples.append(_apply(self.transform, sample, "transform"))
+        return self._collate(samples, memory)
+
+    def _collate(self, samples: list[Sample], memory: _Memory) -> dict[str, torch.Tensor]:
+        """Transformed samples batched: ragged fields by their mode, others stacked."""
+        tensors: dict[str, torch.Tensor] = {}
+        for name in samples[0]:
+            column = [sample[name] for sample in samples]
+            if name not in self.ragged:
+                tensors[name] = default_collate(column)
+                continue
+            try:
+                batch = Ragged.from_rows([row.numpy() for row in column])
+            except MemshardError as exc:
+                raise TransformError(
+                    f"transform {getattr(self.transform, '__name__', self.transform)!r}: the "
+                    f"rows it returned for ragged field {name!r} do not batch ({exc})"
+                ) from None
+            tensors.update(_tensors(name, batch, self.ragged[name], memory, None))
+        return tensors
+
+
+class _Gathered(NamedTuple):
+    """A ragged field's rows, and the tensor whose memory holds their values."""
+
+    batch: Ragged
+    values: torch.Tensor
+
+
+def _check_mode(name: str, mode: Any) -> None:
+    if not (isinstance(mode, Pad) or (isinstance(mode, str) and mode in _MODES)):
+        raise ArgumentError(
+            f"field {name!r}: unknown ragged mode {mode!r}; use 'pad', Pad(max_len=..., "
+            "pad_value=...), 'packed' or 'nested'"
+        )
+
+
+def _keys_of(name: str, mode: RaggedMode) -> tuple[str, ...]:
+    """The keys of the tensors ragged field ``name`` gives in ``mode``."""
+    if mode == "packed":
+        return (name, name + OFFSETS_SUFFIX)
+    if mode == "nested":
+        return (name,)
+    return (name, name + LENGTHS_SUFFIX)
+
+
+def _check_pad_value(where: str, name: str, mode: Pad, dtype: np.dtype[Any]) -> None:
+    try:
+        Ragged._of(np.empty(0, dtype), np.zeros(1, np.int64)).to_padded(mode.pad_value)
+    except CastError as exc:
+        raise CastError(f"{where}: field {name!r}: {exc}") from None
 
 
 def _fixed(shape: tuple[int | None, ...]) -> tuple[int, ...]:
@@ -219,13 +395,66 @@ def _apply(transform: Transform | None, sample: Sample, role: str) -> Sample:
     return dict(result)
 
 
+# -- where a batch's tensors are made ---------------------------------------------------------
+
+
+class _Memory:
+    """Makes a batch's tensors: in shared memory in a DataLoader worker (``shared``), so that
+    handing the batch to the main process does not copy it, as torch's own collate does."""
+
+    def __init__(self, shared: bool) -> None:
+        self.shared = shared
+
+    def empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """A new uninitialised tensor."""
+        if not self.shared:
+            return torch.empty(shape, dtype=dtype)
+        # As torch's default_collate does in a worker: made in shared memory, where
+        # empty(...).share_memory_() would make it elsewhere and copy it there.
+        nbytes = math.prod(shape) * dtype.itemsize
+        storage = torch.UntypedStorage._new_shared(nbytes)  # type: ignore[no-untyped-call]
+        return torch.empty(0, dtype=dtype).set_(storage).view(shape)
+
+    def copy(self, array: np.ndarray) -> torch.Tensor:
+        """A new tensor holding a copy of ``array``."""
+        tensor = self.empty(array.shape, _torch_dtype(array.dtype))
+        tensor.numpy()[...] = array
+        return tensor
+
+
+_PRIVATE = _Memory(shared=False)
+
+
+class _Into:
+    """An :data:`~memshard.ragged.Allocator` whose arrays are the memory of tensors made by
+    ``memory``: the gather of a ragged field writes its values straight into a tensor, kept
+    as :meth:`tensor`."""
+
+    def __init__(self, memory: _Memory) -> None:
+        self._memory = memory
+        self._tensor: torch.Tensor | None = None
+
+    def __call__(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
+        self._tensor = self._memory.empty(shape, _torch_dtype(dtype))
+        array: np.ndarray = self._tensor.numpy()
+        return array
+
+    def tensor(self) -> torch.Tensor:
+        """The tensor of the last array made."""
+        if self._tensor is None:
+            raise RuntimeError("_Into.tensor(): no array was made")  # a bug in this module
+        return self._tensor
+
+
 def loader(
     source: str | os.PathLike[str] | Dataset | MemshardDataset,
     *,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     fields: Sequence[str] | None = None,
+    ragged: Mapping[str, RaggedMode] | None = None,
     shuffle: bool = False,
     sampler: Sampler[int] | None = None,
+    batch_sampler: Sampler[list[int]] | Iterable[list[int]] | None = None,
     num_workers: int = 0,
     prefetch: bool = False,
     sharing_strategy: str | None = WORKER_SHARING_STRATEGY,
@@ -234,10 +463,13 @@ def loader(
     """A ``DataLoader`` on the fast path: batched gathers and :func:`collate`.
 
     Workers are kept alive between epochs (``persistent_workers``) when there are any.
-    ``prefetch`` is passed to :class:`MemshardDataset` (for data not in the page cache).
+    ``fields``, ``ragged`` and ``prefetch`` are passed to :class:`MemshardDataset`.
 
-    ``shuffle=True`` draws a new random order each epoch; it contradicts a ``sampler``
-    (:class:`~memshard.errors.ArgumentError`).
+    ``batch_size`` is :data:`DEFAULT_BATCH_SIZE` unless a ``batch_sampler`` (such as
+    :class:`LengthGroupedSampler`) makes the batches. ``shuffle=True`` draws a new random
+    order each epoch. A ``sampler``, ``shuffle`` and a ``batch_sampler`` each decide the
+    order, so each contradicts the others (:class:`~memshard.errors.ArgumentError`), as a
+    ``batch_size`` contradicts a ``batch_sampler``.
 
     ``sharing_strategy`` is set in each worker (after any ``worker_init_fn`` you pass) and
     decides how a batch reaches the main process. With torch's default,
@@ -247,32 +479,43 @@ def loader(
     ``torch_shm_manager`` removes it once no process uses it. ``None`` leaves torch's setting.
     Other keyword arguments go to ``DataLoader`` unchanged.
     """
-    if shuffle and sampler is not None:
+    deciders = [
+        name
+        for name, given in (("shuffle=True", shuffle), ("a sampler", sampler is not None),
+                            ("a batch_sampler", batch_sampler is not None))
+        if given
+    ]  # fmt: skip
+    if len(deciders) > 1:
         raise ArgumentError(
-            "loader(): shuffle=True and a sampler contradict each other (the sampler decides "
-            "the order); pass one or the other"
+            f"loader(): {' and '.join(deciders)} contradict each other (each decides the "
+            "order); pass one of them"
+        )
+    if batch_sampler is not None and batch_size is not None:
+        raise ArgumentError(
+            "loader(): a batch_size and a batch_sampler contradict each other (the batch "
+            "sampler makes the batches); pass one or the other"
         )
     if isinstance(source, MemshardDataset):
-        if fields is not None or prefetch:
+        if fields is not None or ragged is not None or prefetch:
             raise ArgumentError(
-                "loader(): fields and prefetch belong to the MemshardDataset given; "
+                "loader(): fields, ragged and prefetch belong to the MemshardDataset given; "
                 "pass them to MemshardDataset(...) instead"
             )
         dataset = source
     else:
-        dataset = MemshardDataset(source, fields, prefetch=prefetch)
+        dataset = MemshardDataset(source, fields, ragged=ragged, prefetch=prefetch)
     options.setdefault("persistent_workers", num_workers > 0)
     if sharing_strategy is not None:
         options["worker_init_fn"] = _WorkerInit(sharing_strategy, options.get("worker_init_fn"))
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        sampler=sampler,
-        num_workers=num_workers,
-        collate_fn=collate,
-        **options,
-    )
+    if batch_sampler is not None:
+        options["batch_sampler"] = batch_sampler
+    else:
+        options.update(
+            batch_size=DEFAULT_BATCH_SIZE if batch_size is None else batch_size,
+            shuffle=shuffle,
+            sampler=sampler,
+        )
+    return DataLoader(dataset, num_workers=num_workers, collate_fn=collate, **options)
 
 
 class _WorkerInit:
@@ -463,6 +706,7 @@ class Pad:
 #: How :func:`ragged_tensors` turns a ragged field into tensors: ``"pad"`` (or :class:`Pad`
 #: for options), ``"packed"`` or ``"nested"``.
 RaggedMode = Literal["pad", "packed", "nested"] | Pad
+_MODES = ("pad", "packed", "nested")
 
 
 def padded(ragged: Ragged, *, max_len: int | None = None, pad_value: Any = 0) -> PaddedTensors:
@@ -473,8 +717,7 @@ def padded(ragged: Ragged, *, max_len: int | None = None, pad_value: Any = 0) ->
         ArgumentError: ``max_len`` is not an integer >= 0.
         CastError: ``pad_value`` is not a number the dtype holds.
     """
-    array, lengths = ragged.to_padded(pad_value=pad_value, max_len=max_len)
-    return PaddedTensors(torch.from_numpy(array), torch.from_numpy(lengths))
+    return _padded(ragged, max_len, pad_value, _PRIVATE)
 
 
 def packed(ragged: Ragged) -> PackedTensors:
@@ -484,26 +727,14 @@ def packed(ragged: Ragged) -> PackedTensors:
     Raises:
         ArgumentError: more than :data:`MAX_PACKED_ELEMENTS` elements (int32 offsets).
     """
-    total = len(ragged.values)
-    if total > MAX_PACKED_ELEMENTS:
-        raise ArgumentError(
-            f"a packed batch holds at most {MAX_PACKED_ELEMENTS} elements (its offsets are "
-            f"int32), this one has {total}: use smaller batches, or the 'pad' or 'nested' mode"
-        )
-    return PackedTensors(
-        torch.from_numpy(np.array(ragged.values)),
-        torch.from_numpy(ragged.offsets.astype(np.int32)),
-        int(ragged.lengths.max(initial=0)),
-    )
+    return _packed(ragged, _PRIVATE, None)
 
 
 def nested(ragged: Ragged) -> torch.Tensor:
     """The rows as one nested tensor of the jagged layout (``layout=torch.jagged``), of shape
     ``(rows, j, *tail)``; ``unbind()`` gives the rows. Built from a copy of ``values`` and the
     offsets as they are (``torch.nested.nested_tensor_from_jagged``), not row by row."""
-    values = torch.from_numpy(np.array(ragged.values))
-    offsets = torch.from_numpy(np.array(ragged.offsets))
-    return torch.nested.nested_tensor_from_jagged(values, offsets)
+    return _nested(ragged, _PRIVATE, None)
 
 
 def ragged_tensors(name: str, ragged: Ragged, mode: RaggedMode) -> dict[str, torch.Tensor]:
@@ -519,18 +750,48 @@ def ragged_tensors(name: str, ragged: Ragged, mode: RaggedMode) -> dict[str, tor
         ArgumentError: an unknown ``mode``, or see :func:`padded` and :func:`packed`.
         CastError: see :func:`padded`.
     """
-    if mode == "pad" or isinstance(mode, Pad):
-        options = mode if isinstance(mode, Pad) else Pad()
-        values, lengths = padded(ragged, max_len=options.max_len, pad_value=options.pad_value)
-        return {name: values, f"{name}_lengths": lengths}
+    return _tensors(name, ragged, mode, _PRIVATE, None)
+
+
+def _tensors(
+    name: str, ragged: Ragged, mode: RaggedMode, memory: _Memory, values: torch.Tensor | None
+) -> dict[str, torch.Tensor]:
+    """:func:`ragged_tensors`, made by ``memory``; ``values``, if given, is a tensor holding
+    ``ragged.values`` that a packed or nested result takes as it is (not a copy)."""
+    _check_mode(name, mode)
     if mode == "packed":
-        result = packed(ragged)
-        return {name: result.values, f"{name}_offsets": result.offsets}
+        result = _packed(ragged, memory, values)
+        return {name: result.values, name + OFFSETS_SUFFIX: result.offsets}
     if mode == "nested":
-        return {name: nested(ragged)}
-    raise ArgumentError(
-        f"field {name!r}: unknown ragged mode {mode!r}; use 'pad', Pad(max_len=..., "
-        "pad_value=...), 'packed' or 'nested'"
+        return {name: _nested(ragged, memory, values)}
+    options = mode if isinstance(mode, Pad) else Pad()
+    padded_values, lengths = _padded(ragged, options.max_len, options.pad_value, memory)
+    return {name: padded_values, name + LENGTHS_SUFFIX: lengths}
+
+
+def _padded(ragged: Ragged, max_len: int | None, pad_value: Any, memory: _Memory) -> PaddedTensors:
+    into = _Into(memory)
+    _, lengths = ragged.to_padded(pad_value, max_len, empty=into)
+    return PaddedTensors(into.tensor(), memory.copy(lengths))
+
+
+def _packed(ragged: Ragged, memory: _Memory, values: torch.Tensor | None) -> PackedTensors:
+    total = len(ragged.values)
+    if total > MAX_PACKED_ELEMENTS:
+        raise ArgumentError(
+            f"a packed batch holds at most {MAX_PACKED_ELEMENTS} elements (its offsets are "
+            f"int32), this one has {total}: use smaller batches, or the 'pad' or 'nested' mode"
+        )
+    return PackedTensors(
+        memory.copy(ragged.values) if values is None else values,
+        memory.copy(ragged.offsets.astype(np.int32)),
+        int(ragged.lengths.max(initial=0)),
+    )
+
+
+def _nested(ragged: Ragged, memory: _Memory, values: torch.Tensor | None) -> torch.Tensor:
+    return torch.nested.nested_tensor_from_jagged(
+        memory.copy(ragged.values) if values is None else values, memory.copy(ragged.offsets)
     )
 
 
@@ -553,8 +814,10 @@ class LengthGroupedSampler(_Epochs, Sampler[list[int]]):
     ``(seed, epoch)``: call :meth:`set_epoch` before each epoch.
 
     Parameters:
-        lengths: each row's length (a 1-d array of integers >= 0, or a
-            :class:`~memshard.ragged.Ragged` batch, whose lengths are used).
+        lengths: each row's length: a 1-d array of integers >= 0, a ragged column
+            (``dataset["tokens"]``, a :class:`~memshard.reader.RaggedColumn`) or a
+            :class:`~memshard.ragged.Ragged` batch, whose lengths are used.
+        batch_size: rows per batch.
 
     Raises:
         SamplerError: ``lengths`` not a 1-d array of integers >= 0; ``batch_size``, ``window``
@@ -611,8 +874,8 @@ def padding_waste(lengths: Any, batches: Iterable[Sequence[int] | np.ndarray]) -
     """The share of padding in ``batches`` padded each to its longest row: over all batches,
     ``(rows * longest - elements) / (rows * longest)``; 0.0 when that is 0.
 
-    ``lengths`` is each row's length (as for :class:`LengthGroupedSampler`), ``batches`` the
-    row indices of each batch.
+    ``lengths`` is each row's length, or a ragged column or batch (as for
+    :class:`LengthGroupedSampler`), ``batches`` the row indices of each batch.
 
     Raises:
         SamplerError: ``lengths`` not a 1-d array of integers >= 0.
@@ -632,7 +895,7 @@ def padding_waste(lengths: Any, batches: Iterable[Sequence[int] | np.ndarray]) -
 
 
 def _checked_lengths(lengths: Any) -> np.ndarray:
-    if isinstance(lengths, Ragged):
+    if isinstance(lengths, (Ragged, RaggedColumn)):
         return lengths.lengths
     try:
         array = np.asarray(lengths)

@@ -40,6 +40,27 @@ def test_worker_pool_reads_the_same_batches(method: str, dataset: Any) -> None:
         np.testing.assert_array_equal(result["i"], np.arange(300)[batch])
 
 
+def _gather_ragged(args: tuple[ms.Dataset, np.ndarray]) -> list[list[list[int]]]:
+    dataset, indices = args
+    batch = dataset.take(indices)["strokes"]
+    return [row.tolist() for row in batch]
+
+
+@pytest.mark.parametrize("method", START_METHODS)
+def test_worker_pool_gathers_the_same_ragged_rows(method: str, tmp_path: Any) -> None:
+    rng = np.random.default_rng(5)
+    rows = [rng.integers(-9, 9, (int(n), 3)).astype(np.int16) for n in rng.integers(0, 6, 200)]
+    with ms.create(tmp_path / "d", {"strokes": ("int16", (None, 3))}, shard_bytes=96) as writer:
+        writer.extend({"strokes": rows})
+    ds = ms.open(tmp_path / "d")
+    ds["strokes"][np.arange(0, 200, 9)]  # the parent has mapped shards before any child starts
+    batches = [np.random.default_rng(seed).integers(-200, 200, 50) for seed in range(4)]
+    with multiprocessing.get_context(method).Pool(2) as pool:
+        results = pool.map(_gather_ragged, [(ds, batch) for batch in batches])
+    for batch, result in zip(batches, results, strict=True):
+        assert result == [rows[i].tolist() for i in batch]
+
+
 def _read_inherited(connection: Any) -> None:
     dataset = _INHERITED["dataset"]
     cache_was_empty = len(mappings.CACHE) == 0

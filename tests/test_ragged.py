@@ -16,6 +16,7 @@ from memshard.errors import (
     CastError,
     InvalidIndexError,
     MemshardError,
+    OutArrayError,
     RaggedArrayError,
     UnsupportedDtypeError,
 )
@@ -274,6 +275,43 @@ def test_pad_values_the_dtype_cannot_hold_are_refused(dtype: str, pad_value: Any
 def test_max_len_must_be_a_non_negative_integer(max_len: Any) -> None:
     with pytest.raises(ArgumentError, match="max_len must be an integer >= 0"):
         Ragged.from_rows([[1, 2]]).to_padded(max_len=max_len)
+
+
+def test_to_padded_fills_the_array_its_allocator_makes() -> None:
+    made: list[np.ndarray] = []
+
+    def empty(shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
+        made.append(np.full(shape, 99, dtype=dtype))  # stale contents are overwritten
+        return made[-1]
+
+    batch = Ragged.from_rows([[[1, 2]], [], [[3, 4], [5, 6]]], dtype="int16")
+    padded, lengths = batch.to_padded(pad_value=-1, max_len=1, empty=empty)
+    (array,) = made
+    assert padded is array
+    assert padded.tolist() == [[[1, 2]], [[-1, -1]], [[3, 4]]]
+    assert lengths.tolist() == [1, 0, 1]
+
+
+@pytest.mark.parametrize(
+    ("empty", "message"),
+    [
+        (lambda shape, dtype: [0] * shape[0], "returned list, not a numpy array"),
+        (
+            lambda shape, dtype: np.empty((1, *shape), dtype),
+            r"shape \(1, 2, 2\) dtype int32, asked",
+        ),
+        (lambda shape, dtype: np.empty(shape, np.int64), r"dtype int64, asked for shape \(2, 2\)"),
+        (lambda shape, dtype: np.empty(shape[::-1], dtype).T, "not C-contiguous and writeable"),
+        (
+            lambda shape, dtype: np.broadcast_to(np.int32(0), shape),
+            "not C-contiguous and writeable",
+        ),
+    ],
+)
+def test_an_allocator_must_make_the_array_asked_for(empty: Any, message: str) -> None:
+    batch = Ragged.from_rows([[1, 2], [3]], dtype="int32")
+    with pytest.raises(OutArrayError, match=f"^to_padded: the allocator .*{message}"):
+        batch.to_padded(empty=empty)
 
 
 @given(ragged_tails.flatmap(lambda tail: st.lists(ragged_rows(tail=tail), min_size=1, max_size=4)))

@@ -243,6 +243,31 @@ def test_take_packs_each_ragged_field_into_one_buffer(tmp_path: Path) -> None:
         ds.take(picks, out={"tokens": np.empty(500)})
 
 
+def test_take_gathers_ragged_values_into_the_callers_memory(tmp_path: Path) -> None:
+    rows = sample_rows(120)
+    ds = write(tmp_path / "ds", rows)
+    picks = [7, -1, 7, 30, 0]
+    asked: list[tuple[tuple[int, ...], np.dtype[Any]]] = []
+    buffers: list[np.ndarray] = []
+
+    def empty(shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
+        asked.append((shape, dtype))
+        buffers.append(np.zeros(shape, dtype))
+        return buffers[-1]
+
+    label = np.empty(5, np.int64)
+    batch = ds.take(picks, out={"strokes": empty, "label": label}, fields=["strokes", "label"])
+    wanted = [rows["strokes"][i] for i in picks]
+    assert asked == [((sum(len(row) for row in wanted), 3), np.dtype("int16"))]
+    assert batch["strokes"].values.ctypes.data == buffers[0].ctypes.data
+    assert_rows(batch["strokes"], wanted)
+    assert batch["label"] is label
+    with pytest.raises(errors.OutArrayError, match=r"field 'tokens': the allocator returned shape"):
+        ds.take(picks, out={"tokens": lambda shape, dtype: np.empty((1, *shape), dtype)})
+    with pytest.raises(errors.OutArrayError, match="field 'label': out must be a numpy array for"):
+        ds.take(picks, out={"label": empty})
+
+
 def test_lengths_sizes_and_the_refused_array(tmp_path: Path) -> None:
     rows = sample_rows(100)
     ds = write(tmp_path / "ds", rows)

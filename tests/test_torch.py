@@ -671,10 +671,10 @@ def test_bad_epochs_are_refused(sharded: ms.Dataset, epoch: Any) -> None:
 
 
 def test_loader_refuses_options_that_belong_to_the_dataset(sharded: ms.Dataset) -> None:
-    with pytest.raises(ArgumentError, match="fields and prefetch"):
-        mt.loader(mt.MemshardDataset(sharded), fields=["x"])
-    with pytest.raises(ArgumentError, match="fields and prefetch"):
-        mt.loader(mt.MemshardDataset(sharded), prefetch=True)
+    options: list[dict[str, Any]] = [{"fields": ["x"]}, {"prefetch": True}, {"ragged": {}}]
+    for option in options:
+        with pytest.raises(ArgumentError, match="fields, ragged and prefetch belong to the"):
+            mt.loader(mt.MemshardDataset(sharded), **option)
 
 
 # -- workers: fork, spawn, forkserver ---------------------------------------------------------
