@@ -30,6 +30,7 @@ from .layout import PARTS_DIR, shard_file_name
 from .manifest import (
     MAX_COUNT,
     MAX_MANIFEST_BYTES,
+    OFFSETS_SUFFIX,
     FieldSpec,
     Shard,
     ShardFile,
@@ -44,8 +45,11 @@ PART_FORMAT: Literal["memshard-part"] = "memshard-part"
 PART_ID_PATTERN = re.compile(r"p-[a-z0-9]{1,32}-[0-9a-f]{16}")
 GROUP_PATTERN = re.compile(r"[a-z0-9]{1,32}")
 DEFAULT_GROUP = "part"
-#: Names a part's files: its shard files in ``shards/`` and its entries in ``parts/``.
-PART_SHARD_FILE = re.compile(rf"({PART_ID_PATTERN.pattern})-[0-9]{{8}}\.[A-Za-z0-9_\-]+\.npy")
+#: Names a part's files: its shard files in ``shards/`` (a ragged field's offsets files too)
+#: and its entries in ``parts/``.
+PART_SHARD_FILE = re.compile(
+    rf"({PART_ID_PATTERN.pattern})-[0-9]{{8}}\.[A-Za-z0-9_\-]+(?:{re.escape(OFFSETS_SUFFIX)}|\.npy)"
+)
 PART_ENTRY = re.compile(rf"\.?({PART_ID_PATTERN.pattern})\.(?:json|lock)(?:\.tmp)?")
 _RECORD_TAIL = re.compile(rb'"(xxh3_64:[0-9a-f]{16})"\}\n\Z')
 

@@ -345,6 +345,19 @@ def test_parts_write_ragged_fields_and_commit_in_order(tmp_path: Path) -> None:
     assert ds.verify().ok
 
 
+def test_discard_parts_removes_the_offsets_files_of_a_ragged_part(tmp_path: Path) -> None:
+    path = tmp_path / "ds"
+    ms.create(path, FIELDS, shard_bytes=1024).close()
+    rows = sample_rows(30)
+    with ms.write_part(path) as part:
+        part.extend({**rows, "label": np.arange(30)})
+    shards = path / "shards"
+    assert any(name.endswith(".offsets.npy") for name in os.listdir(shards))
+    assert ms.discard_parts(path) == [part.id]
+    assert os.listdir(shards) == []
+    assert os.listdir(path / "parts") == []
+
+
 # -- damaged files -----------------------------------------------------------------------------
 def _unsealed_dataset(path: Path) -> ms.Dataset:
     rows = sample_rows(10)
