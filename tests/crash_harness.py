@@ -31,11 +31,13 @@ Kinds of trial:
   temporary manifest, unnamed shard files and uncommitted bytes in its unsealed shard; one
   trial per file operation of the script (K = 1 .. ops), killed before and after it; and
   :data:`RAGGED_PLAN` likewise, on such a dataset of ragged fields;
-- ``random-op``: a longer random script (on a fresh or the crashed dataset), killed at a K drawn
-  uniformly over its whole run (a census run counts its operations), before or after;
-- ``random-time``: 1-3 writers in a row on the same dataset, each killed with SIGKILL from the
-  parent after a random number of acknowledged commits and further progress lines, so later
-  writers resume from real crash leftovers.
+- ``random-op``: a longer random script (on a fresh or the crashed dataset, or a fresh one of
+  ragged fields whose scripts also write parts), killed at a K drawn uniformly over its whole
+  run (a census run counts its operations), before or after;
+- ``random-time``: 1-3 writers in a row on the same dataset (of ragged fields, with parts, in
+  30 % of the trials), each killed with SIGKILL from the parent after a random number of
+  acknowledged commits and further progress lines, so later writers resume from real crash
+  leftovers.
 
 Children are forked from a zygote that has imported memshard (``--launcher fork``, the
 default; see :class:`Launcher`) or started as ``python -m tests.fault_writer ...``
