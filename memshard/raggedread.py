@@ -5,8 +5,12 @@ batches gathered into one packed :class:`~memshard.ragged.Ragged`.
 Row ``i`` of shard ``s`` is ``values[offsets[i]:offsets[i + 1]]`` of that shard's files. The
 offsets are the one thing a reader must trust to slice the values: before a shard's rows are
 read, its offsets are checked to start at 0, never decrease and end within the values (at
-their end, for a sealed shard), so a damaged file is a
-:class:`~memshard.errors.ShardDataError`, never a short or shifted row. (The values
+their end, when the snapshot shows all the shard's rows), and then, being few (8 bytes a row),
+against their checksum, so a damaged file is a :class:`~memshard.errors.ShardDataError` or a
+:class:`~memshard.errors.ChecksumError`, never a short or shifted row. When the offsets do not
+end at the values' end, the values file is checked against the manifest first: a values file
+whose size disagrees with its record (truncated, or a record that lies about its elements) is
+a :class:`~memshard.errors.ShardSizeError` naming it, as a slice would find. (The values
 themselves are not checked when read, as for fixed fields: ``verify`` does that.)
 """
 
@@ -17,10 +21,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .errors import ShardDataError
+from .checksum import StreamingChecksum
+from .errors import ChecksumError, ShardDataError
 from .indexing import SegmentTable, project_indices
 from .manifest import FieldSpec, Shard, offsets_record, offsets_spec
-from .mappings import CACHE, SegmentFile, read_rows, segment_areas
+from .mappings import CACHE, SegmentFile, check_shard_file, read_rows, segment_areas
 from .pagecache import advise_ranges
 from .ragged import Allocator, Ragged, allocate
 from .shardtable import Shards
@@ -73,7 +78,11 @@ class RaggedLayout:
 
         Raises:
             ShardDataError: the offsets start elsewhere than 0, decrease, or end past the
-                values (or before their end, in a sealed shard).
+                values (or before their end, when all the shard's rows are shown).
+            ChecksumError: the offsets of a shard whose rows are all shown do not match their
+                checksum (``offsets_checksum``, or ``offsets_prefix_checksum`` if unsealed).
+            ShardSizeError, ShardHeaderError, ShardMissingError: the values file does not
+                match its record, found when the offsets do not end at its end.
             InvalidDatasetError: see :func:`memshard.mappings.map_segment`.
         """
         files = self._files.get(shard)
@@ -128,21 +137,34 @@ class RaggedLayout:
         return files
 
     def _check(self, shard: int, record: Shard, offsets: np.ndarray) -> None:
-        elements = record.files[self.name].nbytes // self.spec.row_bytes
+        file = record.files[self.name]
+        elements = file.nbytes // self.spec.row_bytes
         full = self._lengths[shard] == record.rows
         end = int(offsets[-1])
+        path = f"{self.root}/{file.offsets_path}"
         if (
             int(offsets[0]) != 0
             or bool((offsets[1:] < offsets[:-1]).any())
             or end > elements
             or (full and end != elements)
         ):
-            path = f"{self.root}/{record.files[self.name].offsets_path}"
+            if end != elements:  # the values file may be what disagrees with the record
+                check_shard_file(self.root, self.spec.values, self._files[shard].values)
             raise ShardDataError(
                 f"{path}: the offsets of field {self.name!r} must start at 0, never decrease "
                 f"and end at its {elements} elements; they start at {int(offsets[0])} and end "
                 f"at {end} (damaged file)"
             )
+        expected = file.offsets_checksum if record.sealed else file.offsets_prefix_checksum
+        if full and expected is not None:
+            # In order, yet damaged (a row boundary moved): only the checksum tells.
+            actual = StreamingChecksum()
+            actual.update(np.ascontiguousarray(offsets, "<i8").data.cast("B"))
+            if actual.digest() != expected:
+                raise ChecksumError(
+                    f"{path}: the offsets of field {self.name!r} are {actual.digest()}, the "
+                    f"manifest records {expected} (damaged file)"
+                )
 
     # -- reading rows --------------------------------------------------------------------------
     def row(self, row: int) -> np.ndarray:

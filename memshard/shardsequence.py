@@ -287,6 +287,7 @@ class ShardSequence:
         if self.open is not None:
             _close_all(self.open)
             self.open = None
+        self._budget.release_all()  # a shard whose sealing failed is no longer ``open``
         self._syncs.shutdown()
 
     def _start(self) -> OpenShard:

@@ -93,6 +93,12 @@ class DescriptorBudget:
         """``writer`` closed its descriptor."""
         self._open.pop(id(writer), None)
 
+    def release_all(self) -> None:
+        """Close every descriptor the writers of this budget hold (also of writers that their
+        owner no longer tracks: a shard whose sealing failed half-way)."""
+        for writer in list(self._open.values()):
+            writer.release_descriptor()
+
 
 class ShardFileWriter:
     """One shard file being written: appends rows, keeps their checksum, rewrites the header.

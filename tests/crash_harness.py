@@ -8,29 +8,36 @@ the parent checks, in process:
 
 - ``memshard.open`` succeeds and ``len(ds)`` is the last acknowledged row count or the count
   of the commit that was in flight (never less, never rows that were not being committed);
-- every row ``i`` reads back as ``x = i``, ``y = i``;
-- every sealed shard file loads with ``np.load(allow_pickle=False)`` and holds its rows, and
-  ``ds.verify().ok``;
-- stray files (temporary manifests, shard files no manifest names) may exist; they are counted;
+- every row ``i`` reads back as ``x = i``, ``y = i`` (in a dataset of ragged fields, as
+  :func:`tests.crash_writer.ragged_rows` says, read by slice, by row and by ``take``);
+- every sealed shard file (and a ragged field's offsets file) loads with
+  ``np.load(allow_pickle=False)`` and holds its rows, and ``ds.verify().ok``;
+- stray files (temporary manifests, shard files no manifest names, remains of parts) may
+  exist; they are counted;
 - the child's :class:`~tests.fault_writer.SyncAudit` saw no manifest published before the data
   and names it refers to were synced, and no commit return before its rename was synced (what a
   power cut, unlike a SIGKILL, would punish).
 
-After the last child, ``memshard.append`` must leave exactly ``manifest.json``,
-``.memshard.lock`` and ``shards/`` holding exactly the files the manifest names; the parent
-appends more rows across a shard boundary, commits, closes and reads everything back.
+After the last child, ``memshard.append`` (and ``discard_parts``, which alone removes the
+remains of parts) must leave exactly ``manifest.json``, ``.memshard.lock``, the shard table, an
+empty ``parts/`` if parts were written, and ``shards/`` holding exactly the files the manifest
+names; the parent appends more rows across a shard boundary, commits, closes and reads
+everything back.
 
 Kinds of trial:
 
 - ``every-step-before`` / ``every-step-after``: short scripts (:data:`SHORT_PLAN`, then, in
   longer runs, random 3-round scripts), started on a dataset that a crashed writer left with a
   temporary manifest, unnamed shard files and uncommitted bytes in its unsealed shard; one
-  trial per file operation of the script (K = 1 .. ops), killed before and after it;
-- ``random-op``: a longer random script (on a fresh or the crashed dataset), killed at a K drawn
-  uniformly over its whole run (a census run counts its operations), before or after;
-- ``random-time``: 1-3 writers in a row on the same dataset, each killed with SIGKILL from the
-  parent after a random number of acknowledged commits and further progress lines, so later
-  writers resume from real crash leftovers.
+  trial per file operation of the script (K = 1 .. ops), killed before and after it; and
+  :data:`RAGGED_PLAN` likewise, on such a dataset of ragged fields;
+- ``random-op``: a longer random script (on a fresh or the crashed dataset, or a fresh one of
+  ragged fields whose scripts also write parts), killed at a K drawn uniformly over its whole
+  run (a census run counts its operations), before or after;
+- ``random-time``: 1-3 writers in a row on the same dataset (of ragged fields, with parts, in
+  30 % of the trials), each killed with SIGKILL from the parent after a random number of
+  acknowledged commits and further progress lines, so later writers resume from real crash
+  leftovers.
 
 Children are forked from a zygote that has imported memshard (``--launcher fork``, the
 default; see :class:`Launcher`) or started as ``python -m tests.fault_writer ...``
@@ -67,10 +74,22 @@ import numpy as np
 
 import memshard as ms
 from memshard import npyheader
-from memshard.layout import LOCK_NAME, MANIFEST_NAME, MANIFEST_TEMP_PREFIX, SHARDS_DIR
-from memshard.shardtable import TABLE_NAME, Shards, record_dtype
+from memshard.layout import LOCK_NAME, MANIFEST_NAME, MANIFEST_TEMP_PREFIX, PARTS_DIR, SHARDS_DIR
+from memshard.manifest import shard_files
+from memshard.ragged import Ragged
+from memshard.shardtable import TABLE_NAME, Shards, table_dtype
 from tests import race_harness
-from tests.crash_writer import FIELDS, SHARD_BYTES, rows
+from tests.crash_writer import (
+    FIELDS,
+    RAGGED_FIELDS,
+    RAGGED_SHARD_BYTES,
+    SHARD_BYTES,
+    batch,
+    is_ragged,
+    ragged_rows,
+    rows,
+    single_row,
+)
 from tests.fault_writer import make_plan
 from tests.helpers import REPO_ROOT
 
@@ -93,6 +112,24 @@ BIG_SHARD_BYTES = 4 << 20
 BIG_PLAN = "e9000,c,e9000,x,e9000,e12000,c"
 #: Largest batch of the random-op scripts on big shards.
 BIG_MAX_BATCH = 20000
+#: The crashed start of the ragged every-step trials (fields of
+#: :data:`tests.crash_writer.RAGGED_FIELDS`): a commit of 12 rows in the unsealed shard 0,
+#: then rows up to 32 that fill shard 0, give row 17 (larger than a shard) a shard of its
+#: own and start shard 2, killed just before the second commit renames its manifest.
+RAGGED_PREFIX_PLAN = "e12,c,e20,c"
+#: The ragged script (146 operations) killed at each of its file operations: resume from the
+#: crash (delete its shard files, make shard 0 writable and cut both files of each ragged
+#: field back to the 12 committed rows, checking their prefix checksums); 8 rows that fill
+#: shard 0 (sealed on size), give the big row 17 a shard of its own (sealed) and start shard
+#: 2 with rows 18 and 19; commit (table records with element counts and offsets checksums;
+#: shard 2 unsealed, its values and offsets files with prefix checksums); abort and resume
+#: (continue shard 2, cut back); one more row in it; a part of 2 rows committed through the
+#: appender with commit_parts, which seals shard 2 first.
+RAGGED_PLAN = "e8,c,x,a1,p2"
+#: Most rows of the batch the parent appends to a ragged dataset after the crash.
+RAGGED_RESUME_ROWS = 40
+#: Share of the rounds of random ragged scripts that write and commit a part.
+RAGGED_PART_SHARE = 0.2
 #: Rounds of the random scripts: random-op children run them whole, random-time children are
 #: killed long before the end.
 RANDOM_OP_ROUNDS = 6
@@ -110,16 +147,25 @@ KINDS = ("every-step-before", "every-step-after", "random-op", "random-time")
 @dataclass(frozen=True)
 class Start:
     """The dataset a trial starts from: a copy of ``path``, or a fresh empty dataset of the
-    writer's fields with ``shard_bytes`` shards."""
+    writer's fields (:data:`~tests.crash_writer.RAGGED_FIELDS` if ``ragged``) with
+    ``shard_bytes`` shards."""
 
     path: str | None = None
     shard_bytes: int = SHARD_BYTES
+    ragged: bool = False
 
     @property
     def name(self) -> str:
+        kind = "-ragged" if self.ragged else ""
         if self.path is not None:
-            return "crashed"
-        return "fresh" if self.shard_bytes == SHARD_BYTES else f"fresh-{self.shard_bytes}B"
+            return f"crashed{kind}"
+        if self.shard_bytes == (RAGGED_SHARD_BYTES if self.ragged else SHARD_BYTES):
+            return f"fresh{kind}"
+        return f"fresh{kind}-{self.shard_bytes}B"
+
+
+#: A fresh dataset of ragged fields.
+RAGGED = Start(shard_bytes=RAGGED_SHARD_BYTES, ragged=True)
 
 
 @dataclass(frozen=True)
@@ -437,20 +483,24 @@ def prepare_dataset(where: str, start: Start) -> str:
     """Make the dataset ``where/d`` as ``start`` says."""
     path = os.path.join(where, "d")
     if start.path is None:
-        ms.create(path, fields=FIELDS, shard_bytes=start.shard_bytes).close()
+        fields = RAGGED_FIELDS if start.ragged else FIELDS
+        ms.create(path, fields=fields, shard_bytes=start.shard_bytes).close()
     else:
         shutil.copytree(start.path, path)
     return path
 
 
-def prepare_crashed_base(workspace: Workspace) -> str:
+def prepare_crashed_base(workspace: Workspace, *, ragged: bool = False) -> str:
     """A dataset a writer left by crashing just before renaming a temporary manifest over
-    ``manifest.json``, after it had sealed the committed unsealed shard and started the next.
+    ``manifest.json``, after it had sealed the committed unsealed shard and started the next
+    (with ``ragged``, of :data:`~tests.crash_writer.RAGGED_FIELDS`: see
+    :data:`RAGGED_PREFIX_PLAN`).
     """
-    path = prepare_dataset(tempfile.mkdtemp(dir=workspace.scratch, prefix="base-"), Start())
-    ops = workspace.ops(Start(), PREFIX_PLAN)
+    start, plan = (RAGGED, RAGGED_PREFIX_PLAN) if ragged else (Start(), PREFIX_PLAN)
+    path = prepare_dataset(tempfile.mkdtemp(dir=workspace.scratch, prefix="base-"), start)
+    ops = workspace.ops(start, plan)
     second_replace = [number for number, op in enumerate(ops, 1) if op[0] == "replace"][1]
-    run = run_injected(workspace.launcher, path, PREFIX_PLAN, second_replace, "before")
+    run = run_injected(workspace.launcher, path, plan, second_replace, "before")
     if run.returncode != -signal.SIGKILL:
         raise RuntimeError(f"the prefix writer was not killed: {run.lines} {run.stderr}")
     strays = stray_files(path)
@@ -472,17 +522,24 @@ def stray_files(path: str) -> Counter[str]:
     for entry in os.listdir(path):
         if entry.startswith(MANIFEST_TEMP_PREFIX):
             found["temporary manifests"] += 1
+        elif entry == PARTS_DIR:
+            found["files of parts"] += len(os.listdir(os.path.join(path, PARTS_DIR)))
         elif entry not in (MANIFEST_NAME, LOCK_NAME, SHARDS_DIR, TABLE_NAME):
             found["other files"] += 1
     found["unnamed shard files"] += len(set(os.listdir(os.path.join(path, SHARDS_DIR))) - named)
     table = os.path.join(path, TABLE_NAME)
     committed = manifest.table.records if manifest.table else 0
-    record = record_dtype(len(manifest.fields))
+    record = table_dtype(manifest.fields)
     if os.path.getsize(table) > npyheader.data_offset(record, ()) + committed * record.itemsize:
         found["uncommitted shard table records"] += 1
     if manifest.shards and not manifest.shards[-1].sealed:
         last = manifest.shards[-1]
-        for file in last.files.values():
+        files = [
+            file
+            for name, values in last.files.items()
+            for _, file, _ in shard_files(manifest.fields[name], values, last.rows, sealed=False)
+        ]
+        for file in files:
             size = os.path.getsize(os.path.join(path, file.path))
             if size > file.data_offset + file.nbytes:
                 found["unsealed shards with uncommitted bytes"] += 1
@@ -491,11 +548,16 @@ def stray_files(path: str) -> Counter[str]:
 
 
 def exact_layout_problems(path: str) -> list[str]:
-    """How the directory differs from exactly manifest.json, the lock and the named shards."""
-    ds = ms.open(path)
-    named = {os.path.basename(f.path) for s in ds.shards for f in s.files.values()}
+    """How the directory differs from exactly manifest.json, the lock, the shard table, an
+    empty ``parts/`` (if parts were written) and the named shards."""
+    from memshard import manifest as manifest_io
+
+    manifest = manifest_io.load(os.path.join(path, MANIFEST_NAME))
+    named = {name.split("/", 1)[1] for name in Shards.of(path, manifest).file_paths()}
     problems = []
     top = set(os.listdir(path))
+    if PARTS_DIR in top and not os.listdir(os.path.join(path, PARTS_DIR)):
+        top.remove(PARTS_DIR)
     if top != {MANIFEST_NAME, LOCK_NAME, SHARDS_DIR, TABLE_NAME}:
         problems.append(f"dataset directory holds {sorted(top)}")
     shards = set(os.listdir(os.path.join(path, SHARDS_DIR)))
@@ -507,11 +569,15 @@ def exact_layout_problems(path: str) -> list[str]:
 
 
 def content_problems(ds: ms.Dataset) -> tuple[int, list[str]]:
-    """Rows that differ from ``x = i``, ``y = i``: (count, descriptions)."""
+    """Rows that differ from ``x = i``, ``y = i`` (or from
+    :func:`~tests.crash_writer.ragged_rows`): (count, descriptions)."""
     n = len(ds)
-    expected = rows(0, n)
-    x, y = ds["x"][:], ds["y"][:]
-    bad = (y != expected["y"]) | (x != expected["x"]).any(axis=(1, 2))
+    y = ds["y"][:]
+    if is_ragged(ds.fields):
+        bad = _ragged_rows_wrong(ds)
+    else:
+        expected = rows(0, n)
+        bad = (y != expected["y"]) | (ds["x"][:] != expected["x"]).any(axis=(1, 2))
     count = int(bad.sum())
     if not count:
         return 0, []
@@ -519,22 +585,68 @@ def content_problems(ds: ms.Dataset) -> tuple[int, list[str]]:
     return count, [f"{count} of {n} rows read back wrong, first row {first}: y={y[first]}"]
 
 
+def _ragged_rows_wrong(ds: ms.Dataset) -> np.ndarray:
+    """Which rows of a ragged dataset differ from the expected ones, read by a slice of all
+    rows, one by one, and gathered by ``take`` in reverse order."""
+    n = len(ds)
+    expected = ragged_rows(0, n)
+    bad = np.asarray(ds["y"][:] != expected["y"])
+    backwards = np.arange(n)[::-1]
+    taken = ds.take(backwards)
+    for name in ("tokens", "strokes"):
+        column, want = ds[name], expected[name]
+        bad |= _wrong_rows(column[:], want)
+        bad |= _wrong_rows(taken[name], [want[i] for i in backwards])[::-1]
+        bad |= np.array([not np.array_equal(column[i], row) for i, row in enumerate(want)], bool)
+    return bad
+
+
+def _wrong_rows(got: Ragged, want: list[np.ndarray]) -> np.ndarray:
+    """Which rows of ``got`` differ from ``want`` (as many rows)."""
+    offsets = np.concatenate(([0], np.cumsum([len(row) for row in want]))).astype(np.int64)
+    values = np.concatenate(want) if want else got.values[:0]
+    if np.array_equal(got.offsets, offsets) and got.values.shape == values.shape:
+        differ = got.values != values
+        if differ.ndim > 1:  # rows of the (None, 3) field: an element is a triple
+            differ = differ.any(axis=tuple(range(1, differ.ndim)))
+        bad = np.zeros(len(want), dtype=bool)
+        bad[np.searchsorted(offsets, np.flatnonzero(differ), side="right") - 1] = True
+        return bad
+    return np.array([not np.array_equal(got[i], row) for i, row in enumerate(want)], dtype=bool)
+
+
+def _expected_files(fields: dict[str, Any], start: int, count: int) -> dict[str, np.ndarray]:
+    """What ``np.load`` must give for each file of a shard holding rows ``start ..
+    start + count``, by path suffix (``.x.npy``, and ``.tokens.offsets.npy`` and the like)."""
+    content = batch(fields, start, count)
+    files = {}
+    for name, values in content.items():
+        if isinstance(values, list):  # a ragged field: its values and offsets files
+            lengths = [len(row) for row in values]
+            files[f".{name}.npy"] = np.concatenate(values)
+            files[f".{name}.offsets.npy"] = np.concatenate(([0], np.cumsum(lengths)))
+        else:
+            files[f".{name}.npy"] = np.asarray(values)
+    return files
+
+
 def sealed_file_problems(path: str, ds: ms.Dataset) -> list[str]:
-    """Every sealed shard file must load with np.load and hold its rows."""
+    """Every sealed shard file (and offsets file) must load with np.load and hold its rows."""
     problems = []
     for shard in ds.shards:
         if not shard.sealed:
             continue
-        expected = rows(shard.row_offset, shard.rows)
-        for name, file in shard.files.items():
-            where = os.path.join(path, file.path)
+        expected = _expected_files(ds.fields, shard.row_offset, shard.rows)
+        for suffix, want in expected.items():
+            stem = next(iter(shard.files.values())).path.split(".", 1)[0]
+            relative = stem + suffix
             try:
-                loaded = np.load(where, allow_pickle=False)
+                loaded = np.load(os.path.join(path, relative), allow_pickle=False)
             except Exception as exc:
-                problems.append(f"np.load({file.path}) failed: {type(exc).__name__}: {exc}")
+                problems.append(f"np.load({relative}) failed: {type(exc).__name__}: {exc}")
                 continue
-            if loaded.shape != expected[name].shape or not np.array_equal(loaded, expected[name]):
-                problems.append(f"{file.path}: np.load gives shape {loaded.shape}, wrong rows")
+            if loaded.shape != want.shape or not np.array_equal(loaded, want):
+                problems.append(f"{relative}: np.load gives shape {loaded.shape}, wrong rows")
     return problems
 
 
@@ -585,13 +697,18 @@ def check_resume(path: str, committed: int, seed: int, result: TrialResult) -> N
             result.problems.append(
                 f"memshard.append sees {writer.committed_rows} rows, not {committed}"
             )
+        ms.discard_parts(writer)  # the remains of parts are left to it
         problems = exact_layout_problems(path)
         result.strays_after_append += len(problems)
         result.problems += [f"after memshard.append: {p}" for p in problems]
-        shard_rows = writer.manifest.shard_rows
-        for _ in range(2):
-            writer.append({"x": rows(writer.rows, 1)["x"][0], "y": writer.rows})
-            writer.extend(rows(writer.rows, int(rng.integers(1, 2 * shard_rows))))
+        fields = list(writer.fields)
+        # Across a shard boundary (ragged shards roll on size, after about 18 rows); ragged
+        # trials, five files a shard, do it once.
+        ragged = is_ragged(fields)
+        most = RAGGED_RESUME_ROWS if ragged else 2 * writer.manifest.shard_rows
+        for _ in range(1 if ragged else 2):
+            writer.append(single_row(fields, writer.rows))
+            writer.extend(batch(fields, writer.rows, int(rng.integers(1, most))))
             writer.commit()
         total = writer.rows
         writer.close()
@@ -687,8 +804,9 @@ def every_step_trials(start: Start, plan: str, ops: Sequence[Sequence[str]]) -> 
 
 
 def random_op_trials(rng: np.random.Generator, count: int, base: str) -> list[TrialSpec]:
-    """Random scripts killed at a uniformly drawn operation: from the crashed ``base`` (40 %),
-    a fresh dataset (40 %), or a fresh one of big shards with big batches (20 %)."""
+    """Random scripts killed at a uniformly drawn operation: from the crashed ``base`` (30 %),
+    a fresh dataset (30 %), a fresh one of big shards with big batches (20 %), or a fresh one
+    of ragged fields, with parts (20 %)."""
     seeds = [int(s) for s in rng.integers(0, 2**31, max(1, math.ceil(count / CENSUS_REUSE)))]
     trials = []
     for _ in range(count):
@@ -697,8 +815,11 @@ def random_op_trials(rng: np.random.Generator, count: int, base: str) -> list[Tr
         if draw < 0.2:
             start = Start(shard_bytes=BIG_SHARD_BYTES)
             plan = make_plan(seed, RANDOM_OP_ROUNDS, max_batch=BIG_MAX_BATCH)
+        elif draw < 0.4:
+            start = RAGGED
+            plan = make_plan(seed, RANDOM_OP_ROUNDS, parts=RAGGED_PART_SHARE)
         else:
-            start = Start(base) if draw < 0.6 else Start()
+            start = Start(base) if draw < 0.7 else Start()
             plan = make_plan(seed, RANDOM_OP_ROUNDS)
         fraction, when = float(rng.random()), ("before", "after")[int(rng.integers(2))]
         trials.append(
@@ -714,22 +835,27 @@ def random_op_trials(rng: np.random.Generator, count: int, base: str) -> list[Tr
 
 
 def random_time_trials(rng: np.random.Generator, count: int) -> list[TrialSpec]:
+    """1-3 writers in a row, each killed after a random number of commits and progress
+    lines, on a fresh dataset (70 %) or a fresh one of ragged fields, with parts (30 %)."""
     trials = []
     for _ in range(count):
+        ragged = rng.random() < 0.3
         stages = []
         for _ in range(int(rng.integers(1, 4))):
             seed = int(rng.integers(2**31))
             stages.append(
                 Stage(
-                    make_plan(seed, RANDOM_TIME_ROUNDS),
+                    make_plan(seed, RANDOM_TIME_ROUNDS, parts=RAGGED_PART_SHARE if ragged else 0),
                     acks=int(rng.integers(0, 10)),
                     extra_lines=int(rng.integers(0, 8)),
                 )
             )
         label = "; ".join(f"acks={s.acks}+{s.extra_lines}" for s in stages)
+        start = RAGGED if ragged else Start()
         trials.append(
-            TrialSpec("random-time", label, Start(), tuple(stages), int(rng.integers(2**31)))
-        )
+            TrialSpec("random-time", f"start={start.name} {label}", start, tuple(stages),
+                      int(rng.integers(2**31)))
+        )  # fmt: skip
     return trials
 
 
@@ -740,14 +866,18 @@ def compose(
     base: str,
     jobs: int,
     every_step_share: float = 0.4,
+    ragged_base: str | None = None,
 ) -> list[TrialSpec]:
     """About ``trials`` trials: whole every-step groups (:data:`SHORT_PLAN` from the crashed
-    ``base`` and :data:`BIG_PLAN`, if they fit in ``trials``, then random short scripts from
-    ``base`` up to ``every_step_share`` of the trials), the rest split between random-op and
-    random-time trials."""
+    ``base``, :data:`BIG_PLAN` and :data:`RAGGED_PLAN` from the crashed ``ragged_base``, if
+    they fit in ``trials``, then random short scripts from ``base`` up to
+    ``every_step_share`` of the trials), the rest split between random-op and random-time
+    trials."""
     rng = np.random.default_rng(seed)
     specs: list[TrialSpec] = []
     fixed = [(Start(base), SHORT_PLAN), (Start(shard_bytes=BIG_SHARD_BYTES), BIG_PLAN)]
+    if ragged_base is not None:
+        fixed.append((Start(ragged_base, ragged=True), RAGGED_PLAN))
     scripts = fixed + [
         (Start(base), make_plan(int(s), EVERY_STEP_ROUNDS, max_batch=40))
         for s in rng.integers(0, 2**31, 64)
@@ -905,7 +1035,8 @@ def harness(
         with Launcher(launcher) as children:
             workspace = Workspace(root, children, keep_failed)
             base = prepare_crashed_base(workspace)
-            specs = compose(workspace, trials, seed, base, jobs)
+            ragged_base = prepare_crashed_base(workspace, ragged=True)
+            specs = compose(workspace, trials, seed, base, jobs, ragged_base=ragged_base)
             results = run_trials(workspace, specs, jobs, deadline=deadline, progress=progress)
         summary = summarize(results, time.monotonic() - started)
         summary["trials_planned"] = len(specs)

@@ -3,11 +3,16 @@
 Row ``i`` holds ``x = i`` (every element) and ``y = i``. After every commit the writer prints
 ``ACK <rows>`` and flushes, so the parent knows which rows were acknowledged as durable.
 Run as ``python -m tests.crash_writer PATH SEED``.
+
+The crash harness also writes datasets of :data:`RAGGED_FIELDS`, whose rows vary in length
+(see :func:`ragged_rows`); :func:`batch` and :func:`single_row` give the rows of either kind.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +29,47 @@ def rows(start: int, count: int) -> dict[str, np.ndarray]:
     index = np.arange(start, start + count)
     x = np.broadcast_to(index[:, None, None], (count, *SAMPLE_SHAPE)).astype(np.float32)
     return {"x": x, "y": index}
+
+
+#: A ragged int32 field, a ragged field of int16 triples and a fixed field.
+RAGGED_FIELDS = {"tokens": ("int32", (None,)), "strokes": ("int16", (None, 3)), "y": ("int64", ())}
+#: Ragged shards roll on their data size: about 18 rows each (rows hold 55 bytes on average,
+#: offsets included), and one row in 20 (:data:`BIG_ROW`) is larger than a whole shard.
+RAGGED_SHARD_BYTES = 1024
+BIG_ROW_EVERY, BIG_ROW = 20, 17
+BIG_ROW_TOKENS = 300
+
+
+def token_count(index: int) -> int:
+    """Tokens of row ``index``: 0 to 11, or :data:`BIG_ROW_TOKENS` (1200 bytes)."""
+    return BIG_ROW_TOKENS if index % BIG_ROW_EVERY == BIG_ROW else index * 7 % 12
+
+
+def ragged_rows(start: int, count: int) -> dict[str, Any]:
+    """Rows ``start .. start + count`` of :data:`RAGGED_FIELDS`: row ``i`` holds the tokens
+    ``1000 * i + j`` (``j`` counting them), ``i * 5 % 4`` strokes all ``i % 30000``, and
+    ``y = i``."""
+    index = range(start, start + count)
+    return {
+        "tokens": [(1000 * i + np.arange(token_count(i))).astype(np.int32) for i in index],
+        "strokes": [np.full((i * 5 % 4, 3), i % 30000, dtype=np.int16) for i in index],
+        "y": np.arange(start, start + count, dtype=np.int64),
+    }
+
+
+def is_ragged(fields: Iterable[str]) -> bool:
+    """Whether a dataset of these fields is one of :data:`RAGGED_FIELDS`."""
+    return "tokens" in fields
+
+
+def batch(fields: Iterable[str], start: int, count: int) -> dict[str, Any]:
+    """Rows ``start .. start + count`` of a dataset of ``fields`` (either kind)."""
+    return ragged_rows(start, count) if is_ragged(fields) else rows(start, count)
+
+
+def single_row(fields: Iterable[str], index: int) -> dict[str, Any]:
+    """Row ``index`` of a dataset of ``fields``, as ``Appender.append`` takes it."""
+    return {name: values[0] for name, values in batch(fields, index, 1).items()}
 
 
 def main(path: str, seed: int) -> None:

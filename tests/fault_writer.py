@@ -11,10 +11,14 @@ left):
 - ``r``: ``close()`` (seal and commit), then reopen with ``memshard.append``;
 - ``x``: ``abort()`` (drop the uncommitted rows, leaving their bytes and shard files behind),
   then reopen with ``memshard.append``, which must clean them up and cut the unsealed shard
-  back.
+  back;
+- ``p<n>``: write a part of ``n`` rows (``memshard.write_part``, closed) and commit it with
+  ``commit_parts`` through the open appender (which seals its open shard and commits it with
+  the part's shards).
 
 After the last step the writer closes. Rows are those of :mod:`tests.crash_writer`: row ``i``
-holds ``x = i`` and ``y = i``, and every batch continues at ``Appender.rows``.
+holds ``x = i`` and ``y = i`` (or, in a dataset of ragged fields, the rows of
+:func:`tests.crash_writer.ragged_rows`), and every batch continues at ``Appender.rows``.
 
 Progress, one flushed line each, so that a parent reading stdout knows where the child was
 when it died:
@@ -27,14 +31,15 @@ when it died:
 - ``OP <k> <op> <step> <target>`` (with ``--trace``): the k-th file operation;
 - ``KILL <k> <before|after> <op> <step> <target>``: about to SIGKILL itself;
 - ``AUDIT <message>``: the commit protocol's sync order was broken (see :class:`SyncAudit`);
-- ``AUDITED <n>``, then ``DONE <ops>``: the script finished after ``n`` manifest renames,
-  each checked by the audit, and ``ops`` file operations.
+- ``AUDITED <n>``, then ``DONE <ops>``: the script finished after ``n`` renames of manifests
+  and part records, each checked by the audit, and ``ops`` file operations.
 
 The counted file operations are ``os.write``, ``os.pwrite``, ``os.pwritev``, ``os.fsync``,
 ``os.replace``, ``os.rename``, ``os.ftruncate``, ``os.unlink`` and
 ``memshard.durable.fsync_directory`` (one operation; the ``fsync`` inside it is not counted
 again). ``<step>`` names the appender
-method the operation belongs to (resume, roll, seal, commit, append), found on the stack.
+method the operation belongs to (resume, roll, seal, commit, append, and part for a part
+writer's lock, final syncs and record), found on the stack.
 
 Run as ``python -m tests.fault_writer PATH (--plan PLAN | --seed S [--rounds R])
 [--kill-at K --when before|after] [--trace]``, or as a zygote that forks such children
@@ -59,15 +64,17 @@ import numpy as np
 import memshard as ms
 import memshard.durable
 from memshard import npyheader
+from memshard.layout import PARTS_DIR
+from memshard.manifest import offsets_path
 from memshard.shardtable import TABLE_NAME, record_dtype, shard_path
-from tests.crash_writer import rows
+from tests.crash_writer import batch, single_row
 
 #: The ``os`` functions counted as file operations.
 OS_OPERATIONS = ("write", "pwrite", "pwritev", "fsync", "replace", "rename", "ftruncate", "unlink")
 #: The directory fsync, counted as one operation.
 DIRECTORY_SYNC = "fsync_directory"
-#: Writer functions (of the appender and its shard sequence) that name the step an operation
-#: belongs to (innermost match wins).
+#: Writer functions (of the appender, the part writer and their shard sequence) that name the
+#: step an operation belongs to, by qualified or plain name (innermost match wins).
 STEPS = {
     "_remove_leftovers": "resume",
     "continue_shard": "resume",
@@ -75,17 +82,21 @@ STEPS = {
     "seal_open": "seal",
     "_commit": "commit",
     "write": "append",
+    "PartWriter._start": "part",
+    "PartWriter.close": "part",
 }
 WHEN = ("before", "after")
 
 
-def make_plan(seed: int, rounds: int, max_batch: int = 60) -> str:
+def make_plan(seed: int, rounds: int, max_batch: int = 60, parts: float = 0.0) -> str:
     """A random plan, fixed by ``seed``: ``rounds`` rounds of 1-3 batches of 1-``max_batch``
     rows, each round ending in a commit (70 %), a close and reopen (15 %) or an abort and
-    reopen (15 %)."""
+    reopen (15 %). With ``parts``, that share of the rounds writes and commits a part first."""
     rng = np.random.default_rng(seed)
     steps = []
     for _ in range(rounds):
+        if parts and rng.random() < parts:
+            steps.append(f"p{int(rng.integers(1, max_batch + 1))}")
         for _ in range(int(rng.integers(1, 4))):
             count = int(rng.integers(1, max_batch + 1))
             steps.append(f"a{min(count, 20)}" if rng.random() < 0.2 else f"e{count}")
@@ -99,7 +110,7 @@ def parse_plan(plan: str) -> list[tuple[str, int]]:
     steps = []
     for token in plan.split(","):
         kind, count = token[:1], token[1:]
-        if kind and kind in "ae" and count.isdigit() and int(count) > 0:
+        if kind and kind in "aep" and count.isdigit() and int(count) > 0:
             steps.append((kind, int(count)))
         elif kind in ("c", "r", "x") and not count:
             steps.append((kind, 0))
@@ -115,9 +126,10 @@ class SyncAudit:
     syncs what it must. This audit follows the operations instead: files written or
     truncated since their last ``fsync`` are dirty; names created or renamed in a directory
     since its last directory ``fsync`` are unsynced. When a temporary manifest is renamed over
-    ``manifest.json``, it and every shard file it names must be clean, and the shard files'
-    names synced; when a commit returns, the rename must have been synced. Each breach is a
-    violation, printed as an ``AUDIT`` line.
+    ``manifest.json``, it and every shard file it names (a ragged field's offsets files
+    included) must be clean, and the shard files' names synced; so must a part's files when
+    its record is renamed into ``parts/``. When a commit returns, the rename must have been
+    synced. Each breach is a violation, printed as an ``AUDIT`` line.
     """
 
     def __init__(self, root: str, say: Callable[[str], None]) -> None:
@@ -152,38 +164,46 @@ class SyncAudit:
             self.created(target)
 
     def publishing(self, source: str, target: str) -> None:
-        """Check a rename of ``source`` over ``target`` before it happens."""
-        if os.path.basename(target) != "manifest.json":
+        """Check a rename of ``source`` over ``target`` before it happens: of a manifest, or
+        of a part record (which must find the part's files as durable as a manifest does)."""
+        name = os.path.basename(target)
+        is_part = os.path.basename(os.path.dirname(target)) == PARTS_DIR and name.endswith(".json")
+        if name != "manifest.json" and not is_part:
             return
         self.publishes += 1
         source = os.path.realpath(source)
         if source in self.dirty:
             self._violation(f"{os.path.basename(source)} renamed into place before its fsync")
         with open(source, "rb") as handle:
-            manifest = json.loads(handle.read())
-        for relative in self._named(manifest):
+            document = json.loads(handle.read())
+        named = _files_of(document["shards"]) if is_part else self._named(document)
+        what = f"part record {name}: " if is_part else ""
+        for relative in named:
             path = os.path.realpath(os.path.join(self.root, relative))
-            directory, name = os.path.split(path)
+            directory, file_name = os.path.split(path)
             if path in self.dirty:
-                self._violation(f"published {relative} with unsynced writes")
-            if name in self.unsynced.get(directory, ()):
-                self._violation(f"published {relative} before fsync of its directory")
+                self._violation(f"{what}published {relative} with unsynced writes")
+            if file_name in self.unsynced.get(directory, ()):
+                self._violation(f"{what}published {relative} before fsync of its directory")
 
     def _named(self, manifest: dict[str, Any]) -> list[str]:
         """The files a manifest about to be published names: its shards' files, and the shard
         table with its committed records' files (read with the builtin ``open``, which the
         injector does not count)."""
-        named = [file["path"] for shard in manifest["shards"] for file in shard["files"].values()]
+        named = _files_of(manifest["shards"])
         table = manifest.get("table")
         if table and table["records"]:
-            dtype = record_dtype(len(manifest["fields"]))
+            fields = manifest["fields"]
+            ragged = [name for name, spec in fields.items() if spec.get("kind") == "ragged"]
+            dtype = record_dtype(len(fields), len(ragged))
             with open(os.path.join(self.root, TABLE_NAME), "rb") as handle:
                 data = handle.read()
             offset = npyheader.data_offset(dtype, ())
             records = np.frombuffer(data, dtype=dtype, count=table["records"], offset=offset)
             for record in records:
                 stem = bytes(record["stem"]).rstrip(bytes(1)).decode("ascii")
-                named += [shard_path(stem, field) for field in manifest["fields"]]
+                named += [shard_path(stem, field) for field in fields]
+                named += [offsets_path(shard_path(stem, field)) for field in ragged]
             named.append(TABLE_NAME)
         return named
 
@@ -195,6 +215,18 @@ class SyncAudit:
     def _violation(self, message: str) -> None:
         self.violations += 1
         self.say(f"AUDIT {message.replace(chr(10), ' ')}")
+
+
+def _files_of(shards: list[dict[str, Any]]) -> list[str]:
+    """The files of shard objects of a manifest or part record: each field's file and, of a
+    ragged field, its offsets file."""
+    named = []
+    for shard in shards:
+        for file in shard["files"].values():
+            named.append(file["path"])
+            if "offsets_checksum" in file or "offsets_prefix_checksum" in file:
+                named.append(offsets_path(file["path"]))
+    return named
 
 
 def _path_of(fd: int) -> str:
@@ -294,8 +326,9 @@ class FaultInjector:
         frame: FrameType | None = sys._getframe(2)
         while frame is not None:
             code = frame.f_code
-            if code.co_name in STEPS and "memshard" in code.co_filename:
-                return STEPS[code.co_name]
+            step = STEPS.get(getattr(code, "co_qualname", "")) or STEPS.get(code.co_name)
+            if step is not None and "memshard" in code.co_filename:
+                return step
             frame = frame.f_back
         return "other"
 
@@ -324,16 +357,24 @@ def run_plan(
         out.flush()
 
     writer = ms.append(path)
+    fields = list(writer.fields)
     say(f"START {writer.committed_rows}")
     for kind, count in parse_plan(plan):
         if kind == "a":
             say(f"WILL {writer.rows + count}")
             for _ in range(count):
-                row = rows(writer.rows, 1)
-                writer.append({"x": row["x"][0], "y": int(row["y"][0])})
+                writer.append(single_row(fields, writer.rows))
         elif kind == "e":
             say(f"WILL {writer.rows + count}")
-            writer.extend(rows(writer.rows, count))
+            writer.extend(batch(fields, writer.rows, count))
+        elif kind == "p":
+            say(f"WILL {writer.rows + count}")
+            with ms.write_part(path) as part:
+                part.extend(batch(fields, writer.rows, count))
+            say(f"COMMIT {writer.rows + count}")
+            ms.commit_parts(writer, [part.close()], order="given")
+            committed()
+            say(f"ACK {writer.committed_rows}")
         elif kind == "c":
             say(f"COMMIT {writer.rows}")
             writer.commit()

@@ -11,7 +11,11 @@ The processes synchronise through pipes, never by sleeping: at three checkpoints
 stops after a commit and waits until every reader has reported seeing that commit, which
 proves that the readers really ran while the writer was in the middle of its work.
 
-Children run as ``python -m tests.test_concurrent_readers (writer|reader) PATH SEED``.
+The same runs, shorter, on a dataset of ragged fields (:data:`RAGGED_FIELDS`): rows of
+varying length, some larger than a shard, whose shards roll on size; a reader must see each
+row whole, of its length, never cut short or shifted by an offset it read before its commit.
+
+Children run as ``python -m tests.test_concurrent_readers (writer|reader) PATH SEED [ragged]``.
 """
 
 from __future__ import annotations
@@ -47,6 +51,15 @@ SAMPLE = 16
 DEADLINE = 150.0
 
 
+#: The ragged run: a ragged int32 field, a ragged field of int16 triples and a fixed field,
+#: in shards of about 36 rows; fewer commits and readers.
+RAGGED_FIELDS = {"tokens": ("int32", (None,)), "strokes": ("int16", (None, 3)), "y": ("int64", ())}
+RAGGED_SHARD_BYTES = 2048
+RAGGED_COMMITS = 200
+RAGGED_CHECKPOINTS = (50, 100, 150)
+RAGGED_READERS = 2
+
+
 def rows(start: int, count: int) -> dict[str, np.ndarray]:
     """The content of rows ``start .. start + count``."""
     index = np.arange(start, start + count)
@@ -54,16 +67,34 @@ def rows(start: int, count: int) -> dict[str, np.ndarray]:
     return {"x": x, "y": index}
 
 
+def token_count(index: np.ndarray) -> np.ndarray:
+    """Tokens of rows ``index``: 0 to 12, and 600 (more than a shard) every 50th row."""
+    return np.where(index % 50 == 25, 600, index * 7 % 13)
+
+
+def ragged_rows(start: int, count: int) -> dict[str, Any]:
+    """Rows of :data:`RAGGED_FIELDS`: every element of row i is i; ``token_count(i)`` tokens
+    and ``i % 4`` strokes."""
+    index = np.arange(start, start + count)
+    return {
+        "tokens": [np.full(n, i, np.int32) for i, n in zip(index, token_count(index), strict=True)],
+        "strokes": [np.full((i % 4, 3), i, np.int16) for i in index],
+        "y": index,
+    }
+
+
 # -- the writer ---------------------------------------------------------------------------------
-def writer_main(path: str, seed: int) -> None:
+def writer_main(path: str, seed: int, ragged: bool = False) -> None:
     rng = np.random.default_rng(seed)
     writer = ms.append(path)
-    for commit in range(1, COMMITS + 1):
+    make, commits = (ragged_rows, RAGGED_COMMITS) if ragged else (rows, COMMITS)
+    checkpoints = RAGGED_CHECKPOINTS if ragged else CHECKPOINTS
+    for commit in range(1, commits + 1):
         count = int(rng.integers(1, 8))
-        batch = rows(writer.rows, count)
+        batch = make(writer.rows, count)
         if rng.random() < 0.25:
             for i in range(count):
-                writer.append({"x": batch["x"][i], "y": int(batch["y"][i])})
+                writer.append({name: values[i] for name, values in batch.items()})
         else:
             writer.extend(batch)
         if rng.random() < 0.02:
@@ -71,7 +102,7 @@ def writer_main(path: str, seed: int) -> None:
             writer = ms.append(path)
         else:
             writer.commit()
-        if commit in CHECKPOINTS:
+        if commit in checkpoints:
             print(f"CHECK {writer.committed_rows}", flush=True)
             assert sys.stdin.readline().strip() == "GO"
     writer.close()
@@ -85,6 +116,9 @@ class TornRowError(AssertionError):
 
 def check_rows(dataset: ms.Dataset, index: np.ndarray, how: str) -> None:
     """Read rows ``index`` (sorted and contiguous for ``slice``) and check their content."""
+    if "tokens" in dataset.fields:
+        check_ragged_rows(dataset, index, how)
+        return
     if how == "slice":
         x = dataset["x"][int(index[0]) : int(index[-1]) + 1]
         y = dataset["y"][int(index[0]) : int(index[-1]) + 1]
@@ -100,6 +134,33 @@ def check_rows(dataset: ms.Dataset, index: np.ndarray, how: str) -> None:
             f"row {int(index[bad])} read by {how} at len {len(dataset)}: "
             f"x holds {sorted(set(x[bad].ravel().tolist()))}, y is {int(y[bad])}"
         )
+
+
+def check_ragged_rows(dataset: ms.Dataset, index: np.ndarray, how: str) -> None:
+    """:func:`check_rows` of a ragged dataset: each row of its length, every element i; by
+    slice, by ``take``, or row by row (``fancy``)."""
+    if how == "slice":
+        key = slice(int(index[0]), int(index[-1]) + 1)
+        batches = {name: dataset[name][key] for name in ("tokens", "strokes")}
+        y = dataset["y"][key]
+    elif how == "take":
+        batch = dataset.take(index)
+        batches, y = {name: batch[name] for name in ("tokens", "strokes")}, batch["y"]
+    else:
+        batches = {
+            name: [dataset[name][i] for i in index.tolist()] for name in ("tokens", "strokes")
+        }
+        y = dataset["y"][index]
+    lengths = {"tokens": token_count(index), "strokes": index % 4}
+    for name, batch in batches.items():
+        for position, (row, i) in enumerate(zip(batch, index.tolist(), strict=True)):
+            if row.shape[0] != lengths[name][position] or not (row == i).all():
+                raise TornRowError(
+                    f"row {i} of {name} read by {how} at len {len(dataset)}: shape {row.shape}, "
+                    f"holds {sorted(set(row.ravel().tolist()))[:5]}"
+                )
+    if not (y == index).all():
+        raise TornRowError(f"y of rows {index.tolist()[:5]}... read by {how}: {y.tolist()[:5]}")
 
 
 class Commands:
@@ -130,7 +191,7 @@ class ReaderStats:
     final: int | None = None
 
 
-def reader_main(path: str, seed: int) -> None:
+def reader_main(path: str, seed: int, ragged: bool = False) -> None:
     os.nice(10)  # the writer's progress matters more than one more loop of a reader
     rng = np.random.default_rng(seed)
     dataset = ms.open(path)
@@ -173,9 +234,10 @@ def reader_main(path: str, seed: int) -> None:
 
 
 # -- the test -----------------------------------------------------------------------------------
-def _start(role: str, path: Path, seed: int, stderr: IO[str]) -> subprocess.Popen[str]:
+def _start(role: str, path: Path, seed: int, stderr: IO[str], *extra: str) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "tests.test_concurrent_readers", role, str(path), str(seed)]
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.test_concurrent_readers", role, str(path), str(seed)],
+        [*command, *extra],
         cwd=REPO,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -201,10 +263,13 @@ def _receive(process: subprocess.Popen[str], what: str, errors: Path) -> str:
     return line
 
 
-def test_readers_see_only_whole_committed_rows_while_a_writer_commits(tmp_path: Path) -> None:
-    path = tmp_path / "ds"
-    ms.create(path, fields=FIELDS, shard_bytes=SHARD_BYTES).close()
-    assert ms.open(path).manifest.shard_rows == SHARD_ROWS
+def _run(tmp_path: Path, path: Path, readers_count: int, *kind: str) -> tuple[int, list[Any]]:
+    """Start ``readers_count`` readers and the writer on ``path``, hold the writer at each
+    checkpoint until every reader has seen it, stop the readers once the writer is done.
+
+    Returns:
+        The rows the writer committed in all, and each reader's statistics.
+    """
     errors = tmp_path / "stderr.txt"
     processes: list[subprocess.Popen[str]] = []
 
@@ -216,11 +281,11 @@ def test_readers_see_only_whole_committed_rows_while_a_writer_commits(tmp_path: 
     watchdog.start()
     with errors.open("w") as stderr:
         try:
-            readers = [_start("reader", path, seed, stderr) for seed in range(READERS)]
+            readers = [_start("reader", path, seed, stderr, *kind) for seed in range(readers_count)]
             processes.extend(readers)
             for number, reader in enumerate(readers):
                 assert _receive(reader, f"reader {number} start", errors) == "READY"
-            writer = _start("writer", path, 2026, stderr)
+            writer = _start("writer", path, 2026, stderr, *kind)
             processes.append(writer)
             while True:
                 word, count = _receive(writer, "writer", errors).split()
@@ -250,26 +315,54 @@ def test_readers_see_only_whole_committed_rows_while_a_writer_commits(tmp_path: 
                 for stream in (process.stdin, process.stdout):
                     if stream is not None:
                         stream.close()
+    return final, stats
 
-    assert final >= COMMITS  # at least one row per commit
-    dataset = ms.open(path)
-    assert len(dataset) == final
-    assert len(dataset.shards) > COMMITS // 10  # the writer rolled over many times
+
+def _check_stats(stats: list[Any], final: int, checkpoints: int) -> None:
     for number, report in enumerate(stats):
         assert report["final"] == final, (number, report["final"])
         lengths = report["lengths"]
         assert lengths == sorted(lengths)
         # Every checkpoint was seen while the writer waited in the middle of its run, so each
         # reader saw at least that many distinct row counts strictly between 0 and the end.
-        assert len({n for n in lengths if 0 < n < final}) >= len(CHECKPOINTS), (number, report)
-        assert report["refreshes"] >= len(CHECKPOINTS) + 1
+        assert len({n for n in lengths if 0 < n < final}) >= checkpoints, (number, report)
+        assert report["refreshes"] >= checkpoints + 1
         assert report["rows_checked"] >= 2 * final
 
 
+def test_readers_see_only_whole_committed_rows_while_a_writer_commits(tmp_path: Path) -> None:
+    path = tmp_path / "ds"
+    ms.create(path, fields=FIELDS, shard_bytes=SHARD_BYTES).close()
+    assert ms.open(path).manifest.shard_rows == SHARD_ROWS
+    final, stats = _run(tmp_path, path, READERS)
+    assert final >= COMMITS  # at least one row per commit
+    dataset = ms.open(path)
+    assert len(dataset) == final
+    assert len(dataset.shards) > COMMITS // 10  # the writer rolled over many times
+    _check_stats(stats, final, len(CHECKPOINTS))
+
+
+def test_readers_see_whole_ragged_rows_while_a_writer_commits(tmp_path: Path) -> None:
+    """Ragged rows are each of their length and content at every refresh: a reader never
+    slices values with offsets of rows not yet committed, nor misses a row's end."""
+    path = tmp_path / "ds"
+    ms.create(path, fields=RAGGED_FIELDS, shard_bytes=RAGGED_SHARD_BYTES).close()
+    final, stats = _run(tmp_path, path, RAGGED_READERS, "ragged")
+    assert final >= RAGGED_COMMITS
+    dataset = ms.open(path)
+    assert len(dataset) == final
+    assert len(dataset.shards) > final // 40  # rolled on size, and on every big row
+    check_rows(dataset, np.arange(final), "slice")
+    assert dataset.verify().ok
+    _check_stats(stats, final, len(RAGGED_CHECKPOINTS))
+
+
 if __name__ == "__main__":
-    role, target, seed_text = sys.argv[1:]
+    role, target, seed_text, *kind = sys.argv[1:]
     try:
-        (writer_main if role == "writer" else reader_main)(target, int(seed_text))
+        (writer_main if role == "writer" else reader_main)(
+            target, int(seed_text), kind == ["ragged"]
+        )
     except BaseException:
         traceback.print_exc()
         print("ERROR", flush=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -109,6 +110,12 @@ def crashed(workspace: harness.Workspace) -> str:
     return harness.prepare_crashed_base(workspace)
 
 
+@pytest.fixture(scope="module")
+def crashed_ragged(workspace: harness.Workspace) -> str:
+    """The same, of ragged fields (tests.crash_writer.RAGGED_FIELDS)."""
+    return harness.prepare_crashed_base(workspace, ragged=True)
+
+
 FRESH = harness.Start()
 
 
@@ -155,6 +162,20 @@ def test_the_crashed_base_holds_every_kind_of_leftover(crashed: str) -> None:
     assert strays["unnamed shard files"] == 2
     assert strays["unsealed shards with uncommitted bytes"] == 1
     assert len(ms.open(crashed)) == 30
+
+
+def test_the_crashed_ragged_base_holds_every_kind_of_leftover(crashed_ragged: str) -> None:
+    strays = harness.stray_files(crashed_ragged)
+    assert strays["temporary manifests"] == 1
+    assert strays["unnamed shard files"] == 10  # shards 1 and 2, five files each
+    assert strays["unsealed shards with uncommitted bytes"] == 1  # shard 0, sealed meanwhile
+    assert strays["uncommitted shard table records"] == 1
+    ds = ms.open(crashed_ragged)
+    assert len(ds) == 12
+    assert [(shard.rows, shard.sealed) for shard in ds.shards] == [(12, False)]
+    last = ds.shards[-1].files["tokens"]
+    assert last.prefix_checksum is not None
+    assert last.offsets_prefix_checksum is not None
 
 
 @pytest.mark.parametrize("launcher", ["exec", "fork"])
@@ -221,6 +242,42 @@ def test_killed_at_every_operation_of_a_short_script(
     assert summary["crashes_leaving"]["uncommitted shard table records"] > 0
 
 
+def test_killed_at_every_operation_of_a_ragged_script(
+    workspace: harness.Workspace, crashed_ragged: str
+) -> None:
+    """RAGGED_PLAN from the crashed ragged dataset, killed just before each of its file
+    operations (killing just after one leaves what killing before the next does, but for
+    files created in between; the harness's command line runs both sides)."""
+    start = harness.Start(crashed_ragged, ragged=True)
+    ops = workspace.ops(start, harness.RAGGED_PLAN)
+    specs = [
+        spec
+        for spec in harness.every_step_trials(start, harness.RAGGED_PLAN, ops)
+        if spec.kind == "every-step-before"
+    ]
+    results = harness.run_trials(workspace, specs, 4)  # bound by fsync latency, not the CPU
+    summary = harness.summarize(results, 0.0)
+    _assert_crash_safe(summary)
+    assert summary["trials"] == len(ops) == 146
+    assert summary["children_killed"] == len(ops)
+    assert set(summary["kills_by_step"]) == {"resume", "seal", "roll", "commit", "part"}
+    # Every step writes both files of each ragged field, and the part's files are adopted.
+    for step in ("resume", "seal", "roll", "commit"):
+        targets = {op[2] for op in ops if op[1] == step}
+        assert any(target.endswith(".tokens.offsets.npy") for target in targets), step
+        assert any(target.endswith(".strokes.npy") for target in targets), step
+    assert any(op[2].startswith("shards/p-") for op in ops if op[1] == "seal")
+    assert [op[0] for op in ops].count("replace") == 2  # the commit, and commit_parts
+    for leftover in (
+        "temporary manifests",
+        "unnamed shard files",
+        "unsealed shards with uncommitted bytes",
+        "uncommitted shard table records",
+        "files of parts",
+    ):
+        assert summary["crashes_leaving"][leftover] > 0, leftover
+
+
 def test_killed_at_random_operations_and_random_times(
     workspace: harness.Workspace, crashed: str
 ) -> None:
@@ -231,6 +288,8 @@ def test_killed_at_random_operations_and_random_times(
     _assert_crash_safe(summary)
     assert summary["trials_by_kind"]["random-op"] == 12
     assert summary["trials_by_kind"]["random-time"] == 12
+    ragged = [r for r in results if "start=fresh-ragged" in r.label]
+    assert {r.kind for r in ragged} == {"random-op", "random-time"}
     assert summary["children_killed"] == summary["children"]
     assert sum(summary["kills_by_step"].values()) == 12
 
@@ -280,3 +339,40 @@ def test_the_sync_audit_catches_a_writer_that_skips_a_sync(
     audit = [line for line in done.stdout.splitlines() if line.startswith("AUDIT ")]
     assert audit
     assert any(violation in line for line in audit), audit
+
+
+@pytest.mark.parametrize(
+    ("breakage", "violation"),
+    [
+        (
+            "import memshard.durable as d\n"
+            "real = d.sync_files\n"
+            "d.sync_files = lambda paths: real([p for p in paths if 'offsets' not in p])",
+            r"^AUDIT published shards/\S+\.tokens\.offsets\.npy with unsynced writes$",
+        ),
+        (
+            "import memshard.durable as d\n"
+            "real = d.sync_files\n"
+            "d.sync_files = lambda paths: real([p for p in paths if '/p-' not in p])",
+            r"^AUDIT part record p-\S+\.json: published shards/p-\S+ with unsynced writes$",
+        ),
+    ],
+    ids=["no-offsets-fsync", "no-part-fsync"],
+)
+def test_the_sync_audit_covers_offsets_files_and_part_records(
+    tmp_path: Any, breakage: str, violation: str
+) -> None:
+    path = harness.prepare_dataset(str(tmp_path), harness.RAGGED)
+    argv = [path, "--plan", "e30,c,p30,e3"]
+    code = f"import os\n{breakage}\nfrom tests.fault_writer import main\nmain({argv!r})"
+    done = run_from_repo([sys.executable, "-c", code])
+    assert done.returncode == 0, done.stderr
+    audit = [line for line in done.stdout.splitlines() if line.startswith("AUDIT ")]
+    assert any(re.match(violation, line) for line in audit), audit
+    # Unbroken, the same script passes the audit.
+    clean = harness.prepare_dataset(str(tmp_path / "clean"), harness.RAGGED)
+    done = run_from_repo([sys.executable, "-m", "tests.fault_writer", clean, "--plan", argv[2]])
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert [line for line in lines if line.startswith("AUDIT ")] == []
+    assert "AUDITED 4" in lines  # the manifests of three commits, and the part's record

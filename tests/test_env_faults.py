@@ -76,6 +76,49 @@ def small_rows(start: int, count: int) -> dict[str, np.ndarray]:
     return {"x": x, "y": index.astype(np.int64)}
 
 
+#: A ragged int32 field, a ragged field of int16 triples, and a fixed field.
+RAGGED = {"tokens": ("int32", (None,)), "strokes": ("int16", (None, 3)), "y": ("int64", ())}
+
+
+def ragged_rows(start: int, count: int, tokens: int | None = None) -> dict[str, Any]:
+    """Rows of :data:`RAGGED` in which every element of row i is i: ``tokens`` tokens each
+    (by default ``i * 7 % 13``, so some rows are empty), ``i % 4`` strokes, ``y = i``."""
+    index = range(start, start + count)
+    return {
+        "tokens": [np.full(i * 7 % 13 if tokens is None else tokens, i, np.int32) for i in index],
+        "strokes": [np.full((i % 4, 3), i, np.int16) for i in index],
+        "y": np.arange(start, start + count, dtype=np.int64),
+    }
+
+
+def big_ragged_rows(start: int, count: int) -> dict[str, Any]:
+    """Rows of :data:`RAGGED` of about 4 KiB: 1000 tokens each."""
+    return ragged_rows(start, count, tokens=1000)
+
+
+def ragged_rows_are_correct(dataset: ms.Dataset, tokens: int | None = None) -> bool:
+    """Whether the dataset of :data:`RAGGED` holds the rows of :func:`ragged_rows` (given
+    ``tokens``), read by slice and by ``take``."""
+    n = len(dataset)
+    index = np.arange(n)
+    if not (dataset["y"][:] == index).all():
+        return False
+    taken = dataset.take(index[::-1])
+    for name in ("tokens", "strokes"):
+        for batch, order in ((dataset[name][:], index), (taken[name], index[::-1])):
+            lengths = np.diff(batch.offsets)
+            if name == "strokes":
+                expected = order % 4
+            else:
+                expected = order * 7 % 13 if tokens is None else np.full(len(order), tokens)
+            if not np.array_equal(lengths, expected):
+                return False
+            rows = np.repeat(order, lengths)
+            if not (batch.values.reshape(len(rows), -1) == rows[:, None]).all():
+                return False
+    return True
+
+
 def rows_are_correct(dataset: ms.Dataset, start: int = 0, stop: int | None = None) -> bool:
     """Whether every element of row i of every field is i, for rows ``start .. stop``."""
     stop = len(dataset) if stop is None else stop
@@ -119,8 +162,9 @@ def outcome(action: Callable[[], Any]) -> dict[str, Any]:
 
 
 def leftovers(root: Path) -> set[str]:
-    """Temporary manifests, and shard files the manifest does not name."""
-    named = {os.path.basename(f.path) for s in ms.open(root).shards for f in s.files.values()}
+    """Temporary manifests, and shard files (ragged fields' offsets files too) the manifest
+    does not name."""
+    named = {os.path.basename(path) for path in ms.open(root).shards.file_paths()}
     temporary = {name for name in os.listdir(root) if name.startswith(MANIFEST_TEMP_PREFIX)}
     return temporary | (set(os.listdir(root / SHARDS_DIR)) - named)
 
@@ -253,23 +297,30 @@ def test_file_size_limit_fails_the_appender_and_a_new_process_resumes(
 
 
 # -- disk full: a real, small tmpfs (ENOSPC) ----------------------------------------------------
-def child_full_tmpfs(mountpoint: str) -> dict[str, Any]:
+def child_full_tmpfs(mountpoint: str, kind: str = "fixed") -> dict[str, Any]:
     """Mount a 2 MiB tmpfs, fill it with a ballast file and a dataset until ENOSPC, check
-    what is left, free the ballast and resume."""
+    what is left, free the ballast and resume. ``kind`` "ragged": a dataset of
+    :data:`RAGGED` fields, rows of about 4 KiB."""
     os.makedirs(mountpoint, exist_ok=True)
     problem = mount("-t", "tmpfs", "-o", "size=2m", "memshard-test", mountpoint)
     if problem is not None:
         return {"skip": f"cannot mount a tmpfs here: {problem}"}
+    correct: Callable[[ms.Dataset], bool]
+    if kind == "ragged":
+        fields, more = RAGGED, big_ragged_rows
+        correct = functools.partial(ragged_rows_are_correct, tokens=1000)
+    else:
+        fields, more, correct = {"x": ("float32", PAGE_ROW)}, page_rows, rows_are_correct
     try:
         path = os.path.join(mountpoint, "ds")
         ballast = os.path.join(mountpoint, "ballast")
         with open(ballast, "wb") as handle:
             handle.write(bytes(768 << 10))
-        writer = ms.create(path, fields={"x": ("float32", PAGE_ROW)}, shard_bytes=256 << 10)
+        writer = ms.create(path, fields=fields, shard_bytes=256 << 10)
         report: dict[str, Any] = {"shard_rows": writer.manifest.shard_rows}
         failure = None
         for _ in range(1000):  # 2 MiB hold fewer than 500 rows
-            failure = outcome(functools.partial(writer.extend, page_rows(writer.rows, 5)))
+            failure = outcome(functools.partial(writer.extend, more(writer.rows, 5)))
             if failure["error"] is None:
                 failure = outcome(writer.commit)
             if failure["error"] is not None:
@@ -284,7 +335,8 @@ def child_full_tmpfs(mountpoint: str) -> dict[str, Any]:
         report["descriptors_left"] = descriptors_under(path)
         dataset = ms.open(path)  # readers need no space
         report["rows_seen"] = len(dataset)
-        report["rows_correct"] = rows_are_correct(dataset)
+        report["sealed_shards"] = sum(shard.sealed for shard in dataset.shards)
+        report["rows_correct"] = correct(dataset)
         report["verify_ok"] = dataset.verify().ok
         del dataset
 
@@ -293,13 +345,13 @@ def child_full_tmpfs(mountpoint: str) -> dict[str, Any]:
         def resume() -> int:
             with ms.append(path) as again:
                 rows = again.rows
-                again.extend(page_rows(rows, 20))
+                again.extend(more(rows, 20))
             return rows
 
         report["resume"] = outcome(resume)
         dataset = ms.open(path)
         report["rows_after_resume"] = len(dataset)
-        report["rows_correct_after_resume"] = rows_are_correct(dataset)
+        report["rows_correct_after_resume"] = correct(dataset)
         report["verify_ok_after_resume"] = dataset.verify().ok
         report["leftovers"] = sorted(leftovers(Path(path)))
         del dataset
@@ -611,6 +663,240 @@ def test_eio_from_the_manifest_rename(tmp_path: Path, monkeypatch: pytest.Monkey
     with ms.append(path) as again:
         again.extend(small_rows(3, 2))
     assert len(ms.open(path)) == 5
+    assert leftovers(path) == set()
+
+
+# -- ragged fields: a file size limit, a full tmpfs, failing writes and fsyncs -------------------
+RAGGED_COMMITTED_BEFORE_LIMIT = 8
+
+
+def child_ragged_file_size_limit(path: str, where: str) -> dict[str, Any]:
+    """Commit 8 rows of :data:`RAGGED`, then pass ``RLIMIT_FSIZE`` with a values file (rows of
+    1000 tokens, 4 KB) at ``commit`` (buffered rows) or in ``extend`` (a batch larger than the
+    write buffer), or with the offsets files (``offsets``: 10,000 empty rows)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_SIZE_LIMIT, hard))
+    writer = ms.append(path)
+    writer.extend(big_ragged_rows(0, RAGGED_COMMITTED_BEFORE_LIMIT))
+    writer.commit()
+    start = RAGGED_COMMITTED_BEFORE_LIMIT
+    batch = {
+        "commit": lambda: big_ragged_rows(start, 16),
+        "extend": lambda: big_ragged_rows(start, 300),
+        "offsets": lambda: ragged_rows(start, 10_000, tokens=0),
+    }[where]()
+    report: dict[str, Any] = {"extend": outcome(lambda: writer.extend(batch))}
+    report["commit"] = outcome(writer.commit)
+    report["extend_after"] = outcome(lambda: writer.extend(big_ragged_rows(start, 1)))
+    report["close"] = outcome(writer.close)
+    report["committed_rows"] = writer.committed_rows
+    report["descriptors_left"] = descriptors_under(path)
+    dataset = ms.open(path)
+    report["rows_seen"] = len(dataset)
+    report["rows_correct"] = ragged_rows_are_correct(dataset, tokens=1000)
+    return report
+
+
+@pytest.mark.parametrize("where", ["commit", "extend", "offsets"])
+def test_file_size_limit_with_ragged_fields(tmp_path: Path, where: str) -> None:
+    path = tmp_path / "ds"
+    ms.create(path, fields=RAGGED, shard_bytes=4 << 20).close()
+    report = run_child("ragged_file_size_limit", str(path), where)
+
+    failed = report["extend"] if where == "extend" else report["commit"]
+    assert failed["error"] == "WriteFailedError", report
+    assert failed["errno"] == errno.EFBIG
+    assert str(path) in failed["message"]
+    if where == "commit":
+        assert report["extend"]["error"] is None  # buffered, nothing written yet
+    if where == "extend":
+        assert report["commit"]["error"] == "AppenderClosedError"
+    assert report["extend_after"]["error"] == "AppenderClosedError"
+    assert "failed earlier" in report["extend_after"]["message"]
+    assert report["close"]["error"] is None
+    assert report["committed_rows"] == RAGGED_COMMITTED_BEFORE_LIMIT
+    assert report["rows_seen"] == RAGGED_COMMITTED_BEFORE_LIMIT
+    assert report["rows_correct"]
+    assert report["descriptors_left"] == []
+
+    dataset = ms.open(path)
+    assert len(dataset) == RAGGED_COMMITTED_BEFORE_LIMIT
+    assert dataset.verify().ok
+    with ms.append(path) as writer:
+        writer.extend(big_ragged_rows(writer.rows, 12))
+    dataset = ms.open(path)
+    assert len(dataset) == RAGGED_COMMITTED_BEFORE_LIMIT + 12
+    assert ragged_rows_are_correct(dataset, tokens=1000)
+    assert dataset.verify().ok
+    assert leftovers(path) == set()
+
+
+def test_full_tmpfs_with_ragged_fields(tmp_path: Path) -> None:
+    report = run_in_private_mount_namespace("full_tmpfs", str(tmp_path / "mnt"), "ragged")
+    failure = report["failure"]
+    assert failure["error"] == "WriteFailedError", failure
+    assert failure["errno"] == errno.ENOSPC
+    assert str(tmp_path / "mnt" / "ds") in failure["message"]
+    assert report["descriptors_at_failure"] == []
+    assert report["append_at_failure"] == {"error": None, "value": None}
+    assert report["commit_after"]["error"] == "AppenderClosedError"
+    assert report["close"]["error"] is None
+    committed = report["committed_rows"]
+    assert report["sealed_shards"] >= 1  # shards rolled on size before the disk filled
+    assert report["rows_seen"] == committed
+    assert report["rows_correct"]
+    assert report["verify_ok"]
+    assert report["descriptors_left"] == []
+    assert report["resume"] == {"error": None, "value": committed}
+    assert report["rows_after_resume"] == committed + 20
+    assert report["rows_correct_after_resume"]
+    assert report["verify_ok_after_resume"]
+    assert report["leftovers"] == []
+
+
+#: Where writing a dataset of :data:`RAGGED` fails (200-byte shards: rows 0-2, 3-5, 6-8, 9),
+#: and how many rows are committed by then.
+RAGGED_ENOSPC_AT: dict[str, tuple[str, int]] = {
+    "offsets data, flushed as the shard is sealed": ("-00000001.tokens.offsets.npy", 5),
+    "values header of a new shard": ("-00000003.strokes.npy", 7),
+    "offsets header of a new shard": ("-00000003.strokes.offsets.npy", 7),
+}
+
+
+@pytest.mark.parametrize("where", list(RAGGED_ENOSPC_AT))
+def test_enospc_from_write_of_ragged_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    path = tmp_path / "ds"
+    writer = ms.create(path, fields=RAGGED, shard_bytes=200)
+    writer.extend(ragged_rows(0, 5))  # shard 0 sealed, shard 1 holds 2 rows
+    writer.commit()
+    suffix, committed = RAGGED_ENOSPC_AT[where]
+    fail_writes(monkeypatch, lambda fd: fd_path(fd).endswith(suffix))
+
+    def write() -> None:
+        writer.extend(ragged_rows(5, 2))  # fills and seals shard 1, starts shard 2
+        writer.commit()
+        writer.extend(ragged_rows(7, 3))  # fills shard 2, starts shard 3
+        writer.commit()
+
+    with pytest.raises(WriteFailedError) as caught:
+        write()
+    assert caught.value.errno == errno.ENOSPC
+    assert str(caught.value).startswith(f"[Errno {errno.ENOSPC}] {path}: write failed")
+    # At once, while the error (and the frames of the failed seal) live: no descriptor.
+    assert descriptors_under(path) == []
+    with pytest.raises(AppenderClosedError, match="failed earlier"):
+        writer.commit()
+    assert writer.committed_rows == committed
+    writer.close()
+    monkeypatch.undo()
+
+    dataset = ms.open(path)
+    assert len(dataset) == committed
+    assert ragged_rows_are_correct(dataset)
+    assert dataset.verify().ok
+    with ms.append(path) as again:
+        again.extend(ragged_rows(committed, 9))
+    dataset = ms.open(path)
+    assert len(dataset) == committed + 9
+    assert ragged_rows_are_correct(dataset)
+    assert leftovers(path) == set()
+    assert descriptors_under(path) == []
+
+
+RAGGED_FSYNC_TARGETS = {
+    "sealed offsets file (deferred)": "-00000000.tokens.offsets.npy",
+    "unsealed values file": "-00000001.tokens.npy",
+    "unsealed offsets file": "-00000001.strokes.offsets.npy",
+}
+
+
+@pytest.mark.parametrize("target", list(RAGGED_FSYNC_TARGETS))
+def test_eio_from_fsync_of_ragged_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str
+) -> None:
+    path = tmp_path / "ds"
+    writer = ms.create(path, fields=RAGGED, shard_bytes=200)
+    writer.extend(ragged_rows(0, 3))
+    writer.commit()  # shard 0 unsealed, 3 rows
+    writer.extend(ragged_rows(3, 3))  # seals shard 0 (fsync deferred), shard 1 holds 3 rows
+    spy = FsyncSpy(lambda p: p.endswith(RAGGED_FSYNC_TARGETS[target]))
+    monkeypatch.setattr(os, "fsync", spy)
+    with pytest.raises(WriteFailedError) as caught:
+        writer.commit()
+    assert caught.value.errno == errno.EIO
+    assert not isinstance(caught.value, CommitNotDurableError)
+    assert f"{path}: write failed" in str(caught.value)
+    assert writer.committed_rows == 3
+    assert spy.failed_call
+    with pytest.raises(AppenderClosedError, match=r"failed earlier"):
+        writer.commit()
+    writer.close()
+    gc.collect()
+    assert spy.after_failure() == [], "fsync was called again after it failed"
+    assert descriptors_under(path) == []
+    monkeypatch.setattr(os, "fsync", REAL_FSYNC)
+
+    dataset = ms.open(path)
+    assert len(dataset) == 3
+    assert ragged_rows_are_correct(dataset)
+    with ms.append(path) as again:
+        again.extend(ragged_rows(3, 4))
+    dataset = ms.open(path)
+    assert len(dataset) == 7
+    assert ragged_rows_are_correct(dataset)
+    assert dataset.verify().ok
+    assert leftovers(path) == set()
+
+
+def test_short_writes_of_ragged_files_are_completed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def short_write(fd: int, data: Any) -> int:
+        return REAL_WRITE(fd, memoryview(data)[:1000])
+
+    def short_pwrite(fd: int, data: Any, offset: int) -> int:
+        return REAL_PWRITE(fd, memoryview(data)[:1000], offset)
+
+    monkeypatch.setattr(os, "write", short_write)
+    monkeypatch.setattr(os, "pwrite", short_pwrite)
+    path = tmp_path / "ds"
+    with ms.create(path, fields=RAGGED, shard_bytes=1 << 20) as writer:
+        writer.extend(big_ragged_rows(0, 300))  # larger than the write buffer: written directly
+        writer.commit()
+        writer.extend(big_ragged_rows(300, 7))
+    monkeypatch.undo()
+    dataset = ms.open(path)
+    assert len(dataset) == 307
+    assert len(dataset.shards) > 1  # rolled on size
+    assert ragged_rows_are_correct(dataset, tokens=1000)
+    assert dataset.verify().ok
+
+
+def test_a_failed_part_writer_of_ragged_fields_leaves_nothing_once_discarded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC in a part's offsets file: a typed error at once, the dataset unchanged, and
+    discard_parts removes every file the part left (its offsets files too)."""
+    path = tmp_path / "ds"
+    with ms.create(path, fields=RAGGED, shard_bytes=200) as writer:
+        writer.extend(ragged_rows(0, 4))
+    fail_writes(monkeypatch, lambda fd: fd_path(fd).endswith("-00000001.strokes.offsets.npy"))
+    part = ms.write_part(path)
+    with pytest.raises(WriteFailedError) as caught:
+        part.extend(ragged_rows(4, 10))  # 200-byte shards: shard 1 is sealed meanwhile
+    assert caught.value.errno == errno.ENOSPC
+    assert f"{path}: part {part.id}: write failed" in str(caught.value)
+    monkeypatch.undo()
+    part._release()  # as if its process had died: files stay, the lock is free
+    assert any(name.startswith("p-") for name in os.listdir(path / SHARDS_DIR))
+    assert ms.discard_parts(path) == [part.id]
+    assert not any(name.startswith("p-") for name in os.listdir(path / SHARDS_DIR))
+    dataset = ms.open(path)
+    assert len(dataset) == 4
+    assert ragged_rows_are_correct(dataset)
     assert leftovers(path) == set()
 
 
@@ -1178,6 +1464,7 @@ def test_refresh_after_the_manifest_went_back(small_dataset: Path) -> None:
 # -- child entry point --------------------------------------------------------------------------
 CHILDREN: dict[str, Callable[..., dict[str, Any]]] = {
     "file_size_limit": child_file_size_limit,
+    "ragged_file_size_limit": child_ragged_file_size_limit,
     "full_tmpfs": child_full_tmpfs,
     "read_only_bind_mount": child_read_only_bind_mount,
     "low_descriptor_limit": child_low_descriptor_limit,

@@ -6,6 +6,10 @@ own; this module damages a real dataset on disk and goes through the public API.
 every damaged dataset either opens and reads exactly the right rows, or raises a
 :class:`~memshard.errors.MemshardError` subclass, never another exception, a crash or a hang.
 
+A second dataset has ragged fields (:data:`RAGGED_FIELDS`): its values and offsets files, its
+manifest (with the keys of format 2.1) and its shard table records (element counts and
+offsets checksums, with their chain recomputed) are damaged the same way.
+
 The reads run in a separate worker process (restarted if it dies) so that a SIGBUS or a
 segmentation fault is reported as a failing example instead of killing the test run.
 Hypothesis builds each damaged copy here and sends its path to the worker, which answers with
@@ -15,6 +19,7 @@ one JSON line. Run the worker alone as ``python -m tests.test_fuzz``.
 from __future__ import annotations
 
 import json
+import os
 import select
 import shutil
 import signal
@@ -31,9 +36,12 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import memshard as ms
-from memshard import mappings
+from memshard import manifest as manifest_io
+from memshard import mappings, npyheader
 from memshard.errors import MemshardError
 from memshard.layout import MANIFEST_NAME
+from memshard.manifest import shard_files
+from memshard.shardtable import TABLE_NAME, chain_of, chain_seed, format_chain, table_dtype
 from tests.strategies import mutations_of
 
 REPO = Path(__file__).resolve().parent.parent
@@ -56,6 +64,29 @@ def columns(count: int) -> dict[str, np.ndarray]:
     }
 
 
+#: A ragged int32 field, a ragged field of int16 triples and a fixed field.
+RAGGED_FIELDS = {"tokens": ("int32", (None,)), "strokes": ("int16", (None, 3)), "y": ("int64", ())}
+#: Shards of rows 0-2, 3, 4 (larger than a shard), 5-7, and 8-9 unsealed.
+RAGGED_SHARD_BYTES = 192
+
+
+def ragged_length(name: str, index: int) -> int:
+    """The length of row ``index`` of ragged field ``name``: empty rows included, and row 4
+    of ``tokens`` larger than a whole shard."""
+    if name == "strokes":
+        return index % 3
+    return 200 if index == 4 else index * 7 % 11
+
+
+def ragged_columns(count: int) -> dict[str, Any]:
+    """Rows of :data:`RAGGED_FIELDS`: every element of row ``i`` is ``i``."""
+    return {
+        "tokens": [np.full(ragged_length("tokens", i), i, np.int32) for i in range(count)],
+        "strokes": [np.full((ragged_length("strokes", i), 3), i, np.int16) for i in range(count)],
+        "y": np.arange(count),
+    }
+
+
 # -- the worker (a child process) ---------------------------------------------------------------
 def _error(exc: BaseException) -> dict[str, Any]:
     return {
@@ -66,8 +97,9 @@ def _error(exc: BaseException) -> dict[str, Any]:
     }
 
 
-def examine(path: str) -> dict[str, Any]:
-    """Open, read every row three ways, and verify the dataset at ``path``."""
+def examine(path: str, verify_always: bool = False) -> dict[str, Any]:
+    """Open, read every row three ways, and verify the dataset at ``path`` (if reading
+    succeeded, or ``verify_always``)."""
     mappings.CACHE.clear()
     report: dict[str, Any] = {"error": None, "rows": None, "correct": None}
     try:
@@ -75,7 +107,10 @@ def examine(path: str) -> dict[str, Any]:
         rows = len(dataset)
         index = np.arange(rows)
         correct = True
-        for name in dataset.fields:
+        for name, (_, shape) in dataset.fields.items():
+            if shape[:1] == (None,):
+                correct &= _ragged_correct(dataset, name, index)
+                continue
             whole = dataset[name][:].reshape(rows, -1)
             gathered = dataset.take(index[::-1], fields=[name])[name].reshape(rows, -1)
             single = [dataset[name][i].reshape(-1) for i in range(rows)]
@@ -86,7 +121,7 @@ def examine(path: str) -> dict[str, Any]:
     except BaseException as exc:
         report["error"] = _error(exc)
     try:
-        verified = ms.open(path).verify() if report["error"] is None else None
+        verified = ms.open(path).verify() if report["error"] is None or verify_always else None
     except BaseException as exc:
         report["verify_error"] = _error(exc)
     else:
@@ -96,9 +131,28 @@ def examine(path: str) -> dict[str, Any]:
     return report
 
 
+def _ragged_correct(dataset: ms.Dataset, name: str, index: np.ndarray) -> bool:
+    """Whether ragged field ``name`` holds the rows of :func:`ragged_columns`, read by a slice,
+    gathered in reverse order, and row by row."""
+    correct = True
+    whole = dataset[name][:]
+    gathered = dataset.take(index[::-1], fields=[name])[name]
+    for batch, order in ((whole, index), (gathered, index[::-1])):
+        lengths = np.array([ragged_length(name, int(i)) for i in order], dtype=np.int64)
+        values = batch.values
+        expected = np.repeat(order, lengths).reshape(-1, *[1] * (values.ndim - 1))
+        correct &= np.array_equal(batch.offsets, np.concatenate(([0], np.cumsum(lengths))))
+        correct &= values.shape[0] == expected.shape[0] and bool((values == expected).all())
+    for i in index.tolist():
+        row = dataset[name][i]
+        correct &= row.shape[0] == ragged_length(name, i) and bool((row == i).all())
+    return correct
+
+
 def worker_main() -> None:
     for line in sys.stdin:
-        print(json.dumps(examine(line.strip())), flush=True)
+        path, _, always = line.rstrip("\n").partition("\t")
+        print(json.dumps(examine(path, always == "always")), flush=True)
 
 
 class Worker:
@@ -116,13 +170,13 @@ class Worker:
             text=True,
         )
 
-    def examine(self, path: Path) -> dict[str, Any]:
+    def examine(self, path: Path, *, verify_always: bool = False) -> dict[str, Any]:
         if self.process is None or self.process.poll() is not None:
             self.process = self._start()
         process = self.process
         assert process.stdin is not None
         assert process.stdout is not None
-        process.stdin.write(f"{path}\n")
+        process.stdin.write(f"{path}\t{'always' if verify_always else ''}\n")
         process.stdin.flush()
         ready, _, _ = select.select([process.stdout], [], [], TIMEOUT)
         line = process.stdout.readline() if ready else ""
@@ -365,6 +419,267 @@ def test_fuzz_sealed_shard_data(
     _check(report, data_may_be_wrong=True)
     assert report["error"] is None
     assert [str(path), "ChecksumError"] in report["problems"]
+
+
+# -- ragged fields ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def pristine_ragged(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("fuzz-ragged") / "ds"
+    writer = ms.create(root, fields=RAGGED_FIELDS, shard_bytes=RAGGED_SHARD_BYTES)
+    writer.extend(ragged_columns(ROWS))
+    writer.commit()
+    writer.abort()  # leave the last shard unsealed
+    shards = ms.open(root).shards
+    assert [(shard.rows, shard.sealed) for shard in shards] == [
+        (3, True), (1, True), (1, True), (3, True), (2, False)
+    ]  # fmt: skip
+    return root
+
+
+def _ragged_files(root: Path) -> list[tuple[Path, int, bool]]:
+    """(path, data offset, sealed) of every values and offsets file of the ragged fields."""
+    dataset = ms.open(root)
+    specs = dataset.manifest.fields
+    return [
+        (root / file.path, file.data_offset, shard.sealed)
+        for shard in dataset.shards
+        for name, values in shard.files.items()
+        if specs[name].ragged
+        for _, file, _ in shard_files(specs[name], values, shard.rows, sealed=shard.sealed)
+    ]
+
+
+def test_pristine_ragged_dataset_passes(
+    pristine_ragged: Path, copies: Iterator[Path], worker: Worker
+) -> None:
+    report = worker.examine(_copy(pristine_ragged, copies))
+    assert report["error"] is None
+    assert report["rows"] == ROWS
+    assert report["correct"]
+    assert report["problems"] == []
+    assert len(_ragged_files(pristine_ragged)) == 20
+
+
+#: Fragments spliced into the data of offsets files: whole offsets, small and absurd.
+OFFSETS_TOKENS = [np.int64(n).tobytes() for n in (0, 1, 7, 200, -1, 2**62)] + [b"", b"\0"]
+
+
+@settings(FUZZ_SETTINGS, max_examples=150)
+@given(data=st.data())
+def test_fuzz_ragged_files(
+    pristine_ragged: Path, copies: Iterator[Path], worker: Worker, data: st.DataObject
+) -> None:
+    """A ragged field's values or offsets file, sealed or not, with its header damaged, its
+    data damaged (bits flipped, bytes inserted, deleted or replaced), or its length changed.
+
+    Damaged offsets are never read as rows: whatever their damage, reading gives the right
+    rows or a typed error (their order is checked, then their checksum). Damaged values may be
+    read (readers do not check the data, as with fixed fields), and then verify() must name
+    the file as corrupt; so must it for rows moved by a header that changed length in the
+    unsealed shard."""
+    root = _copy(pristine_ragged, copies)
+    path, offset, sealed = data.draw(st.sampled_from(_ragged_files(root)), label="file")
+    offsets = path.name.endswith(".offsets.npy")
+    content = path.read_bytes()
+    kinds = ["header", "entry", "entry", "data", "length"]  # "entry" in twice: it damages most
+    where = data.draw(st.sampled_from(kinds), label="where")
+    size = 8 if offsets else 2
+    if where == "entry" and len(content) - offset < size:  # no element to change
+        where = "length"
+    if where == "entry":  # one element or offset changed in place: the file keeps its size
+        entry = offset + size * data.draw(st.integers(0, (len(content) - offset) // size - 1))
+        old = int.from_bytes(content[entry : entry + size], "little", signed=True)
+        new = old + data.draw(st.sampled_from([-2, -1, 1, 2]), label="change")
+        replacement = new.to_bytes(size, "little", signed=True)
+        content = content[:entry] + replacement + content[entry + size :]
+        moved = True
+    elif where == "header":
+        header = data.draw(mutations_of(content[:offset], HEADER_TOKENS, max_insert=4), "hdr")
+        if data.draw(st.booleans(), label="keep the header's length"):
+            header = header[:offset].ljust(offset, b" ")
+        content = header + content[offset:]
+        moved = not sealed and len(header) != offset
+    elif where == "data":
+        tokens = OFFSETS_TOKENS if offsets else [b"\0", b"\xff" * 4]
+        content = content[:offset] + data.draw(mutations_of(content[offset:], tokens, 8), "data")
+        moved = True
+    else:
+        if data.draw(st.booleans(), label="truncate"):
+            content = content[: data.draw(st.integers(0, len(content) - 1), label="size")]
+        else:
+            content += data.draw(st.binary(min_size=1, max_size=64), label="tail")
+        moved = False
+    path.write_bytes(content)
+    report = worker.examine(root, verify_always=True)
+    _check(report, data_may_be_wrong=moved and not offsets)
+    event(f"{where} of {'an offsets' if offsets else 'a values'} file")
+    if report["error"] is None and not report["correct"]:
+        assert [str(path), "ChecksumError"] in report["problems"]
+    if report["error"] is not None and report.get("problems") is not None:
+        # Refused when read: verify says which file is at fault.
+        assert str(path) in [problem[0] for problem in report["problems"]], report
+
+
+#: Fragments spliced into manifests of ragged fields: the keys and values of format 2.1.
+RAGGED_MANIFEST_TOKENS = [
+    *MANIFEST_TOKENS,
+    b'"ragged"',
+    b'"fixed"',
+    b'"kind"',
+    b'"shard_bytes"',
+    b'"offsets_checksum"',
+    b'"offsets_prefix_checksum"',
+    b'"prefix_checksum"',
+    b'"xxh3_64:0000000000000000"',
+    b'"2.1"',
+    b"192",
+    b"[3]",
+    b"[]",
+]
+
+
+@settings(FUZZ_SETTINGS, max_examples=60)
+@given(data=st.data())
+def test_fuzz_ragged_manifest_without_own_checksum(
+    pristine_ragged: Path, copies: Iterator[Path], worker: Worker, data: st.DataObject
+) -> None:
+    """The manifest of the ragged dataset, unprotected by its own checksum, with its format
+    2.1 keys changed (``kind``, ``shard_bytes``, the unsealed shard's ``nbytes`` in elements,
+    ``offsets_prefix_checksum``): whatever still opens must read exactly the right rows."""
+    original = _without_own_checksum((pristine_ragged / MANIFEST_NAME).read_bytes())
+    mutated = data.draw(mutations_of(original, RAGGED_MANIFEST_TOKENS, 8), label="manifest")
+    root = _copy(pristine_ragged, copies)
+    (root / MANIFEST_NAME).write_bytes(mutated)
+    _check(worker.examine(root))
+
+
+def _leaves(document: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """The path (keys and indices) of every member of a JSON document, objects and arrays
+    included."""
+    found = [path] if path else []
+    if isinstance(document, (dict, list)):
+        items = document.items() if isinstance(document, dict) else enumerate(document)
+        for key, value in items:
+            found += _leaves(value, (*path, key))
+    return found
+
+
+#: Values put in place of a member of the ragged dataset's manifest, besides integers near
+#: the old one and the manifest's own checksums.
+RAGGED_MANIFEST_VALUES = [None, "ragged", "fixed", "<i4", "<i2", "<u4", "2.0", [], [3], [1], [1, 3]]
+#: Keys added to an object of the manifest.
+RAGGED_MANIFEST_KEYS = ["kind", "shard_bytes", "offsets_checksum", "offsets_prefix_checksum"]
+
+
+@settings(FUZZ_SETTINGS, max_examples=150)
+@given(data=st.data())
+def test_fuzz_ragged_manifest_members(
+    pristine_ragged: Path, copies: Iterator[Path], worker: Worker, data: st.DataObject
+) -> None:
+    """One member of the ragged dataset's manifest (unprotected by its own checksum) replaced,
+    removed or added, so that every key of format 2.1 is reached with plausible values: the
+    fields' ``kind`` and ``shape``, ``shard_bytes``, the unsealed shard's ``rows``, its files'
+    ``nbytes`` (elements), ``prefix_checksum`` and ``offsets_prefix_checksum``. Whatever still
+    opens must read exactly the right rows."""
+    document = json.loads((pristine_ragged / MANIFEST_NAME).read_bytes())
+    document.pop("checksum")
+    checksums = sorted(
+        {value for value in map(str, _values(document)) if value.startswith("xxh3_64:")}
+    )
+    path = data.draw(st.sampled_from(_leaves(document)), label="member")
+    *parents, key = path
+    parent = document
+    for step in parents:
+        parent = parent[step]
+    action = data.draw(st.sampled_from(["replace", "remove", "add"]), label="action")
+    old = parent[key]
+    values: st.SearchStrategy[Any] = st.sampled_from([*RAGGED_MANIFEST_VALUES, *checksums])
+    if isinstance(old, int) and not isinstance(old, bool):
+        values = st.integers(old - 8, old + 8) | values
+    if action == "replace":
+        parent[key] = data.draw(values, label="value")
+    elif action == "remove" and isinstance(parent, dict):
+        del parent[key]
+    elif action == "add" and isinstance(old, dict):
+        old[data.draw(st.sampled_from(RAGGED_MANIFEST_KEYS), label="key")] = data.draw(values)
+    root = _copy(pristine_ragged, copies)
+    (root / MANIFEST_NAME).write_text(json.dumps(document))
+    report = worker.examine(root)
+    _check(report)
+
+
+def _values(document: Any) -> list[Any]:
+    if isinstance(document, dict):
+        return [value for member in document.values() for value in _values(member)]
+    if isinstance(document, list):
+        return [value for member in document for value in _values(member)]
+    return [document]
+
+
+#: The members of a table record of the ragged dataset that a lying writer could change.
+RECORD_MEMBERS = ["elements", "offsets_checksums", "checksums", "rows", "row_offset"]
+
+
+@settings(FUZZ_SETTINGS, max_examples=80)
+@given(data=st.data())
+def test_fuzz_ragged_table_records(
+    pristine_ragged: Path, copies: Iterator[Path], worker: Worker, data: st.DataObject
+) -> None:
+    """A shard table record of the ragged dataset with a member changed and every chain
+    recomputed (the manifest's too), as a buggy or hostile writer would leave it: a reader
+    never returns a wrong row. A lying element count is refused by the size of the values
+    file (ShardSizeError) or as out of range (ShardTableError), a lying offsets checksum by
+    the offsets (ChecksumError); a lying values checksum reads the right rows, but verify
+    names the file."""
+    root = _copy(pristine_ragged, copies)
+    manifest = manifest_io.load(str(root / MANIFEST_NAME))
+    assert manifest.table is not None
+    table = root / TABLE_NAME
+    dtype = table_dtype(manifest.fields)
+    start = npyheader.data_offset(dtype, ())
+    records = np.frombuffer(table.read_bytes(), dtype, manifest.table.records, start).copy()
+    number = data.draw(st.integers(0, len(records) - 1), label="record")
+    member = data.draw(st.sampled_from(RECORD_MEMBERS), label="member")
+    column = records[member][number : number + 1].reshape(-1)
+    position = data.draw(st.integers(0, len(column) - 1), label="position")
+    old = int(column[position])
+    bits = 64 if member.endswith("checksums") else 63
+    new = data.draw(
+        st.integers(max(old - 3, 0), old + 3) | st.integers(-(2**bits - 1), 2**bits - 1)
+        if bits == 63 else st.integers(0, 2**64 - 1),
+        label="value",
+    )  # fmt: skip
+    column[position] = new
+    records[member][number] = column.reshape(records[member][number].shape)
+    raw = records.view(np.uint8).reshape(len(records), -1)
+    previous = chain_seed(manifest.uuid)
+    for index in range(len(records)):
+        previous = chain_of(raw[index, : dtype.itemsize - 8].tobytes(), previous)
+        records[index]["chain"] = previous
+    os.chmod(table, 0o644)
+    table.write_bytes(table.read_bytes()[:start] + records.tobytes())
+    ref = manifest.table.model_copy(update={"chain": format_chain(int(previous))})
+    (root / MANIFEST_NAME).write_bytes(
+        manifest_io.dumps(manifest.model_copy(update={"table": ref}))
+    )
+    report = worker.examine(root)
+    _check(report)
+    error = report["error"]
+    event(f"{member}: {'unchanged' if new == old else error['type'] if error else 'read'}")
+    if new == old:
+        assert error is None
+        assert report["problems"] == []
+    elif member == "elements":
+        assert error is not None
+        assert error["type"] in ("ShardSizeError", "ShardTableError"), error
+    elif member == "offsets_checksums":
+        assert error is not None
+        assert error["type"] == "ChecksumError", error
+    elif member == "checksums":
+        assert error is None
+        assert any(problem[1] == "ChecksumError" for problem in report["problems"])
+    else:
+        assert error is not None
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import memshard as ms
-from memshard import errors
+from memshard import errors, npyheader, shardtable
 from memshard import manifest as manifest_io
 from memshard.layout import MANIFEST_NAME
 from memshard.manifest import offsets_path
@@ -400,6 +400,19 @@ def test_a_commit_that_verifies_parts_checks_their_offsets_files(tmp_path: Path)
     assert len(ms.open(path)) == 0
 
 
+def test_discard_parts_removes_the_offsets_files_of_a_ragged_part(tmp_path: Path) -> None:
+    path = tmp_path / "ds"
+    ms.create(path, FIELDS, shard_bytes=1024).close()
+    rows = sample_rows(30)
+    with ms.write_part(path) as part:
+        part.extend({**rows, "label": np.arange(30)})
+    shards = path / "shards"
+    assert any(name.endswith(".offsets.npy") for name in os.listdir(shards))
+    assert ms.discard_parts(path) == [part.id]
+    assert os.listdir(shards) == []
+    assert os.listdir(path / "parts") == []
+
+
 # -- damaged files -----------------------------------------------------------------------------
 def _unsealed_dataset(path: Path) -> ms.Dataset:
     rows = sample_rows(10)
@@ -433,6 +446,66 @@ def test_damaged_offsets_are_a_typed_error_and_verify_names_the_file(
     assert not report.ok
     assert [problem.path for problem in report.problems] == [offsets]
     assert report.problems[0].error is errors.ChecksumError
+
+
+@pytest.mark.parametrize("sealed", [True, False])
+def test_offsets_damaged_in_order_are_a_checksum_error(tmp_path: Path, sealed: bool) -> None:
+    """A row boundary moved by one element keeps the offsets in order and ending at the
+    values' end; the offsets' checksum finds it, before any row is sliced with them."""
+    ds = write(tmp_path / "ds", sample_rows(100)) if sealed else _unsealed_dataset(tmp_path / "ds")
+    offsets = offsets_path(ds.shard_files("tokens")[0])
+    data = np.load(offsets)
+    row = int(np.flatnonzero(np.diff(data) > 0)[0]) + 1  # after the first non-empty row
+    os.chmod(offsets, 0o644)
+    with open(offsets, "r+b") as handle:
+        handle.seek(os.path.getsize(offsets) - data.nbytes + row * 8)
+        handle.write(np.int64(data[row] - 1).tobytes())
+    fresh = ms.open(tmp_path / "ds")
+    for read in (lambda: fresh["tokens"][row], lambda: fresh["tokens"][:3],
+                 lambda: fresh.take([0]), lambda: fresh["tokens"].lengths):  # fmt: skip
+        with pytest.raises(errors.ChecksumError, match=r"offsets of field 'tokens' are .*damaged"):
+            read()
+    assert fresh["strokes"][row].shape[1] == 3  # the other field reads on
+    report = fresh.verify()
+    assert [(problem.path, problem.error) for problem in report.problems] == [
+        (offsets, errors.ChecksumError)
+    ]
+
+
+@pytest.mark.parametrize("lie", [-1, 1, -3])
+def test_a_table_record_lying_about_its_elements_is_a_size_error(tmp_path: Path, lie: int) -> None:
+    """A record whose ``elements`` disagree with its values file, with consistent chains (a
+    hostile or buggy writer): every read of the shard refuses the values file by its size,
+    before the offsets slice anything; verify names the values file."""
+    ds = write(tmp_path / "ds", sample_rows(100))
+    path = tmp_path / "ds"
+    manifest = manifest_io.load(str(path / MANIFEST_NAME))
+    assert manifest.table is not None
+    shards = list(ds.shards[: manifest.table.records])
+    shard = shards[1]
+    file = shard.files["tokens"]
+    lying = file.model_copy(update={"nbytes": file.nbytes + 4 * lie})
+    shards[1] = shard.model_copy(update={"files": {**shard.files, "tokens": lying}})
+    records = shardtable.encode(shards, manifest.fields, shardtable.chain_seed(manifest.uuid),
+                                where="test")  # fmt: skip
+    table = path / shardtable.TABLE_NAME
+    os.chmod(table, 0o644)
+    table.write_bytes(npyheader.header_bytes(records.dtype, (), len(records)) + records.tobytes())
+    chain = shardtable.format_chain(int(records[-1]["chain"]))
+    agreed = manifest.model_copy(
+        update={"table": manifest.table.model_copy(update={"chain": chain})}
+    )
+    (path / MANIFEST_NAME).write_bytes(manifest_io.dumps(agreed))
+    values = str(path / file.path)
+    fresh = ms.open(path)
+    row = shard.row_offset
+    for read in (lambda: fresh["tokens"][row], lambda: fresh["tokens"][row : row + 2],
+                 lambda: fresh.take([row]), lambda: fresh["tokens"].lengths):  # fmt: skip
+        with pytest.raises(errors.ShardSizeError, match=f"^{values}: "):
+            read()
+    assert fresh["tokens"][0].tolist() == sample_rows(1)["tokens"][0].tolist()
+    problems = fresh.verify().problems
+    assert (values, errors.ShardSizeError) in [(p.path, p.error) for p in problems]
 
 
 def test_truncated_values_are_refused_before_mapping(tmp_path: Path) -> None:
