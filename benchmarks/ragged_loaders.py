@@ -12,7 +12,6 @@ gather.
 from __future__ import annotations
 
 import gc
-import inspect
 import multiprocessing
 import os
 from collections.abc import Callable, Sequence
@@ -25,7 +24,6 @@ import torch.multiprocessing
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-import memshard as ms
 import memshard.torch as mt
 from memshard.ragged import Ragged
 
@@ -42,10 +40,6 @@ SHARING_STRATEGY = "file_system"
 #: Batches of the untimed pass of every loader before the timed runs.
 WARM_BATCHES = 2 * NUM_WORKERS
 CONTEXT = multiprocessing.get_context("fork")
-#: Whether :class:`memshard.torch.MemshardDataset` takes ``ragged={field: mode}``; without it
-#: memshard's loader is :class:`MemshardBatched` (``ds.take`` + the same collate).
-HAS_RAGGED_OPTION = "ragged" in inspect.signature(mt.MemshardDataset).parameters
-
 Batch = dict[str, torch.Tensor]
 
 
@@ -75,25 +69,6 @@ class FlatBatched(TorchDataset[Batch]):
         return mt.ragged_tensors(self.workload.name, ragged, self.mode)
 
 
-class MemshardBatched(TorchDataset[Batch]):
-    """memshard without the ``ragged=`` option of its torch ``Dataset``: ``ds.take(indices)``,
-    then the same collate as :class:`FlatBatched`. The dataset pickles by path."""
-
-    def __init__(self, root: str, workload: RaggedWorkload, mode: Mode) -> None:
-        self.dataset = ms.open(root)
-        self.name, self.mode, self.rows = workload.name, mode, workload.rows
-
-    def __len__(self) -> int:
-        return self.rows
-
-    def __getitems__(self, indices: Sequence[int]) -> Batch:
-        batch: dict[str, Any] = self.dataset.take(np.asarray(indices, dtype=np.int64))
-        ragged = batch[self.name]
-        if not isinstance(ragged, Ragged):
-            raise TypeError(f"field {self.name!r} of {self.dataset.path} is not ragged")
-        return mt.ragged_tensors(self.name, ragged, self.mode)
-
-
 def flat_loader(root: str, workload: RaggedWorkload, mode: Mode, order: Order) -> DataLoader[Any]:
     """The flat pair's loader in ``mode``."""
     return DataLoader(
@@ -111,37 +86,21 @@ def flat_loader(root: str, workload: RaggedWorkload, mode: Mode, order: Order) -
 def memshard_loader(
     root: str, workload: RaggedWorkload, mode: Mode, order: Order
 ) -> DataLoader[Any]:
-    """memshard's loader in ``mode``: :func:`memshard.torch.loader` with ``ragged=`` if it
-    takes it, else :class:`MemshardBatched` with the flat loader's settings."""
-    if HAS_RAGGED_OPTION:
-        dataset = mt.MemshardDataset(root, ragged={workload.name: mode})  # type: ignore[call-arg]
-        return mt.loader(
-            dataset,
-            batch_size=BATCH_SIZE,
-            sampler=order,
-            num_workers=NUM_WORKERS,
-            multiprocessing_context=CONTEXT,
-        )
-    return DataLoader(
-        MemshardBatched(root, workload, mode),
+    """memshard's loader in ``mode``: :func:`memshard.torch.loader` over a
+    :class:`memshard.torch.MemshardDataset` with ``ragged={field: mode}``."""
+    dataset = mt.MemshardDataset(root, ragged={workload.name: mode})
+    return mt.loader(
+        dataset,
         batch_size=BATCH_SIZE,
         sampler=order,
-        collate_fn=passthrough,
         num_workers=NUM_WORKERS,
-        persistent_workers=True,
         multiprocessing_context=CONTEXT,
-        worker_init_fn=sharing_file_system,
     )
 
 
 def memshard_path() -> str:
     """How memshard's loaders were built, for the report."""
-    if HAS_RAGGED_OPTION:
-        return "`mt.loader(mt.MemshardDataset(path, ragged={field: mode}), ...)`"
-    return (
-        "a batched `Dataset` calling `ds.take(indices)` then `mt.ragged_tensors` (this "
-        "memshard's `MemshardDataset` has no `ragged=` option yet), collate passing through"
-    )
+    return "`mt.loader(mt.MemshardDataset(path, ragged={field: mode}), ...)`"
 
 
 def rows_of(batch: Batch, name: str, mode: Mode) -> int:
