@@ -16,6 +16,7 @@ themselves are not checked when read, as for fixed fields: ``verify`` does that.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Hashable, Iterator
 from typing import Any, NamedTuple
 
@@ -30,6 +31,8 @@ from .pagecache import advise_ranges
 from .ragged import Allocator, Ragged, allocate
 from .shardtable import Shards
 
+#: Most shards per ragged field whose mappings a dataset keeps for reading rows (two each).
+PINNED_SHARDS = 32
 #: Alignment of the arrays gathers allocate (rows copied to a page-aligned buffer avoid a slow
 #: ``memcpy`` path, see :func:`memshard.reader.page_aligned_empty`).
 PAGE_SIZE = 4096
@@ -56,15 +59,15 @@ class RaggedLayout:
         self.memory_areas = 2 * segment_areas(1) * len(lengths)
         self._checked: set[int] = set()
         self._files: dict[int, _ShardFiles] = {}
-        # The shard the last row came from: (first row, end row, offsets, values). It keeps
-        # those two mappings alive (one shard per ragged field) until another shard is read
-        # or the dataset is closed (:meth:`release`); reading on in one shard then costs what
-        # slicing a flat array does.
-        self._hot: tuple[int, int, np.ndarray, np.ndarray] | None = None
+        # The offsets and values of the shards rows were last read from, at most
+        # PINNED_SHARDS of them (forgotten all at once when full). They keep those mappings
+        # alive until the dataset is closed (:meth:`release`), so that reading a row costs
+        # about what slicing a flat array does, not two look-ups in the mapping cache.
+        self._pinned: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def release(self) -> None:
-        """Let go of the mappings this layout keeps (see ``_hot``)."""
-        self._hot = None
+        """Let go of the mappings this layout keeps (see ``_pinned``)."""
+        self._pinned = {}
 
     @property
     def rows(self) -> int:
@@ -170,24 +173,24 @@ class RaggedLayout:
     def row(self, row: int) -> np.ndarray:
         """Row ``row`` (``0 <= row < rows``): a read-only view, or a read-only copy when
         its shard cannot be mapped now."""
-        hot = self._hot
-        if hot is not None and hot[0] <= row < hot[1]:
-            offsets = hot[2]
-            local = row - hot[0]
-            view: np.ndarray = hot[3][offsets[local] : offsets[local + 1]]
+        shard = bisect.bisect_right(self.starts, row) - 1
+        local = row - self.starts[shard]
+        pinned = self._pinned.get(shard)
+        if pinned is not None:
+            offsets, values = pinned
+            view: np.ndarray = values[offsets[local] : offsets[local + 1]]
             return view
-        shard = self.table.segment_of(row)
-        first = self.starts[shard]
-        local = row - first
         offsets = self.offsets(shard)
         start, stop = int(offsets[local]), int(offsets[local + 1])
-        values = self.values(shard)
-        if values is None:
+        mapped = self.values(shard)
+        if mapped is None:
             copy = self.read_values(shard, start, stop)
             copy.flags.writeable = False
             return copy
-        self._hot = (first, self.starts[shard + 1], offsets, values)
-        view = values[start:stop]
+        if len(self._pinned) >= PINNED_SHARDS:
+            self._pinned = {}
+        self._pinned[shard] = (offsets, mapped)
+        view = mapped[start:stop]
         return view
 
     def run(self, start: int, stop: int) -> Ragged:
