@@ -5,8 +5,9 @@ The benchmarks: ``python -m benchmarks`` (memshard against every peer format,
 :mod:`benchmarks.suite`), ``benchmarks.torch_loader`` (DataLoader paths in depth),
 ``benchmarks.convert`` (HDF5 conversion), ``benchmarks.dask_write`` (parallel writes),
 ``benchmarks.reliability`` (checksums), ``benchmarks.larger_than_ram`` (one epoch of a
-dataset larger than RAM against the disk's limits) and ``benchmarks.manifest_scale`` (open,
-refresh, commit and verify against the number of shards).
+dataset larger than RAM against the disk's limits), ``benchmarks.manifest_scale`` (open,
+refresh, commit and verify against the number of shards) and ``benchmarks.codecs`` (the codec
+libraries compressed fields could use).
 
 The machine they run on is shared and its speed swings 1.5-2x between runs, so no figure is
 reported alone: each is compared with a baseline measured in the same run, alternating within
