@@ -41,6 +41,8 @@ from .codec_candidates import installed
 #: The frame kinds, in the order the report shows them.
 BOMB, LYING, TRUNCATED, SHORT = "bomb", "bomb, header lies", "truncated", "short"
 KINDS = (BOMB, LYING, TRUNCATED, SHORT)
+#: The bound the trials give each call: a reader's buffer of one sketch row.
+BOUND = 64 << 10
 #: Bytes of zeros compressed at a time while building a streamed bomb.
 CHUNK_BYTES = 64 << 20
 #: The byte ``out`` is filled with before a call, to see how much of it the call wrote.

@@ -4,8 +4,8 @@ The choice is made by rules stated in the report, from this run's figures only: 
 (zstd, lz4, blosc) every library is compared on the codecs that more than one library offers
 (its fastest eligible candidate for each), a candidate being eligible when its library's
 bounded decompression call survived the bombs without crashing or allocating (the call itself,
-before any check memshard adds) and its 2-thread gathers ran at least
-:data:`MIN_SPEEDUP` times as fast as 1-thread ones (the call releases the GIL). Of the eligible
+before any check memshard adds) and the GIL probe (:mod:`benchmarks.gil_probe`) found that its
+decompression releases the GIL (a share of at least :data:`MIN_SHARE`). Of the eligible
 libraries, the one whose candidates decompress fastest (geometric mean over every workload and
 block size) is chosen.
 """
@@ -19,14 +19,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .codec_candidates import FAMILIES, Candidate
-from .codec_hostile import BOMB, KINDS, LYING
+from .codec_hostile import BOMB, BOUND, KINDS, LYING
 from .core import Report, format_bytes, format_ns, format_rate, markdown
 
 if TYPE_CHECKING:
     from .codecs import Blocking, Config, Workload
 
-#: A median 2-thread speed-up (largest blocks of each workload) at least this releases the GIL.
-MIN_SPEEDUP = 1.4
+#: A GIL probe share (:func:`benchmarks.gil_probe.main_share`) of at least this: the call
+#: releases the GIL for (nearly) all its time; below :data:`HELD_SHARE`, it holds it (a call
+#: that holds it throughout leaves the other thread only the hand-offs at its edges).
+MIN_SHARE = 0.8
+HELD_SHARE = 0.4
 #: A call whose peak resident set grew by more than this fraction of the bomb allocated it.
 ALLOCATED_FRACTION = 0.25
 #: Characters of an error message a table shows.
@@ -70,15 +73,11 @@ def candidates_table(found: Sequence[Candidate]) -> str:
     """Each candidate: library, parameters, whether it decompresses into the output, how."""
     rows = [
         [
-            c.name,
-            c.library,
-            c.params,
-            "yes" if c.into else "no (copy)",
-            f"`{c.decompress_call}`",
-            c.note,
+            c.name, c.library, c.params, "yes" if c.into else "no (copy)",
+            f"`{c.decompress_call}`", c.note,
         ]
         for c in found
-    ]
+    ]  # fmt: skip
     head = ["candidate", "library", "parameters", "into out", "decompression as timed", "note"]
     return markdown(head, rows)
 
@@ -88,25 +87,16 @@ def speed_table(results: Sequence[Result]) -> str:
     """One workload and block size: every candidate's figures."""
     rows = [
         [
-            r["candidate"],
-            f"{r['ratio']:.2f}x",
-            format_rate(r["compress_bytes_per_s"]),
-            format_rate(r["decompress_bytes_per_s"]),
-            format_ns(r["row_ns"]),
-            format_ns(r["gather_1_thread_ns"]),
-            f"{r['speedup_2_threads']:.2f}x",
+            r["candidate"], f"{r['ratio']:.2f}x", format_rate(r["compress_bytes_per_s"]),
+            format_rate(r["decompress_bytes_per_s"]), format_ns(r["row_ns"]),
+            format_ns(r["gather_1_thread_ns"]), f"{r['speedup_2_threads']:.2f}x",
         ]
         for r in results
-    ]
+    ]  # fmt: skip
     head = [
-        "candidate",
-        "ratio",
-        "compress",
-        "decompress",
-        "one row",
-        "gather (1 thread)",
+        "candidate", "ratio", "compress", "decompress", "one row", "gather (1 thread)",
         "2 threads: speed-up",
-    ]
+    ]  # fmt: skip
     return markdown(head, rows)
 
 
@@ -127,38 +117,59 @@ def speed_sections(results: Sequence[Result], workloads: Sequence[Workload]) -> 
 def largest_blocks(results: Sequence[Result], name: str) -> list[Result]:
     """``name``'s figures at the largest block size of each workload."""
     mine = [r for r in results if r["candidate"] == name]
-    largest = {
-        r["workload"]: r["rows_per_block"] for r in sorted(mine, key=lambda r: r["rows_per_block"])
-    }
+    largest = {r["workload"]: r["rows_per_block"] for r in sorted(mine, key=row_count)}
     return [r for r in mine if r["rows_per_block"] == largest[r["workload"]]]
 
 
-def threads_table(found: Sequence[Candidate], results: Sequence[Result]) -> str:
-    """Each candidate's 2-thread speed-up: at one-row blocks and at the largest, per workload."""
+def row_count(result: Result) -> int:
+    """The rows per block of ``result`` (a sort key)."""
+    return int(result["rows_per_block"])
+
+
+def median_at_largest(results: Sequence[Result], name: str, key: str) -> float:
+    """The median of ``key`` over ``name``'s figures at each workload's largest blocks."""
+    return float(statistics.median(r[key] for r in largest_blocks(results, name)))
+
+
+# -- threads ---------------------------------------------------------------------------------
+def gil_verdict(share: float) -> str:
+    """``yes``, ``partly`` or ``NO``: how much of its time a call releases the GIL.
+
+    Example:
+        >>> gil_verdict(1.02), gil_verdict(0.55), gil_verdict(0.27)
+        ('yes', 'partly', 'NO')
+    """
+    if share >= MIN_SHARE:
+        return "yes"
+    return "partly" if share >= HELD_SHARE else "NO"
+
+
+def threads_table(
+    found: Sequence[Candidate], results: Sequence[Result], gil: Sequence[Result]
+) -> str:
+    """Each candidate's GIL probe, and its 2-thread speed-up at each block size of each
+    workload and the median at the largest blocks."""
     workloads = list(dict.fromkeys(r["workload"] for r in results))
+    probes = {record["candidate"]: record for record in gil}
     rows = []
     for candidate in found:
         mine = [r for r in results if r["candidate"] == candidate.name]
-        if not mine:
+        probe = probes.get(candidate.name, {})
+        if not mine or "share" not in probe:
             continue
         cells = []
         for workload in workloads:
-            these = sorted(
-                (r for r in mine if r["workload"] == workload), key=lambda r: r["rows_per_block"]
-            )
+            these = sorted((r for r in mine if r["workload"] == workload), key=row_count)
             cells.append(" / ".join(f"{r['speedup_2_threads']:.2f}x" for r in these))
-        median = statistics.median(
-            r["speedup_2_threads"] for r in largest_blocks(results, candidate.name)
-        )
-        rows.append(
-            [candidate.name, *cells, f"{median:.2f}x", "yes" if median >= MIN_SPEEDUP else "no"]
-        )
+        speedup = median_at_largest(results, candidate.name, "speedup_2_threads")
+        rows.append([
+            candidate.name, f"{probe['share']:.2f}", format_ns(probe["call_ns"]),
+            gil_verdict(probe["share"]), *cells, f"{speedup:.2f}x",
+        ])  # fmt: skip
     head = [
-        "candidate",
-        *(f"{w} (by block size)" for w in workloads),
-        "median, largest blocks",
-        "releases the GIL",
-    ]
+        "candidate", "GIL probe share", "probe call (CPU)", "releases the GIL",
+        *(f"{w}: speed-up by block size" for w in workloads), "speed-up, largest blocks",
+    ]  # fmt: skip
     return markdown(head, rows)
 
 
@@ -178,28 +189,18 @@ def hostile_table(hostile: Sequence[Result], bomb_bytes: int) -> str:
     rows = []
     for record in hostile:
         seconds = record["seconds"]
-        rows.append(
-            [
-                f"`{record['call']}`",
-                record["kind"],
-                f"{record['frame_bytes']:,}",
-                verdict(record, bomb_bytes),
-                format_bytes(record["VmHWM"]) if "VmHWM" in record else "-",
-                format_bytes(record["VmPeak"]) if "VmPeak" in record else "-",
-                "-" if seconds is None else format_ns(seconds * 1e9),
-                record["message"][:MESSAGE_CHARS].replace("|", "/"),
-            ]
-        )
+        rows.append([
+            f"`{record['call']}`", record["kind"], f"{record['frame_bytes']:,}",
+            verdict(record, bomb_bytes),
+            format_bytes(record["VmHWM"]) if "VmHWM" in record else "-",
+            format_bytes(record["VmPeak"]) if "VmPeak" in record else "-",
+            "-" if seconds is None else format_ns(seconds * 1e9),
+            record["message"][:MESSAGE_CHARS].replace("|", "/"),
+        ])  # fmt: skip
     head = [
-        "call",
-        "frame",
-        "frame bytes",
-        "outcome",
-        "VmHWM growth",
-        "VmPeak growth",
-        "time",
+        "call", "frame", "frame bytes", "outcome", "VmHWM growth", "VmPeak growth", "time",
         "what it said",
-    ]
+    ]  # fmt: skip
     return markdown(head, rows)
 
 
@@ -234,21 +235,29 @@ class Standing:
     ratio: float
     row_ns: float
     speedup: float
+    gil_share: float | None
     safe: bool | None
+
+    @property
+    def releases_gil(self) -> bool:
+        """Whether the GIL probe found that its decompression releases the GIL."""
+        return self.gil_share is not None and self.gil_share >= MIN_SHARE
 
     @property
     def eligible(self) -> bool:
         """Whether its bounded call is safe and it releases the GIL."""
-        return bool(self.safe) and self.speedup >= MIN_SPEEDUP
+        return bool(self.safe) and self.releases_gil
 
 
 def standings(
     found: Sequence[Candidate],
     results: Sequence[Result],
+    gil: Sequence[Result],
     hostile: Sequence[Result],
     bomb_bytes: int,
 ) -> dict[str, Standing]:
     """Every measured candidate's :class:`Standing`, by name."""
+    shares = {r["candidate"]: float(r["share"]) for r in gil if "share" in r}
     found_standings = {}
     for candidate in found:
         mine = [r for r in results if r["candidate"] == candidate.name]
@@ -260,9 +269,8 @@ def standings(
             geomean(r["compress_bytes_per_s"] for r in mine),
             geomean(r["ratio"] for r in mine),
             statistics.median(r["row_ns"] for r in mine),
-            statistics.median(
-                r["speedup_2_threads"] for r in largest_blocks(results, candidate.name)
-            ),
+            median_at_largest(results, candidate.name, "speedup_2_threads"),
+            shares.get(candidate.name),
             api_safe(hostile, candidate.api, bomb_bytes),
         )
     return found_standings
@@ -285,6 +293,10 @@ class LibraryRow:
         """The geometric mean of ``attribute`` over the picks."""
         return geomean(getattr(pick, attribute) for pick in self.picks)
 
+    def shares(self) -> str:
+        """The picks' GIL probe shares."""
+        return ", ".join("-" if p.gil_share is None else f"{p.gil_share:.2f}" for p in self.picks)
+
 
 def library_rows(standing: dict[str, Standing]) -> list[LibraryRow]:
     """Each family's libraries, compared on the codecs (keys) more than one of them offers
@@ -294,12 +306,11 @@ def library_rows(standing: dict[str, Standing]) -> list[LibraryRow]:
         mine = [s for s in standing.values() if s.candidate.family == family]
         libraries = list(dict.fromkeys(s.candidate.library for s in mine))
         keys_of = {
-            lib: {s.candidate.key for s in mine if s.candidate.library == lib} for lib in libraries
+            library: {s.candidate.key for s in mine if s.candidate.library == library}
+            for library in libraries
         }
-        counts = {
-            key: sum(key in keys for keys in keys_of.values())
-            for key in set().union(*keys_of.values())
-        }
+        every_key = set().union(*keys_of.values())
+        counts = {key: sum(key in keys for keys in keys_of.values()) for key in every_key}
         shared = sorted(key for key, count in counts.items() if count > 1 or len(libraries) == 1)
         for library in libraries:
             picks = []
@@ -322,53 +333,30 @@ def chosen(rows: Sequence[LibraryRow], family: str) -> LibraryRow | None:
 
 def library_table(rows: Sequence[LibraryRow]) -> str:
     """Each family's libraries side by side, the chosen one marked."""
+    safety = {True: "yes", False: "NO", None: "not tried"}
     table = []
     for row in rows:
-        best = chosen(rows, row.family)
         speedup = statistics.median(pick.speedup for pick in row.picks)
-        safety = {True: "yes", False: "NO", None: "not tried"}
-        table.append(
-            [
-                row.family,
-                row.library,
-                ", ".join(pick.candidate.name for pick in row.picks),
-                format_rate(row.mean("decompress")),
-                format_rate(row.mean("compress")),
-                f"{row.mean('ratio'):.2f}x",
-                format_ns(statistics.median(p.row_ns for p in row.picks)),
-                f"{speedup:.2f}x",
-                ", ".join(safety[pick.safe] for pick in row.picks),
-                "yes" if all(pick.candidate.into for pick in row.picks) else "no",
-                "**chosen**" if best is row else "",
-            ]
-        )
+        table.append([
+            row.family, row.library, ", ".join(pick.candidate.name for pick in row.picks),
+            format_rate(row.mean("decompress")), format_rate(row.mean("compress")),
+            f"{row.mean('ratio'):.2f}x", format_ns(statistics.median(p.row_ns for p in row.picks)),
+            row.shares(), f"{speedup:.2f}x", ", ".join(safety[pick.safe] for pick in row.picks),
+            "yes" if all(pick.candidate.into for pick in row.picks) else "no",
+            "**chosen**" if chosen(rows, row.family) is row else "",
+        ])  # fmt: skip
     head = [
-        "family",
-        "library",
-        "compared (its fastest eligible candidate per codec)",
-        "decompress",
-        "compress",
-        "ratio",
-        "one row",
-        "2 threads",
-        "bounded call safe",
-        "into out",
-        "",
-    ]
+        "family", "library", "compared (its fastest eligible candidate per codec)", "decompress",
+        "compress", "ratio", "one row", "GIL probe share", "2 threads: speed-up",
+        "bounded call safe", "into out", "",
+    ]  # fmt: skip
     return markdown(head, table)
 
 
-def find(
-    results: Sequence[Result], name: str, workload: str, rows: int | None = None
-) -> Result | None:
-    """``name``'s figures on ``workload`` at ``rows`` per block (the smallest if ``None``)."""
-    mine = sorted(
-        (r for r in results if r["candidate"] == name and r["workload"] == workload),
-        key=lambda r: r["rows_per_block"],
-    )
-    if rows is None:
-        return mine[0] if mine else None
-    return next((r for r in mine if r["rows_per_block"] == rows), None)
+def find(results: Sequence[Result], name: str, workload: str) -> Result | None:
+    """``name``'s figures on ``workload`` at its smallest blocks (``None``: not measured)."""
+    mine = [r for r in results if r["candidate"] == name and r["workload"] == workload]
+    return min(mine, key=row_count, default=None)
 
 
 def duties(hostile: Sequence[Result], api: str, bomb_bytes: int) -> str:
@@ -386,6 +374,16 @@ def duties(hostile: Sequence[Result], api: str, bomb_bytes: int) -> str:
     )
 
 
+def ineligible_reason(row: LibraryRow) -> str:
+    """Why a library is not eligible."""
+    reasons = []
+    if not all(pick.safe for pick in row.picks):
+        reasons.append("its bounded call crashed or allocated on a bomb")
+    if not all(pick.releases_gil for pick in row.picks):
+        reasons.append(f"GIL probe share under {MIN_SHARE}: it holds the GIL for part of a call")
+    return "; ".join(reasons)
+
+
 def family_choice(
     row: LibraryRow, rows: Sequence[LibraryRow], hostile: Sequence[Result], bomb_bytes: int
 ) -> str:
@@ -393,7 +391,7 @@ def family_choice(
     best = max(row.picks, key=lambda pick: pick.decompress)
     others = [
         f"{other.library}: {format_rate(other.mean('decompress'))}"
-        + ("" if other.eligible else " (not eligible: " + ineligible_reason(other) + ")")
+        + ("" if other.eligible else f" (not eligible: {ineligible_reason(other)})")
         for other in rows
         if other.family == row.family and other is not row
     ]
@@ -412,19 +410,10 @@ def family_choice(
         f"- **{row.family}: {row.library.split(' ')[0]}**, as `{best.candidate.decompress_call}`. "
         f"Decompression {format_rate(row.mean('decompress'))} (geometric mean of "
         f"{', '.join(p.candidate.name for p in row.picks)} over every workload and block size)"
-        f"{against}; 2-thread speed-up {speedup:.2f}x{bomb_text}; "
+        f"{against}; GIL probe share {row.shares()} (1: the GIL is released throughout); "
+        f"2-thread speed-up {speedup:.2f}x on this machine{bomb_text}; "
         f"{duties(hostile, best.candidate.api, bomb_bytes)}.{verdict_text}"
     )
-
-
-def ineligible_reason(row: LibraryRow) -> str:
-    """Why a library is not eligible."""
-    reasons = []
-    if not all(pick.safe for pick in row.picks):
-        reasons.append("its bounded call crashed or allocated on a bomb")
-    if not all(pick.speedup >= MIN_SPEEDUP for pick in row.picks):
-        reasons.append(f"2-thread speed-up under {MIN_SPEEDUP}x")
-    return "; ".join(reasons)
 
 
 def zstd_levels(results: Sequence[Result], row: LibraryRow) -> str:
@@ -441,7 +430,7 @@ def zstd_levels(results: Sequence[Result], row: LibraryRow) -> str:
                 f"{workload} {one['ratio']:.1f}x / {three['ratio']:.1f}x at {' / '.join(speeds)}"
             )
     return (
-        "- zstd level 1 / level 3 (ratio at compression speed, one-row blocks): "
+        "- zstd level 1 / level 3 (ratio at compression speed, smallest blocks): "
         + "; ".join(parts)
         + "."
     )
@@ -450,11 +439,13 @@ def zstd_levels(results: Sequence[Result], row: LibraryRow) -> str:
 def dictionary_note(results: Sequence[Result], found: Sequence[Candidate]) -> str:
     """A trained dictionary against none, at each workload's one-row blocks."""
     trained = next((c for c in found if c.key == "zstd 3 + dictionary"), None)
+    if trained is None:
+        return ""
     plain = next(
-        (c for c in found if c.key == "zstd 3" and c.library == getattr(trained, "library", None)),
+        (c for c in found if c.key == "zstd 3" and c.library == trained.library and not c.into),
         None,
     )
-    if trained is None or plain is None:
+    if plain is None:
         return ""
     parts = []
     for workload in dict.fromkeys(r["workload"] for r in results):
@@ -479,14 +470,11 @@ def dictionary_note(results: Sequence[Result], found: Sequence[Candidate]) -> st
 def blosc_filters(results: Sequence[Result], row: LibraryRow, standing: dict[str, Standing]) -> str:
     """The chosen blosc library's codecs (its fastest candidate of each) on the float
     workloads, at their largest blocks, best ratio first."""
-    best: dict[str, Standing] = {}
     mine = [
-        s
-        for s in standing.values()
+        s for s in standing.values()
         if s.candidate.library == row.library and s.candidate.family == "blosc"
-    ]
-    for entry in sorted(mine, key=lambda s: s.decompress):
-        best[entry.candidate.key] = entry
+    ]  # fmt: skip
+    best = {entry.candidate.key: entry for entry in sorted(mine, key=lambda s: s.decompress)}
     floats = [w for w in dict.fromkeys(r["workload"] for r in results) if w != "sketches"]
     parts = []
     for key, entry in best.items():
@@ -511,11 +499,12 @@ def blosc_filters(results: Sequence[Result], row: LibraryRow, standing: dict[str
 def choice_section(
     found: Sequence[Candidate],
     results: Sequence[Result],
+    gil: Sequence[Result],
     hostile: Sequence[Result],
     bomb_bytes: int,
 ) -> tuple[str, dict[str, Any]]:
     """The choice: a table of libraries and a bullet per family, and the same as data."""
-    standing = standings(found, results, hostile, bomb_bytes)
+    standing = standings(found, results, gil, hostile, bomb_bytes)
     rows = library_rows(standing)
     lines: list[str] = []
     record: dict[str, dict[str, Any]] = {}
@@ -541,10 +530,10 @@ def choice_section(
         "Rule (applied to this run's figures): in each family, libraries are compared on the "
         "codecs more than one of them offers, each by its fastest eligible candidate. Eligible: "
         "the library's bounded decompression call (as the library offers it, before any check "
-        "memshard adds) met the bombs without crashing or allocating, and the median 2-thread "
-        f"speed-up at the largest blocks is at least {MIN_SPEEDUP}x. Of the eligible libraries, "
-        "the one that decompresses fastest (geometric mean over every workload and block size) "
-        "is chosen."
+        "memshard adds) met the bombs without crashing or allocating, and the GIL probe found "
+        f"that the candidate's decompression releases the GIL (a share of at least {MIN_SHARE})."
+        " Of the eligible libraries, the one that decompresses fastest (geometric mean over "
+        "every workload and block size) is chosen."
     )
     text = "\n\n".join([rule, library_table(rows), "\n".join(line for line in lines if line)])
     return text, record
@@ -553,28 +542,40 @@ def choice_section(
 # -- the whole report ------------------------------------------------------------------------
 def notes(config: Config) -> str:
     """How each figure is measured."""
+    probe = format_bytes(config.probe_mib * (1 << 20))
     return "\n".join(
         [
             "- ratio: the workload's bytes over the sum of its frames (block offsets not counted).",
-            "- compress / decompress: the workload's bytes over the time to compress every block, "
-            "or to decompress every frame into its place in one preallocated array, one thread; "
-            "the decompression is the candidate's whole call as timed (header checks and copies "
-            "included).",
-            f"- one row: the mean over {config.latency_calls} reads of a random block's middle row "
-            "(decompress the block into a scratch buffer, copy the row).",
+            "- compress / decompress: the workload's bytes over the thread's CPU time "
+            "(`time.thread_time_ns`, not wall time: on a shared machine, time spent waiting for a "
+            "core is not the codec's) to compress every block, or to decompress every frame into "
+            "its place in one preallocated array; the decompression is the candidate's whole "
+            "call as timed (header checks and copies included).",
+            f"- one row: CPU time per read, the mean over {config.latency_calls} reads of a "
+            "random block's middle row (decompress the block into a scratch buffer, copy the "
+            "row).",
             f"- gather: {config.gather_blocks} random blocks (with replacement, the same for every "
             "candidate) decompressed into a preallocated array, in one thread, then split in two "
-            "contiguous halves run by a 2-thread `ThreadPoolExecutor`; the speed-up is the first "
-            "time over the second.",
-            f"- every time is the median of {config.repeats} repeats, the candidates in a "
-            "different order each repeat; garbage collection paused during each timed call.",
+            "contiguous halves run by a 2-thread `ThreadPoolExecutor`, wall time; the speed-up is "
+            "the first time over the second, and needs two idle cores (see the load average).",
+            f"- GIL probe: one block of {probe} of frames decompressed in a loop for "
+            f"{config.probe_seconds:g} s by a worker thread while the main thread spins in "
+            "Python; the share is the main thread's CPU time while a call ran over the worker's "
+            f"CPU time inside calls (median of {config.repeats}). A call that holds the GIL stops "
+            "the main thread (share near 0, plus the GIL hand-offs at each call's edges); one "
+            "that releases it lets it run alongside, and two runnable threads get equal CPU "
+            "shares however busy the machine (share near 1). `blosc2 zstd+shuffle, GIL held` is "
+            "the control.",
+            f"- every time is the median of {config.repeats} repeats (after an untimed round "
+            "trip of each candidate), the candidates in a different order each repeat; garbage "
+            "collection paused during each timed call.",
             "- hostile frames: each call once, in a new interpreter (numpy and the call's library "
             "imported), on a frame it takes: `VmHWM` (peak resident set) and `VmPeak` (peak "
             "virtual size) are read from `/proc/self/status` just before and after the call; two "
             "trials run at a time. ALLOCATED: the resident set grew by more than "
             f"{ALLOCATED_FRACTION:.0%} of the bomb. A `VmPeak` growth without `VmHWM` growth is "
-            "address space reserved, not memory used (a new thread's arena and stack "
-            "reserve about 70 MiB).",
+            "address space reserved, not memory used (a new thread's arena and stack reserve "
+            "about 70 MiB).",
         ]
     )
 
@@ -585,6 +586,7 @@ def finish(
     found: Sequence[Candidate],
     results: Sequence[Result],
     skipped: Sequence[dict[str, str]],
+    gil: Sequence[Result],
     hostile: Sequence[Result],
     config: Config,
 ) -> None:
@@ -596,13 +598,16 @@ def finish(
         for s in skipped
     )
     report.add("## Speed and ratio", *speed_sections(results, workloads), passed_over)
-    report.add("## Threads: does decompression release the GIL?", threads_table(found, results))
     report.add(
-        f"## Hostile frames (bombs of {format_bytes(bomb_bytes)}, a bound of 64 KiB)",
+        "## Threads: does decompression release the GIL?", threads_table(found, results, gil)
+    )
+    sizes = f"bombs of {format_bytes(bomb_bytes)}, a bound of {format_bytes(BOUND)}"
+    report.add(
+        f"## Hostile frames ({sizes})",
         hostile_summary(hostile, bomb_bytes),
         hostile_table(hostile, bomb_bytes),
     )
-    text, record = choice_section(found, results, hostile, bomb_bytes)
+    text, record = choice_section(found, results, gil, hostile, bomb_bytes)
     report.add("## Choice", text, at=3)
     report.add("## How each figure is measured", notes(config))
     report.record["choice"] = record

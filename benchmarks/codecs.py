@@ -4,7 +4,7 @@ what each library's decompression call does with hostile frames.
 
 Run from the repository root::
 
-    python -m benchmarks.codecs --out docs/benchmarks   # 32 MiB a workload, 1 GiB bombs (minutes)
+    python -m benchmarks.codecs --out docs/benchmarks   # 24 MiB a workload, 1 GiB bombs (minutes)
     python -m benchmarks.codecs --quick                 # tiny sizes (the smoke test runs this)
 
 Workloads (seeded): rasterised pen sketches (uint8[1, 256, 256], a few random polyline strokes
@@ -23,11 +23,13 @@ these figures support.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import math
 import os
 import statistics
 import sys
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,9 +38,9 @@ from typing import Any
 
 import numpy as np
 
-from . import codec_hostile, codec_report, core
+from . import codec_hostile, codec_report, core, gil_probe
 from .codec_candidates import Candidate, Codec, candidates
-from .core import SEED, Option, format_bytes, progress, rotated, timed, timed_call
+from .core import SEED, Option, Returned, format_bytes, progress, rotated, timed, timed_call
 
 SKETCH_SHAPE = (1, 256, 256)
 FRAME_SHAPE = (3, 64, 64)
@@ -46,8 +48,6 @@ EMBEDDING_SHAPE = (768,)
 #: Block sizes: one row (``None``), or as many rows as fit in this many bytes (at least one).
 BLOCK_TARGETS = (None, 64 << 10, 256 << 10)
 THREADS = 2
-#: The bound of the hostile trials: a reader's buffer of one sketch row.
-HOSTILE_BOUND = 64 << 10
 
 
 # -- workloads -------------------------------------------------------------------------------
@@ -166,6 +166,8 @@ class Config(core.Run):
     latency_calls: int
     gather_blocks: int
     bomb_mib: int
+    probe_mib: float
+    probe_seconds: float
     out: str
 
 
@@ -174,10 +176,12 @@ def parse_args(argv: Sequence[str] | None) -> Config:
     options = core.CommandLine(
         "python -m benchmarks.codecs",
         __doc__,
-        Option("--mib", float, "MiB of rows in each workload", 32.0, 0.75),
+        Option("--mib", float, "MiB of rows in each workload", 24.0, 0.75),
         Option("--latency-calls", int, "one-row reads timed per repeat", 500, 20),
         Option("--gather-blocks", int, "random blocks a gather decompresses", 256, 16),
         Option("--bomb-mib", int, "MiB a bomb frame inflates to", 1024, 16),
+        Option("--probe-mib", float, "MiB of the block the GIL probe decompresses", 48.0, 2.0),
+        Option("--probe-seconds", float, "seconds of calls in each GIL probe", 0.3, 0.05),
         repeats=(3, 1),
     )
     options.add_argument("--out", default="benchmark-results", help="folder for the report")
@@ -233,7 +237,8 @@ class Blocks:
 
 @dataclass
 class Samples:
-    """A candidate's frames, and every repeat's figures on one :class:`Blocks` (ns)."""
+    """A candidate's frames, and every repeat's figures on one :class:`Blocks`: CPU time of
+    the single-thread work, wall time of the gathers (ns)."""
 
     frames: list[bytes]
     compress: list[float] = field(default_factory=list)
@@ -243,24 +248,37 @@ class Samples:
     gather_2: list[float] = field(default_factory=list)
 
 
+def cpu_timed(run: Callable[[], Returned]) -> tuple[int, Returned]:
+    """This thread's CPU nanoseconds in one call of ``run``, garbage collection paused, and
+    what it returned. CPU time, not wall time: on a shared machine, time spent waiting for a
+    core is not the codec's."""
+    gc.disable()
+    try:
+        start = time.thread_time_ns()
+        result = run()
+        return time.thread_time_ns() - start, result
+    finally:
+        gc.enable()
+
+
 def compress_all(codec: Codec, blocks: Blocks) -> tuple[int, list[bytes]]:
-    """Nanoseconds to compress every block, and the frames."""
-    return timed_call(lambda: [codec.compress(block) for block in blocks.data])
+    """CPU nanoseconds to compress every block, and the frames."""
+    return cpu_timed(lambda: [codec.compress(block) for block in blocks.data])
 
 
 def decompress_all(codec: Codec, frames: Sequence[bytes], out: np.ndarray) -> int:
-    """Nanoseconds to decompress every frame into its row of ``out``."""
+    """CPU nanoseconds to decompress every frame into its row of ``out``."""
 
     def run() -> None:
         for frame, target in zip(frames, out, strict=True):
             codec.decompress_into(frame, target)
 
-    return timed(run)
+    return cpu_timed(run)[0]
 
 
 def row_latency(codec: Codec, frames: Sequence[bytes], blocks: Blocks) -> float:
-    """Nanoseconds per one-row read: decompress a block (those of ``blocks.latency``) into a
-    scratch buffer and copy its middle row out."""
+    """CPU nanoseconds per one-row read: decompress a block (those of ``blocks.latency``)
+    into a scratch buffer and copy its middle row out."""
     scratch = np.zeros(blocks.block_bytes, dtype=np.uint8)
     rows = scratch.reshape(blocks.blocking.rows, -1)
     middle = blocks.blocking.rows // 2
@@ -270,7 +288,7 @@ def row_latency(codec: Codec, frames: Sequence[bytes], blocks: Blocks) -> float:
             codec.decompress_into(frames[index], scratch)
             rows[middle].copy()
 
-    return timed(run) / len(blocks.latency)
+    return cpu_timed(run)[0] / len(blocks.latency)
 
 
 def gather(
@@ -280,12 +298,12 @@ def gather(
     out: np.ndarray,
     pool: ThreadPoolExecutor | None,
 ) -> int:
-    """Nanoseconds to decompress the blocks of ``blocks.gather`` into ``out``, in this thread
-    or split in :data:`THREADS` contiguous parts run by ``pool``."""
+    """Wall nanoseconds to decompress the blocks of ``blocks.gather`` into ``out``, in this
+    thread or split in :data:`THREADS` contiguous parts run by ``pool``."""
     indices = blocks.gather
 
-    def part(start: int, stop: int) -> None:
-        for slot in range(start, stop):
+    def part(first: int, stop: int) -> None:
+        for slot in range(first, stop):
             codec.decompress_into(frames[indices[slot]], out[slot])
 
     if pool is None:
@@ -293,7 +311,7 @@ def gather(
     edges = np.linspace(0, len(indices), THREADS + 1).astype(int)
 
     def run() -> None:
-        futures = [pool.submit(part, start, stop) for start, stop in itertools.pairwise(edges)]
+        futures = [pool.submit(part, first, stop) for first, stop in itertools.pairwise(edges)]
         for future in futures:
             future.result()
 
@@ -419,6 +437,41 @@ def measure(
     return results, skipped
 
 
+def probe_gil(
+    config: Config, found: Sequence[Candidate], report: core.Report
+) -> list[dict[str, Any]]:
+    """Each candidate's :func:`benchmarks.gil_probe.main_share` (``repeats`` times), the call
+    decompressing one block of ``--probe-mib`` of frames: long enough (tens of milliseconds)
+    that the GIL hand-offs at its edges fade, where calls on many small blocks would be mostly
+    hand-offs."""
+    workload = WORKLOADS[1]
+    rows = workload.make(
+        np.random.default_rng(SEED + 200), workload.rows_for(config.probe_mib * (1 << 20))
+    )
+    samples = [row.tobytes() for row in rows]
+    out = np.zeros(rows.nbytes, dtype=np.uint8)
+    raw = rows.reshape(-1).view(np.uint8)
+    records: list[dict[str, Any]] = []
+    for candidate in found:
+        progress(f"GIL probe: {candidate.name}")
+        try:
+            codec = candidate.make(samples)
+        except Exception as error:  # a dictionary that cannot be trained on these samples
+            why = f"{type(error).__name__}: {error}"
+            records.append({"candidate": candidate.name, "skipped": why})
+            continue
+        candidate.activate()
+        call = partial(codec.decompress_into, codec.compress(rows), out)
+        call_ns, _ = cpu_timed(call)
+        report.check(f"gil probe/{candidate.name}", np.array_equal(out, raw))
+        shares = [gil_probe.main_share(call, config.probe_seconds) for _ in range(config.repeats)]
+        records.append({
+            "candidate": candidate.name, "block_bytes": rows.nbytes, "call_ns": call_ns,
+            "share": statistics.median(shares), "samples": shares,
+        })  # fmt: skip
+    return records
+
+
 def method(config: Config) -> list[str]:
     """The header lines of the report."""
     return [
@@ -428,7 +481,7 @@ def method(config: Config) -> list[str]:
         f"{config.repeats} repeats, the candidates rotating within each",
         f"threads: a single thread except the {THREADS}-thread gathers; blosc's own threads off",
         f"hostile frames: bombs of {format_bytes(config.bomb_mib << 20)}, a bound of "
-        f"{format_bytes(HOSTILE_BOUND)}",
+        f"{format_bytes(codec_hostile.BOUND)}",
     ]
 
 
@@ -441,18 +494,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.add("## Workloads", codec_report.workloads_table(WORKLOADS, config.mib, blockings))
     report.add("## Candidates", codec_report.candidates_table(found))
     results, skipped = measure(config, found, report)
-    hostile = codec_hostile.trials(config.bomb_mib << 20, HOSTILE_BOUND, progress)
-    codec_report.finish(report, WORKLOADS, found, results, skipped, hostile, config)
+    gil = probe_gil(config, found, report)
+    hostile = codec_hostile.trials(config.bomb_mib << 20, codec_hostile.BOUND, progress)
+    codec_report.finish(report, WORKLOADS, found, results, skipped, gil, hostile, config)
     report.record.update(
         mib=config.mib,
         repeats=config.repeats,
         latency_calls=config.latency_calls,
         gather_blocks=config.gather_blocks,
         bomb_bytes=config.bomb_mib << 20,
-        hostile_bound=HOSTILE_BOUND,
+        probe_bytes=int(config.probe_mib * (1 << 20)),
+        probe_seconds=config.probe_seconds,
+        hostile_bound=codec_hostile.BOUND,
         candidates=[codec_report.candidate_json(candidate) for candidate in found],
         results=results,
         skipped=skipped,
+        gil_probe=gil,
         hostile=hostile,
     )
     os.makedirs(config.out, exist_ok=True)
