@@ -23,7 +23,7 @@ from .codec_hostile import BOMB, BOUND, KINDS, LYING
 from .core import Report, format_bytes, format_ns, format_rate, markdown
 
 if TYPE_CHECKING:
-    from .codecs import Blocking, Config, Workload
+    from .codecs import Blocking, Config, Measured, Workload
 
 #: A GIL probe share (:func:`benchmarks.gil_probe.main_share`) of at least this: the call
 #: releases the GIL for (nearly) all its time; below :data:`HELD_SHARE`, it holds it (a call
@@ -144,28 +144,44 @@ def gil_verdict(share: float) -> str:
     return "partly" if share >= HELD_SHARE else "NO"
 
 
+def speedup_cells(records: Sequence[Result], workloads: Sequence[str]) -> list[str]:
+    """Per workload, the 2-thread speed-ups of ``records`` by block size; and their median
+    at each workload's largest blocks."""
+    cells = []
+    for workload in workloads:
+        these = sorted((r for r in records if r["workload"] == workload), key=row_count)
+        cells.append(" / ".join(f"{r['speedup_2_threads']:.2f}x" for r in these))
+    largest = {r["workload"]: r["rows_per_block"] for r in sorted(records, key=row_count)}
+    at_largest = [
+        r["speedup_2_threads"] for r in records if r["rows_per_block"] == largest[r["workload"]]
+    ]
+    return [*cells, f"{statistics.median(at_largest):.2f}x"]
+
+
 def threads_table(
-    found: Sequence[Candidate], results: Sequence[Result], gil: Sequence[Result]
+    found: Sequence[Candidate],
+    results: Sequence[Result],
+    gil: Sequence[Result],
+    references: Sequence[Result],
 ) -> str:
-    """Each candidate's GIL probe, and its 2-thread speed-up at each block size of each
-    workload and the median at the largest blocks."""
+    """Each candidate's GIL probe, its 2-thread speed-up at each block size of each workload
+    and the median at the largest blocks; first, the same-run reference (SHA-256 of the same
+    blocks: what two threads that never wait for each other get on this machine now)."""
     workloads = list(dict.fromkeys(r["workload"] for r in results))
-    probes = {record["candidate"]: record for record in gil}
     rows = []
+    if references:
+        rows.append(["reference: hashlib.sha256", "-", "-", "yes"])
+        rows[0] += speedup_cells(references, workloads)
+    probes = {record["candidate"]: record for record in gil}
     for candidate in found:
         mine = [r for r in results if r["candidate"] == candidate.name]
         probe = probes.get(candidate.name, {})
-        if not mine or "share" not in probe:
-            continue
-        cells = []
-        for workload in workloads:
-            these = sorted((r for r in mine if r["workload"] == workload), key=row_count)
-            cells.append(" / ".join(f"{r['speedup_2_threads']:.2f}x" for r in these))
-        speedup = median_at_largest(results, candidate.name, "speedup_2_threads")
-        rows.append([
-            candidate.name, f"{probe['share']:.2f}", format_ns(probe["call_ns"]),
-            gil_verdict(probe["share"]), *cells, f"{speedup:.2f}x",
-        ])  # fmt: skip
+        if mine and "share" in probe:
+            share = probe["share"]
+            rows.append([
+                candidate.name, f"{share:.2f}", format_ns(probe["call_ns"]), gil_verdict(share),
+                *speedup_cells(mine, workloads),
+            ])  # fmt: skip
     head = [
         "candidate", "GIL probe share", "probe call (CPU)", "releases the GIL",
         *(f"{w}: speed-up by block size" for w in workloads), "speed-up, largest blocks",
@@ -584,22 +600,23 @@ def finish(
     report: Report,
     workloads: Sequence[Workload],
     found: Sequence[Candidate],
-    results: Sequence[Result],
-    skipped: Sequence[dict[str, str]],
+    measured: Measured,
     gil: Sequence[Result],
     hostile: Sequence[Result],
     config: Config,
 ) -> None:
     """Add the speed tables, the thread table, the hostile tables and the choice to ``report``."""
     bomb_bytes = config.bomb_mib << 20
+    results = measured.results
     passed_over = "\n".join(
         f"- not measured: {s['candidate']} on {s['workload']} at {s['rows_per_block']} rows a "
         f"block ({s['why']})"
-        for s in skipped
+        for s in measured.skipped
     )
     report.add("## Speed and ratio", *speed_sections(results, workloads), passed_over)
     report.add(
-        "## Threads: does decompression release the GIL?", threads_table(found, results, gil)
+        "## Threads: does decompression release the GIL?",
+        threads_table(found, results, gil, measured.references),
     )
     sizes = f"bombs of {format_bytes(bomb_bytes)}, a bound of {format_bytes(BOUND)}"
     report.add(

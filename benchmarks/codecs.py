@@ -13,17 +13,20 @@ two pixels wide on a zero image, like the doodle dataset), frames with structure
 unit Gaussian vectors, barely compressible). Each is cut into blocks of one row, of as many
 rows as make 64 KiB and as make 256 KiB (block sizes that come to the same row count are
 measured once). For every candidate of :mod:`benchmarks.codec_candidates` and block size: the
-compression ratio, single-thread compression and decompression speed, the latency of one row
-(decompress its block, copy the row out), and the speed-up of decompressing 256 random blocks
-with 2 threads over 1 (near 2x on 2 cores only if the call releases the GIL). Then
-:mod:`benchmarks.codec_hostile`: each library's call on a bomb, a lying header, a truncated
-and a short frame, in a fresh process, with its peak memory. The report ends with the choice
-these figures support.
+compression ratio, single-thread compression and decompression speed (CPU time), the latency
+of one row (decompress its block, copy the row out), and the speed-up of decompressing 256
+random blocks with 2 threads over 1, next to the speed-up SHA-256 gets on the same blocks in
+the same run (two threads that never wait for each other: what the machine gives now). As the
+speed-up also needs idle cores, :mod:`benchmarks.gil_probe` says whether each call releases
+the GIL whatever the load. Then :mod:`benchmarks.codec_hostile`: each library's calls on a
+bomb, a lying header, a truncated and a short frame, in a fresh process, with its peak memory.
+The report ends with the choice these figures support.
 """
 
 from __future__ import annotations
 
 import gc
+import hashlib
 import itertools
 import math
 import os
@@ -387,24 +390,60 @@ def figures(
     }
 
 
+def reference_speedup(blocks: Blocks, pool: ThreadPoolExecutor, repeats: int) -> float:
+    """The 2-thread speed-up of SHA-256 over the gather's blocks (``hashlib`` releases the GIL
+    for inputs over 2 KiB): what this machine gives two threads that never wait for each
+    other, in this run; the median of ``repeats`` alternations."""
+    chosen = [blocks.data[index] for index in blocks.gather]
+
+    def part(first: int, stop: int) -> None:
+        for block in chosen[first:stop]:
+            hashlib.sha256(block.data).digest()
+
+    edges = np.linspace(0, len(chosen), THREADS + 1).astype(int)
+
+    def run(threads: int, _: int) -> float:
+        if threads == 1:
+            return timed(lambda: part(0, len(chosen)))
+        futures = [pool.submit(part, first, stop) for first, stop in itertools.pairwise(edges)]
+        return timed(lambda: [future.result() for future in futures])
+
+    samples = core.alternate_warm([1, THREADS], repeats, run)
+    return float(statistics.median(samples[1]) / statistics.median(samples[THREADS]))
+
+
+@dataclass
+class Measured:
+    """Every candidate's figures on the blocks measured, the candidates skipped and why, and
+    the same-run reference speed-up of each workload and block size."""
+
+    results: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    references: list[dict[str, Any]] = field(default_factory=list)
+
+
 def measure_blocks(
     blocks: Blocks,
     found: Sequence[Candidate],
     config: Config,
     pool: ThreadPoolExecutor,
     report: core.Report,
-) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    measured: Measured,
+) -> None:
     """Every candidate on ``blocks``, after an untimed round trip of each, the candidates
-    rotating within each repeat so that a slow spell of the machine hits them alike; and the
-    candidates skipped because their codec could not be made, with why."""
-    codecs, setup, skipped = {}, {}, []
+    rotating within each repeat so that a slow spell of the machine hits them alike, added to
+    ``measured``; a candidate whose codec cannot be made is skipped."""
+    codecs, setup = {}, {}
+    where: dict[str, Any] = {
+        "workload": blocks.workload.name,
+        "rows_per_block": blocks.blocking.rows,
+    }
     for candidate in found:
         try:
             made = timed_call(partial(candidate.make, blocks.training))
         except Exception as error:  # a dictionary that cannot be trained on these samples
             why = f"{type(error).__name__}: {error}"
-            skipped.append({"candidate": candidate.name, "workload": blocks.workload.name,
-                            "rows_per_block": str(blocks.blocking.rows), "why": why})  # fmt: skip
+            measured.skipped.append({"candidate": candidate.name, **where, "why": why})
             progress(f"  {candidate.name} skipped: {why}")
             continue
         setup[candidate.name], codecs[candidate.name] = made
@@ -414,15 +453,16 @@ def measure_blocks(
     for repeat in range(config.repeats):
         for name in rotated(list(by_name), repeat):
             measurer.repeat(by_name[name], codecs[name], samples[name])
-    results = [figures(by_name[name], blocks, samples[name], setup[name] / 1e9) for name in by_name]
-    return results, skipped
+    measured.results += [
+        figures(by_name[name], blocks, samples[name], setup[name] / 1e9) for name in by_name
+    ]
+    speedup = reference_speedup(blocks, pool, config.repeats)
+    measured.references.append({**where, "speedup_2_threads": speedup})
 
 
-def measure(
-    config: Config, found: Sequence[Candidate], report: core.Report
-) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """Every workload at every block size: the figures, and the candidates skipped."""
-    results, skipped = [], []
+def measure(config: Config, found: Sequence[Candidate], report: core.Report) -> Measured:
+    """Every workload at every block size."""
+    measured = Measured()
     with ThreadPoolExecutor(THREADS) as pool:
         for index, workload in enumerate(WORKLOADS):
             rows = workload.rows_for(config.mib * (1 << 20))
@@ -431,10 +471,8 @@ def measure(
             for blocking in blockings(workload.row_bytes):
                 progress(f"{workload.name}: {blocking.describe(workload.row_bytes)}")
                 blocks = Blocks.cut(workload, blocking, data, training, config)
-                measured, passed_over = measure_blocks(blocks, found, config, pool, report)
-                results += measured
-                skipped += passed_over
-    return results, skipped
+                measure_blocks(blocks, found, config, pool, report, measured)
+    return measured
 
 
 def probe_gil(
@@ -493,10 +531,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = core.Report("memshard codec candidates", config.mode, scratch, method(config))
     report.add("## Workloads", codec_report.workloads_table(WORKLOADS, config.mib, blockings))
     report.add("## Candidates", codec_report.candidates_table(found))
-    results, skipped = measure(config, found, report)
+    measured = measure(config, found, report)
     gil = probe_gil(config, found, report)
     hostile = codec_hostile.trials(config.bomb_mib << 20, codec_hostile.BOUND, progress)
-    codec_report.finish(report, WORKLOADS, found, results, skipped, gil, hostile, config)
+    codec_report.finish(report, WORKLOADS, found, measured, gil, hostile, config)
     report.record.update(
         mib=config.mib,
         repeats=config.repeats,
@@ -507,8 +545,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         probe_seconds=config.probe_seconds,
         hostile_bound=codec_hostile.BOUND,
         candidates=[codec_report.candidate_json(candidate) for candidate in found],
-        results=results,
-        skipped=skipped,
+        results=measured.results,
+        skipped=measured.skipped,
+        references=measured.references,
         gil_probe=gil,
         hostile=hostile,
     )

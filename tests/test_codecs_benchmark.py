@@ -62,6 +62,9 @@ def test_every_candidate_is_measured_at_every_block_size(quick_run: QuickRun) ->
             ]
             expected = [n for n in names if (n, workload.name, rows) not in skipped]
             assert measured == expected, (workload.name, rows)
+    references = [(r["workload"], r["rows_per_block"]) for r in report["references"]]
+    assert references == [(w.name, rows) for w in WORKLOADS for rows in BLOCK_ROWS[w.name]]
+    assert all(r["speedup_2_threads"] > 0 for r in report["references"])
 
 
 def test_each_result_holds_its_figures(quick_run: QuickRun) -> None:
