@@ -4,7 +4,7 @@ what each library's decompression call does with hostile frames.
 
 Run from the repository root::
 
-    python -m benchmarks.codecs --out docs/benchmarks   # 24 MiB a workload, 1 GiB bombs (minutes)
+    python -m benchmarks.codecs --out docs/benchmarks   # 32 MiB a workload, 1 GiB bombs (minutes)
     python -m benchmarks.codecs --quick                 # tiny sizes (the smoke test runs this)
 
 Workloads (seeded): rasterised pen sketches (uint8[1, 256, 256], a few random polyline strokes
@@ -179,13 +179,13 @@ def parse_args(argv: Sequence[str] | None) -> Config:
     options = core.CommandLine(
         "python -m benchmarks.codecs",
         __doc__,
-        Option("--mib", float, "MiB of rows in each workload", 24.0, 0.75),
+        Option("--mib", float, "MiB of rows in each workload", 32.0, 0.75),
         Option("--latency-calls", int, "one-row reads timed per repeat", 500, 20),
         Option("--gather-blocks", int, "random blocks a gather decompresses", 256, 16),
         Option("--bomb-mib", int, "MiB a bomb frame inflates to", 1024, 16),
         Option("--probe-mib", float, "MiB of the block the GIL probe decompresses", 48.0, 2.0),
         Option("--probe-seconds", float, "seconds of calls in each GIL probe", 0.3, 0.05),
-        repeats=(3, 1),
+        repeats=(5, 1),
     )
     options.add_argument("--out", default="benchmark-results", help="folder for the report")
     return Config(**options.parse(argv))
