@@ -316,7 +316,8 @@ class LibraryRow:
 
 def library_rows(standing: dict[str, Standing]) -> list[LibraryRow]:
     """Each family's libraries, compared on the codecs (keys) more than one of them offers
-    (all of its keys if only one library is installed)."""
+    (all of its keys if only one library is installed), each by its fastest eligible
+    candidate of the key."""
     rows = []
     for family in FAMILIES:
         mine = [s for s in standing.values() if s.candidate.family == family]
@@ -334,7 +335,12 @@ def library_rows(standing: dict[str, Standing]) -> list[LibraryRow]:
                 options = [
                     s for s in mine if s.candidate.library == library and s.candidate.key == key
                 ]
-                pool = [s for s in options if s.eligible] or options
+                # No eligible one: a candidate that releases the GIL fails on fewer counts.
+                pool = (
+                    [s for s in options if s.eligible]
+                    or [s for s in options if s.releases_gil]
+                    or options
+                )
                 picks.append(max(pool, key=lambda s: s.decompress))
             rows.append(LibraryRow(family, library, tuple(picks)))
     return rows
