@@ -49,10 +49,11 @@ SHARD_COUNTS = (10, 1_000, 10_000, 100_000)
 FIELDS = {"x": ("float32", (4,)), "y": ("int64", ())}
 #: Bytes of one row (all fields), and so of one shard: ``shard_bytes`` of one row per shard.
 ROW_BYTES = 4 * 4 + 8
-NEW = "2.0"
+#: The format version this library writes (2.x: the shard table), against 1.1.
+NEW = manifest_io.FORMAT_VERSION
 OLD = "1.1"
 FORMATS = (NEW, OLD)
-#: The goals, on format 2.0 (ns).
+#: The goals, on format 2.x (ns).
 MAX_OPEN_NS = 50e6
 MAX_REFRESH_NS = 5e6
 MAX_COMMIT_NS = 20e6
