@@ -507,6 +507,21 @@ def _checked_offsets(offsets: Any, total: int, where: str) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
+def offsets_in_order(offsets: np.ndarray, elements: int, *, whole: bool) -> bool:
+    """Whether stored ``offsets`` (int64, a shard's, or the part of them a reader uses) may
+    slice values of ``elements`` elements: they start at 0, never decrease and end within the
+    values, exactly at their end when ``whole`` (every committed row of the shard). The one
+    rule readers and ``verify`` apply (``spec/FORMAT.md`` section 5.6)."""
+    if not offsets.size:
+        return False
+    end = int(offsets[-1])
+    return (
+        int(offsets[0]) == 0
+        and not bool((offsets[1:] < offsets[:-1]).any())
+        and (end == elements if whole else end <= elements)
+    )
+
+
 def checked_lengths(
     array: np.ndarray, *, error: type[MemshardError] = BatchError, prefix: str = ""
 ) -> np.ndarray:

@@ -27,15 +27,12 @@ from .errors import ChecksumError, ShardDataError
 from .indexing import SegmentTable, project_indices
 from .manifest import FieldSpec, Shard, offsets_record, offsets_spec
 from .mappings import CACHE, SegmentFile, check_shard_file, read_rows, segment_areas
-from .pagecache import advise_ranges
-from .ragged import Allocator, Ragged, allocate
+from .pagecache import advise_ranges, page_aligned_empty
+from .ragged import Allocator, Ragged, allocate, offsets_in_order
 from .shardtable import Shards
 
 #: Most shards per ragged field whose mappings a dataset keeps for reading rows (two each).
 PINNED_SHARDS = 32
-#: Alignment of the arrays gathers allocate (rows copied to a page-aligned buffer avoid a slow
-#: ``memcpy`` path, see :func:`memshard.reader.page_aligned_empty`).
-PAGE_SIZE = 4096
 
 
 class RaggedLayout:
@@ -145,12 +142,7 @@ class RaggedLayout:
         full = self._lengths[shard] == record.rows
         end = int(offsets[-1])
         path = f"{self.root}/{file.offsets_path}"
-        if (
-            int(offsets[0]) != 0
-            or bool((offsets[1:] < offsets[:-1]).any())
-            or end > elements
-            or (full and end != elements)
-        ):
+        if not offsets_in_order(offsets, elements, whole=full):
             if end != elements:  # the values file may be what disagrees with the record
                 check_shard_file(self.root, self.spec.values, self._files[shard].values)
             raise ShardDataError(
@@ -229,7 +221,7 @@ class RaggedLayout:
         out_offsets = np.zeros(count + 1, dtype=np.int64)
         np.cumsum(lengths, out=out_offsets[1:])
         out = allocate(
-            empty or _page_aligned_empty,
+            empty or page_aligned_empty,
             (int(out_offsets[-1]), *self.spec.shape),
             self.spec.numpy_dtype,
             where=f"{self.root}: field {self.name!r}",
@@ -314,10 +306,3 @@ def _positions(positions: Any, count: int) -> np.ndarray:
     if isinstance(positions, slice):
         return np.arange(*positions.indices(count))
     return np.asarray(positions)
-
-
-def _page_aligned_empty(shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    raw = np.empty(nbytes + PAGE_SIZE, dtype=np.uint8)
-    start = -raw.ctypes.data % PAGE_SIZE
-    return raw[start : start + nbytes].view(dtype).reshape(shape)

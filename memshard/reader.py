@@ -9,7 +9,6 @@ holds a file descriptor of its own, so it survives ``fork`` and pickles to a few
 from __future__ import annotations
 
 import copy
-import math
 import os
 from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -56,7 +55,7 @@ from .mappings import (
     segment_areas,
     segment_breaks_after,
 )
-from .pagecache import advise_will_need, advised_ahead, is_resident
+from .pagecache import advise_will_need, advised_ahead, is_resident, page_aligned_empty
 from .ragged import Allocator, Ragged
 from .raggedread import RaggedLayout
 from .shardtable import Shards
@@ -82,8 +81,6 @@ COLD_SAMPLE_ROWS = 16
 #: least): copying a piece overlaps the advice of the next, which helps large rows (measured
 #: +20-35% for 48 KiB rows); a batch of small rows is one piece, advised then copied.
 ADVISE_CHUNK_BYTES = 4 << 20
-#: Alignment of the arrays gathers allocate (see :func:`page_aligned_empty`).
-PAGE_SIZE = 4096
 #: Largest sample a field may have to be read: numpy refuses any array, even an empty one,
 #: whose non-zero dimensions multiply to more bytes than this.
 MAX_READ_ROW_BYTES = 2**63 - 1
@@ -1089,19 +1086,6 @@ def _piece_rows(piece: Piece) -> np.ndarray:
     if isinstance(piece.rows, slice):
         return np.arange(piece.rows.start, piece.rows.stop, piece.rows.step or 1)
     return np.atleast_1d(piece.rows)
-
-
-def page_aligned_empty(shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
-    """An uninitialised C-contiguous array starting on a page boundary.
-
-    Shard rows are page-aligned; copying them to a destination a few bytes past a page
-    boundary hits a slow path of common ``memcpy`` implementations (4K aliasing), several
-    times slower for large rows. ``np.empty`` of a large array typically starts 16 bytes in.
-    """
-    nbytes = math.prod(shape) * dtype.itemsize
-    raw = np.empty(nbytes + PAGE_SIZE, dtype=np.uint8)
-    start = -raw.ctypes.data % PAGE_SIZE
-    return raw[start : start + nbytes].view(dtype).reshape(shape)
 
 
 def _restore_column(root: str, uuid: str, generation: int, rows: int, name: str) -> Column:

@@ -32,6 +32,7 @@ from .errors import (
 from .layout import MANIFEST_NAME, not_found, open_shard
 from .manifest import FieldSpec, Manifest, Shard, ShardFile, shard_files
 from .mappings import SegmentFile, check_shard_file
+from .ragged import offsets_in_order
 from .shardtable import TABLE_NAME, Shards
 from .smallfile import read_small_file
 
@@ -302,12 +303,7 @@ def _check_offsets(
         os.close(fd)
     offsets = np.frombuffer(data, dtype="<i8")
     elements = values.nbytes // declared.row_bytes
-    if (
-        offsets.size != shard.rows + 1
-        or int(offsets[0]) != 0
-        or bool((offsets[1:] < offsets[:-1]).any())
-        or int(offsets[-1]) != elements
-    ):
+    if offsets.size != shard.rows + 1 or not offsets_in_order(offsets, elements, whole=True):
         return Problem(
             where,
             f"the offsets must start at 0, never decrease and end at the {elements} elements "
