@@ -240,3 +240,9 @@ class MemshardWarning(UserWarning):
 class SmallShardWarning(MemshardWarning):
     """A conversion would write more than one shard, each holding less than
     :data:`memshard.convert.MIN_SHARD_BYTES` of data: many files, slow to write and list."""
+
+
+class BlockError(InvalidDatasetError):
+    """A block of a compressed field that is not what its offsets say: a damaged frame, one
+    that claims or inflates to another size than its rows' (a decompression bomb), or one that
+    ends early."""

@@ -26,8 +26,15 @@ from pydantic import (
 
 from . import npyheader
 from .checksum import CHECKSUM_PATTERN, StreamingChecksum
+from .codecs import CODEC_NAMES, MAX_BLOCK_BYTES, MIN_BLOCK_BYTES, codec_parameters
 from .dtypes import SUPPORTED_DESCRS
-from .errors import ManifestError, ManifestTooLargeError, MemshardError, UnsupportedVersionError
+from .errors import (
+    ManifestError,
+    ManifestTooLargeError,
+    MemshardError,
+    SchemaError,
+    UnsupportedVersionError,
+)
 from .layout import FIELD_NAME_PATTERN, SHARD_PATH_PATTERN, is_safe_shard_path
 from .smallfile import open_regular, read_small_file
 
@@ -35,19 +42,24 @@ FORMAT_NAME: Literal["memshard"] = "memshard"
 #: The format version this library writes; it reads every ``1.x`` and ``2.x``. Version 1.1
 #: added ``prefix_checksum`` to the files of the unsealed shard; 2.0 moved the sealed shards
 #: from the manifest into the shard table (:mod:`memshard.shardtable`); 2.1 added ragged
-#: (variable-length) fields.
-FORMAT_VERSION = "2.1"
+#: (variable-length) fields; 2.2 compressed fields.
+FORMAT_VERSION = "2.2"
 FORMAT_MAJOR, FORMAT_MINOR = (int(part) for part in FORMAT_VERSION.split("."))
 #: The newest minor version this library implements of each major version it reads.
-KNOWN_MINORS = {1: 1, 2: 1}
+KNOWN_MINORS = {1: 1, 2: 2}
 #: The first version whose unsealed shard files carry ``prefix_checksum``.
 PREFIX_CHECKSUM_VERSION = (1, 1)
 #: The first major version with a shard table.
 TABLE_MAJOR = 2
 #: The first version with ragged fields (``kind: "ragged"``, ``shard_bytes``).
 RAGGED_VERSION = (2, 1)
-#: What a ragged field's offsets file of a shard holds: one int64 per row, and one more.
+#: The first version with compressed fields (``codec``).
+CODEC_VERSION = (2, 2)
+#: What the offsets file of a ragged or compressed field holds: int64 values, ``rows + 1``
+#: of them (two per row, of a compressed ragged field).
 OFFSETS_DTYPE = "<i8"
+#: The dtype of a compressed field's values file: the bytes of its blocks.
+BLOCKS_DTYPE = "|u1"
 #: The suffix that turns a ragged field's values file name into its offsets file name.
 OFFSETS_SUFFIX = ".offsets.npy"
 VERSION_PATTERN = re.compile(r"[0-9]{1,4}\.[0-9]{1,4}", re.ASCII)
@@ -94,14 +106,41 @@ def _kind_schema(schema: dict[str, Any]) -> None:
 
 
 def _codec_schema(schema: dict[str, Any]) -> None:
-    schema.clear()
-    schema.update(
-        {
-            "description": "how the field's data is compressed; format 2.0 knows none, the "
-            "default (spec section 6.3.7)",
-            "type": "null",
-        }
+    schema.pop("default", None)
+    schema["description"] = (
+        "how the field's data is compressed: left out (no compression, the default) or, from "
+        "format 2.2, the codec (spec sections 5.7 and 6.3.7)"
     )
+
+
+class Codec(StrictModel):
+    """A compressed field's codec: its ``name`` (one of
+    :data:`~memshard.codecs.CODEC_NAMES`), its parameters ``params`` (all of them, checked),
+    and the uncompressed bytes a block of rows aims at, ``block_bytes`` (spec section 5.7)."""
+
+    name: str = Field(json_schema_extra={"enum": list(CODEC_NAMES)})
+    params: dict[str, int | str]
+    block_bytes: int = Field(ge=MIN_BLOCK_BYTES, le=MAX_BLOCK_BYTES)
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _known_name(cls, value: Any) -> Any:
+        if value not in CODEC_NAMES:
+            raise ValueError(
+                f"codec {value!r:.60} is not one this reader knows ({', '.join(CODEC_NAMES)}); "
+                "it needs a newer memshard"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _known_params(self) -> Codec:
+        try:
+            complete = codec_parameters(self.name, self.params, where="codec")
+        except SchemaError as exc:
+            raise ValueError(str(exc).removeprefix("codec: ")) from None
+        if complete != self.params:
+            raise ValueError(f"codec {self.name!r}: params must state every parameter: {complete}")
+        return self
 
 
 class FieldSpec(StrictModel):
@@ -126,7 +165,7 @@ class FieldSpec(StrictModel):
         json_schema_extra=_kind_schema,
         repr=False,
     )
-    codec: None = Field(
+    codec: Codec | None = Field(
         default=None, exclude_if=_is_none, json_schema_extra=_codec_schema, repr=False
     )
 
@@ -143,10 +182,11 @@ class FieldSpec(StrictModel):
     @field_validator("codec", mode="before")
     @classmethod
     def _known_codec(cls, value: Any) -> Any:
-        if value is not None:
+        named = isinstance(value, dict) and value.get("name") in CODEC_NAMES
+        if value is not None and not named and not isinstance(value, Codec):
             raise ValueError(
-                f"codec {value!r:.60} is not one this reader knows (none); it needs a newer "
-                "memshard"
+                f"codec {value!r:.60} is not one this reader knows (an object naming one of "
+                f"{', '.join(CODEC_NAMES)}); it needs a newer memshard"
             )
         return value
 
@@ -186,15 +226,43 @@ class FieldSpec(StrictModel):
         return _numpy_dtype(self.dtype).itemsize * math.prod(self.shape)
 
     @property
+    def compressed(self) -> bool:
+        """Whether the field's rows are stored compressed, in blocks (``codec`` is set)."""
+        return self.codec is not None
+
+    @property
+    def has_offsets(self) -> bool:
+        """Whether each shard has an offsets file of this field (ragged or compressed)."""
+        return self.kind == "ragged" or self.codec is not None
+
+    @property
     def values(self) -> FieldSpec:
-        """The field as its files store it: a ragged field's values file holds rows of one
-        element each (this spec, ``kind`` fixed); a fixed field is its own."""
-        return self if not self.ragged else _values_spec(self.dtype, self.shape)
+        """What the field's values file holds, as a fixed field's rows: a compressed field's
+        holds bytes (its blocks), a ragged field's rows of one element each; a plain fixed
+        field is its own."""
+        if self.codec is not None:
+            return _values_spec(BLOCKS_DTYPE, ())
+        return self if self.kind != "ragged" else _values_spec(self.dtype, self.shape)
+
+    @property
+    def element(self) -> FieldSpec:
+        """What one row (fixed field) or one element (ragged field) is when read: the field
+        without compression (``kind`` fixed)."""
+        return _values_spec(self.dtype, self.shape)
+
+    @property
+    def offsets(self) -> FieldSpec:
+        """What the field's offsets file holds (:attr:`has_offsets` fields): ``rows + 1``
+        int64 values, or pairs of them for a compressed ragged field (element and block
+        ends; spec section 5.7)."""
+        both = self.codec is not None and self.kind == "ragged"
+        return _values_spec(OFFSETS_DTYPE, (2,) if both else ())
 
     @property
     def data_offset(self) -> int:
-        """Where the data starts in every shard file of this field."""
-        return _data_offset(self.dtype, self.shape)
+        """Where the data starts in every values file of this field."""
+        values = self.values
+        return _data_offset(values.dtype, values.shape)
 
 
 @lru_cache(maxsize=256)
@@ -249,14 +317,16 @@ def offsets_path(values_path: str) -> str:
     return values_path.removesuffix(".npy") + OFFSETS_SUFFIX
 
 
-def offsets_record(file: ShardFile, rows: int, *, sealed: bool) -> ShardFile:
-    """The record of the offsets file beside ``file``, a ragged field's values file in a
-    shard of ``rows`` rows, as of any shard file (its checksum, or its prefix checksum)."""
+def offsets_record(file: ShardFile, spec: FieldSpec, rows: int, *, sealed: bool) -> ShardFile:
+    """The record of the offsets file beside ``file``, the values file of field ``spec``
+    (ragged or compressed) in a shard of ``rows`` rows, as of any shard file (its checksum, or
+    its prefix checksum)."""
     prefix = None if sealed else file.offsets_prefix_checksum
+    offsets = spec.offsets
     return ShardFile(
         path=file.offsets_path,
-        data_offset=offsets_spec().data_offset,
-        nbytes=(rows + 1) * offsets_spec().row_bytes,
+        data_offset=offsets.data_offset,
+        nbytes=(rows + 1) * offsets.row_bytes,
         checksum=file.offsets_checksum if sealed else None,
         **({} if prefix is None else {"prefix_checksum": prefix}),
     )
@@ -266,18 +336,14 @@ def shard_files(
     spec: FieldSpec, file: ShardFile, rows: int, *, sealed: bool
 ) -> list[tuple[FieldSpec, ShardFile, int]]:
     """Each file a field has in a shard of ``rows`` rows: ``(what it holds, its record, its
-    leading dimension)``; a ragged field's values file, then its offsets file."""
-    if not spec.ragged:
+    leading dimension)``; a ragged or compressed field's values file, then its offsets
+    file."""
+    if not spec.has_offsets:
         return [(spec, file, rows)]
     return [
-        (spec.values, file, file.nbytes // spec.row_bytes),
-        (offsets_spec(), offsets_record(file, rows, sealed=sealed), rows + 1),
+        (spec.values, file, file.nbytes // spec.values.row_bytes),
+        (spec.offsets, offsets_record(file, spec, rows, sealed=sealed), rows + 1),
     ]
-
-
-def offsets_spec() -> FieldSpec:
-    """What a ragged field's offsets file holds: one int64 per row, plus one."""
-    return _values_spec(OFFSETS_DTYPE, ())
 
 
 class ShardFile(StrictModel):
@@ -479,8 +545,8 @@ def is_newer_version(version: str) -> bool:
 
 def _check_field_keys(manifest: Manifest) -> None:
     """``kind`` and ``codec`` came in format 2.0 (a 1.x manifest must not have them), ragged
-    fields and ``shard_bytes`` in 2.1; ``shard_bytes`` is there exactly when a field is
-    ragged."""
+    fields and ``shard_bytes`` in 2.1, codecs in 2.2; ``shard_bytes`` is there exactly when a
+    field is ragged."""
     version = version_numbers(manifest.version)
     ragged = [name for name, spec in manifest.fields.items() if spec.ragged]
     if version[0] < TABLE_MAJOR:
@@ -491,6 +557,12 @@ def _check_field_keys(manifest: Manifest) -> None:
         raise ValueError(
             f"fields.{ragged[0]}.kind: 'ragged' came in format version 2.1, the manifest "
             f"states {manifest.version}"
+        )
+    compressed = [name for name, spec in manifest.fields.items() if spec.compressed]
+    if compressed and version < CODEC_VERSION:
+        raise ValueError(
+            f"fields.{compressed[0]}.codec: compression came in format version 2.2, the "
+            f"manifest states {manifest.version}"
         )
     if ragged and manifest.shard_bytes is None:
         raise ValueError(f"shard_bytes: required when a field is ragged ({ragged[0]!r} is)")
@@ -546,7 +618,7 @@ def _check_shards(manifest: Manifest) -> None:
             check_file_record(f"{where}.files.{name}", file, spec, shard)
             _check_prefix_checksum(f"{where}.files.{name}", file, shard, has_prefix_checksums)
             paths = {f"{where}.files.{name}.path": file.path}
-            if spec.ragged:  # its offsets file's path is used too, and must be no other's
+            if spec.has_offsets:  # its offsets file's path is used too, and must be no other's
                 paths[f"{where}.files.{name}.path (its offsets file)"] = file.offsets_path
             for key, path in paths.items():
                 if path in seen_paths:
@@ -565,16 +637,16 @@ def check_file_record(where: str, file: ShardFile, spec: FieldSpec, shard: Shard
             f"for dtype {spec.dtype!r} and shape {list(spec.shape)}"
         )
     _check_offsets_keys(where, file, spec, shard)
-    if spec.ragged:
+    if spec.has_offsets:
         if not is_safe_shard_path(file.offsets_path):
             raise ValueError(
                 f"{where}.path {file.path!r}: the path of its offsets file, "
                 f"{file.offsets_path!r}, is not a valid shard path (too long)"
             )
-        if file.nbytes % spec.row_bytes:
+        if file.nbytes % spec.values.row_bytes:
             raise ValueError(
                 f"{where}.nbytes is {file.nbytes}, not a whole number of elements of "
-                f"{spec.row_bytes} bytes"
+                f"{spec.values.row_bytes} bytes"
             )
     elif file.nbytes != shard.rows * spec.row_bytes:
         raise ValueError(
@@ -588,16 +660,17 @@ def check_file_record(where: str, file: ShardFile, spec: FieldSpec, shard: Shard
 
 
 def _check_offsets_keys(where: str, file: ShardFile, spec: FieldSpec, shard: Shard) -> None:
-    """A ragged field's file states its offsets file's checksum (sealed) or prefix checksum
-    (unsealed); a fixed field's states neither."""
+    """A ragged or compressed field's file states its offsets file's checksum (sealed) or
+    prefix checksum (unsealed); a plain fixed field's states neither."""
     wanted = "offsets_checksum" if shard.sealed else "offsets_prefix_checksum"
     for key in ("offsets_checksum", "offsets_prefix_checksum"):
         present = getattr(file, key) is not None
-        if present and (not spec.ragged or key != wanted):
-            what = "a fixed field's file" if not spec.ragged else "this shard's file"
+        if present and (not spec.has_offsets or key != wanted):
+            what = "this shard's file" if spec.has_offsets else "an uncompressed fixed field's file"
             raise ValueError(f"{where}.{key}: not a key of {what}")
-        if not present and spec.ragged and key == wanted:
-            raise ValueError(f"{where}.{key} is missing (the field is ragged)")
+        if not present and spec.has_offsets and key == wanted:
+            why = "ragged" if spec.ragged else "compressed"
+            raise ValueError(f"{where}.{key} is missing (the field is {why})")
 
 
 def _check_prefix_checksum(where: str, file: ShardFile, shard: Shard, expected: bool) -> None:

@@ -25,7 +25,7 @@ import numpy as np
 from .checksum import StreamingChecksum
 from .errors import ChecksumError, ShardDataError
 from .indexing import SegmentTable, project_indices
-from .manifest import FieldSpec, Shard, offsets_record, offsets_spec
+from .manifest import FieldSpec, Shard, offsets_record
 from .mappings import CACHE, SegmentFile, check_shard_file, read_rows, segment_areas
 from .pagecache import advise_ranges, page_aligned_empty
 from .ragged import Allocator, Ragged, allocate, offsets_in_order
@@ -90,10 +90,10 @@ class RaggedLayout:
             files = self._files_of(shard)
         offsets = CACHE.get(files.offsets_key)
         if offsets is None:
-            offsets = CACHE.map(files.offsets_key, self.root, offsets_spec(), (files.offsets,))
+            offsets = CACHE.map(files.offsets_key, self.root, self.spec.offsets, (files.offsets,))
         if offsets is None:  # no room to map: read them
             rows = np.arange(files.offsets.rows)
-            offsets = read_rows(self.root, offsets_spec(), (files.offsets,), rows)
+            offsets = read_rows(self.root, self.spec.offsets, (files.offsets,), rows)
         if shard not in self._checked:
             self._check(shard, self._shards[shard], offsets)
             self._checked.add(shard)
@@ -106,7 +106,8 @@ class RaggedLayout:
         if files is None:
             files = self._files_of(shard)
         if files.values.rows == 0:
-            return np.empty((0, *self.spec.shape), dtype=self.spec.numpy_dtype)
+            stored = self.spec.values
+            return np.empty((0, *stored.shape), dtype=stored.numpy_dtype)
         values = CACHE.get(files.values_key)
         if values is None:
             values = CACHE.map(files.values_key, self.root, self.spec.values, (files.values,))
@@ -121,9 +122,9 @@ class RaggedLayout:
         record = self._shards[shard]
         visible = self._lengths[shard]
         file = record.files[self.name]
-        elements = file.nbytes // self.spec.row_bytes
+        elements = file.nbytes // self.spec.values.row_bytes
         offsets = SegmentFile(
-            file=offsets_record(file, record.rows, sealed=record.sealed),
+            file=offsets_record(file, self.spec, record.rows, sealed=record.sealed),
             manifest_rows=record.rows + 1,
             sealed=record.sealed,
             rows=visible + 1,
@@ -138,7 +139,7 @@ class RaggedLayout:
 
     def _check(self, shard: int, record: Shard, offsets: np.ndarray) -> None:
         file = record.files[self.name]
-        elements = file.nbytes // self.spec.row_bytes
+        elements = file.nbytes // self.spec.values.row_bytes
         full = self._lengths[shard] == record.rows
         end = int(offsets[-1])
         path = f"{self.root}/{file.offsets_path}"

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple, NoReturn
 import numpy as np
 
 from . import manifest as manifest_io
+from .compressedread import CompressedLayout
 from .errors import (
     DatasetChangedError,
     DatasetClosedError,
@@ -204,6 +205,7 @@ class _Snapshot:
     shards: Shards
     layouts: dict[str, _FieldLayout]
     ragged: dict[str, RaggedLayout]
+    compressed: dict[str, CompressedLayout]
 
     @classmethod
     def of(cls, root: str, manifest: Manifest, rows: int, generation: int) -> _Snapshot:
@@ -222,22 +224,25 @@ class _Snapshot:
             return {
                 name: _FieldLayout.of(root, name, spec, shards, lengths, shard_per_segment)
                 for name, spec in manifest.fields.items()
-                if not spec.ragged
+                if not spec.has_offsets
             }
 
-        ragged = {
-            name: RaggedLayout(root, name, spec, shards, lengths)
-            for name, spec in manifest.fields.items()
-            if spec.ragged
-        }
-        areas = sum(layout.memory_areas for layout in ragged.values())
+        ragged: dict[str, RaggedLayout] = {}
+        compressed: dict[str, CompressedLayout] = {}
+        for name, spec in manifest.fields.items():
+            if spec.compressed:
+                layout = CompressedLayout(root, name, spec, shards, lengths)
+                (ragged if spec.ragged else compressed)[name] = layout
+            elif spec.ragged:
+                ragged[name] = RaggedLayout(root, name, spec, shards, lengths)
+        areas = sum(layout.memory_areas for layout in [*ragged.values(), *compressed.values()])
         # Whole runs of shards (slices across them are views) while every field's segments
         # fit in the mapping cache together. If they cannot, reads map and unmap as they go,
         # and a miss should map only the shard it needs, not the run around it.
         layouts = layouts_of(False)
         if areas + sum(layout.memory_areas for layout in layouts.values()) > CACHE.capacity:
             layouts = layouts_of(True)
-        return cls(root, manifest, generation, rows, shards, layouts, ragged)
+        return cls(root, manifest, generation, rows, shards, layouts, ragged, compressed)
 
 
 def _check_readable(root: str, manifest: Manifest) -> None:
@@ -440,7 +445,7 @@ class Dataset:
         """
         self._closed = True
         self._snapshot.shards.table.release()
-        for layout in self._snapshot.ragged.values():
+        for layout in [*self._snapshot.ragged.values(), *self._snapshot.compressed.values()]:
             layout.release()
         root = self.path
         CACHE.evict(lambda key: isinstance(key, tuple) and key[0] == root)
@@ -504,6 +509,8 @@ class Dataset:
         self._check_field(name)
         if name in self._snapshot.ragged:
             return RaggedColumn(self, name)
+        if name in self._snapshot.compressed:
+            return CompressedColumn(self, name)
         return Column(self, name)
 
     def take(
@@ -512,6 +519,7 @@ class Dataset:
         out: Mapping[str, np.ndarray | Allocator] | None = None,
         *,
         fields: list[str] | None = None,
+        threads: int | None = None,
     ) -> dict[str, Any]:
         """Gather rows ``indices`` (any order, repeats and negatives allowed) of every field.
 
@@ -529,6 +537,11 @@ class Dataset:
                 *tail)``, and must return such an array, which becomes the batch's
                 ``values``. Fields without one get a new array.
             fields: the fields to read (default: all).
+            threads: how many threads decompress the blocks of compressed fields (default:
+                :func:`~memshard.compressedread.default_threads`, used for gathers of at
+                least :data:`~memshard.compressedread.PARALLEL_MIN_BLOCKS` blocks and
+                :data:`~memshard.compressedread.PARALLEL_MIN_BYTES` bytes); 1 decompresses
+                in the calling thread.
 
         Raises:
             InvalidIndexError: an index out of range, or ``indices`` not 1-d integers.
@@ -553,10 +566,22 @@ class Dataset:
                         "known only once its offsets are read; give a function "
                         f"(shape, dtype) -> array instead, got {type(empty).__name__}"
                     )
+                ragged = snapshot.ragged[name]
                 try:
-                    result[name] = snapshot.ragged[name].gather(array, empty)
+                    if isinstance(ragged, CompressedLayout):
+                        result[name] = ragged.gather_ragged(array, empty, threads)
+                    else:
+                        result[name] = ragged.gather(array, empty)
                 except Exception as exc:
                     column._raise_typed(exc, array)
+                continue
+            if name in snapshot.compressed:
+                compressed = CompressedColumn(self, name)
+                target = None if out is None else out.get(name)
+                try:
+                    result[name] = compressed._take(array, target, threads)
+                except Exception as exc:
+                    compressed._raise_typed(exc, array)
                 continue
             layout = snapshot.layouts[name]
             pieces = projections.get(id(layout.table))
@@ -597,6 +622,8 @@ class Dataset:
             try:
                 if name in snapshot.ragged:
                     snapshot.ragged[name].advise(array)
+                elif name in snapshot.compressed:
+                    snapshot.compressed[name].advise(array)
                 else:
                     layout = snapshot.layouts[name]
                     column._advise(snapshot, layout, project_indices(array, layout.table))
@@ -1058,6 +1085,50 @@ class RaggedColumn(Column):
         except InvalidIndexError as error:
             return error
         return None
+
+
+class CompressedColumn(Column):
+    """A compressed fixed field (see :mod:`memshard.compressedread`): indexed exactly as a
+    :class:`Column`, but every read is a new array (no zero-copy view of compressed rows),
+    each block it touches decompressed once."""
+
+    __slots__ = ("_layout",)
+
+    def __init__(self, dataset: Dataset, name: str) -> None:
+        super().__init__(dataset, name)
+        self._layout: CompressedLayout = self._snapshot.compressed[name]
+
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes the visible rows take compressed (the frames of their blocks)."""
+        return self._layout.stored_bytes()
+
+    def __repr__(self) -> str:
+        codec = self._spec.codec
+        assert codec is not None
+        return (
+            f"<memshard.Column {self.name!r} shape={self.shape} dtype={self.dtype} "
+            f"codec={codec.name!r}>"
+        )
+
+    def _read(self, key: Any) -> Any:
+        layout = self._layout
+        rows = self._snapshot.rows
+        if type(key) is int:
+            return layout.fixed_row(_in_range(checked_int(key), rows))
+        selection = plan(key, (rows, *self._spec.shape))
+        read = layout.take(_row_indices(selection.rows), None, None)
+        return read[selection.key] if selection.key else read
+
+    def _take(self, indices: np.ndarray, out: Any, threads: int | None) -> np.ndarray:
+        if callable(out):
+            raise OutArrayError(
+                f"{self._where()}: out must be a numpy array for a fixed field, got "
+                f"{type(out).__name__}"
+            )
+        if out is not None:
+            self._check_out(out, indices.size)
+        return self._layout.take(indices, out, threads)
 
 
 def _row_indices(rows: SliceRows | IndexRows) -> np.ndarray:

@@ -14,10 +14,17 @@ from typing import Any
 
 import numpy as np
 
+from .codecs import (
+    DEFAULT_BLOCK_BYTES,
+    MAX_BLOCK_BYTES,
+    MIN_BLOCK_BYTES,
+    codec_parameters,
+    parse_codec,
+)
 from .dtypes import canonical_dtype
 from .errors import SchemaError, UnsupportedDtypeError
 from .layout import check_field_name
-from .manifest import MAX_COUNT, MAX_LABELS, MAX_SAMPLE_NDIM, FieldSpec
+from .manifest import MAX_COUNT, MAX_LABELS, MAX_SAMPLE_NDIM, Codec, FieldSpec
 from .npyheader import DATA_ALIGN, HUGE_PAGE
 from .ragged import NUMBER_KINDS
 
@@ -39,11 +46,19 @@ def field_specs(fields: Mapping[str, Any]) -> dict[str, FieldSpec]:
     of any length along that axis, of fixed shape ``tail`` after it (numbers only: booleans,
     integers, floats, complex).
 
+    A third member, ``(dtype, sample_shape, options)``, compresses the field (fixed or ragged):
+    ``options`` is ``{"codec": name, **params}`` with the codec's parameters (see
+    :mod:`memshard.codecs`; ``"codec": "zstd:9"`` also works), and optionally
+    ``"block_bytes"``, the uncompressed bytes a block of rows aims at
+    (:data:`~memshard.codecs.DEFAULT_BLOCK_BYTES`).
+
     Example:
         >>> field_specs({"x": ("float32", (3, 4)), "y": ("int64", ())})["x"]
         FieldSpec(dtype='<f4', shape=(3, 4))
         >>> field_specs({"tokens": ("int32", (None,))})["tokens"].ragged
         True
+        >>> field_specs({"img": ("uint8", (64, 64), {"codec": "zstd"})})["img"].codec.params
+        {'level': 3}
     """
     if not isinstance(fields, Mapping) or not fields:
         raise SchemaError(
@@ -53,11 +68,18 @@ def field_specs(fields: Mapping[str, Any]) -> dict[str, FieldSpec]:
     for name, definition in fields.items():
         check_field_name(name)
         try:
-            dtype_spec, shape_spec = definition
+            dtype_spec, shape_spec, *rest = definition
+            options = rest.pop() if len(rest) == 1 else None
         except (TypeError, ValueError):
             raise SchemaError(
-                f"field {name!r}: expected (dtype, sample_shape), got {definition!r:.200}"
+                f"field {name!r}: expected (dtype, sample_shape) or (dtype, sample_shape, "
+                f"options), got {definition!r:.200}"
             ) from None
+        if rest:
+            raise SchemaError(
+                f"field {name!r}: expected (dtype, sample_shape) or (dtype, sample_shape, "
+                f"options), got {len(rest) + 3} members"
+            )
         if dtype_spec is None:  # np.dtype(None) would silently mean float64
             raise SchemaError(f"field {name!r}: the dtype is missing (None)")
         dtype = canonical_dtype(dtype_spec, where=f"field {name!r}")
@@ -73,8 +95,43 @@ def field_specs(fields: Mapping[str, Any]) -> dict[str, FieldSpec]:
                 f"field {name!r}: a ragged field holds numbers (booleans, integers, floats, "
                 f"complex), not dtype {dtype}"
             )
-        specs[name] = FieldSpec(dtype=dtype.str, shape=shape, kind="ragged" if ragged else "fixed")
+        codec = None if options is None else field_codec(name, options)
+        specs[name] = FieldSpec(
+            dtype=dtype.str, shape=shape, kind="ragged" if ragged else "fixed", codec=codec
+        )
     return specs
+
+
+def field_codec(name: str, options: Any) -> Codec:
+    """The codec that the options of field ``name`` (``{"codec": ..., **params,
+    "block_bytes": ...}``) ask for.
+
+    Raises:
+        SchemaError: no codec named, an unknown codec or parameter, or a value out of range.
+    """
+    where = f"field {name!r}"
+    if not isinstance(options, Mapping) or "codec" not in options:
+        raise SchemaError(
+            f"{where}: the third member must be a mapping naming a codec, e.g. "
+            f"{{'codec': 'zstd', 'level': 3}}; got {options!r:.100}"
+        )
+    given = dict(options)
+    codec = given.pop("codec")
+    block_bytes = given.pop("block_bytes", DEFAULT_BLOCK_BYTES)
+    if isinstance(codec, str) and ":" in codec:
+        codec, parsed = parse_codec(codec, where=where)
+        given = {**parsed, **given}
+    params = codec_parameters(codec, given, where=where)
+    if (
+        isinstance(block_bytes, bool)
+        or not isinstance(block_bytes, int)
+        or not MIN_BLOCK_BYTES <= block_bytes <= MAX_BLOCK_BYTES
+    ):
+        raise SchemaError(
+            f"{where}: block_bytes must be an integer from {MIN_BLOCK_BYTES} to "
+            f"{MAX_BLOCK_BYTES}, got {block_bytes!r:.40}"
+        )
+    return Codec(name=codec, params=params, block_bytes=block_bytes)
 
 
 def _declares_ragged(shape: Any) -> bool:
@@ -235,9 +292,9 @@ def rows_per_shard(specs: Mapping[str, FieldSpec], shard_bytes: int) -> int:
 
 
 def _bytes_per_row(spec: FieldSpec) -> int:
-    """A fixed field's row, or a ragged field's entry in its offsets file (its values are
-    counted as they come: see :class:`memshard.shardsequence.ShardSequence`)."""
-    return OFFSET_BYTES if spec.ragged else spec.row_bytes
+    """A fixed field's row (uncompressed), or a ragged field's entry in its offsets file (its
+    values are counted as they come: see :class:`memshard.shardsequence.ShardSequence`)."""
+    return spec.offsets.row_bytes if spec.ragged else spec.row_bytes
 
 
 def aligned_rows(specs: Mapping[str, FieldSpec], huge_page: int) -> int:

@@ -25,15 +25,16 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from .blockcodec import BlockCodec
+from .blockwriter import BlockWriter
 from .durable import DeferredSync
-from .manifest import FieldSpec, ShardFile, offsets_path, offsets_record, offsets_spec
+from .manifest import FieldSpec, ShardFile, offsets_path, offsets_record
 from .ragged import Ragged
 from .shardwriter import DescriptorBudget, ShardFileWriter
 
 #: What a writer is given for one field, validated: rows of a fixed field, or a ragged
 #: field's :class:`~memshard.ragged.Ragged` batch (C-contiguous values, offsets from 0).
 Rows = np.ndarray | Ragged
-_OFFSET_BYTES = 8
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,8 @@ class SealedShard:
 @dataclass
 class OpenShard:
     """The shard rows are being appended to: its position ``index``, first row, rows so far;
-    each field's (values) file, and each ragged field's offsets file and elements so far."""
+    each field's (values) file, each ragged or compressed field's offsets file, each
+    uncompressed ragged field's elements so far, and each compressed field's block writer."""
 
     index: int
     row_offset: int
@@ -57,20 +59,38 @@ class OpenShard:
     files: dict[str, ShardFileWriter] = field(default_factory=dict)
     offsets: dict[str, ShardFileWriter] = field(default_factory=dict)
     elements: dict[str, int] = field(default_factory=dict)
+    blocks: dict[str, BlockWriter] = field(default_factory=dict)
 
     def writers(self) -> list[ShardFileWriter]:
         """Every file of the shard."""
         return [*self.files.values(), *self.offsets.values()]
 
+    def stored(self, name: str) -> int:
+        """The leading dimension of field ``name``'s values file so far: rows, elements (a
+        ragged field) or bytes of frames (a compressed field)."""
+        blocks = self.blocks.get(name)
+        if blocks is not None:
+            return blocks.stored
+        return self.elements.get(name, self.rows)
+
     def data_bytes(self, specs: dict[str, FieldSpec]) -> int:
-        """Bytes of data in the shard's files so far."""
+        """Bytes of data in the shard so far, a compressed field's counted uncompressed."""
         total = 0
         for name, spec in specs.items():
             if spec.ragged:
-                total += self.elements[name] * spec.row_bytes + (self.rows + 1) * _OFFSET_BYTES
+                blocks = self.blocks.get(name)
+                elements = blocks.elements if blocks is not None else self.elements[name]
+                total += elements * spec.row_bytes
             else:
                 total += self.rows * spec.row_bytes
+            if spec.has_offsets:
+                total += (self.rows + 1) * spec.offsets.row_bytes
         return total
+
+    def flush_blocks(self) -> None:
+        """Write every compressed field's pending rows as a block."""
+        for blocks in self.blocks.values():
+            blocks.flush()
 
 
 class ShardSequence:
@@ -108,7 +128,14 @@ class ShardSequence:
         if self._ragged and shard_bytes is None:
             raise ValueError("a sequence of shards with ragged fields needs shard_bytes")
         self._shard_bytes = shard_bytes or 0
-        self._fixed_row_bytes = sum(s.row_bytes for s in specs.values() if not s.ragged)
+        self._row_bytes = sum(s.row_bytes for s in specs.values() if not s.ragged) + sum(
+            s.offsets.row_bytes for s in specs.values() if s.has_offsets
+        )
+        self._codecs = {
+            name: BlockCodec.of(spec.codec.name, spec.codec.params, spec.numpy_dtype.itemsize)
+            for name, spec in specs.items()
+            if spec.codec is not None
+        }
         self._file_name = file_name
         self._sealed: list[SealedShard] = []
         self._syncs = DeferredSync()
@@ -130,16 +157,22 @@ class ShardSequence:
         try:
             for name, spec in self._specs.items():
                 file = files[name]
-                count = file.nbytes // spec.row_bytes if spec.ragged else rows
+                count = file.nbytes // spec.values.row_bytes if spec.has_offsets else rows
                 shard.files[name] = ShardFileWriter.reopen(
                     self.root, file, spec.values, count, self._budget
                 )
-                if spec.ragged:
+                if not spec.has_offsets:
+                    continue
+                offsets = shard.offsets[name] = ShardFileWriter.reopen(
+                    self.root, offsets_record(file, spec, rows, sealed=False), spec.offsets,
+                    rows + 1, self._budget,
+                )  # fmt: skip
+                if spec.compressed:
+                    elements = last_element_end(offsets) if spec.ragged else 0
+                    shard.blocks[name] = self._block_writer(name, shard, stored=count)
+                    shard.blocks[name].elements = elements
+                else:
                     shard.elements[name] = count
-                    shard.offsets[name] = ShardFileWriter.reopen(
-                        self.root, offsets_record(file, rows, sealed=False), offsets_spec(),
-                        rows + 1, self._budget,
-                    )  # fmt: skip
         except BaseException:
             _close_all(shard)
             raise
@@ -162,7 +195,9 @@ class ShardSequence:
             for name, rows in arrays.items():
                 if not take:
                     break
-                if isinstance(rows, Ragged):
+                if name in shard.blocks:
+                    shard.blocks[name].write(rows, done, take)
+                elif isinstance(rows, Ragged):
                     self._write_ragged(shard, name, rows, done, take)
                 else:
                     shard.files[name].write(memoryview(rows[done : done + take].data).cast("B"))
@@ -178,7 +213,7 @@ class ShardSequence:
         """How many of the ``most`` rows from ``done`` on fit in the open shard's
         ``shard_bytes`` (one at least, if the shard is empty)."""
         steps = np.arange(1, most + 1, dtype=np.int64)
-        added = steps * (self._fixed_row_bytes + _OFFSET_BYTES * len(self._ragged))
+        added = steps * self._row_bytes
         for name in self._ragged:
             rows = arrays[name]
             assert isinstance(rows, Ragged)
@@ -212,9 +247,10 @@ class ShardSequence:
                 file.close()
                 os.unlink(file.full_path)
             return
+        shard.flush_blocks()
         records = {}
         for name, file in shard.files.items():
-            file.seal(shard.elements.get(name, shard.rows))
+            file.seal(shard.stored(name))
             offsets = shard.offsets.get(name)
             extra = {}
             if offsets is not None:
@@ -243,8 +279,9 @@ class ShardSequence:
         shard = self.open
         if shard is None:
             return None
+        shard.flush_blocks()
         for name, file in shard.files.items():
-            file.write_header(shard.elements.get(name, shard.rows))
+            file.write_header(shard.stored(name))
             file.sync()
         for file in shard.offsets.values():
             file.write_header(shard.rows + 1)
@@ -299,12 +336,16 @@ class ShardSequence:
                     self.root, relpath, spec.values, self._budget
                 )
                 self.created_files = True
-                if spec.ragged:
+                if not spec.has_offsets:
+                    continue
+                offsets = shard.offsets[name] = ShardFileWriter.create(
+                    self.root, offsets_path(relpath), spec.offsets, self._budget
+                )
+                offsets.write(memoryview(np.zeros(spec.offsets.shape or 1, "<i8").data).cast("B"))
+                if spec.compressed:
+                    shard.blocks[name] = self._block_writer(name, shard, stored=0)
+                else:
                     shard.elements[name] = 0
-                    shard.offsets[name] = ShardFileWriter.create(
-                        self.root, offsets_path(relpath), offsets_spec(), self._budget
-                    )
-                    shard.offsets[name].write(memoryview(np.zeros(1, "<i8").data).cast("B"))
         except BaseException:
             for file in shard.writers():
                 file.close()
@@ -317,13 +358,20 @@ class ShardSequence:
 
     def _record(self, name: str, shard: OpenShard, **checksums: Any) -> ShardFile:
         spec = self._specs[name]
-        count = shard.elements.get(name, shard.rows)
         return ShardFile(
             path=shard.files[name].path,
             data_offset=spec.data_offset,
-            nbytes=count * spec.row_bytes,
+            nbytes=shard.stored(name) * spec.values.row_bytes,
             **checksums,
         )
+
+    def _block_writer(self, name: str, shard: OpenShard, *, stored: int) -> BlockWriter:
+        spec = self._specs[name]
+        assert spec.codec is not None
+        return BlockWriter(
+            self._codecs[name], spec.row_bytes, spec.codec.block_bytes, spec.ragged,
+            shard.files[name], shard.offsets[name], stored=stored,
+        )  # fmt: skip
 
 
 _Writer = TypeVar("_Writer", bound="ClosedOnExit")
@@ -349,6 +397,13 @@ class ClosedOnExit:
             self.close()
         else:
             self.abort()
+
+
+def last_element_end(offsets: ShardFileWriter) -> int:
+    """The element end of the last committed row in a compressed ragged field's offsets file
+    (the first of the last pair of int64 values), read from the file."""
+    pair = os.pread(offsets.fileno(), 16, offsets.end - 16)
+    return int(np.frombuffer(pair, dtype="<i8")[0])
 
 
 def _close_all(shard: OpenShard) -> None:

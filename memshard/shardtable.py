@@ -56,8 +56,9 @@ _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
 def record_dtype(fields: int, ragged: int = 0) -> np.dtype[Any]:
-    """The dtype of a record of a dataset with ``fields`` fields of which ``ragged`` are
-    ragged (packed, little-endian); without ragged fields, a format 2.0 record."""
+    """The dtype of a record of a dataset with ``fields`` fields of which ``ragged`` have an
+    offsets file (ragged or compressed; packed, little-endian); without such fields, a format
+    2.0 record."""
     members: list[tuple[Any, ...]] = [
         ("row_offset", "<i8"),
         ("rows", "<i8"),
@@ -75,8 +76,9 @@ def table_dtype(specs: Mapping[str, FieldSpec]) -> np.dtype[Any]:
 
 
 def ragged_fields(specs: Mapping[str, FieldSpec]) -> list[str]:
-    """The names of the ragged fields, in field order (the order of a record's columns)."""
-    return [name for name, spec in specs.items() if spec.ragged]
+    """The names of the fields with an offsets file (ragged or compressed), in field order
+    (the order of the ``elements`` and ``offsets_checksums`` columns of a record)."""
+    return [name for name, spec in specs.items() if spec.has_offsets]
 
 
 def chain_seed(uuid: str) -> int:
@@ -143,7 +145,7 @@ def encode(
         record["checksums"] = [_checksum_value(shard.files[name].checksum) for name in fields]
         if ragged:
             record["elements"] = [
-                shard.files[name].nbytes // specs[name].row_bytes for name in ragged
+                shard.files[name].nbytes // specs[name].values.row_bytes for name in ragged
             ]
             record["offsets_checksums"] = [
                 _checksum_value(shard.files[name].offsets_checksum) for name in ragged
@@ -259,21 +261,21 @@ class ShardTable:
         checksum = _format_checksum(int(record["checksums"][position]))
         ragged = self._ragged.get(name)
         count = int(record["rows"] if ragged is None else record["elements"][ragged])
-        if not 0 <= count * spec.row_bytes <= MAX_COUNT:
+        size = spec.values.row_bytes
+        if not 0 <= count * size <= MAX_COUNT:
             what = "rows" if ragged is None else "elements"
             raise ShardTableError(
-                f"{where}: field {name!r}: {count} {what} of {spec.row_bytes} bytes, not from 0 "
+                f"{where}: field {name!r}: {count} {what} of {size} bytes, not from 0 "
                 f"to {MAX_COUNT} bytes (damaged)"
             )
         if ragged is None:
             return ShardFile(
-                path=path, data_offset=spec.data_offset, nbytes=count * spec.row_bytes,
-                checksum=checksum,
+                path=path, data_offset=spec.data_offset, nbytes=count * size, checksum=checksum,
             )  # fmt: skip
         return ShardFile(
             path=path,
             data_offset=spec.data_offset,
-            nbytes=count * spec.row_bytes,
+            nbytes=count * size,
             checksum=checksum,
             offsets_checksum=_format_checksum(int(record["offsets_checksums"][ragged])),
         )
@@ -310,8 +312,9 @@ class ShardTable:
         return self._columns
 
     def elements(self, name: str) -> np.ndarray:
-        """The element count of ragged field ``name`` in every record (unchecked: for sizes
-        and progress, not for reading)."""
+        """The values file's leading dimension of field ``name`` (ragged: elements;
+        compressed: bytes) in every record (unchecked: for sizes and progress, not for
+        reading)."""
         return np.ascontiguousarray(self._array["elements"][:, self._ragged[name]], np.int64)
 
     def stems(self) -> list[str]:

@@ -251,6 +251,10 @@ class ShardFileWriter:
         self._buffer, self._buffered = bytearray(), 0
         self.release_descriptor()
 
+    def fileno(self) -> int:
+        """A descriptor of the file (reopened if it was released)."""
+        return self._fd()
+
     def _fd(self) -> int:
         if self._handle is None:
             self._handle = OwnedFd.open(self.full_path, os.O_RDWR | _NOFOLLOW)

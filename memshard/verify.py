@@ -20,8 +20,11 @@ import numpy as np
 
 from . import interrupt
 from . import manifest as manifest_io
+from .blockcodec import BlockCodec
+from .blockindex import blocks_of
 from .checksum import READ_CHUNK, StreamingChecksum
 from .errors import (
+    BlockError,
     ChecksumError,
     DatasetNotFoundError,
     ManifestError,
@@ -167,8 +170,10 @@ def verify(
                 interrupt.check()
                 result.files += 1
                 problem = _check_file(root, spec, shard, file, count, buffer, result, report)
-                if problem is None and declared.ragged and file.path != field_file.path:
+                if problem is None and declared.has_offsets and file.path != field_file.path:
                     problem = _check_offsets(root, shard, file, field_file, declared)
+                    if problem is None and declared.compressed:
+                        problem = _check_blocks(root, shard, file, field_file, declared)
                 if problem is not None:
                     result.problems.append(problem)
                 elif _expected_checksum(shard, file) is None:
@@ -200,9 +205,10 @@ def total_bytes(manifest: Manifest, shards: Shards) -> int:
         rows = np.zeros(0, dtype=np.int64)
     sealed = 0
     for name, spec in manifest.fields.items():
-        if spec.ragged:
+        if spec.has_offsets:
             elements = shards.table.elements(name)[: len(rows)]
-            sealed += int(elements.sum()) * spec.row_bytes + (int(rows.sum()) + len(rows)) * 8
+            offsets = (int(rows.sum()) + len(rows)) * spec.offsets.row_bytes
+            sealed += int(elements.sum()) * spec.values.row_bytes + offsets
         else:
             sealed += int(rows.sum()) * spec.row_bytes
     return sealed + sum(
@@ -291,25 +297,83 @@ def _check_file(
 def _check_offsets(
     root: str, shard: Shard, file: ShardFile, values: ShardFile, declared: FieldSpec
 ) -> Problem | None:
-    """A ragged field's offsets, whose checksum matched, must also make sense: from 0, never
-    decreasing, ending at the values' elements (a writer's bug, not a damaged byte)."""
+    """A ragged or compressed field's offsets, whose checksum matched, must also make sense:
+    from 0, never decreasing, ending at the values' elements (a ragged field) or bytes of
+    frames (a compressed one); a compressed ragged field's element ends from 0, never
+    decreasing (a writer's bug, not a damaged byte)."""
     where = os.path.join(root, file.path)
+    offsets = _read_offsets(root, file, declared)
+    if isinstance(offsets, Problem):
+        return offsets
+    stored = values.nbytes // declared.values.row_bytes
+    ends = offsets[:, -1] if offsets.ndim == 2 else offsets
+    what = "bytes of frames" if declared.compressed else "elements"
+    if ends.size != shard.rows + 1 or not offsets_in_order(ends, stored, whole=True):
+        return Problem(
+            where,
+            f"the offsets must start at 0, never decrease and end at the {stored} {what} of "
+            "the values file",
+            ShardDataError,
+        )
+    if offsets.ndim == 2 and not offsets_in_order(offsets[:, 0], int(offsets[-1, 0]), whole=True):
+        return Problem(where, "the element ends must start at 0 and never decrease", ShardDataError)
+    return None
+
+
+def _read_offsets(root: str, file: ShardFile, declared: FieldSpec) -> np.ndarray | Problem:
     fd = open_shard(root, file.path)
     try:
         data = os.pread(fd, file.nbytes, file.data_offset)
     except OSError as exc:
+        where = os.path.join(root, file.path)
         return Problem(where, f"cannot read ({exc.strerror})", ChecksumError)
     finally:
         os.close(fd)
-    offsets = np.frombuffer(data, dtype="<i8")
-    elements = values.nbytes // declared.row_bytes
-    if offsets.size != shard.rows + 1 or not offsets_in_order(offsets, elements, whole=True):
-        return Problem(
-            where,
-            f"the offsets must start at 0, never decrease and end at the {elements} elements "
-            "of the values file",
-            ShardDataError,
-        )
+    return np.frombuffer(data, dtype="<i8").reshape(-1, *declared.offsets.shape)
+
+
+def _check_blocks(
+    root: str, shard: Shard, offsets_file: ShardFile, values: ShardFile, declared: FieldSpec
+) -> Problem | None:
+    """Every block of a compressed field's shard, whose frames matched their checksum, must
+    decompress to exactly its rows' bytes (and hold only 00 and 01 in a bool field)."""
+    assert declared.codec is not None
+    offsets = _read_offsets(root, offsets_file, declared)
+    if isinstance(offsets, Problem):
+        return offsets
+    codec = BlockCodec.of(declared.codec.name, declared.codec.params, declared.numpy_dtype.itemsize)
+    blocks = blocks_of(offsets[:, 1] if offsets.ndim == 2 else offsets)
+    if offsets.ndim == 2:
+        bounds = offsets[:, 0] * declared.row_bytes
+        firsts, stops = bounds[blocks.first_rows], bounds[blocks.stop_rows]
+    else:
+        firsts = blocks.first_rows * declared.row_bytes
+        stops = blocks.stop_rows * declared.row_bytes
+    where = os.path.join(root, values.path)
+    fd = open_shard(root, values.path)
+    try:
+        for block in range(len(blocks.first_rows)):
+            interrupt.check()
+            start, stop = int(blocks.byte_starts[block]), int(blocks.byte_ends[block])
+            frame = os.pread(fd, stop - start, values.data_offset + start)
+            data = np.empty(int(stops[block] - firsts[block]), dtype=np.uint8)
+            first_row = shard.row_offset + int(blocks.first_rows[block])
+            codec.decompress_into(
+                memoryview(frame), data.data, where=f"block {block} (from row {first_row})"
+            )
+            if declared.numpy_dtype.kind == "b" and bool((data > 1).any()):
+                return Problem(
+                    where,
+                    f"block {block} (from row {first_row}) holds a byte other than 00 or 01 in a "
+                    "bool field",
+                    ShardDataError,
+                )
+    except BlockError as exc:
+        return Problem(where, str(exc), BlockError)
+    except OSError as exc:
+        return Problem(where, f"cannot read ({exc.strerror})", ChecksumError)
+    finally:
+        os.close(fd)
     return None
 
 

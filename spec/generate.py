@@ -42,7 +42,6 @@ from memshard.manifest import (
     ShardFile,
     TableRef,
     offsets_path,
-    offsets_spec,
 )
 
 SPEC_DIR = Path(__file__).resolve().parent
@@ -111,6 +110,9 @@ LIMITS: tuple[tuple[ModuleType, str, str], ...] = (
 )
 #: Order of dtype kinds in the dtype table: bool, signed, unsigned, float, complex.
 KIND_ORDER = "biufc"
+
+#: What a ragged field's offsets file holds (int64, rows + 1).
+OFFSETS = FieldSpec(dtype="<i8", shape=())
 
 
 class SpecError(Exception):
@@ -285,7 +287,7 @@ def ragged_data_bytes(start: int, stop: int) -> int:
     for name, spec in RAGGED_FIELDS.items():
         if spec.ragged:
             elements = sum(len(row) for row in RAGGED_VALUES[name][start:stop])
-            total += elements * spec.row_bytes + (stop - start + 1) * offsets_spec().row_bytes
+            total += elements * spec.row_bytes + (stop - start + 1) * OFFSETS.row_bytes
         else:
             total += (stop - start) * spec.row_bytes
     return total
@@ -343,7 +345,7 @@ def ragged_shard(
             arrays = [np.asarray(row, spec.numpy_dtype).reshape((-1, *spec.shape)) for row in rows]
             ends = np.cumsum([0, *(len(array) for array in arrays)])
             files[path], digest = shard_file(spec.values, np.concatenate(arrays))
-            files[offsets_path(path)], offsets = shard_file(offsets_spec(), ends)
+            files[offsets_path(path)], offsets = shard_file(OFFSETS, ends)
             nbytes = int(ends[-1]) * spec.row_bytes
             extra = file_checksums(digest, sealed=sealed, offsets=offsets)
         records[name] = ShardFile(path=path, data_offset=spec.data_offset, nbytes=nbytes, **extra)
@@ -467,7 +469,7 @@ def ragged_layout_tables(example: Example, name: str) -> tuple[str, str]:
     in the example's first shard."""
     file = example.shards[0].files[name]
     offsets = example.files[file.offsets_path]
-    ends = np.frombuffer(offsets[offsets_spec().data_offset :], dtype=offsets_spec().numpy_dtype)
+    ends = np.frombuffer(offsets[OFFSETS.data_offset :], dtype=OFFSETS.numpy_dtype)
     spec = example.manifest.fields[name]
     values = values_rows(spec, example.files[file.path], ends.tolist())
     return layout_markdown(values), layout_markdown(offsets_rows(offsets, ends.tolist()))
@@ -491,7 +493,7 @@ def values_rows(
 def offsets_rows(content: bytes, ends: list[int]) -> list[tuple[int, int, str, str]]:
     """``(offset, size, bytes, meaning)`` for the header of a ragged field's offsets file,
     then for each offset (``ends``): where it starts or ends a row."""
-    spec = offsets_spec()
+    spec = OFFSETS
     rows = header_rows(spec, content)
     last = len(ends) - 1
     for entry, end in enumerate(ends):

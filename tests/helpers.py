@@ -9,6 +9,7 @@ import subprocess
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -22,15 +23,21 @@ def write_dataset(
     *,
     shard_rows: int = 4,
     labels: dict[str, list[str]] | None = None,
+    codecs: dict[str, dict[str, Any]] | None = None,
 ) -> ms.Dataset:
     """Write ``columns`` to a new dataset and open it.
 
     ``sessions`` splits the rows into appender sessions (create, then ``memshard.append``),
     each closed at its end, so the last shard of every session is a partial sealed shard and
-    the shard boundaries are irregular.
+    the shard boundaries are irregular. ``codecs`` compresses fields: name -> the options of
+    a compressed field (``{"codec": "zstd", ...}``).
     """
     rows = len(next(iter(columns.values())))
-    fields = {name: (array.dtype, array.shape[1:]) for name, array in columns.items()}
+    fields: dict[str, tuple[Any, ...]] = {
+        name: (array.dtype, array.shape[1:]) for name, array in columns.items()
+    }
+    for name, options in (codecs or {}).items():
+        fields[name] = (*fields[name], options)
     row_bytes = sum(
         array.dtype.itemsize * int(np.prod(array.shape[1:])) for array in columns.values()
     )

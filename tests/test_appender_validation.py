@@ -171,7 +171,7 @@ BAD_CREATE: list[BadCreate] = [
     named(None),
     defined("float32", says="expected (dtype, sample_shape)"),
     defined(("float32",), says="expected (dtype, sample_shape)"),
-    defined(("float32", (), "C"), says="expected (dtype, sample_shape)"),
+    defined(("float32", (), "C"), says="the third member must be a mapping naming a codec"),
     defined(None, says="expected (dtype, sample_shape)"),
     with_dtype(object),
     with_dtype("O"),

@@ -266,7 +266,7 @@ def test_a_record_whose_file_has_a_prefix_checksum_is_refused(tmp_path):
 def test_a_part_record_states_the_format_version_it_was_written_for(tmp_path):
     path = make(tmp_path / "ds")
     part = part_of(path, 0, 3, key=0)
-    assert part.version == ms.FORMAT_VERSION == "2.1"
+    assert part.version == ms.FORMAT_VERSION == "2.2"
     assert b"prefix_checksum" not in dumps_part(part)
 
 

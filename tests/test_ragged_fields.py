@@ -60,7 +60,7 @@ def test_a_first_axis_of_none_declares_a_ragged_field(tmp_path: Path) -> None:
     assert ds.fields["strokes"] == (np.dtype("int16"), (None, 3))
     assert ds.fields["label"] == (np.dtype("int64"), ())
     manifest = json.loads((tmp_path / "ds" / MANIFEST_NAME).read_text())
-    assert manifest["version"] == "2.1"
+    assert manifest["version"] == "2.2"
     assert manifest["fields"]["tokens"] == {"dtype": "<i4", "shape": [], "kind": "ragged"}
     assert manifest["fields"]["label"] == {"dtype": "<i8", "shape": []}
     assert manifest["shard_bytes"] == 2048
@@ -579,7 +579,7 @@ def _rewritten(path: Path, document: dict[str, Any]) -> None:
         (lambda d: d["shards"][0]["files"]["tokens"].pop("offsets_prefix_checksum"),
          "offsets_prefix_checksum is missing"),
         (lambda d: d["shards"][0]["files"]["label"].update(
-            offsets_prefix_checksum="xxh3_64:0000000000000000"), "not a key of a fixed field"),
+            offsets_prefix_checksum="xxh3_64:0000000000000000"), "not a key of an uncompressed"),
         (lambda d: d["shards"][0]["files"]["tokens"].update(nbytes=6),
          "not a whole number of elements"),
         (lambda d: d.update(labels={"tokens": ["a", "b"]}), "labels need a fixed field"),

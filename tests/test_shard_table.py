@@ -76,7 +76,7 @@ def test_sealed_shards_are_table_records_and_the_manifest_keeps_only_the_open_on
 ) -> None:
     path = make(tmp_path / "ds")
     document = json.loads((path / MANIFEST_NAME).read_text())
-    assert document["version"] == ms.FORMAT_VERSION == "2.1"
+    assert document["version"] == ms.FORMAT_VERSION == "2.2"
     assert document["table"]["records"] == 13
     assert document["table"]["rows"] == 39
     assert [(shard["row_offset"], shard["sealed"]) for shard in document["shards"]] == [(39, False)]

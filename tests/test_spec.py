@@ -249,7 +249,7 @@ def test_library_commits_the_unsealed_shard_of_the_worked_example(tmp_path: Path
     appender.abort()
 
     written = manifest_io.loads((root / "manifest.json").read_bytes(), where="written")
-    assert written.version == manifest_io.FORMAT_VERSION == "2.1"
+    assert written.version == manifest_io.FORMAT_VERSION == "2.2"
     token = written.uuid[:12]
     line = generate.shard_line(written.shards[-1]).replace(token, generate.EXAMPLE_UUID[:12])
     assert generate.block_body(_format_text(), "unsealed-shard") == f"```json\n{line}```\n"

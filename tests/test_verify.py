@@ -336,7 +336,7 @@ def test_writing_to_a_version_1_0_dataset_upgrades_it(tmp_path: Path, how: str) 
         ms.commit_parts(ds.path, [part.close()])
         rows, sealed = ROWS + 2, True
     upgraded = ms.open(ds.path)
-    assert upgraded.manifest.version == manifest_io.FORMAT_VERSION == "2.1"
+    assert upgraded.manifest.version == manifest_io.FORMAT_VERSION == "2.2"
     assert len(upgraded) == rows
     assert upgraded.shards[-1].sealed is sealed
     np.testing.assert_array_equal(upgraded["y"][:], np.arange(rows))
@@ -347,11 +347,11 @@ def test_writing_to_a_version_1_0_dataset_upgrades_it(tmp_path: Path, how: str) 
 def test_a_newer_minor_version_is_read_and_verified_but_never_written(tmp_path: Path) -> None:
     ds = _committed_unsealed(tmp_path / "ds")
     path = Path(ds.path, MANIFEST_NAME)
-    newer = manifest_io.dumps(manifest_io.load(str(path)).model_copy(update={"version": "2.2"}))
+    newer = manifest_io.dumps(manifest_io.load(str(path)).model_copy(update={"version": "2.3"}))
     path.write_bytes(newer)
 
     reader = ms.open(ds.path)
-    assert reader.manifest.version == "2.2"
+    assert reader.manifest.version == "2.3"
     assert reader.verify().ok
     with pytest.raises(UnsupportedVersionError, match="must not rewrite a newer manifest"):
         ms.append(ds.path)
