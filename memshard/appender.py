@@ -84,8 +84,12 @@ def create(
     dataset, leaves it empty.)
 
     Parameters:
-        fields: ``{name: (dtype, sample_shape)}``, e.g. ``{"x": ("float32", (3, 64, 64))}``.
-        shard_bytes: a shard rolls over once its rows reach this many bytes (all fields).
+        fields: ``{name: (dtype, sample_shape)}``, e.g. ``{"x": ("float32", (3, 64, 64))}``;
+            a sample shape ``(None, *tail)`` declares a ragged field, and a third member
+            ``{"codec": "zstd", ...}`` a compressed one (see
+            :func:`memshard.schema.field_specs`).
+        shard_bytes: a shard rolls over once its rows reach this many bytes (all fields,
+            compressed ones counted uncompressed).
         labels: ``{field: [label, ...]}`` vocabularies for integer label fields.
         attrs: JSON-representable user attributes stored in the manifest.
         overwrite: replace an existing memshard dataset at ``path`` (never anything else).
