@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import struct
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,33 +53,40 @@ class BlockCodec:
             return bytes(_numcodecs_lz4(params["acceleration"]).encode(block))
         return bytes(_numcodecs_blosc(self.params, self.itemsize).encode(block))
 
-    def decompress_into(self, frame: memoryview, out: memoryview, *, where: str) -> None:
+    def decompress_into(
+        self, frame: memoryview, out: memoryview, *, where: str | Callable[[], str]
+    ) -> None:
         """Fill ``out`` (writable, contiguous bytes: exactly the block's size) with the block
         ``frame`` holds.
 
         Raises:
             BlockError: the frame claims another size than ``out``'s, ends early, inflates
-                past it, or is not a frame of this codec; ``where`` names the block.
+                past it, or is not a frame of this codec; the message starts with ``where``
+                (or what it returns: it is called only then).
         """
         size = out.nbytes
         try:
             if self.name == "zstd":
-                _zstd_into(frame, out, size, where)
+                _zstd_into(frame, out, size)
             elif self.name == "lz4":
-                _lz4_into(frame, out, size, where, dict(self.params))
+                _lz4_into(frame, out, size, dict(self.params))
             else:
-                _blosc_into(frame, out, size, where, self)
-        except BlockError:
-            raise
+                _blosc_into(frame, out, size, self)
+        except _Refused as exc:
+            raise BlockError(f"{where if isinstance(where, str) else where()}: {exc}") from None
         except Exception as exc:  # the libraries raise their own errors for damaged frames
-            raise BlockError(f"{where}: not a valid {self.name} frame ({exc})") from None
+            place = where if isinstance(where, str) else where()
+            raise BlockError(f"{place}: not a valid {self.name} frame ({exc})") from None
 
 
-def _zstd_into(frame: memoryview, out: memoryview, size: int, where: str) -> None:
-    zstandard = require("zstandard", "compression")
-    claimed = zstandard.frame_content_size(frame)
+class _Refused(Exception):
+    """A frame refused before or after decompressing (the message says why)."""
+
+
+def _zstd_into(frame: memoryview, out: memoryview, size: int) -> None:
+    claimed = _zstandard().frame_content_size(frame)
     if claimed != size:
-        raise BlockError(f"{where}: the zstd frame claims {claimed} bytes, the block has {size}")
+        raise _Refused(f"the zstd frame claims {claimed} bytes, the block has {size}")
     if not size:
         return
     reader = _zstd_decompressor().stream_reader(frame, read_across_frames=False)
@@ -88,36 +95,32 @@ def _zstd_into(frame: memoryview, out: memoryview, size: int, where: str) -> Non
         while filled < size:
             got = reader.readinto(out[filled:])
             if not got:
-                raise BlockError(f"{where}: the zstd frame ends after {filled} of {size} bytes")
+                raise _Refused(f"the zstd frame ends after {filled} of {size} bytes")
             filled += got
         if reader.read(1):
-            raise BlockError(f"{where}: the zstd frame inflates past its {size} bytes")
+            raise _Refused(f"the zstd frame inflates past its {size} bytes")
 
 
-def _lz4_into(
-    frame: memoryview, out: memoryview, size: int, where: str, params: dict[str, Any]
-) -> None:
+def _lz4_into(frame: memoryview, out: memoryview, size: int, params: dict[str, Any]) -> None:
     if len(frame) < _LZ4_SIZE.size:
-        raise BlockError(f"{where}: an lz4 frame of {len(frame)} bytes has no size")
+        raise _Refused(f"an lz4 frame of {len(frame)} bytes has no size")
     (claimed,) = _LZ4_SIZE.unpack_from(frame)
     if claimed != size:
-        raise BlockError(f"{where}: the lz4 frame claims {claimed} bytes, the block has {size}")
+        raise _Refused(f"the lz4 frame claims {claimed} bytes, the block has {size}")
     if not size:  # numcodecs refuses to decode a block of no bytes
         return
     target = np.frombuffer(out, dtype=np.uint8)
     _numcodecs_lz4(params["acceleration"]).decode(frame, out=target)
 
 
-def _blosc_into(
-    frame: memoryview, out: memoryview, size: int, where: str, codec: BlockCodec
-) -> None:
+def _blosc_into(frame: memoryview, out: memoryview, size: int, codec: BlockCodec) -> None:
     if len(frame) < _BLOSC_HEADER.size:
-        raise BlockError(f"{where}: a blosc frame of {len(frame)} bytes has no header")
+        raise _Refused(f"a blosc frame of {len(frame)} bytes has no header")
     _, _, _, _, nbytes, _, cbytes = _BLOSC_HEADER.unpack_from(frame)
     if nbytes != size or cbytes != len(frame):
-        raise BlockError(
-            f"{where}: the blosc frame claims {nbytes} bytes in {cbytes}, the block has "
-            f"{size} in {len(frame)}"
+        raise _Refused(
+            f"the blosc frame claims {nbytes} bytes in {cbytes}, the block has {size} in "
+            f"{len(frame)}"
         )
     if not size:  # numcodecs refuses to decode a block of no bytes
         return
@@ -130,11 +133,20 @@ def _blosc_into(
 _local = threading.local()
 
 
+_modules: dict[str, Any] = {}
+
+
+def _zstandard() -> Any:
+    module = _modules.get("zstandard")
+    if module is None:
+        module = _modules["zstandard"] = require("zstandard", "compression")
+    return module
+
+
 def _zstd_compressor(level: int) -> Any:
     compressors = _local.__dict__.setdefault("zstd_compressors", {})
     if level not in compressors:
-        zstandard = require("zstandard", "compression")
-        compressors[level] = zstandard.ZstdCompressor(
+        compressors[level] = _zstandard().ZstdCompressor(
             level=level, write_content_size=True, write_checksum=True
         )
     return compressors[level]
@@ -142,7 +154,7 @@ def _zstd_compressor(level: int) -> Any:
 
 def _zstd_decompressor() -> Any:
     if not hasattr(_local, "zstd_decompressor"):
-        _local.zstd_decompressor = require("zstandard", "compression").ZstdDecompressor()
+        _local.zstd_decompressor = _zstandard().ZstdDecompressor()
     return _local.zstd_decompressor
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -122,21 +122,24 @@ class CompressedLayout(RaggedLayout):
     ) -> _Task:
         """Block ``block`` of ``shard`` to decompress, its frame and size found now (in the
         calling thread: the mapping cache is not thread-safe)."""
-        start, stop = int(blocks.byte_starts[block]), int(blocks.byte_ends[block])
-        values = self.values(shard)
-        if values is None:
-            frame = self.read_values(shard, start, stop).data.cast("B")
-        else:
-            frame = values[start:stop].data.cast("B")
-        first, end = int(blocks.first_rows[block]), int(blocks.stop_rows[block])
+        frames = self._frames(shard)
+        first, stop = int(blocks.first_rows[block]), int(blocks.stop_rows[block])
         if self.spec.ragged:
             ends = self._element_ends(shard)
-            first_byte, stop_byte = int(ends[first]), int(ends[end])
+            nbytes = (int(ends[stop]) - int(ends[first])) * self.spec.row_bytes
         else:
-            first_byte, stop_byte = first, end
-        nbytes = (stop_byte - first_byte) * self.spec.row_bytes
-        where = (self, shard, block, first, end)
-        return _Task(self.codec, frame, nbytes, where, direct, copies)
+            nbytes = (stop - first) * self.spec.row_bytes
+        frame = frames(int(blocks.byte_starts[block]), int(blocks.byte_ends[block]))
+        return _Task(self.codec, frame, nbytes, (self, shard, block, first, stop), direct, copies)
+
+    def _frames(self, shard: int) -> Callable[[int, int], memoryview]:
+        """``(start, stop) -> the bytes of the values file of shard`` from ``start`` to
+        ``stop``: a view of its mapping, or bytes read when it cannot be mapped now."""
+        values = self.values(shard)
+        if values is None:
+            return lambda start, stop: self.read_values(shard, start, stop).data.cast("B")
+        whole = values.data.cast("B") if values.size else memoryview(b"")
+        return lambda start, stop: whole[start:stop]
 
     def describe(self, shard: int, block: int, first: int, stop: int) -> str:
         """Where block ``block`` of ``shard`` is, for an error message."""
@@ -216,22 +219,37 @@ class CompressedLayout(RaggedLayout):
     def _fixed_tasks(
         self, shard: int, local: np.ndarray, positions: np.ndarray, target: np.ndarray
     ) -> list[_Task]:
+        """The blocks of rows ``local`` of ``shard``, each to decompress once: straight into
+        the output when it is one row asked for once, else into new bytes copied from."""
         blocks = self.blocks(shard)
         local = np.asarray(local)
         of_rows = blocks.of_rows(local)
-        order = np.argsort(of_rows, kind="stable")
-        touched, starts = np.unique(of_rows[order], return_index=True)
+        sizes = (blocks.stop_rows - blocks.first_rows)[of_rows]
+        asked = np.bincount(of_rows, minlength=len(blocks.first_rows))[of_rows]
+        direct = (sizes == 1) & (asked == 1)
+        frames = self._frames(shard)
         size = self.spec.row_bytes
-        tasks = []
-        for block, group in zip(touched.tolist(), np.split(order, starts[1:]), strict=True):
-            rows = blocks.stop_rows[block] - blocks.first_rows[block]
-            wanted = local[group] - blocks.first_rows[block]
-            places = positions[group]
-            if rows == 1 and len(places) == 1:  # straight into its place in the output
-                tasks.append(self._task(shard, block, blocks, direct=target[int(places[0])]))
-            else:
-                copies = list(zip(places.tolist(), (wanted * size).tolist(), strict=True))
-                tasks.append(self._task(shard, block, blocks, copies=(target, size, copies)))
+        tasks = [
+            _Task(
+                self.codec, frames(int(blocks.byte_starts[b]), int(blocks.byte_ends[b])), size,
+                (self, shard, b, int(blocks.first_rows[b]), int(blocks.stop_rows[b])),
+                target[p], None,
+            )
+            for b, p in zip(of_rows[direct].tolist(), positions[direct].tolist(), strict=True)
+        ]  # fmt: skip
+        if direct.all():
+            return tasks
+        rest = ~direct
+        shared = of_rows[rest]
+        order = np.argsort(shared, kind="stable")
+        touched, starts = np.unique(shared[order], return_index=True)
+        wanted = (local[rest] - blocks.first_rows[shared])[order] * size
+        places = positions[rest][order]
+        bounds = [*starts.tolist(), len(order)]
+        for at, block in enumerate(touched.tolist()):
+            group = slice(bounds[at], bounds[at + 1])
+            copies = list(zip(places[group].tolist(), wanted[group].tolist(), strict=True))
+            tasks.append(self._task(shard, block, blocks, copies=(target, size, copies)))
         return tasks
 
     def gather(self, indices: np.ndarray, empty: Allocator | None = None) -> Ragged:
@@ -352,7 +370,7 @@ class _Task:
         if out.nbytes != self.nbytes:  # an out array of the wrong size: never write past it
             raise ValueError(f"a block of {self.nbytes} bytes given {out.nbytes} to fill")
         layout, *place = self.where
-        self.codec.decompress_into(self.frame, out, where=layout.describe(*place))
+        self.codec.decompress_into(self.frame, out, where=lambda: layout.describe(*place))
 
     def __call__(self) -> None:
         if self.direct is not None:
