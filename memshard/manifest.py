@@ -182,8 +182,13 @@ class FieldSpec(StrictModel):
     @field_validator("codec", mode="before")
     @classmethod
     def _known_codec(cls, value: Any) -> Any:
-        named = isinstance(value, dict) and value.get("name") in CODEC_NAMES
-        if value is not None and not named and not isinstance(value, Codec):
+        if isinstance(value, dict) and isinstance(value.get("name"), str):
+            if value["name"] not in CODEC_NAMES:
+                raise ValueError(
+                    f"codec {value['name']!r:.60} is not one this reader knows "
+                    f"({', '.join(CODEC_NAMES)}); it needs a newer memshard"
+                )
+        elif value is not None and not isinstance(value, Codec):
             raise ValueError(
                 f"codec {value!r:.60} is not one this reader knows (an object naming one of "
                 f"{', '.join(CODEC_NAMES)}); it needs a newer memshard"
