@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -36,7 +37,7 @@ def pattern(seed: int, height: int, width: int, channels: int = 3) -> np.ndarray
     return np.stack(planes, axis=-1).astype(np.uint8)
 
 
-def save(path: Path, pixels: np.ndarray, **options: object) -> Path:
+def save(path: Path, pixels: np.ndarray, **options: Any) -> Path:
     """Write ``pixels`` (``(H, W, 3)`` or ``(H, W)``) as the image file ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels).save(path, **options)
@@ -49,7 +50,8 @@ def expected(path: Path, size: tuple[int, int] = SIZE, mode: str = "RGB") -> np.
         if image.format == "JPEG":
             image.draft(mode, size)
         pixels = np.asarray(image.convert(mode).resize(size, Image.Resampling.BILINEAR))
-    return pixels.reshape(size[1], size[0], -1).transpose(2, 0, 1)
+    stored: np.ndarray = pixels.reshape(size[1], size[0], -1).transpose(2, 0, 1)
+    return stored
 
 
 @pytest.fixture
