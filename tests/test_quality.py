@@ -35,7 +35,7 @@ def test_mypy_passes_on_the_package() -> None:
 
 def test_mypy_passes_on_the_tests_and_benchmarks() -> None:
     """benchmarks/ strict as the package; tests/ relaxed (pyproject's ``tests.*`` override)."""
-    result = _run("mypy", "tests", "benchmarks")
+    result = _run("mypy", "tests", "benchmarks", "examples")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
