@@ -549,8 +549,8 @@ def _directory_format(src: str) -> str:
     if _holds_class_folders(src, names):
         return "images"
     raise SourceError(
-        f"{src}: a directory that is neither a zarr store, nor holds .npy or .parquet files, "
-        "nor class folders of images (.jpg, .jpeg, .png)"
+        f"{src}: a directory that is neither a zarr store nor holds .npy or .parquet files "
+        "or class folders of images (.jpg, .jpeg, .png)"
     )
 
 

@@ -329,5 +329,5 @@ def test_cli_detection_takes_the_image_names_the_source_takes(tmp_path: Path) ->
             assert cli.detect_format(str(root)) == "images", name
     (tmp_path / "other" / "class").mkdir(parents=True)
     (tmp_path / "other" / "class" / "a.txt").write_bytes(b"")
-    with pytest.raises(SourceError, match="nor class folders of images"):
+    with pytest.raises(SourceError, match="or class folders of images"):
         cli.detect_format(str(tmp_path / "other"))
