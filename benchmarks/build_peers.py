@@ -434,8 +434,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 out.check(f"{job.name}_{peer}_rows".replace(" ", "_"), result.ok)
                 results.append(result)
         out.add(report_table(results))
-        notes = [f"- {peer}: not measured ({why})" for peer, why in skipped.items()]
-        out.add("\n".join(notes))
+        if skipped:
+            out.add("\n".join(f"- {peer}: not measured ({why})" for peer, why in skipped.items()))
     out.record.update(
         workers=args["workers"],
         jobs={job.name: {"inputs": len(job.inputs), "rows": job.rows} for job in jobs},
