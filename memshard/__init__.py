@@ -5,8 +5,8 @@ attributes and label vocabularies with :func:`edit`; the format is specified in
 ``spec/FORMAT.md``.
 
 This module re-exports the public API. Parallel writers write parts (:func:`write_part`) and
-one process commits them (:func:`commit_parts`). It never imports torch, h5py, zarr, pyarrow or
-dask: those integrations live in their own modules.
+one process commits them (:func:`commit_parts`). It never imports torch, h5py, zarr, pyarrow,
+Pillow or dask: those integrations live in their own modules.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from .appender import Appender, append, create, upgrade
 from .convert import (
     from_arrow,
     from_hdf5,
+    from_image_folder,
     from_numpy,
     from_parquet,
     from_zarr,
@@ -49,6 +50,7 @@ __all__ = [
     "errors",
     "from_arrow",
     "from_hdf5",
+    "from_image_folder",
     "from_numpy",
     "from_parquet",
     "from_zarr",

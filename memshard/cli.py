@@ -129,6 +129,19 @@ def parse_size(text: str) -> int:
     return value
 
 
+def parse_resize(text: str) -> tuple[int, int]:
+    """``(width, height)`` of ``--resize WIDTHxHEIGHT``.
+
+    Example:
+        >>> parse_resize("64x48"), parse_resize("32X32")
+        ((64, 48), (32, 32))
+    """
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if match is None or min(int(match.group(1)), int(match.group(2))) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size WIDTHxHEIGHT (e.g. 64x64)")
+    return int(match.group(1)), int(match.group(2))
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -298,9 +311,11 @@ def _parser() -> argparse.ArgumentParser:
 def _convert_parser(commands: Any) -> None:
     convert = _command(
         commands, "convert",
-        "convert an HDF5 file, a zarr store, .npy or Parquet files into a dataset",
+        "convert an HDF5 file, a zarr store, .npy or Parquet files, or a folder of images into "
+        "a dataset",
         "Convert SRC (an HDF5 file, a zarr store, a .npy file or a directory of .npy files, a "
-        "Parquet file or a directory of .parquet files) "
+        "Parquet file or a directory of .parquet files, or a folder of class folders of JPEG "
+        "and PNG images, with --resize) "
         "into a new memshard dataset DST. DST appears only once complete; an interrupted "
         "conversion is kept in DST.memshard-partial and completed by running the same "
         "command with --resume. Sizes are binary: 256MB and 256MiB both mean 256 x 2^20 "
@@ -310,11 +325,13 @@ def _convert_parser(commands: Any) -> None:
          "memshard convert data.h5 frames --shard-size 64MB --workers 4",
          "memshard convert store.zarr frames --labels y=cat,dog",
          "memshard convert table.parquet frames --field x=pixels --field y=label",
+         "memshard convert photos/ thumbs --resize 64x64 --workers 2",
          "memshard convert data.h5 frames --resume"],
     )  # fmt: skip
     convert.add_argument(
-        "src", metavar="SRC", help="the HDF5 file, zarr store, .npy or Parquet file(s)"
-    )
+        "src", metavar="SRC",
+        help="the HDF5 file, zarr store, .npy or Parquet file(s), or folder of images",
+    )  # fmt: skip
     convert.add_argument("dst", metavar="DST", help="the dataset directory to create")
     convert.add_argument(
         "--field",
@@ -326,8 +343,17 @@ def _convert_parser(commands: Any) -> None:
         "every numeric array with the common row count)",
     )
     convert.add_argument(
-        "--format", choices=("auto", "hdf5", "zarr", "npy", "parquet"), default="auto",
+        "--format", choices=("auto", "hdf5", "zarr", "npy", "parquet", "images"), default="auto",
         help="the kind of SRC (default: judged by its content)",
+    )  # fmt: skip
+    convert.add_argument(
+        "--resize", type=parse_resize, default=None, metavar="WxH",
+        help="a folder of images: resize every image to WIDTHxHEIGHT pixels (needed for one); "
+        "stored channels first, uint8 (C, H, W), in field 'image', the class in 'label'",
+    )  # fmt: skip
+    convert.add_argument(
+        "--mode", choices=("RGB", "L"), default=None,
+        help="a folder of images: RGB (3 channels, the default) or L (grey, 1 channel)",
     )  # fmt: skip
     convert.add_argument(
         "--shard-size", type=parse_size, default=None, metavar="SIZE",
@@ -416,6 +442,12 @@ def _plan(args: argparse.Namespace) -> SourcePlan:
     source_format = args.format if args.format != "auto" else detect_format(args.src)
     fields = dict(args.fields) if args.fields else None
     labels = {name: value.split(",") for name, value in args.labels or []} or None
+    if source_format == "images":
+        return _image_plan(args, fields, labels)
+    if args.resize is not None or args.mode is not None:
+        raise ArgumentError(
+            f"--resize and --mode are for a folder of images; {args.src} is read as {source_format}"
+        )
     if source_format == "hdf5":
         from . import hdf5
 
@@ -433,6 +465,27 @@ def _plan(args: argparse.Namespace) -> SourcePlan:
     return npysource.plan(npy_inputs(args.src, fields), labels=labels)
 
 
+def _image_plan(
+    args: argparse.Namespace, fields: dict[str, str] | None, labels: dict[str, list[str]] | None
+) -> SourcePlan:
+    """The conversion of a folder of images: ``--resize`` is needed, ``--field`` and
+    ``--labels`` have no meaning (the fields are ``image`` and ``label``, the vocabulary the
+    class folders' names)."""
+    if fields is not None or labels is not None:
+        raise ArgumentError(
+            "--field and --labels do not apply to a folder of images: its fields are 'image' "
+            "and 'label', whose vocabulary is the names of the class folders"
+        )
+    if args.resize is None:
+        raise ArgumentError(
+            f"{args.src}: a folder of images needs --resize WIDTHxHEIGHT (e.g. --resize 64x64): "
+            "every row of a field has one shape"
+        )
+    from . import imagefolder
+
+    return imagefolder.plan(args.src, size=args.resize, mode=args.mode or "RGB")
+
+
 def _refuse_a_dataset(src: str) -> None:
     from .layout import MANIFEST_NAME, SHARDS_DIR
 
@@ -446,8 +499,9 @@ def _refuse_a_dataset(src: str) -> None:
 
 
 def detect_format(src: str) -> str:
-    """``"hdf5"``, ``"zarr"``, ``"npy"`` or ``"parquet"`` for the source at ``src``, judged by
-    its content (a directory: by the names of its files).
+    """``"hdf5"``, ``"zarr"``, ``"npy"``, ``"parquet"`` or ``"images"`` for the source at
+    ``src``, judged by its content (a directory: by the names of its files, or of the files
+    in its sub-folders).
 
     Raises:
         SourceError: ``src`` does not exist, is none of them, or is a FIFO, a socket or a
@@ -473,10 +527,12 @@ def detect_format(src: str) -> str:
 
 
 def _directory_format(src: str) -> str:
-    """``"npy"`` or ``"parquet"``: the kind of files the directory ``src`` holds.
+    """``"npy"`` or ``"parquet"``: the kind of files the directory ``src`` holds; or
+    ``"images"`` if it holds neither and one of its sub-folders holds an image file.
 
     Raises:
-        SourceError: it holds neither, or both (``--format`` says which to take).
+        SourceError: it holds none of them, or both ``.npy`` and ``.parquet`` files
+            (``--format`` says which to take).
     """
     names = os.listdir(src)
     kinds = [
@@ -490,9 +546,28 @@ def _directory_format(src: str) -> str:
         raise SourceError(
             f"{src}: holds both .npy and .parquet files; pass --format npy or --format parquet"
         )
+    if _holds_class_folders(src, names):
+        return "images"
     raise SourceError(
-        f"{src}: a directory that is neither a zarr store nor holds .npy or .parquet files"
+        f"{src}: a directory that is neither a zarr store nor holds .npy or .parquet files "
+        "or class folders of images (.jpg, .jpeg, .png)"
     )
+
+
+#: Images named the way :mod:`memshard.imagefolder` takes them (it alone imports Pillow).
+_IMAGE_NAME = re.compile(r"(?i)^[^.].*\.(jpe?g|png)$")
+
+
+def _holds_class_folders(src: str, names: list[str]) -> bool:
+    """Whether a sub-folder of ``src`` (not hidden) holds an image file at its top."""
+    for name in sorted(names):
+        folder = os.path.join(src, name)
+        if name.startswith(".") or not os.path.isdir(folder):
+            continue
+        with os.scandir(folder) as entries:
+            if any(_IMAGE_NAME.match(entry.name) for entry in entries):
+                return True
+    return False
 
 
 def _has_hdf5_user_block(handle: Any) -> bool:

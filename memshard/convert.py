@@ -1,4 +1,5 @@
-"""Converting from HDF5, zarr, NumPy, Arrow and Parquet into memshard, and back.
+"""Converting from HDF5, zarr, NumPy, Arrow, Parquet and image folders into memshard, and
+back.
 
 A conversion builds the dataset under a staging name, ``DST.memshard-partial``, and renames
 it to ``DST`` once every row is committed, so ``DST`` appears whole or not at all
@@ -279,6 +280,56 @@ def from_parquet(
     from . import arrow
 
     plan = arrow.plan_parquet(src, fields, labels=labels)
+    return convert(plan, dst, shard_bytes=shard_bytes, workers=workers, attrs=attrs,
+                   resume=resume, overwrite=overwrite, progress=progress)  # fmt: skip
+
+
+def from_image_folder(
+    src: PathLike,
+    dst: PathLike,
+    *,
+    size: int | Sequence[int],
+    mode: str = "RGB",
+    shard_bytes: int | None = None,
+    workers: int = 1,
+    attrs: Mapping[str, Any] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> Dataset:
+    """Convert a folder of class folders of JPEG and PNG images into memshard (needs the
+    ``images`` extra, Pillow).
+
+    The dataset has a field ``image``, ``uint8`` of shape ``(C, height, width)`` (channels
+    first; ``C`` is 3 for ``mode="RGB"``, 1 for ``"L"``), each file decoded, converted to
+    ``mode`` and resized to exactly ``size`` (an int for a square, or ``(width, height)`` as
+    Pillow gives sizes); and a field ``label``, ``int64``, whose vocabulary is the sorted
+    names of the class folders. Rows are in class order, then path order
+    (:mod:`memshard.imagefolder` says which files are taken). With ``workers > 1`` each
+    worker process decodes the images of whole shards: a folder whose images fill fewer
+    shards than there are workers keeps some idle, so pass a smaller ``shard_bytes`` for a
+    small folder. A resume checks that the folder lists the same files in the same classes
+    (not their content: a damaged file replaced by a good copy lets it continue). See
+    :func:`from_hdf5` for the other parameters.
+
+    ``from_image_folder("photos", "ds", size=(64, 48))`` of a folder of 1,000 images in
+    ``photos/cat`` and ``photos/dog`` gives ``ds["image"].shape == (1000, 3, 48, 64)`` and
+    ``ds.labels["label"] == ("cat", "dog")`` (``docs/converting.md`` runs an example).
+
+    Raises:
+        ArgumentError: ``size`` is not one or two ints, or ``mode`` is not ``"RGB"`` or
+            ``"L"``.
+        SourceError: ``src`` is not a folder of class folders holding images; nothing is
+            written.
+        ImageDecodeError: an image cannot be decoded (damaged, truncated, not an image); the
+            message names the file, and the rows committed before it are kept for a resume.
+        MissingDependencyError: Pillow is not installed.
+        DatasetExistsError, ConversionStateError, DatasetLockedError: as for :func:`from_hdf5`.
+        ConversionFailedError, KeyboardInterrupt: as for :func:`from_hdf5`.
+    """
+    from . import imagefolder
+
+    plan = imagefolder.plan(src, size=size, mode=mode)
     return convert(plan, dst, shard_bytes=shard_bytes, workers=workers, attrs=attrs,
                    resume=resume, overwrite=overwrite, progress=progress)  # fmt: skip
 

@@ -178,6 +178,11 @@ class UnsupportedSourceError(SourceError):
     object, reference or scalar data."""
 
 
+class ImageDecodeError(SourceError):
+    """An image of an image folder cannot be decoded: damaged, truncated, not an image, or
+    gone; the message names the file."""
+
+
 class ConversionStateError(MemshardError, RuntimeError):
     """An interrupted conversion is in the way, or does not match the one asked to resume."""
 

@@ -35,14 +35,14 @@ def test_mypy_passes_on_the_package() -> None:
 
 def test_mypy_passes_on_the_tests_and_benchmarks() -> None:
     """benchmarks/ strict as the package; tests/ relaxed (pyproject's ``tests.*`` override)."""
-    result = _run("mypy", "tests", "benchmarks")
+    result = _run("mypy", "tests", "benchmarks", "examples")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_public_api_never_imports_optional_integrations() -> None:
     code = (
         "import sys, memshard; "
-        "heavy = {'torch', 'h5py', 'zarr', 'dask', 'pyarrow'} & set(sys.modules); "
+        "heavy = {'torch', 'h5py', 'zarr', 'dask', 'pyarrow', 'PIL'} & set(sys.modules); "
         "assert not heavy, heavy"
     )
     result = subprocess.run(
@@ -54,7 +54,7 @@ def test_public_api_never_imports_optional_integrations() -> None:
 def test_command_line_starts_without_optional_integrations() -> None:
     code = (
         "import sys, memshard.cli; "
-        "heavy = {'torch', 'h5py', 'zarr', 'dask', 'pyarrow', 'tqdm'} & set(sys.modules); "
+        "heavy = {'torch', 'h5py', 'zarr', 'dask', 'pyarrow', 'PIL', 'tqdm'} & set(sys.modules); "
         "assert not heavy, heavy"
     )
     result = subprocess.run(
@@ -65,11 +65,17 @@ def test_command_line_starts_without_optional_integrations() -> None:
 
 @pytest.mark.parametrize(
     ("dependency", "owner"),
-    [("h5py", "hdf5.py"), ("zarr", "zarr.py"), ("torch", "torch.py"), ("pyarrow", "arrow.py")],
+    [
+        ("h5py", "hdf5.py"),
+        ("zarr", "zarr.py"),
+        ("torch", "torch.py"),
+        ("pyarrow", "arrow.py"),
+        ("PIL", "imagefolder.py"),
+    ],
 )
 def test_each_integration_is_imported_by_its_own_module_only(dependency: str, owner: str) -> None:
     importing = re.compile(
-        rf"^\s*(import {dependency}\b|from {dependency}\b|.*require\(\"{dependency}\")", re.M
+        rf"^\s*(import {dependency}\b|from {dependency}\b|.*require\(\"{dependency}[\".])", re.M
     )
     package = REPO / "memshard"
     users = {
