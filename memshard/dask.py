@@ -350,9 +350,10 @@ class ClusterTasks:
         """``(tag, result)`` of a task that has completed (blocks until one has; of several,
         the one of the smallest tag).
 
+        A task's own exception is raised here, and ``distributed``'s ``KilledWorker`` when
+        its workers were lost too often.
+
         Raises:
-            the task's own exception, or ``distributed``'s ``KilledWorker`` when its workers
-            were lost too often.
             KeyboardInterrupt: Ctrl-C was pressed (checked every :data:`POLL_SECONDS`).
         """
         while True:
