@@ -5,14 +5,16 @@ attributes and label vocabularies with :func:`edit`; the format is specified in
 ``spec/FORMAT.md``.
 
 This module re-exports the public API. Parallel writers write parts (:func:`write_part`) and
-one process commits them (:func:`commit_parts`). It never imports torch, h5py, zarr, pyarrow,
-Pillow or dask: those integrations live in their own modules.
+one process commits them (:func:`commit_parts`); :func:`build` runs a function of yours on
+raw inputs in parallel and writes what it returns. It never imports torch, h5py, zarr,
+pyarrow, Pillow or dask: those integrations live in their own modules.
 """
 
 from __future__ import annotations
 
 from . import errors
 from .appender import Appender, append, create, upgrade
+from .building import BuildReport, build
 from .convert import (
     from_arrow,
     from_hdf5,
@@ -36,6 +38,7 @@ __all__ = [
     "DEFAULT_SHARD_BYTES",
     "FORMAT_VERSION",
     "Appender",
+    "BuildReport",
     "Column",
     "Dataset",
     "FieldInfo",
@@ -43,6 +46,7 @@ __all__ = [
     "Part",
     "PartWriter",
     "append",
+    "build",
     "commit_parts",
     "create",
     "discard_parts",

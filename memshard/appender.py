@@ -536,13 +536,13 @@ class Appender(ClosedOnExit):
             WriteFailedError: as for :meth:`commit`.
         """
         self._check_usable()
-        unknown = set(changes) - {"attrs", "labels"}
-        if unknown:
-            raise ArgumentError(f"{self.path}: only attrs and labels can be edited, not {unknown}")
+        _check_metadata_keys(self.path, changes)
         self._metadata = dict(changes)
         self._guarded(self._commit)
 
-    def adopt_shards(self, shards: Sequence[Shard]) -> None:
+    def adopt_shards(
+        self, shards: Sequence[Shard], *, metadata: Mapping[str, Any] | None = None
+    ) -> None:
         """Commit sealed shards written elsewhere, after the rows appended so far.
 
         For writers that build whole shards in other processes (conversion workers, parts):
@@ -550,13 +550,16 @@ class Appender(ClosedOnExit):
         holding its rows, and those files must already be durable (``fsync``-ed). The files
         are checked (size and header) before the commit that publishes them. The open shard,
         if any, is sealed first and committed with them, with every row appended so far.
+        ``metadata``, validated as :meth:`commit_metadata` takes it, is committed with them.
 
         Raises:
-            ArgumentError: a record does not follow on.
+            ArgumentError: a record does not follow on, or ``metadata`` names a key other
+                than ``attrs`` and ``labels``.
             ShardMissingError, ShardSizeError, ShardHeaderError: a file does not match.
             WriteFailedError: the commit failed (see :meth:`commit`).
         """
         self._check_usable()
+        _check_metadata_keys(self.path, metadata or {})
         self._guarded(self._seal_open_shard)  # the adopted shards follow it, so it is sealed
         self._collect_sealed()
         rows = self.rows
@@ -580,6 +583,7 @@ class Appender(ClosedOnExit):
         self._shards.rows = rows
         self._shards.next_index = self._sealed_committed_count + len(self._pending)
         self._adopted_files = True
+        self._metadata = dict(metadata or {})
         self._guarded(self._commit)
 
     def close(self) -> None:
@@ -779,6 +783,12 @@ class Appender(ClosedOnExit):
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+
+
+def _check_metadata_keys(root: str, changes: Mapping[str, Any]) -> None:
+    unknown = set(changes) - {"attrs", "labels"}
+    if unknown:
+        raise ArgumentError(f"{root}: only attrs and labels can be edited, not {unknown}")
 
 
 def _check_prefix_checksums(root: str, record: Shard, opened: OpenShard) -> None:

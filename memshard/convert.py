@@ -27,7 +27,7 @@ import numpy as np
 from . import interrupt
 from . import manifest as manifest_io
 from .appender import Appender, append, create, is_memshard_dataset
-from .convertjob import CONVERT_GROUP, Failed, Progress, ShardJob, part_rows_for, write_shard
+from .convertjob import CONVERT_GROUP, ConvertWork, ShardJob, part_rows_for, write_shard
 from .errors import (
     ArgumentError,
     ConversionFailedError,
@@ -38,33 +38,30 @@ from .errors import (
     SmallShardWarning,
 )
 from .layout import MANIFEST_NAME
+from .layout import STAGING_SUFFIX as STAGING_SUFFIX
+from .layout import staging_path as staging_path
 from .manifest import Manifest
-from .parts import Part, PartTarget, commit_parts, discard_parts
+from .ordercommit import COMMIT_BYTES as COMMIT_BYTES
+from .ordercommit import COMMIT_GROWTH as COMMIT_GROWTH
+from .ordercommit import OrderedCommit
+from .parts import Part, PartTarget, discard_parts
 from .progress import format_bytes, progress_bar
 from .reader import Dataset
 from .reader import open as open_dataset
-from .schema import DEFAULT_SHARD_BYTES, json_attrs, rows_per_shard
+from .schema import DEFAULT_SHARD_BYTES, json_attrs, shard_size_mismatch
 from .sources import (
     SourcePlan,
 )
+from .workerjob import MAX_WORKERS as MAX_WORKERS
+from .workerjob import Failed, Progress
 
-#: Suffix of the directory a conversion to ``DST`` builds before renaming it to ``DST``.
-STAGING_SUFFIX = ".memshard-partial"
 #: Manifest attribute recording where a converted dataset came from.
 SOURCE_ATTR = "memshard.source"
-#: Most worker processes or threads a conversion starts.
-MAX_WORKERS = 256
 #: A conversion into shards smaller than this (data of all fields, when there is more than
 #: one shard) warns (:class:`~memshard.errors.SmallShardWarning`): every shard costs a file
 #: per field with a 4 KiB header, and a commit, so tiny shards spend more on those than on
 #: data (``--shard-size 1k`` with 48 KiB rows: one row per shard, tens of thousands of files).
 MIN_SHARD_BYTES = 1 << 20
-#: Finished shards are committed once they hold this many bytes of data ...
-COMMIT_BYTES = 64 << 20
-#: ... or once they number at least 1/COMMIT_GROWTH of the shards committed so far. Every
-#: commit rewrites the whole manifest, so committing each of N tiny shards costs time
-#: quadratic in N; batches that grow with the dataset keep the total linear.
-COMMIT_GROWTH = 16
 
 PathLike = str | os.PathLike[str]
 
@@ -400,11 +397,6 @@ def _as_dataset(dataset: Dataset | PathLike) -> Dataset:
 # -- the conversion ----------------------------------------------------------------------------
 
 
-def staging_path(dst: PathLike) -> str:
-    """Where a conversion to ``dst`` builds the dataset before renaming it to ``dst``."""
-    return os.path.abspath(os.fspath(dst)) + STAGING_SUFFIX
-
-
 @interrupt.deferring
 def convert(
     plan: SourcePlan,
@@ -495,7 +487,7 @@ def _not_finished_here(plan: SourcePlan, root: str, shard_bytes: int | None) -> 
         return f"holds {manifest.rows} rows, the source {plan.rows}"
     if not all(shard.sealed for shard in manifest.shards):
         return "holds an unsealed shard, which a conversion never leaves"
-    return _shard_size_mismatch(manifest, shard_bytes)
+    return shard_size_mismatch(manifest, shard_bytes)
 
 
 def _check_workers(workers: int) -> int:
@@ -612,7 +604,7 @@ def _check_resumable(
     may fill."""
     manifest = appender.manifest
     rows = record["rows"]
-    mismatch = _source_mismatch(manifest, record, labels) or _shard_size_mismatch(
+    mismatch = _source_mismatch(manifest, record, labels) or shard_size_mismatch(
         manifest, shard_bytes
     )
     if mismatch is not None:
@@ -637,32 +629,6 @@ def _whole_parts(appender: Appender, rows: int) -> bool:
     _, sizes = appender.shards.columns()
     short = np.flatnonzero(sizes != manifest.shard_rows).tolist()
     return not short or (manifest.rows == rows and short == [len(sizes) - 1])
-
-
-def _shard_size_mismatch(manifest: Manifest, shard_bytes: int | None) -> str | None:
-    """How the shards of ``manifest`` differ from those ``shard_bytes`` asks for, as a clause;
-    ``None`` if they do not, or if no size is asked for."""
-    if shard_bytes is None:
-        return None
-    if manifest.shard_bytes is not None:  # ragged fields: shards roll on their data size
-        if manifest.shard_bytes == shard_bytes:
-            return None
-        return (
-            f"writes shards of up to {format_bytes(manifest.shard_bytes)} "
-            f"(shard_bytes={manifest.shard_bytes}), but shard_bytes={shard_bytes} asks for "
-            f"{format_bytes(shard_bytes)}; leave shard_bytes out to keep the size of the "
-            "first run"
-        )
-    asked = rows_per_shard(manifest.fields, shard_bytes)
-    if asked == manifest.shard_rows:
-        return None
-    row_bytes = sum(spec.row_bytes for spec in manifest.fields.values())
-    return (
-        f"writes shards of {manifest.shard_rows:,} rows "
-        f"({format_bytes(manifest.shard_rows * row_bytes)}), but shard_bytes={shard_bytes} "
-        f"asks for {asked:,} rows ({format_bytes(asked * row_bytes)}); leave shard_bytes out "
-        "to keep the size of the first run"
-    )
 
 
 def _source_mismatch(
@@ -714,43 +680,6 @@ def _fields_mismatch(recorded: Any, now: dict[str, Any]) -> str | None:
     return None
 
 
-class _OrderedCommit:
-    """Commits finished parts in row order, holding back those that finish early.
-
-    Parts that are ready are committed together once they hold :data:`COMMIT_BYTES` of data
-    (``part_bytes`` each, an estimate with ragged fields) or number a sixteenth
-    (:data:`COMMIT_GROWTH`) of the shards committed so far, and by :meth:`flush` at the end:
-    a commit rewrites the whole manifest, so one per tiny shard would make a conversion of
-    many shards slow down as it goes.
-    """
-
-    def __init__(self, appender: Appender, first_index: int, part_bytes: int) -> None:
-        self._appender = appender
-        self._next = first_index
-        self._part_bytes = part_bytes
-        self._waiting: dict[int, Part] = {}
-        self._ready: list[Part] = []
-
-    def finished(self, index: int, part: Part) -> None:
-        """Take part ``index``; commit the parts ready, if enough are."""
-        self._waiting[index] = part
-        while self._next in self._waiting:
-            self._ready.append(self._waiting.pop(self._next))
-            self._next += 1
-        committed = len(self._appender.shards)
-        if (
-            len(self._ready) * self._part_bytes >= COMMIT_BYTES
-            or len(self._ready) * COMMIT_GROWTH >= committed
-        ):
-            self.flush()
-
-    def flush(self) -> None:
-        """Commit every part ready."""
-        ready, self._ready = self._ready, []
-        if ready:
-            commit_parts(self._appender, ready, order="given")
-
-
 def _write_rows(plan: SourcePlan, appender: Appender, workers: int, progress: bool | None) -> None:
     manifest = appender.manifest
     target = PartTarget(
@@ -771,7 +700,7 @@ def _write_rows(plan: SourcePlan, appender: Appender, workers: int, progress: bo
     # (_check_resumable), so that part k is shard k.
     parts = job.parts(manifest.rows, plan.rows)
     row_bytes = sum(source.row_bytes for source in plan.fields.values())
-    committer = _OrderedCommit(appender, parts[0][0] if parts else 0, job.part_rows * row_bytes)
+    committer = OrderedCommit(appender, parts[0][0] if parts else 0, job.part_rows * row_bytes)
     description = os.path.basename(plan.location) or plan.kind
     with progress_bar(plan.rows * row_bytes, desc=description, enabled=progress) as bar:
         bar.update(manifest.rows * row_bytes)
@@ -792,7 +721,7 @@ def _write_in_process(
     plan: SourcePlan,
     job: ShardJob,
     parts: list[PartRange],
-    committer: _OrderedCommit,
+    committer: OrderedCommit,
     report: Callable[[int], Any],
 ) -> None:
     reader = plan.opener()
@@ -807,7 +736,7 @@ def _write_with_threads(
     plan: SourcePlan,
     job: ShardJob,
     parts: list[PartRange],
-    committer: _OrderedCommit,
+    committer: OrderedCommit,
     workers: int,
     report: Callable[[int], Any],
 ) -> None:
@@ -824,10 +753,11 @@ def _write_with_threads(
 
 
 def _write_with_processes(
-    plan: SourcePlan, job: ShardJob, parts: list[PartRange], committer: _OrderedCommit,
+    plan: SourcePlan, job: ShardJob, parts: list[PartRange], committer: OrderedCommit,
     workers: int, bar: Any,
 ) -> None:  # fmt: skip
     """Two parts in flight per worker process; results are committed in row order."""
+    # Imported here: the package never imports the module a worker runs (python -m).
     from .workers import WorkerProcesses
 
     unsent = list(parts)
@@ -840,18 +770,19 @@ def _write_with_processes(
             unsent.pop()
             in_flight += 1
 
-    with WorkerProcesses(min(workers, len(parts)), plan.opener, job, not bar.disable) as pool:
+    work = ConvertWork(plan.opener, job)
+    with WorkerProcesses(min(workers, len(parts)), work, not bar.disable) as pool:
         for connection in pool.connections:
             give(pool, connection)
             give(pool, connection)
         for connection, message in pool.messages():
             if isinstance(message, Progress):
-                bar.update(message.nbytes)
+                bar.update(message.count)
                 continue
             if isinstance(message, Failed):
                 raise message.error
             in_flight -= 1
-            committer.finished(message.index, message.part)
+            committer.finished(message.index, message.result)
             give(pool, connection)
             if in_flight == 0 and not unsent:
                 return
@@ -860,7 +791,7 @@ def _write_with_processes(
 def _run_ordered(
     parts: Iterable[PartRange],
     submit: Callable[[PartRange], futures.Future[Part]],
-    committer: _OrderedCommit,
+    committer: OrderedCommit,
     workers: int,
 ) -> None:
     """Keep ``2 * workers`` parts in flight and commit them in order as they finish."""

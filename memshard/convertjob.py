@@ -5,15 +5,15 @@ source rows of one part in bounded blocks and writes them as one part, which the
 commits in row order (``spec/CONVERSION.md``). A part is one shard of ``shard_rows`` rows; in
 a dataset with ragged fields, whose shards roll on their data size, it is the rows whose data
 is estimated to fill most of one shard (:func:`part_rows_for`), and the part writer rolls to
-another shard if they hold more. A worker process reports back with the typed messages at the
-end of this module.
+another shard if they hold more. A worker process runs a :class:`ConvertWork`
+(:mod:`memshard.workerjob`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Union
+from typing import Any
 
 import numpy as np
 
@@ -163,31 +163,35 @@ def _nbytes(rows: np.ndarray | Ragged) -> int:
     return int(rows.nbytes)
 
 
-# -- what a worker process reports (memshard.workers) --------------------------------------
+# -- what a worker process runs (memshard.workers) ------------------------------------------
 
 
 @dataclass(frozen=True)
-class Progress:
-    """A worker read and wrote ``nbytes`` more bytes of its shard."""
+class ConvertWork:
+    """A conversion as a worker process holds it (:class:`memshard.workerjob.Work`): the
+    source's opener and the job; its tasks are ``(index, start, stop)``, see
+    :meth:`ShardJob.parts`."""
 
-    nbytes: int
+    opener: Callable[[], SourceReader]
+    job: ShardJob
 
-
-@dataclass(frozen=True)
-class Done:
-    """A worker finished shard ``index`` as the part ``part`` (not yet committed)."""
-
-    index: int
-    part: Part
-
-
-@dataclass(frozen=True)
-class Failed:
-    """A worker failed on shard ``index`` (-1: opening the source) with ``error``; it exits."""
-
-    index: int
-    error: Exception
+    def open(self) -> ShardWriting:
+        """Open the source in this process."""
+        return ShardWriting(self.job, self.opener())
 
 
-#: What a worker sends its parent.
-Message = Union[Progress, Done, Failed]  # noqa: UP007 - a runtime alias on Python 3.10
+class ShardWriting:
+    """Writes the parts a worker process is given from its open source."""
+
+    def __init__(self, job: ShardJob, reader: SourceReader) -> None:
+        self._job = job
+        self._reader = reader
+
+    def run(self, task: tuple[Any, ...], report: Callable[[int], None] | None) -> Part:
+        """Write part ``task = (index, start, stop)``; see :func:`write_shard`."""
+        index, start, stop = task
+        return write_shard(self._job, self._reader, index, start, stop, report)
+
+    def close(self) -> None:
+        """Close the source."""
+        self._reader.close()

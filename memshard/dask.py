@@ -9,6 +9,8 @@ The only module of memshard that imports dask (``pip install "memshard[dask]"``)
   active (a ``dask.distributed`` cluster, typically): every block of rows becomes a part
   (:mod:`memshard.parts`) written where the block was computed, and the parts are committed in
   block order in one atomic commit, so the result never depends on which worker finished first.
+- :class:`ClusterTasks` runs the parts of :func:`memshard.build` on a ``dask.distributed``
+  client, a bounded number at a time.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
+from . import interrupt
 from .appender import Appender, append, create
 from .dependencies import require
 from .errors import (
@@ -43,7 +46,11 @@ from .schema import DEFAULT_SHARD_BYTES, field_specs
 da = require("dask.array", "dask")
 dask = require("dask", "dask")
 
-__all__ = ["from_dask", "to_dask"]
+__all__ = ["ClusterTasks", "append_dask", "from_dask", "to_dask"]
+
+#: Seconds a wait for tasks on a cluster lasts before it looks for a Ctrl-C (a wait on
+#: futures cannot be woken by a signal).
+POLL_SECONDS = 0.2
 
 
 def to_dask(dataset: Dataset | str | os.PathLike[str], field: str) -> Any:
@@ -175,12 +182,12 @@ def append_dask(arrays: Mapping[str, Any], path: str | os.PathLike[str]) -> Data
 def _write_and_commit(appender: Appender, blocks: dict[str, list[Any]]) -> None:
     """Write every block as a part on the workers and commit them in block order."""
     job = f"dask{secrets.token_hex(4)}"
-    running = _start_job(appender.path, job)
+    running = start_job(appender.path, job)
     try:
         parts = _write_parts(PartTarget.of(appender.path), job, blocks)
         commit_parts(appender, parts, order="key")
     finally:
-        _end_job(appender, running, job)
+        end_job(appender, running, job)
 
 
 def _row_blocks(arrays: Mapping[str, Any], root: str) -> dict[str, list[Any]]:
@@ -286,7 +293,7 @@ def write_block(target: PartTarget, job: str, index: int, names: list[str], *arr
     """Write one block of rows, ``{names[i]: arrays[i]}``, as part ``index`` of ``job`` (runs
     on a worker) and return the part's record."""
     with write_part(target, key=index, group=job) as part:
-        # Checked while the part's lock is held: see _end_job.
+        # Checked while the part's lock is held: see end_job.
         if not os.path.exists(os.path.join(target.root, PARTS_DIR, f"{job}.running")):
             raise ConversionFailedError(
                 f"{target.root}: job {job} has ended; block {index} is not written"
@@ -295,7 +302,7 @@ def write_block(target: PartTarget, job: str, index: int, names: list[str], *arr
     return part.close()
 
 
-def _start_job(root: str, job: str) -> str:
+def start_job(root: str, job: str) -> str:
     """Mark ``job`` as running: its blocks write parts only while ``parts/JOB.running`` exists."""
     parts = os.path.join(root, PARTS_DIR)
     os.makedirs(parts, exist_ok=True)
@@ -304,7 +311,7 @@ def _start_job(root: str, job: str) -> str:
     return running
 
 
-def _end_job(appender: Appender, running: str, job: str) -> None:
+def end_job(appender: Appender, running: str, job: str) -> None:
     """Stop ``job`` and delete every part of it that was not committed.
 
     Blocks of a failed job may still be running on the workers (a scheduler cannot stop a
@@ -314,3 +321,55 @@ def _end_job(appender: Appender, running: str, job: str) -> None:
     """
     os.unlink(running)
     discard_parts(appender, group=job, wait=True)
+
+
+class ClusterTasks:
+    """Tasks submitted to a ``dask.distributed`` client; their results as they complete.
+
+    A task whose worker is lost is run again by the scheduler elsewhere (up to its
+    ``distributed.scheduler.allowed-failures``); then the lost attempt's part has no record,
+    or one that is never committed, and is discarded at the end.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._distributed = require("distributed", "dask")
+        self._futures: dict[Any, int] = {}
+
+    @property
+    def threads(self) -> int:
+        """The threads of the cluster's workers: how many tasks run at once."""
+        return max(1, int(sum(self._client.nthreads().values())))
+
+    def submit(self, tag: int, function: Callable[..., Any], *args: Any) -> None:
+        """Run ``function(*args)`` on a worker; :meth:`next_done` gives its result with
+        ``tag``."""
+        self._futures[self._client.submit(function, *args, pure=False)] = tag
+
+    def next_done(self) -> tuple[int, Any]:
+        """``(tag, result)`` of a task that has completed (blocks until one has; of several,
+        the one of the smallest tag).
+
+        A task's own exception is raised here, and ``distributed``'s ``KilledWorker`` when
+        its workers were lost too often.
+
+        Raises:
+            KeyboardInterrupt: Ctrl-C was pressed (checked every :data:`POLL_SECONDS`).
+        """
+        while True:
+            interrupt.check()
+            try:
+                done = self._distributed.wait(
+                    list(self._futures), timeout=POLL_SECONDS, return_when="FIRST_COMPLETED"
+                ).done
+            except TimeoutError:
+                continue
+            future = min(done, key=self._futures.__getitem__)
+            tag = self._futures.pop(future)
+            return tag, future.result()
+
+    def cancel(self) -> None:
+        """Cancel every task not yet taken (running ones run on: a scheduler cannot stop
+        them)."""
+        futures, self._futures = list(self._futures), {}
+        self._client.cancel(futures)

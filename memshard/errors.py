@@ -251,3 +251,52 @@ class BlockError(InvalidDatasetError):
     """A block of a compressed field that is not what its offsets say: a damaged frame, one
     that claims or inflates to another size than its rows' (a decompression bomb), or one that
     ends early."""
+
+
+class BuildError(MemshardError, RuntimeError):
+    """:func:`memshard.build` failed: a worker process died (killed, out of memory) or a Dask
+    worker was lost too often. The inputs committed so far are kept: the same call with
+    ``resume=True`` continues."""
+
+
+class BuildInputError(BuildError):
+    """The build's function failed on one input (``on_error="raise"``). The message names
+    the input (its index and ``repr``) and holds the traceback from the process that ran it;
+    nothing of that input was committed.
+
+    Attributes:
+        index: the input's index in ``inputs``.
+        input_repr: the input's ``repr`` (shortened).
+        traceback: the traceback text, from the process that ran the function.
+    """
+
+    def __init__(
+        self, message: str, *, index: int = -1, input_repr: str = "", traceback: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.index = index
+        self.input_repr = input_repr
+        self.traceback = traceback
+
+
+class BuildRowError(BuildInputError, BatchError):
+    """What the build's function returned for one input does not match the fields: a row of
+    another shape or dtype, a missing or extra field, a mapping that is neither one row nor a
+    batch, or no mapping at all. The message names the input and the field."""
+
+
+class BuildFieldsError(BuildError, ValueError):
+    """The fields of a build cannot be inferred from the function's first output: it is a
+    mapping that could be one row or a batch, its rows disagree, or no input gave a row.
+    Declare them with ``fields=``."""
+
+
+class BuildPicklingError(BuildError, TypeError):
+    """The build's function, or an input, cannot be sent to a worker process: it cannot be
+    pickled (a lambda, a local function, an open file), or a worker cannot load it (a
+    function defined in an interactive session). The message names what."""
+
+
+class BuildStateError(BuildError):
+    """An interrupted build is in the way (without ``resume``), or it is not the build asked
+    to resume: another function, other inputs, other fields or another part size."""

@@ -35,12 +35,20 @@ SHARDS_DIR = "shards"
 MANIFEST_TEMP_PREFIX = ".manifest.json.tmp-"
 #: The directory holding part records and part locks (spec/PARTS.md).
 PARTS_DIR = "parts"
+#: Suffix of the directory a conversion or a build to ``DST`` writes before renaming it to
+#: ``DST`` (spec/CONVERSION.md).
+STAGING_SUFFIX = ".memshard-partial"
 #: Longest field name; names appear in file names, so they are short and portable.
 MAX_FIELD_NAME = 64
 FIELD_NAME_PATTERN = re.compile(rf"[A-Za-z_][A-Za-z0-9_\-]{{0,{MAX_FIELD_NAME - 1}}}")
 #: A shard path in the manifest: one plain file name inside ``shards/``. No separators other
 #: than the first ``/``, no ``..``, no backslash or NUL, no absolute path.
 SHARD_PATH_PATTERN = re.compile(r"shards/[A-Za-z0-9_][A-Za-z0-9_.\-]{0,250}\.npy")
+
+
+def staging_path(dst: str | os.PathLike[str]) -> str:
+    """Where a conversion or a build to ``dst`` writes the dataset before renaming it."""
+    return os.path.abspath(os.fspath(dst)) + STAGING_SUFFIX
 
 
 def not_found(root: str) -> DatasetNotFoundError:

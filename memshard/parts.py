@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, Union
 
 from .appender import Appender, append
@@ -50,6 +50,7 @@ from .partrecord import (
     new_part_id,
 )
 from .partwriter import PartTarget, PartWriter, write_part
+from .schema import json_attrs
 
 __all__ = [
     "DEFAULT_GROUP",
@@ -80,6 +81,7 @@ def commit_parts(
     *,
     order: Order = "key",
     verify: bool = False,
+    attrs: Mapping[str, Any] | None = None,
 ) -> dict[str, range]:
     """Append finished parts to the dataset in one atomic commit.
 
@@ -95,6 +97,8 @@ def commit_parts(
             commit, so it waits for no one and fails if an appender holds it.
         parts: :class:`Part` records (from :meth:`PartWriter.close`) or part ids.
         verify: also read every file back and compare it with its checksum.
+        attrs: new attributes of the dataset, replacing the old ones whole, in the same
+            commit (a job records there which of its parts are committed).
 
     Returns:
         For each part id, in commit order, the rows it now occupies.
@@ -104,19 +108,25 @@ def commit_parts(
         PartCommittedError: a part was committed already.
         PartError: a damaged record, a record of another dataset or schema, a part given twice,
             keys that cannot be ordered, or a :class:`Part` that differs from its record.
+        SchemaError: ``attrs`` that are not JSON.
         ShardMissingError, ShardSizeError, ShardHeaderError, ChecksumError: a part's file does
             not match its record.
         DatasetLockedError: another appender holds the dataset.
         WriteFailedError: the commit failed; the dataset is as before.
     """
+    metadata = None if attrs is None else {"attrs": json_attrs(attrs)}
     if isinstance(dataset, Appender):
-        return _commit(dataset, list(parts), order, verify)
+        return _commit(dataset, list(parts), order, verify, metadata)
     with append(dataset) as appender:
-        return _commit(appender, list(parts), order, verify)
+        return _commit(appender, list(parts), order, verify, metadata)
 
 
 def _commit(
-    appender: Appender, given: Sequence[Part | str], order: Order, verify: bool
+    appender: Appender,
+    given: Sequence[Part | str],
+    order: Order,
+    verify: bool,
+    metadata: dict[str, Any] | None,
 ) -> dict[str, range]:
     root = appender.path
     ids = [_part_id(part) for part in given]
@@ -139,7 +149,7 @@ def _commit(
             shards.append(Shard(row_offset=row, rows=shard.rows, sealed=True, files=shard.files))
             row += shard.rows
         ranges[record.id] = range(start, row)
-    appender.adopt_shards(shards)
+    appender.adopt_shards(shards, metadata=metadata)
     for part_id in ranges:  # committed: the records have served (a leftover one is harmless)
         with contextlib.suppress(OSError):
             os.unlink(os.path.join(root, PARTS_DIR, f"{part_id}.json"))

@@ -76,10 +76,12 @@ class Bar:
         """Whether nothing is drawn."""
         return bool(self._bar.disable)
 
-    def update(self, count: int) -> None:
-        """Count ``count`` more units done; raise ``KeyboardInterrupt`` if Ctrl-C was pressed
-        (see :mod:`memshard.interrupt`)."""
+    def update(self, count: int, rows: int = 0) -> None:
+        """Count ``count`` more units done (and ``rows`` more rows, on a bar that counts
+        them); raise ``KeyboardInterrupt`` if Ctrl-C was pressed (see
+        :mod:`memshard.interrupt`)."""
         interrupt.check()
+        self._bar.memshard_rows += rows
         self._bar.update(count)
 
     def __enter__(self) -> Bar:
@@ -89,14 +91,28 @@ class Bar:
         self._bar.close()
 
 
-def progress_bar(total: int, *, desc: str, enabled: bool | None, unit: str = "B") -> Bar:
-    """A context-managed bar counting to ``total`` (bytes by default); call ``update(n)``.
+def progress_bar(
+    total: int,
+    *,
+    desc: str,
+    enabled: bool | None,
+    unit: str = "B",
+    initial: int = 0,
+    rows: bool = False,
+) -> Bar:
+    """A context-managed bar counting to ``total`` (bytes by default) from ``initial`` (done
+    before, e.g. by an interrupted run); call ``update(n)``.
 
-    Drawn as ``desc: 42%|####      | 1.1 GiB/2.5 GiB [00:03<00:04, 350.2 MiB/s]``.
+    Drawn as ``desc: 42%|####      | 1.1 GiB/2.5 GiB [00:03<00:04, 350.2 MiB/s]``; with
+    ``rows``, the bar also counts rows (``update(n, rows=r)``) and their rate, as in
+    ``build: 42%|####      | 420/1,000 inputs [00:03<00:04, 140 inputs/s] 5,230 rows, 1,743
+    rows/s``.
     """
     from tqdm import tqdm
 
     class _Tqdm(tqdm):  # type: ignore[misc]
+        memshard_rows = 0
+
         @property
         def format_dict(self) -> dict[str, Any]:
             values: dict[str, Any] = super().format_dict
@@ -106,14 +122,19 @@ def progress_bar(total: int, *, desc: str, enabled: bool | None, unit: str = "B"
             if not rate and values.get("elapsed"):
                 rate = (done - (values.get("initial") or 0)) / values["elapsed"]
             values["speed"] = "?" if not rate else format_rate(rate, 1.0, unit)
+            values["rows"] = ""
+            if rows:
+                rows_rate = format_rate(self.memshard_rows, values.get("elapsed") or 0, "rows")
+                values["rows"] = f" {self.memshard_rows:,} rows, {rows_rate}"
             return values
 
     return Bar(
         _Tqdm(
             total=total,
+            initial=initial,
             desc=desc,
             unit=unit,
-            bar_format="{l_bar}{bar}| {done}/{size} [{elapsed}<{remaining}, {speed}]",
+            bar_format="{l_bar}{bar}| {done}/{size} [{elapsed}<{remaining}, {speed}]{rows}",
             disable=not is_enabled(enabled),
             file=sys.stderr,
             dynamic_ncols=True,

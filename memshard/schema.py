@@ -24,8 +24,9 @@ from .codecs import (
 from .dtypes import canonical_dtype
 from .errors import SchemaError, UnsupportedDtypeError
 from .layout import check_field_name
-from .manifest import MAX_COUNT, MAX_LABELS, MAX_SAMPLE_NDIM, Codec, FieldSpec
+from .manifest import MAX_COUNT, MAX_LABELS, MAX_SAMPLE_NDIM, Codec, FieldSpec, Manifest
 from .npyheader import DATA_ALIGN, HUGE_PAGE
+from .progress import format_bytes
 from .ragged import NUMBER_KINDS
 
 #: A shard rolls over once its rows reach this many bytes (all fields together).
@@ -289,6 +290,32 @@ def rows_per_shard(specs: Mapping[str, FieldSpec], shard_bytes: int) -> int:
         if rows >= unit:
             return rows // unit * unit
     return rows
+
+
+def shard_size_mismatch(manifest: Manifest, shard_bytes: int | None) -> str | None:
+    """How the shards of ``manifest`` differ from those ``shard_bytes`` asks for, as a clause;
+    ``None`` if they do not, or if no size is asked for."""
+    if shard_bytes is None:
+        return None
+    if manifest.shard_bytes is not None:  # ragged fields: shards roll on their data size
+        if manifest.shard_bytes == shard_bytes:
+            return None
+        return (
+            f"writes shards of up to {format_bytes(manifest.shard_bytes)} "
+            f"(shard_bytes={manifest.shard_bytes}), but shard_bytes={shard_bytes} asks for "
+            f"{format_bytes(shard_bytes)}; leave shard_bytes out to keep the size of the "
+            "first run"
+        )
+    asked = rows_per_shard(manifest.fields, shard_bytes)
+    if asked == manifest.shard_rows:
+        return None
+    row_bytes = sum(spec.row_bytes for spec in manifest.fields.values())
+    return (
+        f"writes shards of {manifest.shard_rows:,} rows "
+        f"({format_bytes(manifest.shard_rows * row_bytes)}), but shard_bytes={shard_bytes} "
+        f"asks for {asked:,} rows ({format_bytes(asked * row_bytes)}); leave shard_bytes out "
+        "to keep the size of the first run"
+    )
 
 
 def _bytes_per_row(spec: FieldSpec) -> int:

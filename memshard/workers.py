@@ -1,20 +1,26 @@
-"""Worker processes for conversion: fresh interpreters that open the source themselves.
+"""Worker processes for conversions and builds: fresh interpreters that open their work
+themselves.
 
 Each worker is ``python -m memshard.workers FD PARENT_PID``, started with :mod:`subprocess`
 rather than :mod:`multiprocessing`: it shares no state with the parent (no inherited HDF5
-handle, no library lock held by a parent thread at ``fork`` time) and, unlike ``spawn``, never
+handle, no library lock held by a parent thread at ``fork`` time). A conversion's worker never
 re-imports the caller's ``__main__`` script, so a conversion works from any script, notebook
-or stdin.
+or stdin. A build's worker is prepared as a ``spawn`` child of :mod:`multiprocessing` is
+(:func:`memshard.workerjob.spawn_preparation`): the parent's ``sys.path`` and working
+directory and, only when the build's function lives in the caller's ``__main__`` script,
+that script, imported under the name ``__mp_main__`` (so its ``if __name__ == "__main__":``
+block does not run).
 
 The parent and a worker exchange pickled messages over a socket pair
 (:class:`multiprocessing.connection.Connection`):
 
-- parent -> worker: ``(opener, job, with_progress)`` once, then ``(index, start, stop)`` per
-  shard, then ``None`` to finish;
-- worker -> parent: :class:`~memshard.convertjob.Progress`, :class:`~memshard.convertjob.Done`
-  (a shard's part record) or :class:`~memshard.convertjob.Failed` (after which the worker
-  exits); they live in :mod:`memshard.convertjob`, not here, because a worker runs this module
-  as ``__main__``, whose classes the parent could not unpickle.
+- parent -> worker: the preparation (a dict, or ``None``), then ``(work, with_progress)``
+  once (a :class:`~memshard.workerjob.Work`), then one task per message (a tuple whose
+  first item is its index), then ``None`` to finish;
+- worker -> parent: :class:`~memshard.workerjob.Progress`, :class:`~memshard.workerjob.Done`
+  (a task's result) or :class:`~memshard.workerjob.Failed` (after which the worker exits);
+  they live in :mod:`memshard.workerjob`, not here, because a worker runs this module as
+  ``__main__``, whose classes the parent could not unpickle.
 
 A worker never outlives the converting process: a parent killed with SIGKILL cannot stop its
 workers, and one left running would go on writing parts into the staging dataset while a
@@ -27,18 +33,20 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import multiprocessing.spawn
 import os
+import pickle
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from . import interrupt
-from .convertjob import Done, Failed, Message, Progress, write_shard
 from .errors import ConversionFailedError
+from .workerjob import WORKER_MODULE, Done, Failed, Message, Progress, Work
 
 #: Seconds a worker told to finish may take to exit before it is killed.
 EXIT_TIMEOUT = 10
@@ -47,15 +55,30 @@ PR_SET_PDEATHSIG = 1
 
 
 class WorkerProcesses:
-    """``count`` worker processes, each holding an open source; a context manager."""
+    """``count`` worker processes, each holding its opened ``work``; a context manager.
 
-    def __init__(self, count: int, opener: Callable[[], Any], job: Any, progress: bool) -> None:
+    ``preparation`` (see :func:`spawn_preparation`) is applied in each worker before
+    ``work`` is unpickled there; ``name`` says what the workers do, in the error that
+    reports one dead.
+    """
+
+    def __init__(
+        self,
+        count: int,
+        work: Work,
+        progress: bool,
+        *,
+        preparation: dict[str, Any] | None = None,
+        name: str = "conversion",
+    ) -> None:
+        self._name = name
         self._workers: list[tuple[subprocess.Popen[bytes], Connection]] = []
         try:
             for _ in range(count):
                 self._workers.append(_start_worker())
             for _, connection in self._workers:
-                connection.send((opener, job, progress))
+                connection.send(preparation)
+                connection.send((work, progress))
         except BaseException:
             self.close()
             raise
@@ -65,8 +88,8 @@ class WorkerProcesses:
         """One connection per worker, in start order."""
         return [connection for _, connection in self._workers]
 
-    def send(self, connection: Connection, task: tuple[int, int, int]) -> bool:
-        """Give the worker behind ``connection`` one shard to write; ``False`` if it has gone
+    def send(self, connection: Connection, task: tuple[Any, ...]) -> bool:
+        """Give the worker behind ``connection`` one task; ``False`` if it has gone
         (its failure report or end of file is then still to be read from :meth:`messages`)."""
         try:
             connection.send(task)
@@ -102,8 +125,8 @@ class WorkerProcesses:
             if candidate is connection:
                 code = process.wait()
                 how = f"signal {-code}" if code < 0 else f"exit status {code}"
-                return f"conversion worker {process.pid} died ({how})"
-        return "a conversion worker died"
+                return f"{self._name} worker {process.pid} died ({how})"
+        return f"a {self._name} worker died"
 
     def close(self) -> None:
         """Tell every worker to finish, then make sure each has."""
@@ -150,7 +173,7 @@ def _start_worker() -> tuple[subprocess.Popen[bytes], Connection]:
     environment["PYTHONPATH"] = os.pathsep.join(
         [package_parent, *filter(None, [environment.get("PYTHONPATH")])]
     )
-    command = [sys.executable, "-m", "memshard.workers", str(child_end.fileno()), str(os.getpid())]
+    command = [sys.executable, "-m", WORKER_MODULE, str(child_end.fileno()), str(os.getpid())]
     try:
         with _sigint_blocked():
             process = subprocess.Popen(
@@ -201,33 +224,42 @@ def die_with_parent(parent: int) -> None:
 
 
 def serve(connection: Connection, parent: int) -> None:
-    """The worker's loop: open the source, write shards until told to stop or until
-    ``parent`` (the converter) has gone."""
-    opener, job, progress = connection.recv()
-    report = (lambda nbytes: connection.send(Progress(nbytes))) if progress else None
+    """The worker's loop: prepare, open the work, run tasks until told to stop or until
+    ``parent`` has gone."""
+    # What cannot be loaded or opened here is reported; a closed connection (EOFError,
+    # OSError) is the parent's end, and ends the worker quietly.
+    preparation = connection.recv()
     try:
-        reader = opener()
-    except Exception as exc:  # the source cannot be opened here: report it, not a bare exit
+        if preparation is not None:
+            multiprocessing.spawn.prepare(preparation)
+    except Exception as exc:
         _send_failure(connection, -1, exc)
         return
+    received = connection.recv_bytes()
+    try:
+        work, progress = pickle.loads(received)
+        runner = work.open()
+    except Exception as exc:
+        _send_failure(connection, -1, exc)
+        return
+    report = (lambda count, rows=0: connection.send(Progress(count, rows))) if progress else None
     try:
         while (task := connection.recv()) is not None and os.getppid() == parent:
-            index, start, stop = task
             try:
-                record = write_shard(job, reader, index, start, stop, report)
+                result = runner.run(task, report)
             except Exception as exc:
-                _send_failure(connection, index, exc)
+                _send_failure(connection, task[0], exc)
                 return
-            connection.send(Done(index, record))
+            connection.send(Done(task[0], result))
     finally:
-        reader.close()
+        runner.close()
 
 
 def _send_failure(connection: Connection, index: int, exc: Exception) -> None:
     try:
         connection.send(Failed(index, exc))
     except Exception:  # an exception that does not pickle: send its text
-        message = f"shard {index}: {type(exc).__name__}: {exc}"
+        message = f"task {index}: {type(exc).__name__}: {exc}"
         connection.send(Failed(index, ConversionFailedError(message)))
 
 

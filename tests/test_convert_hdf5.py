@@ -21,8 +21,8 @@ import pytest
 
 import memshard as ms
 import memshard.appender as ms_appender
-import memshard.convert as ms_convert
 import memshard.hdf5 as ms_hdf5
+import memshard.ordercommit as ms_ordercommit
 import memshard.sources as ms_sources
 import memshard.workers as ms_workers
 from memshard.convert import SOURCE_ATTR, convert
@@ -1332,7 +1332,7 @@ def test_a_worker_of_a_killed_run_dying_during_the_resume_leaves_nothing(
     try:
         assert stray.stdout is not None
         assert stray.stdout.readline() == "writing\n"
-        finished = ms_convert._OrderedCommit.finished
+        finished = ms_ordercommit.OrderedCommit.finished
 
         def stray_dies_then_finished(self: Any, index: int, record: Any) -> None:
             if stray.poll() is None:
@@ -1340,7 +1340,7 @@ def test_a_worker_of_a_killed_run_dying_during_the_resume_leaves_nothing(
                 stray.wait()
             finished(self, index, record)
 
-        monkeypatch.setattr(ms_convert._OrderedCommit, "finished", stray_dies_then_finished)
+        monkeypatch.setattr(ms_ordercommit.OrderedCommit, "finished", stray_dies_then_finished)
         ds = ms.from_hdf5(src, dst, shard_bytes=shard_bytes, resume=True)
     finally:
         if stray.poll() is None:
@@ -1389,14 +1389,14 @@ def test_worker_failing_after_reporting_a_shard(
         processes.append(process)
         return process, connection
 
-    finished = ms_convert._OrderedCommit.finished
+    finished = ms_ordercommit.OrderedCommit.finished
 
     def slow_finished(self: Any, index: int, record: Any) -> None:
         processes[0].wait()  # worker 0 has reported shard 0, failed on shard 1 and exited
         finished(self, index, record)
 
     monkeypatch.setattr(ms_workers, "_start_worker", start)
-    monkeypatch.setattr(ms_convert._OrderedCommit, "finished", slow_finished)
+    monkeypatch.setattr(ms_ordercommit.OrderedCommit, "finished", slow_finished)
     plan = with_stop(ms_hdf5.plan(src, None), 100, how, until=200)
     expected = ConversionFailedError if how == "kill" else OSError
     with pytest.raises(expected, match=r"signal 9|test read error"):

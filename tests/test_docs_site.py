@@ -30,6 +30,7 @@ EXPECTED_PAGES = [
     "reading/index.html",
     "pytorch/index.html",
     "converting/index.html",
+    "build/index.html",
     "scaling-out/index.html",
     "multinode/index.html",
     "reliability/index.html",
