@@ -22,6 +22,7 @@ from .convert import (
     from_numpy,
     from_parquet,
     from_zarr,
+    recompress,
     to_hdf5,
     to_zarr,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "from_parquet",
     "from_zarr",
     "open",
+    "recompress",
     "to_hdf5",
     "to_zarr",
     "upgrade",

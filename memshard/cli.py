@@ -1,5 +1,5 @@
-"""The ``memshard`` command (also ``python -m memshard``): convert, info, verify, head, ls,
-attrs, labels, demo.
+"""The ``memshard`` command (also ``python -m memshard``): convert, recompress, info, verify,
+head, ls, attrs, labels, demo.
 
 Exit status: 0 on success, 1 when ``verify`` finds a damaged file (or an unexpected failure),
 2 for a user error (bad arguments, a missing or invalid source or dataset), reported as one
@@ -63,6 +63,7 @@ PYTHON_TO_FLAGS = (
     (re.compile(r"\bshard_bytes=(\d+)"), r"--shard-size \1"),
     (re.compile(r"\bshard_bytes\b"), "--shard-size"),
     (re.compile(r"\bworkers=(\d+)"), r"--workers \1"),
+    (re.compile(r"\bthe codecs of the first run\b"), "the --codec flags of the first run"),
 )
 
 
@@ -185,6 +186,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"memshard {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _convert_parser(commands)
+    _recompress_parser(commands)
 
     info = _command(
         commands, "info", "describe a dataset: fields, rows, shards, labels, attrs",
@@ -326,6 +328,8 @@ def _convert_parser(commands: Any) -> None:
          "memshard convert store.zarr frames --labels y=cat,dog",
          "memshard convert table.parquet frames --field x=pixels --field y=label",
          "memshard convert photos/ thumbs --resize 64x64 --workers 2",
+         "memshard convert data.h5 frames --codec zstd:3",
+         "memshard convert data.h5 frames --codec x=blosc:lz4:5 --codec y=none",
          "memshard convert data.h5 frames --resume"],
     )  # fmt: skip
     convert.add_argument(
@@ -364,6 +368,7 @@ def _convert_parser(commands: Any) -> None:
         "--workers", type=_positive_int, default=1, metavar="N",
         help="processes reading the source in parallel (default 1)",
     )  # fmt: skip
+    _codec_argument(convert, "the others uncompressed")
     convert.add_argument(
         "--labels", action="append", type=_assignment, metavar="FIELD=A,B,...",
         help="label vocabulary of an integer field (repeat per field)",
@@ -386,6 +391,79 @@ def _convert_parser(commands: Any) -> None:
     convert.set_defaults(run=_convert)
 
 
+def _codec_argument(parser: argparse.ArgumentParser, others: str) -> None:
+    parser.add_argument(
+        "--codec", dest="codecs", action="append", default=[], metavar="[FIELD=]CODEC",
+        help="compress every field with CODEC (zstd:3, lz4, blosc:lz4:5:bit; none: no "
+        f"compression), or only FIELD (repeat per field; {others})",
+    )  # fmt: skip
+
+
+def _recompress_parser(commands: Any) -> None:
+    recompress = _command(
+        commands, "recompress", "copy a dataset with its fields compressed otherwise",
+        "Copy the memshard dataset SRC to a new dataset DST, compressing its fields with "
+        "the codecs of --codec (the fields it does not name keep theirs), with its labels "
+        "and attributes. It is a conversion like convert's: parallel with --workers, DST "
+        "appearing only once complete, an interrupted run completed with --resume.",
+        ["memshard recompress frames frames-zstd --codec zstd:3",
+         "memshard recompress frames frames-mixed --codec img=zstd:9 --codec emb=blosc:lz4:5",
+         "memshard recompress frames-zstd frames-plain --codec none --workers 4"],
+    )  # fmt: skip
+    recompress.add_argument("src", metavar="SRC", help="the memshard dataset to copy")
+    recompress.add_argument("dst", metavar="DST", help="the dataset directory to create")
+    _codec_argument(recompress, "the others keep their codec")
+    recompress.add_argument(
+        "--shard-size", type=parse_size, default=None, metavar="SIZE",
+        help="target shard size of DST (default 256MB; on --resume, that of the first run)",
+    )  # fmt: skip
+    recompress.add_argument(
+        "--workers", type=_positive_int, default=1, metavar="N",
+        help="processes copying shards in parallel (default 1)",
+    )  # fmt: skip
+    recompress.add_argument(
+        "--resume", action="store_true",
+        help="complete an interrupted run (DST.memshard-partial)",
+    )  # fmt: skip
+    recompress.add_argument(
+        "--overwrite", action="store_true", help="replace an existing dataset at DST"
+    )
+    recompress.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    recompress.set_defaults(run=_recompress)
+
+
+def codec_arguments(values: Sequence[str], names: Sequence[str]) -> dict[str, str]:
+    """The codecs the ``--codec`` flags ``values`` ask for, by field of ``names``: a bare
+    ``CODEC`` for every field, ``FIELD=CODEC`` for one (over a bare one, whatever the order).
+
+    Example:
+        >>> codec_arguments(["zstd:3", "y=lz4"], ["x", "y"])
+        {'x': 'zstd:3', 'y': 'lz4'}
+        >>> codec_arguments(["y=none"], ["x", "y"])
+        {'y': 'none'}
+
+    Raises:
+        ArgumentError: more than one bare ``CODEC``, or a ``FIELD`` that is not a field.
+    """
+    bare = [value for value in values if "=" not in value]
+    if len(bare) > 1:
+        raise ArgumentError(
+            f"--codec {bare[0]} and --codec {bare[1]}: one codec for every field at most; "
+            "name the field of the others, --codec FIELD=CODEC"
+        )
+    chosen = dict.fromkeys(names, bare[0]) if bare else {}
+    for value in values:
+        name, sep, codec = value.partition("=")
+        if not sep:
+            continue
+        if name not in names:
+            raise ArgumentError(
+                f"--codec {value}: no field {name!r}; the fields are {', '.join(names)}"
+            )
+        chosen[name] = codec
+    return chosen
+
+
 def _progress(args: argparse.Namespace) -> bool | None:
     return False if args.quiet else None
 
@@ -394,7 +472,7 @@ def _progress(args: argparse.Namespace) -> bool | None:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from .convert import convert, skipped_notes, staging_path
+    from .convert import convert, skipped_notes
     from .progress import is_enabled
 
     plan = _plan(args)
@@ -405,18 +483,13 @@ def _convert(args: argparse.Namespace) -> int:
             args.dst,
             shard_bytes=args.shard_size,
             workers=args.workers,
+            codecs=codec_arguments(args.codecs, list(plan.fields)),
             resume=args.resume,
             overwrite=args.overwrite,
             progress=_progress(args),
         )
     except KeyboardInterrupt:
-        staging = staging_path(args.dst)
-        if os.path.isdir(staging):
-            print(
-                f"memshard: interrupted; the rows converted so far are kept in {staging}: "
-                "run the same command with --resume to complete it",
-                file=sys.stderr,
-            )
+        if _kept_for_resume(args.dst):
             return INTERRUPTED
         raise
     seconds = time.perf_counter() - started
@@ -424,11 +497,59 @@ def _convert(args: argparse.Namespace) -> int:
         for note in skipped_notes(plan):
             print(f"memshard: {note}", file=sys.stderr)
     if not args.quiet:
-        print(
-            f"{ds.path}: {len(ds):,} rows, {len(ds.shards):,} shards, {format_bytes(ds.nbytes)} "
-            f"in {seconds:.1f} s ({format_rate(ds.nbytes, seconds)})"
-        )
+        _print_written(ds, seconds)
     return OK
+
+
+def _recompress(args: argparse.Namespace) -> int:
+    from .convert import recompress
+
+    source = _open(args.src)
+    started = time.perf_counter()
+    try:
+        ds = recompress(
+            source,
+            args.dst,
+            codecs=codec_arguments(args.codecs, list(source.fields)),
+            shard_bytes=args.shard_size,
+            workers=args.workers,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            progress=_progress(args),
+        )
+    except KeyboardInterrupt:
+        if _kept_for_resume(args.dst):
+            return INTERRUPTED
+        raise
+    if not args.quiet:
+        _print_written(ds, time.perf_counter() - started)
+    return OK
+
+
+def _kept_for_resume(dst: str) -> bool:
+    """After a Ctrl-C: whether a staging dataset for ``dst`` was left, saying how to complete
+    it if so."""
+    from .convert import staging_path
+
+    staging = staging_path(dst)
+    if not os.path.isdir(staging):
+        return False
+    print(
+        f"memshard: interrupted; the rows converted so far are kept in {staging}: "
+        "run the same command with --resume to complete it",
+        file=sys.stderr,
+    )
+    return True
+
+
+def _print_written(ds: Dataset, seconds: float) -> None:
+    """One line: the dataset written, its size (and size on disk, if compressed), the rate."""
+    stored = sum(ds[name].stored_bytes for name in ds.fields)
+    on_disk = "" if stored == ds.nbytes else f" ({format_bytes(stored)} stored)"
+    print(
+        f"{ds.path}: {len(ds):,} rows, {len(ds.shards):,} shards, {format_bytes(ds.nbytes)}"
+        f"{on_disk} in {seconds:.1f} s ({format_rate(ds.nbytes, seconds)})"
+    )
 
 
 def _plan(args: argparse.Namespace) -> SourcePlan:
@@ -494,7 +615,8 @@ def _refuse_a_dataset(src: str) -> None:
     ):
         raise SourceError(
             f"{src}: is a memshard dataset already; memshard convert reads an HDF5 file, a "
-            "zarr store or .npy files into a new one"
+            "zarr store or .npy files into a new one (memshard recompress copies a dataset "
+            "with other codecs)"
         )
 
 
@@ -641,6 +763,7 @@ def describe(path: str) -> dict[str, Any]:
         "shard_rows": manifest.shard_rows,
         **shard_bytes,
         "bytes": ds.nbytes,
+        "stored_bytes": sum(ds[name].stored_bytes for name in ds.fields),
         "fields": {name: _describe_field(ds, name) for name in ds.fields},
         "attrs": ds.attrs,
     }
@@ -649,13 +772,19 @@ def describe(path: str) -> dict[str, Any]:
 def _describe_field(ds: Dataset, name: str) -> dict[str, Any]:
     """What ``memshard info`` says of field ``name``. A ragged field has no bytes per row
     (``row_bytes`` is None): it gives its bytes per element, its elements and bytes, and
-    the statistics of its row lengths (None when it has no rows)."""
-    info, spec = ds.fields[name], ds.manifest.fields[name]
+    the statistics of its row lengths (None when it has no rows). Every field gives its
+    codec (None, or its name, parameters and block size), the bytes its rows take on disk
+    and its compression ratio (bytes / stored bytes; None without rows)."""
+    info, spec, column = ds.fields[name], ds.manifest.fields[name], ds[name]
+    stored = column.stored_bytes
     described: dict[str, Any] = {
         "dtype": str(info.dtype),
         "shape": list(info.shape),
         "row_bytes": None if spec.ragged else spec.row_bytes,
         "labels": list(ds.labels[name]) if name in ds.labels else None,
+        "codec": None if spec.codec is None else spec.codec.model_dump(),
+        "stored_bytes": stored,
+        "ratio": column.nbytes / stored if stored else None,
     }
     if spec.ragged:
         stats = ds[name].length_stats()
@@ -684,7 +813,9 @@ def _info(args: argparse.Namespace) -> int:
         f"  rows      {summary['rows']:,} in {summary['shards']:,} shards "
         f"({summary['sealed_shards']:,} sealed, up to {limit} each)"
     )
-    print(f"  bytes     {format_bytes(summary['bytes'])} ({summary['bytes']:,})")
+    stored = summary["stored_bytes"]
+    on_disk = "" if stored == summary["bytes"] else f", {format_bytes(stored)} stored"
+    print(f"  bytes     {format_bytes(summary['bytes'])} ({summary['bytes']:,}){on_disk}")
     print(f"  format    {summary['format_version']}, generation {summary['generation']:,}, "
           f"uuid {summary['uuid']}")  # fmt: skip
     print("  fields")
@@ -698,17 +829,31 @@ def _info(args: argparse.Namespace) -> int:
                 f"{field['elements']:,} elements ({format_bytes(field['bytes'])})"
             )
             print(f"    {'':<{width}}  lengths {_lengths_text(field['lengths'])}")
-            continue
-        line += f"{format_bytes(field['row_bytes'])}/row"
-        if field["labels"] is not None:
-            shown = ", ".join(field["labels"][:8]) + (", ..." if len(field["labels"]) > 8 else "")
-            line += f"  labels ({len(field['labels']):,}): {shown}"
-        print(line)
+        else:
+            line += f"{format_bytes(field['row_bytes'])}/row"
+            if field["labels"] is not None:
+                shown = ", ".join(field["labels"][:8])
+                shown += ", ..." if len(field["labels"]) > 8 else ""
+                line += f"  labels ({len(field['labels']):,}): {shown}"
+            print(line)
+        if field["codec"] is not None:
+            print(f"    {'':<{width}}  codec {_codec_text(field)}")
     if summary["attrs"]:
         print("  attrs")
         for key, value in summary["attrs"].items():
             print(f"    {key}: {_short(json.dumps(value))}")
     return OK
+
+
+def _codec_text(field: dict[str, Any]) -> str:
+    """``zstd level=3, 64.0 KiB blocks: 1.2 MiB stored, 25.3x smaller`` (the ratio left out
+    without rows)."""
+    from .manifest import Codec
+    from .schema import describe_codec
+
+    codec = describe_codec(Codec(**field["codec"]))
+    text = f"{codec}: {format_bytes(field['stored_bytes'])} stored"
+    return text if field["ratio"] is None else f"{text}, {field['ratio']:,.1f}x smaller"
 
 
 def _lengths_text(lengths: dict[str, Any] | None) -> str:

@@ -37,10 +37,11 @@ from .errors import (
     MemshardError,
     SmallShardWarning,
 )
+from .exportcodec import CompressionChoice
 from .layout import MANIFEST_NAME
 from .layout import STAGING_SUFFIX as STAGING_SUFFIX
 from .layout import staging_path as staging_path
-from .manifest import Manifest
+from .manifest import Codec, Manifest
 from .ordercommit import COMMIT_BYTES as COMMIT_BYTES
 from .ordercommit import COMMIT_GROWTH as COMMIT_GROWTH
 from .ordercommit import OrderedCommit
@@ -48,15 +49,20 @@ from .parts import Part, PartTarget, discard_parts
 from .progress import format_bytes, progress_bar
 from .reader import Dataset
 from .reader import open as open_dataset
-from .schema import DEFAULT_SHARD_BYTES, json_attrs, shard_size_mismatch
-from .sources import (
-    SourcePlan,
+from .schema import (
+    DEFAULT_SHARD_BYTES,
+    CodecChoice,
+    chosen_codecs,
+    codec_options,
+    describe_codec,
+    json_attrs,
+    shard_size_mismatch,
 )
+from .sources import SOURCE_ATTR as SOURCE_ATTR  # re-exported: where it always was
+from .sources import SourceField, SourcePlan
 from .workerjob import MAX_WORKERS as MAX_WORKERS
 from .workerjob import Failed, Progress
 
-#: Manifest attribute recording where a converted dataset came from.
-SOURCE_ATTR = "memshard.source"
 #: A conversion into shards smaller than this (data of all fields, when there is more than
 #: one shard) warns (:class:`~memshard.errors.SmallShardWarning`): every shard costs a file
 #: per field with a 4 KiB header, and a commit, so tiny shards spend more on those than on
@@ -76,6 +82,7 @@ def from_hdf5(
     labels: Mapping[str, Sequence[str]] | None = None,
     label_attr: str | None = "labels",
     attrs: Mapping[str, Any] | None = None,
+    codecs: CodecChoice = None,
     resume: bool = False,
     overwrite: bool = False,
     progress: bool | None = None,
@@ -105,6 +112,12 @@ def from_hdf5(
             strings gets that list as its vocabulary (``None`` to turn off).
         attrs: extra manifest attributes; JSON-representable HDF5 attributes of the root
             group are copied, those of each dataset go under ``memshard.source``.
+        codecs: compress fields as :func:`memshard.create` does (``docs/compression.md``):
+            one codec for every field, as text (``"zstd:3"``, ``"blosc:lz4:5"``) or options
+            (``{"codec": "zstd", "level": 3, "block_bytes": 1 << 20}``), or
+            ``{field: codec}`` for some fields (the others, and any given ``None`` or
+            ``"none"``, are stored uncompressed). Every worker compresses the shards it
+            writes. A resume must ask for the codecs of the first run.
         resume: continue the interrupted conversion to ``dst``, or, if it finished already,
             return ``dst`` once it is found to be this conversion (see ``spec/CONVERSION.md``),
             so the same call can be repeated until it succeeds.
@@ -125,8 +138,10 @@ def from_hdf5(
             not this conversion finished: another source, fields, vocabularies or row count).
         ConversionStateError: an interrupted conversion to ``dst`` exists (without
             ``resume`` or ``overwrite``), or it was started from another source, with other
-            fields (the message names the field and what differs), or with another shard
-            size than an explicit ``shard_bytes``.
+            fields (the message names the field and what differs), other codecs, or with
+            another shard size than an explicit ``shard_bytes``.
+        SchemaError: ``codecs`` names a field the conversion does not have, an unknown codec
+            or parameter, or a value out of range; nothing is written.
         DatasetLockedError: the interrupted conversion is still running (its lock is held).
         LabelError: a label field holds a value outside its vocabulary.
         ConversionFailedError: a worker process died; committed rows are kept for a resume.
@@ -137,7 +152,8 @@ def from_hdf5(
 
     plan = hdf5.plan(src, fields, labels=labels, label_attr=label_attr)
     return convert(plan, dst, shard_bytes=shard_bytes, workers=workers, attrs=attrs,
-                   resume=resume, overwrite=overwrite, progress=progress)  # fmt: skip
+                   codecs=codecs, resume=resume, overwrite=overwrite,
+                   progress=progress)  # fmt: skip
 
 
 def from_zarr(
@@ -150,6 +166,7 @@ def from_zarr(
     labels: Mapping[str, Sequence[str]] | None = None,
     label_attr: str | None = "labels",
     attrs: Mapping[str, Any] | None = None,
+    codecs: CodecChoice = None,
     resume: bool = False,
     overwrite: bool = False,
     progress: bool | None = None,
@@ -165,7 +182,8 @@ def from_zarr(
 
     plan = zarr.plan(src, fields, labels=labels, label_attr=label_attr)
     return convert(plan, dst, shard_bytes=shard_bytes, workers=workers, attrs=attrs,
-                   resume=resume, overwrite=overwrite, progress=progress)  # fmt: skip
+                   codecs=codecs, resume=resume, overwrite=overwrite,
+                   progress=progress)  # fmt: skip
 
 
 def from_numpy(
@@ -176,6 +194,7 @@ def from_numpy(
     workers: int = 1,
     labels: Mapping[str, Sequence[str]] | None = None,
     attrs: Mapping[str, Any] | None = None,
+    codecs: CodecChoice = None,
     resume: bool = False,
     overwrite: bool = False,
     progress: bool | None = None,
@@ -196,7 +215,8 @@ def from_numpy(
 
     plan = npysource.plan(src, labels=labels)
     return convert(plan, dst, shard_bytes=shard_bytes, workers=workers, attrs=attrs,
-                   resume=resume, overwrite=overwrite, progress=progress)  # fmt: skip
+                   codecs=codecs, resume=resume, overwrite=overwrite,
+                   progress=progress)  # fmt: skip
 
 
 def from_arrow(
@@ -208,6 +228,7 @@ def from_arrow(
     workers: int = 1,
     labels: Mapping[str, Sequence[str]] | None = None,
     attrs: Mapping[str, Any] | None = None,
+    codecs: CodecChoice = None,
     resume: bool = False,
     overwrite: bool = False,
     progress: bool | None = None,
@@ -237,7 +258,8 @@ def from_arrow(
 
     plan = arrow.plan_table(src, fields, labels=labels)
     return convert(plan, dst, shard_bytes=shard_bytes, workers=workers, attrs=attrs,
-                   resume=resume, overwrite=overwrite, progress=progress)  # fmt: skip
+                   codecs=codecs, resume=resume, overwrite=overwrite,
+                   progress=progress)  # fmt: skip
 
 
 def from_parquet(
@@ -249,6 +271,7 @@ def from_parquet(
     workers: int = 1,
     labels: Mapping[str, Sequence[str]] | None = None,
     attrs: Mapping[str, Any] | None = None,
+    codecs: CodecChoice = None,
     resume: bool = False,
     overwrite: bool = False,
     progress: bool | None = None,
@@ -278,7 +301,64 @@ def from_parquet(
 
     plan = arrow.plan_parquet(src, fields, labels=labels)
     return convert(plan, dst, shard_bytes=shard_bytes, workers=workers, attrs=attrs,
-                   resume=resume, overwrite=overwrite, progress=progress)  # fmt: skip
+                   codecs=codecs, resume=resume, overwrite=overwrite,
+                   progress=progress)  # fmt: skip
+
+
+def recompress(
+    src: Dataset | PathLike,
+    dst: PathLike,
+    *,
+    codecs: CodecChoice = None,
+    shard_bytes: int | None = None,
+    workers: int = 1,
+    attrs: Mapping[str, Any] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> Dataset:
+    """Copy the memshard dataset ``src`` to a new dataset at ``dst`` with other codecs.
+
+    A conversion like the others (parallel, resumable, ``dst`` appearing whole), whose source
+    is a memshard dataset (:mod:`memshard.datasetsource`): its rows (those ``src`` shows, if
+    it is an open dataset), label vocabularies and attributes are copied; the record of the
+    conversion that brought the rows into memshard (HDF5, zarr, ...) is kept in
+    ``attrs["memshard.source"]["upstream"]``.
+
+    Parameters:
+        codecs: as for :func:`from_hdf5`, except that a field it does not name keeps its
+            codec: ``"zstd:3"`` compresses every field, ``"none"`` decompresses every field,
+            ``{"img": "lz4", "emb": None}`` changes two fields and copies the others as they
+            are stored. Omitted, every field keeps its codec (a copy, e.g. with another
+            ``shard_bytes``).
+        shard_bytes: the new dataset's shard size (default
+            :data:`~memshard.DEFAULT_SHARD_BYTES`, whatever the source's).
+
+    See :func:`from_hdf5` for the other parameters and errors; a damaged shard of ``src``
+    raises its error (:class:`~memshard.errors.ChecksumError`,
+    :class:`~memshard.errors.BlockError`, ...) naming the file, keeping the rows committed.
+
+    Example:
+        >>> import numpy as np, memshard as ms, tempfile, os
+        >>> d = tempfile.mkdtemp()
+        >>> ds = ms.from_numpy(np.zeros((100, 32, 32), np.uint8), os.path.join(d, "raw"))
+        >>> small = ms.recompress(ds, os.path.join(d, "small"), codecs="zstd:9")
+        >>> small["x"].codec.params, small["x"].nbytes // small["x"].stored_bytes > 100
+        ({'level': 9}, True)
+    """
+    from . import datasetsource
+
+    source = src if isinstance(src, Dataset) else open_dataset(src)
+    try:
+        plan = datasetsource.plan(source)
+        kept: dict[str, Any] = {name: spec.codec for name, spec in source.manifest.fields.items()}
+    finally:
+        if source is not src:
+            source.close()
+    chosen = {**kept, **chosen_codecs(codecs, list(plan.fields))}
+    return convert(plan, dst, shard_bytes=shard_bytes, workers=workers, attrs=attrs,
+                   codecs=chosen, resume=resume, overwrite=overwrite,
+                   progress=progress)  # fmt: skip
 
 
 def from_image_folder(
@@ -290,6 +370,7 @@ def from_image_folder(
     shard_bytes: int | None = None,
     workers: int = 1,
     attrs: Mapping[str, Any] | None = None,
+    codecs: CodecChoice = None,
     resume: bool = False,
     overwrite: bool = False,
     progress: bool | None = None,
@@ -307,7 +388,7 @@ def from_image_folder(
     shards than there are workers keeps some idle, so pass a smaller ``shard_bytes`` for a
     small folder. A resume checks that the folder lists the same files in the same classes
     (not their content: a damaged file replaced by a good copy lets it continue). See
-    :func:`from_hdf5` for the other parameters.
+    :func:`from_hdf5` for the other parameters (``codecs="zstd:3"`` compresses the images).
 
     ``from_image_folder("photos", "ds", size=(64, 48))`` of a folder of 1,000 images in
     ``photos/cat`` and ``photos/dog`` gives ``ds["image"].shape == (1000, 3, 48, 64)`` and
@@ -328,7 +409,8 @@ def from_image_folder(
 
     plan = imagefolder.plan(src, size=size, mode=mode)
     return convert(plan, dst, shard_bytes=shard_bytes, workers=workers, attrs=attrs,
-                   resume=resume, overwrite=overwrite, progress=progress)  # fmt: skip
+                   codecs=codecs, resume=resume, overwrite=overwrite,
+                   progress=progress)  # fmt: skip
 
 
 @interrupt.deferring
@@ -337,7 +419,7 @@ def to_hdf5(
     dst: PathLike,
     *,
     fields: Sequence[str] | None = None,
-    compression: str | None = None,
+    compression: CompressionChoice = None,
     overwrite: bool = False,
     progress: bool | None = None,
 ) -> None:
@@ -350,12 +432,22 @@ def to_hdf5(
     elements, so the rows of a field ``(None, *tail)`` are written flattened and ``tail`` is
     stored in the dataset's attribute ``memshard_tail``, from which :func:`from_hdf5` gives
     them their shape again. The file appears atomically (written under a temporary name and
-    renamed). ``compression`` is any h5py filter name (``"gzip"``, ``"lzf"``; of a ragged
-    field it compresses the chunks, which hold references to the rows, not the rows).
+    renamed).
+
+    ``compression`` compresses the chunks: ``"gzip"`` (``"gzip:9"``, levels 0-9, default 4),
+    ``"lzf"``, or, with ``hdf5plugin`` (the ``hdf5`` extra), ``"zstd:3"``, ``"lz4"`` or
+    ``"blosc:lz4:5:bit"`` as memshard's codecs are named; ``"none"`` for none; one text for
+    every field or ``{field: text}`` for some. A field it does not name mirrors its codec: a
+    field compressed with zstd, lz4 or blosc is written with the same filter and parameters
+    (if ``hdf5plugin`` is there; else uncompressed), any other uncompressed. Of a ragged
+    field a compression compresses only the chunks, which hold references to the rows, not
+    the rows, so a ragged field's codec is not mirrored.
 
     Raises:
         DatasetExistsError: ``dst`` exists (without ``overwrite``).
         FieldNotFoundError: a requested field does not exist.
+        SchemaError: ``compression`` names an unknown compression or a field not exported,
+            or a plugin filter when ``hdf5plugin`` is not installed.
     """
     from . import hdf5
 
@@ -370,6 +462,7 @@ def to_zarr(
     *,
     fields: Sequence[str] | None = None,
     zarr_format: int = 3,
+    compression: CompressionChoice = None,
     overwrite: bool = False,
     progress: bool | None = None,
 ) -> None:
@@ -378,16 +471,26 @@ def to_zarr(
     Labels become each array's ``labels`` attribute and the manifest attributes the group's
     attributes. The store appears atomically.
 
+    ``compression`` compresses the chunks: ``"zstd:3"``, ``"blosc:lz4:5:bit"``, ``"lz4"``
+    or ``"gzip:6"`` (as for :func:`to_hdf5`; ``"lzf"`` is no zarr codec), ``"none"`` for
+    none; one text for every field or ``{field: text}`` for some. A field it does not name
+    mirrors its codec, with the same parameters; zarr format 3 has no lz4 codec of its own, so
+    lz4 is written there as blosc with lz4 and no shuffle (format 2: numcodecs' LZ4). Without
+    a codec, a field is written uncompressed (zarr's own default compresses every array with
+    zstd; pass ``compression="zstd:3"`` for that).
+
     Raises:
         DatasetExistsError: ``dst`` exists (without ``overwrite``).
         FieldNotFoundError: a requested field does not exist.
+        SchemaError: ``compression`` names an unknown compression, lzf, or a field not
+            exported.
         SchemaError: a field to export is ragged: zarr-python 3 writes no variable-length
             arrays (pass ``fields`` without it, or use :func:`to_hdf5`).
     """
     from . import zarr
 
     zarr.export(_as_dataset(dataset), dst, fields=fields, zarr_format=zarr_format,
-                overwrite=overwrite, progress=progress)  # fmt: skip
+                compression=compression, overwrite=overwrite, progress=progress)  # fmt: skip
 
 
 def _as_dataset(dataset: Dataset | PathLike) -> Dataset:
@@ -405,6 +508,7 @@ def convert(
     shard_bytes: int | None = None,
     workers: int = 1,
     attrs: Mapping[str, Any] | None = None,
+    codecs: CodecChoice = None,
     resume: bool = False,
     overwrite: bool = False,
     progress: bool | None = None,
@@ -416,8 +520,10 @@ def convert(
     """
     root = os.path.abspath(os.fspath(dst))
     workers = _check_workers(workers)
+    chosen = chosen_codecs(codecs, list(plan.fields))
+    field_codecs = {name: chosen.get(name) for name in plan.fields}
     if resume and os.path.lexists(root) and not os.path.lexists(root + STAGING_SUFFIX):
-        finished = _finished_conversion(plan, root, overwrite, shard_bytes)
+        finished = _finished_conversion(plan, field_codecs, root, overwrite, shard_bytes)
         if finished is not None:
             return finished
     if os.path.lexists(root) and not overwrite:
@@ -425,7 +531,7 @@ def convert(
     if os.path.lexists(root) and (os.path.islink(root) or not is_memshard_dataset(root)):
         raise DatasetExistsError(f"{root}: exists and is not a memshard dataset; not replacing it")
     _announce(plan, progress)
-    appender = _open_staging(plan, root, shard_bytes, attrs, resume, overwrite)
+    appender = _open_staging(plan, field_codecs, root, shard_bytes, attrs, resume, overwrite)
     try:
         _write_rows(plan, appender, workers, progress)
         if appender.rows != plan.rows:
@@ -449,7 +555,11 @@ def convert(
 
 
 def _finished_conversion(
-    plan: SourcePlan, root: str, overwrite: bool, shard_bytes: int | None
+    plan: SourcePlan,
+    codecs: dict[str, Codec | None],
+    root: str,
+    overwrite: bool,
+    shard_bytes: int | None,
 ) -> Dataset | None:
     """``root`` opened, if it is the dataset this conversion made in an earlier run (a resume
     repeated after the final rename, CONVERSION.md section 6); ``None`` if it is something else
@@ -459,7 +569,7 @@ def _finished_conversion(
         DatasetExistsError: something else is at ``root`` and ``overwrite`` is false; the
             message says how it differs.
     """
-    problem = _not_finished_here(plan, root, shard_bytes)
+    problem = _not_finished_here(plan, codecs, root, shard_bytes)
     if problem is None:
         return open_dataset(root)
     if overwrite:
@@ -470,17 +580,21 @@ def _finished_conversion(
     )
 
 
-def _not_finished_here(plan: SourcePlan, root: str, shard_bytes: int | None) -> str | None:
+def _not_finished_here(
+    plan: SourcePlan, codecs: dict[str, Codec | None], root: str, shard_bytes: int | None
+) -> str | None:
     """Why ``root`` is not the finished conversion of ``plan``, or ``None`` if it is: every
-    source row in sealed shards, from the source and with the fields and vocabularies recorded
-    (and the shard size of ``shard_bytes``, if given)."""
+    source row in sealed shards, from the source and with the fields, vocabularies and
+    ``codecs`` recorded (and the shard size of ``shard_bytes``, if given)."""
     if os.path.islink(root):
         return "is a symbolic link"
     try:
         manifest = manifest_io.load(os.path.join(root, MANIFEST_NAME))
     except (OSError, MemshardError) as exc:
         return f"is no readable memshard dataset ({exc})"
-    mismatch = _source_mismatch(manifest, source_record(plan), plan.labels)
+    mismatch = _source_mismatch(manifest, source_record(plan), plan.labels) or _codec_mismatch(
+        manifest, codecs
+    )
     if mismatch is not None:
         return mismatch
     if manifest.rows != plan.rows:
@@ -530,18 +644,21 @@ def source_record(plan: SourcePlan) -> dict[str, Any]:
             }
             for name, source in plan.fields.items()
         },
+        **({} if plan.upstream is None else {"upstream": plan.upstream}),
     }
 
 
 def _open_staging(
     plan: SourcePlan,
+    codecs: dict[str, Codec | None],
     root: str,
     shard_bytes: int | None,
     attrs: Mapping[str, Any] | None,
     resume: bool,
     overwrite: bool,
 ) -> Appender:
-    """The appender of the staging dataset: a new one, or the interrupted one to resume."""
+    """The appender of the staging dataset: a new one, its fields compressed with ``codecs``,
+    or the interrupted one to resume."""
     staging = root + STAGING_SUFFIX
     record = source_record(plan)
     if os.path.lexists(staging) and not resume and not overwrite:
@@ -550,7 +667,7 @@ def _open_staging(
             "complete it, or overwrite=True to delete it and start over"
         )
     if not os.path.lexists(staging) or not resume:
-        fields = {name: (s.dtype, s.declared_shape) for name, s in plan.fields.items()}
+        fields = {name: _declaration(source, codecs[name]) for name, source in plan.fields.items()}
         all_attrs = {**plan.attrs, **(attrs or {}), SOURCE_ATTR: record}
         # With overwrite, create() replaces an interrupted run, taking its lock first: one
         # still running is reported (DatasetLockedError), never deleted under its writer.
@@ -561,12 +678,19 @@ def _open_staging(
         return appender
     appender = append(staging)
     try:
-        _check_resumable(appender, record, plan.labels, staging, shard_bytes)
+        _check_resumable(appender, record, plan.labels, codecs, staging, shard_bytes)
         discard_parts(appender)  # the shards that were being written when it stopped
     except BaseException:
         appender.abort()
         raise
     return appender
+
+
+def _declaration(source: SourceField, codec: Codec | None) -> tuple[Any, ...]:
+    """The field :func:`memshard.create` declares for ``source``, compressed with
+    ``codec``."""
+    shape = source.declared_shape
+    return (source.dtype, shape) if codec is None else (source.dtype, shape, codec_options(codec))
 
 
 def _warn_if_small_shards(manifest: Manifest, plan: SourcePlan, root: str) -> None:
@@ -595,17 +719,21 @@ def _check_resumable(
     appender: Appender,
     record: dict[str, Any],
     labels: dict[str, list[str]],
+    codecs: dict[str, Codec | None],
     staging: str,
     shard_bytes: int | None,
 ) -> None:
-    """The staging dataset holds the first rows of this very conversion in sealed shards of
+    """The staging dataset holds the first rows of this very conversion, its fields
+    compressed with ``codecs``, in sealed shards of
     the size asked for (if one is): whole shards, the last one short only when it ends the
     source; with ragged fields, shards rolled on their data size, which any number of rows
     may fill."""
     manifest = appender.manifest
     rows = record["rows"]
-    mismatch = _source_mismatch(manifest, record, labels) or shard_size_mismatch(
-        manifest, shard_bytes
+    mismatch = (
+        _source_mismatch(manifest, record, labels)
+        or _codec_mismatch(manifest, codecs)
+        or shard_size_mismatch(manifest, shard_bytes)
     )
     if mismatch is not None:
         raise ConversionStateError(
@@ -655,6 +783,20 @@ def _source_mismatch(
             return (
                 f"has another label vocabulary for field {name!r} "
                 f"({there!r:.200} there, {labels.get(name)!r:.200} now)"
+            )
+    return None
+
+
+def _codec_mismatch(manifest: Manifest, codecs: dict[str, Codec | None]) -> str | None:
+    """Which field of ``manifest`` is stored with another codec than ``codecs`` asks for, and
+    both codecs, as a clause; ``None`` if none is (or the fields differ: see
+    :func:`_fields_mismatch`)."""
+    for name, codec in codecs.items():
+        spec = manifest.fields.get(name)
+        if spec is not None and spec.codec != codec:
+            return (
+                f"stores field {name!r} with codec {describe_codec(spec.codec)}, and this "
+                f"conversion asks for {describe_codec(codec)}; pass the codecs of the first run"
             )
     return None
 

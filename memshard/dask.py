@@ -15,6 +15,7 @@ The only module of memshard that imports dask (``pip install "memshard[dask]"``)
 
 from __future__ import annotations
 
+import operator
 import os
 import secrets
 import shutil
@@ -36,12 +37,18 @@ from .errors import (
     SchemaError,
 )
 from .layout import PARTS_DIR
-from .manifest import FieldSpec
+from .manifest import Codec, FieldSpec
 from .mappings import SegmentFile, map_segment
 from .parts import Part, PartTarget, commit_parts, discard_parts, write_part
 from .reader import Dataset
 from .reader import open as open_dataset
-from .schema import DEFAULT_SHARD_BYTES, field_specs
+from .schema import (
+    DEFAULT_SHARD_BYTES,
+    CodecChoice,
+    chosen_codecs,
+    codec_options,
+    field_specs,
+)
 
 da = require("dask.array", "dask")
 dask = require("dask", "dask")
@@ -59,7 +66,9 @@ def to_dask(dataset: Dataset | str | os.PathLike[str], field: str) -> Any:
     One chunk per shard along the first axis (rows), the whole sample in the other axes. Each
     chunk is computed by mapping its shard file read-only, checked against the manifest first
     (size and header), so it is a zero-copy view of the page cache; the graph holds no data.
-    The array covers the rows of ``dataset``'s snapshot (rows committed later are not in it).
+    A compressed field's chunk is its shard's rows decompressed, read through the column
+    (which a worker process reopens by the dataset's path). The array covers the rows of
+    ``dataset``'s snapshot (rows committed later are not in it).
 
     Raises:
         FieldNotFoundError: no field ``field``.
@@ -81,13 +90,18 @@ def to_dask(dataset: Dataset | str | os.PathLike[str], field: str) -> Any:
     tail = (0,) * len(spec.shape)
     graph: dict[tuple[Any, ...], Any] = {}
     chunk_rows = []
+    column = dataset[field]
     for index, shard in enumerate(s for s in dataset.shards if s.row_offset < rows):
         mapped = min(shard.rows, rows - shard.row_offset)
-        part = SegmentFile(
-            file=shard.files[field], manifest_rows=shard.rows, sealed=shard.sealed, rows=mapped
-        )
         key = (name, index, *tail)
-        graph[key] = (map_segment, dataset.path, spec, [part])
+        if spec.compressed:
+            rows_of_shard = slice(shard.row_offset, shard.row_offset + mapped)
+            graph[key] = (operator.getitem, column, rows_of_shard)
+        else:
+            part = SegmentFile(
+                file=shard.files[field], manifest_rows=shard.rows, sealed=shard.sealed, rows=mapped
+            )
+            graph[key] = (map_segment, dataset.path, spec, [part])
         chunk_rows.append(mapped)
     if not chunk_rows:
         return da.zeros((0, *spec.shape), dtype=dtype, chunks=(0, *spec.shape))
@@ -102,6 +116,7 @@ def from_dask(
     shard_bytes: int = DEFAULT_SHARD_BYTES,
     labels: Mapping[str, Iterable[str]] | None = None,
     attrs: Mapping[str, Any] | None = None,
+    codecs: CodecChoice = None,
     overwrite: bool = False,
 ) -> Dataset:
     """Write dask arrays, one per field, as a new dataset at ``path`` and open it.
@@ -124,6 +139,8 @@ def from_dask(
         shard_bytes: as for :func:`memshard.create`.
         labels: as for :func:`memshard.create`.
         attrs: as for :func:`memshard.create`.
+        codecs: compress fields, as for :func:`memshard.from_hdf5` (``"zstd:3"`` for every
+            field, ``{field: codec}`` for some); each worker compresses the blocks it writes.
         overwrite: as for :func:`memshard.create`.
 
     Raises:
@@ -137,7 +154,11 @@ def from_dask(
     """
     root = os.path.abspath(os.fspath(path))
     blocks = _row_blocks(arrays, root)
-    fields = {name: (array.dtype, array.shape[1:]) for name, array in arrays.items()}
+    chosen = chosen_codecs(codecs, list(blocks))
+    fields = {
+        name: (array.dtype, array.shape[1:], *_options(chosen.get(name)))
+        for name, array in arrays.items()
+    }
     if os.path.lexists(root) and not overwrite:
         raise DatasetExistsError(f"{root}: already exists (pass overwrite=True to replace it)")
     staging = f"{root}.memshard-tmp-dask{secrets.token_hex(6)}"
@@ -152,11 +173,17 @@ def from_dask(
     return open_dataset(root)
 
 
+def _options(codec: Codec | None) -> tuple[dict[str, Any], ...]:
+    """The third member of a field's declaration that compresses it with ``codec``, if any."""
+    return () if codec is None else (codec_options(codec),)
+
+
 def append_dask(arrays: Mapping[str, Any], path: str | os.PathLike[str]) -> Dataset:
     """Append dask arrays, one per field, to the existing dataset at ``path`` and open it.
 
     The blocks are written and committed as by :func:`from_dask`, in one commit; the dataset's
-    write lock is held throughout, and on failure the dataset stays as it was.
+    write lock is held throughout, and on failure the dataset stays as it was. The dataset's
+    compressed fields are compressed with their codecs.
 
     Raises:
         ArgumentError: not dask arrays, or unknown chunk sizes.
@@ -220,12 +247,18 @@ def _row_blocks(arrays: Mapping[str, Any], root: str) -> dict[str, list[Any]]:
 
 
 def _check_fields(appender: Appender, fields: dict[str, tuple[Any, Any]]) -> None:
+    """The arrays' dtypes and sample shapes are the dataset's fields' (their codecs are the
+    dataset's business)."""
     wanted = field_specs(fields)
-    if wanted != appender.fields:
+    if _uncompressed(wanted) != _uncompressed(appender.fields):
         raise SchemaError(
             f"{appender.path}: the arrays' fields {_describe(wanted)} differ from the dataset's "
             f"{_describe(appender.fields)}"
         )
+
+
+def _uncompressed(specs: dict[str, FieldSpec]) -> dict[str, tuple[str, tuple[int, ...], str]]:
+    return {name: (spec.dtype, spec.shape, spec.kind) for name, spec in specs.items()}
 
 
 def _describe(specs: dict[str, FieldSpec]) -> str:

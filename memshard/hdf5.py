@@ -33,8 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from .dependencies import require
+from .codecs import BLOSC_SHUFFLES
+from .dependencies import install_hint, require
 from .errors import SourceError, UnsupportedSourceError
+from .exportcodec import EXPORT_ONLY, Compression, CompressionChoice, chosen_compressions
 from .progress import progress_bar
 from .ragged import NUMBER_KINDS, Ragged
 from .reader import Dataset
@@ -611,13 +613,24 @@ def export(
     dst: str | os.PathLike[str],
     *,
     fields: Sequence[str] | None = None,
-    compression: str | None = None,
+    compression: CompressionChoice = None,
     overwrite: bool = False,
     progress: bool | None = None,
 ) -> None:
     """Write ``dataset`` to the HDF5 file ``dst`` (see :func:`memshard.to_hdf5`): a dataset
-    per field, a variable-length one for a ragged field (:func:`_export_ragged`)."""
+    per field, a variable-length one for a ragged field (:func:`_export_ragged`), compressed
+    as :func:`memshard.exportcodec.chosen_compressions` says (:func:`_filter`).
+
+    Raises:
+        SchemaError: a compression named that this HDF5 cannot write (zstd, lz4 or blosc
+            without ``hdf5plugin``).
+    """
     target, temporary, names = export_plan(dataset, dst, fields, overwrite)
+    specs = dataset.manifest.fields
+    # A ragged field's codec is not mirrored: a variable-length dataset's chunks hold the
+    # references to its rows (its rows live in the file's heap), and only they compress.
+    codecs = {name: None if specs[name].ragged else specs[name].codec for name in names}
+    compressions = chosen_compressions(compression, codecs, refusal=_refusal)
     total = sum(dataset[name].nbytes for name in names)
     try:
         with (
@@ -626,7 +639,7 @@ def export(
         ):
             handle.attrs[ATTRS_ATTRIBUTE] = json.dumps(dataset.attrs)
             for name in names:
-                _export_field(dataset, name, handle, compression, bar.update)
+                _export_field(dataset, name, handle, _filter(compressions[name]), bar.update)
         os.replace(temporary, target)
     except BaseException:
         if os.path.lexists(temporary):
@@ -634,8 +647,35 @@ def export(
         raise
 
 
+def _refusal(name: str, compression: Compression) -> str | None:
+    """Why the file cannot be written with ``compression``: its filter is a plugin and
+    ``hdf5plugin`` is missing."""
+    if compression.name in EXPORT_ONLY or HDF5PLUGIN_LOADED:
+        return None
+    return f"{compression.name} is an HDF5 plugin filter; {install_hint('hdf5plugin', 'hdf5')}"
+
+
+def _filter(compression: Compression | None) -> dict[str, Any]:
+    """The keyword arguments of ``h5py``'s ``create_dataset`` that compress with
+    ``compression`` (none for ``None``)."""
+    if compression is None:
+        return {}
+    params = compression.params
+    if compression.name == "gzip":
+        return {"compression": "gzip", "compression_opts": params["level"]}
+    if compression.name == "lzf":
+        return {"compression": "lzf"}
+    plugins = importlib.import_module("hdf5plugin")
+    if compression.name == "zstd":
+        return dict(plugins.Zstd(clevel=params["level"]))
+    if compression.name == "lz4":
+        return dict(plugins.LZ4())
+    shuffle = BLOSC_SHUFFLES[params["shuffle"]]
+    return dict(plugins.Blosc(cname=params["cname"], clevel=params["clevel"], shuffle=shuffle))
+
+
 def _export_field(
-    dataset: Dataset, name: str, handle: Any, compression: str | None, report: Any
+    dataset: Dataset, name: str, handle: Any, compression: dict[str, Any], report: Any
 ) -> None:
     if dataset.manifest.fields[name].ragged:
         _export_ragged(dataset, name, handle, compression, report)
@@ -649,7 +689,7 @@ def _export_field(
         shape=column.shape,
         dtype=column.dtype,
         chunks=(chunk_rows, *column.shape[1:]) if rows else None,
-        compression=compression if rows else None,
+        **(compression if rows else {}),
     )
     if column.labels is not None:
         target.attrs[LABELS_ATTRIBUTE] = np.array(column.labels, dtype=h5py.string_dtype())
@@ -660,7 +700,7 @@ def _export_field(
 
 
 def _export_ragged(
-    dataset: Dataset, name: str, handle: Any, compression: str | None, report: Any
+    dataset: Dataset, name: str, handle: Any, compression: dict[str, Any], report: Any
 ) -> None:
     """Write the ragged field ``name`` as a one-dimensional variable-length dataset of its
     dtype. h5py cannot write rows of HDF5 array elements, so rows of a field with a tail are
@@ -675,7 +715,7 @@ def _export_ragged(
         shape=(rows,),
         dtype=h5py.vlen_dtype(spec.numpy_dtype),
         chunks=(chunk_rows,) if rows else None,
-        compression=compression if rows else None,
+        **(compression if rows else {}),
     )
     if spec.shape:
         target.attrs[TAIL_ATTRIBUTE] = np.array(spec.shape, dtype=np.int64)

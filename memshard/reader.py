@@ -48,7 +48,7 @@ from .indexing import (
 )
 from .layout import MANIFEST_NAME, not_found
 from .lengthstats import LengthStats, length_stats
-from .manifest import FieldSpec, Manifest
+from .manifest import Codec, FieldSpec, Manifest
 from .mappings import (
     CACHE,
     SegmentFile,
@@ -721,6 +721,18 @@ class Column:
         return self._snapshot.rows * self._spec.row_bytes
 
     @property
+    def stored_bytes(self) -> int:
+        """Bytes the visible rows take on disk: :attr:`nbytes` for a field that is not
+        compressed, the frames of their blocks for a compressed one (offsets files and
+        headers not counted), so ``nbytes / stored_bytes`` is the compression ratio."""
+        return self.nbytes
+
+    @property
+    def codec(self) -> Codec | None:
+        """The field's codec (name, parameters, block size); ``None`` if not compressed."""
+        return self._spec.codec
+
+    @property
     def labels(self) -> tuple[str, ...] | None:
         """The label vocabulary of this field, if it has one."""
         return self._snapshot.manifest.labels.get(self.name)
@@ -1001,6 +1013,14 @@ class RaggedColumn(Column):
     def nbytes(self) -> int:
         """Bytes of the visible rows' values."""
         return self._layout.elements() * self._spec.row_bytes
+
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes the visible rows' values take on disk: :attr:`nbytes`, or the frames of
+        their blocks for a compressed field (see :attr:`Column.stored_bytes`)."""
+        if isinstance(self._layout, CompressedLayout):
+            return self._layout.stored_bytes()
+        return self.nbytes
 
     @property
     def lengths(self) -> np.ndarray:

@@ -135,6 +135,90 @@ def field_codec(name: str, options: Any) -> Codec:
     return Codec(name=codec, params=params, block_bytes=block_bytes)
 
 
+#: What a conversion's ``codecs=`` argument may be: one codec for every field (its text form
+#: ``"zstd:3"``, its options ``{"codec": "zstd", "level": 3}``, a manifest
+#: :class:`~memshard.manifest.Codec`, or ``"none"``), or ``{field: one of those or None}``.
+CodecChoice = str | Mapping[str, Any] | Codec | None
+#: The text that asks for no compression, wherever a codec is named.
+NO_CODEC = "none"
+
+
+def chosen_codecs(codecs: CodecChoice, names: Sequence[str]) -> dict[str, Codec | None]:
+    """The codec ``codecs`` asks for each field of ``names`` that it names: every one of them
+    for one codec for all fields, only the keys of a ``{field: codec}`` mapping otherwise
+    (``None`` or ``"none"`` there: uncompressed). The caller decides what the fields left out
+    get (a conversion: no compression; a recompression: the codec they have).
+
+    A mapping whose ``"codec"`` is text is the options of one codec for all fields, so a
+    field named ``codec`` is compressed alone with ``{"codec": {"codec": "zstd"}}``.
+
+    Example:
+        >>> chosen_codecs("zstd:9", ["x", "y"])["y"].params
+        {'level': 9}
+        >>> chosen_codecs({"x": "lz4", "y": None}, ["x", "y", "z"])["y"] is None
+        True
+        >>> sorted(chosen_codecs({"x": "lz4"}, ["x", "y"]))
+        ['x']
+
+    Raises:
+        SchemaError: a field that is not one of ``names``, an unknown codec or parameter, or a
+            value out of range (naming the field).
+    """
+    if codecs is None:
+        return {}
+    if not isinstance(codecs, Mapping) or isinstance(codecs.get("codec"), str):
+        return {name: _codec_of(name, codecs) for name in names}
+    unknown = [name for name in codecs if name not in names]
+    if unknown:
+        raise SchemaError(
+            f"codecs: no field {unknown[0]!r:.80}; the fields are {', '.join(names)} (one "
+            "codec for all fields is its text, e.g. 'zstd:3', or its options, "
+            "{'codec': 'zstd', 'level': 3})"
+        )
+    return {name: _codec_of(name, choice) for name, choice in codecs.items()}
+
+
+def _codec_of(name: str, choice: Any) -> Codec | None:
+    """The codec that ``choice`` (see :data:`CodecChoice`) names for field ``name``."""
+    if choice is None or choice == NO_CODEC:
+        return None
+    if isinstance(choice, Codec):
+        return choice
+    if isinstance(choice, str):
+        return field_codec(name, {"codec": choice})
+    if isinstance(choice, Mapping):
+        return field_codec(name, choice)
+    raise SchemaError(
+        f"field {name!r}: a codec is its text ('zstd:3'), its options "
+        f"({{'codec': 'zstd', 'level': 3}}) or None, not {type(choice).__name__}"
+    )
+
+
+def codec_options(codec: Codec) -> dict[str, Any]:
+    """The options that declare ``codec`` as the third member of a field's declaration.
+
+    Example:
+        >>> codec_options(field_codec("x", {"codec": "zstd:9"}))
+        {'codec': 'zstd', 'level': 9, 'block_bytes': 65536}
+    """
+    return {"codec": codec.name, **codec.params, "block_bytes": codec.block_bytes}
+
+
+def describe_codec(codec: Codec | None) -> str:
+    """A codec in words, its parameters and block size included; ``none`` without one.
+
+    Example:
+        >>> describe_codec(field_codec("x", {"codec": "blosc:lz4:5"}))
+        'blosc cname=lz4 clevel=5 shuffle=byte, 64.0 KiB blocks'
+        >>> describe_codec(None)
+        'none'
+    """
+    if codec is None:
+        return NO_CODEC
+    params = "".join(f" {key}={value}" for key, value in codec.params.items())
+    return f"{codec.name}{params}, {format_bytes(codec.block_bytes)} blocks"
+
+
 def _declares_ragged(shape: Any) -> bool:
     """Whether ``shape`` is ``(None, *tail)``; a ``None`` elsewhere is refused by
     :func:`_sample_shape`."""

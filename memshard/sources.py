@@ -51,6 +51,8 @@ MAX_BLOCK_BYTES = 64 << 20
 MAX_ATTR_ELEMENTS = 4096
 #: Attributes nested deeper than this are not copied (the manifest allows a little more).
 MAX_ATTR_DEPTH = 32
+#: The manifest attribute in which a conversion records its source (``spec/CONVERSION.md``).
+SOURCE_ATTR = "memshard.source"
 #: Bytes of one entry of a ragged field's offsets file.
 OFFSET_BYTES = 8
 #: What a conversion accepts, for error messages.
@@ -168,7 +170,9 @@ class SourcePlan:
 
     ``identity`` describes the source files (sizes, modification times) so that a resumed
     conversion can tell that the source is the one it started from. ``in_memory`` sources can
-    only be read by threads of this process, never by worker processes.
+    only be read by threads of this process, never by worker processes. ``upstream`` is the
+    record of the conversion that made a source that is a memshard dataset, kept in the new
+    record.
     """
 
     kind: str
@@ -181,6 +185,7 @@ class SourcePlan:
     opener: Opener
     in_memory: bool = False
     skipped: dict[str, str] = field(default_factory=dict)
+    upstream: dict[str, Any] | None = None
 
 
 #: Reads the first chunk of the array at an origin; raises :class:`SourceError` (or

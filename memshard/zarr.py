@@ -32,8 +32,10 @@ from typing import Any
 import numpy as np
 
 from . import zarrstore
+from .codecs import BLOSC_SHUFFLES
 from .dependencies import require
 from .errors import SchemaError, SourceError, UnsupportedSourceError
+from .exportcodec import Compression, CompressionChoice, chosen_compressions
 from .progress import progress_bar
 from .reader import Dataset
 from .sources import (
@@ -414,15 +416,21 @@ def export(
     *,
     fields: Sequence[str] | None = None,
     zarr_format: int = 3,
+    compression: CompressionChoice = None,
     overwrite: bool = False,
     progress: bool | None = None,
 ) -> None:
-    """Write ``dataset`` to the zarr directory store ``dst`` (see :func:`memshard.to_zarr`).
+    """Write ``dataset`` to the zarr directory store ``dst`` (see :func:`memshard.to_zarr`),
+    each array compressed as :func:`memshard.exportcodec.chosen_compressions` says
+    (:func:`_compressors`).
 
     Raises:
-        SchemaError: a field to export is ragged (nothing is written).
+        SchemaError: a field to export is ragged, or ``compression`` names lzf (nothing is
+            written).
     """
     target, temporary, names = export_plan(dataset, dst, fields, overwrite)
+    codecs = {name: dataset.manifest.fields[name].codec for name in names}
+    compressions = chosen_compressions(compression, codecs, refusal=_refusal)
     ragged = [name for name in names if dataset.manifest.fields[name].ragged]
     if ragged:
         others = [name for name in names if name not in ragged]
@@ -438,7 +446,8 @@ def export(
         group.attrs.update(dataset.attrs)
         with progress_bar(total, desc=os.path.basename(target), enabled=progress) as bar:
             for name in names:
-                _export_field(dataset, name, group, bar.update)
+                compressors = _compressors(compressions[name], zarr_format)
+                _export_field(dataset, name, group, compressors, bar.update)
         _replace(temporary, target)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
@@ -455,13 +464,51 @@ def _replace(temporary: str, target: str) -> None:
         os.rename(temporary, target)
 
 
-def _export_field(dataset: Dataset, name: str, group: Any, report: Any) -> None:
+def _refusal(name: str, compression: Compression) -> str | None:
+    """Why zarr cannot write ``compression``: lzf is no zarr codec."""
+    if compression.name == "lzf":
+        return "lzf is no zarr codec (zstd, blosc, lz4 and gzip are)"
+    return None
+
+
+def _compressors(compression: Compression | None, zarr_format: int) -> tuple[Any, ...]:
+    """The ``compressors`` of an array compressed with ``compression``: the zarr v3 codecs
+    (lz4 as blosc with lz4 and no shuffle: the specification has no lz4 codec), or numcodecs'
+    codecs for zarr format 2."""
+    if compression is None:
+        return ()
+    params = compression.params
+    if zarr_format == 2:
+        numcodecs = importlib.import_module("numcodecs")
+        if compression.name == "blosc":
+            shuffles = BLOSC_SHUFFLES[params["shuffle"]]
+            return (numcodecs.Blosc(params["cname"], params["clevel"], shuffles),)
+        made = {"zstd": numcodecs.Zstd, "lz4": numcodecs.LZ4, "gzip": numcodecs.GZip}
+        return (made[compression.name](*params.values()),)
+    codecs = importlib.import_module("zarr.codecs")
+    if compression.name == "zstd":
+        return (codecs.ZstdCodec(level=params["level"]),)
+    if compression.name == "gzip":
+        return (codecs.GzipCodec(level=params["level"]),)
+    if compression.name == "lz4":
+        return (codecs.BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle"),)
+    shuffle = {"none": "noshuffle", "byte": "shuffle", "bit": "bitshuffle"}[params["shuffle"]]
+    return (codecs.BloscCodec(cname=params["cname"], clevel=params["clevel"], shuffle=shuffle),)
+
+
+def _export_field(
+    dataset: Dataset, name: str, group: Any, compressors: tuple[Any, ...], report: Any
+) -> None:
     column = dataset[name]
     rows = len(column)
     row_bytes = max(1, column.dtype.itemsize * int(np.prod(column.shape[1:])))
     chunk_rows = max(1, min(rows, EXPORT_CHUNK_BYTES // row_bytes))
     target = group.create_array(
-        name, shape=column.shape, dtype=column.dtype, chunks=(chunk_rows, *column.shape[1:])
+        name,
+        shape=column.shape,
+        dtype=column.dtype,
+        chunks=(chunk_rows, *column.shape[1:]),
+        compressors=compressors,
     )
     if column.labels is not None:
         target.attrs[LABELS_ATTRIBUTE] = list(column.labels)

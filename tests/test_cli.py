@@ -636,7 +636,7 @@ def test_info_json(described: tuple[ms.Dataset, dict[str, np.ndarray]]) -> None:
     manifest = ds.manifest
     assert set(info) == {
         "path", "format_version", "uuid", "generation", "rows", "shards", "sealed_shards",
-        "shard_rows", "bytes", "fields", "attrs",
+        "shard_rows", "bytes", "stored_bytes", "fields", "attrs",
     }  # fmt: skip
     assert info["path"] == ds.path
     assert info["format_version"] == manifest.version == ms.FORMAT_VERSION
@@ -647,9 +647,13 @@ def test_info_json(described: tuple[ms.Dataset, dict[str, np.ndarray]]) -> None:
     assert info["sealed_shards"] == sum(shard.sealed for shard in ds.shards) == 4
     assert info["shard_rows"] == manifest.shard_rows == 3
     assert info["bytes"] == ds.nbytes == sum(array.nbytes for array in columns.values())
+    assert info["stored_bytes"] == info["bytes"]  # nothing compressed
     assert list(info["fields"]) == list(manifest.fields)
     for name, field in info["fields"].items():
-        assert set(field) == {"dtype", "shape", "row_bytes", "labels"}
+        assert set(field) == {"dtype", "shape", "row_bytes", "labels", "codec", "stored_bytes",
+                              "ratio"}  # fmt: skip
+        assert field["codec"] is None
+        assert field["stored_bytes"] == columns[name].nbytes and field["ratio"] == 1.0
         assert np.dtype(field["dtype"]) == columns[name].dtype
         assert field["shape"] == list(columns[name].shape[1:])
         assert field["row_bytes"] == manifest.fields[name].row_bytes == columns[name][0].nbytes

@@ -125,11 +125,15 @@ def test_info_json_of_ragged_fields(
                 "max": int(lengths.max()),
                 "mean": pytest.approx(float(lengths.mean())),
             },
+            "codec": None,
+            "stored_bytes": element_bytes * int(lengths.sum()),
+            "ratio": 1.0,
         }
         assert info["fields"][name]["bytes"] == dataset[name].nbytes
     # a fixed field is described as in a dataset without ragged fields
     assert info["fields"]["label"] == {
-        "dtype": "int64", "shape": [], "row_bytes": 8, "labels": ["cat", "dog"],
+        "dtype": "int64", "shape": [], "row_bytes": 8, "labels": ["cat", "dog"], "codec": None,
+        "stored_bytes": 8 * ROWS, "ratio": 1.0,
     }  # fmt: skip
     assert info["bytes"] == sum(info["fields"][name]["bytes"] for name in ("tokens", "strokes")) + (
         8 * ROWS
