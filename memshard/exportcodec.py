@@ -55,15 +55,15 @@ def parse_compression(text: str, *, where: str) -> Compression | None:
                           f"not {type(text).__name__}")  # fmt: skip
     if text == NONE:
         return None
-    name, _, argument = text.partition(":")
+    name, sep, argument = text.partition(":")
     if name == "gzip":
-        if not argument:
+        if not sep:
             return Compression("gzip", {"level": DEFAULT_GZIP_LEVEL})
         if not argument.isdigit() or not 0 <= int(argument) <= 9:
             raise SchemaError(f"{where}: gzip's level is an integer from 0 to 9, got {argument!r}")
         return Compression("gzip", {"level": int(argument)})
     if name == "lzf":
-        if argument:
+        if sep:
             raise SchemaError(f"{where}: lzf takes no parameter, got {text!r}")
         return Compression("lzf")
     try:
