@@ -167,6 +167,47 @@ def test_from_dask_appends_and_round_trips_through_to_dask(client, tmp_path):
     assert replaced.uuid != first.uuid
 
 
+def test_from_dask_compresses_on_the_cluster_workers_and_to_dask_reads_it_back(client, tmp_path):
+    rows = 1000
+    sketch = da.zeros((rows, 32, 32), dtype=np.uint8, chunks=(100, 32, 32))
+    sketch = sketch + (da.arange(rows, chunks=100) % 7).astype(np.uint8)[:, None, None]
+    dataset = from_dask(
+        {"image": images(rows, 130), "sketch": sketch},
+        tmp_path / "ds",
+        shard_bytes=64 << 10,
+        codecs={"sketch": "zstd:5", "image": {"codec": "blosc", "block_bytes": 4096}},
+    )
+    assert dataset.manifest.fields["sketch"].codec.params == {"level": 5}
+    assert dataset.manifest.fields["image"].codec.block_bytes == 4096
+    assert dataset["sketch"].stored_bytes < dataset["sketch"].nbytes // 50
+    expected = np.broadcast_to(
+        (np.arange(rows) % 7).astype(np.uint8)[:, None, None], (rows, 32, 32)
+    )
+    np.testing.assert_array_equal(dataset["sketch"][:], expected)
+    np.testing.assert_array_equal(dataset["image"][:], expected_images(rows))
+    assert dataset.verify().ok
+
+    # A compressed field as a dask array: a chunk per shard, decompressed on the workers.
+    array = to_dask(dataset, "sketch")
+    assert array.chunks[0] == tuple(shard.rows for shard in dataset.shards)
+    np.testing.assert_array_equal(array.compute(), expected)  # the cluster's processes
+    np.testing.assert_array_equal(array[::7].compute(scheduler="threads"), expected[::7])
+
+    # Appended blocks are compressed with the dataset's codecs.
+    again = append_dask({"image": to_dask(dataset, "image")[:200], "sketch": array[:200]},
+                        tmp_path / "ds")  # fmt: skip
+    assert len(again) == rows + 200
+    assert again.manifest.fields == dataset.manifest.fields
+    np.testing.assert_array_equal(again["sketch"][rows:], expected[:200])
+    assert again.verify().ok
+
+
+def test_from_dask_refuses_bad_codecs_before_writing(tmp_path):
+    with pytest.raises(errors.SchemaError, match="no field 'nope'"):
+        from_dask({"image": images(10, 5)}, tmp_path / "ds", codecs={"nope": "zstd"})
+    assert os.listdir(tmp_path) == []
+
+
 def test_from_dask_refuses_bad_arrays_before_writing(tmp_path):
     path = tmp_path / "ds"
     with pytest.raises(errors.ArgumentError, match="not a dask array"):
