@@ -334,9 +334,15 @@ def recompress(
         shard_bytes: the new dataset's shard size (default
             :data:`~memshard.DEFAULT_SHARD_BYTES`, whatever the source's).
 
-    See :func:`from_hdf5` for the other parameters and errors; a damaged shard of ``src``
-    raises its error (:class:`~memshard.errors.ChecksumError`,
-    :class:`~memshard.errors.BlockError`, ...) naming the file, keeping the rows committed.
+    See :func:`from_hdf5` for the other parameters and errors; also:
+
+    Raises:
+        DatasetNotFoundError: ``src`` is no memshard dataset.
+        InvalidDatasetError: a shard of ``src`` cannot be read (truncated, offsets out of
+            order, a frame that does not decompress: :class:`~memshard.errors.BlockError`),
+            naming the file; the rows committed are kept for a resume. Reads do not
+            recompute checksums, as :meth:`~memshard.Dataset.verify` does: verify ``src``
+            first to copy only intact data.
 
     Example:
         >>> import numpy as np, memshard as ms, tempfile, os
@@ -351,7 +357,9 @@ def recompress(
     source = src if isinstance(src, Dataset) else open_dataset(src)
     try:
         plan = datasetsource.plan(source)
-        kept: dict[str, Any] = {name: spec.codec for name, spec in source.manifest.fields.items()}
+        kept: dict[str, Codec | None] = {
+            name: spec.codec for name, spec in source.manifest.fields.items()
+        }
     finally:
         if source is not src:
             source.close()
@@ -482,10 +490,9 @@ def to_zarr(
     Raises:
         DatasetExistsError: ``dst`` exists (without ``overwrite``).
         FieldNotFoundError: a requested field does not exist.
-        SchemaError: ``compression`` names an unknown compression, lzf, or a field not
-            exported.
         SchemaError: a field to export is ragged: zarr-python 3 writes no variable-length
-            arrays (pass ``fields`` without it, or use :func:`to_hdf5`).
+            arrays (pass ``fields`` without it, or use :func:`to_hdf5`); or ``compression``
+            names an unknown compression, lzf, or a field not exported.
     """
     from . import zarr
 

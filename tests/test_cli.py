@@ -994,7 +994,8 @@ def test_every_option_has_help_and_every_command_examples() -> None:
         action for action in parser._actions if isinstance(action, argparse._SubParsersAction)
     ]
     assert set(commands.choices) == {
-        "convert", "info", "verify", "upgrade", "head", "ls", "attrs", "labels", "demo",
+        "convert", "recompress", "info", "verify", "upgrade", "head", "ls", "attrs", "labels",
+        "demo",
     }  # fmt: skip
     for name, command in commands.choices.items():
         assert command.epilog is not None, name
