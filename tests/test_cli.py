@@ -653,7 +653,8 @@ def test_info_json(described: tuple[ms.Dataset, dict[str, np.ndarray]]) -> None:
         assert set(field) == {"dtype", "shape", "row_bytes", "labels", "codec", "stored_bytes",
                               "ratio"}  # fmt: skip
         assert field["codec"] is None
-        assert field["stored_bytes"] == columns[name].nbytes and field["ratio"] == 1.0
+        assert field["stored_bytes"] == columns[name].nbytes
+        assert field["ratio"] == 1.0
         assert np.dtype(field["dtype"]) == columns[name].dtype
         assert field["shape"] == list(columns[name].shape[1:])
         assert field["row_bytes"] == manifest.fields[name].row_bytes == columns[name][0].nbytes

@@ -240,7 +240,7 @@ def test_verify_reports_a_compressed_block_that_does_not_decompress(
     the writer, not of the disk) is found by decompressing it: the file and the block are
     named."""
     compress = BlockCodec.compress
-    calls = []
+    calls: list[int] = []
 
     def half_of_block_1(self: BlockCodec, block: memoryview) -> bytes:
         calls.append(len(calls))

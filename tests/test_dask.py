@@ -177,8 +177,11 @@ def test_from_dask_compresses_on_the_cluster_workers_and_to_dask_reads_it_back(c
         shard_bytes=64 << 10,
         codecs={"sketch": "zstd:5", "image": {"codec": "blosc", "block_bytes": 4096}},
     )
-    assert dataset.manifest.fields["sketch"].codec.params == {"level": 5}
-    assert dataset.manifest.fields["image"].codec.block_bytes == 4096
+    sketch_codec, image_codec = dataset["sketch"].codec, dataset["image"].codec
+    assert sketch_codec is not None
+    assert sketch_codec.params == {"level": 5}
+    assert image_codec is not None
+    assert image_codec.block_bytes == 4096
     assert dataset["sketch"].stored_bytes < dataset["sketch"].nbytes // 50
     expected = np.broadcast_to(
         (np.arange(rows) % 7).astype(np.uint8)[:, None, None], (rows, 32, 32)
