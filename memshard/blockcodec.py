@@ -31,6 +31,8 @@ from .errors import BlockError
 
 _LZ4_SIZE = struct.Struct("<i")
 _BLOSC_HEADER = struct.Struct("<BBBBiii")
+_BLOSC_START = struct.Struct("<i")
+_BLOSC_MEMCPYED = 0x02
 #: The most bytes one byte of a frame can decompress to (spec section 5.7): a zstd block of
 #: at most 128 KiB takes at least 4 bytes (an RLE block and its header); an LZ4 sequence
 #: yields at most 255 bytes a byte (a match length goes on in bytes of 255); the splits of a
@@ -122,7 +124,7 @@ class BlockCodec:
                 f"a {self.name} frame of {len(frame)} bytes cannot hold the {size} bytes it "
                 f"claims (at most {most} bytes a byte): a lie, or a bomb"
             )
-        return None
+        return _blosc_layout_problem(frame) if self.name == "blosc" and size else None
 
     def _claimed(self, frame: memoryview) -> int | str:
         """The block size ``frame``'s header claims, or what is wrong with its header."""
@@ -142,11 +144,37 @@ class BlockCodec:
                 f"the blosc frame claims {nbytes} bytes in {cbytes}, yet its block's frame "
                 f"is {len(frame)} bytes"
             )
-        return nbytes
+        return int(nbytes)
 
 
 class _Refused(Exception):
     """A frame refused before or after decompressing (the message says why)."""
+
+
+def _blosc_layout_problem(frame: memoryview) -> str | None:
+    """What is wrong with the layout of a c-blosc 1 frame (its header read whole, and its
+    claim of a size above 0 checked), or None: its bytes must be copied right after the
+    header, or its blocks' starts follow the header and its first block follow them. A frame
+    whose header was made to claim fewer bytes than its blocks hold (c-blosc would decode the
+    first ones and say nothing) is refused so."""
+    _, _, flags, _, nbytes, blocksize, _ = _BLOSC_HEADER.unpack_from(frame)
+    if flags & _BLOSC_MEMCPYED:
+        if len(frame) != _BLOSC_HEADER.size + nbytes:
+            return f"the blosc frame copies {nbytes} bytes, yet is {len(frame)} bytes"
+        return None
+    if blocksize <= 0:
+        return f"the blosc frame claims blocks of {blocksize} bytes"
+    blocks = -(-nbytes // blocksize)
+    first = _BLOSC_HEADER.size + _BLOSC_START.size * blocks
+    if len(frame) < first + _BLOSC_START.size:
+        return f"the blosc frame claims {blocks} blocks of {blocksize} bytes in {len(frame)}"
+    (start,) = _BLOSC_START.unpack_from(frame, _BLOSC_HEADER.size)
+    if start != first:
+        return (
+            f"the blosc frame claims {nbytes} bytes in {blocks} blocks, yet its first block "
+            f"starts at byte {start}, not {first} (it holds more than it claims)"
+        )
+    return None
 
 
 def _zstd_into(frame: memoryview, out: memoryview, size: int) -> None:
