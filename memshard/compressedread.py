@@ -421,3 +421,16 @@ def pool(threads: int) -> ThreadPoolExecutor:
         if executor is None:
             executor = _pools[key] = ThreadPoolExecutor(threads, "memshard-decompress")
         return executor
+
+
+def _forget_pools_after_fork() -> None:
+    """In a forked child (a DataLoader worker): forget the parent's pools, whose threads do
+    not exist here, and make the lock anew, since another thread of the parent may have held
+    it as the process forked (it would stay held in the child, and its first threaded gather
+    would wait for ever)."""
+    global _pools_lock
+    _pools_lock = threading.Lock()
+    _pools.clear()
+
+
+os.register_at_fork(after_in_child=_forget_pools_after_fork)
