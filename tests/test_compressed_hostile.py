@@ -6,6 +6,7 @@ reports it."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import struct
@@ -129,7 +130,7 @@ def _block_ends(offsets: np.ndarray) -> np.ndarray:
 
 
 def _with_block_ends(offsets: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    changed = offsets.copy()
+    changed: np.ndarray = offsets.copy()
     if changed.ndim == 2:
         changed[:, 1] = ends
     else:
@@ -217,7 +218,7 @@ def test_a_block_end_inside_another_frame_is_a_block_error(
         ds["x"][:]
     assert str(caught.value).startswith(f"{values}: field 'x', block ")
     for row in (0, ROWS - 1):  # a row reads right, or not at all
-        outcome = _outcome(lambda row=row: ds["x"][row])
+        outcome = _outcome(functools.partial(ds["x"].__getitem__, row))
         if isinstance(outcome, errors.BlockError):
             assert str(outcome).startswith(f"{values}: field 'x', block ")
         else:

@@ -358,6 +358,7 @@ def child_full_tmpfs(mountpoint: str, kind: str = "fixed") -> dict[str, Any]:
     if problem is not None:
         return {"skip": f"cannot mount a tmpfs here: {problem}"}
     correct: Callable[[ms.Dataset], bool]
+    fields: dict[str, Any]
     if kind == "ragged":
         fields, more = RAGGED, big_ragged_rows
         correct = functools.partial(ragged_rows_are_correct, tokens=1000)

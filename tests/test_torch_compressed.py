@@ -135,7 +135,7 @@ def test_a_loader_hands_over_compressed_batches(corpus: Path, options: dict[str,
     the parent first); a worker gathers into shared memory."""
     dataset = ms.open(corpus)
     dataset.take(np.arange(0, ROWS, 3), threads=2)  # mapped, and a pool made, in the parent
-    modes = {"codes": "packed", "strokes": "nested"}
+    modes: dict[str, mt.RaggedMode] = {"codes": "packed", "strokes": "nested"}
     torch_dataset = mt.MemshardDataset(dataset, ragged=modes, batch_transform=shared)
     generator = torch.Generator().manual_seed(5)
     batches = list(
