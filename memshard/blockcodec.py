@@ -9,7 +9,10 @@ A block's size is always known before it is decompressed (its rows times their b
 offsets), so every codec is held to it: a frame whose header claims another size, that ends
 early, or that inflates past it (a decompression bomb) is a
 :class:`~memshard.errors.BlockError`, and no more memory than the block's own is ever written
-or allocated. Each library call releases the GIL, so blocks decompress in parallel threads.
+or allocated. A frame's claim is checked before memory for its block is allocated
+(:meth:`BlockCodec.claim_problem`), and a claim no frame of its length can hold
+(:data:`MAX_RATIO`) is refused with it, so offsets that lie about a block's size cost no
+memory. Each library call releases the GIL, so blocks decompress in parallel threads.
 """
 
 from __future__ import annotations
@@ -28,6 +31,14 @@ from .errors import BlockError
 
 _LZ4_SIZE = struct.Struct("<i")
 _BLOSC_HEADER = struct.Struct("<BBBBiii")
+_BLOSC_START = struct.Struct("<i")
+_BLOSC_MEMCPYED = 0x02
+#: The most bytes one byte of a frame can decompress to (spec section 5.7): a zstd block of
+#: at most 128 KiB takes at least 4 bytes (an RLE block and its header); an LZ4 sequence
+#: yields at most 255 bytes a byte (a match length goes on in bytes of 255); the splits of a
+#: c-blosc 1 frame are copied bytes or frames of its inner codecs, zstd the most compressible.
+#: A frame that claims more cannot be whole: it is refused before memory is set aside for it.
+MAX_RATIO = {"zstd": 32768, "lz4": 255, "blosc": 32768}
 
 
 @dataclass(frozen=True)
@@ -66,29 +77,109 @@ class BlockCodec:
         """
         size = out.nbytes
         try:
+            problem = self.claim_problem(frame, size)
+            if problem is not None:
+                raise _Refused(problem)
+            if not size:  # numcodecs refuses to decode a block of no bytes
+                return
             if self.name == "zstd":
                 _zstd_into(frame, out, size)
-            elif self.name == "lz4":
-                _lz4_into(frame, out, size, dict(self.params))
             else:
-                _blosc_into(frame, out, size, self)
+                target = np.frombuffer(out, dtype=np.uint8)
+                if self.name == "lz4":
+                    _numcodecs_lz4(dict(self.params)["acceleration"]).decode(frame, out=target)
+                else:
+                    _numcodecs_blosc(self.params, self.itemsize).decode(frame, out=target)
         except _Refused as exc:
             raise BlockError(f"{where if isinstance(where, str) else where()}: {exc}") from None
         except Exception as exc:  # the libraries raise their own errors for damaged frames
             place = where if isinstance(where, str) else where()
             raise BlockError(f"{place}: not a valid {self.name} frame ({exc})") from None
 
+    def claim_problem(self, frame: memoryview, size: int) -> str | None:
+        """What is wrong with the size ``frame``'s header claims, for a block of ``size``
+        bytes: another size, or more than a frame of its length can hold (None: nothing).
+        Reads the header only, so that a reader checks a claim before it allocates memory
+        for the block.
+
+        Example:
+            >>> codec = BlockCodec.of("lz4", {"acceleration": 1}, 1)
+            >>> frame = memoryview(codec.compress(memoryview(bytes(100))))
+            >>> codec.claim_problem(frame, 100) is None
+            True
+            >>> codec.claim_problem(frame, 10**6)
+            'the lz4 frame claims 100 bytes, the block has 1000000'
+        """
+        try:
+            claimed = self._claimed(frame)
+        except Exception as exc:  # zstandard: not a zstd frame at all
+            return f"not a valid {self.name} frame ({exc})"
+        if isinstance(claimed, str):
+            return claimed
+        if claimed != size:
+            return f"the {self.name} frame claims {claimed} bytes, the block has {size}"
+        most = MAX_RATIO[self.name]
+        if size > len(frame) * most:
+            return (
+                f"a {self.name} frame of {len(frame)} bytes cannot hold the {size} bytes it "
+                f"claims (at most {most} bytes a byte): a lie, or a bomb"
+            )
+        return _blosc_layout_problem(frame) if self.name == "blosc" and size else None
+
+    def _claimed(self, frame: memoryview) -> int | str:
+        """The block size ``frame``'s header claims, or what is wrong with its header."""
+        if self.name == "zstd":
+            claimed: int = _zstandard().frame_content_size(frame)
+            return claimed
+        if self.name == "lz4":
+            if len(frame) < _LZ4_SIZE.size:
+                return f"an lz4 frame of {len(frame)} bytes has no size"
+            (claimed,) = _LZ4_SIZE.unpack_from(frame)
+            return claimed
+        if len(frame) < _BLOSC_HEADER.size:
+            return f"a blosc frame of {len(frame)} bytes has no header"
+        _, _, _, _, nbytes, _, cbytes = _BLOSC_HEADER.unpack_from(frame)
+        if cbytes != len(frame):
+            return (
+                f"the blosc frame claims {nbytes} bytes in {cbytes}, yet its block's frame "
+                f"is {len(frame)} bytes"
+            )
+        return int(nbytes)
+
 
 class _Refused(Exception):
     """A frame refused before or after decompressing (the message says why)."""
 
 
+def _blosc_layout_problem(frame: memoryview) -> str | None:
+    """What is wrong with the layout of a c-blosc 1 frame (its header read whole, and its
+    claim of a size above 0 checked), or None: its bytes must be copied right after the
+    header, or its blocks' starts follow the header and its first block follow them. A frame
+    whose header was made to claim fewer bytes than its blocks hold (c-blosc would decode the
+    first ones and say nothing) is refused so."""
+    _, _, flags, _, nbytes, blocksize, _ = _BLOSC_HEADER.unpack_from(frame)
+    if flags & _BLOSC_MEMCPYED:
+        if len(frame) != _BLOSC_HEADER.size + nbytes:
+            return f"the blosc frame copies {nbytes} bytes, yet is {len(frame)} bytes"
+        return None
+    if blocksize <= 0:
+        return f"the blosc frame claims blocks of {blocksize} bytes"
+    blocks = -(-nbytes // blocksize)
+    first = _BLOSC_HEADER.size + _BLOSC_START.size * blocks
+    if len(frame) < first + _BLOSC_START.size:
+        return f"the blosc frame claims {blocks} blocks of {blocksize} bytes in {len(frame)}"
+    (start,) = _BLOSC_START.unpack_from(frame, _BLOSC_HEADER.size)
+    if start != first:
+        return (
+            f"the blosc frame claims {nbytes} bytes in {blocks} blocks, yet its first block "
+            f"starts at byte {start}, not {first} (it holds more than it claims)"
+        )
+    return None
+
+
 def _zstd_into(frame: memoryview, out: memoryview, size: int) -> None:
-    claimed = _zstandard().frame_content_size(frame)
-    if claimed != size:
-        raise _Refused(f"the zstd frame claims {claimed} bytes, the block has {size}")
-    if not size:
-        return
+    """Decompress a zstd frame whose claim was checked (a content size of ``size`` bytes, which
+    bounds the decoder's buffers too) into ``out``; refuse one that ends early or goes on."""
     reader = _zstd_decompressor().stream_reader(frame, read_across_frames=False)
     with reader:
         filled = 0
@@ -99,33 +190,6 @@ def _zstd_into(frame: memoryview, out: memoryview, size: int) -> None:
             filled += got
         if reader.read(1):
             raise _Refused(f"the zstd frame inflates past its {size} bytes")
-
-
-def _lz4_into(frame: memoryview, out: memoryview, size: int, params: dict[str, Any]) -> None:
-    if len(frame) < _LZ4_SIZE.size:
-        raise _Refused(f"an lz4 frame of {len(frame)} bytes has no size")
-    (claimed,) = _LZ4_SIZE.unpack_from(frame)
-    if claimed != size:
-        raise _Refused(f"the lz4 frame claims {claimed} bytes, the block has {size}")
-    if not size:  # numcodecs refuses to decode a block of no bytes
-        return
-    target = np.frombuffer(out, dtype=np.uint8)
-    _numcodecs_lz4(params["acceleration"]).decode(frame, out=target)
-
-
-def _blosc_into(frame: memoryview, out: memoryview, size: int, codec: BlockCodec) -> None:
-    if len(frame) < _BLOSC_HEADER.size:
-        raise _Refused(f"a blosc frame of {len(frame)} bytes has no header")
-    _, _, _, _, nbytes, _, cbytes = _BLOSC_HEADER.unpack_from(frame)
-    if nbytes != size or cbytes != len(frame):
-        raise _Refused(
-            f"the blosc frame claims {nbytes} bytes in {cbytes}, the block has {size} in "
-            f"{len(frame)}"
-        )
-    if not size:  # numcodecs refuses to decode a block of no bytes
-        return
-    target = np.frombuffer(out, dtype=np.uint8)
-    _numcodecs_blosc(codec.params, codec.itemsize).decode(frame, out=target)
 
 
 # Codec objects: zstandard's are not thread-safe, so each thread has its own; numcodecs'

@@ -7,7 +7,9 @@ row.
 
 A block's size follows from its rows (a fixed field: rows times the row bytes; a ragged one:
 its element ends), so a frame that claims or inflates to anything else is a
-:class:`~memshard.errors.BlockError` before any memory past the block's is written.
+:class:`~memshard.errors.BlockError` before any memory past the block's is written; and its
+claim is checked before memory is allocated for the block (or for a gather of ragged rows), so
+element ends that lie about a row's size cost no memory.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 from .blockcodec import BlockCodec
 from .blockindex import Blocks, blocks_of
 from .checksum import StreamingChecksum
-from .errors import ChecksumError, ShardDataError
+from .errors import BlockError, ChecksumError, ShardDataError
 from .indexing import project_indices
 from .manifest import FieldSpec, Shard
 from .mappings import check_shard_file
@@ -156,6 +158,7 @@ class CompressedLayout(RaggedLayout):
         if last is not None and last[0] == shard and last[1] == block:
             return last[2]
         task = self._task(shard, block, self.blocks(shard))
+        task.check_claim()
         data = np.empty(task.nbytes, dtype=np.uint8)
         task.decompress(data.data)
         self._last = (shard, block, data)
@@ -270,15 +273,8 @@ class CompressedLayout(RaggedLayout):
             pieces.append((shard, np.asarray(local), _positions(positions, count)))
         out_offsets = np.zeros(count + 1, dtype=np.int64)
         np.cumsum(lengths, out=out_offsets[1:])
-        out = allocate(
-            empty or page_aligned_empty,
-            (int(out_offsets[-1]), *self.spec.shape),
-            self.spec.numpy_dtype,
-            where=f"{self.root}: field {self.name!r}",
-        )
-        target = out.reshape(-1).view(np.uint8)
         size = self.spec.row_bytes
-        tasks = []
+        tasks, copied = [], []
         for shard, local, positions in pieces:
             blocks = self.blocks(shard)
             ends = self._element_ends(shard)
@@ -295,7 +291,19 @@ class CompressedLayout(RaggedLayout):
                         strict=True,
                     )
                 )
-                tasks.append(self._task(shard, block, blocks, copies=(target, None, copies)))
+                task = self._task(shard, block, blocks)
+                task.check_claim()  # element ends that lie about a size cost no memory
+                tasks.append(task)
+                copied.append(copies)
+        out = allocate(
+            empty or page_aligned_empty,
+            (int(out_offsets[-1]), *self.spec.shape),
+            self.spec.numpy_dtype,
+            where=f"{self.root}: field {self.name!r}",
+        )
+        target = out.reshape(-1).view(np.uint8)
+        for task, copies in zip(tasks, copied, strict=True):
+            task.copies = (target, None, copies)
         self._run(tasks, threads)
         return Ragged._of(out, out_offsets)
 
@@ -361,6 +369,18 @@ class _Task:
         self.codec, self.frame, self.nbytes, self.where = codec, frame, nbytes, where
         self.direct, self.copies = direct, copies
 
+    def check_claim(self) -> None:
+        """Refuse the frame now, before memory is allocated for the block, if its header
+        claims another size than ``nbytes`` or more than it can hold.
+
+        Raises:
+            BlockError: see :meth:`memshard.blockcodec.BlockCodec.claim_problem`.
+        """
+        problem = self.codec.claim_problem(self.frame, self.nbytes)
+        if problem is not None:
+            layout, *place = self.where
+            raise BlockError(f"{layout.describe(*place)}: {problem}")
+
     def decompress(self, out: memoryview) -> None:
         """Fill ``out`` (``nbytes``) with the block.
 
@@ -401,3 +421,16 @@ def pool(threads: int) -> ThreadPoolExecutor:
         if executor is None:
             executor = _pools[key] = ThreadPoolExecutor(threads, "memshard-decompress")
         return executor
+
+
+def _forget_pools_after_fork() -> None:
+    """In a forked child (a DataLoader worker): forget the parent's pools, whose threads do
+    not exist here, and make the lock anew, since another thread of the parent may have held
+    it as the process forked (it would stay held in the child, and its first threaded gather
+    would wait for ever)."""
+    global _pools_lock
+    _pools_lock = threading.Lock()
+    _pools.clear()
+
+
+os.register_at_fork(after_in_child=_forget_pools_after_fork)

@@ -355,12 +355,15 @@ def _check_blocks(
         for block in range(len(blocks.first_rows)):
             interrupt.check()
             start, stop = int(blocks.byte_starts[block]), int(blocks.byte_ends[block])
-            frame = os.pread(fd, stop - start, values.data_offset + start)
-            data = np.empty(int(stops[block] - firsts[block]), dtype=np.uint8)
+            frame = memoryview(os.pread(fd, stop - start, values.data_offset + start))
+            size = int(stops[block] - firsts[block])
             first_row = shard.row_offset + int(blocks.first_rows[block])
-            codec.decompress_into(
-                memoryview(frame), data.data, where=f"block {block} (from row {first_row})"
-            )
+            where_block = f"block {block} (from row {first_row})"
+            problem = codec.claim_problem(frame, size)  # before allocating the block's size
+            if problem is not None:
+                raise BlockError(f"{where_block}: {problem}")
+            data = np.empty(size, dtype=np.uint8)
+            codec.decompress_into(frame, data.data, where=where_block)
             if declared.numpy_dtype.kind == "b" and bool((data > 1).any()):
                 return Problem(
                     where,

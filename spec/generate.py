@@ -2,7 +2,7 @@
 
 ``spec/manifest.schema.json`` is the JSON Schema of the manifest model, and the blocks of
 ``spec/FORMAT.md`` between ``<!-- BEGIN GENERATED: NAME -->`` and ``<!-- END GENERATED: NAME -->``
-(the dtype table, the limits table and the two worked examples) are rendered from the library's
+(the dtype table, the limits table and the three worked examples) are rendered from the library's
 own pieces, so the specification cannot drift from the code without a test noticing.
 
 Usage::
@@ -13,8 +13,10 @@ Usage::
 The worked examples are built in memory from ``npyheader.header_bytes``,
 ``checksum.StreamingChecksum``, ``shardtable.encode``, the ``Manifest`` model and
 ``manifest.dumps``; nothing is written to disk except the two spec files. The one with a ragged
-field (section 11.2) splits its rows into shards by the rule of section 5.6, computed here
-independently of the writer, whose output ``tests/test_spec.py`` compares with it.
+field (section 11.2) splits its rows into shards by the rule of section 5.6, and the one with
+a compressed field (section 11.3) its rows into blocks by the rule of section 5.7, with frames
+made by zstandard itself; both computed here independently of the writer, whose output
+``tests/test_spec.py`` compares with them.
 """
 
 from __future__ import annotations
@@ -32,10 +34,22 @@ from types import ModuleType
 from typing import Any, NamedTuple
 
 import numpy as np
+import zstandard
 
-from memshard import checksum, dtypes, durable, layout, manifest, npyheader, schema, shardtable
+from memshard import (
+    checksum,
+    codecs,
+    dtypes,
+    durable,
+    layout,
+    manifest,
+    npyheader,
+    schema,
+    shardtable,
+)
 from memshard.checksum import StreamingChecksum
 from memshard.manifest import (
+    Codec,
     FieldSpec,
     Manifest,
     Shard,
@@ -80,13 +94,45 @@ RAGGED_VALUES: dict[str, tuple[Any, ...]] = {
     "y": (1, 0, 1),
 }
 
+#: The worked example of section 11.3: a field compressed with zstd beside a fixed field, one
+#: shard of 5 rows written by two commits (``COMPRESSED_COMMITS``: the first commits rows 0-2,
+#: closing commits rows 3-4 and seals the shard), so in two blocks, since a commit ends a
+#: block. No byte of a row repeats within its block, so zstd stores each block raw and the
+#: frames do not depend on the version of libzstd that writes them.
+COMPRESSED_UUID = "fedcba9876543210fedcba9876543210"
+COMPRESSED_SHARD_BYTES = 256
+COMPRESSED_FIELDS = {
+    "img": FieldSpec(
+        dtype="|u1",
+        shape=(4, 4),
+        codec=Codec(name="zstd", params={"level": 3}, block_bytes=1024),
+    ),
+    "y": FieldSpec(dtype="<i8", shape=()),
+}
+COMPRESSED_ATTRS: dict[str, Any] = {"source": "compressed example"}
+COMPRESSED_COMMITS = (3, 5)
+COMPRESSED_VALUES: dict[str, tuple[Any, ...]] = {
+    "img": tuple(
+        tuple(tuple(16 * row + 4 * line + column for column in range(4)) for line in range(4))
+        for row in range(5)
+    ),
+    "y": (3, 1, 4, 1, 5),
+}
+#: zstd's frame magic number, and the types of its blocks (RFC 8878, section 3.1.1.2).
+ZSTD_MAGIC = 0xFD2FB528
+ZSTD_BLOCK_TYPES = ("raw", "RLE", "compressed", "reserved")
+
 #: The named constants the specification refers to: (module, name, meaning).
 LIMITS: tuple[tuple[ModuleType, str, str], ...] = (
     (manifest, "MAX_MANIFEST_BYTES", "largest `manifest.json`, in bytes"),
     (manifest, "MAX_COUNT", "largest row count, row offset, generation, byte size or dimension"),
     (manifest, "MAX_SAMPLE_NDIM", "most dimensions of one sample"),
     (manifest, "MAX_LABELS", "most labels in one vocabulary"),
-    (manifest, "OFFSETS_SUFFIX", "replaces `.npy` in the offsets file of a ragged field (2.1)"),
+    (
+        manifest,
+        "OFFSETS_SUFFIX",
+        "replaces `.npy` in the offsets file of a ragged (2.1) or compressed (2.2) field",
+    ),
     (layout, "MAX_FIELD_NAME", "longest field name, in characters"),
     (layout, "FIELD_NAME_PATTERN", "a field name (whole string)"),
     (layout, "SHARD_PATH_PATTERN", "a shard path in the manifest (whole string)"),
@@ -107,6 +153,9 @@ LIMITS: tuple[tuple[ModuleType, str, str], ...] = (
     (shardtable, "TABLE_NAME", "the shard table (format 2)"),
     (shardtable, "STEM_BYTES", "bytes of a shard's file stem in a shard table record"),
     (shardtable, "STEM_PATTERN", "a shard's file stem (whole string)"),
+    (codecs, "MIN_BLOCK_BYTES", "smallest `block_bytes` of a compressed field (2.2)"),
+    (codecs, "MAX_BLOCK_BYTES", "largest `block_bytes` of a compressed field (2.2)"),
+    (codecs, "DEFAULT_BLOCK_BYTES", "the `block_bytes` a writer uses unless told (2.2)"),
 )
 #: Order of dtype kinds in the dtype table: bool, signed, unsigned, float, complex.
 KIND_ORDER = "biufc"
@@ -387,6 +436,167 @@ def build_ragged_example() -> Example:
     return Example(document, sealed, files)
 
 
+def compressed_frame(block: bytes) -> bytes:
+    """The zstd frame of ``block`` as section 5.7 says a writer makes it: with its content size
+    and a content checksum, at the field's level (zstandard, not the library's writer)."""
+    codec = COMPRESSED_FIELDS["img"].codec
+    assert codec is not None
+    compressor = zstandard.ZstdCompressor(
+        level=codec.params["level"], write_content_size=True, write_checksum=True
+    )
+    frame: bytes = compressor.compress(block)
+    return frame
+
+
+def compressed_blocks() -> list[tuple[int, int]]:
+    """``(first, stop)`` rows of each block of the compressed example: within each commit's
+    rows, as many rows as fit ``block_bytes`` (section 5.7); a commit ends a block."""
+    spec = COMPRESSED_FIELDS["img"]
+    assert spec.codec is not None
+    per_block = max(1, spec.codec.block_bytes // spec.row_bytes)
+    blocks, start = [], 0
+    for stop in COMPRESSED_COMMITS:
+        blocks += [(first, min(first + per_block, stop)) for first in range(start, stop, per_block)]
+        start = stop
+    return blocks
+
+
+def build_compressed_example() -> Example:
+    """The compressed example once closed: its one shard sealed, a record of the table; the
+    values file of ``img`` holds a frame per block, its offsets file each row's block end."""
+    rows = COMPRESSED_COMMITS[-1]
+    files: dict[str, bytes] = {}
+    records = {}
+    for name, spec in COMPRESSED_FIELDS.items():
+        path = layout.shard_file_name(COMPRESSED_UUID[:12], 0, name)
+        values = np.asarray(COMPRESSED_VALUES[name], dtype=spec.numpy_dtype)
+        if spec.codec is None:
+            files[path], digest = shard_file(spec, values)
+            records[name] = ShardFile(
+                path=path, data_offset=spec.data_offset, nbytes=values.nbytes, checksum=digest
+            )
+            continue
+        frames, ends = [], [0] * (rows + 1)
+        for first, stop in compressed_blocks():
+            frames.append(compressed_frame(values[first:stop].tobytes()))
+            ends[first + 1 : stop + 1] = [sum(map(len, frames))] * (stop - first)
+        stored = np.frombuffer(b"".join(frames), dtype=np.uint8)
+        files[path], digest = shard_file(spec.values, stored)
+        files[offsets_path(path)], offsets = shard_file(spec.offsets, ends)
+        records[name] = ShardFile(
+            path=path, data_offset=spec.data_offset, nbytes=stored.size, checksum=digest,
+            offsets_checksum=offsets,
+        )  # fmt: skip
+    shard = Shard(row_offset=0, rows=rows, sealed=True, files=records)
+    seed = shardtable.chain_seed(COMPRESSED_UUID)
+    table_records = shardtable.encode([shard], COMPRESSED_FIELDS, seed, where="example")
+    files[shardtable.TABLE_NAME] = table_file(table_records)
+    document = Manifest(
+        format=manifest.FORMAT_NAME,
+        version=manifest.FORMAT_VERSION,
+        uuid=COMPRESSED_UUID,
+        generation=len(COMPRESSED_COMMITS),
+        rows=rows,
+        shard_rows=schema.rows_per_shard(COMPRESSED_FIELDS, COMPRESSED_SHARD_BYTES),
+        fields=COMPRESSED_FIELDS,
+        labels={},
+        attrs=COMPRESSED_ATTRS,
+        table=TableRef(
+            records=1, rows=rows, chain=shardtable.format_chain(int(table_records[-1]["chain"]))
+        ),
+        shards=(),
+    )
+    return Example(document, (shard,), files)
+
+
+def frame_rows(frame: bytes, at: int, first: int, stop: int) -> list[tuple[int, int, str, str]]:
+    """``(offset, size, bytes, meaning)`` of each part of the zstd frame of rows ``first`` to
+    ``stop - 1``, which starts at file offset ``at`` (RFC 8878: magic number, frame header,
+    blocks, content checksum).
+
+    Raises:
+        SpecError: the frame is not laid out as the example's prose says (single segment,
+            no dictionary, a checksum).
+    """
+    (magic,) = np.frombuffer(frame[:4], dtype="<u4").tolist()
+    descriptor = frame[4]
+    size_flag, single = descriptor >> 6, (descriptor >> 5) & 1
+    if magic != ZSTD_MAGIC or not single or descriptor & 0x03 or not descriptor & 0x04:
+        raise SpecError(f"the example's frame has descriptor {descriptor:#04x}, not 0x24-like")
+    field_size = (1, 2, 4, 8)[size_flag]
+    content = int.from_bytes(frame[5 : 5 + field_size], "little") + (256 if field_size == 2 else 0)
+    what = f"rows {first} to {stop - 1}" if stop - first > 1 else f"row {first}"
+    rows = [
+        (at, 4, spaced_hex(frame[:4]), f"zstd magic number `{ZSTD_MAGIC:#010x}`, little-endian"),
+        (at + 4, 1, f"{descriptor:02x}", "frame header descriptor: a single segment, a "
+         f"{field_size}-byte content size, a content checksum, no dictionary"),
+        (at + 5, field_size, spaced_hex(frame[5 : 5 + field_size]),
+         f"`Frame_Content_Size` = {content}: the block's uncompressed bytes ({what})"),
+    ]  # fmt: skip
+    offset = 5 + field_size
+    while True:
+        header = int.from_bytes(frame[offset : offset + 3], "little")
+        last, kind, size = header & 1, ZSTD_BLOCK_TYPES[(header >> 1) & 3], header >> 3
+        stored = 1 if kind == "RLE" else size
+        state = "the last block" if last else "a block"
+        rows.append((at + offset, 3, spaced_hex(frame[offset : offset + 3]),
+                     f"block header: {state}, {kind}, {size} bytes"))  # fmt: skip
+        data = frame[offset + 3 : offset + 3 + stored]
+        shown = (
+            f"{spaced_hex(data[:4])} … {spaced_hex(data[-1:])}"
+            if len(data) > 8
+            else spaced_hex(data)
+        )
+        rows.append((at + offset + 3, stored, shown, f"the {size} bytes of {what}, stored {kind}"))
+        offset += 3 + stored
+        if last:
+            break
+    checksum = frame[offset : offset + 4]
+    rows.append((at + offset, 4, spaced_hex(checksum), "content checksum: the low 4 bytes of the "
+                 "XXH64 (seed 0) of the uncompressed bytes, little-endian"))  # fmt: skip
+    if offset + 4 != len(frame):
+        raise SpecError(f"the example's frame has {len(frame) - offset - 4} bytes after it")
+    return rows
+
+
+def compressed_layout_tables(example: Example) -> tuple[str, str]:
+    """The layout tables of the values file (its frames) and of the offsets file (its block
+    ends) of ``img`` in the compressed example's shard."""
+    spec = example.manifest.fields["img"]
+    file = example.shards[0].files["img"]
+    content = example.files[file.path]
+    offsets = example.files[file.offsets_path]
+    ends = np.frombuffer(offsets[spec.offsets.data_offset :], dtype="<i8").tolist()
+    rows = header_rows(spec.values, content)
+    for first, stop in compressed_blocks():
+        start, end = ends[first], ends[stop]
+        frame = content[spec.data_offset + start : spec.data_offset + end]
+        rows += frame_rows(frame, spec.data_offset + start, first, stop)
+    entries = header_rows(spec.offsets, offsets)
+    for entry, end in enumerate(ends):
+        at = spec.offsets.data_offset + entry * 8
+        meaning = f"`ends[{entry}]` = {end}"
+        meaning += f": row {entry - 1}'s block ends at byte {end}" if entry else ": always 0"
+        entries.append((at, 8, spaced_hex(offsets[at : at + 8]), meaning))
+    return layout_markdown(rows), layout_markdown(entries)
+
+
+def compressed_files_table(example: Example) -> str:
+    """Every file of the compressed example: path, size, the shape its header states, its
+    data as ``numpy.load`` reads it."""
+    rows = []
+    for path, content in example.files.items():
+        array = np.load(io.BytesIO(content))
+        if path == shardtable.TABLE_NAME:
+            data = "the record below"
+        elif array.dtype == np.uint8:
+            data = f"{array.size} bytes: the frames of {len(compressed_blocks())} blocks"
+        else:
+            data = f"`{array.tolist()}`"
+        rows.append((f"`{path}`", len(content), f"`{array.shape}`", data))
+    return table(("Path", "Size", "Shape", "Data"), ("---", "---:", "---", "---"), rows)
+
+
 def shard_line(shard: Shard) -> str:
     """``shard`` as :func:`memshard.manifest.dumps` writes it, on one line (section 6.2)."""
     return json.dumps(shard.model_dump(mode="json"), ensure_ascii=False, allow_nan=False) + "\n"
@@ -611,6 +821,10 @@ def generated_blocks() -> dict[str, str]:
     content = example.files[first.path]
     ragged = build_ragged_example()
     values_layout, offsets_layout = ragged_layout_tables(ragged, "tokens")
+    compressed = build_compressed_example()
+    frames_layout, ends_layout = compressed_layout_tables(compressed)
+    frames_file = compressed.shards[0].files["img"]
+    frames = compressed.files[frames_file.path][frames_file.data_offset :]
     return {
         "dtypes": dtype_table(),
         "limits": limits_table(),
@@ -627,6 +841,12 @@ def generated_blocks() -> dict[str, str]:
         "ragged-table-header": fenced("text", table_dictionary(ragged) + "\n"),
         "ragged-table-records": records_table(ragged),
         "ragged-manifest": fenced("json", manifest.dumps(ragged.manifest).decode("utf-8")),
+        "compressed-files": compressed_files_table(compressed),
+        "compressed-frames-hexdump": fenced("text", hexdump(frames)),
+        "compressed-frames-layout": frames_layout,
+        "compressed-offsets-layout": ends_layout,
+        "compressed-table-records": records_table(compressed),
+        "compressed-manifest": fenced("json", manifest.dumps(compressed.manifest).decode("utf-8")),
     }
 
 

@@ -8,10 +8,12 @@ the parent checks, in process:
 
 - ``memshard.open`` succeeds and ``len(ds)`` is the last acknowledged row count or the count
   of the commit that was in flight (never less, never rows that were not being committed);
-- every row ``i`` reads back as ``x = i``, ``y = i`` (in a dataset of ragged fields, as
-  :func:`tests.crash_writer.ragged_rows` says, read by slice, by row and by ``take``);
-- every sealed shard file (and a ragged field's offsets file) loads with
-  ``np.load(allow_pickle=False)`` and holds its rows, and ``ds.verify().ok``;
+- every row ``i`` reads back as ``x = i``, ``y = i`` (in a dataset of ragged or compressed
+  fields, as :func:`tests.crash_writer.ragged_rows` or
+  :func:`~tests.crash_writer.compressed_rows` says, read by slice, by row and by ``take``);
+- every sealed shard file (and a ragged or compressed field's offsets file) loads with
+  ``np.load(allow_pickle=False)`` and holds its rows (a compressed field's frames, each
+  block decompressed, hold its rows' bytes), and ``ds.verify().ok``;
 - stray files (temporary manifests, shard files no manifest names, remains of parts) may
   exist; they are counted;
 - the child's :class:`~tests.fault_writer.SyncAudit` saw no manifest published before the data
@@ -30,7 +32,8 @@ Kinds of trial:
   longer runs, random 3-round scripts), started on a dataset that a crashed writer left with a
   temporary manifest, unnamed shard files and uncommitted bytes in its unsealed shard; one
   trial per file operation of the script (K = 1 .. ops), killed before and after it; and
-  :data:`RAGGED_PLAN` likewise, on such a dataset of ragged fields;
+  :data:`RAGGED_PLAN` and :data:`COMPRESSED_PLAN` likewise, on such datasets of ragged and of
+  compressed fields;
 - ``random-op``: a longer random script (on a fresh or the crashed dataset, or a fresh one of
   ragged fields whose scripts also write parts), killed at a K drawn uniformly over its whole
   run (a census run counts its operations), before or after;
@@ -74,17 +77,23 @@ import numpy as np
 
 import memshard as ms
 from memshard import npyheader
+from memshard.blockcodec import BlockCodec
+from memshard.blockindex import blocks_of
 from memshard.layout import LOCK_NAME, MANIFEST_NAME, MANIFEST_TEMP_PREFIX, PARTS_DIR, SHARDS_DIR
 from memshard.manifest import shard_files
 from memshard.ragged import Ragged
 from memshard.shardtable import TABLE_NAME, Shards, table_dtype
 from tests import race_harness
 from tests.crash_writer import (
+    COMPRESSED_FIELDS,
+    COMPRESSED_SHARD_BYTES,
     FIELDS,
     RAGGED_FIELDS,
     RAGGED_SHARD_BYTES,
     SHARD_BYTES,
     batch,
+    compressed_rows,
+    is_compressed,
     is_ragged,
     ragged_rows,
     rows,
@@ -126,6 +135,19 @@ RAGGED_PREFIX_PLAN = "e12,c,e20,c"
 #: (continue shard 2, cut back); one more row in it; a part of 2 rows committed through the
 #: appender with commit_parts, which seals shard 2 first.
 RAGGED_PLAN = "e8,c,x,a1,p2"
+#: The crashed start of the compressed every-step trials (fields of
+#: :data:`tests.crash_writer.COMPRESSED_FIELDS`): a commit of 12 rows in the unsealed shard 0
+#: (the zstd field's second block two rows in: a commit mid-block writes them as a short
+#: block), then rows up to 32 that fill shard 0 and shard 1 and start shard 2, killed just
+#: before the second commit renames its manifest.
+COMPRESSED_PREFIX_PLAN = "e12,c,e20,c"
+#: The compressed script killed at each of its file operations: resume from the crash (cut
+#: the frames and block ends of shard 0 back to its 12 committed rows, checking their prefix
+#: checksums); 9 rows that fill shard 0 and start shard 1 (sealed on size, its pending rows
+#: flushed as blocks), commit mid-block; 3 single rows, commit (short blocks after short
+#: blocks); abort and resume (continue the unsealed shard, cut back); one more row; a part
+#: of 2 rows committed through the appender with commit_parts, which seals the open shard.
+COMPRESSED_PLAN = "e9,c,a3,c,x,a1,p2"
 #: Most rows of the batch the parent appends to a ragged dataset after the crash.
 RAGGED_RESUME_ROWS = 40
 #: Share of the rounds of random ragged scripts that write and commit a part.
@@ -147,25 +169,37 @@ KINDS = ("every-step-before", "every-step-after", "random-op", "random-time")
 @dataclass(frozen=True)
 class Start:
     """The dataset a trial starts from: a copy of ``path``, or a fresh empty dataset of the
-    writer's fields (:data:`~tests.crash_writer.RAGGED_FIELDS` if ``ragged``) with
-    ``shard_bytes`` shards."""
+    writer's fields (:data:`~tests.crash_writer.RAGGED_FIELDS` if ``ragged``,
+    :data:`~tests.crash_writer.COMPRESSED_FIELDS` if ``compressed``) with ``shard_bytes``
+    shards."""
 
     path: str | None = None
     shard_bytes: int = SHARD_BYTES
     ragged: bool = False
+    compressed: bool = False
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        """The fields of a fresh dataset of this kind."""
+        if self.compressed:
+            return COMPRESSED_FIELDS
+        return RAGGED_FIELDS if self.ragged else FIELDS
 
     @property
     def name(self) -> str:
-        kind = "-ragged" if self.ragged else ""
+        kind = "-compressed" if self.compressed else "-ragged" if self.ragged else ""
         if self.path is not None:
             return f"crashed{kind}"
-        if self.shard_bytes == (RAGGED_SHARD_BYTES if self.ragged else SHARD_BYTES):
+        usual = COMPRESSED_SHARD_BYTES if self.compressed else RAGGED_SHARD_BYTES
+        if self.shard_bytes == (usual if self.ragged or self.compressed else SHARD_BYTES):
             return f"fresh{kind}"
         return f"fresh{kind}-{self.shard_bytes}B"
 
 
 #: A fresh dataset of ragged fields.
 RAGGED = Start(shard_bytes=RAGGED_SHARD_BYTES, ragged=True)
+#: A fresh dataset of compressed fields.
+COMPRESSED = Start(shard_bytes=COMPRESSED_SHARD_BYTES, compressed=True)
 
 
 @dataclass(frozen=True)
@@ -483,20 +517,25 @@ def prepare_dataset(where: str, start: Start) -> str:
     """Make the dataset ``where/d`` as ``start`` says."""
     path = os.path.join(where, "d")
     if start.path is None:
-        fields = RAGGED_FIELDS if start.ragged else FIELDS
-        ms.create(path, fields=fields, shard_bytes=start.shard_bytes).close()
+        ms.create(path, fields=start.fields, shard_bytes=start.shard_bytes).close()
     else:
         shutil.copytree(start.path, path)
     return path
 
 
-def prepare_crashed_base(workspace: Workspace, *, ragged: bool = False) -> str:
+def prepare_crashed_base(
+    workspace: Workspace, *, ragged: bool = False, compressed: bool = False
+) -> str:
     """A dataset a writer left by crashing just before renaming a temporary manifest over
     ``manifest.json``, after it had sealed the committed unsealed shard and started the next
     (with ``ragged``, of :data:`~tests.crash_writer.RAGGED_FIELDS`: see
-    :data:`RAGGED_PREFIX_PLAN`).
+    :data:`RAGGED_PREFIX_PLAN`; with ``compressed``, of
+    :data:`~tests.crash_writer.COMPRESSED_FIELDS`: see :data:`COMPRESSED_PREFIX_PLAN`).
     """
-    start, plan = (RAGGED, RAGGED_PREFIX_PLAN) if ragged else (Start(), PREFIX_PLAN)
+    if compressed:
+        start, plan = COMPRESSED, COMPRESSED_PREFIX_PLAN
+    else:
+        start, plan = (RAGGED, RAGGED_PREFIX_PLAN) if ragged else (Start(), PREFIX_PLAN)
     path = prepare_dataset(tempfile.mkdtemp(dir=workspace.scratch, prefix="base-"), start)
     ops = workspace.ops(start, plan)
     second_replace = [number for number, op in enumerate(ops, 1) if op[0] == "replace"][1]
@@ -570,10 +609,13 @@ def exact_layout_problems(path: str) -> list[str]:
 
 def content_problems(ds: ms.Dataset) -> tuple[int, list[str]]:
     """Rows that differ from ``x = i``, ``y = i`` (or from
-    :func:`~tests.crash_writer.ragged_rows`): (count, descriptions)."""
+    :func:`~tests.crash_writer.ragged_rows` or :func:`~tests.crash_writer.compressed_rows`):
+    (count, descriptions)."""
     n = len(ds)
     y = ds["y"][:]
-    if is_ragged(ds.fields):
+    if is_compressed(ds.fields):
+        bad = _compressed_rows_wrong(ds)
+    elif is_ragged(ds.fields):
         bad = _ragged_rows_wrong(ds)
     else:
         expected = rows(0, n)
@@ -598,6 +640,25 @@ def _ragged_rows_wrong(ds: ms.Dataset) -> np.ndarray:
         bad |= _wrong_rows(column[:], want)
         bad |= _wrong_rows(taken[name], [want[i] for i in backwards])[::-1]
         bad |= np.array([not np.array_equal(column[i], row) for i, row in enumerate(want)], bool)
+    return bad
+
+
+def _compressed_rows_wrong(ds: ms.Dataset) -> np.ndarray:
+    """Which rows of a compressed dataset differ from the expected ones, read by a slice of
+    all rows, one by one, and gathered by ``take`` in reverse order with threads."""
+    n = len(ds)
+    expected = compressed_rows(0, n)
+    backwards = np.arange(n)[::-1]
+    taken = ds.take(backwards, threads=2)
+    img = expected["img"]
+    bad = np.asarray(ds["y"][:] != expected["y"])
+    bad |= (ds["img"][:] != img).any(axis=1)
+    bad |= (taken["img"] != img[backwards]).any(axis=1)[::-1]
+    bad |= np.array([not np.array_equal(ds["img"][i], img[i]) for i in range(n)], dtype=bool)
+    column, want = ds["codes"], expected["codes"]
+    bad |= _wrong_rows(column[:], want)
+    bad |= _wrong_rows(taken["codes"], [want[i] for i in backwards])[::-1]
+    bad |= np.array([not np.array_equal(column[i], row) for i, row in enumerate(want)], bool)
     return bad
 
 
@@ -636,6 +697,9 @@ def sealed_file_problems(path: str, ds: ms.Dataset) -> list[str]:
     for shard in ds.shards:
         if not shard.sealed:
             continue
+        if is_compressed(ds.fields):
+            problems += _compressed_file_problems(path, ds, shard)
+            continue
         expected = _expected_files(ds.fields, shard.row_offset, shard.rows)
         for suffix, want in expected.items():
             stem = next(iter(shard.files.values())).path.split(".", 1)[0]
@@ -647,6 +711,56 @@ def sealed_file_problems(path: str, ds: ms.Dataset) -> list[str]:
                 continue
             if loaded.shape != want.shape or not np.array_equal(loaded, want):
                 problems.append(f"{relative}: np.load gives shape {loaded.shape}, wrong rows")
+    return problems
+
+
+def _compressed_file_problems(path: str, ds: ms.Dataset, shard: Any) -> list[str]:
+    """A sealed shard of compressed fields: every file loads with np.load; a compressed
+    field's offsets hold ``rows + 1`` block ends from 0 to its frames' bytes (and element ends,
+    for a ragged one), and each block, decompressed from the loaded frames, holds its rows."""
+    problems = []
+    content = compressed_rows(shard.row_offset, shard.rows)
+    for name, spec in ds.manifest.fields.items():
+        file = shard.files[name]
+        try:
+            values = np.load(os.path.join(path, file.path), allow_pickle=False)
+            offsets = None
+            if spec.has_offsets:
+                offsets = np.load(os.path.join(path, file.offsets_path), allow_pickle=False)
+        except Exception as exc:
+            problems.append(f"np.load of {file.path} failed: {type(exc).__name__}: {exc}")
+            continue
+        if offsets is None:
+            if not np.array_equal(values, content[name]):
+                problems.append(f"{file.path}: np.load gives wrong rows")
+            continue
+        assert spec.codec is not None
+        ends = offsets[:, 1] if spec.ragged else offsets
+        if len(ends) != shard.rows + 1 or ends[0] != 0 or ends[-1] != values.size:
+            problems.append(f"{file.offsets_path}: block ends {ends[:3]}... {ends[-1:]}")
+            continue
+        rows = content[name]
+        if spec.ragged:
+            lengths = [len(row) for row in rows]
+            if not np.array_equal(offsets[:, 0], np.concatenate(([0], np.cumsum(lengths)))):
+                problems.append(f"{file.offsets_path}: wrong element ends")
+                continue
+        codec = BlockCodec.of(spec.codec.name, spec.codec.params, spec.numpy_dtype.itemsize)
+        blocks = blocks_of(ends)
+        for first, stop, start, end in zip(*blocks, strict=True):
+            if spec.ragged:
+                want = np.concatenate(rows[first:stop]).astype(spec.numpy_dtype).tobytes()
+            else:
+                want = rows[first:stop].tobytes()
+            got = np.empty(len(want), dtype=np.uint8)
+            try:
+                codec.decompress_into(values[start:end].data, got.data, where=file.path)
+            except Exception as exc:
+                problems.append(f"{type(exc).__name__}: {exc}")
+                break
+            if got.tobytes() != want:
+                problems.append(f"{file.path}: rows {first} to {stop - 1} decompress wrong")
+                break
     return problems
 
 
@@ -702,9 +816,9 @@ def check_resume(path: str, committed: int, seed: int, result: TrialResult) -> N
         result.strays_after_append += len(problems)
         result.problems += [f"after memshard.append: {p}" for p in problems]
         fields = list(writer.fields)
-        # Across a shard boundary (ragged shards roll on size, after about 18 rows); ragged
-        # trials, five files a shard, do it once.
-        ragged = is_ragged(fields)
+        # Across a shard boundary (ragged and compressed shards roll on size, after about 18
+        # and 13 rows); those trials, five and seven files a shard, do it once.
+        ragged = is_ragged(fields) or is_compressed(fields)
         most = RAGGED_RESUME_ROWS if ragged else 2 * writer.manifest.shard_rows
         for _ in range(1 if ragged else 2):
             writer.append(single_row(fields, writer.rows))
@@ -867,10 +981,12 @@ def compose(
     jobs: int,
     every_step_share: float = 0.4,
     ragged_base: str | None = None,
+    compressed_base: str | None = None,
 ) -> list[TrialSpec]:
     """About ``trials`` trials: whole every-step groups (:data:`SHORT_PLAN` from the crashed
-    ``base``, :data:`BIG_PLAN` and :data:`RAGGED_PLAN` from the crashed ``ragged_base``, if
-    they fit in ``trials``, then random short scripts from ``base`` up to
+    ``base``, :data:`BIG_PLAN`, :data:`RAGGED_PLAN` from the crashed ``ragged_base`` and
+    :data:`COMPRESSED_PLAN` from the crashed ``compressed_base``, if they fit in ``trials``,
+    then random short scripts from ``base`` up to
     ``every_step_share`` of the trials), the rest split between random-op and random-time
     trials."""
     rng = np.random.default_rng(seed)
@@ -878,6 +994,8 @@ def compose(
     fixed = [(Start(base), SHORT_PLAN), (Start(shard_bytes=BIG_SHARD_BYTES), BIG_PLAN)]
     if ragged_base is not None:
         fixed.append((Start(ragged_base, ragged=True), RAGGED_PLAN))
+    if compressed_base is not None:
+        fixed.append((Start(compressed_base, compressed=True), COMPRESSED_PLAN))
     scripts = fixed + [
         (Start(base), make_plan(int(s), EVERY_STEP_ROUNDS, max_batch=40))
         for s in rng.integers(0, 2**31, 64)
@@ -1036,7 +1154,11 @@ def harness(
             workspace = Workspace(root, children, keep_failed)
             base = prepare_crashed_base(workspace)
             ragged_base = prepare_crashed_base(workspace, ragged=True)
-            specs = compose(workspace, trials, seed, base, jobs, ragged_base=ragged_base)
+            compressed_base = prepare_crashed_base(workspace, compressed=True)
+            specs = compose(
+                workspace, trials, seed, base, jobs,
+                ragged_base=ragged_base, compressed_base=compressed_base,
+            )  # fmt: skip
             results = run_trials(workspace, specs, jobs, deadline=deadline, progress=progress)
         summary = summarize(results, time.monotonic() - started)
         summary["trials_planned"] = len(specs)

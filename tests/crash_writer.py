@@ -5,7 +5,8 @@ Row ``i`` holds ``x = i`` (every element) and ``y = i``. After every commit the 
 Run as ``python -m tests.crash_writer PATH SEED``.
 
 The crash harness also writes datasets of :data:`RAGGED_FIELDS`, whose rows vary in length
-(see :func:`ragged_rows`); :func:`batch` and :func:`single_row` give the rows of either kind.
+(see :func:`ragged_rows`), and of :data:`COMPRESSED_FIELDS`, compressed in blocks (see
+:func:`compressed_rows`); :func:`batch` and :func:`single_row` give the rows of any kind.
 """
 
 from __future__ import annotations
@@ -57,13 +58,42 @@ def ragged_rows(start: int, count: int) -> dict[str, Any]:
     }
 
 
+#: Compressed fields: a zstd field of 96-byte rows, ten to a block of 1 KiB; an lz4 ragged
+#: field whose rows hold 0 to 11 int32 (one in 20 holds 300, a block of its own); a plain field.
+COMPRESSED_FIELDS = {
+    "img": ("uint8", (96,), {"codec": "zstd", "block_bytes": 1024}),
+    "codes": ("int32", (None,), {"codec": "lz4", "block_bytes": 1024}),
+    "y": ("int64", ()),
+}
+#: Compressed shards roll on their uncompressed data: about 13 rows each.
+COMPRESSED_SHARD_BYTES = 2048
+
+
+def compressed_rows(start: int, count: int) -> dict[str, Any]:
+    """Rows ``start .. start + count`` of :data:`COMPRESSED_FIELDS`: row ``i`` holds
+    ``img = (i + j) // 8 % 256`` (``j`` counting its bytes), ``codes`` the tokens of
+    :func:`ragged_rows`, and ``y = i``."""
+    index = np.arange(start, start + count, dtype=np.int64)
+    img = ((index[:, None] + np.arange(96)) // 8 % 256).astype(np.uint8)
+    codes = [(1000 * i + np.arange(token_count(i))).astype(np.int32) for i in index.tolist()]
+    return {"img": img, "codes": codes, "y": index}
+
+
 def is_ragged(fields: Iterable[str]) -> bool:
     """Whether a dataset of these fields is one of :data:`RAGGED_FIELDS`."""
     return "tokens" in fields
 
 
+def is_compressed(fields: Iterable[str]) -> bool:
+    """Whether a dataset of these fields is one of :data:`COMPRESSED_FIELDS`."""
+    return "img" in fields
+
+
 def batch(fields: Iterable[str], start: int, count: int) -> dict[str, Any]:
-    """Rows ``start .. start + count`` of a dataset of ``fields`` (either kind)."""
+    """Rows ``start .. start + count`` of a dataset of ``fields`` (any kind)."""
+    fields = list(fields)
+    if is_compressed(fields):
+        return compressed_rows(start, count)
     return ragged_rows(start, count) if is_ragged(fields) else rows(start, count)
 
 

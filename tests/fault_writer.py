@@ -17,8 +17,9 @@ left):
   the part's shards).
 
 After the last step the writer closes. Rows are those of :mod:`tests.crash_writer`: row ``i``
-holds ``x = i`` and ``y = i`` (or, in a dataset of ragged fields, the rows of
-:func:`tests.crash_writer.ragged_rows`), and every batch continues at ``Appender.rows``.
+holds ``x = i`` and ``y = i`` (or, in a dataset of ragged or compressed fields, the rows of
+:func:`tests.crash_writer.ragged_rows` or :func:`~tests.crash_writer.compressed_rows`), and
+every batch continues at ``Appender.rows``.
 
 Progress, one flushed line each, so that a parent reading stdout knows where the child was
 when it died:
@@ -126,10 +127,10 @@ class SyncAudit:
     syncs what it must. This audit follows the operations instead: files written or
     truncated since their last ``fsync`` are dirty; names created or renamed in a directory
     since its last directory ``fsync`` are unsynced. When a temporary manifest is renamed over
-    ``manifest.json``, it and every shard file it names (a ragged field's offsets files
-    included) must be clean, and the shard files' names synced; so must a part's files when
-    its record is renamed into ``parts/``. When a commit returns, the rename must have been
-    synced. Each breach is a violation, printed as an ``AUDIT`` line.
+    ``manifest.json``, it and every shard file it names (a ragged or compressed field's
+    offsets files included) must be clean, and the shard files' names synced; so must a
+    part's files when its record is renamed into ``parts/``. When a commit returns, the
+    rename must have been synced. Each breach is a violation, printed as an ``AUDIT`` line.
     """
 
     def __init__(self, root: str, say: Callable[[str], None]) -> None:
@@ -194,7 +195,12 @@ class SyncAudit:
         table = manifest.get("table")
         if table and table["records"]:
             fields = manifest["fields"]
-            ragged = [name for name, spec in fields.items() if spec.get("kind") == "ragged"]
+            # Fields with an offsets file: ragged or compressed (spec section 6.6).
+            ragged = [
+                name
+                for name, spec in fields.items()
+                if spec.get("kind") == "ragged" or "codec" in spec
+            ]
             dtype = record_dtype(len(fields), len(ragged))
             with open(os.path.join(self.root, TABLE_NAME), "rb") as handle:
                 data = handle.read()
@@ -219,7 +225,7 @@ class SyncAudit:
 
 def _files_of(shards: list[dict[str, Any]]) -> list[str]:
     """The files of shard objects of a manifest or part record: each field's file and, of a
-    ragged field, its offsets file."""
+    ragged or compressed field, its offsets file."""
     named = []
     for shard in shards:
         for file in shard["files"].values():

@@ -116,6 +116,12 @@ def crashed_ragged(workspace: harness.Workspace) -> str:
     return harness.prepare_crashed_base(workspace, ragged=True)
 
 
+@pytest.fixture(scope="module")
+def crashed_compressed(workspace: harness.Workspace) -> str:
+    """The same, of compressed fields (tests.crash_writer.COMPRESSED_FIELDS)."""
+    return harness.prepare_crashed_base(workspace, compressed=True)
+
+
 FRESH = harness.Start()
 
 
@@ -176,6 +182,24 @@ def test_the_crashed_ragged_base_holds_every_kind_of_leftover(crashed_ragged: st
     last = ds.shards[-1].files["tokens"]
     assert last.prefix_checksum is not None
     assert last.offsets_prefix_checksum is not None
+
+
+def test_the_crashed_compressed_base_holds_every_kind_of_leftover(crashed_compressed: str) -> None:
+    strays = harness.stray_files(crashed_compressed)
+    assert strays["temporary manifests"] == 1
+    assert strays["unnamed shard files"] == 15  # shards 1 to 3, five files each
+    assert strays["unsealed shards with uncommitted bytes"] == 1
+    assert strays["uncommitted shard table records"] == 1
+    ds = ms.open(crashed_compressed)
+    assert len(ds) == 12
+    assert [(shard.rows, shard.sealed) for shard in ds.shards] == [(12, False)]
+    for name in ("img", "codes"):
+        last = ds.shards[-1].files[name]
+        assert last.prefix_checksum is not None
+        assert last.offsets_prefix_checksum is not None
+    # 12 committed rows of ten to a block: the commit wrote the last two as a block of two.
+    ends = np.load(os.path.join(crashed_compressed, ds.shards[-1].files["img"].offsets_path))
+    assert len(np.unique(ends[1:13])) == 2
 
 
 @pytest.mark.parametrize("launcher", ["exec", "fork"])
@@ -278,6 +302,47 @@ def test_killed_at_every_operation_of_a_ragged_script(
         assert summary["crashes_leaving"][leftover] > 0, leftover
 
 
+def test_killed_at_every_operation_of_a_compressed_script(
+    workspace: harness.Workspace, crashed_compressed: str
+) -> None:
+    """COMPRESSED_PLAN from the crashed compressed dataset (a zstd field of ten rows a block,
+    an lz4 ragged field, shards rolled on size, commits mid-block, a part), killed just
+    before each of its file operations: the dataset opens with exactly the committed rows,
+    every sealed file loads and decompresses to its rows, verify passes, and an appender
+    resumes and finishes."""
+    start = harness.Start(crashed_compressed, compressed=True)
+    ops = workspace.ops(start, harness.COMPRESSED_PLAN)
+    specs = [
+        spec
+        for spec in harness.every_step_trials(start, harness.COMPRESSED_PLAN, ops)
+        if spec.kind == "every-step-before"
+    ]
+    results = harness.run_trials(workspace, specs, 4)  # bound by fsync latency, not the CPU
+    summary = harness.summarize(results, 0.0)
+    _assert_crash_safe(summary)
+    assert summary["trials"] == len(ops) == 171
+    assert summary["children_killed"] == len(ops)
+    assert set(summary["kills_by_step"]) == {"resume", "seal", "roll", "commit", "part"}
+    # Resume cuts both files of each compressed field back; a commit writes the pending
+    # rows of a block (frames and block ends) before it syncs them.
+    for step in ("resume", "seal", "commit"):
+        targets = {op[2] for op in ops if op[1] == step}
+        for suffix in (".img.npy", ".img.offsets.npy", ".codes.npy", ".codes.offsets.npy"):
+            assert any(target.endswith(suffix) for target in targets), (step, suffix)
+    pending = [op for op in ops if op[1] == "commit" and op[0] in ("write", "pwrite", "pwritev")]
+    assert any(op[2].endswith(".img.npy") for op in pending), pending
+    assert any(op[2].startswith("shards/p-") for op in ops if op[1] == "seal")
+    assert [op[0] for op in ops].count("replace") == 3  # two commits, and commit_parts
+    for leftover in (
+        "temporary manifests",
+        "unnamed shard files",
+        "unsealed shards with uncommitted bytes",
+        "uncommitted shard table records",
+        "files of parts",
+    ):
+        assert summary["crashes_leaving"][leftover] > 0, leftover
+
+
 def test_killed_at_random_operations_and_random_times(
     workspace: harness.Workspace, crashed: str
 ) -> None:
@@ -363,6 +428,26 @@ def test_the_sync_audit_covers_offsets_files_and_part_records(
     tmp_path: Any, breakage: str, violation: str
 ) -> None:
     path = harness.prepare_dataset(str(tmp_path), harness.RAGGED)
+    _audit_catches(tmp_path, path, breakage, violation, harness.RAGGED)
+
+
+def test_the_sync_audit_covers_the_offsets_files_of_compressed_fields(tmp_path: Any) -> None:
+    """The audit finds the block ends of both compressed fields (a fixed one and a ragged
+    one) in the shard table's records, and their offsets files in the manifest's shards."""
+    breakage = (
+        "import memshard.durable as d\n"
+        "real = d.sync_files\n"
+        "d.sync_files = lambda paths: real([p for p in paths if 'offsets' not in p])"
+    )
+    for name in ("img", "codes"):
+        path = harness.prepare_dataset(str(tmp_path / name), harness.COMPRESSED)
+        violation = rf"^AUDIT published shards/\S+\.{name}\.offsets\.npy with unsynced writes$"
+        _audit_catches(tmp_path / name, path, breakage, violation, harness.COMPRESSED)
+
+
+def _audit_catches(
+    tmp_path: Any, path: str, breakage: str, violation: str, start: harness.Start
+) -> None:
     argv = [path, "--plan", "e30,c,p30,e3"]
     code = f"import os\n{breakage}\nfrom tests.fault_writer import main\nmain({argv!r})"
     done = run_from_repo([sys.executable, "-c", code])
@@ -370,7 +455,7 @@ def test_the_sync_audit_covers_offsets_files_and_part_records(
     audit = [line for line in done.stdout.splitlines() if line.startswith("AUDIT ")]
     assert any(re.match(violation, line) for line in audit), audit
     # Unbroken, the same script passes the audit.
-    clean = harness.prepare_dataset(str(tmp_path / "clean"), harness.RAGGED)
+    clean = harness.prepare_dataset(str(tmp_path / "clean"), start)
     done = run_from_repo([sys.executable, "-m", "tests.fault_writer", clean, "--plan", argv[2]])
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()

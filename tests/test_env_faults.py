@@ -119,6 +119,57 @@ def ragged_rows_are_correct(dataset: ms.Dataset, tokens: int | None = None) -> b
     return True
 
 
+#: Compressed fields: a zstd field of 256-byte rows, four to a block; an lz4 ragged field; a
+#: plain field.
+COMPRESSED = {
+    "img": ("uint8", (256,), {"codec": "zstd", "block_bytes": 1024}),
+    "codes": ("int32", (None,), {"codec": "lz4", "block_bytes": 1024}),
+    "y": ("int64", ()),
+}
+
+
+def compressed_rows(start: int, count: int, tokens: int | None = None) -> dict[str, Any]:
+    """Rows of :data:`COMPRESSED`: ``img`` random bytes seeded by the row (they do not
+    compress: the disk fills), ``codes`` as :func:`ragged_rows` makes ``tokens``, ``y = i``."""
+    index = range(start, start + count)
+    return {
+        "img": np.array([_noise(i) for i in index], dtype=np.uint8).reshape(count, 256),
+        "codes": [np.full(i * 7 % 13 if tokens is None else tokens, i, np.int32) for i in index],
+        "y": np.arange(start, start + count, dtype=np.int64),
+    }
+
+
+def big_compressed_rows(start: int, count: int) -> dict[str, Any]:
+    """Rows of :data:`COMPRESSED` of about 4 KiB before compression: 1000 codes each."""
+    return compressed_rows(start, count, tokens=1000)
+
+
+def _noise(row: int) -> np.ndarray:
+    return np.random.default_rng(row).integers(0, 256, 256, dtype=np.uint8)
+
+
+def compressed_rows_are_correct(dataset: ms.Dataset, tokens: int | None = None) -> bool:
+    """Whether the dataset of :data:`COMPRESSED` holds the rows of :func:`compressed_rows`
+    (given ``tokens``), read by slice, by row and by ``take`` (in threads)."""
+    n = len(dataset)
+    index = np.arange(n)
+    expected = compressed_rows(0, n, tokens)
+    if not (dataset["y"][:] == index).all():
+        return False
+    taken = dataset.take(index[::-1], threads=2)
+    if not np.array_equal(dataset["img"][:], expected["img"]):
+        return False
+    if not np.array_equal(taken["img"], expected["img"][::-1]):
+        return False
+    for batch, order in ((dataset["codes"][:], index), (taken["codes"], index[::-1])):
+        lengths = np.diff(batch.offsets)
+        if not np.array_equal(lengths, [len(expected["codes"][i]) for i in order]):
+            return False
+        if not (batch.values == np.repeat(order, lengths)).all():
+            return False
+    return all(np.array_equal(dataset["codes"][i], row) for i, row in enumerate(expected["codes"]))
+
+
 def rows_are_correct(dataset: ms.Dataset, start: int = 0, stop: int | None = None) -> bool:
     """Whether every element of row i of every field is i, for rows ``start .. stop``."""
     stop = len(dataset) if stop is None else stop
@@ -300,15 +351,20 @@ def test_file_size_limit_fails_the_appender_and_a_new_process_resumes(
 def child_full_tmpfs(mountpoint: str, kind: str = "fixed") -> dict[str, Any]:
     """Mount a 2 MiB tmpfs, fill it with a ballast file and a dataset until ENOSPC, check
     what is left, free the ballast and resume. ``kind`` "ragged": a dataset of
-    :data:`RAGGED` fields, rows of about 4 KiB."""
+    :data:`RAGGED` fields, rows of about 4 KiB; "compressed": of :data:`COMPRESSED` fields,
+    rows of about 4 KiB before compression."""
     os.makedirs(mountpoint, exist_ok=True)
     problem = mount("-t", "tmpfs", "-o", "size=2m", "memshard-test", mountpoint)
     if problem is not None:
         return {"skip": f"cannot mount a tmpfs here: {problem}"}
     correct: Callable[[ms.Dataset], bool]
+    fields: dict[str, Any]
     if kind == "ragged":
         fields, more = RAGGED, big_ragged_rows
         correct = functools.partial(ragged_rows_are_correct, tokens=1000)
+    elif kind == "compressed":
+        fields, more = COMPRESSED, big_compressed_rows
+        correct = functools.partial(compressed_rows_are_correct, tokens=1000)
     else:
         fields, more, correct = {"x": ("float32", PAGE_ROW)}, page_rows, rows_are_correct
     try:
@@ -897,6 +953,178 @@ def test_a_failed_part_writer_of_ragged_fields_leaves_nothing_once_discarded(
     dataset = ms.open(path)
     assert len(dataset) == 4
     assert ragged_rows_are_correct(dataset)
+    assert leftovers(path) == set()
+
+
+# -- compressed fields: a full tmpfs, failing writes and fsyncs ---------------------------------
+def test_full_tmpfs_with_compressed_fields(tmp_path: Path) -> None:
+    """A real ENOSPC while frames and block ends are written: the committed rows decompress
+    right, verify passes, and writing resumes once space is freed."""
+    report = run_in_private_mount_namespace("full_tmpfs", str(tmp_path / "mnt"), "compressed")
+    failure = report["failure"]
+    assert failure["error"] == "WriteFailedError", failure
+    assert failure["errno"] == errno.ENOSPC
+    assert str(tmp_path / "mnt" / "ds") in failure["message"]
+    assert report["descriptors_at_failure"] == []
+    assert report["append_at_failure"] == {"error": None, "value": None}
+    assert report["commit_after"]["error"] == "AppenderClosedError"
+    assert report["close"]["error"] is None
+    committed = report["committed_rows"]
+    assert report["sealed_shards"] >= 1  # shards rolled on size before the disk filled
+    assert report["rows_seen"] == committed
+    assert report["rows_correct"]
+    assert report["verify_ok"]
+    assert report["descriptors_left"] == []
+    assert report["resume"] == {"error": None, "value": committed}
+    assert report["rows_after_resume"] == committed + 20
+    assert report["rows_correct_after_resume"]
+    assert report["verify_ok_after_resume"]
+    assert report["leftovers"] == []
+
+
+#: Shards of :data:`COMPRESSED` rolled at 2400 bytes hold 7 rows: the script below commits
+#: rows 0-4 (shard 0, a block of 4 and one of 1), rows 5-8 (seals shard 0 with a block of
+#: rows 5-6; shard 1 starts with a block of 7-8), then 9-14 (shard 1 sealed, shard 2 starts).
+COMPRESSED_SHARD_BYTES = 2400
+#: Where writing fails, and how many rows are committed by then.
+COMPRESSED_ENOSPC_AT: dict[str, tuple[str, int]] = {
+    "frames of a block written by a commit": ("-00000000.img.npy", 5),
+    "block ends of a new shard": ("-00000001.img.offsets.npy", 5),
+    "frames of a ragged field, a shard later": ("-00000002.codes.npy", 9),
+    "block and element ends, a shard later": ("-00000002.codes.offsets.npy", 9),
+}
+
+
+def _write_compressed_rounds(writer: ms.Appender) -> None:
+    for start, count in ((5, 4), (9, 6)):
+        writer.extend(compressed_rows(start, count))
+        writer.commit()
+
+
+@pytest.mark.parametrize("where", list(COMPRESSED_ENOSPC_AT))
+def test_enospc_from_write_of_compressed_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    path = tmp_path / "ds"
+    writer = ms.create(path, fields=COMPRESSED, shard_bytes=COMPRESSED_SHARD_BYTES)
+    writer.extend(compressed_rows(0, 5))
+    writer.commit()  # a block of 4 rows and one of 1 (written by the commit)
+    suffix, committed = COMPRESSED_ENOSPC_AT[where]
+    fail_writes(monkeypatch, lambda fd: fd_path(fd).endswith(suffix))
+    with pytest.raises(WriteFailedError) as caught:
+        _write_compressed_rounds(writer)
+    assert caught.value.errno == errno.ENOSPC
+    assert str(caught.value).startswith(f"[Errno {errno.ENOSPC}] {path}: write failed")
+    assert descriptors_under(path) == []
+    with pytest.raises(AppenderClosedError, match="failed earlier"):
+        writer.commit()
+    assert writer.committed_rows == committed
+    writer.close()
+    monkeypatch.undo()
+
+    dataset = ms.open(path)
+    assert len(dataset) == committed
+    assert compressed_rows_are_correct(dataset)
+    assert dataset.verify().ok
+    with ms.append(path) as again:  # cuts the unsealed shard's frames back, new blocks after
+        again.extend(compressed_rows(committed, 9))
+    dataset = ms.open(path)
+    assert len(dataset) == committed + 9
+    assert compressed_rows_are_correct(dataset)
+    assert dataset.verify().ok
+    assert leftovers(path) == set()
+    assert descriptors_under(path) == []
+
+
+COMPRESSED_FSYNC_TARGETS = {
+    "sealed frames (deferred)": "-00000000.img.npy",
+    "sealed block and element ends (deferred)": "-00000000.codes.offsets.npy",
+    "unsealed block ends": "-00000001.img.offsets.npy",
+    "unsealed frames of a ragged field": "-00000001.codes.npy",
+}
+
+
+@pytest.mark.parametrize("target", list(COMPRESSED_FSYNC_TARGETS))
+def test_eio_from_fsync_of_compressed_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str
+) -> None:
+    path = tmp_path / "ds"
+    writer = ms.create(path, fields=COMPRESSED, shard_bytes=COMPRESSED_SHARD_BYTES)
+    writer.extend(compressed_rows(0, 5))
+    writer.commit()  # shard 0 unsealed, 5 rows
+    writer.extend(compressed_rows(5, 4))  # seals shard 0 (fsync deferred), shard 1: 2 rows
+    spy = FsyncSpy(lambda p: p.endswith(COMPRESSED_FSYNC_TARGETS[target]))
+    monkeypatch.setattr(os, "fsync", spy)
+    with pytest.raises(WriteFailedError) as caught:
+        writer.commit()
+    assert caught.value.errno == errno.EIO
+    assert not isinstance(caught.value, CommitNotDurableError)
+    assert writer.committed_rows == 5
+    assert spy.failed_call
+    writer.close()
+    gc.collect()
+    assert spy.after_failure() == [], "fsync was called again after it failed"
+    assert descriptors_under(path) == []
+    monkeypatch.setattr(os, "fsync", REAL_FSYNC)
+
+    dataset = ms.open(path)
+    assert len(dataset) == 5
+    assert compressed_rows_are_correct(dataset)
+    with ms.append(path) as again:
+        again.extend(compressed_rows(5, 10))
+    dataset = ms.open(path)
+    assert len(dataset) == 15
+    assert compressed_rows_are_correct(dataset)
+    assert dataset.verify().ok
+    assert leftovers(path) == set()
+
+
+def test_short_writes_of_compressed_files_are_completed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def short_write(fd: int, data: Any) -> int:
+        return REAL_WRITE(fd, memoryview(data)[:100])
+
+    def short_pwrite(fd: int, data: Any, offset: int) -> int:
+        return REAL_PWRITE(fd, memoryview(data)[:100], offset)
+
+    monkeypatch.setattr(os, "write", short_write)
+    monkeypatch.setattr(os, "pwrite", short_pwrite)
+    path = tmp_path / "ds"
+    with ms.create(path, fields=COMPRESSED, shard_bytes=64 << 10) as writer:
+        writer.extend(big_compressed_rows(0, 40))
+        writer.commit()
+        writer.extend(big_compressed_rows(40, 7))
+    monkeypatch.undo()
+    dataset = ms.open(path)
+    assert len(dataset) == 47
+    assert len(dataset.shards) > 1
+    assert compressed_rows_are_correct(dataset, tokens=1000)
+    assert dataset.verify().ok
+
+
+def test_a_failed_part_writer_of_compressed_fields_leaves_nothing_once_discarded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC in a part's frames: a typed error at once, the dataset unchanged, and
+    discard_parts removes every file the part left (its block ends files too)."""
+    path = tmp_path / "ds"
+    with ms.create(path, fields=COMPRESSED, shard_bytes=COMPRESSED_SHARD_BYTES) as writer:
+        writer.extend(compressed_rows(0, 4))
+    fail_writes(monkeypatch, lambda fd: fd_path(fd).endswith("-00000001.img.npy"))
+    part = ms.write_part(path)
+    with pytest.raises(WriteFailedError) as caught:
+        part.extend(compressed_rows(4, 20))  # shard 0 of the part is sealed meanwhile
+    assert caught.value.errno == errno.ENOSPC
+    assert f"{path}: part {part.id}: write failed" in str(caught.value)
+    monkeypatch.undo()
+    part._release()  # as if its process had died: files stay, the lock is free
+    assert any(name.startswith("p-") for name in os.listdir(path / SHARDS_DIR))
+    assert ms.discard_parts(path) == [part.id]
+    assert not any(name.startswith("p-") for name in os.listdir(path / SHARDS_DIR))
+    dataset = ms.open(path)
+    assert len(dataset) == 4
+    assert compressed_rows_are_correct(dataset)
     assert leftovers(path) == set()
 
 

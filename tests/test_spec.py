@@ -369,3 +369,109 @@ def test_library_writes_the_ragged_example(tmp_path: Path, monkeypatch: pytest.M
     assert last["tokens"].offsets_checksum == unsealed["tokens"].offsets_prefix_checksum
     assert last["tokens"].nbytes == 8
     assert last["y"].checksum == unsealed["y"].prefix_checksum
+
+
+# -- the worked example with a compressed field (section 11.3) ------------------------------
+COMPRESSED_ROWS: dict[str, Any] = {
+    "img": np.asarray(generate.COMPRESSED_VALUES["img"], dtype=np.uint8),
+    "y": np.asarray(generate.COMPRESSED_VALUES["y"], dtype=np.int64),
+}
+COMPRESSED_OPTIONS = {"codec": "zstd", "level": 3, "block_bytes": 1024}
+
+
+def _create_compressed_example(root: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The writer of section 11.3, its ``uuid`` fixed: ``create``, then rows 0 to 2."""
+    fixed = uuid_module.UUID(generate.COMPRESSED_UUID)
+    monkeypatch.setattr(appender_module, "uuid_module", SimpleNamespace(uuid4=lambda: fixed))
+    writer = memshard.create(
+        root,
+        fields={"img": ("uint8", (4, 4), COMPRESSED_OPTIONS), "y": ("int64", ())},
+        shard_bytes=generate.COMPRESSED_SHARD_BYTES,
+        attrs=generate.COMPRESSED_ATTRS,
+    )
+    writer.extend({name: values[:3] for name, values in COMPRESSED_ROWS.items()})
+    return writer
+
+
+def test_library_writes_the_compressed_example(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    example = generate.build_compressed_example()
+    root = tmp_path / "dataset"
+    writer = _create_compressed_example(root, monkeypatch)
+    writer.commit()
+    # After the first commit (the last paragraph of section 11.3): the shard unsealed, 3 rows,
+    # block 0's 61 bytes of frame and the 4 block ends committed.
+    first = manifest_io.loads((root / "manifest.json").read_bytes(), where="first")
+    (unsealed,) = first.shards
+    img = unsealed.files["img"]
+    assert (first.generation, unsealed.rows, unsealed.sealed, img.nbytes) == (1, 3, False, 61)
+    ends = np.fromfile(root / img.offsets_path, dtype="<i8", offset=4096)
+    assert ends.tolist() == [0, 61, 61, 61]
+    assert img.offsets_prefix_checksum == "xxh3_64:" + xxhash.xxh3_64(ends.tobytes()).hexdigest()
+    writer.extend({name: values[3:] for name, values in COMPRESSED_ROWS.items()})
+    writer.close()
+
+    # Byte for byte: the manifest (its own checksum included), every shard file and the table.
+    assert (root / "manifest.json").read_bytes() == manifest_io.dumps(example.manifest)
+    written = {
+        f"shards/{path.name}": path.read_bytes() for path in sorted((root / "shards").iterdir())
+    }
+    written[TABLE_NAME] = (root / TABLE_NAME).read_bytes()
+    assert written == example.files
+
+
+def test_compressed_example_reads_back_through_memshard(tmp_path: Path) -> None:
+    example = generate.build_compressed_example()
+    _write_example(tmp_path, example)
+
+    dataset = memshard.open(tmp_path)
+
+    assert len(dataset) == 5
+    assert dataset.fields["img"] == (np.dtype("uint8"), (4, 4))
+    np.testing.assert_array_equal(dataset["img"][:], COMPRESSED_ROWS["img"])
+    np.testing.assert_array_equal(dataset.take([4, 0])["img"], COMPRESSED_ROWS["img"][[4, 0]])
+    np.testing.assert_array_equal(dataset["y"][:], COMPRESSED_ROWS["y"])
+    assert dataset["img"].stored_bytes == 106
+    report = dataset.verify()
+    assert report.ok
+    assert report.files == 3  # the frames, their block ends and y
+
+
+def test_compressed_example_frames_are_raw_zstd_blocks_a_reader_can_check() -> None:
+    """Each frame of section 11.3 decodes, with plain zstandard, to its block's rows; it is
+    one raw block (so its bytes leave libzstd no choice), with the content size and checksum
+    the layout table explains."""
+    import zstandard
+
+    example = generate.build_compressed_example()
+    file = example.shards[0].files["img"]
+    frames = example.files[file.path][file.data_offset :]
+    ends = np.load(io.BytesIO(example.files[file.offsets_path]))
+    assert generate.compressed_blocks() == [(0, 3), (3, 5)]
+    assert ends.tolist() == [0, 61, 61, 61, 106, 106]
+    for first, stop in generate.compressed_blocks():
+        frame = frames[ends[first] : ends[stop]]
+        block = COMPRESSED_ROWS["img"][first:stop].tobytes()
+        assert zstandard.frame_content_size(frame) == len(block) == (stop - first) * 16
+        assert zstandard.ZstdDecompressor().decompress(frame) == block
+        assert frame[4] == 0x24  # a single segment, a 1-byte content size, a checksum
+        header = int.from_bytes(frame[6:9], "little")
+        assert (header & 1, (header >> 1) & 3, header >> 3) == (1, 0, len(block))  # last, raw
+        assert frame[9 : 9 + len(block)] == block
+        assert frame[-4:] == (xxhash.xxh64_intdigest(block) & 0xFFFFFFFF).to_bytes(4, "little")
+        assert len(frame) == 4 + 1 + 1 + 3 + len(block) + 4
+
+
+def test_compressed_example_files_load_with_plain_numpy(tmp_path: Path) -> None:
+    example = generate.build_compressed_example()
+    _write_example(tmp_path, example)
+    (shard,) = example.shards
+    file = shard.files["img"]
+    frames = np.load(tmp_path / file.path)
+    ends = np.load(tmp_path / file.offsets_path)
+    assert (frames.dtype, frames.shape, frames.nbytes) == (np.uint8, (106,), file.nbytes)
+    assert (ends.dtype, ends.shape, int(ends[-1])) == (np.int64, (6,), file.nbytes)
+    records = np.load(io.BytesIO(example.files[TABLE_NAME]))
+    assert records.dtype.itemsize == 120  # 88 + 8 * 2 + 16 * 1
+    assert records[0]["elements"].tolist() == [106]
