@@ -125,6 +125,11 @@ class BlockWriter:
         """Compress ``block`` (``rows`` whole rows), append its frame to the values file and
         its end to the offsets file, once per row."""
         frame = self.codec.compress(block)
+        # Never write a frame a reader would refuse (a library that broke the bounds readers
+        # hold frames to): the batch fails instead, and nothing of it is committed.
+        problem = self.codec.claim_problem(memoryview(frame), len(block))
+        if problem is not None:
+            raise RuntimeError(f"{self.codec.name} wrote a frame readers refuse: {problem}")
         self.values.write(memoryview(frame))
         self.stored += len(frame)
         if element_ends is None:
