@@ -352,7 +352,7 @@ def codec_limit(path: str, data: np.ndarray) -> Callable[[], None]:
 
     def compress() -> None:
         for start in range(0, len(data), rows):
-            block.compress(memoryview(data[start : start + rows]).cast("B"))
+            block.compress(data[start : start + rows].data.cast("B"))
 
     return compress
 
