@@ -10,6 +10,8 @@ refresh, commit and verify against the number of shards), ``benchmarks.ragged``
 (variable-length fields against a flat memmap + offsets, HF datasets, LMDB and HDF5 vlen),
 ``benchmarks.ragged_torch`` (ragged batching modes and padding waste),
 ``benchmarks.codecs`` (the codec libraries compressed fields could use),
+``benchmarks.compressed`` (compressed fields against LMDB + lz4, Redis + ``savez_compressed``,
+zarr + zstd and HDF5 + gzip / blosc),
 ``benchmarks.build_peers`` (building a dataset with a user's function: litdata, HF datasets,
 a pool feeding LMDB) and ``benchmarks.rasterise`` (the doodles recipe's rasteriser).
 
