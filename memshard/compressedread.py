@@ -314,11 +314,13 @@ class CompressedLayout(RaggedLayout):
             and len(tasks) >= PARALLEL_MIN_BLOCKS
             and sum(task.nbytes for task in tasks) >= PARALLEL_MIN_BYTES
         ):
-            for _ in pool(workers).map(_Task.__call__, tasks):
+            # One job per thread, each a share of the blocks: a job per block would cost the
+            # pool's hand-over (tens of microseconds) as often as a block takes to decompress.
+            shares = [tasks[start::workers] for start in range(workers)]
+            for _ in pool(workers).map(_run_all, shares):
                 pass
             return
-        for task in tasks:
-            task()
+        _run_all(tasks)
 
     # -- lengths and sizes ---------------------------------------------------------------------
     def length_blocks(self, block_rows: int) -> Iterator[np.ndarray]:
@@ -406,6 +408,11 @@ class _Task:
         else:
             for at, offset, nbytes in copies:
                 target[at : at + nbytes] = data[offset : offset + nbytes]
+
+
+def _run_all(tasks: list[_Task]) -> None:
+    for task in tasks:
+        task()
 
 
 _pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
