@@ -49,6 +49,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -65,9 +66,9 @@ from .build_model import (
     SCALAR_BYTES,
     ModelInputs,
     Projection,
+    efficiency,
     model_text,
     projections,
-    steady_speedup,
 )
 from .build_peers import (
     FULL_DRAWINGS,
@@ -185,17 +186,48 @@ def parse_args(argv: Sequence[str] | None) -> Config:
 
 @dataclass
 class Timings:
-    """The timed runs of one candidate: seconds, the load average (1 min) when each started,
+    """The timed runs of one candidate: wall seconds, CPU seconds (of every process that
+    worked on it, see :func:`time_candidate`), the load average (1 min) when each started,
     and the bytes of its output."""
 
     seconds: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
     load: list[float] = field(default_factory=list)
     output_bytes: int = 0
 
     @property
     def median(self) -> float:
-        """Median seconds."""
+        """Median wall seconds."""
         return float(statistics.median(self.seconds))
+
+    @property
+    def median_cpu(self) -> float:
+        """Median CPU seconds."""
+        return float(statistics.median(self.cpu))
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process (every thread: a LocalCluster's scheduler
+    runs in one) and of its children that have been waited for (the worker processes of a
+    finished build)."""
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def process_cpu_seconds() -> float:
+    """User + system CPU seconds of the calling process (run on each Dask worker)."""
+    times = os.times()
+    return times.user + times.system
+
+
+def cluster_cpu_seconds(client: Any) -> float:
+    """CPU seconds of the worker processes of ``client``'s cluster so far (0 without one)."""
+    if client is None:
+        return 0.0
+    return float(sum(client.run(process_cpu_seconds).values()))
 
 
 @contextlib.contextmanager
@@ -224,17 +256,30 @@ def build_with(candidate: str, job: Job, out: str) -> Callable[[Any], ms.BuildRe
     return run
 
 
-def time_candidate(candidate: str, job: Job, scratch: str) -> tuple[float, int, ms.BuildReport]:
-    """Seconds of one build by ``candidate`` (a cluster started before and closed after,
-    untimed), the bytes of its output, and its report; the output is removed."""
+@dataclass(frozen=True)
+class Run:
+    """One timed build: wall and CPU seconds, the bytes of its output, its report."""
+
+    seconds: float
+    cpu: float
+    output_bytes: int
+    report: ms.BuildReport
+
+
+def time_candidate(candidate: str, job: Job, scratch: str) -> Run:
+    """One build by ``candidate`` (a cluster started before and closed after, untimed); the
+    output is removed. Its CPU seconds are those of this process, of the worker processes it
+    started, and of a cluster's workers (asked before and after)."""
     out = os.path.join(scratch, "built")
     core.clean_slate([out], 64 << 20)
     run = build_with(candidate, job, out)
     with dask_client() if candidate == DASK else contextlib.nullcontext() as client:
+        cpu = cpu_seconds() + cluster_cpu_seconds(client)
         ns, report = core.timed_call(lambda: run(client))
+        cpu = cpu_seconds() + cluster_cpu_seconds(client) - cpu
     size = sum(os.path.getsize(path) for path in core.files_under(out))
     core.remove(out)
-    return ns / 1e9, size, report
+    return Run(ns / 1e9, cpu, size, report)
 
 
 def measure_scaling(job: Job, scratch: str, repeats: int, out: core.Report) -> dict[str, Timings]:
@@ -247,11 +292,12 @@ def measure_scaling(job: Job, scratch: str, repeats: int, out: core.Report) -> d
     def run(candidate: str, repeat: int) -> float:
         progress(f"{job.name}: {candidate} (repeat {repeat + 1})")
         timings[candidate].load.append(os.getloadavg()[0])
-        seconds, size, report = time_candidate(candidate, job, scratch)
-        out.check(f"{job.name}_{candidate}_rows", report.rows == job.rows)
-        timings[candidate].seconds.append(seconds)
-        timings[candidate].output_bytes = size
-        return seconds
+        done = time_candidate(candidate, job, scratch)
+        out.check(f"{job.name}_{candidate}_rows", done.report.rows == job.rows)
+        timings[candidate].seconds.append(done.seconds)
+        timings[candidate].cpu.append(done.cpu)
+        timings[candidate].output_bytes = done.output_bytes
+        return done.seconds
 
     core.alternate(list(candidates), repeats, run)
     return timings
@@ -297,9 +343,11 @@ class Overheads:
     #: ``inputs`` inputs in one part, and in ``parts`` parts.
     one_part_s: float
     many_parts_s: float
-    #: 2 inputs, a part each: with 2 worker processes, and in this process.
+    #: 2 inputs, a part each: with 2 worker processes, and in this process; wall and CPU.
     pool_s: float
     in_process_s: float
+    pool_cpu_s: float
+    in_process_cpu_s: float
     load: list[float]
 
     @property
@@ -317,10 +365,17 @@ class Overheads:
         """Seconds the start of 2 worker processes adds to a build."""
         return self.pool_s - self.in_process_s
 
+    @property
+    def pool_start_cpu_s(self) -> float:
+        """CPU seconds the start of 2 worker processes costs (each imports memshard and
+        what the function needs, as a build's workers do)."""
+        return self.pool_cpu_s - self.in_process_cpu_s
+
     def to_json(self) -> dict[str, Any]:
         """Every figure, with the derived ones."""
         derived = {"per_part_s": self.per_part_s, "per_1000_inputs_s": 1000 * self.per_input_s,
-                   "pool_start_s": self.pool_start_s}  # fmt: skip
+                   "pool_start_s": self.pool_start_s,
+                   "pool_start_cpu_s": self.pool_start_cpu_s}  # fmt: skip
         return {**asdict(self), **derived}
 
 
@@ -336,15 +391,19 @@ def measure_overheads(config: Config, scratch: str) -> Overheads:
     }
     out = os.path.join(scratch, "tiny")
     load: list[float] = []
+    cpu: dict[str, list[float]] = {name: [] for name in runs}
 
     def run(name: str, repeat: int) -> float:
         inputs, per_part, workers = runs[name]
         core.remove(out)
         load.append(os.getloadavg()[0])
+        before = cpu_seconds()
         ns, report = core.timed_call(
             lambda: ms.build(tiny, range(inputs), out, fields=TINY_FIELDS,
                              inputs_per_part=per_part, workers=workers, progress=False)
         )  # fmt: skip
+        if repeat >= 0:
+            cpu[name].append(cpu_seconds() - before)
         if report.rows != inputs:
             raise AssertionError(f"the trivial build of {inputs} inputs has {report.rows} rows")
         core.remove(out)
@@ -361,6 +420,8 @@ def measure_overheads(config: Config, scratch: str) -> Overheads:
         many_parts_s=medians["many parts"],
         pool_s=medians["pool"],
         in_process_s=medians["in process"],
+        pool_cpu_s=float(statistics.median(cpu["pool"])),
+        in_process_cpu_s=float(statistics.median(cpu["in process"])),
         load=load,
     )
 
@@ -401,19 +462,24 @@ def model_inputs(
     input_file: InputFile,
 ) -> ModelInputs:
     """The model's inputs from the run's figures."""
-    plain_s, zstd_s = scaling[ONE].median, scaling[ONE_ZSTD].median
     mean_points = input_file.points / input_file.lines
+    one = scaling[ONE].median_cpu
     return ModelInputs(
-        per_drawing_s={"plain": plain_s / job.rows, "zstd": zstd_s / job.rows},
-        two_worker_speedup=steady_speedup(plain_s, scaling[TWO].median, overheads.pool_start_s),
-        dask_speedup=plain_s / scaling[DASK].median,
+        cpu_per_drawing_s={
+            "plain": one / job.rows,
+            "zstd": scaling[ONE_ZSTD].median_cpu / job.rows,
+        },
+        efficiency={
+            "workers": efficiency(one, scaling[TWO].median_cpu, overheads.pool_start_cpu_s),
+            "dask": efficiency(one, scaling[DASK].median_cpu),
+        },
         stored_bytes={
             "plain": scaling[ONE].output_bytes / job.rows,
             "zstd": scaling[ONE_ZSTD].output_bytes / job.rows,
         },
         row_bytes=doodles.SIZE * doodles.SIZE + SCALAR_BYTES + POINT_BYTES * mean_points,
         per_part_s=overheads.per_part_s,
-        pool_start_s=overheads.pool_start_s,
+        worker_start_s=overheads.pool_start_cpu_s / 2,
         disk_bytes_per_s=disk_bytes_per_s,
         line_bytes=input_file.bytes / input_file.lines,
         scan_bytes_per_s=input_file.scan_bytes_per_s,
@@ -484,12 +550,14 @@ def scaling_table(job: Job, timings: dict[str, Timings]) -> str:
             f"{timing.median:.2f} s",
             f"{format_count(job.rows / timing.median)} rows/s",
             f"{one / timing.median:.2f}x",
+            f"{timing.median_cpu:.2f} s",
             format_bytes(timing.output_bytes),
             " ".join(f"{value:.1f}" for value in timing.load),
         ]
         for candidate, timing in timings.items()
     ]
-    head = ["ms.build", "median", "rows/s", "vs 1 worker", "output", "load (1 min) per run"]
+    head = ["ms.build", "median (wall)", "rows/s", "vs 1 worker", "CPU (all processes)",
+            "output", "load (1 min) per run"]  # fmt: skip
     return markdown(head, rows)
 
 
@@ -521,7 +589,8 @@ def overheads_table(overheads: Overheads, input_file: InputFile, disk: float) ->
         ["fixed cost of a build (1 input, this process)", format_ns(overheads.fixed_s * 1e9)],
         ["per part (write + commit, serially)", format_ns(overheads.per_part_s * 1e9)],
         ["per 1,000 inputs", format_ns(overheads.per_input_s * 1e12)],
-        ["start of 2 worker processes", format_ns(overheads.pool_start_s * 1e9)],
+        ["start of 2 worker processes (wall)", format_ns(overheads.pool_start_s * 1e9)],
+        ["start of 2 worker processes (CPU, both)", format_ns(overheads.pool_start_cpu_s * 1e9)],
         ["cutting the drawings file into inputs (`doodles.chunks`)",
          format_rate(input_file.scan_bytes_per_s)],
         ["disk: `os.write` + `fsync`, sequential", format_rate(disk)],
@@ -552,7 +621,10 @@ def method(config: Config, jobs: Sequence[Job]) -> list[str]:
 def scaling_json(scaling: dict[str, dict[str, Timings]]) -> dict[str, Any]:
     """The scaling figures of every job, by candidate, with their medians."""
     return {
-        name: {candidate: {**asdict(t), "median": t.median} for candidate, t in timings.items()}
+        name: {
+            candidate: {**asdict(t), "median": t.median, "median_cpu": t.median_cpu}
+            for candidate, t in timings.items()
+        }
         for name, timings in scaling.items()
     }
 

@@ -32,25 +32,36 @@ POINT_BYTES, SCALAR_BYTES = 6, 16
 
 @dataclass(frozen=True)
 class ModelInputs:
-    """The measured figures the model takes (seconds, bytes)."""
+    """The measured figures the model takes (seconds, bytes).
 
-    #: Seconds per drawing of ``ms.build`` with 1 worker (end to end: parse, rasterise,
-    #: write), with plain and with zstd images.
-    per_drawing_s: dict[str, float]
-    #: Speed of 2 workers over 1, on the plain drawings: worker processes, the start of
-    #: the processes left out (the model counts it once: ``pool_start_s``); Dask.
-    two_worker_speedup: float
-    dask_speedup: float
+    The machines of the model give every worker a core of its own, which the shared machine
+    of the run does not: a worker's costs are taken in CPU seconds, which the other work on
+    the machine does not inflate as it does wall seconds.
+    """
+
+    #: CPU seconds per drawing of ``ms.build`` with 1 worker (in the calling process:
+    #: parse, rasterise, check, write, commit), with plain and with zstd images.
+    cpu_per_drawing_s: dict[str, float]
+    #: The share of a worker's CPU that goes to drawings: the CPU seconds of 1 worker over
+    #: those of 2 (less their start), at most 1; for worker processes and for Dask.
+    efficiency: dict[str, float]
     #: Bytes each drawing takes stored, plain and zstd.
     stored_bytes: dict[str, float]
     #: Bytes of one drawing's row in memory (what sizes a part).
     row_bytes: float
+    #: Seconds per part (wall, in one process: writing it and committing it).
     per_part_s: float
-    pool_start_s: float
+    #: Seconds a worker process takes to start (its CPU seconds: it has a core).
+    worker_start_s: float
     disk_bytes_per_s: float
     #: Bytes of one input line, and the rate at which the inputs are cut from the files.
     line_bytes: float
     scan_bytes_per_s: float
+
+    def per_drawing_s(self, variant: str) -> float:
+        """``c``: a worker's seconds per drawing, its CPU seconds and its wait for the disk
+        to take its bytes (the ``fsync`` of its part, counted as not overlapping)."""
+        return self.cpu_per_drawing_s[variant] + self.stored_bytes[variant] / self.disk_bytes_per_s
 
 
 @dataclass(frozen=True)
@@ -99,25 +110,24 @@ def project(
     the workers' compute ``N c / (W e)``, the parent's commits ``(N / R) p``, the disk's
     writes ``N b / D`` -- of which the slowest sets the pace."""
     dask = machine.startswith("Dask")
-    speedup = inputs.dask_speedup if dask else inputs.two_worker_speedup
-    efficiency = speedup / 2
-    per_drawing = inputs.per_drawing_s[variant]
+    share = inputs.efficiency["dask" if dask else "workers"]
+    per_drawing = inputs.per_drawing_s(variant)
     stored = inputs.stored_bytes[variant]
     rows = rows_per_part(workers, inputs.row_bytes)
     parts = math.ceil(MODEL_DRAWINGS / rows)
     terms = {
-        "compute": MODEL_DRAWINGS * per_drawing / (workers * efficiency),
+        "compute": MODEL_DRAWINGS * per_drawing / (workers * share),
         "commit": parts * inputs.per_part_s,
         "disk": MODEL_DRAWINGS * stored / inputs.disk_bytes_per_s,
     }
     scan_s = MODEL_DRAWINGS * inputs.line_bytes / inputs.scan_bytes_per_s
-    start_s = 0.0 if dask else inputs.pool_start_s
+    start_s = 0.0 if dask else inputs.worker_start_s
     bound = max(terms, key=lambda name: terms[name])
     return Projection(
         machine=machine,
         variant=variant,
         workers=workers,
-        efficiency=efficiency,
+        efficiency=share,
         rows_per_part=rows,
         parts=parts,
         scan_s=scan_s,
@@ -127,25 +137,24 @@ def project(
         disk_s=terms["disk"],
         total_s=scan_s + start_s + terms[bound],
         bound=bound,
-        workers_at_commit_bound=per_drawing * rows / (efficiency * inputs.per_part_s),
-        workers_at_disk_bound=per_drawing * inputs.disk_bytes_per_s / (efficiency * stored),
+        workers_at_commit_bound=per_drawing * rows / (share * inputs.per_part_s),
+        workers_at_disk_bound=per_drawing * inputs.disk_bytes_per_s / (share * stored),
         disk_needed_bytes_per_s=MODEL_DRAWINGS * stored / max(1.0, goal_s - scan_s - start_s),
         goal_s=goal_s,
     )
 
 
-def steady_speedup(one_s: float, two_s: float, start_s: float) -> float:
-    """The speed of 2 workers over 1 once the workers have started: ``one_s / (two_s -
-    start_s)``, at most 2 (a start measured longer than it was cannot make 2 workers more
-    than twice as fast).
+def efficiency(one_cpu: float, many_cpu: float, start_cpu: float = 0.0) -> float:
+    """The share of the workers' CPU that goes to the job: the CPU seconds of the job done by
+    one process (``one_cpu``) over those of the same job done by several (``many_cpu``),
+    less what their start took (``start_cpu``); at most 1 (a start measured longer than it
+    was does not make the work cheaper than in one process).
 
     Example:
-        >>> steady_speedup(10.0, 6.0, 1.0), steady_speedup(10.0, 6.0, 3.0)
-        (2.0, 2.0)
-        >>> round(steady_speedup(10.0, 6.5, 0.5), 3)
-        1.667
+        >>> efficiency(10.0, 12.0, 1.0), efficiency(10.0, 10.5, 2.0)
+        (0.9090909090909091, 1.0)
     """
-    return min(2.0, one_s / max(two_s - start_s, one_s / 2))
+    return min(1.0, one_cpu / max(many_cpu - start_cpu, one_cpu))
 
 
 def projections(inputs: ModelInputs) -> list[Projection]:
@@ -163,32 +172,38 @@ def projections(inputs: ModelInputs) -> list[Projection]:
 
 def model_text(inputs: ModelInputs, found: list[Projection]) -> list[str]:
     """The model: formula, inputs, the table of projections, where it stops scaling."""
-    plain, zstd = inputs.per_drawing_s["plain"], inputs.per_drawing_s["zstd"]
     formula = "\n".join([
         f"- N = {MODEL_DRAWINGS:,} drawings, {MODEL_LINES_PER_INPUT:,} lines per input; W "
-        "workers; R rows per part (ms.build's default part size for W workers and rows of "
-        f"{format_bytes(inputs.row_bytes)}: at least {PARTS_PER_WORKER} parts per worker, "
-        f"at most {PART_FILL:g} of a {format_bytes(ms.DEFAULT_SHARD_BYTES)} shard)",
+        "workers, each with a core of its own; R rows per part (ms.build's default for W "
+        f"workers and rows of {format_bytes(inputs.row_bytes)}: at least {PARTS_PER_WORKER} "
+        f"parts per worker, at most {PART_FILL:g} of a {format_bytes(ms.DEFAULT_SHARD_BYTES)} "
+        "shard)",
         "- T = scan + start + max(compute, commit, disk), the three overlapping:",
         "  scan = N x line bytes / scan rate (the parent cuts the files into inputs first); "
-        "start = the start of the worker processes (none on a running cluster);",
+        "start = a worker's start (none on a running cluster);",
         "  compute = N x c / (W x e); commit = (N / R) x p (serial, in the parent); "
         "disk = N x b / D",
         "- it stops scaling at W = c x R / (e x p) (the commits) or W = c x D / (e x b) (the "
         "disk), whichever is smaller",
     ])  # fmt: skip
+    cpu = inputs.cpu_per_drawing_s
     measured = "\n".join([
-        f"- c, seconds per drawing with 1 worker (end to end): {format_ns(plain * 1e9)} plain, "
-        f"{format_ns(zstd * 1e9)} zstd ({plain * MODEL_DRAWINGS / 3600:,.0f} and "
-        f"{zstd * MODEL_DRAWINGS / 3600:,.0f} hours for N in one process)",
-        f"- e, efficiency per worker = speed-up from 1 to 2 workers / 2: "
-        f"{inputs.two_worker_speedup / 2:.2f} (worker processes, their start left out: "
-        f"t1 / (2 (t2 - start)), at most 1), {inputs.dask_speedup / 2:.2f} (Dask, on a "
-        "started cluster), carried unchanged to W workers",
+        f"- c, a worker's seconds per drawing = its CPU seconds with 1 worker "
+        f"({format_ns(cpu['plain'] * 1e9)} plain, {format_ns(cpu['zstd'] * 1e9)} zstd; CPU, "
+        "not wall: this machine is shared) + b / D, its wait for the disk: "
+        f"{format_ns(inputs.per_drawing_s('plain') * 1e9)} plain, "
+        f"{format_ns(inputs.per_drawing_s('zstd') * 1e9)} zstd "
+        f"({inputs.per_drawing_s('plain') * MODEL_DRAWINGS / 3600:,.0f} and "
+        f"{inputs.per_drawing_s('zstd') * MODEL_DRAWINGS / 3600:,.0f} hours for N in one "
+        "process)",
+        f"- e, the share of a worker's CPU that goes to drawings = CPU seconds of 1 worker / "
+        f"CPU seconds of 2 (less their start), at most 1: {inputs.efficiency['workers']:.2f} "
+        f"(worker processes), {inputs.efficiency['dask']:.2f} (Dask, on a started cluster), "
+        "carried unchanged to W workers",
         f"- b, bytes per drawing stored: {format_bytes(inputs.stored_bytes['plain'])} plain, "
         f"{format_bytes(inputs.stored_bytes['zstd'])} zstd",
-        f"- p, per-part cost: {format_ns(inputs.per_part_s * 1e9)}; start of the workers: "
-        f"{format_ns(inputs.pool_start_s * 1e9)}",
+        f"- p, per-part cost (wall): {format_ns(inputs.per_part_s * 1e9)}; a worker's start "
+        f"(CPU): {format_ns(inputs.worker_start_s * 1e9)}",
         f"- D, the disk's sequential write speed: {format_rate(inputs.disk_bytes_per_s)} "
         "(the cluster's shared file system is taken to write as fast; the table says what "
         "it would need)",

@@ -28,8 +28,8 @@ from tests.helpers import run_from_repo
 pytestmark = pytest.mark.benchmark_smoke
 
 RECORD_KEYS = {
-    "mode", "machine", "seconds", "command", "repeats", "peer_repeats", "jobs", "scaling", "peers", "skipped",
-    "overheads", "disk", "input_file", "model", "goals",
+    "mode", "machine", "seconds", "command", "repeats", "peer_repeats", "jobs", "scaling",
+    "peers", "skipped", "overheads", "disk", "input_file", "model", "goals",
 }  # fmt: skip
 ROWS = {"drawings": QUICK_DRAWINGS, "images": 3 * QUICK_IMAGES_PER_CLASS}
 
@@ -68,8 +68,10 @@ def test_ms_build_is_timed_with_1_and_2_workers_and_on_dask(quick_run: QuickRun)
         figures = report["scaling"][job]
         assert list(figures) == list(candidates)
         for candidate, figure in figures.items():
-            assert len(figure["seconds"]) == len(figure["load"]) == report["repeats"] == 1
+            assert len(figure["seconds"]) == len(figure["cpu"]) == report["repeats"] == 1
+            assert len(figure["load"]) == 1
             assert figure["median"] == figure["seconds"][0] > 0, (job, candidate)
+            assert figure["median_cpu"] == figure["cpu"][0] > 0
             assert figure["output_bytes"] > 0
     drawings = report["scaling"]["drawings"]
     # Rasterised drawings are mostly black: zstd stores them in a fraction of the bytes.
@@ -121,16 +123,17 @@ def test_the_model_follows_from_its_inputs(quick_run: QuickRun) -> None:
     ]  # fmt: skip
     assert inputs["per_part_s"] == report["overheads"]["per_part_s"]
     assert inputs["disk_bytes_per_s"] == report["disk"]["value"]
+    assert inputs["worker_start_s"] == report["overheads"]["pool_start_cpu_s"] / 2
     for p in found:
         on_dask = p["workers"] == CLUSTER_WORKERS
-        speedup = inputs["dask_speedup" if on_dask else "two_worker_speedup"]
-        assert p["efficiency"] == pytest.approx(speedup / 2)
-        compute = MODEL_DRAWINGS * inputs["per_drawing_s"][p["variant"]]
+        assert p["efficiency"] == inputs["efficiency"]["dask" if on_dask else "workers"]
+        assert 0 < p["efficiency"] <= 1
+        stored, disk = inputs["stored_bytes"][p["variant"]], inputs["disk_bytes_per_s"]
+        compute = MODEL_DRAWINGS * (inputs["cpu_per_drawing_s"][p["variant"]] + stored / disk)
         assert p["compute_s"] == pytest.approx(compute / (p["workers"] * p["efficiency"]))
         assert p["parts"] == math.ceil(MODEL_DRAWINGS / p["rows_per_part"])
         assert p["commit_s"] == pytest.approx(p["parts"] * inputs["per_part_s"])
-        disk = MODEL_DRAWINGS * inputs["stored_bytes"][p["variant"]] / inputs["disk_bytes_per_s"]
-        assert p["disk_s"] == pytest.approx(disk)
+        assert p["disk_s"] == pytest.approx(MODEL_DRAWINGS * stored / disk)
         slowest = max(p["compute_s"], p["commit_s"], p["disk_s"])
         assert p["total_s"] == pytest.approx(p["scan_s"] + p["start_s"] + slowest)
         assert p[f"{p['bound']}_s"] == slowest
