@@ -411,9 +411,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = build_dataset(inputs, args.dst, words=words, size=args.size, workers=args.workers,
                            lines_per_chunk=args.lines_per_chunk, compress=args.compress,
                            resume=args.resume)  # fmt: skip
-    resumed = f", {report.resumed:,} chunks kept from the interrupted run" if report.resumed else ""
+    done = f"{report.resumed:,} of {report.inputs:,} chunks done before"
+    earlier = f", {done}" if report.resumed else ""
     print(f"{args.dst}: {report.rows:,} drawings in {report.seconds:.1f} s "
-          f"({report.parts} parts{resumed})")  # fmt: skip
+          f"({report.parts} parts{earlier})")  # fmt: skip
     return 0
 
 
