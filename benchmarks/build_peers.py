@@ -22,6 +22,10 @@ an input is a chunk of lines of a newline-delimited JSON file, its rows a 256x25
 ragged strokes, a label and an id); ``images``, I/O-bound, decodes and resizes JPEG/PNG files
 (``examples/image_folder.py``: an input is one file and its class).
 
+``benchmarks/build.py`` runs memshard itself the same way (:data:`MEMSHARD`:
+``ms.build(fn, inputs, output_dir, workers=N)``, read back with ``ms.open``), in the same
+run as these peers.
+
 Each peer runs in a fresh child process (``python -m benchmarks.build_peers --child ...``),
 so that its memory is its own and no import is shared. The child times the write alone (its
 interpreter start and imports excluded), then counts the rows of its output with the peer's
@@ -47,6 +51,7 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any
 
+import memshard as ms
 from examples import doodles, image_folder
 
 from . import core
@@ -56,6 +61,8 @@ from .system import TreeSampler
 
 LITDATA, HF, LMDB = "litdata", "HF datasets", "LMDB pool"
 PEERS = (LITDATA, HF, LMDB)
+#: memshard, run as the peers are (``benchmarks/build.py`` compares them; not in PEERS).
+MEMSHARD = "memshard"
 #: Rows of the full jobs; ``--scale`` takes a fraction, ``--quick`` the quick counts.
 FULL_DRAWINGS, QUICK_DRAWINGS = 10_000, 200
 FULL_IMAGES_PER_CLASS, QUICK_IMAGES_PER_CLASS = 1_000, 10
@@ -247,12 +254,31 @@ def count_lmdb(out: str) -> int:
         environment.close()
 
 
+# -- memshard ------------------------------------------------------------------------------
+
+
+def write_memshard(job: Job, out: str, workers: int) -> None:
+    """``ms.build`` with ``workers`` worker processes, the job's fields declared."""
+    ms.build(job.function, job.inputs, out, fields=job.fields, workers=workers, progress=False)
+
+
+def count_memshard(out: str) -> int:
+    """Rows ``ms.open`` finds in ``out``."""
+    return len(ms.open(out))
+
+
 WRITERS: dict[str, Callable[[Job, str, int], None]] = {
     LITDATA: write_litdata,
     HF: write_hf,
     LMDB: write_lmdb,
+    MEMSHARD: write_memshard,
 }
-COUNTERS: dict[str, Callable[[str], int]] = {LITDATA: count_litdata, HF: count_hf, LMDB: count_lmdb}
+COUNTERS: dict[str, Callable[[str], int]] = {
+    LITDATA: count_litdata,
+    HF: count_hf,
+    LMDB: count_lmdb,
+    MEMSHARD: count_memshard,
+}
 
 
 # -- running one peer ----------------------------------------------------------------------

@@ -12,8 +12,10 @@ refresh, commit and verify against the number of shards), ``benchmarks.ragged``
 ``benchmarks.codecs`` (the codec libraries compressed fields could use),
 ``benchmarks.compressed`` (compressed fields against LMDB + lz4, Redis + ``savez_compressed``,
 zarr + zstd and HDF5 + gzip / blosc),
-``benchmarks.build_peers`` (building a dataset with a user's function: litdata, HF datasets,
-a pool feeding LMDB) and ``benchmarks.rasterise`` (the doodles recipe's rasteriser).
+``benchmarks.build`` (``ms.build`` with 1 and 2 workers and on Dask, against its peers, its
+overheads, and a model of the full-size job), ``benchmarks.build_peers`` (those peers alone:
+litdata, HF datasets, a pool feeding LMDB) and ``benchmarks.rasterise`` (the doodles
+recipe's rasteriser).
 
 The machine they run on is shared and its speed swings 1.5-2x between runs, so no figure is
 reported alone: each is compared with a baseline measured in the same run, alternating within

@@ -20,12 +20,14 @@ that its larger side spans 0-255). Every drawing becomes one row of four fields:
 
 A big file is split into *chunks* of lines (:func:`chunks`), each a :class:`Chunk`
 ``(path, first_line, line_count, offset)``; :func:`rows_of_chunk` turns one chunk into its
-rows. Both are plain, picklable functions of this module, which is what a parallel builder
-(``ms.build``) needs: the chunks are its inputs, ``rows_of_chunk`` its function.
+rows. :func:`build_dataset` hands both to :func:`memshard.build`: the chunks are its inputs,
+``rows_of_chunk`` its function, run in worker processes, the rows committed in line order;
+an interrupted build (Ctrl-C, ``kill -9``) is completed with ``--resume``.
 
 Run ``python examples/doodles.py --help``; for example::
 
-    python examples/doodles.py doodles-ds --make-sample 1000 --size 64
+    python examples/doodles.py doodles-ds --make-sample 1000 --size 64 --compress
+    python examples/doodles.py doodles-ds --size 64 --compress --resume   # after a Ctrl-C
 """
 
 from __future__ import annotations
@@ -56,12 +58,21 @@ LINES_PER_CHUNK = 1000
 #: The largest coordinate of the simplified format.
 MAX_COORDINATE = 255
 COUNTRIES = ("US", "GB", "DE", "FR", "BR", "JP", "IN", "CA")
+#: How ``--compress`` stores the images (docs/compression.md).
+IMAGE_CODEC = {"codec": "zstd", "level": 3}
 
 
-def fields(size: int = SIZE) -> dict[str, tuple[str, tuple[int | None, ...]]]:
-    """The dataset's fields for images of ``size`` x ``size``."""
+def fields(size: int = SIZE, compress: bool = False) -> dict[str, tuple[Any, ...]]:
+    """The dataset's fields for images of ``size`` x ``size``, compressed with
+    :data:`IMAGE_CODEC` if ``compress``.
+
+    Example:
+        >>> fields(64, compress=True)["image"]
+        ('uint8', (1, 64, 64), {'codec': 'zstd', 'level': 3})
+    """
+    image = ("uint8", (1, size, size))
     return {
-        "image": ("uint8", (1, size, size)),
+        "image": (*image, IMAGE_CODEC) if compress else image,
         "strokes": ("int16", (None, 3)),
         "label": ("int64", ()),
         "key_id": ("int64", ()),
@@ -256,29 +267,42 @@ def build_dataset(
     *,
     words: Sequence[str] = WORDS,
     size: int = SIZE,
-    workers: int = 1,
+    workers: int | None = None,
     lines_per_chunk: int = LINES_PER_CHUNK,
-) -> ms.Dataset:
-    """Rasterise every drawing of the files ``inputs`` into a new dataset at ``dst``.
+    compress: bool = False,
+    resume: bool = False,
+    progress: bool | None = None,
+) -> ms.BuildReport:
+    """Rasterise every drawing of the files ``inputs`` into a new dataset at ``dst``, with
+    :func:`memshard.build`: the chunks of the files (:func:`chunks`) are its inputs,
+    :func:`rows_of_chunk` its function, run by ``workers`` processes (default: one per CPU;
+    0 or 1: in this process). The rows are in file and line order, however many workers.
 
-    ====================================================================================
-    TO BE WIRED TO ms.build: this whole body becomes
+    ``compress`` stores the images compressed with zstd (level 3; rasterised drawings are
+    mostly black, and shrink tens of times). ``resume`` completes a build of the same
+    files, words, size and compression that was interrupted (Ctrl-C, ``kill -9``): the chunks
+    committed are kept, the others done.
 
-        return ms.build(partial(rows_of_chunk, words=words, size=size),
-                        chunks(inputs, lines_per_chunk), dst,
-                        fields=fields(size), labels={"label": list(words)},
-                        workers=workers)
+    Returns:
+        The build's report (``rows``, ``parts``, ``resumed``, ``seconds``...).
 
-    Until then it writes the rows in this process with an appender, one chunk after the
-    other (``workers`` is not used yet).
-    ====================================================================================
+    Raises:
+        memshard.errors.BuildInputError: a line is no drawing, or its word is not in
+            ``words``: the error names the chunk, its message the line (``path:line``).
+        memshard.errors.BuildStateError: an interrupted build is in the way (without
+            ``resume``), or is another one.
     """
-    rows_of = partial(rows_of_chunk, words=words, size=size)
-    with ms.create(dst, fields(size), labels={"label": list(words)}) as appender:
-        for chunk in chunks(inputs, lines_per_chunk):
-            for row in rows_of(chunk):
-                appender.append(row)
-    return ms.open(dst)
+    paths = [os.path.abspath(path) for path in inputs]  # a resume from elsewhere finds them
+    return ms.build(
+        partial(rows_of_chunk, words=tuple(words), size=size),
+        chunks(paths, lines_per_chunk),
+        dst,
+        fields=fields(size, compress),
+        labels={"label": list(words)},
+        workers=workers,
+        resume=resume,
+        progress=progress,
+    )
 
 
 # -- a sample file -------------------------------------------------------------------------
@@ -361,7 +385,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the label vocabulary, comma-separated (default: the sample's words)",
     )  # fmt: skip
     parser.add_argument("--size", type=int, default=SIZE, help="image side (default 256)")
-    parser.add_argument("--workers", type=int, default=1, help="processes (default 1)")
+    parser.add_argument(
+        "--workers", type=int, default=None,
+        help="processes (default: one per CPU; 0: in this process)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--compress", action="store_true", help="store the images compressed (zstd, level 3)"
+    )
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="complete an interrupted run (the same files and options)",
+    )  # fmt: skip
     parser.add_argument(
         "--lines-per-chunk", type=int, default=LINES_PER_CHUNK,
         help=f"lines of input per unit of work (default {LINES_PER_CHUNK})",
@@ -374,17 +408,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         if len(inputs) != 1:
             parser.error("--make-sample writes one input file: give at most one --input")
         make_sample(inputs[0], args.make_sample, args.seed, words)
-    started = time.perf_counter()
-    ds = build_dataset(inputs, args.dst, words=words, size=args.size, workers=args.workers,
-                       lines_per_chunk=args.lines_per_chunk)  # fmt: skip
-    seconds = time.perf_counter() - started
-    print(f"{args.dst}: {len(ds):,} drawings in {seconds:.1f} s ({', '.join(ds.fields)})")
+    report = build_dataset(inputs, args.dst, words=words, size=args.size, workers=args.workers,
+                           lines_per_chunk=args.lines_per_chunk, compress=args.compress,
+                           resume=args.resume)  # fmt: skip
+    done = f"{report.resumed:,} of {report.inputs:,} chunks done before"
+    earlier = f", {done}" if report.resumed else ""
+    print(f"{args.dst}: {report.rows:,} drawings in {report.seconds:.1f} s "
+          f"({report.parts} parts{earlier})")  # fmt: skip
     return 0
 
 
 def _as_module() -> Any:
-    """This file imported under its own name: worker processes unpickle a function by its
-    module's name, and cannot import the ``__main__`` of another process."""
+    """This file imported under its own name (``doodles``), so that the function and the
+    chunks pickle as ``doodles.rows_of_chunk`` and ``doodles.Chunk``: a worker process
+    loads them by importing this module (from the folder put on its ``sys.path``, and on
+    ``PYTHONPATH`` for the processes of tools that do not pass ``sys.path`` on) and never
+    re-runs this script as its ``__main__``."""
     folder = os.path.dirname(os.path.abspath(__file__))
     sys.path.insert(0, folder)
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [folder, os.environ.get("PYTHONPATH")]))

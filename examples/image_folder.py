@@ -9,17 +9,19 @@ reads)::
 and the dataset two fields: ``image``, ``uint8`` of shape ``(3, height, width)`` (channels
 first, as every memshard example stores images), and ``label``, ``int64``, the index of the
 class in the vocabulary of the sorted class names (``ds.labels["label"]``). This is the job
-people write LMDB converters for; here it is :func:`memshard.from_image_folder` (also
-``memshard convert photos ds --resize 64x64``), which decodes in worker processes and
-resumes an interrupted run.
+people write LMDB converters for. Two ways to do it, giving the same dataset:
 
-:func:`decode` is the same decoding as a plain function of one file; :func:`row_of` makes
-the row of one ``(path, label)`` input and :func:`images_of` lists those inputs in row order:
-the function and the inputs a parallel builder (``ms.build``) takes.
+- :func:`memshard.from_image_folder` (also ``memshard convert photos ds --resize 64x64``),
+  the conversion built in, which decodes in worker processes and resumes an interrupted run;
+- ``--build``: :func:`build_dataset`, the same job as your own function with
+  :func:`memshard.build`: :func:`images_of` lists the ``(path, label)`` inputs in row
+  order, :func:`row_of` makes the row of one with :func:`decode`. Start from it when the
+  decoding is yours to change (crops, augmentation, another library).
 
 Run ``python examples/image_folder.py --help``; for example::
 
     python examples/image_folder.py photos-ds --make-sample photos --size 64
+    python examples/image_folder.py photos-built --src photos --size 64 --build --workers 2
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from functools import partial
 
 import numpy as np
 from PIL import Image
@@ -91,6 +94,39 @@ def images_of(root: str) -> tuple[list[tuple[str, int]], list[str]]:
     return found, classes
 
 
+def build_dataset(
+    src: str,
+    dst: str,
+    *,
+    size: int = SIZE,
+    workers: int | None = None,
+    resume: bool = False,
+    shard_bytes: int | None = None,
+    progress: bool | None = None,
+) -> ms.BuildReport:
+    """Decode and resize every image under the class folders of ``src`` into a new dataset
+    at ``dst`` with :func:`memshard.build`: :func:`row_of` (which calls :func:`decode`) run on
+    each input of :func:`images_of` by ``workers`` processes (default: one per CPU; 0 or 1:
+    in this process), the rows in the order of the inputs. ``resume`` completes an
+    interrupted build of the same folder and size.
+
+    Raises:
+        memshard.errors.BuildInputError: an image cannot be decoded (the error names it).
+    """
+    inputs, classes = images_of(os.path.abspath(src))
+    return ms.build(
+        partial(row_of, size=size),
+        inputs,
+        dst,
+        fields={"image": ("uint8", (3, size, size)), "label": ("int64", ())},
+        labels={"label": classes},
+        workers=workers,
+        resume=resume,
+        shard_bytes=shard_bytes,
+        progress=progress,
+    )
+
+
 def make_sample(root: str, per_class: int, seed: int = 0) -> None:
     """Write ``per_class`` pictures of each class of :data:`SAMPLE_CLASSES` under ``root``,
     JPEG and PNG in turn, of varied sizes: a gradient of the class's colour with a square."""
@@ -126,6 +162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=SIZE, help=f"image side (default {SIZE})")
     parser.add_argument("--workers", type=int, default=1, help="processes (default 1)")
     parser.add_argument(
+        "--build", action="store_true",
+        help="with ms.build and this script's own decode(), not ms.from_image_folder",
+    )  # fmt: skip
+    parser.add_argument(
         "--shard-size", type=int, default=None, metavar="BYTES",
         help="target shard size; workers share out whole shards (default 256 MiB)",
     )  # fmt: skip
@@ -137,8 +177,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if src is None:
         parser.error("give --src DIR, or --make-sample DIR")
     started = time.perf_counter()
-    ds = ms.from_image_folder(src, args.dst, size=args.size, workers=args.workers,
-                              shard_bytes=args.shard_size, resume=args.resume)  # fmt: skip
+    if args.build:
+        build_dataset(src, args.dst, size=args.size, workers=args.workers,
+                      resume=args.resume, shard_bytes=args.shard_size)  # fmt: skip
+        ds = ms.open(args.dst)
+    else:
+        ds = ms.from_image_folder(src, args.dst, size=args.size, workers=args.workers,
+                                  shard_bytes=args.shard_size, resume=args.resume)  # fmt: skip
     seconds = time.perf_counter() - started
     classes = ", ".join(ds.labels["label"])
     print(f"{args.dst}: {len(ds):,} images of {ds.fields['image'].shape} in {seconds:.1f} s "

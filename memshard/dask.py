@@ -392,9 +392,12 @@ class ClusterTasks:
         while True:
             interrupt.check()
             try:
-                done = self._distributed.wait(
-                    list(self._futures), timeout=POLL_SECONDS, return_when="FIRST_COMPLETED"
-                ).done
+                # wait() asks the current client, which the caller's need not be (a client
+                # made with set_as_default=False, or another one made since).
+                with self._client.as_current():
+                    done = self._distributed.wait(
+                        list(self._futures), timeout=POLL_SECONDS, return_when="FIRST_COMPLETED"
+                    ).done
             except TimeoutError:
                 continue
             future = min(done, key=self._futures.__getitem__)

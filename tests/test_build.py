@@ -390,3 +390,13 @@ def test_a_dask_cluster_builds_the_same_dataset_and_survives_a_lost_worker(tmp_p
     assert (tmp_path / "killed").exists()
     assert report.in_flight_limit == 4
     assert_equals_reference(dst, reference)
+
+
+def test_a_dask_client_need_not_be_the_default_one(tmp_path, reference):
+    """The parts are waited for with the client given, not with the current one (there is
+    none: ``set_as_default=False``, as a program holding several clients makes them)."""
+    cluster = LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                           dashboard_address=":0", silence_logs=logging.ERROR)  # fmt: skip
+    with cluster, Client(cluster, set_as_default=False) as client:
+        build_drawings(drawings, tmp_path / "ds", client=client)
+    assert_equals_reference(tmp_path / "ds", reference)

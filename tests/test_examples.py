@@ -4,13 +4,16 @@ every image decoded, with its class."""
 
 from __future__ import annotations
 
+import contextlib
 import doctest
 import itertools
 import json
 import os
 import pickle
+import signal
 import subprocess
 import sys
+import threading
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,9 @@ from hypothesis import strategies as st
 
 import memshard as ms
 from examples import doodles, image_folder
+from memshard.buildrecord import BUILD_ATTR
+from memshard.layout import staging_path
+from tests.build_helpers import assert_same_rows, committed_inputs, layout, stored_rows, wait_until
 from tests.helpers import REPO_ROOT
 
 EXAMPLES = REPO_ROOT / "examples"
@@ -107,9 +113,14 @@ def read_lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_doodles_script_rasterises_a_sample_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "zstd"])
+def test_doodles_script_rasterises_a_sample_file(tmp_path: Path, compress: bool) -> None:
+    """Two worker processes load the script's function as ``doodles.rows_of_chunk`` (the
+    script imports itself under its own name) and write the rows in line order."""
+    compression = ["--compress"] if compress else []
     run_script("doodles.py", "ds", "--make-sample", "60", "--size", "64",
-               "--lines-per-chunk", "7", cwd=tmp_path)  # fmt: skip
+               "--lines-per-chunk", "7", "--workers", "2", *compression,
+               cwd=tmp_path)  # fmt: skip
     records = read_lines(tmp_path / "ds.ndjson")
     assert len(records) == 60
     assert {record["word"] for record in records} == set(doodles.WORDS)
@@ -122,6 +133,13 @@ def test_doodles_script_rasterises_a_sample_file(tmp_path: Path) -> None:
         assert max(coordinates) == 255  # simplified: the larger side spans 0-255
     ds = ms.open(tmp_path / "ds")
     assert len(ds) == 60
+    record = ds.attrs[BUILD_ATTR]
+    assert record["function"] == "doodles:rows_of_chunk"
+    assert record["committed"] == record["inputs"] == 9  # chunks of 7 lines
+    if compress:  # mostly black: zstd shrinks it more than 5 times
+        assert ds["image"].stored_bytes < ds["image"].nbytes / 5
+    else:
+        assert not hasattr(ds["image"], "stored_bytes")
     assert ds.labels["label"] == doodles.WORDS
     assert ds.fields["image"].dtype == np.uint8
     assert ds.fields["image"].shape == (1, 64, 64)
@@ -146,6 +164,87 @@ def test_doodles_script_reads_several_files_in_order(tmp_path: Path) -> None:
     records = read_lines(tmp_path / "a.ndjson") + read_lines(tmp_path / "b.ndjson")
     ds = ms.open(tmp_path / "ds")
     assert ds["key_id"][:].tolist() == [int(record["key_id"]) for record in records]
+
+
+def script_command(name: str, *args: str) -> list[str]:
+    return [sys.executable, str(EXAMPLES / name), *args]
+
+
+def script_environment() -> dict[str, str]:
+    path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONWARNINGS": "error", "PYTHONPATH": path}
+
+
+def workers_of(pid: int) -> list[int]:
+    """The build worker processes (``python -m memshard.workers``) started by ``pid``."""
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        for child in Path(f"/proc/{pid}/task/{task}/children").read_text().split():
+            with contextlib.suppress(OSError):
+                if b"memshard.workers" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    found.append(int(child))
+    return found
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` exists and is no zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def test_doodles_build_killed_and_resumed_equals_an_uninterrupted_build(tmp_path: Path) -> None:
+    """The script is killed (SIGKILL) once some parts are committed; run again with
+    ``--resume`` it gives the dataset an uninterrupted run gives, shard for shard.
+
+    The second input file is a FIFO while the first run lasts: the script reads it once
+    to cut it into chunks (this test writes its lines), and a worker that starts one of its
+    chunks opens it again and waits there for a writer that never comes. So the first
+    file's parts are committed and the build can go no further until it is killed: no
+    timing decides where it stops. For the resume and the reference run it is a plain
+    file of the same lines."""
+    doodles.make_sample(str(tmp_path / "a.ndjson"), 200, seed=1)
+    doodles.make_sample(str(tmp_path / "lines"), 100, seed=2)
+    second = tmp_path / "b.ndjson"
+    os.mkfifo(second)
+    feeder = threading.Thread(target=second.write_bytes, args=((tmp_path / "lines").read_bytes(),))
+    feeder.start()
+    options = ["--input", "a.ndjson", "--input", "b.ndjson", "--size", "32",
+               "--lines-per-chunk", "5", "--workers", "2", "--compress"]  # fmt: skip
+    staging = staging_path(str(tmp_path / "ds"))
+    script = subprocess.Popen(script_command("doodles.py", "ds", *options), cwd=tmp_path,
+                              env=script_environment(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        wait_until(lambda: committed_inputs(staging) > 0 or script.poll() is not None, "a commit")
+        assert script.poll() is None, script.communicate()
+        feeder.join(timeout=60)
+        assert not feeder.is_alive()
+        workers = workers_of(script.pid)
+        assert len(workers) == 2
+    finally:
+        script.kill()
+        script.communicate()
+    assert script.returncode == -signal.SIGKILL
+    wait_until(lambda: not any(running(pid) for pid in workers), "the workers' death")
+    committed = committed_inputs(staging)
+    assert 0 < committed <= 40  # the first file's 40 chunks at most
+    assert not (tmp_path / "ds").exists()
+    second.unlink()
+    second.write_bytes((tmp_path / "lines").read_bytes())
+
+    resumed = run_script("doodles.py", "ds", *options, "--resume", cwd=tmp_path)
+    assert "300 drawings in" in resumed.stdout
+    assert f"{committed:,} of 60 chunks done before" in resumed.stdout
+    run_script("doodles.py", "reference", *options, cwd=tmp_path)
+    assert layout(tmp_path / "ds") == layout(tmp_path / "reference")
+    assert_same_rows(stored_rows(tmp_path / "ds"), stored_rows(tmp_path / "reference"))
+    records = read_lines(tmp_path / "a.ndjson") + read_lines(second)
+    keys = [int(record["key_id"]) for record in records]
+    assert ms.open(tmp_path / "ds")["key_id"][:].tolist() == keys
+    assert not os.path.exists(staging)
 
 
 @pytest.mark.parametrize("lines_per_chunk", [1, 3, 10, 100])
@@ -257,6 +356,30 @@ def test_image_folder_script_converts_a_sample_folder(tmp_path: Path) -> None:
         # The picture leans to its class's colour: that channel is the brightest on average.
         colour = image_folder.SAMPLE_CLASSES[classes[label]]
         assert int(np.argmax(image.reshape(3, -1).mean(axis=1))) == int(np.argmax(colour))
+
+
+def test_image_folder_build_decodes_in_two_workers_like_the_conversion(tmp_path: Path) -> None:
+    """``--build``: ms.build runs the script's own row_of (a function of its ``__main__``,
+    which the workers import as a module) in two worker processes; the rows are those of
+    the inputs in order, and the dataset is the one from_image_folder makes."""
+    image_folder.make_sample(str(tmp_path / "photos"), 5)
+    run_script("image_folder.py", "built", "--src", "photos", "--size", "16", "--build",
+               "--workers", "2", cwd=tmp_path)  # fmt: skip
+    run_script("image_folder.py", "converted", "--src", "photos", "--size", "16",
+               "--workers", "2", cwd=tmp_path)  # fmt: skip
+    inputs, classes = image_folder.images_of(str(tmp_path / "photos"))
+    built = ms.open(tmp_path / "built")
+    record = built.attrs[BUILD_ATTR]
+    assert record["function"] == "__main__:row_of"
+    assert record["committed"] == record["inputs"] == len(inputs) == 15
+    assert built.labels["label"] == tuple(classes)
+    assert built["label"][:].tolist() == [label for _, label in inputs]
+    for row, (path, _) in enumerate(inputs):
+        np.testing.assert_array_equal(built["image"][row], image_folder.decode(path, 16))
+    converted = ms.open(tmp_path / "converted")
+    assert converted.labels == built.labels
+    for name in ("image", "label"):
+        np.testing.assert_array_equal(built[name][:], converted[name][:])
 
 
 def test_image_folder_decode_takes_grey_and_palette_images(tmp_path: Path) -> None:
