@@ -19,7 +19,9 @@ data of consecutive shards can be mapped back to back into one contiguous array.
 from __future__ import annotations
 
 import ast
+import re
 import struct
+import threading
 from typing import Any
 
 import numpy as np
@@ -98,6 +100,9 @@ def rows_in_header(
         raise ShardHeaderError(
             f"{where}: .npy version {tuple(header[6:8])} is not the 1.0 that memshard writes"
         )
+    rows = _canonical_rows(header, dtype, sample_shape)
+    if rows is not None:
+        return rows
     rows = _parse_rows(header[PREAMBLE_SIZE:], where)
     if header_bytes(dtype, sample_shape, rows) != header:
         raise ShardHeaderError(
@@ -107,9 +112,36 @@ def rows_in_header(
     return rows
 
 
+#: The row count as it stands in a canonical header: the first number of the shape tuple.
+_CANONICAL_ROWS = re.compile(rb"'shape': \((0|[1-9][0-9]{0,%d}),[ )]" % (ROW_DIGITS_RESERVED - 1))
+#: CPython 3.11 keeps the AST validator's recursion depth per interpreter, so two threads
+#: parsing at once can fail with "SystemError: AST constructor recursion depth mismatch"
+#: (CPython gh-106905); a threaded gather maps shards from several threads.
+_LITERAL_EVAL_LOCK = threading.Lock()
+
+
+def _canonical_rows(
+    header: bytes, dtype: np.dtype[Any], sample_shape: tuple[int, ...]
+) -> int | None:
+    """The row count of a header that is byte for byte canonical, else None (never raises).
+
+    The common case needs no parser: the row count is read from the shape and the header
+    regenerated from it; only a header that is not canonical goes on to the full parse, which
+    says what is wrong with it.
+    """
+    found = _CANONICAL_ROWS.search(header, PREAMBLE_SIZE)
+    if found is None:
+        return None
+    rows = int(found.group(1))
+    if rows >= 10**ROW_DIGITS_RESERVED or header_bytes(dtype, sample_shape, rows) != header:
+        return None
+    return rows
+
+
 def _parse_rows(body: bytes, where: str) -> int:
     try:
-        parsed = ast.literal_eval(body.decode("ascii"))
+        with _LITERAL_EVAL_LOCK:
+            parsed = ast.literal_eval(body.decode("ascii"))
     except (  # everything literal_eval raises on hostile text (TypeError: unhashable keys)
         ValueError,
         TypeError,

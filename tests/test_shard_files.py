@@ -8,6 +8,7 @@ never a SIGBUS, a hang, an unpickled object or silently wrong data. The second h
 
 from __future__ import annotations
 
+import gc
 import io
 import multiprocessing
 import os
@@ -16,6 +17,9 @@ import re
 import shutil
 import signal
 import struct
+import sys
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -796,6 +800,51 @@ def test_rows_in_header(name: str, header: bytes, expected: int | str) -> None:
         npyheader.rows_in_header(header, F4, SHAPE, where="/ds/shards/a.x.npy")
     assert str(caught.value).startswith("/ds/shards/a.x.npy: ")
     assert expected in str(caught.value)
+
+
+class _ReleasesTheGil:
+    """Garbage whose finalizer lets another thread run: the collector may call it in the
+    middle of a parse, which is how two threads' parses interleave."""
+
+    def __del__(self) -> None:
+        time.sleep(0)
+
+
+def test_headers_are_read_from_many_threads_at_once() -> None:
+    """A threaded gather maps shards, and so reads their headers, from several threads; in
+    CPython 3.11 two ``ast`` parses interleaved by a finalizer failed with "AST constructor
+    recursion depth mismatch" (gh-106905). Canonical and hostile headers, read by four
+    threads under a collector that runs finalizers mid-parse, give only their own answers."""
+    nested = _body("{'shape': (" + "(" * 30 + "5," + ")" * 30 + ", 3)}")
+    outcomes: list[object] = []
+
+    def read_headers() -> None:
+        for _ in range(400):
+            cycle = _ReleasesTheGil()
+            cycle.self = cycle  # type: ignore[attr-defined]  # collected by the cycle collector
+            del cycle
+            outcomes.append(npyheader.rows_in_header(VALID, F4, SHAPE, where="W"))
+            try:
+                npyheader.rows_in_header(nested, F4, SHAPE, where="W")
+            except ShardHeaderError as error:
+                outcomes.append(type(error))
+            except Exception as error:  # the failure this test is about: recorded, not lost
+                outcomes.append(error)
+
+    threshold, interval = gc.get_threshold(), sys.getswitchinterval()
+    gc.set_threshold(5, 1, 1)
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=read_headers) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        gc.set_threshold(*threshold)
+        sys.setswitchinterval(interval)
+    assert [o for o in outcomes if o not in (5, ShardHeaderError)] == []
+    assert outcomes.count(5) == outcomes.count(ShardHeaderError) == 4 * 400
 
 
 def test_header_table_cases_have_the_right_size() -> None:
