@@ -4,7 +4,7 @@ pick instead, and modelled at full size: 50 million drawings rasterised to 256x2
 
 Run from the repository root::
 
-    python -m benchmarks.build                  # 10,000 drawings, 3,000 images, 3 repeats
+    python -m benchmarks.build                  # 40,000 drawings, 9,000 images, 3 repeats
     python -m benchmarks.build --scale 0.5 --peer-repeats 1     # half of each job, faster
     python -m benchmarks.build --quick          # a few hundred rows, 1 repeat (CI runs this)
 

@@ -63,9 +63,12 @@ LITDATA, HF, LMDB = "litdata", "HF datasets", "LMDB pool"
 PEERS = (LITDATA, HF, LMDB)
 #: memshard, run as the peers are (``benchmarks/build.py`` compares them; not in PEERS).
 MEMSHARD = "memshard"
-#: Rows of the full jobs; ``--scale`` takes a fraction, ``--quick`` the quick counts.
-FULL_DRAWINGS, QUICK_DRAWINGS = 10_000, 200
-FULL_IMAGES_PER_CLASS, QUICK_IMAGES_PER_CLASS = 1_000, 10
+#: Rows of the full jobs; ``--scale`` takes a fraction, ``--quick`` the quick counts. A full
+#: job takes several seconds of one core, so that the start of a worker process (a fresh
+#: interpreter importing memshard and the function's module, measured on its own among the
+#: overheads) is small against it, as in the builds the tools are for, which run for hours.
+FULL_DRAWINGS, QUICK_DRAWINGS = 40_000, 200
+FULL_IMAGES_PER_CLASS, QUICK_IMAGES_PER_CLASS = 3_000, 10
 #: Lines of the drawings file per input, in a full run and in a quick one.
 FULL_LINES_PER_CHUNK, QUICK_LINES_PER_CHUNK = 250, 25
 IMAGE_SIZE = 64
