@@ -13,6 +13,10 @@ or allocated. A frame's claim is checked before memory for its block is allocate
 (:meth:`BlockCodec.claim_problem`), and a claim no frame of its length can hold
 (:data:`MAX_RATIO`) is refused with it, so offsets that lie about a block's size cost no
 memory. Each library call releases the GIL, so blocks decompress in parallel threads.
+
+A block its codec shrinks by less than :data:`MIN_SAVING` is *stored*: written as it is, not as
+a frame (spec section 5.7, "Stored blocks"). Its length, equal to the block's size, says so (a
+frame is always shorter), and its rows are read without decompressing anything.
 """
 
 from __future__ import annotations
@@ -39,6 +43,21 @@ _BLOSC_MEMCPYED = 0x02
 #: c-blosc 1 frame are copied bytes or frames of its inner codecs, zstd the most compressible.
 #: A frame that claims more cannot be whole: it is refused before memory is set aside for it.
 MAX_RATIO = {"zstd": 32768, "lz4": 255, "blosc": 32768}
+#: A block is written as a frame only when the frame is at most this share of its size (a
+#: saving of at least 1/8, the rule ZFS keeps): else it is stored as it is, so that data that
+#: barely compresses (embeddings, noise) is read as fast as an uncompressed field.
+MAX_FRAME_SHARE = (7, 8)
+
+
+def is_stored(stored: memoryview | bytes, size: int) -> bool:
+    """Whether ``stored``, a block of ``size`` bytes as its values file holds it, is the block
+    itself (a stored block) rather than a frame: a frame is always shorter than its block.
+
+    Example:
+        >>> is_stored(bytes(8), 8), is_stored(bytes(5), 8), is_stored(b"", 0)
+        (True, False, False)
+    """
+    return size > 0 and len(stored) == size
 
 
 @dataclass(frozen=True)
@@ -54,6 +73,17 @@ class BlockCodec:
     def of(cls, name: str, params: Mapping[str, Any], itemsize: int) -> BlockCodec:
         """The codec ``name`` with ``params`` (as a manifest holds them)."""
         return cls(name, tuple(sorted(params.items())), itemsize)
+
+    def stored_form(self, block: memoryview) -> memoryview | bytes:
+        """What the values file holds for ``block`` (bytes of whole rows): its frame, or
+        ``block`` itself when the frame would not save :data:`MAX_FRAME_SHARE` of it (a
+        stored block). Never empty: a block of no bytes (ragged rows without elements) is
+        always a frame, so that every block ends at another byte than the one before it."""
+        frame = self.compress(block)
+        most, of = MAX_FRAME_SHARE
+        if block.nbytes and len(frame) * of > block.nbytes * most:
+            return block
+        return frame
 
     def compress(self, block: memoryview) -> bytes:
         """The frame of ``block`` (bytes of whole rows); never empty."""
@@ -76,6 +106,9 @@ class BlockCodec:
                 (or what it returns: it is called only then).
         """
         size = out.nbytes
+        if is_stored(frame, size):
+            out[:] = frame
+            return
         try:
             problem = self.claim_problem(frame, size)
             if problem is not None:
@@ -110,6 +143,8 @@ class BlockCodec:
             >>> codec.claim_problem(frame, 10**6)
             'the lz4 frame claims 100 bytes, the block has 1000000'
         """
+        if is_stored(frame, size):
+            return None
         try:
             claimed = self._claimed(frame)
         except Exception as exc:  # zstandard: not a zstd frame at all

@@ -122,9 +122,9 @@ class BlockWriter:
         self._pending_rows = 0
 
     def _write_block(self, block: memoryview, rows: int, element_ends: np.ndarray | None) -> None:
-        """Compress ``block`` (``rows`` whole rows), append its frame to the values file and
-        its end to the offsets file, once per row."""
-        frame = self.codec.compress(block)
+        """Compress ``block`` (``rows`` whole rows), append its frame (or the block itself, a
+        stored block) to the values file and its end to the offsets file, once per row."""
+        frame = self.codec.stored_form(block)
         # Never write a frame a reader would refuse (a library that broke the bounds readers
         # hold frames to): the batch fails instead, and nothing of it is committed.
         problem = self.codec.claim_problem(memoryview(frame), len(block))

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .blockcodec import BlockCodec
+from .blockcodec import BlockCodec, is_stored
 from .blockindex import Blocks, blocks_of
 from .checksum import StreamingChecksum
 from .errors import BlockError, ChecksumError, ShardDataError
@@ -64,6 +64,7 @@ class CompressedLayout(RaggedLayout):
         assert spec.codec is not None
         self.codec = BlockCodec.of(spec.codec.name, spec.codec.params, spec.numpy_dtype.itemsize)
         self._blocks: dict[int, Blocks] = {}
+        self._stored: dict[int, np.ndarray] = {}  # which blocks are stored, by shard (fixed)
         self._last: tuple[int, int, np.ndarray] | None = None  # the block :meth:`row` read last
 
     # -- one shard's files ---------------------------------------------------------------------
@@ -107,6 +108,19 @@ class CompressedLayout(RaggedLayout):
         if blocks is None:
             blocks = self._blocks[shard] = blocks_of(self._block_ends(self.offsets(shard)))
         return blocks
+
+    def stored_blocks(self, shard: int) -> np.ndarray:
+        """Which blocks of ``shard`` are stored (bytes as they are, not frames: see
+        :func:`memshard.blockcodec.is_stored`), a bool per block; a ragged field's are found
+        one at a time, as they are read."""
+        stored = self._stored.get(shard)
+        if stored is None:
+            blocks = self.blocks(shard)
+            size = self.spec.row_bytes
+            raw = (blocks.stop_rows - blocks.first_rows) * size
+            stored = (blocks.byte_ends - blocks.byte_starts == raw) & (raw > 0)
+            self._stored[shard] = stored
+        return stored
 
     def _element_ends(self, shard: int) -> np.ndarray:
         """A ragged field's element ends of the visible rows of ``shard`` (``rows + 1``)."""
@@ -215,18 +229,21 @@ class CompressedLayout(RaggedLayout):
         target = out.reshape(count, -1).view(np.uint8) if count else out
         tasks = []
         for shard, local, positions in project_indices(indices, self.table):
-            tasks += self._fixed_tasks(shard, local, _positions(positions, count), target)
+            tasks += self._fixed_tasks(shard, local, positions, target)
         self._run(tasks, threads)
         return out
 
     def _fixed_tasks(
-        self, shard: int, local: np.ndarray, positions: np.ndarray, target: np.ndarray
+        self, shard: int, local: np.ndarray, places: np.ndarray | slice, target: np.ndarray
     ) -> list[_Task]:
-        """The blocks of rows ``local`` of ``shard``, each to decompress once: straight into
-        the output when it is one row asked for once, else into new bytes copied from."""
+        """The blocks of rows ``local`` of ``shard`` (going to rows ``places`` of ``target``),
+        each to decompress once: straight into the output when it is one row asked for once,
+        else into new bytes copied from. Rows of stored blocks are copied at once instead."""
         blocks = self.blocks(shard)
-        local = np.asarray(local)
-        of_rows = blocks.of_rows(local)
+        left = self._copy_stored_rows(shard, blocks, np.asarray(local), places, target)
+        if left is None:
+            return []
+        local, of_rows, positions = left
         sizes = (blocks.stop_rows - blocks.first_rows)[of_rows]
         asked = np.bincount(of_rows, minlength=len(blocks.first_rows))[of_rows]
         direct = (sizes == 1) & (asked == 1)
@@ -247,13 +264,54 @@ class CompressedLayout(RaggedLayout):
         order = np.argsort(shared, kind="stable")
         touched, starts = np.unique(shared[order], return_index=True)
         wanted = (local[rest] - blocks.first_rows[shared])[order] * size
-        places = positions[rest][order]
+        destinations = positions[rest][order]
         bounds = [*starts.tolist(), len(order)]
         for at, block in enumerate(touched.tolist()):
             group = slice(bounds[at], bounds[at + 1])
-            copies = list(zip(places[group].tolist(), wanted[group].tolist(), strict=True))
+            copies = list(zip(destinations[group].tolist(), wanted[group].tolist(), strict=True))
             tasks.append(self._task(shard, block, blocks, copies=(target, size, copies)))
         return tasks
+
+    def _copy_stored_rows(
+        self,
+        shard: int,
+        blocks: Blocks,
+        local: np.ndarray,
+        places: np.ndarray | slice,
+        target: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """Copy the rows ``local`` of ``shard`` that are in stored blocks to their ``places``
+        in ``target``, as uncompressed rows are copied (there is nothing to decompress); give
+        back the others, with their blocks and places, or None if none is left. Nothing is
+        copied here when the values file cannot be mapped now."""
+        stored = self.stored_blocks(shard)
+        values = self.values(shard) if stored.any() else None
+        size = self.spec.row_bytes
+        data = values.reshape(-1).view(np.uint8) if values is not None else None
+        if data is not None and stored.all():  # the values are the rows' bytes
+            source = data[: int(blocks.byte_ends[-1])].reshape(-1, size)
+            if isinstance(places, slice):  # a run of the output: no temporary copy
+                np.take(source, local, axis=0, out=target[places], mode="clip")
+            else:
+                target[places] = source[local]
+            return None
+        of_rows = blocks.of_rows(local)
+        positions = _positions(places, len(target))
+        in_stored = stored[of_rows]
+        if data is None or not in_stored.any():
+            return local, of_rows, positions
+        # Every byte starts a row of ``size`` bytes in this view, so the byte start of a row
+        # indexes it wherever its block starts.
+        starts = np.lib.stride_tricks.as_strided(
+            data, (data.size - size + 1, size), (1, 1), writeable=False
+        )
+        chosen = of_rows[in_stored]
+        first = blocks.byte_starts[chosen] + (local[in_stored] - blocks.first_rows[chosen]) * size
+        target[positions[in_stored]] = starts[first]
+        kept = ~in_stored
+        if not kept.any():
+            return None
+        return local[kept], of_rows[kept], positions[kept]
 
     def gather(self, indices: np.ndarray, empty: Allocator | None = None) -> Ragged:
         """Rows ``indices`` (1-d, in range) of a ragged field, packed into one new buffer in
@@ -399,8 +457,11 @@ class _Task:
             self.decompress(self.direct.data)
             return
         assert self.copies is not None
-        data = np.empty(self.nbytes, dtype=np.uint8)
-        self.decompress(data.data)
+        if is_stored(self.frame, self.nbytes):  # its rows are copied straight from the file
+            data = np.frombuffer(self.frame, dtype=np.uint8)
+        else:
+            data = np.empty(self.nbytes, dtype=np.uint8)
+            self.decompress(data.data)
         target, size, copies = self.copies
         if size is not None:
             for position, offset in copies:

@@ -97,8 +97,9 @@ RAGGED_VALUES: dict[str, tuple[Any, ...]] = {
 #: The worked example of section 11.3: a field compressed with zstd beside a fixed field, one
 #: shard of 5 rows written by two commits (``COMPRESSED_COMMITS``: the first commits rows 0-2,
 #: closing commits rows 3-4 and seals the shard), so in two blocks, since a commit ends a
-#: block. No byte of a row repeats within its block, so zstd stores each block raw and the
-#: frames do not depend on the version of libzstd that writes them.
+#: block. No byte of block 0 repeats, so zstd cannot shrink it and it is stored as it is;
+#: block 1 is zeros, which zstd shrinks to a frame (whose compressed block's bytes are
+#: libzstd's choice: ``constraints.txt`` pins the zstandard that CI generates them with).
 COMPRESSED_UUID = "fedcba9876543210fedcba9876543210"
 COMPRESSED_SHARD_BYTES = 256
 COMPRESSED_FIELDS = {
@@ -113,7 +114,10 @@ COMPRESSED_ATTRS: dict[str, Any] = {"source": "compressed example"}
 COMPRESSED_COMMITS = (3, 5)
 COMPRESSED_VALUES: dict[str, tuple[Any, ...]] = {
     "img": tuple(
-        tuple(tuple(16 * row + 4 * line + column for column in range(4)) for line in range(4))
+        tuple(
+            tuple(16 * row + 4 * line + column if row < 3 else 0 for column in range(4))
+            for line in range(4)
+        )
         for row in range(5)
     ),
     "y": (3, 1, 4, 1, 5),
@@ -448,6 +452,13 @@ def compressed_frame(block: bytes) -> bytes:
     return frame
 
 
+def stored_form(block: bytes) -> bytes:
+    """What section 5.7 has a writer put in the values file for ``block``: its frame, or the
+    block itself (a stored block) when the frame would take more than 7/8 of its bytes."""
+    frame = compressed_frame(block)
+    return block if len(frame) * 8 > len(block) * 7 else frame
+
+
 def compressed_blocks() -> list[tuple[int, int]]:
     """``(first, stop)`` rows of each block of the compressed example: within each commit's
     rows, as many rows as fit ``block_bytes`` (section 5.7); a commit ends a block."""
@@ -478,7 +489,7 @@ def build_compressed_example() -> Example:
             continue
         frames, ends = [], [0] * (rows + 1)
         for first, stop in compressed_blocks():
-            frames.append(compressed_frame(values[first:stop].tobytes()))
+            frames.append(stored_form(values[first:stop].tobytes()))
             ends[first + 1 : stop + 1] = [sum(map(len, frames))] * (stop - first)
         stored = np.frombuffer(b"".join(frames), dtype=np.uint8)
         files[path], digest = shard_file(spec.values, stored)
@@ -542,12 +553,13 @@ def frame_rows(frame: bytes, at: int, first: int, stop: int) -> list[tuple[int, 
         rows.append((at + offset, 3, spaced_hex(frame[offset : offset + 3]),
                      f"block header: {state}, {kind}, {size} bytes"))  # fmt: skip
         data = frame[offset + 3 : offset + 3 + stored]
-        shown = (
-            f"{spaced_hex(data[:4])} … {spaced_hex(data[-1:])}"
-            if len(data) > 8
-            else spaced_hex(data)
+        meaning = (
+            f"{what} compressed: literals and sequences (RFC 8878, section 3.1.1.3), the "
+            "compressor's choice of bytes"
+            if kind == "compressed"
+            else f"the {size} bytes of {what}, stored {kind}"
         )
-        rows.append((at + offset + 3, stored, shown, f"the {size} bytes of {what}, stored {kind}"))
+        rows.append((at + offset + 3, stored, shortened_hex(data), meaning))
         offset += 3 + stored
         if last:
             break
@@ -560,18 +572,25 @@ def frame_rows(frame: bytes, at: int, first: int, stop: int) -> list[tuple[int, 
 
 
 def compressed_layout_tables(example: Example) -> tuple[str, str]:
-    """The layout tables of the values file (its frames) and of the offsets file (its block
-    ends) of ``img`` in the compressed example's shard."""
+    """The layout tables of the values file (its blocks: stored, or frames) and of the offsets
+    file (its block ends) of ``img`` in the compressed example's shard."""
     spec = example.manifest.fields["img"]
     file = example.shards[0].files["img"]
     content = example.files[file.path]
     offsets = example.files[file.offsets_path]
     ends = np.frombuffer(offsets[spec.offsets.data_offset :], dtype="<i8").tolist()
     rows = header_rows(spec.values, content)
-    for first, stop in compressed_blocks():
+    for number, (first, stop) in enumerate(compressed_blocks()):
         start, end = ends[first], ends[stop]
-        frame = content[spec.data_offset + start : spec.data_offset + end]
-        rows += frame_rows(frame, spec.data_offset + start, first, stop)
+        data = content[spec.data_offset + start : spec.data_offset + end]
+        if len(data) == (stop - first) * spec.row_bytes:  # a stored block
+            frame = compressed_frame(data)
+            rows.append((spec.data_offset + start, len(data), shortened_hex(data),
+                         f"block {number}: the {len(data)} bytes of rows {first} to {stop - 1}, "
+                         f"stored as they are: a zstd frame of them takes {len(frame)} bytes, "
+                         f"more than 7/8 of {len(data)}"))  # fmt: skip
+            continue
+        rows += frame_rows(data, spec.data_offset + start, first, stop)
     entries = header_rows(spec.offsets, offsets)
     for entry, end in enumerate(ends):
         at = spec.offsets.data_offset + entry * 8
@@ -590,7 +609,7 @@ def compressed_files_table(example: Example) -> str:
         if path == shardtable.TABLE_NAME:
             data = "the record below"
         elif array.dtype == np.uint8:
-            data = f"{array.size} bytes: the frames of {len(compressed_blocks())} blocks"
+            data = f"{array.size} bytes: block 0 stored, then block 1's zstd frame"
         else:
             data = f"`{array.tolist()}`"
         rows.append((f"`{path}`", len(content), f"`{array.shape}`", data))
@@ -633,6 +652,13 @@ def hexdump(data: bytes) -> str:
         lines.append(hexdump_line(offset, chunk))
         previous = chunk
     return "".join(lines)
+
+
+def shortened_hex(data: bytes) -> str:
+    """Bytes as :func:`spaced_hex` shows them, the middle of more than 8 left out."""
+    return (
+        f"{spaced_hex(data[:4])} … {spaced_hex(data[-1:])}" if len(data) > 8 else spaced_hex(data)
+    )
 
 
 def spaced_hex(data: bytes) -> str:

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 import memshard as ms
 from memshard.blockcodec import BlockCodec
+from memshard.blockindex import blocks_of
 from memshard.codecs import codec_parameters
 from memshard.errors import BlockError, InvalidIndexError, ManifestError, SchemaError
 from tests.helpers import write_dataset
@@ -149,6 +150,107 @@ def test_the_manifest_records_the_codec_and_the_version(tmp_path: Path) -> None:
     assert ends.shape == (11,)
     assert ends[0] == 0
     assert ends[-1] == frames.size
+
+
+def _blocks(path: Path, field: str, element_bytes: int) -> list[tuple[int, int]]:
+    """``(length in the values file, uncompressed bytes)`` of each block of ``field``, in row
+    order, from its offsets files alone."""
+    found = []
+    for offsets_file in sorted((path / "shards").glob(f"*.{field}.offsets.npy")):
+        offsets = np.load(offsets_file)
+        ragged = offsets.ndim == 2
+        elements = offsets[:, 0] if ragged else np.arange(len(offsets))
+        blocks = blocks_of(offsets[:, 1] if ragged else offsets)
+        raw = (elements[blocks.stop_rows] - elements[blocks.first_rows]) * element_bytes
+        lengths = blocks.byte_ends - blocks.byte_starts
+        found += list(zip(lengths.tolist(), raw.tolist(), strict=True))
+    return found
+
+
+@pytest.mark.parametrize("codec", ["zstd", "lz4", "blosc"])
+def test_blocks_that_barely_compress_are_stored_as_they_are(tmp_path: Path, codec: str) -> None:
+    """Random bytes do not compress: every block is stored (its bytes as they are, not a
+    frame), so the values files hold the rows themselves, and every read, gather (in threads
+    too), the ratio and verify are those of the rows."""
+    rng = np.random.default_rng(5)
+    rows = rng.integers(0, 256, (50, 3000), dtype=np.uint8)
+    path = tmp_path / "ds"
+    fields = {"x": ("uint8", (3000,), {"codec": codec, "block_bytes": 8192})}  # 2 rows a block
+    with ms.create(path, fields=fields, shard_bytes=64 << 10) as writer:
+        writer.extend({"x": rows[:21]})
+        writer.commit()  # 21 rows: the commit writes a block of one
+        writer.extend({"x": rows[21:]})
+    values = sorted((path / "shards").glob("*.x.npy"))
+    assert len(values) > 1
+    assert b"".join(np.load(file).tobytes() for file in values) == rows.tobytes()
+    blocks = _blocks(path, "x", 3000)
+    assert all(stored == raw for stored, raw in blocks)
+    assert {raw for _, raw in blocks} == {3000, 6000}
+    ds = ms.open(path)
+    column = ds["x"]
+    assert column.stored_bytes == column.nbytes
+    np.testing.assert_array_equal(column[:], rows)
+    np.testing.assert_array_equal(column[7], rows[7])
+    np.testing.assert_array_equal(column[::-3, 5], rows[::-3, 5])
+    picked = rng.integers(-50, 50, 300)
+    for threads in (1, 2):
+        np.testing.assert_array_equal(ds.take(picked, threads=threads)["x"], rows[picked])
+    assert ds.verify().ok
+
+
+def test_stored_and_compressed_blocks_share_a_shard(tmp_path: Path) -> None:
+    """In one shard, blocks of zeros are frames and blocks of random bytes are stored; a block
+    half random still saves more than 1/8 and is a frame. Rows of each, one at a time, in
+    slices and in gathers with repeats, read back exactly."""
+    rng = np.random.default_rng(6)
+    rows = np.zeros((40, 2048), np.uint8)
+    rows[4:8] = rng.integers(0, 256, (4, 2048))  # blocks 2 and 3
+    rows[13] = rng.integers(0, 256, 2048)  # half of block 6
+    path = tmp_path / "ds"
+    fields = {"x": ("uint8", (2048,), {"codec": "zstd", "block_bytes": 4096})}
+    with ms.create(path, fields=fields) as writer:
+        writer.extend({"x": rows})
+    blocks = _blocks(path, "x", 2048)
+    assert len(blocks) == 20
+    assert [number for number, (stored, raw) in enumerate(blocks) if stored == raw] == [2, 3]
+    assert all(stored * 8 <= raw * 7 for stored, raw in blocks[:2] + blocks[4:])
+    ds = ms.open(path)
+    np.testing.assert_array_equal(ds["x"][:], rows)
+    for row in (3, 4, 5, 13, 39):
+        np.testing.assert_array_equal(ds["x"][row], rows[row])
+    picked = np.array([5, 4, 4, 13, 0, 7, 6, 39, 5, 12])
+    for threads in (1, 2):
+        np.testing.assert_array_equal(ds.take(picked, threads=threads)["x"], rows[picked])
+    assert ds.verify().ok
+
+
+def test_a_ragged_field_of_random_elements_is_stored_and_reads_back(tmp_path: Path) -> None:
+    """Ragged rows of random bytes are stored blocks, except the blocks of rows without
+    elements, which are frames (a block of no bytes is never stored)."""
+    rng = np.random.default_rng(7)
+    lengths = [0, 5000, 0, 300, 7000, 1, 0]
+    rows = [rng.integers(0, 256, length, dtype=np.uint8) for length in lengths]
+    path = tmp_path / "ds"
+    fields = {"r": ("uint8", (None,), {"codec": "lz4", "block_bytes": 4096})}
+    with ms.create(path, fields=fields) as writer:
+        for row in rows:
+            writer.append({"r": row})
+        writer.commit()
+        writer.append({"r": rows[0]})  # a block of one row without elements
+    blocks = _blocks(path, "r", 1)
+    assert all(stored == raw if raw else stored > 0 for stored, raw in blocks)
+    assert sum(1 for stored, raw in blocks if stored == raw) >= 3
+    assert blocks[-1][1] == 0  # the last block: one row without elements, a frame
+    ds = ms.open(path)
+    expected = [*rows, rows[0]]
+    for number, row in enumerate(expected):
+        np.testing.assert_array_equal(ds["r"][number], row)
+    picked = [7, 4, 1, 1, 0, 3]
+    for threads in (1, 2):
+        batch = ds.take(picked, threads=threads)["r"]
+        for got, number in zip(batch, picked, strict=True):
+            np.testing.assert_array_equal(got, expected[number])
+    assert ds.verify().ok
 
 
 @pytest.mark.parametrize(

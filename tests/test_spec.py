@@ -401,13 +401,13 @@ def test_library_writes_the_compressed_example(
     writer = _create_compressed_example(root, monkeypatch)
     writer.commit()
     # After the first commit (the last paragraph of section 11.3): the shard unsealed, 3 rows,
-    # block 0's 61 bytes of frame and the 4 block ends committed.
+    # block 0's 48 bytes (stored) and the 4 block ends committed.
     first = manifest_io.loads((root / "manifest.json").read_bytes(), where="first")
     (unsealed,) = first.shards
     img = unsealed.files["img"]
-    assert (first.generation, unsealed.rows, unsealed.sealed, img.nbytes) == (1, 3, False, 61)
+    assert (first.generation, unsealed.rows, unsealed.sealed, img.nbytes) == (1, 3, False, 48)
     ends = np.fromfile(root / img.offsets_path, dtype="<i8", offset=4096)
-    assert ends.tolist() == [0, 61, 61, 61]
+    assert ends.tolist() == [0, 48, 48, 48]
     assert img.offsets_prefix_checksum == "xxh3_64:" + xxhash.xxh3_64(ends.tobytes()).hexdigest()
     writer.extend({name: values[3:] for name, values in COMPRESSED_ROWS.items()})
     writer.close()
@@ -432,35 +432,36 @@ def test_compressed_example_reads_back_through_memshard(tmp_path: Path) -> None:
     np.testing.assert_array_equal(dataset["img"][:], COMPRESSED_ROWS["img"])
     np.testing.assert_array_equal(dataset.take([4, 0])["img"], COMPRESSED_ROWS["img"][[4, 0]])
     np.testing.assert_array_equal(dataset["y"][:], COMPRESSED_ROWS["y"])
-    assert dataset["img"].stored_bytes == 106
+    assert dataset["img"].stored_bytes == 69
     report = dataset.verify()
     assert report.ok
     assert report.files == 3  # the frames, their block ends and y
 
 
-def test_compressed_example_frames_are_raw_zstd_blocks_a_reader_can_check() -> None:
-    """Each frame of section 11.3 decodes, with plain zstandard, to its block's rows; it is
-    one raw block (so its bytes leave libzstd no choice), with the content size and checksum
-    the layout table explains."""
+def test_compressed_example_blocks_are_a_stored_block_and_a_frame() -> None:
+    """Block 0 of section 11.3 is stored: its bytes are its rows', since zstd would take more
+    than 7/8 of them; block 1 is a zstd frame that plain zstandard decodes to its rows, one
+    compressed block with the content size and checksum the layout table explains."""
     import zstandard
 
     example = generate.build_compressed_example()
     file = example.shards[0].files["img"]
-    frames = example.files[file.path][file.data_offset :]
+    blocks = example.files[file.path][file.data_offset :]
     ends = np.load(io.BytesIO(example.files[file.offsets_path]))
     assert generate.compressed_blocks() == [(0, 3), (3, 5)]
-    assert ends.tolist() == [0, 61, 61, 61, 106, 106]
-    for first, stop in generate.compressed_blocks():
-        frame = frames[ends[first] : ends[stop]]
-        block = COMPRESSED_ROWS["img"][first:stop].tobytes()
-        assert zstandard.frame_content_size(frame) == len(block) == (stop - first) * 16
-        assert zstandard.ZstdDecompressor().decompress(frame) == block
-        assert frame[4] == 0x24  # a single segment, a 1-byte content size, a checksum
-        header = int.from_bytes(frame[6:9], "little")
-        assert (header & 1, (header >> 1) & 3, header >> 3) == (1, 0, len(block))  # last, raw
-        assert frame[9 : 9 + len(block)] == block
-        assert frame[-4:] == (xxhash.xxh64_intdigest(block) & 0xFFFFFFFF).to_bytes(4, "little")
-        assert len(frame) == 4 + 1 + 1 + 3 + len(block) + 4
+    assert ends.tolist() == [0, 48, 48, 48, 69, 69]
+    stored = COMPRESSED_ROWS["img"][:3].tobytes()
+    assert blocks[:48] == stored
+    assert len(generate.compressed_frame(stored)) * 8 > len(stored) * 7
+    frame, block = blocks[48:], COMPRESSED_ROWS["img"][3:].tobytes()
+    assert block == bytes(32)
+    assert zstandard.frame_content_size(frame) == len(block)
+    assert zstandard.ZstdDecompressor().decompress(frame) == block
+    assert frame[4] == 0x24  # a single segment, a 1-byte content size, a checksum
+    header = int.from_bytes(frame[6:9], "little")
+    assert (header & 1, (header >> 1) & 3) == (1, 2)  # the last block, compressed
+    assert len(frame) == 4 + 1 + 1 + 3 + (header >> 3) + 4 < len(block) * 7 / 8
+    assert frame[-4:] == (xxhash.xxh64_intdigest(block) & 0xFFFFFFFF).to_bytes(4, "little")
 
 
 def test_compressed_example_files_load_with_plain_numpy(tmp_path: Path) -> None:
@@ -470,8 +471,8 @@ def test_compressed_example_files_load_with_plain_numpy(tmp_path: Path) -> None:
     file = shard.files["img"]
     frames = np.load(tmp_path / file.path)
     ends = np.load(tmp_path / file.offsets_path)
-    assert (frames.dtype, frames.shape, frames.nbytes) == (np.uint8, (106,), file.nbytes)
+    assert (frames.dtype, frames.shape, frames.nbytes) == (np.uint8, (69,), file.nbytes)
     assert (ends.dtype, ends.shape, int(ends[-1])) == (np.int64, (6,), file.nbytes)
     records = np.load(io.BytesIO(example.files[TABLE_NAME]))
     assert records.dtype.itemsize == 120  # 88 + 8 * 2 + 16 * 1
-    assert records[0]["elements"].tolist() == [106]
+    assert records[0]["elements"].tolist() == [69]
