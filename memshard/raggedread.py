@@ -151,16 +151,28 @@ class RaggedLayout:
                 f"and end at its {elements} elements; they start at {int(offsets[0])} and end "
                 f"at {end} (damaged file)"
             )
+        if full:  # in order, yet damaged (a row boundary moved): only the checksum tells
+            self._check_checksum(record, offsets)
+
+    def _check_checksum(self, record: Shard, offsets: np.ndarray) -> None:
+        """Compare the offsets of ``record``'s shard, all of its rows shown, with their
+        checksum in the manifest (``offsets_checksum``, or ``offsets_prefix_checksum`` if
+        unsealed), if it has one.
+
+        Raises:
+            ChecksumError: they differ.
+        """
+        file = record.files[self.name]
         expected = file.offsets_checksum if record.sealed else file.offsets_prefix_checksum
-        if full and expected is not None:
-            # In order, yet damaged (a row boundary moved): only the checksum tells.
-            actual = StreamingChecksum()
-            actual.update(np.ascontiguousarray(offsets, "<i8").data.cast("B"))
-            if actual.digest() != expected:
-                raise ChecksumError(
-                    f"{path}: the offsets of field {self.name!r} are {actual.digest()}, the "
-                    f"manifest records {expected} (damaged file)"
-                )
+        if expected is None:
+            return
+        actual = StreamingChecksum()
+        actual.update(np.ascontiguousarray(offsets, "<i8").data.cast("B"))
+        if actual.digest() != expected:
+            raise ChecksumError(
+                f"{self.root}/{file.offsets_path}: the offsets of field {self.name!r} are "
+                f"{actual.digest()}, the manifest records {expected} (damaged file)"
+            )
 
     # -- reading rows --------------------------------------------------------------------------
     def row(self, row: int) -> np.ndarray:
